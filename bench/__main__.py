@@ -1,0 +1,46 @@
+"""`python -m bench [--quick] [--pg URL] [--nats URL] [--only NAME]`: run the benchmarks.
+
+Servers are embedded (started here, on free ports) unless URLs are given. Prints one table and
+writes bench/results/<date>.json and bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+
+from bench import report
+from bench.servers import bench_servers
+
+SUITES = ("store",)
+
+
+async def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a minute or two")
+    parser.add_argument("--pg", help="PostgreSQL admin URL (default: start an embedded server)")
+    parser.add_argument("--nats", help="NATS URL (default: start an embedded server)")
+    parser.add_argument("--only", choices=SUITES, action="append", help="run only these suites")
+    args = parser.parse_args(argv)
+    figures: list[report.Figure] = []
+    timings: dict[str, float] = {}
+    async with bench_servers(args.pg, args.nats) as (pg_url, _nats_url):
+        for suite in args.only or SUITES:
+            print(f"[bench] {suite} ...", file=sys.stderr, flush=True)
+            t = time.perf_counter()
+            if suite == "store":
+                from bench import store
+
+                figures += await store.run(pg_url, args.quick)
+            timings[suite] = round(time.perf_counter() - t, 1)
+    print(report.table(figures))
+    path = report.write(figures, {"quick": args.quick, "suite_seconds": timings,
+                                  "servers": "given" if args.pg else "embedded"})
+    print(f"\nwritten {path} and {path.parent / 'latest.json'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1:])))

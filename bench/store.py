@@ -1,0 +1,148 @@
+"""Store benchmark: appends in batches of 1, 100 and 1000, 50 concurrent single-event writers,
+and the full ordered read, each beside a raw PostgreSQL ceiling measured in the same run:
+raw COPY of the same rows into a table of the same columns (keyed by event_id), and a raw
+keyset scan of the events table with generic JSON decoding of the payload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import asyncpg
+import msgspec
+
+from bench.report import Figure, figure
+from bench.servers import fresh_database
+from events import DecodedEvent, care_of
+from events.catalogue import HomeVisitMade
+from events.samples import SampleSite
+from service.db import create_pool
+from service.store import ORIGIN, EventStore, _record
+
+_COLUMNS = (
+    "region", "site_id", "site_seq", "event_id", "type", "schema_version", "understood", "actor",
+    "occurred_at", "recorded_at", "prev_hash", "hash", "children", "based_on", "payload",
+)
+
+
+def make_events(n: int, sites: int = 20, prefix: str = "bench") -> list[DecodedEvent]:
+    """n events of about 300 bytes, spread round-robin over `sites` chained site logs."""
+    writers = [SampleSite(f"{prefix}.t{i // 10:02d}.v{i:03d}") for i in range(sites)]
+    out = []
+    for i in range(n):
+        w = writers[i % sites]
+        child = f"c-{i % 997:032x}"
+        out.append(w.write(HomeVisitMade(child_id=child, visitor="石晓", findings="家访：学习有进步，祖母身体尚可。")))
+    return out
+
+
+async def _raw_copy(conn: asyncpg.Connection, events: Sequence[DecodedEvent], batch: int) -> float:
+    await conn.execute("DROP TABLE IF EXISTS bench_raw")
+    await conn.execute("CREATE TABLE bench_raw (LIKE events INCLUDING DEFAULTS, PRIMARY KEY (event_id))")
+    records = [_record(d) for d in events]
+    t = time.perf_counter()
+    for i in range(0, len(records), batch):
+        async with conn.transaction():
+            await conn.copy_records_to_table("bench_raw", records=records[i:i + batch], columns=_COLUMNS)
+    return len(records) / (time.perf_counter() - t)
+
+
+async def _append(store: EventStore, events: Sequence[DecodedEvent], batch: int) -> float:
+    t = time.perf_counter()
+    for i in range(0, len(events), batch):
+        result = await store.append(events[i:i + batch])
+        assert len(result.stored) == len(events[i:i + batch]), "benchmark events must all be new"
+    return len(events) / (time.perf_counter() - t)
+
+
+async def _concurrent_singles(store: EventStore, writers: int, per_writer: int) -> float:
+    logs = [make_events(per_writer, sites=1, prefix=f"conc{w}") for w in range(writers)]
+
+    async def run(events: list[DecodedEvent]) -> None:
+        for d in events:
+            await store.append([d])
+
+    t = time.perf_counter()
+    await asyncio.gather(*(run(log) for log in logs))
+    return writers * per_writer / (time.perf_counter() - t)
+
+
+async def _store_read(store: EventStore) -> tuple[float, int]:
+    t = time.perf_counter()
+    after, n = ORIGIN, 0
+    while True:
+        page = await store.read_all(after, 5000)
+        if not page:
+            break
+        for s in page:
+            care_of(s.event)
+        n += len(page)
+        after = page[-1].position
+    return n / (time.perf_counter() - t), n
+
+
+async def _raw_scan(conn: asyncpg.Connection) -> float:
+    decode = msgspec.json.Decoder()
+    t = time.perf_counter()
+    last, n = -1, 0
+    while True:
+        rows = await conn.fetch(
+            "SELECT position, event_id, site_id, site_seq, type, occurred_at, payload FROM events "
+            "WHERE position > $1 ORDER BY position LIMIT 5000", last)
+        if not rows:
+            break
+        for r in rows:
+            decode.decode(r["payload"])
+        n += len(rows)
+        last = rows[-1]["position"]
+    return n / (time.perf_counter() - t)
+
+
+async def run(admin_url: str, quick: bool) -> list[Figure]:
+    figures: list[Figure] = []
+    sizes = {1: 500 if quick else 3000, 100: 5000 if quick else 30_000, 1000: 20_000 if quick else 100_000}
+    for batch, n in sizes.items():
+        events = make_events(n, prefix=f"b{batch}")
+        async with fresh_database(admin_url) as url:
+            pool = await create_pool(url, max_size=4)
+            try:
+                async with pool.acquire() as conn:
+                    raw = await _raw_copy(conn, events, batch)
+                    await conn.execute("DROP TABLE bench_raw")
+                ours = await _append(EventStore(pool), events, batch)
+            finally:
+                await pool.close()
+        figures.append(figure(f"store append, batches of {batch}", ours, "events/s",
+                              f"raw COPY, {batch} per transaction", raw))
+    # single-event appends: one writer, then 50 concurrent writers (group commit)
+    async with fresh_database(admin_url) as url:
+        pool = await create_pool(url, max_size=50)
+        try:
+            store = EventStore(pool)
+            single = await _append(store, make_events(300 if quick else 2000, prefix="one"), 1)
+            conc = await _concurrent_singles(store, 50, 20 if quick else 100)
+        finally:
+            await pool.close()
+    figures.append(figure("store append, 1 per call, 50 concurrent writers", conc, "events/s",
+                          "store append, 1 per call, 1 writer", single))
+    # ordered read of the whole log
+    n = 50_000 if quick else 300_000
+    async with fresh_database(admin_url) as url:
+        pool = await create_pool(url, max_size=4)
+        try:
+            store = EventStore(pool)
+            events = make_events(n, prefix="read")
+            for i in range(0, n, 5000):
+                await store.append(events[i:i + 5000])
+            async with pool.acquire() as conn:
+                await conn.execute("VACUUM ANALYZE events")
+                raw = await _raw_scan(conn)
+            ours, seen = await _store_read(store)
+            assert seen == n
+        finally:
+            await pool.close()
+    figures.append(figure(f"ordered read of the log ({n:,} events, typed decode)", ours, "events/s",
+                          "raw keyset scan with JSON decode", raw))
+    return figures

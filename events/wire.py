@@ -1,0 +1,76 @@
+"""What crosses NATS between sites and the center: subjects, headers and receipts.
+
+Both sides import these definitions, so the agent and the center cannot drift apart.
+
+Subjects carry the site id, whose dots make region and township tokens of their own, so a
+county hub can be given ``care.up.<region>.>`` and a site exactly ``care.up.<its id>``:
+
+* ``care.up.<site_id>``   site -> center: one event per message (JSON, or MessagePack with
+  the ``Content-Type`` header), ``Nats-Msg-Id`` = event_id.
+* ``care.down.<site_id>`` center -> site: receipts and the committed events of every child in
+  the site's scope; the ``Shouwang-Kind`` header says which.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+import msgspec
+
+from events.types import SiteId
+
+UP_PREFIX = "care.up."
+DOWN_PREFIX = "care.down."
+UP_STREAM = "CARE_UP"
+DOWN_STREAM = "CARE_DOWN"
+KIND_HEADER = "Shouwang-Kind"
+KIND_RECEIPT = "receipt"
+KIND_EVENT = "event"
+CONTENT_TYPE_HEADER = "Content-Type"
+MSGPACK = "application/msgpack"
+
+
+def up_subject(site_id: str) -> str:
+    return UP_PREFIX + site_id
+
+
+def down_subject(site_id: str) -> str:
+    return DOWN_PREFIX + site_id
+
+
+def site_of_subject(subject: str, prefix: str = UP_PREFIX) -> str | None:
+    return subject[len(prefix):] if subject.startswith(prefix) else None
+
+
+SeqRange = Annotated[list[int], msgspec.Meta(min_length=2, max_length=2)]
+
+
+class Refusal(msgspec.Struct, frozen=True, kw_only=True):
+    """An event of this site that the center refused and keeps in quarantine."""
+
+    quarantine_id: int
+    reason: str
+    event_id: str | None = None
+    site_seq: int | None = None
+
+
+class Receipt(msgspec.Struct, frozen=True, kw_only=True):
+    """What the center has committed in PostgreSQL for one site.
+
+    ``watermark``: every site_seq <= watermark is committed; the agent may mark those safe.
+    ``holes``: inclusive [first, last] ranges above the watermark that are missing; resend them.
+    ``max_seq``: the highest site_seq committed. If ``watermark`` is lower than one the agent
+    saw before, the center lost data (restored from a backup): resend from watermark + 1.
+    """
+
+    site_id: SiteId
+    watermark: int
+    max_seq: int
+    holes: list[SeqRange] = []
+    refused: list[Refusal] = []
+    center_time: dt.datetime | None = None
+
+
+receipt_encoder = msgspec.json.Encoder()
+receipt_decoder = msgspec.json.Decoder(Receipt)

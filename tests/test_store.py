@@ -1,0 +1,230 @@
+"""The central event store: idempotent appends, per-site contiguity, reads, the hash chain."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+
+import asyncpg
+import msgspec
+import pytest
+
+from events import decode_event, encode_event
+from events.catalogue import HomeVisitMade, TalkHeld
+from events.samples import sample_registration, samples
+from service import migrate
+from service.store import ORIGIN, EventStore, Position, advance, holes_of
+from tests.factory import SiteWriter
+
+SITE_A = "gx-lp.xy.v01"
+SITE_B = "gx-lp.xy.s01"
+
+
+def visits(writer: SiteWriter, n: int, child: str = "c-" + "a" * 32):
+    return [writer.write(HomeVisitMade(child_id=child, visitor="石晓", findings=f"第{i}次")) for i in range(n)]
+
+
+async def test_append_then_read_back_identical(store: EventStore) -> None:
+    """What is appended reads back with the same content and hash, in append order."""
+    w = SiteWriter(SITE_A)
+    batch = [w.write(care) for care in samples(random.Random(1)).values()]
+    result = await store.append(batch)
+    assert result.stored == [d.event.event_id for d in batch]
+    assert not result.duplicates and not result.refused
+    read = await store.read_all(ORIGIN, 1000)
+    assert [s.event.event_id for s in read] == result.stored
+    for s, d in zip(read, batch, strict=True):
+        assert s.hash == d.hash
+        assert s.event.occurred_at == d.event.occurred_at
+        assert msgspec.json.decode(s.event.payload) == msgspec.json.decode(d.event.payload)
+        assert s.understood
+
+
+async def test_resend_whole_batch_is_duplicate(store: EventStore) -> None:
+    w = SiteWriter(SITE_A)
+    batch = visits(w, 20)
+    first = await store.append(batch)
+    again = await store.append(batch)
+    assert len(first.stored) == 20
+    assert again.stored == [] and again.duplicates == [d.event.event_id for d in batch]
+    assert await store.count() == 20
+    prog = await store.progress(SITE_A)
+    assert prog.watermark == 20 and prog.duplicates_seen == 20 and prog.events_stored == 20
+
+
+async def test_resend_half_batch(store: EventStore) -> None:
+    """Half of a batch resent together with new events: old ones duplicate, new ones stored."""
+    w = SiteWriter(SITE_A)
+    batch = visits(w, 10)
+    await store.append(batch[:5])
+    result = await store.append(batch)
+    assert result.duplicates == [d.event.event_id for d in batch[:5]]
+    assert result.stored == [d.event.event_id for d in batch[5:]]
+    assert await store.count() == 10
+
+
+async def test_same_id_different_content_is_refused_not_overwritten(store: EventStore) -> None:
+    w = SiteWriter(SITE_A)
+    batch = visits(w, 3)
+    await store.append(batch)
+    original = batch[1]
+    doc = msgspec.json.decode(encode_event(original.event))
+    doc["payload"]["findings"] = "篡改"
+    forged = decode_event(msgspec.json.encode(doc))
+    result = await store.append([batch[0], forged, batch[2]])
+    assert result.duplicates == [batch[0].event.event_id, batch[2].event.event_id]
+    assert [r.event_id for r in result.refused] == [original.event.event_id]
+    assert "different content" in result.refused[0].reason
+    stored = await store.get(original.event.event_id)
+    assert stored is not None and stored.hash == original.hash
+    assert b"\xe7\xaf\xa1" not in bytes(stored.event.payload)  # "篡" is not there
+
+
+async def test_taken_site_seq_is_refused(store: EventStore) -> None:
+    """A different event claiming a site_seq already used is refused and named."""
+    w1, w2 = SiteWriter(SITE_A), SiteWriter(SITE_A)
+    [a] = visits(w1, 1)
+    [b] = visits(w2, 1)
+    await store.append([a])
+    result = await store.append([b])
+    assert result.stored == [] and result.refused[0].event_id == b.event.event_id
+    assert "already used by event" in result.refused[0].reason
+
+
+async def test_duplicate_inside_one_batch(store: EventStore) -> None:
+    w = SiteWriter(SITE_A)
+    [a, b] = visits(w, 2)
+    result = await store.append([a, b, a])
+    assert result.stored == [a.event.event_id, b.event.event_id]
+    assert result.duplicates == [a.event.event_id]
+    assert await store.count() == 2
+
+
+async def test_watermark_and_holes(store: EventStore) -> None:
+    """Out-of-order arrival: the watermark stops at the first hole; holes are listed as ranges."""
+    w = SiteWriter(SITE_A)
+    batch = visits(w, 10)
+    await store.append([batch[i] for i in (0, 1, 4, 5, 8)])
+    prog = await store.progress(SITE_A)
+    assert (prog.watermark, prog.max_seq, prog.holes) == (2, 9, [(3, 4), (7, 8)])
+    await store.append([batch[i] for i in (2, 3, 6)])
+    prog = await store.progress(SITE_A)
+    assert (prog.watermark, prog.holes) == (7, [(8, 8)])
+    await store.append([batch[7], batch[9]])
+    prog = await store.progress(SITE_A)
+    assert (prog.watermark, prog.max_seq, prog.holes) == (10, 10, [])
+
+
+def test_advance_merges_ranges() -> None:
+    assert advance(0, [], [3, 1, 2, 7]) == (3, [7, 7])
+    assert advance(3, [7, 7], [5, 6]) == (3, [5, 7])
+    assert advance(3, [5, 7], [4]) == (7, [])
+    assert holes_of(2, [5, 6, 9, 9]) == [(3, 4), (7, 8)]
+    assert advance(5, [], [1, 2]) == (5, [])  # below the watermark: already counted
+
+
+async def test_reads_by_child_site_and_committed_time(store: EventStore) -> None:
+    wa, wb = SiteWriter(SITE_A), SiteWriter(SITE_B)
+    c1, c2 = "c-" + "1" * 32, "c-" + "2" * 32
+    await store.append([wa.write(sample_registration(random.Random(1), c1)),
+                        wa.write(HomeVisitMade(child_id=c2, visitor="石晓"))])
+    await store.append([wb.write(TalkHeld(child_id=c1, teacher="云安", record_card="好"))])
+    by_child = await store.read_child(c1)
+    assert [s.event.type for s in by_child] == ["ChildRegistered", "TalkHeld"]
+    assert [s.event.site_seq for s in await store.read_site(SITE_A, 2)] == [2]
+    now = dt.datetime.now(dt.UTC)
+    recent = await store.read_committed(now - dt.timedelta(minutes=5), now + dt.timedelta(minutes=5))
+    assert len(recent) == 3
+    assert await store.read_committed(now + dt.timedelta(hours=1), now + dt.timedelta(hours=2)) == []
+    assert await store.read_child(c1, occurred_before=dt.datetime(2020, 1, 1, tzinfo=dt.UTC)) == []
+
+
+async def test_verify_chain_detects_tampering(store: EventStore, pool: asyncpg.Pool) -> None:
+    """An auditor's chain check passes on an honest log and names the event altered in the DB."""
+    w = SiteWriter(SITE_A)
+    await store.append(visits(w, 5))
+    report = await store.verify_chain(SITE_A)
+    assert report.ok and report.verified == 5
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """UPDATE events SET payload = jsonb_set(payload, '{findings}', '"改过"')
+               WHERE site_id = $1 AND site_seq = 3""", SITE_A)
+    report = await store.verify_chain(SITE_A)
+    assert not report.ok
+    assert any("site_seq 3" in p for p in report.problems)
+
+
+async def test_verify_chain_detects_removed_event(store: EventStore, pool: asyncpg.Pool) -> None:
+    w = SiteWriter(SITE_A)
+    await store.append(visits(w, 4))
+    async with pool.acquire() as conn:
+        await conn.execute("DELETE FROM events WHERE site_id = $1 AND site_seq = 2", SITE_A)
+    report = await store.verify_chain(SITE_A)
+    assert not report.ok and any("missing" in p for p in report.problems)
+
+
+async def test_unknown_type_is_stored_and_counted(store: EventStore) -> None:
+    w = SiteWriter(SITE_A)
+    [d] = visits(w, 1)
+    doc = msgspec.json.decode(encode_event(d.event))
+    doc["type"] = "FutureThing"
+    doc["payload"] = {"type": "FutureThing", "x": 1}
+    unknown = decode_event(msgspec.json.encode(doc))
+    result = await store.append([unknown])
+    assert result.stored == [d.event.event_id]
+    [s] = await store.read_all()
+    assert not s.understood and s.event.type == "FutureThing"
+
+
+async def test_two_appenders_racing_store_each_event_once(store: EventStore) -> None:
+    """Two ingesters appending overlapping batches concurrently: each event stored exactly once."""
+    w = SiteWriter(SITE_A)
+    batch = visits(w, 200)
+    rng = random.Random(4)
+    chunks = [batch[i:i + 25] for i in range(0, 200, 25)]
+    tasks = []
+    for _ in range(2):
+        order = chunks[:]
+        rng.shuffle(order)
+        tasks.append(asyncio.gather(*(store.append(c) for c in order)))
+    results = [r for group in await asyncio.gather(*tasks) for r in group]
+    stored = [eid for r in results for eid in r.stored]
+    assert sorted(stored) == sorted(d.event.event_id for d in batch)
+    assert sum(len(r.duplicates) for r in results) == 200
+    assert not any(r.refused for r in results)
+    prog = await store.progress(SITE_A)
+    assert prog.watermark == 200 and prog.holes == []
+
+
+async def test_head_and_position_parse(store: EventStore) -> None:
+    assert await store.head() == ORIGIN
+    w = SiteWriter(SITE_A)
+    await store.append(visits(w, 3))
+    head = await store.head()
+    assert head > ORIGIN
+    assert Position.parse(str(head)) == head
+    with pytest.raises(ValueError, match="position"):
+        Position.parse("nonsense")
+
+
+async def test_migrations_from_empty_and_rerun(template) -> None:
+    """Migrating an empty database creates the schema; running again (twice at once) is a no-op."""
+    url = await template.fresh_database(migrated=False)
+    conns = [await asyncpg.connect(url) for _ in range(3)]
+    try:
+        assert await migrate.current_version(conns[0]) == 0
+        results = await asyncio.gather(*(migrate.migrate(c) for c in conns[:2]))
+        applied = sorted(v for r in results for v in r)
+        assert applied == [m.version for m in migrate.available()]
+        assert await migrate.migrate(conns[2]) == []
+        assert await migrate.current_version(conns[2]) == migrate.available()[-1].version
+        assert await conns[2].fetchval("SELECT to_regclass('events') IS NOT NULL")
+    finally:
+        for c in conns:
+            await c.close()
+
+
+def test_migration_files_are_well_named() -> None:
+    versions = [m.version for m in migrate.available()]
+    assert versions == sorted(set(versions)) and versions[0] == 1
