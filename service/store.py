@@ -306,39 +306,35 @@ def _progress(row: asyncpg.Record) -> SiteProgress:
 
 
 async def append_in(conn: asyncpg.Connection, batch: Sequence[DecodedEvent]) -> AppendResult:
-    """Append inside the caller's transaction (the ingester also writes quarantine rows in it)."""
+    """Append inside the caller's transaction (the ingester also writes quarantine rows in it).
+
+    Fast path, for a batch of new events (the common case): two COPYs, no per-row lookups.
+    If the COPY into `event_index` hits an id that is already stored (a resend), the savepoint
+    is rolled back and the batch is classified against what is stored, then only the new
+    events are copied.
+    """
     result = AppendResult()
     if not batch:
         return result
     sites = sorted({d.event.site_id for d in batch})
-    # Lock the progress rows first, in site order: appends for one site are serialized from
-    # here to commit, and two appenders never deadlock on each other's sites.
-    await conn.execute(
-        "INSERT INTO site_progress (site_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", sites
-    )
+    # Lock the progress rows first, in site order (the upsert processes rows in input order):
+    # appends for one site are serialized from here to commit, so sequence numbers are checked
+    # against a current view, and two appenders never deadlock on each other's sites.
     progress_rows = await conn.fetch(
-        "SELECT site_id, watermark, pending FROM site_progress WHERE site_id = ANY($1) ORDER BY site_id FOR UPDATE",
+        """INSERT INTO site_progress (site_id) SELECT unnest($1::text[])
+           ON CONFLICT (site_id) DO UPDATE SET site_id = EXCLUDED.site_id
+           RETURNING site_id, watermark, pending""",
         sites,
     )
-    ids = [uuid.UUID(d.event.event_id) for d in batch]
-    hashes = [bytes.fromhex(d.hash) for d in batch]
-    inserted = await conn.fetch(
-        """INSERT INTO event_index (event_id, site_id, site_seq, hash)
-           SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bytea[])
-           ON CONFLICT DO NOTHING RETURNING event_id""",
-        ids, [d.event.site_id for d in batch], [d.event.site_seq for d in batch], hashes,
-    )
-    new_ids = {r["event_id"] for r in inserted}
-    fresh: list[DecodedEvent] = []
-    others: list[DecodedEvent] = []
-    for d, eid in zip(batch, ids, strict=True):
-        if eid in new_ids:
-            new_ids.discard(eid)  # a second copy of the same id in this batch is not fresh
-            fresh.append(d)
-        else:
-            others.append(d)
+    committed = {r["site_id"]: (r["watermark"], r["pending"]) for r in progress_rows}
+    fresh, taken = _split_by_sequence(batch, committed)
+    others: list[DecodedEvent] = list(taken)
+    inserted = await _insert_index(conn, fresh)
+    if len(inserted) < len(fresh):  # some ids were stored already: a resend
+        others += [d for d in fresh if d.event.event_id not in inserted]
+        fresh = [d for d in fresh if d.event.event_id in inserted]
     if fresh:
-        await conn.copy_records_to_table("events", records=[_record(d) for d in fresh], columns=_EVENT_COLUMNS)
+        await _insert_events(conn, fresh)
         result.stored = [d.event.event_id for d in fresh]
     duplicates_by_site: dict[str, int] = {}
     if others:
@@ -347,43 +343,137 @@ async def append_in(conn: asyncpg.Connection, batch: Sequence[DecodedEvent]) -> 
         for d in others:
             if d.event.event_id in dup_ids:
                 duplicates_by_site[d.event.site_id] = duplicates_by_site.get(d.event.site_id, 0) + 1
-    await _advance_progress(conn, progress_rows, fresh, duplicates_by_site)
+        # keep the caller's order in the report
+        order = {d.event.event_id: i for i, d in enumerate(batch)}
+        result.duplicates.sort(key=lambda eid: order[eid])
+        result.refused.sort(key=lambda r: order[r.event_id])
+    await _advance_progress(conn, committed, fresh, duplicates_by_site)
     result.sites = sites
     return result
+
+
+# Below this many rows a multi-row INSERT of arrays beats COPY, whose set-up costs round trips.
+COPY_THRESHOLD = 64
+
+
+async def _insert_index(conn: asyncpg.Connection, fresh: list[DecodedEvent]) -> set[str]:
+    """Insert the ids into event_index; returns the ids that were not there yet."""
+    if not fresh:
+        return set()
+    if len(fresh) >= COPY_THRESHOLD:
+        try:
+            async with conn.transaction():  # a savepoint: an id stored already only undoes this COPY
+                await conn.copy_records_to_table(
+                    "event_index", records=[_index_record(d) for d in fresh], columns=_INDEX_COLUMNS
+                )
+            return {d.event.event_id for d in fresh}
+        except asyncpg.UniqueViolationError:
+            pass
+    rows = await conn.fetch(
+        """INSERT INTO event_index (event_id, hash) SELECT * FROM unnest($1::uuid[], $2::bytea[])
+           ON CONFLICT DO NOTHING RETURNING event_id""",
+        [d.event.event_id for d in fresh], [bytes.fromhex(d.hash) for d in fresh],
+    )
+    return {str(r["event_id"]) for r in rows}
+
+
+async def _insert_events(conn: asyncpg.Connection, fresh: list[DecodedEvent]) -> None:
+    records = [_record(d) for d in fresh]
+    if len(records) >= COPY_THRESHOLD:
+        await conn.copy_records_to_table("events", records=records, columns=_EVENT_COLUMNS)
+        return
+    columns = [list(col) for col in zip(*records, strict=True)]
+    columns[12] = [" ".join(children) for children in columns[12]]  # ragged arrays travel as text
+    await conn.execute(_INSERT_EVENTS, *columns)
+
+
+_INSERT_EVENTS = """INSERT INTO events (region, site_id, site_seq, event_id, type, schema_version, understood,
+        actor, occurred_at, recorded_at, prev_hash, hash, children, based_on, payload)
+    SELECT u.region, u.site_id, u.site_seq, u.event_id, u.type, u.schema_version, u.understood, u.actor,
+           u.occurred_at, u.recorded_at, u.prev_hash, u.hash, string_to_array(u.children, ' '), u.based_on,
+           u.payload
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::int[], $7::bool[], $8::text[],
+                $9::timestamptz[], $10::bigint[], $11::bytea[], $12::bytea[], $13::text[], $14::jsonb[],
+                $15::jsonb[])
+         AS u(region, site_id, site_seq, event_id, type, schema_version, understood, actor, occurred_at,
+              recorded_at, prev_hash, hash, children, based_on, payload)"""
+
+
+def _is_committed(seq: int, watermark: int, pending: Sequence[int]) -> bool:
+    if seq <= watermark:
+        return True
+    return any(pending[i] <= seq <= pending[i + 1] for i in range(0, len(pending), 2))
+
+
+def _split_by_sequence(
+    batch: Sequence[DecodedEvent], committed: dict[str, tuple[int, Sequence[int]]]
+) -> tuple[list[DecodedEvent], list[DecodedEvent]]:
+    """Events whose (site, seq) is free and whose id is the first in the batch (candidates to
+    store), and the rest (a resend, a repeat inside the batch, or a claim on a taken seq)."""
+    fresh: list[DecodedEvent] = []
+    rest: list[DecodedEvent] = []
+    seen_ids: set[str] = set()
+    seen_seqs: set[tuple[str, int]] = set()
+    for d in batch:
+        e = d.event
+        watermark, pending = committed[e.site_id]
+        key = (e.site_id, e.site_seq)
+        if e.event_id in seen_ids or key in seen_seqs or _is_committed(e.site_seq, watermark, pending):
+            rest.append(d)
+        else:
+            fresh.append(d)
+            seen_ids.add(e.event_id)
+            seen_seqs.add(key)
+    return fresh, rest
+
+
+async def _existing(conn: asyncpg.Connection, event_ids: list[str]) -> dict[str, asyncpg.Record]:
+    rows = await conn.fetch(
+        "SELECT event_id, hash FROM event_index WHERE event_id = ANY($1::uuid[])",
+        [uuid.UUID(e) for e in event_ids],
+    )
+    return {str(r["event_id"]): r for r in rows}
+
+
+_INDEX_COLUMNS = ("event_id", "hash")
+
+
+# asyncpg encodes a uuid column from its text form in C, faster than building uuid.UUID objects.
+def _index_record(d: DecodedEvent) -> tuple[Any, ...]:
+    return (d.event.event_id, bytes.fromhex(d.hash))
 
 
 def _record(d: DecodedEvent) -> tuple[Any, ...]:
     e = d.event
     return (
-        region_of(e.site_id), e.site_id, e.site_seq, uuid.UUID(e.event_id), e.type, e.schema_version,
+        region_of(e.site_id), e.site_id, e.site_seq, e.event_id, e.type, e.schema_version,
         d.understood, e.actor, e.occurred_at, e.recorded_at, bytes.fromhex(e.prev_hash),
-        bytes.fromhex(d.hash), e.children, _json.encode(e.based_on), bytes(e.payload),
+        bytes.fromhex(d.hash), e.children, _json.encode(e.based_on) if e.based_on else b"{}", bytes(e.payload),
     )
 
 
 async def _classify(conn: asyncpg.Connection, others: list[DecodedEvent], result: AppendResult) -> None:
-    """Each event that was not inserted is a duplicate (same id, same content) or refused."""
-    rows = await conn.fetch(
-        "SELECT event_id, site_id, site_seq, hash FROM event_index WHERE event_id = ANY($1::uuid[])",
-        [uuid.UUID(d.event.event_id) for d in others],
-    )
-    by_id = {str(r["event_id"]): r for r in rows}
+    """Each event that was not stored is a duplicate (same id, same content) or refused."""
+    by_id = await _existing(conn, [d.event.event_id for d in others])
+    stored_now = set(result.stored)
     for d in others:
         e = d.event
         row = by_id.get(e.event_id)
         if row is not None:
-            if row["hash"].hex() == d.hash and row["site_id"] == e.site_id and row["site_seq"] == e.site_seq:
+            if row["hash"].hex() == d.hash:  # the hash covers site_id and site_seq too
                 result.duplicates.append(e.event_id)
             else:
                 result.refused.append(Refused(
                     e.event_id, e.site_id, e.site_seq,
-                    f"event_id {e.event_id} is already stored with different content "
-                    f"(site {row['site_id']} seq {row['site_seq']}); the stored event is kept, this one is refused",
+                    f"event_id {e.event_id} is already stored with different content; "
+                    "the stored event is kept, this one is refused",
                 ))
             continue
+        if e.event_id in stored_now:  # cannot happen: stored ids are in event_index
+            raise StoreError(f"event {e.event_id} stored but not indexed")
         holder = await conn.fetchval(
-            "SELECT event_id FROM event_index WHERE site_id = $1 AND site_seq = $2", e.site_id, e.site_seq
-        )
+            "SELECT event_id FROM events WHERE site_id = $1 AND site_seq = $2", e.site_id, e.site_seq
+        ) or "another event in the same batch"
         result.refused.append(Refused(
             e.event_id, e.site_id, e.site_seq,
             f"site_seq {e.site_seq} of site {e.site_id} is already used by event {holder}; "
@@ -392,27 +482,36 @@ async def _classify(conn: asyncpg.Connection, others: list[DecodedEvent], result
 
 
 async def _advance_progress(
-    conn: asyncpg.Connection, progress_rows: list[asyncpg.Record], fresh: list[DecodedEvent],
+    conn: asyncpg.Connection, committed: dict[str, tuple[int, Sequence[int]]], fresh: list[DecodedEvent],
     duplicates_by_site: dict[str, int],
 ) -> None:
     by_site: dict[str, list[DecodedEvent]] = {}
     for d in fresh:
         by_site.setdefault(d.event.site_id, []).append(d)
-    for row in progress_rows:
-        site_id = row["site_id"]
+    cols: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+    for site_id, (watermark, pending) in committed.items():
         events = by_site.get(site_id, [])
         dups = duplicates_by_site.get(site_id, 0)
         if not events and not dups:
             continue
-        watermark, pending = advance(row["watermark"], row["pending"], (d.event.site_seq for d in events))
-        newest = max((d.event.occurred_at for d in events), default=None)
-        await conn.execute(
-            """UPDATE site_progress SET watermark = $2, pending = $3,
-                   max_seq = greatest(max_seq, $4), events_stored = events_stored + $5,
-                   duplicates_seen = duplicates_seen + $6,
-                   last_committed_at = CASE WHEN $5 > 0 THEN now() ELSE last_committed_at END,
-                   newest_occurred_at = greatest(newest_occurred_at, $7)
-               WHERE site_id = $1""",
-            site_id, watermark, pending, max((d.event.site_seq for d in events), default=0),
-            len(events), dups, newest,
+        new_watermark, new_pending = advance(watermark, pending, (d.event.site_seq for d in events))
+        values = (
+            site_id, new_watermark, "{" + ",".join(map(str, new_pending)) + "}",
+            max((d.event.site_seq for d in events), default=0), len(events), dups,
+            max((d.event.occurred_at for d in events), default=None),
         )
+        for col, value in zip(cols, values, strict=True):
+            col.append(value)
+    if not cols[0]:
+        return
+    await conn.execute(
+        """UPDATE site_progress AS p SET watermark = u.watermark, pending = u.pending::bigint[],
+               max_seq = greatest(p.max_seq, u.max_seq), events_stored = p.events_stored + u.stored,
+               duplicates_seen = p.duplicates_seen + u.dups,
+               last_committed_at = CASE WHEN u.stored > 0 THEN now() ELSE p.last_committed_at END,
+               newest_occurred_at = greatest(p.newest_occurred_at, u.newest)
+           FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
+                       $7::timestamptz[]) AS u(site_id, watermark, pending, max_seq, stored, dups, newest)
+           WHERE p.site_id = u.site_id""",
+        *cols,
+    )

@@ -2,18 +2,20 @@
 --
 -- Partitioning plan (ARCHITECTURE.md "Scale"): `events` carries no unique constraint, so it can
 -- become `PARTITION BY LIST (region)` with `RANGE (committed_at)` sub-partitions without any
--- key changing. Identity lives in `event_index` (event_id -> site, seq, hash), a narrow table
--- that is kept forever and can be hash-partitioned by event_id if it ever needs to be.
+-- key changing. Identity lives in `event_index` (event_id -> content hash), a narrow table that
+-- is kept forever and can be hash-partitioned by event_id if it ever needs to be.
 
 CREATE TABLE event_index (
     event_id  uuid    PRIMARY KEY,
-    site_id   text    NOT NULL,
-    site_seq  bigint  NOT NULL,
-    hash      bytea   NOT NULL,          -- sha256 of the canonical event: same id + same hash = duplicate
-    CONSTRAINT event_index_site_seq UNIQUE (site_id, site_seq)
+    hash      bytea   NOT NULL  -- sha256 of the canonical event (site and seq included): same id + same hash = duplicate
 );
+-- (site_id, site_seq) is unique too. That is enforced by the appender under the site's
+-- site_progress row lock (a sequence number at or below the watermark or inside a committed
+-- range is taken), which costs no second unique index on every insert.
 
-CREATE SEQUENCE events_position_seq AS bigint CACHE 1;
+-- Positions only order rows within one transaction (the global order is (tx_id, position)),
+-- so each backend may cache a range of them.
+CREATE SEQUENCE events_position_seq AS bigint CACHE 1000;
 
 CREATE TABLE events (
     -- Global order is (tx_id, position): see store.py "Readers never skip".
@@ -41,7 +43,6 @@ CREATE INDEX events_global_order ON events (tx_id, position);
 CREATE INDEX events_site_seq ON events (site_id, site_seq);
 CREATE INDEX events_children ON events USING gin (children);
 CREATE INDEX events_committed_at ON events USING brin (committed_at);
-CREATE INDEX events_position ON events (position);
 
 -- Per-site contiguity: everything <= watermark is committed; `pending` holds the committed
 -- ranges above it, flattened as [lo1, hi1, lo2, hi2, ...]; holes are the gaps between.
