@@ -228,3 +228,32 @@ async def test_migrations_from_empty_and_rerun(template) -> None:
 def test_migration_files_are_well_named() -> None:
     versions = [m.version for m in migrate.available()]
     assert versions == sorted(set(versions)) and versions[0] == 1
+
+
+async def test_large_resend_takes_the_copy_fallback(store: EventStore) -> None:
+    """A batch big enough for COPY that contains stored ids: the stored ones are duplicates,
+    the new ones are stored, and nothing is stored twice."""
+    w = SiteWriter(SITE_A)
+    batch = visits(w, 300)
+    await store.append(batch[:150])
+    result = await store.append(batch)
+    assert result.duplicates == [d.event.event_id for d in batch[:150]]
+    assert result.stored == [d.event.event_id for d in batch[150:]]
+    assert await store.count() == 300
+    assert (await store.progress(SITE_A)).watermark == 300
+
+
+async def test_racing_claims_on_one_site_seq_store_one(store: EventStore) -> None:
+    """Two different events claiming the same (site, site_seq) at the same time: exactly one is
+    stored, the other refused, however the two appends interleave."""
+    for _ in range(5):
+        w1, w2 = SiteWriter("gx-lp.race.v01"), SiteWriter("gx-lp.race.v01")
+        w1.seq = w2.seq = (await store.progress("gx-lp.race.v01")).watermark
+        a = visits(w1, 80)
+        b = visits(w2, 80)
+        ra, rb = await asyncio.gather(store.append(a), store.append(b))
+        assert len(ra.stored) + len(rb.stored) == 80
+        assert len(ra.refused) + len(rb.refused) == 80
+        assert all("already used by event" in r.reason for r in ra.refused + rb.refused)
+    prog = await store.progress("gx-lp.race.v01")
+    assert prog.watermark == 400 and prog.events_stored == 400
