@@ -212,7 +212,7 @@ def test_merge_joins_histories_and_unmerge_separates_them() -> None:
 
 def test_events_not_understood_are_skipped_and_counted() -> None:
     """An event without a typed payload (unknown type) changes nothing and is counted."""
-    a, _, reg = _registered()
+    _, _, reg = _registered()
     unknown = msgspec.structs.replace(reg.event, event_id="01937a0c-3f2b-7c8d-9e0f-112233445566", type="FutureThing")
     states, skipped = archive.build_states([(reg.event, reg.care), (unknown, None)])
     assert skipped == 1
