@@ -1,0 +1,95 @@
+"""Site identity: who this site is, where its center is, kept in `<data dir>/site.json`.
+
+`shouwang agent init` writes it once; every other agent command reads it. The site id carries
+its region and township ("region.township.site"), so a site knows its township without asking.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+
+from events.types import SiteId
+
+CONFIG_NAME = "site.json"
+LOG_NAME = "log.sqlite"
+
+
+class SiteKind(enum.StrEnum):
+    VILLAGE = "village"
+    SCHOOL = "school"
+    TOWNSHIP = "township"
+
+
+class ConfigError(Exception):
+    """The data directory has no usable site configuration; the message says what to do."""
+
+
+class SiteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    site_id: SiteId
+    kind: SiteKind
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
+    nats_url: Annotated[str, msgspec.Meta(min_length=1)]
+    creds: str | None = None
+    # Staff account written into `actor` when a draft names none.
+    default_actor: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._@-]{1,64}$")] = "station"
+
+    @property
+    def township(self) -> str:
+        """'region.township', the township this site belongs to."""
+        return self.site_id.rsplit(".", 1)[0]
+
+    @property
+    def durable_name(self) -> str:
+        """This site's durable consumer on CARE_DOWN (consumer names may not contain dots)."""
+        return "agent_" + self.site_id.replace(".", "_")
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(SiteConfig)
+
+
+def config_path(data_dir: Path) -> Path:
+    return Path(data_dir) / CONFIG_NAME
+
+
+def log_path(data_dir: Path) -> Path:
+    return Path(data_dir) / LOG_NAME
+
+
+def write_config(data_dir: Path, config: SiteConfig) -> Path:
+    """Validate and write the site's configuration; refuse to overwrite another site's identity."""
+    config = msgspec.convert(msgspec.to_builtins(config), type=SiteConfig)  # enforce the constraints
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = config_path(data_dir)
+    if path.exists():
+        existing = load_config(data_dir)
+        if existing.site_id != config.site_id:
+            raise ConfigError(f"{path} already belongs to site {existing.site_id!r}; a data directory holds "
+                              f"one site's log and cannot be given to {config.site_id!r}")
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(msgspec.json.format(_encoder.encode(config)) + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_config(data_dir: Path) -> SiteConfig:
+    path = config_path(Path(data_dir))
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found: run `shouwang agent init --data {data_dir} ...` first") from None
+    try:
+        return _decoder.decode(data)
+    except msgspec.ValidationError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    except msgspec.DecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON: {err}") from None

@@ -1,0 +1,121 @@
+"""Download: this site's durable consumer on `care.down.<site>`: receipts and fanned-out events.
+
+Messages are acknowledged only after what they carry is committed to the local SQLite log, so
+a crash in between makes JetStream redeliver them, and applying them twice changes nothing
+(receipts are snapshots; events are kept once by event_id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.js import api
+
+from events.envelope import Event
+from events.wire import DOWN_STREAM, KIND_EVENT, KIND_HEADER, KIND_RECEIPT, Receipt, down_subject, receipt_decoder
+from service import log
+from sync_agent.backoff import Backoff
+from sync_agent.locallog import LocalLog, ReceiptEffect
+from sync_agent.tuning import SyncTuning
+from sync_agent.upload import TRANSIENT
+
+_log = log.get("sync_agent.download")
+_event_decoder = msgspec.json.Decoder(Event)
+
+
+class Downloader:
+    def __init__(self, log_: LocalLog, site_id: str, durable: str, tuning: SyncTuning,
+                 on_receipt: Callable[[ReceiptEffect], None], on_error: Callable[[str], None],
+                 rng: random.Random | None = None) -> None:
+        self.log = log_
+        self.site_id = site_id
+        self.durable = durable
+        self.tuning = tuning
+        self._on_receipt = on_receipt
+        self._on_error = on_error
+        self._rng = rng or random.Random()
+        self.nc: Any = None
+        self.receipts = 0
+        self.events = 0
+        self.unreadable = 0
+
+    async def run(self) -> None:
+        backoff = Backoff(self.tuning.retry_base, self.tuning.retry_cap, self._rng)
+        while True:
+            nc = self.nc
+            if nc is None or not nc.is_connected:
+                await asyncio.sleep(self.tuning.idle_poll)
+                continue
+            try:
+                sub = await self._subscribe(nc)
+                backoff.reset()
+                while True:
+                    try:
+                        msgs = await sub.fetch(self.tuning.fetch_batch, timeout=self.tuning.fetch_timeout)
+                    except TimeoutError:
+                        continue
+                    await self.handle(msgs)
+                    backoff.reset()
+            except TRANSIENT as err:
+                self._on_error(f"download: {type(err).__name__}: {err}")
+                await asyncio.sleep(backoff.next())
+
+    async def _subscribe(self, nc: Any) -> Any:
+        js = nc.jetstream()
+        config = api.ConsumerConfig(
+            durable_name=self.durable,
+            filter_subject=down_subject(self.site_id),
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_policy=api.AckPolicy.ALL,  # one ack per fetched batch, after it is committed locally
+            ack_wait=30,
+            max_ack_pending=10_000,
+        )
+        await js.add_consumer(DOWN_STREAM, config)
+        return await js.pull_subscribe_bind(self.durable, stream=DOWN_STREAM)
+
+    async def handle(self, msgs: list[Any]) -> None:
+        latest: Receipt | None = None
+        refused: list[Any] = []
+        inbound: list[tuple[Event, bytes]] = []
+        for msg in msgs:
+            kind = (msg.headers or {}).get(KIND_HEADER)
+            try:
+                if kind == KIND_RECEIPT:
+                    r = receipt_decoder.decode(msg.data)
+                    if r.site_id != self.site_id:
+                        continue
+                    refused += r.refused
+                    latest = r
+                elif kind == KIND_EVENT:
+                    inbound.append((_event_decoder.decode(msg.data), bytes(msg.data)))
+                else:
+                    self.unreadable += 1
+                    _log.warning("unknown message kind on care.down", kind=kind, stream_seq=_seq(msg))
+            except msgspec.DecodeError as err:
+                # Acked and skipped, so one bad message cannot block the site's inbox forever.
+                self.unreadable += 1
+                _log.warning("unreadable message on care.down", kind=kind, stream_seq=_seq(msg), error=str(err))
+        if inbound:
+            self.events += await asyncio.to_thread(self.log.apply_inbound, inbound)
+        if latest is not None:
+            # Receipts are snapshots; the last of a batch supersedes the others, but the
+            # refusals each carried are all kept.
+            if refused:
+                latest = msgspec.structs.replace(latest, refused=refused)
+            effect = await asyncio.to_thread(self.log.apply_receipt, latest)
+            self.receipts += 1
+            self._on_receipt(effect)
+        if msgs:
+            await msgs[-1].ack()
+
+
+def _seq(msg: Any) -> int | None:
+    try:
+        return int(msg.metadata.sequence.stream)
+    except (nats.errors.Error, AttributeError):  # informational only; a plain message has none
+        return None

@@ -1,0 +1,483 @@
+"""The site's local log: SQLite in WAL mode with synchronous=FULL, one file per site.
+
+Tables:
+* ``log``: the site's own events, the whole history, in ``site_seq`` order, each row the
+  exact JSON that is published (``body``) and its hash. Rows are never updated or deleted.
+* ``inbox``: committed events of other sites received from the center (children in scope).
+* ``child_event``: which events (own or received) concern which child, for the offline view.
+* ``refused``: what the center refused and keeps in quarantine.
+* ``meta``: the HLC high-water mark, the last receipt, last contact and last error.
+
+Guarantee 1 (recorded means durable): `record` returns only after COMMIT, and with WAL plus
+synchronous=FULL SQLite fsyncs the WAL at every commit, so a power cut afterwards loses
+nothing. Guarantees 3 and 8 (gapless sequence, hash chain): sealing reads the last row and
+the HLC, seals and inserts inside one ``BEGIN IMMEDIATE`` transaction, which takes SQLite's
+write lock before the read. A second process (the CLI while the agent runs) therefore waits
+for the lock and then sees the first one's rows; no two events can get one ``site_seq`` or
+one ``prev_hash``. A failure anywhere in the batch rolls the whole batch back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from events.envelope import GENESIS_HASH, DecodedEvent, Draft, Event, decode_event, encode_event, event_hash, seal
+from events.hlc import HybridClock, to_datetime
+from events.ids import new_event_id
+from events.validation import Problem, ValidationFailed, join_path
+from events.wire import Receipt, receipt_decoder, receipt_encoder
+from sync_agent import view
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS log (
+    site_seq    INTEGER PRIMARY KEY,
+    event_id    TEXT NOT NULL UNIQUE,
+    hash        TEXT NOT NULL,
+    recorded_at INTEGER NOT NULL,
+    body        BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS inbox (
+    event_id    TEXT PRIMARY KEY,
+    site_id     TEXT NOT NULL,
+    site_seq    INTEGER NOT NULL,
+    recorded_at INTEGER NOT NULL,
+    received_at TEXT NOT NULL,
+    body        BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS child_event (
+    child_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (child_id, event_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS refused (
+    quarantine_id INTEGER PRIMARY KEY,
+    event_id      TEXT,
+    site_seq      INTEGER,
+    reason        TEXT NOT NULL,
+    received_at   TEXT NOT NULL
+);
+"""
+
+_event_decoder = msgspec.json.Decoder(Event)
+
+
+class LocalLogError(Exception):
+    """The local log cannot be used; the message says what happened and what to do."""
+
+
+class LogLocked(LocalLogError):
+    """Another program holds the local log's write lock for longer than we wait."""
+
+
+class LogFull(LocalLogError):
+    """The disk (or the log's size limit) is full; nothing of the batch was written."""
+
+
+class LogCorrupted(LocalLogError):
+    """The hash chain or the sequence of the local log is broken: an edited or damaged file."""
+
+    def __init__(self, path: Path, site_seq: int, what: str) -> None:
+        self.site_seq = site_seq
+        super().__init__(
+            f"the local log {path} is damaged or was edited at site_seq {site_seq}: {what}. "
+            "It is refused rather than re-chained; keep the file for the auditor and restore "
+            "the site's log from a backup (`shouwang agent verify` shows the first broken link)")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _translate(err: sqlite3.Error, path: Path, busy_timeout: float) -> LocalLogError:
+    name = getattr(err, "sqlite_errorname", "") or ""
+    text = str(err)
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        return LogLocked(f"the local log {path} is locked by another program (waited {busy_timeout:g} s); "
+                         "nothing was recorded. Close the other program or retry")
+    if name.startswith("SQLITE_FULL") or "full" in text:
+        return LogFull(f"the disk holding {path} is full; nothing was recorded and the sequence is "
+                       "unchanged. Free some space and retry")
+    if name.startswith("SQLITE_READONLY") or "readonly" in text:
+        return LocalLogError(f"the local log {path} is read-only ({text}); nothing was recorded")
+    return LocalLogError(f"the local log {path} failed: {text} ({name or 'sqlite error'})")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Recorded:
+    event_id: str
+    site_seq: int
+    hash: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outgoing:
+    site_seq: int
+    event_id: str
+    body: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReceiptState:
+    """What the center last said it has of this site; every site_seq it does not cover is pending."""
+
+    watermark: int = 0
+    max_seq: int = 0
+    holes: tuple[tuple[int, int], ...] = ()
+
+    def committed(self, seq: int) -> bool:
+        if seq <= self.watermark:
+            return True
+        return seq <= self.max_seq and not any(lo <= seq <= hi for lo, hi in self.holes)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReceiptEffect:
+    state: ReceiptState
+    went_back: bool  # the center lost events it had receipted (restored from a backup)
+    progressed: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChainReport:
+    events: int
+    head_seq: int
+    head_hash: str
+
+
+class LocalLog:
+    """One connection to a site's SQLite log. Thread-safe (one lock); open one per process/task."""
+
+    def __init__(self, path: Path, site_id: str, *, busy_timeout: float = 10.0) -> None:
+        self.path = Path(path)
+        self.site_id = site_id
+        self.busy_timeout = busy_timeout
+        self._lock = threading.RLock()
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
+                                         check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            with self._write():
+                for statement in _statements():  # not executescript: it would COMMIT our transaction
+                    self._conn.execute(statement)
+                owner = self._meta("site_id")
+                if owner is None:
+                    self._set_meta("site_id", site_id)
+                    self._set_meta("created_at", _now().isoformat())
+                elif owner != site_id:
+                    raise LocalLogError(f"the local log {self.path} belongs to site {owner!r}, not {site_id!r}")
+        except sqlite3.Error as err:
+            raise _translate(err, self.path, busy_timeout) from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> LocalLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- transactions ------------------------------------------------------------------
+
+    class _Tx:
+        def __init__(self, log: LocalLog) -> None:
+            self.log = log
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.log._lock.acquire()
+            try:
+                self.log._conn.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self.log._lock.release()
+                raise
+            return self.log._conn
+
+        def __exit__(self, typ: object, exc: object, tb: object) -> None:
+            try:
+                if typ is None:
+                    self.log._conn.execute("COMMIT")
+                else:
+                    self.log._conn.execute("ROLLBACK")
+            finally:
+                self.log._lock.release()
+
+    def _write(self) -> LocalLog._Tx:
+        return LocalLog._Tx(self)
+
+    def _meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._conn.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = "
+                           "excluded.value", (key, value))
+
+    def meta(self, key: str) -> str | None:
+        with self._lock:
+            return self._meta(key)
+
+    def set_meta(self, **values: str) -> None:
+        try:
+            with self._write():
+                for k, v in values.items():
+                    self._set_meta(k, v)
+        except sqlite3.Error as err:
+            raise _translate(err, self.path, self.busy_timeout) from None
+
+    # --- recording -----------------------------------------------------------------------
+
+    def record(self, drafts: Sequence[Draft], *, default_actor: str, now: dt.datetime | None = None) -> list[Recorded]:
+        """Seal and store a batch of drafts atomically; return their ids once durable.
+
+        Raises ValidationFailed (every problem, by field) with nothing written, or a LocalLogError.
+        """
+        if not drafts:
+            return []
+        now = now or _now()
+        try:
+            with self._write() as conn:
+                row = conn.execute("SELECT site_seq, hash FROM log ORDER BY site_seq DESC LIMIT 1").fetchone()
+                seq, prev = (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+                clock = HybridClock(int(self._meta("hlc") or 0))
+                bases: dict[str, dict[str, str]] = {}  # child -> field -> event id, this batch included
+                problems: list[Problem] = []
+                rows: list[tuple[int, str, str, int, bytes]] = []
+                links: list[tuple[str, str]] = []
+                single = len(drafts) == 1
+                for i, draft in enumerate(drafts):
+                    seq += 1
+                    children = draft.care.child_ids()
+                    based_on = draft.based_on
+                    fields = draft.care.fields_set()
+                    if based_on is None and fields and len(children) == 1:
+                        known = bases.get(children[0])
+                        if known is None:
+                            known = view.field_bases(view.build_view(children[0], self._child_events(children[0])))
+                            bases[children[0]] = known
+                        based_on = {f: known[f] for f in fields if f in known}
+                    sealed = seal(draft.care, site_id=self.site_id, site_seq=seq, prev_hash=prev,
+                                  recorded_at=clock.now(), occurred_at=draft.occurred_at,
+                                  actor=draft.actor or default_actor, event_id=new_event_id(), based_on=based_on)
+                    body = encode_event(sealed.event)
+                    try:  # the sealed event must pass exactly what the center will check
+                        decode_event(body, now=now)
+                    except ValidationFailed as err:
+                        prefix = "" if single else f"[{i}]"
+                        problems += [Problem(join_path(prefix, p.field), p.message, p.value) for p in err.problems]
+                        continue
+                    if len(children) == 1 and fields:
+                        bases.setdefault(children[0], {}).update({f: sealed.event.event_id for f in fields})
+                    rows.append((seq, sealed.event.event_id, sealed.hash, sealed.event.recorded_at, body))
+                    links += [(child, sealed.event.event_id) for child in children]
+                    prev = sealed.hash
+                if problems:
+                    raise ValidationFailed(problems)
+                conn.executemany("INSERT INTO log(site_seq, event_id, hash, recorded_at, body) VALUES (?,?,?,?,?)",
+                                 rows)
+                conn.executemany("INSERT OR IGNORE INTO child_event(child_id, event_id) VALUES (?, ?)", links)
+                self._set_meta("hlc", str(clock.last))
+        except sqlite3.Error as err:
+            raise _translate(err, self.path, self.busy_timeout) from None
+        return [Recorded(r[1], r[0], r[2]) for r in rows]
+
+    def record_sealed_for_test(self, events: Sequence[DecodedEvent]) -> None:
+        """Insert events sealed elsewhere, unchecked (tests that forge a damaged log use it)."""
+        with self._write() as conn:
+            conn.executemany("INSERT INTO log(site_seq, event_id, hash, recorded_at, body) VALUES (?,?,?,?,?)",
+                             [(d.event.site_seq, d.event.event_id, d.hash, d.event.recorded_at,
+                               encode_event(d.event)) for d in events])
+
+    # --- reading -------------------------------------------------------------------------
+
+    def last_seq(self) -> int:
+        with self._lock:
+            row = self._conn.execute("SELECT max(site_seq) FROM log").fetchone()
+        return int(row[0] or 0)
+
+    def read_range(self, first: int, last: int, limit: int = 500) -> list[Outgoing]:
+        """Own events with first <= site_seq <= last, in order, at most `limit` (a page)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT site_seq, event_id, body FROM log WHERE site_seq BETWEEN ? AND ? ORDER BY site_seq LIMIT ?",
+                (first, last, limit)).fetchall()
+        return [Outgoing(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+
+    def own_events(self) -> Iterator[Event]:
+        after = 0
+        while True:
+            with self._lock:
+                rows = self._conn.execute("SELECT site_seq, body FROM log WHERE site_seq > ? ORDER BY site_seq "
+                                          "LIMIT 1000", (after,)).fetchall()
+            if not rows:
+                return
+            for seq, body in rows:
+                yield _event_decoder.decode(body)
+                after = int(seq)
+
+    def _child_events(self, child_id: str) -> list[Event]:
+        rows = self._conn.execute(
+            "SELECT l.body FROM child_event c JOIN log l ON l.event_id = c.event_id WHERE c.child_id = ? "
+            "UNION ALL SELECT i.body FROM child_event c JOIN inbox i ON i.event_id = c.event_id "
+            "WHERE c.child_id = ?", (child_id, child_id)).fetchall()
+        return [_event_decoder.decode(r[0]) for r in rows]
+
+    def child_events(self, child_id: str) -> list[Event]:
+        """Every event this site knows of the child: its own and those received from the center."""
+        with self._lock:
+            return self._child_events(child_id)
+
+    def children(self) -> list[str]:
+        with self._lock:
+            return [str(r[0]) for r in self._conn.execute("SELECT DISTINCT child_id FROM child_event ORDER BY 1")]
+
+    # --- the hash chain ----------------------------------------------------------------
+
+    def verify(self) -> ChainReport:
+        """Walk the whole log: gapless site_seq from 1, each body's hash, each prev_hash link.
+
+        Raises LogCorrupted at the first broken link; never repairs anything (guarantee 8).
+        """
+        expected_seq, prev, count = 1, GENESIS_HASH, 0
+        after = 0
+        while True:
+            with self._lock:
+                rows = self._conn.execute("SELECT site_seq, event_id, hash, body FROM log WHERE site_seq > ? "
+                                          "ORDER BY site_seq LIMIT 2000", (after,)).fetchall()
+            if not rows:
+                return ChainReport(count, expected_seq - 1, prev)
+            for seq, event_id, stored_hash, body in rows:
+                if seq != expected_seq:
+                    raise LogCorrupted(self.path, expected_seq, f"the event is missing (next present is {seq})")
+                try:
+                    event = _event_decoder.decode(body)
+                except msgspec.DecodeError as err:
+                    raise LogCorrupted(self.path, seq, f"the stored event cannot be read ({err})") from None
+                if event.site_seq != seq or event.event_id != event_id or event.site_id != self.site_id:
+                    raise LogCorrupted(self.path, seq, "the stored event's id, site or sequence was changed")
+                if event.prev_hash != prev:
+                    raise LogCorrupted(self.path, seq, "prev_hash does not match the previous event's hash")
+                actual = event_hash(event)
+                if actual != stored_hash:
+                    raise LogCorrupted(self.path, seq, "the event's content does not match its recorded hash")
+                prev = actual
+                expected_seq += 1
+                count += 1
+                after = seq
+
+    # --- receipts -----------------------------------------------------------------------
+
+    def receipt_state(self) -> ReceiptState:
+        with self._lock:
+            raw = self._meta("receipt")
+        if raw is None:
+            return ReceiptState()
+        r = receipt_decoder.decode(raw)
+        return ReceiptState(r.watermark, r.max_seq, tuple((h[0], h[1]) for h in r.holes))
+
+    def apply_receipt(self, receipt: Receipt) -> ReceiptEffect:
+        """Store the center's latest receipt for this site (and its refusals) in one transaction."""
+        try:
+            with self._write() as conn:
+                before_raw = self._meta("receipt")
+                before = receipt_decoder.decode(before_raw) if before_raw else None
+                self._set_meta("receipt", receipt_encoder.encode(receipt).decode())
+                self._set_meta("last_contact", _now().isoformat())
+                for r in receipt.refused:
+                    conn.execute("INSERT OR REPLACE INTO refused(quarantine_id, event_id, site_seq, reason, "
+                                 "received_at) VALUES (?,?,?,?,?)",
+                                 (r.quarantine_id, r.event_id, r.site_seq, r.reason, _now().isoformat()))
+        except sqlite3.Error as err:
+            raise _translate(err, self.path, self.busy_timeout) from None
+        state = ReceiptState(receipt.watermark, receipt.max_seq, tuple((h[0], h[1]) for h in receipt.holes))
+        old_wm = before.watermark if before else 0
+        old_max = before.max_seq if before else 0
+        return ReceiptEffect(state, went_back=receipt.watermark < old_wm,
+                             progressed=receipt.watermark > old_wm or receipt.max_seq > old_max)
+
+    def refused_seqs(self) -> set[int]:
+        with self._lock:
+            return {int(r[0]) for r in self._conn.execute("SELECT site_seq FROM refused WHERE site_seq IS NOT NULL")}
+
+    def refusals(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._conn.execute("SELECT quarantine_id, event_id, site_seq, reason, received_at FROM refused "
+                                      "ORDER BY quarantine_id").fetchall()
+        return [dict(zip(("quarantine_id", "event_id", "site_seq", "reason", "received_at"), r, strict=True))
+                for r in rows]
+
+    def pending(self, state: ReceiptState | None = None) -> tuple[int, int | None]:
+        """(count, oldest site_seq) of own events the center has not receipted and not refused."""
+        state = state or self.receipt_state()
+        refused = self.refused_seqs()
+        count, oldest = 0, None
+        with self._lock:
+            for lo, hi in state.holes:
+                for (seq,) in self._conn.execute("SELECT site_seq FROM log WHERE site_seq BETWEEN ? AND ?",
+                                                 (max(lo, state.watermark + 1), hi)):
+                    if seq not in refused:
+                        count += 1
+                        oldest = seq if oldest is None else min(oldest, seq)
+            row = self._conn.execute("SELECT count(*), min(site_seq) FROM log WHERE site_seq > ?",
+                                     (max(state.max_seq, state.watermark),)).fetchone()
+        above = [s for s in refused if s > max(state.max_seq, state.watermark)]
+        count += int(row[0]) - len(above)
+        if row[1] is not None:
+            first = int(row[1])
+            while first in refused:
+                first += 1
+            if int(row[0]) - len(above) > 0:
+                oldest = first if oldest is None else min(oldest, first)
+        return count, oldest
+
+    def recorded_time(self, seq: int) -> dt.datetime | None:
+        with self._lock:
+            row = self._conn.execute("SELECT recorded_at FROM log WHERE site_seq = ?", (seq,)).fetchone()
+        return None if row is None else to_datetime(int(row[0]))
+
+    # --- inbound events (fan-out from the center) ---------------------------------------
+
+    def apply_inbound(self, events: Sequence[tuple[Event, bytes]]) -> int:
+        """Keep committed events received from the center; idempotent. Returns how many were new."""
+        if not events:
+            return 0
+        new = 0
+        received = _now().isoformat()
+        try:
+            with self._write() as conn:
+                clock = HybridClock(int(self._meta("hlc") or 0))
+                for event, body in events:
+                    clock.observe(event.recorded_at)
+                    if event.site_id == self.site_id:
+                        continue  # our own event coming back: the log already has it
+                    cur = conn.execute("INSERT OR IGNORE INTO inbox(event_id, site_id, site_seq, recorded_at, "
+                                       "received_at, body) VALUES (?,?,?,?,?,?)",
+                                       (event.event_id, event.site_id, event.site_seq, event.recorded_at, received,
+                                        body))
+                    if cur.rowcount:
+                        new += 1
+                        conn.executemany("INSERT OR IGNORE INTO child_event(child_id, event_id) VALUES (?, ?)",
+                                         [(c, event.event_id) for c in event.children])
+                # Guarantee 6's HLC promise: what we record next sorts after what we have seen.
+                self._set_meta("hlc", str(clock.last))
+        except sqlite3.Error as err:
+            raise _translate(err, self.path, self.busy_timeout) from None
+        return new
+
+    def inbox_count(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT count(*) FROM inbox").fetchone()[0])
+
+
+def _statements() -> list[str]:
+    return [s.strip() for s in SCHEMA.split(";") if s.strip()]

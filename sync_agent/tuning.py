@@ -1,0 +1,21 @@
+"""The agent's timing and sizing knobs, with defaults for a slow village line."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SyncTuning:
+    page: int = 500  # events read from SQLite at a time: memory is bounded by page + in-flight
+    max_in_flight: int = 2000  # published, PubAck not yet received
+    window: int = 50_000  # never publish more than this beyond the center's watermark
+    ack_timeout: float = 10.0  # a PubAck slower than this counts as a failed publish
+    resend_after: float = 10.0  # no receipt progress for this long: resend what is unreceipted
+    resend_cap: float = 300.0  # resend_after doubles (with jitter) up to this while nothing moves
+    retry_base: float = 0.2  # backoff after an error (connection, publish, consumer)
+    retry_cap: float = 30.0
+    idle_poll: float = 0.5  # how often an idle agent looks for events recorded by another process
+    fetch_batch: int = 256
+    fetch_timeout: float = 1.0
+    connect_timeout: float = 2.0

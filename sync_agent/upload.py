@@ -1,0 +1,181 @@
+"""Upload: publish the site's unreceipted events to `care.up.<site>` until the center receipts them.
+
+Guarantee 2 (nothing lost in transit): an event stays pending until a *receipt* from the
+center covers it; a PubAck only means JetStream has it in memory (it acks before fsync), so it
+moves the publishing cursor, never the safe mark. When receipts stop progressing while events
+are outstanding, everything above what the center reported is published again, after a delay
+that doubles with jitter up to a cap. Holes the center reports are resent; a watermark lower
+than before (a center restored from a backup) rewinds the cursor at once. Resending is always
+safe: `Nats-Msg-Id = event_id` drops copies inside JetStream's window and the store keeps each
+event_id once forever (guarantee 3).
+
+Memory is bounded however large the backlog: events are read from SQLite a page at a time,
+at most `max_in_flight` publishes wait for their PubAck, and at most `window` events are
+published beyond the center's watermark before waiting for receipts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import random
+import time
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+
+from events.wire import up_subject
+from service import log
+from sync_agent.backoff import Backoff
+from sync_agent.locallog import LocalLog, LocalLogError, ReceiptEffect, ReceiptState
+from sync_agent.tuning import SyncTuning
+
+_log = log.get("sync_agent.upload")
+
+TRANSIENT: tuple[type[BaseException], ...] = (nats.errors.Error, asyncio.TimeoutError, OSError, LocalLogError)
+
+
+class PublishFailed(Exception):
+    """A publish was not acknowledged by JetStream; the events stay pending and are resent."""
+
+
+RETRYABLE: tuple[type[BaseException], ...] = (*TRANSIENT, PublishFailed)
+
+
+class Uploader:
+    def __init__(self, log_: LocalLog, site_id: str, tuning: SyncTuning, on_error: Any, rng: random.Random | None = None
+                 ) -> None:
+        self.log = log_
+        self.subject = up_subject(site_id)
+        self.tuning = tuning
+        self._on_error = on_error
+        self._rng = rng or random.Random()
+        self.receipt: ReceiptState = log_.receipt_state()
+        self.refused: set[int] = log_.refused_seqs()
+        # The next site_seq to publish. On start-up everything the center has not reported is
+        # resent: a previous run's publishes may never have reached it.
+        self.next_seq = self.receipt.max_seq + 1
+        self.published = 0  # messages published by this process (PubAck received)
+        self._holes: list[tuple[int, int]] = []
+        self._hole_sent: dict[tuple[int, int], float] = {}
+        self._wake = asyncio.Event()
+        self._last_progress = time.monotonic()
+        self._resend_delay = tuning.resend_after
+        self.nc: Any = None
+
+    # --- called by the downloader and by recorders in this process ------------------------
+
+    def on_receipt(self, effect: ReceiptEffect) -> None:
+        self.receipt = effect.state
+        self.refused = self.log.refused_seqs()
+        if effect.went_back:
+            # The center lost what it had receipted: resend from its new watermark on.
+            _log.warning("center watermark went back; resending", watermark=effect.state.watermark,
+                         max_seq=effect.state.max_seq)
+            self.next_seq = min(self.next_seq, effect.state.max_seq + 1)
+        if effect.progressed or effect.went_back:
+            self._last_progress = time.monotonic()
+            self._resend_delay = self.tuning.resend_after
+        self._holes = list(effect.state.holes)
+        self._wake.set()
+
+    def notify(self) -> None:
+        """New events were recorded: publish them without waiting for the next poll."""
+        self._wake.set()
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        backoff = Backoff(self.tuning.retry_base, self.tuning.retry_cap, self._rng)
+        while True:
+            try:
+                await self.step()
+                backoff.reset()
+            except RETRYABLE as err:
+                self._on_error(f"upload: {type(err).__name__}: {err}")
+                await asyncio.sleep(backoff.next())
+
+    def outstanding(self) -> bool:
+        """Some event was published (or should have been) and the center has not reported it."""
+        return self.log.last_seq() > max(self.receipt.max_seq, self.receipt.watermark) or bool(self._holes)
+
+    async def step(self) -> None:
+        nc = self.nc
+        if nc is None or not nc.is_connected:
+            await self._wait(self.tuning.idle_poll)
+            return
+        state = self.receipt
+        now = time.monotonic()
+        for hole in self._holes:
+            if now - self._hole_sent.get(hole, -1e9) >= self._resend_delay:
+                self._hole_sent[hole] = now
+                await self._publish(max(hole[0], state.watermark + 1), hole[1])
+        last = self.log.last_seq()
+        start = max(self.next_seq, state.max_seq + 1, state.watermark + 1)
+        limit = min(last, state.watermark + self.tuning.window)
+        if start <= limit:
+            self.next_seq = start
+            await self._publish(start, limit)
+            return
+        if not self.outstanding():
+            await self._wait(self.tuning.idle_poll)
+            return
+        # Everything is published; wait for receipts. If none progress in time, resend.
+        waited = time.monotonic() - self._last_progress
+        if waited < self._resend_delay:
+            await self._wait(min(self._resend_delay - waited, self.tuning.idle_poll))
+            return
+        rewind = max(state.max_seq, state.watermark) + 1
+        _log.info("no receipt progress; resending", from_seq=rewind, to_seq=last, after_s=round(waited, 1))
+        self.next_seq = rewind
+        self._last_progress = time.monotonic()
+        self._resend_delay = min(self.tuning.resend_cap, self._resend_delay * 2) * self._rng.uniform(0.75, 1.0)
+        self._resend_delay = max(self._resend_delay, self.tuning.resend_after)
+
+    async def _wait(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _publish(self, first: int, last: int) -> None:
+        """Publish [first, last] in order with many in flight; advance next_seq over each
+        contiguous PubAck. Raises PublishFailed (or a NATS error) on the first failure."""
+        t = self.tuning
+        js = self.nc.jetstream(publish_async_max_pending=t.max_in_flight)
+        inflight: collections.deque[tuple[int, asyncio.Future[Any]]] = collections.deque()
+        seq = first
+        try:
+            while seq <= last:
+                page = self.log.read_range(seq, last, t.page)
+                if not page:
+                    break
+                for out in page:
+                    if out.site_seq in self.refused:
+                        continue
+                    fut = await js.publish_async(self.subject, out.body, headers={"Nats-Msg-Id": out.event_id},
+                                                 wait_stall=t.ack_timeout)
+                    inflight.append((out.site_seq, fut))
+                    while inflight and (inflight[0][1].done() or len(inflight) > t.max_in_flight):
+                        await self._settle(inflight.popleft())
+                seq = page[-1].site_seq + 1
+            while inflight:
+                await self._settle(inflight.popleft())
+            if self.next_seq < seq:
+                self.next_seq = seq
+        finally:
+            for _, fut in inflight:  # releases the context's in-flight slots
+                fut.cancel()
+
+    async def _settle(self, item: tuple[int, asyncio.Future[Any]]) -> None:
+        seq, fut = item
+        try:
+            await asyncio.wait_for(fut, self.tuning.ack_timeout)
+        except TimeoutError:
+            raise PublishFailed(f"no PubAck for site_seq {seq} within {self.tuning.ack_timeout:g} s") from None
+        except nats.js.errors.Error as err:
+            raise PublishFailed(f"site_seq {seq} was not stored by JetStream: {err}") from None
+        self.published += 1
+        if seq >= self.next_seq:
+            self.next_seq = seq + 1
