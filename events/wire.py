@@ -39,6 +39,18 @@ def down_subject(site_id: str) -> str:
     return DOWN_PREFIX + site_id
 
 
+def down_consumer(site_id: str) -> str:
+    """Name of the durable pull consumer on CARE_DOWN through which a site reads its
+    ``care.down.<site_id>`` (filter_subject exactly that). NATS names cannot hold dots."""
+    return "site_" + site_id.replace(".", "_")
+
+
+def inbox_prefix(site_id: str) -> str:
+    """Inbox prefix a site connects with (nats.connect(inbox_prefix=...)): its NATS user may
+    subscribe only below it, so no site can read another's fetch replies."""
+    return "_INBOX." + site_id
+
+
 def site_of_subject(subject: str, prefix: str = UP_PREFIX) -> str | None:
     return subject[len(prefix):] if subject.startswith(prefix) else None
 
