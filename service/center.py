@@ -1,0 +1,164 @@
+"""The center in one process: ingest, receipts, dead letters and fan-out as owned tasks.
+
+``async with run_center(database_url, nats_url) as center: ...`` migrates the database,
+ensures the JetStream streams and consumers, starts the parts asked for, and on exit cancels
+and awaits every task, drains NATS and closes the pool. `shouwang center run` wraps it with
+SIGTERM handling; each part can run alone (``parts=``) so ingest scales out to several
+processes while one process runs the fan-out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from service import log, migrate
+from service.db import create_pool
+from service.fanout import FanOut
+from service.ingest import Ingester, Outcome
+from service.quarantine import DeadLetters
+from service.receipts import ReceiptPublisher
+from service.store import EventStore
+from service.streams import StreamSettings, ensure_site_consumer, ensure_streams
+
+PARTS = ("ingest", "receipts", "fanout", "deadletters")
+_log = log.get("service.center")
+
+
+@dataclass
+class Center:
+    """A running center: its connections and parts (for tests, the CLI and the benchmark)."""
+
+    pool: asyncpg.Pool
+    nc: NATS
+    js: JetStreamContext
+    settings: StreamSettings
+    ingesters: list[Ingester] = field(default_factory=list)
+    receipts: ReceiptPublisher | None = None
+    fanout: FanOut | None = None
+    dead_letters: DeadLetters | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def store(self) -> EventStore:
+        return EventStore(self.pool)
+
+    def on_commit(self, outcome: Outcome) -> None:
+        if self.receipts is not None and outcome.sites:
+            self.receipts.notify(outcome.sites, outcome.refusals)
+        if self.fanout is not None and outcome.stored:
+            self.fanout.wake()
+
+    def stats(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for ing in self.ingesters:
+            for k, v in dataclasses.asdict(ing.stats).items():
+                out[k] = out.get(k, 0) + v
+        out["receipts"] = self.receipts.published if self.receipts else 0
+        out["fanned_out"] = self.fanout.sent if self.fanout else 0
+        out["dead_letters"] = self.dead_letters.handled if self.dead_letters else 0
+        return out
+
+    def check(self) -> None:
+        """Raise the error of any part that stopped (a part should run until cancelled)."""
+        for t in self.tasks:
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                raise RuntimeError(f"center part {t.get_name()} failed") from t.exception()
+
+
+async def connect_nats(nats_url: str, *, name: str = "shouwang-center", **options: Any) -> NATS:
+    """A NATS connection that keeps reconnecting for as long as the center runs."""
+    async def _error(err: Exception) -> None:
+        _log.warning("nats error", error=type(err).__name__, detail=str(err)[:200])
+
+    async def _disconnected() -> None:
+        _log.info("nats disconnected")
+
+    async def _reconnected() -> None:
+        _log.info("nats reconnected")
+
+    opts: dict[str, Any] = {
+        "name": name, "max_reconnect_attempts": -1, "reconnect_time_wait": 0.25, "connect_timeout": 2,
+        "error_cb": _error,
+        "disconnected_cb": _disconnected,
+        "reconnected_cb": _reconnected,
+        "allow_reconnect": True,
+        **options,
+    }
+    return await nats.connect(nats_url, **opts)
+
+
+@contextlib.asynccontextmanager
+async def run_center(
+    database_url: str,
+    nats_url: str,
+    *,
+    ingesters: int = 1,
+    parts: Collection[str] = PARTS,
+    settings: StreamSettings | None = None,
+    pool_size: int | None = None,
+    nats_options: dict[str, Any] | None = None,
+) -> AsyncIterator[Center]:
+    """Run the center's parts until the block exits; then stop them cleanly."""
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown center parts {sorted(unknown)}; use {', '.join(PARTS)}")
+    settings = settings or StreamSettings()
+    conn = await asyncpg.connect(database_url)
+    try:
+        await migrate.migrate(conn)
+    finally:
+        await conn.close()
+    pool = await create_pool(database_url, min_size=1, max_size=pool_size or max(4, 2 * ingesters + 3))
+    nc: NATS | None = None
+    center: Center | None = None
+    try:
+        nc = await connect_nats(nats_url, **(nats_options or {}))
+        js = nc.jetstream(timeout=5)
+        await ensure_streams(js, settings)
+        async with pool.acquire() as c:
+            active = [r["site_id"] for r in await c.fetch("SELECT site_id FROM sites WHERE active")]
+        for site_id in active:  # so a site's messages wait for it even before its agent first connects
+            await ensure_site_consumer(js, site_id)
+        center = Center(pool, nc, js, settings)
+        if "receipts" in parts:
+            center.receipts = ReceiptPublisher(pool, js)
+            center.tasks.append(asyncio.create_task(center.receipts.run(), name="receipts"))
+        if "fanout" in parts:
+            center.fanout = FanOut(pool, js)
+            center.tasks.append(asyncio.create_task(center.fanout.run(), name="fanout"))
+        if "deadletters" in parts:
+            center.dead_letters = DeadLetters(pool, nc, js)
+            await center.dead_letters.start()
+        if "ingest" in parts:
+            for i in range(ingesters):
+                ing = Ingester(pool, js, settings, on_commit=center.on_commit, name=f"ingest-{i + 1}")
+                center.ingesters.append(ing)
+                center.tasks.append(asyncio.create_task(ing.run(), name=ing.name))
+        _log.info("center started", parts=sorted(parts), ingesters=len(center.ingesters))
+        yield center
+    finally:
+        if center is not None:
+            for t in center.tasks:
+                t.cancel()
+            for t in center.tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            if center.dead_letters is not None:
+                await center.dead_letters.stop()
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.drain(), 5)
+            with contextlib.suppress(Exception):
+                await nc.close()
+        await pool.close()
+        _log.info("center stopped")

@@ -1,0 +1,312 @@
+"""`shouwang center ...`: run the center, manage sites, inspect and replay the quarantine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from service import migrate
+from service.db import connect, create_pool
+from service.settings import Settings
+
+
+def register(sub: Any) -> None:
+    center = sub.add_parser("center", help="the township center: ingest, receipts, fan-out, sites, quarantine")
+    csub = center.add_subparsers(dest="center_command", metavar="ACTION", required=True)
+
+    run = csub.add_parser("run", help="run ingest, receipts, dead letters and fan-out until SIGTERM/SIGINT")
+    run.add_argument("--ingesters", type=int, default=1, help="ingest loops in this process (default 1)")
+    run.add_argument("--parts", default="ingest,receipts,fanout,deadletters",
+                     help="comma-separated parts to run here (to scale ingest out to several processes)")
+    _common(run)
+    run.set_defaults(handler=_run)
+
+    site = csub.add_parser("site", help="the site registry and NATS credentials")
+    ssub = site.add_subparsers(dest="site_command", metavar="ACTION", required=True)
+    add = ssub.add_parser("add", help="register a site (or re-enable it) and print its NATS credentials")
+    add.add_argument("site_id", help="region.township.site, e.g. gx-lp.xy.v03")
+    add.add_argument("--kind", required=True, choices=["village", "school", "township"])
+    add.add_argument("--name", required=True, help="display name of the site")
+    add.add_argument("--township", help="display name of its township")
+    add.add_argument("--users-file", type=Path, help="rewrite this NATS users file (deploy/nats/users.conf)")
+    add.add_argument("--nats-url", help="also create the site's durable consumer now (default: at center start)")
+    _common(add)
+    add.set_defaults(handler=_site_add)
+    ls = ssub.add_parser("list", help="registered sites with their progress and counters")
+    ls.add_argument("--json", action="store_true")
+    _common(ls)
+    ls.set_defaults(handler=_site_list)
+    dis = ssub.add_parser("disable", help="refuse a site's events from now on (they go to quarantine)")
+    dis.add_argument("site_id")
+    dis.add_argument("--users-file", type=Path, help="rewrite this NATS users file without the site")
+    _common(dis)
+    dis.set_defaults(handler=_site_disable)
+    uf = ssub.add_parser("users-file", help="write the NATS users file for every active site")
+    uf.add_argument("path", type=Path)
+    _common(uf)
+    uf.set_defaults(handler=_users_file)
+
+    q = csub.add_parser("quarantine", help="refused input: list, show, replay")
+    qsub = q.add_subparsers(dest="quarantine_command", metavar="ACTION", required=True)
+    ql = qsub.add_parser("list", help="held rows (or all with --all)")
+    ql.add_argument("--site")
+    ql.add_argument("--all", action="store_true", help="include replayed rows")
+    ql.add_argument("--limit", type=int, default=100)
+    ql.add_argument("--json", action="store_true")
+    _common(ql)
+    ql.set_defaults(handler=_q_list)
+    qs = qsub.add_parser("show", help="one row, with its raw bytes")
+    qs.add_argument("id", type=int)
+    _common(qs)
+    qs.set_defaults(handler=_q_show)
+    qr = qsub.add_parser("replay", help="run a held row through ingest again (after a fix)")
+    qr.add_argument("id", type=int, nargs="?", help="row id (or --site for every held row of a site)")
+    qr.add_argument("--site", help="replay every held row of this site")
+    qr.add_argument("--nats-url", help="NATS URL for the receipt (default SHOUWANG_NATS_URL; '' for none)")
+    _common(qr)
+    qr.set_defaults(handler=_q_replay)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--database-url", help="PostgreSQL URL (default SHOUWANG_DATABASE_URL)")
+
+
+def _db(args: argparse.Namespace, settings: Settings) -> str:
+    return str(args.database_url or settings.database_url)
+
+
+@contextlib.asynccontextmanager
+async def _pool(args: argparse.Namespace, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    url = _db(args, settings)
+    conn = await connect(url)
+    try:
+        await migrate.migrate(conn)
+    finally:
+        await conn.close()
+    pool = await create_pool(url, min_size=1, max_size=2)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from service.center import PARTS, run_center
+    from service.cli import CliError, run_async
+    from service.streams import StreamSettings
+
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    bad = set(parts) - set(PARTS)
+    if bad:
+        raise CliError(f"--parts {args.parts!r}: unknown {sorted(bad)}; use {', '.join(PARTS)}")
+    if args.ingesters < 1:
+        raise CliError(f"--ingesters {args.ingesters}: must be at least 1")
+
+    async def go() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with run_center(_db(args, settings), settings.nats_url, ingesters=args.ingesters, parts=parts,
+                              settings=StreamSettings(batch=settings.ingest_batch)) as center:
+            while not stop.is_set():
+                center.check()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+        return 0
+
+    return run_async(go())
+
+
+def _site_add(args: argparse.Namespace, settings: Settings) -> int:
+    from service.cli import CliError, run_async
+    from service.sites import SiteError, register_site, write_users_file
+
+    async def go() -> int:
+        async with _pool(args, settings) as pool:
+            try:
+                creds = await register_site(pool, args.site_id, args.kind, args.name, args.township)
+            except SiteError as err:
+                raise CliError(str(err)) from None
+            if args.users_file:
+                n = await write_users_file(pool, args.users_file)
+                print(f"wrote {args.users_file} ({n} sites); reload NATS: nats-server --signal reload")
+        if args.nats_url:
+            await _ensure_consumer(args.nats_url, args.site_id)
+        print(f"site {creds.site_id} registered. NATS credentials for its agent (shown once here):")
+        print(f"  user:         {creds.user}")
+        print(f"  password:     {creds.password}")
+        print(f"  inbox prefix: {creds.inbox_prefix}")
+        print(f"  consumer:     {creds.durable}")
+        return 0
+
+    return run_async(go())
+
+
+async def _ensure_consumer(nats_url: str, site_id: str) -> None:
+    from service.center import connect_nats
+    from service.streams import ensure_site_consumer, ensure_streams
+
+    nc = await connect_nats(nats_url, max_reconnect_attempts=2)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        await ensure_site_consumer(js, site_id)
+    finally:
+        await nc.close()
+
+
+def _site_list(args: argparse.Namespace, settings: Settings) -> int:
+    from service.cli import run_async
+    from service.sites import list_sites
+    from service.store import EventStore
+
+    async def go() -> int:
+        async with _pool(args, settings) as pool:
+            sites = await list_sites(pool)
+            progress = {p.site_id: p for p in await EventStore(pool).all_progress()}
+        if args.json:
+            out = []
+            for s in sites:
+                doc = msgspec.to_builtins(s)
+                p = progress.get(s.site_id)
+                doc["watermark"] = p.watermark if p else 0
+                doc["events_stored"] = p.events_stored if p else 0
+                out.append(doc)
+            print(json.dumps(out, ensure_ascii=False, indent=2))
+            return 0
+        print(f"{'site':<24} {'kind':<9} {'active':<6} {'stored':>8} {'watermark':>9} {'holes':>5} "
+              f"{'unknown':>7} {'quarant.':>8}  name")
+        for s in sites:
+            p = progress.get(s.site_id)
+            print(f"{s.site_id:<24} {s.kind:<9} {'yes' if s.active else 'no':<6} {p.events_stored if p else 0:>8} "
+                  f"{p.watermark if p else 0:>9} {len(p.holes) if p else 0:>5} {s.not_understood:>7} "
+                  f"{s.quarantined:>8}  {s.name}")
+        return 0
+
+    return run_async(go())
+
+
+def _site_disable(args: argparse.Namespace, settings: Settings) -> int:
+    from service.cli import CliError, run_async
+    from service.sites import SiteError, disable_site, write_users_file
+
+    async def go() -> int:
+        async with _pool(args, settings) as pool:
+            try:
+                await disable_site(pool, args.site_id)
+            except SiteError as err:
+                raise CliError(str(err)) from None
+            if args.users_file:
+                n = await write_users_file(pool, args.users_file)
+                print(f"wrote {args.users_file} ({n} sites); reload NATS: nats-server --signal reload")
+        print(f"site {args.site_id} disabled: its events now go to quarantine")
+        return 0
+
+    return run_async(go())
+
+
+def _users_file(args: argparse.Namespace, settings: Settings) -> int:
+    from service.cli import run_async
+    from service.sites import write_users_file
+
+    async def go() -> int:
+        async with _pool(args, settings) as pool:
+            n = await write_users_file(pool, args.path)
+        print(f"wrote {args.path} ({n} sites)")
+        return 0
+
+    return run_async(go())
+
+
+def _q_list(args: argparse.Namespace, settings: Settings) -> int:
+    from service.cli import run_async
+    from service.quarantine import list_rows
+
+    async def go() -> int:
+        async with _pool(args, settings) as pool:
+            rows = await list_rows(pool, site_id=args.site, include_replayed=args.all, limit=args.limit)
+        if args.json:
+            print(json.dumps(msgspec.to_builtins(rows), ensure_ascii=False, indent=2))
+            return 0
+        if not rows:
+            print("quarantine is empty" if not args.site else f"nothing held for {args.site}")
+            return 0
+        for r in rows:
+            print(f"#{r.id:<6} {r.received_at:%Y-%m-%d %H:%M:%S} {r.status:<8} {r.site_id or '-':<22} "
+                  f"{r.size:>6} B  {r.reason[:150]}")
+        return 0
+
+    return run_async(go())
+
+
+def _q_show(args: argparse.Namespace, settings: Settings) -> int:
+    from service.cli import CliError, run_async
+    from service.quarantine import QuarantineError, get_row
+
+    async def go() -> int:
+        async with _pool(args, settings) as pool:
+            try:
+                row, raw, is_msgpack = await get_row(pool, args.id)
+            except QuarantineError as err:
+                raise CliError(str(err)) from None
+        doc = msgspec.to_builtins(row)
+        doc["msgpack"] = is_msgpack
+        try:
+            doc["raw"] = raw.decode("utf-8") if not is_msgpack else raw.hex()
+        except UnicodeDecodeError:
+            doc["raw_hex"] = raw.hex()
+        print(json.dumps(doc, ensure_ascii=False, indent=2))
+        return 0
+
+    return run_async(go())
+
+
+def _q_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from service.cli import CliError, run_async
+    from service.quarantine import QuarantineError, held_ids, replay
+
+    if (args.id is None) == (args.site is None):
+        raise CliError("give a quarantine row id, or --site SITE to replay every held row of a site")
+
+    async def go() -> int:
+        results = []
+        async with _pool(args, settings) as pool:
+            ids = [args.id] if args.id is not None else await held_ids(pool, args.site)
+            for row_id in ids:
+                try:
+                    results.append(await replay(pool, row_id))
+                except QuarantineError as err:
+                    raise CliError(str(err)) from None
+            sites = sorted({r.site_id for r in results if r.site_id and r.outcome != "refused"})
+            nats_url = settings.nats_url if args.nats_url is None else args.nats_url
+            if sites and nats_url:
+                await _send_receipts(pool, nats_url, sites)
+        for r in results:
+            tail = f": {r.reason}" if r.reason else ""
+            print(f"#{r.id} {r.outcome}{tail}")
+        return 0 if all(r.outcome != "refused" for r in results) else 1
+
+    return run_async(go())
+
+
+async def _send_receipts(pool: asyncpg.Pool, nats_url: str, sites: list[str]) -> None:
+    from service.center import connect_nats
+    from service.receipts import publish_receipts, receipts_for
+
+    nc = await connect_nats(nats_url, max_reconnect_attempts=2)
+    try:
+        async with pool.acquire() as conn:
+            receipts = await receipts_for(conn, sites)
+        await publish_receipts(nc.jetstream(), receipts)
+    finally:
+        await nc.close()

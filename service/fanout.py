@@ -1,0 +1,163 @@
+"""Fan-out: every committed event to the ``care.down.<site>`` of each site whose scope holds
+its children (guarantee 6: every site that sees a child converges on its archive).
+
+The fan-out reads the store in its global order (which never skips a late commit), so it sees
+each committed event once, in an order consistent with the scope rows written by the same
+ingest transactions (service/scope.py). For an event at (tx, position) the targets are the
+child's village and school sites in scope at tx, those of children merged with it, and the
+township office sites of their townships (and of the sending site's township); never the
+sending site itself, never a disabled site. A site that entered the scope in tx (a transfer, a
+registration naming it, a merge) first receives the child's history up to that event.
+
+Delivery is at least once: the checkpoint (``fanout_checkpoint``) is saved after JetStream
+acked a page's publishes, so a crash resends that page. Each message carries
+``Nats-Msg-Id: <event_id>@<site>`` (JetStream drops repeats within its window) and agents
+keep each event_id once, so a repeat is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+
+import asyncpg
+from nats.js import JetStreamContext
+
+from events.envelope import encode_event
+from events.wire import KIND_EVENT, KIND_HEADER, down_subject
+from service import log
+from service.scope import ScopeView, load_scope
+from service.sites import township_of
+from service.store import ORIGIN, EventStore, Position, StoredEvent, read_all_in
+
+_log = log.get("service.fanout")
+
+
+class Targets:
+    """Who should receive what, computed for one page of events."""
+
+    def __init__(self, view: ScopeView, township_sites: dict[str, list[str]], active: set[str]) -> None:
+        self.view = view
+        self.township_sites = township_sites
+        self.active = active
+
+    def _with_townships(self, sites: set[str], origin: str) -> set[str]:
+        towns = {township_of(s) for s in sites} | {township_of(origin)}
+        out = set(sites)
+        for t in towns:
+            out.update(self.township_sites.get(t, ()))
+        return out
+
+    def at(self, children: Iterable[str], tx: int, origin: str, *, before: bool = False) -> set[str]:
+        sites: set[str] = set()
+        for c in children:
+            sites |= self.view.sites_of(c, tx, before=before)
+        return (self._with_townships(sites, origin) - {origin}) & self.active
+
+    def entered(self, child: str, tx: int, origin: str) -> set[str]:
+        """Sites that came into this child's scope in transaction tx."""
+        return self.at([child], tx, origin) - self.at([child], tx, origin, before=True)
+
+
+class FanOut:
+    """The fan-out loop; one per center (a second one would only send duplicates)."""
+
+    def __init__(self, pool: asyncpg.Pool, js: JetStreamContext, *, name: str = "fanout", page: int = 1000,
+                 poll: float = 1.0) -> None:
+        self.pool = pool
+        self.js = js
+        self.name = name
+        self.page = page
+        self.poll = poll
+        self.store = EventStore(pool)
+        self._wake = asyncio.Event()
+        self.sent = 0
+        self.position = ORIGIN
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        self.position = await self._load_checkpoint()
+        delay = 0.1
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    page = await read_all_in(conn, self.position, self.page)
+                if not page:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.poll)
+                    continue
+                await self._send(page)
+                await self._save_checkpoint(page[-1].position)
+                self.position = page[-1].position
+                delay = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # database or NATS away: resume from the checkpoint
+                _log.warning("fan-out paused; retrying", error=type(err).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _targets(self, page: list[StoredEvent]) -> Targets:
+        children = {c for s in page for c in s.event.children}
+        async with self.pool.acquire() as conn:
+            view = await load_scope(conn, children)
+            rows = await conn.fetch("SELECT site_id, kind FROM sites WHERE active")
+        township_sites: dict[str, list[str]] = {}
+        for r in rows:
+            if r["kind"] == "township":
+                township_sites.setdefault(township_of(r["site_id"]), []).append(r["site_id"])
+        return Targets(view, township_sites, {r["site_id"] for r in rows})
+
+    async def _send(self, page: list[StoredEvent]) -> None:
+        targets = await self._targets(page)
+        out: list[tuple[str, StoredEvent]] = []
+        backfilled: set[tuple[str, str, int]] = set()
+        for s in page:
+            e, tx = s.event, s.position.tx
+            for child in e.children:
+                for site in targets.entered(child, tx, e.site_id):
+                    if (child, site, tx) in backfilled:
+                        continue
+                    backfilled.add((child, site, tx))
+                    out += [(site, h) for h in await self._history(child, tx, targets, s.position)
+                            if h.event.site_id != site]
+            out += [(site, s) for site in sorted(targets.at(e.children, tx, e.site_id))]
+        await self._publish(out)
+
+    async def _history(self, child: str, tx: int, targets: Targets, before: Position) -> list[StoredEvent]:
+        """The child's events (and those of children merged with it) committed before `before`."""
+        kin = {child, *targets.view.linked(child, tx)}
+        seen: dict[str, StoredEvent] = {}
+        for c in sorted(kin):
+            for h in await self.store.read_child(c):
+                if h.position < before:
+                    seen[h.event.event_id] = h
+        return sorted(seen.values(), key=lambda h: h.position)
+
+    async def _publish(self, out: list[tuple[str, StoredEvent]]) -> None:
+        futures = []
+        for site, s in out:
+            futures.append(await self.js.publish_async(
+                down_subject(site), encode_event(s.event),
+                headers={KIND_HEADER: KIND_EVENT, "Nats-Msg-Id": f"{s.event.event_id}@{site}"},
+            ))
+        if futures:
+            await asyncio.gather(*futures)
+        self.sent += len(futures)
+
+    async def _load_checkpoint(self) -> Position:
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow("SELECT tx, pos FROM fanout_checkpoint WHERE name = $1", self.name)
+        return Position(row["tx"], row["pos"]) if row else ORIGIN
+
+    async def _save_checkpoint(self, p: Position) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                """INSERT INTO fanout_checkpoint (name, tx, pos) VALUES ($1, $2, $3)
+                   ON CONFLICT (name) DO UPDATE SET tx = EXCLUDED.tx, pos = EXCLUDED.pos""",
+                self.name, p.tx, p.pos,
+            )

@@ -1,0 +1,394 @@
+"""Ingest: care events from JetStream (CARE_UP) into the PostgreSQL event store, exactly once.
+
+Each ingester pulls batches from the shared durable consumer ``center-ingest``. A fetch runs
+while the previous batch is being written (nats-py's fetch is the slowest step, MEASURED.md).
+For each batch:
+
+1. **Triage** every message outside any transaction: the subject must name a site, the bytes
+   must decode and validate (:func:`events.envelope.decode_event`), and the envelope's
+   ``site_id`` must be the site in the subject (a site cannot write into another's log).
+2. **Commit** in one transaction: check the sending sites are registered and active, append
+   the good events (:func:`service.store.append_in`), quarantine the refused ones (with the
+   store's own refusals: a known id with other content, a taken site_seq), update the fan-out
+   scope, count events of types this center does not know.
+3. **Ack** every message of the batch, only after the commit returned (guarantee 2: the agent
+   drops an event only on a receipt, and receipts come from the commit). A crash between
+   commit and ack redelivers the batch; the store reports the events as duplicates.
+4. **Notify** the receipt publisher and the fan-out.
+
+Failures: PostgreSQL unreachable or restarting -> the batch is retried, forever, with the
+messages kept alive by "in progress" acks (no redelivery, no MaxDeliver spent). A batch the
+database refuses for a data reason -> split in halves until the offending event is alone, then
+quarantined with the database's reason. An ingester that dies on a message every time -> after
+MaxDeliver JetStream emits an advisory; :class:`DeadLetters` quarantines the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from events.envelope import MAX_EVENT_BYTES, DecodedEvent, decode_event
+from events.types import SiteId
+from events.validation import ValidationFailed
+from events.wire import CONTENT_TYPE_HEADER, MSGPACK, UP_STREAM, Refusal, site_of_subject
+from service import log
+from service.quarantine import NewRow, insert_rows, refusal
+from service.scope import apply_scope
+from service.store import append_in
+from service.streams import INGEST_CONSUMER, StreamSettings
+
+_log = log.get("service.ingest")
+
+
+class Inbound(msgspec.Struct, frozen=True):
+    """One message as it arrived on care.up.<site>."""
+
+    subject: str
+    data: bytes
+    msgpack: bool = False
+    stream_seq: int | None = None
+    deliveries: int | None = None
+
+
+class Accepted(msgspec.Struct, frozen=True):
+    inbound: Inbound
+    site_id: str
+    decoded: DecodedEvent
+
+
+class Rejected(msgspec.Struct, frozen=True):
+    inbound: Inbound
+    site_id: str | None
+    reason: str
+    event_id: str | None = None
+    site_seq: int | None = None
+
+    def row(self) -> NewRow:
+        i = self.inbound
+        return NewRow(subject=i.subject, site_id=self.site_id, reason=self.reason, raw=i.data, msgpack=i.msgpack,
+                      event_id=self.event_id, site_seq=self.site_seq, stream_seq=i.stream_seq,
+                      deliveries=i.deliveries)
+
+
+Triaged = Accepted | Rejected
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one committed batch did."""
+
+    stored: list[DecodedEvent] = field(default_factory=list)
+    duplicates: int = 0
+    not_understood: int = 0
+    refusals: dict[str, list[Refusal]] = field(default_factory=dict)  # by sending site
+    quarantined: int = 0
+    sites: set[str] = field(default_factory=set)  # sites to send a receipt to
+    rejected: list[Rejected] = field(default_factory=list)  # when not quarantined by commit_in
+
+
+def _valid_site(text: str | None) -> str | None:
+    if not text:
+        return None
+    try:
+        return msgspec.convert(text, type=SiteId)
+    except msgspec.ValidationError:
+        return None
+
+
+_generic = msgspec.json.Decoder()
+
+
+def _identity(inb: Inbound) -> tuple[str | None, int | None]:
+    """event_id and site_seq of refused bytes, when they can be read (to tell the site which)."""
+    try:
+        doc = msgspec.msgpack.decode(inb.data) if inb.msgpack else _generic.decode(inb.data)
+    except msgspec.DecodeError:
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    eid, seq = doc.get("event_id"), doc.get("site_seq")
+    try:
+        eid = str(uuid.UUID(eid)) if isinstance(eid, str) else None
+    except ValueError:
+        eid = None
+    seq = seq if isinstance(seq, int) and not isinstance(seq, bool) and 0 < seq < 2**62 else None
+    return eid, seq
+
+
+def triage(inb: Inbound, now: dt.datetime | None = None) -> Triaged:
+    """Decode, validate and check the sender of one message (no database needed)."""
+    site_id = _valid_site(site_of_subject(inb.subject))
+    if site_id is None:
+        return Rejected(inb, None, f"subject {inb.subject!r} does not name a site (care.up.<region.township.site>)")
+    if len(inb.data) > MAX_EVENT_BYTES:
+        return Rejected(inb, site_id, f"event is {len(inb.data)} bytes, the limit is {MAX_EVENT_BYTES}")
+    try:
+        decoded = decode_event(inb.data, msgpack=inb.msgpack, now=now)
+    except ValidationFailed as err:
+        eid, seq = _identity(inb)
+        return Rejected(inb, site_id, f"invalid event: {err}", eid, seq)
+    e = decoded.event
+    if e.site_id != site_id:
+        return Rejected(inb, site_id, f"forged site: the event says site_id {e.site_id!r} but was sent on "
+                                      f"{inb.subject!r}; a site may only send its own events", e.event_id, e.site_seq)
+    return Accepted(inb, site_id, decoded)
+
+
+async def commit_in(conn: asyncpg.Connection, items: Sequence[Triaged], *, quarantine: bool = True) -> Outcome:
+    """Authorize and store a triaged batch inside the caller's transaction. Refused items are
+    quarantined, or with ``quarantine=False`` returned in ``Outcome.rejected`` (a replay)."""
+    out = Outcome()
+    subject_sites = sorted({i.site_id for i in items if i.site_id is not None})
+    site_rows = await conn.fetch("SELECT site_id, kind, active FROM sites WHERE site_id = ANY($1)", subject_sites)
+    registered = {r["site_id"]: r for r in site_rows}
+    good: list[Accepted] = []
+    rejected: list[Rejected] = []
+    for item in items:
+        if isinstance(item, Rejected):
+            rejected.append(item)
+            continue
+        site = registered.get(item.site_id)
+        if site is None or not site["active"]:
+            why = "is not registered" if site is None else "is disabled"
+            e = item.decoded.event
+            rejected.append(Rejected(item.inbound, item.site_id,
+                                     f"site {item.site_id} {why} at the center; register it, then replay",
+                                     e.event_id, e.site_seq))
+        else:
+            good.append(item)
+    result = await append_in(conn, [a.decoded for a in good])
+    if result.refused:
+        by_id = {a.decoded.event.event_id: a for a in good}
+        for r in result.refused:
+            a = by_id[r.event_id]
+            rejected.append(Rejected(a.inbound, a.site_id, r.reason, r.event_id, r.site_seq))
+    stored_ids = set(result.stored)
+    seen: set[str] = set()
+    for a in good:
+        eid = a.decoded.event.event_id
+        if eid in stored_ids and eid not in seen:
+            seen.add(eid)
+            out.stored.append(a.decoded)
+    out.duplicates = len(result.duplicates)
+    out.sites = {a.site_id for a in good}
+    if out.stored:
+        await apply_scope(conn, out.stored, {k: r["kind"] for k, r in registered.items()})
+        unknown: dict[str, int] = {}
+        for d in out.stored:
+            if not d.understood:
+                unknown[d.event.site_id] = unknown.get(d.event.site_id, 0) + 1
+        if unknown:
+            out.not_understood = sum(unknown.values())
+            await conn.execute(
+                """UPDATE sites s SET not_understood = s.not_understood + v.n
+                   FROM unnest($1::text[], $2::bigint[]) AS v(site_id, n) WHERE s.site_id = v.site_id""",
+                list(unknown), list(unknown.values()),
+            )
+    if rejected and not quarantine:
+        out.rejected = rejected
+    elif rejected:
+        rows = [r.row() for r in rejected]
+        ids = await insert_rows(conn, rows)
+        out.quarantined = len(ids)
+        for row_id, row in zip(ids, rows, strict=True):
+            if row.site_id is not None:
+                out.refusals.setdefault(row.site_id, []).append(refusal(row_id, row))
+                out.sites.add(row.site_id)
+    return out
+
+
+# --- errors: which ones are worth waiting out --------------------------------------------
+
+_TRANSIENT_CLASSES = ("08", "53", "57", "40", "55")  # connection, resources, shutdown, rollback, lock
+
+
+def is_transient(err: BaseException) -> bool:
+    """True when retrying the same batch later can succeed (the database, not the data)."""
+    if isinstance(err, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError)):
+        return True
+    if isinstance(err, asyncpg.PostgresError):
+        state = getattr(err, "sqlstate", None) or ""
+        return state[:2] in _TRANSIENT_CLASSES
+    return False
+
+
+def inbound_of(msg: Msg) -> Inbound:
+    headers = msg.headers or {}
+    meta = None
+    with contextlib.suppress(Exception):  # a message without JetStream metadata (never from CARE_UP)
+        meta = msg.metadata
+    return Inbound(
+        subject=msg.subject,
+        data=bytes(msg.data),
+        msgpack=headers.get(CONTENT_TYPE_HEADER) == MSGPACK,
+        stream_seq=meta.sequence.stream if meta else None,
+        deliveries=meta.num_delivered if meta else None,
+    )
+
+
+@dataclass(slots=True)
+class IngestStats:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    not_understood: int = 0
+    batches: int = 0
+    db_retries: int = 0
+
+
+OnCommit = Callable[[Outcome], None]
+
+
+class Ingester:
+    """One ingest loop on the shared consumer. Several may run, in one process or many."""
+
+    def __init__(self, pool: asyncpg.Pool, js: JetStreamContext, settings: StreamSettings, *,
+                 on_commit: OnCommit | None = None, name: str = "ingest-1") -> None:
+        self.pool = pool
+        self.js = js
+        self.settings = settings
+        self.on_commit = on_commit
+        self.name = name
+        self.stats = IngestStats()
+        self._held: dict[int, tuple[float, Msg]] = {}  # messages fetched and not yet acked
+        # Test hook: after a commit, touch this file and hang (a test then kills the process
+        # with SIGKILL, so the crash falls exactly between commit and ack).
+        pause = os.environ.get("SHOUWANG_TEST_PAUSE_AFTER_COMMIT")
+        self._pause_after_commit = Path(pause) if pause else None
+
+    async def run(self) -> None:
+        """Fetch and write until cancelled."""
+        sub = await self.js.pull_subscribe_bind(INGEST_CONSUMER, UP_STREAM)
+        queue: asyncio.Queue[list[Msg]] = asyncio.Queue(maxsize=1)
+        fetcher = asyncio.create_task(self._fetch_loop(sub, queue), name=f"{self.name}-fetch")
+        keeper = asyncio.create_task(self._keep_alive(), name=f"{self.name}-keepalive")
+        try:
+            while True:
+                msgs = await queue.get()
+                await self._write(msgs)
+        finally:
+            for task in (fetcher, keeper):
+                task.cancel()
+            for task in (fetcher, keeper):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _fetch_loop(self, sub: JetStreamContext.PullSubscription, queue: asyncio.Queue[list[Msg]]) -> None:
+        import nats.errors
+
+        while True:
+            try:
+                msgs = await sub.fetch(self.settings.batch, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except (nats.errors.ConnectionClosedError, nats.errors.NoServersError, NotFoundError) as err:
+                _warn("ingest fetch failed; retrying", ingester=self.name, error=type(err).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            except nats.errors.Error as err:
+                _warn("ingest fetch failed; retrying", ingester=self.name, error=type(err).__name__)
+                await asyncio.sleep(0.2)
+                continue
+            now = time.monotonic()
+            for m in msgs:
+                self._held[id(m)] = (now, m)
+            await queue.put(msgs)
+
+    async def _keep_alive(self) -> None:
+        """While a batch waits (for the database, or in the queue), tell JetStream it is being
+        worked on, so it is not redelivered and does not spend its MaxDeliver."""
+        period = max(0.5, min(self.settings.backoff) / 3)
+        while True:
+            await asyncio.sleep(period)
+            cutoff = time.monotonic() - period
+            for since, m in list(self._held.values()):
+                if since < cutoff:
+                    with contextlib.suppress(Exception):
+                        await m.in_progress()
+
+    async def _write(self, msgs: list[Msg]) -> None:
+        items = [triage(inbound_of(m)) for m in msgs]
+        self.stats.received += len(msgs)
+        outcome = await self._commit(items)
+        if self._pause_after_commit is not None:
+            self._pause_after_commit.write_text(str(len(outcome.stored)))
+            await asyncio.Event().wait()
+        for m in msgs:
+            self._held.pop(id(m), None)
+            with contextlib.suppress(Exception):  # NATS away: the batch is redelivered, as duplicates
+                await m.ack()
+        self._count(outcome)
+        if self.on_commit is not None:
+            self.on_commit(outcome)
+
+    async def _commit(self, items: Sequence[Triaged]) -> Outcome:
+        """Commit a batch; wait out a database outage; isolate an event the database refuses."""
+        delay = 0.1
+        while True:
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    return await commit_in(conn, items)
+            except Exception as err:
+                if is_transient(err):
+                    self.stats.db_retries += 1
+                    _warn("database unavailable; retrying the batch", ingester=self.name,
+                          error=type(err).__name__, events=len(items))
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                if not isinstance(err, asyncpg.PostgresError):
+                    raise
+                return await self._split(items, err)
+
+    async def _split(self, items: Sequence[Triaged], err: asyncpg.PostgresError) -> Outcome:
+        if len(items) == 1:
+            item = items[0]
+            eid, seq = (item.decoded.event.event_id, item.decoded.event.site_seq) if isinstance(item, Accepted) \
+                else (item.event_id, item.site_seq)
+            reason = f"the event store refused it: {type(err).__name__} ({err.sqlstate}): {str(err)[:200]}"
+            _warn("event refused by the database; quarantined", ingester=self.name, sqlstate=err.sqlstate)
+            return await self._commit([Rejected(item.inbound, item.site_id, reason, eid, seq)])
+        half = len(items) // 2
+        first = await self._commit(items[:half])
+        second = await self._commit(items[half:])
+        return _merge(first, second)
+
+    def _count(self, o: Outcome) -> None:
+        s = self.stats
+        s.batches += 1
+        s.stored += len(o.stored)
+        s.duplicates += o.duplicates
+        s.quarantined += o.quarantined
+        s.not_understood += o.not_understood
+
+
+def _merge(a: Outcome, b: Outcome) -> Outcome:
+    out = Outcome(stored=a.stored + b.stored, duplicates=a.duplicates + b.duplicates,
+                  not_understood=a.not_understood + b.not_understood, quarantined=a.quarantined + b.quarantined,
+                  sites=a.sites | b.sites)
+    for src in (a.refusals, b.refusals):
+        for site, refs in src.items():
+            out.refusals.setdefault(site, []).extend(refs)
+    return out
+
+
+def _warn(event: str, **fields: Any) -> None:
+    _log.warning(event, **fields)
