@@ -20,6 +20,7 @@ from service.settings import Settings, SettingsError
 COMMAND_MODULES = (
     "service.cli_db",
     "service.cli_demo",
+    "service.cli_center",
 )
 
 
