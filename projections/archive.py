@@ -290,37 +290,29 @@ class _Write(msgspec.Struct, frozen=True):
     actor: str
     value: Any
     encoded: bytes
-    base: str | None
+    bases: tuple[str, ...]
     resolution: bool = False
 
 
 def _knows(writes: list[_Write]) -> dict[str, set[str]]:
-    """For each write, the ids of the writes of the same field it knew (transitively)."""
+    """For each write, the ids of the writes of the same field it knew (transitive closure of
+    its base and its own site's earlier writes; a resolution knows every earlier-stamped write)."""
     by_id = {w.event_id: w for w in writes}
-    memo: dict[str, set[str]] = {}
-
-    def known(w: _Write, depth: int = 0) -> set[str]:
-        if w.event_id in memo:
-            return memo[w.event_id]
-        out: set[str] = set()
-        memo[w.event_id] = out  # guards against a cycle in bad based_on data
-        direct: list[_Write] = []
-        for o in writes:
-            if o.event_id == w.event_id:
-                continue
-            if (o.site_id == w.site_id and o.stamp[2] < w.stamp[2]) or (w.resolution and o.stamp < w.stamp):
-                direct.append(o)
-        if w.base is not None and w.base in by_id and w.base != w.event_id:
-            direct.append(by_id[w.base])
-        for o in direct:
-            out.add(o.event_id)
-            if depth < 64:
-                out |= known(o, depth + 1)
-        return out
-
+    known: dict[str, set[str]] = {}
     for w in writes:
-        known(w)
-    return memo
+        direct = {o.event_id for o in writes if o.event_id != w.event_id and (
+            (o.site_id == w.site_id and o.stamp[2] < w.stamp[2]) or (w.resolution and o.stamp < w.stamp))}
+        direct |= {b for b in w.bases if b in by_id and b != w.event_id}
+        known[w.event_id] = direct
+    changed = True
+    while changed:  # fixpoint; a handful of writes per field, so the cost is nothing
+        changed = False
+        for k in known.values():
+            extra = set().union(*(known[o] for o in k)) - k
+            if extra:
+                k |= extra
+                changed = True
+    return known
 
 
 def _registers(child_id: str, effs: list[Effective]) -> tuple[dict[str, _Write], list[Conflict]]:
@@ -333,7 +325,7 @@ def _registers(child_id: str, effs: list[Effective]) -> tuple[dict[str, _Write],
             v = field_value(x.care, f)
             writes.setdefault(f, []).append(_Write(
                 x.entry.event_id, x.entry.stamp, x.entry.site_id, x.entry.actor, v, _value_encoder.encode(v),
-                x.entry.based_on.get(f)))
+                tuple(b for b in (x.entry.based_on.get(f),) if b)))
     for x in effs:
         care = x.care
         if isinstance(care, c.ConflictResolved) and care.field in writes:
@@ -343,14 +335,16 @@ def _registers(child_id: str, effs: list[Effective]) -> tuple[dict[str, _Write],
             v = field_value(chosen.care, care.field)
             writes[care.field].append(_Write(
                 x.entry.event_id, x.entry.stamp, x.entry.site_id, x.entry.actor, v, _value_encoder.encode(v),
-                care.chosen_event_id, resolution=True))
+                tuple(b for b in (care.chosen_event_id, x.entry.based_on.get(care.field)) if b), resolution=True))
     values: dict[str, _Write] = {}
     conflicts: list[Conflict] = []
     for f in sorted(writes):
         ws = writes[f]
         known = _knows(ws)
-        known_by_any: set[str] = set().union(*known.values()) if known else set()
-        heads = sorted((w for w in ws if w.event_id not in known_by_any), key=lambda w: w.stamp)
+        # A head is a write no other write knows without being known by it (bad based_on data
+        # can make a cycle; its members are then all heads, never none).
+        heads = sorted((w for w in ws if not any(w.event_id in known[o.event_id] and o.event_id not in known[
+            w.event_id] for o in ws)), key=lambda w: w.stamp)
         winner = heads[-1]
         values[f] = winner
         if len({h.encoded for h in heads}) > 1:
@@ -362,8 +356,8 @@ def _registers(child_id: str, effs: list[Effective]) -> tuple[dict[str, _Write],
                 continue
             seen = known[r.event_id]
             before = [w for w in ws if w.event_id in seen and not w.resolution]
-            inner = set().union(*(known[w.event_id] for w in before)) if before else set()
-            old_heads = sorted(w.event_id for w in before if w.event_id not in inner)
+            old_heads = sorted(w.event_id for w in before if not any(
+                w.event_id in known[o.event_id] and o.event_id not in known[w.event_id] for o in before))
             if len({w.encoded for w in before if w.event_id in old_heads}) > 1:
                 old_winner = max((w for w in before if w.event_id in old_heads), key=lambda w: w.stamp)
                 conflicts.append(Conflict(child_id=child_id, field=f, heads=old_heads, winner=old_winner.event_id,
@@ -630,29 +624,63 @@ def derive_all(states: Mapping[str, ChildState]) -> dict[str, ChildArchive]:
     return out
 
 
-def build_states(events: Iterable[tuple[Event, c.CareEventBase | None]]) -> tuple[dict[str, ChildState], int]:
-    """Fold events into states (any order, duplicates welcome); returns (states, not understood).
+def family_of(care: c.CareEventBase, event_id: str) -> str:
+    """The correction family an event belongs to: a correction's target, else the event itself.
+    Every member of a family goes to every key of every member, so an original and its
+    corrections always meet (a correction need not list the children of what it corrects)."""
+    return care.corrected_event_id if isinstance(care, c.EventCorrected) else event_id
 
-    A correction also goes to the children of the event it corrects when that event is here,
-    so a correction that does not list them still reaches them."""
-    states: dict[str, ChildState] = {}
-    skipped = 0
-    pending: list[tuple[Event, c.EventCorrected]] = []
-    children_of: dict[str, tuple[str, ...]] = {}
-    for event, care in events:
+
+class ArchiveBook:
+    """Incremental, in-memory holder of child states (a site agent's or a rebuild's): `add`
+    events in any order, any number of times; `archives()` derives every archive.
+
+    It routes by correction family (`family_of`): every member goes to the keys of every member."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, ChildState] = {}
+        self.skipped: set[str] = set()
+        self._family_keys: dict[str, set[str]] = {}
+        self._family_members: dict[str, list[str]] = {}
+        self._key_of: dict[str, str] = {}  # event id -> one key whose state holds it
+
+    def add(self, event: Event, care: c.CareEventBase | None) -> set[str]:
+        """Add one event; returns the keys (child ids or "ev:" pseudo-keys) whose state changed."""
         if care is None:
-            skipped += 1
-            continue
-        keys = keys_of(care, event.event_id)
-        children_of[event.event_id] = keys
+            self.skipped.add(event.event_id)
+            return set()
+        if event.event_id in self._key_of:
+            return set()
+        fam = family_of(care, event.event_id)
+        own = set(keys_of(care, event.event_id))
+        keys = self._family_keys.setdefault(fam, set())
+        members = self._family_members.setdefault(fam, [])
+        new_keys = own - keys
+        changed = set(keys | own)
+        for eid in members:  # earlier members reach the keys this event brings
+            entry = self.states[self._key_of[eid]].entries[eid]
+            for k in new_keys:
+                st = self.states.setdefault(k, ChildState(child_id=k))
+                st.entries[eid] = entry
+        keys |= own
+        entry = entry_of(event, care)
         for k in keys:
-            states[k] = apply(states.get(k), event, care, k)
-        if isinstance(care, c.EventCorrected):
-            pending.append((event, care))
-    for event, care in pending:
-        for k in children_of.get(care.corrected_event_id, ()):
-            states[k] = apply(states.get(k), event, care, k)
-    return states, skipped
+            self.states.setdefault(k, ChildState(child_id=k)).entries[event.event_id] = entry
+        members.append(event.event_id)
+        self._key_of[event.event_id] = next(iter(keys))
+        return changed
+
+    def archives(self) -> dict[str, ChildArchive]:
+        return derive_all(self.states)
+
+
+def build_states(events: Iterable[tuple[Event, c.CareEventBase | None]]) -> tuple[dict[str, ChildState], int]:
+    """Fold events into states (any order, duplicates welcome); returns (states, the number of
+    distinct events not understood)."""
+    book = ArchiveBook()
+    for event, care in events:
+        book.add(event, care)
+    return book.states, len(book.skipped)
 
 
 def build(events: Iterable[tuple[Event, c.CareEventBase | None]]) -> dict[str, ChildArchive]:
