@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import asyncpg
 import msgspec
 
+from bench import peer_eventsourcing
 from bench.report import Figure, figure
 from bench.servers import fresh_database
 from events import DecodedEvent, care_of
@@ -116,6 +117,15 @@ async def run(admin_url: str, quick: bool) -> list[Figure]:
                 await pool.close()
         figures.append(figure(f"store append, batches of {batch}", ours, "events/s",
                               f"raw COPY, {batch} per transaction", raw))
+        if batch == 1000 and peer_eventsourcing.available():
+            async with fresh_database(admin_url, migrated=False) as peer_url:
+                save = await asyncio.to_thread(peer_eventsourcing.application_save, peer_url, events)
+            async with fresh_database(admin_url, migrated=False) as peer_url:
+                insert = await asyncio.to_thread(peer_eventsourcing.recorder_insert, peer_url, events)
+            figures.append(figure("store append, batches of 1000", ours, "events/s",
+                                  "eventsourcing Application.save, 1000 per call", save))
+            figures.append(figure("store append, batches of 1000", ours, "events/s",
+                                  "eventsourcing recorder insert_events, 1000 per call", insert))
     # single-event appends: one writer, then 50 concurrent writers (group commit)
     async with fresh_database(admin_url) as url:
         pool = await create_pool(url, max_size=50)

@@ -141,33 +141,28 @@ _EVENT_COLUMNS = (
     "region", "site_id", "site_seq", "event_id", "type", "schema_version", "understood", "actor",
     "occurred_at", "recorded_at", "prev_hash", "hash", "children", "based_on", "payload",
 )
-_SELECT = """SELECT tx_id, position, committed_at, event_id, type, schema_version, site_id, site_seq,
-                    actor, occurred_at, recorded_at, prev_hash, hash, children, based_on, payload,
-                    understood
+_SELECT = """SELECT tx_id, position, committed_at, event_id::text AS event_id, type, schema_version, site_id,
+                    site_seq, actor, occurred_at, recorded_at, encode(prev_hash, 'hex') AS prev_hash,
+                    encode(hash, 'hex') AS hash, children, based_on, payload, understood
              FROM events"""
 _HORIZON = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 _based_on_decoder = msgspec.json.Decoder(dict[str, str])
 _json = msgspec.json.Encoder()
+_EMPTY: dict[str, str] = {}
 
 
 def _row_to_stored(r: asyncpg.Record) -> StoredEvent:
-    based_on = r["based_on"]
+    # Hot path of every reader (projections, rebuilds, catch-up): text conversions happen in
+    # PostgreSQL (uuid and hex in C), and nothing is decoded that a reader may not need.
+    (tx_id, position, committed_at, event_id, type_, schema_version, site_id, site_seq, actor, occurred_at,
+     recorded_at, prev_hash, hash_, children, based_on, payload, understood) = r
     event = Event(
-        event_id=str(r["event_id"]),
-        type=r["type"],
-        schema_version=r["schema_version"],
-        site_id=r["site_id"],
-        site_seq=r["site_seq"],
-        actor=r["actor"],
-        occurred_at=r["occurred_at"],
-        recorded_at=r["recorded_at"],
-        prev_hash=r["prev_hash"].hex(),
-        children=list(r["children"]),
-        based_on=_based_on_decoder.decode(based_on) if based_on != b"{}" else {},
-        payload=msgspec.Raw(r["payload"]),
+        event_id=event_id, type=type_, schema_version=schema_version, site_id=site_id, site_seq=site_seq,
+        actor=actor, occurred_at=occurred_at, recorded_at=recorded_at, prev_hash=prev_hash, children=children,
+        based_on=_based_on_decoder.decode(based_on) if based_on != b"{}" else _EMPTY,
+        payload=msgspec.Raw(payload),
     )
-    return StoredEvent(Position(r["tx_id"], r["position"]), r["committed_at"], event, r["hash"].hex(),
-                       r["understood"])
+    return StoredEvent(Position(tx_id, position), committed_at, event, hash_, understood)
 
 
 class EventStore:
