@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "service.cli_db",
     "service.cli_demo",
     "service.cli_center",
+    "sync_agent.cli",
 )
 
 
