@@ -21,7 +21,7 @@ import nats.errors
 
 from service import log
 from sync_agent.backoff import Backoff
-from sync_agent.config import SiteConfig, load_config, log_path
+from sync_agent.config import SiteConfig, connect_options, load_config, log_path
 from sync_agent.download import Downloader
 from sync_agent.locallog import ChainReport, LocalLog, LocalLogError
 from sync_agent.tuning import SyncTuning
@@ -87,7 +87,7 @@ class Agent:
                     self.nats_url, name=f"shouwang-agent {self.config.site_id}",
                     connect_timeout=self.tuning.connect_timeout, allow_reconnect=True,
                     max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                    user_credentials=self.config.creds,
+                    **connect_options(self.config),
                     error_cb=self._nats_error, disconnected_cb=self._disconnected, reconnected_cb=self._reconnected,
                 )
             except (TimeoutError, nats.errors.Error, OSError) as err:

@@ -46,7 +46,7 @@ class SiteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     @property
     def durable_name(self) -> str:
         """This site's durable consumer on CARE_DOWN (consumer names may not contain dots)."""
-        return "agent_" + self.site_id.replace(".", "_")
+        return "site_" + self.site_id.replace(".", "_")
 
 
 _encoder = msgspec.json.Encoder()
@@ -93,3 +93,35 @@ def load_config(data_dir: Path) -> SiteConfig:
         raise ConfigError(f"{path}: {err}") from None
     except msgspec.DecodeError as err:
         raise ConfigError(f"{path} is not valid JSON: {err}") from None
+
+
+class _PasswordCreds(msgspec.Struct, frozen=True):
+    """Credentials as the center's `register_site` hands them out (JSON)."""
+
+    user: str
+    password: str
+    inbox_prefix: str | None = None
+    site_id: str | None = None
+    durable: str | None = None
+
+
+def connect_options(config: SiteConfig) -> dict[str, object]:
+    """nats.connect() options for this site's credentials: a JSON file with user and password
+    (from the center's site registration), or a NATS .creds file (JWT and seed)."""
+    if config.creds is None:
+        return {}
+    path = Path(config.creds)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"credentials file {path} cannot be read: {err.strerror}") from None
+    if data.lstrip().startswith(b"{"):
+        try:
+            creds = msgspec.json.decode(data, type=_PasswordCreds)
+        except msgspec.DecodeError as err:
+            raise ConfigError(f"credentials file {path}: {err}") from None
+        opts: dict[str, object] = {"user": creds.user, "password": creds.password}
+        if creds.inbox_prefix:
+            opts["inbox_prefix"] = creds.inbox_prefix
+        return opts
+    return {"user_credentials": str(path)}

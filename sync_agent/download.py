@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 import nats.errors
+import nats.js.errors
 from nats.js import api
 
 from events.envelope import Event
@@ -67,15 +68,20 @@ class Downloader:
 
     async def _subscribe(self, nc: Any) -> Any:
         js = nc.jetstream()
-        config = api.ConsumerConfig(
-            durable_name=self.durable,
-            filter_subject=down_subject(self.site_id),
-            deliver_policy=api.DeliverPolicy.ALL,
-            ack_policy=api.AckPolicy.ALL,  # one ack per fetched batch, after it is committed locally
-            ack_wait=30,
-            max_ack_pending=10_000,
-        )
-        await js.add_consumer(DOWN_STREAM, config)
+        try:
+            # The center creates the consumer when it registers the site; bind to it as it is.
+            await js.consumer_info(DOWN_STREAM, self.durable)
+        except nats.js.errors.NotFoundError:
+            # Same configuration as the center's (service.streams.site_consumer_config).
+            config = api.ConsumerConfig(
+                durable_name=self.durable,
+                name=self.durable,
+                filter_subject=down_subject(self.site_id),
+                deliver_policy=api.DeliverPolicy.ALL,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=30.0,
+            )
+            await js.add_consumer(DOWN_STREAM, config)
         return await js.pull_subscribe_bind(self.durable, stream=DOWN_STREAM)
 
     async def handle(self, msgs: list[Any]) -> None:
@@ -110,8 +116,8 @@ class Downloader:
             effect = await asyncio.to_thread(self.log.apply_receipt, latest)
             self.receipts += 1
             self._on_receipt(effect)
-        if msgs:
-            await msgs[-1].ack()
+        for msg in msgs:  # only now that SQLite has committed what they carried
+            await msg.ack()
 
 
 def _seq(msg: Any) -> int | None:

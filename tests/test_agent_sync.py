@@ -72,7 +72,7 @@ async def test_fanned_out_events_build_the_offline_view(
         await center.fan_out(site, [reg, reg])  # delivered twice: kept once
         await eventually(lambda: agent.log.inbox_count() == 1, what="the inbox")
         v = view.build_view(child, agent.log.child_events(child))
-        assert v.fields["name"].event_id == reg.event.event_id
+        assert v.sources["name"].event_id == reg.event.event_id
         # An update recorded here is based on what the site has seen of the child.
         upd = msgspec.json.encode({"type": "ArchiveUpdated", "child_id": child, "grade": 6,
                                    "occurred_at": "2026-03-03T10:00:00Z"})

@@ -1,0 +1,296 @@
+"""`shouwang agent ...`: the site agent's commands (init, record, serve, sync, status, show, verify)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from service.settings import Settings
+from sync_agent.config import ConfigError, SiteConfig, SiteKind, load_config, log_path, write_config
+from sync_agent.locallog import LocalLog, LocalLogError, LogCorrupted
+
+DEFAULT_PORT = 8470
+
+
+def register(sub: Any) -> None:
+    agent = sub.add_parser(
+        "agent", help="the site agent: record care events offline and sync them with the center",
+        description="The site agent keeps this site's care records in a local SQLite log and syncs "
+        "them with the center over NATS JetStream: every event is kept until the center's receipt "
+        "says it is committed; the children's archives are kept locally for offline use.")
+    asub = agent.add_subparsers(dest="agent_command", metavar="ACTION", required=True)
+
+    def data_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data", required=True, type=Path, help="the site's data directory (config and local log)")
+
+    p = asub.add_parser("init", help="create a site's data directory with its identity and an empty local log")
+    data_arg(p)
+    p.add_argument("--site", required=True, help="site id region.township.site, e.g. gx-lp.xy.v03")
+    p.add_argument("--kind", required=True, choices=[k.value for k in SiteKind], help="what kind of site")
+    p.add_argument("--name", required=True, help="the site's name, e.g. 青石村留守儿童之家")
+    p.add_argument("--nats", required=True, help="NATS URL of the center, e.g. nats://center.example:4222")
+    p.add_argument("--creds", help="credentials file: JSON from the center's site registration, or a NATS .creds")
+    p.add_argument("--actor", default="station", help="staff account recorded when a draft names none")
+    p.set_defaults(handler=_init)
+
+    p = asub.add_parser("record", help="record one event or a list of events (JSON drafts) durably; "
+                        "prints their event ids")
+    data_arg(p)
+    p.add_argument("file", nargs="?", default="-", help="JSON file with the draft(s); '-' or nothing: stdin")
+    p.add_argument("--actor", help="staff account recorded for drafts that name none")
+    p.add_argument("--json", action="store_true", help="print {event_id, site_seq} objects as JSON")
+    p.set_defaults(handler=_record)
+
+    p = asub.add_parser("serve", help="local HTTP endpoint for station apps (POST /events, GET /status, "
+                        "GET /children/ID) with the sync loop running")
+    data_arg(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--no-sync", action="store_true", help="record only; do not connect to the center")
+    p.set_defaults(handler=_serve)
+
+    p = asub.add_parser("sync", help="sync with the center (until stopped, or with --once until nothing is pending)")
+    data_arg(p)
+    p.add_argument("--once", action="store_true", help="exit when every event is receipted (0) or at the "
+                   "timeout with events still pending (1)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds --once waits at most (default 600)")
+    p.add_argument("--nats", help="override the NATS URL of the site's config")
+    p.set_defaults(handler=_sync)
+
+    p = asub.add_parser("status", help="pending events, oldest pending age, last contact, the center's "
+                        "watermark, last error")
+    data_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=_status)
+
+    p = asub.add_parser("show", help="a child's archive as this site knows it (works offline)")
+    data_arg(p)
+    p.add_argument("child", help="child id c-...")
+    p.add_argument("--json", action="store_true", help="the whole archive and timeline as JSON")
+    p.set_defaults(handler=_show)
+
+    p = asub.add_parser("verify", help="check the local log's sequence and hash chain")
+    data_arg(p)
+    p.set_defaults(handler=_verify)
+
+
+def _cli_error(message: str) -> Exception:
+    from service.cli import CliError
+
+    return CliError(message)
+
+
+def _open(data: Path) -> tuple[SiteConfig, LocalLog]:
+    try:
+        config = load_config(data)
+        return config, LocalLog(log_path(data), config.site_id)
+    except (ConfigError, LocalLogError) as err:
+        raise _cli_error(str(err)) from None
+
+
+def _init(args: argparse.Namespace, settings: Settings) -> int:
+    import msgspec
+
+    try:
+        config = msgspec.convert({"site_id": args.site, "kind": args.kind, "name": args.name, "nats_url": args.nats,
+                                  "creds": args.creds, "default_actor": args.actor}, type=SiteConfig)
+    except msgspec.ValidationError as err:
+        raise _cli_error(f"invalid site identity: {err}") from None
+    try:
+        path = write_config(args.data, config)
+        LocalLog(log_path(args.data), config.site_id).close()
+    except (ConfigError, LocalLogError) as err:
+        raise _cli_error(str(err)) from None
+    print(f"site {config.site_id} ({config.kind.value}) ready in {args.data} ({path.name}, {log_path(args.data).name})")
+    return 0
+
+
+def _record(args: argparse.Namespace, settings: Settings) -> int:
+    from events.validation import ValidationFailed
+    from sync_agent.record import record_json
+
+    data = sys.stdin.buffer.read() if args.file == "-" else _read(Path(args.file))
+    config, log = _open(args.data)
+    try:
+        done = record_json(log, config, data, actor=args.actor)
+    except ValidationFailed as err:
+        print(f"refused, nothing recorded ({len(err.problems)} problem{'s' if len(err.problems) != 1 else ''}):",
+              file=sys.stderr)
+        for p in err.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    except LocalLogError as err:
+        raise _cli_error(str(err)) from None
+    finally:
+        log.close()
+    if args.json:
+        print(json.dumps([{"event_id": r.event_id, "site_seq": r.site_seq} for r in done]))
+    else:
+        for r in done:
+            print(r.event_id)
+    return 0
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise _cli_error(f"cannot read {path}: {err.strerror}") from None
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from sync_agent.status import render, site_status
+
+    config, log = _open(args.data)
+    try:
+        st = site_status(log, config)
+    finally:
+        log.close()
+    print(json.dumps(st, ensure_ascii=False, indent=2) if args.json else render(st))
+    return 0
+
+
+def _show(args: argparse.Namespace, settings: Settings) -> int:
+    from sync_agent.view import as_json
+
+    config, log = _open(args.data)
+    try:
+        events = log.child_events(args.child)
+    finally:
+        log.close()
+    if not events:
+        raise _cli_error(f"this site knows no events of child {args.child}")
+    doc = as_json(args.child, events)
+    if args.json:
+        print(json.dumps(doc, ensure_ascii=False, indent=2, default=str))
+        return 0
+    print(_render_child(doc))
+    return 0
+
+
+def _render_child(doc: dict[str, Any]) -> str:
+    lines = [f"child {doc['child_id']}"]
+    if doc.get("merged_into"):
+        lines.append(f"  merged into {doc['merged_into']}")
+    state = "open" if doc.get("open") else ("closed" if doc.get("registered") else "not registered at any site known here")
+    lines.append(f"  archive: {state}")
+    for key in ("name", "sex", "birth_date", "household_village", "school", "grade", "class_name", "reasons",
+                "guardian", "guardian_phone", "parents", "status", "individual_plan", "village_site", "school_site"):
+        value = doc.get(key)
+        if value not in (None, [], {}):
+            lines.append(f"  {key:<18} {json.dumps(value, ensure_ascii=False)}")
+    for conflict in doc.get("conflicts", []):
+        if conflict.get("resolved_by") is None:
+            lines.append(f"  CONFLICT on {conflict['field']}: updates {', '.join(conflict['heads'])} disagree; "
+                         "record ConflictResolved to settle it")
+    lines.append(f"  timeline ({len(doc.get('timeline', []))} events):")
+    for item in doc.get("timeline", []):
+        mark = " (retracted)" if item.get("retracted") else (" (corrected)" if item.get("corrected_by") else "")
+        lines.append(f"    {str(item['occurred_at'])[:16]}  {item['type']:<22} {item['site_id']}{mark}")
+    return "\n".join(lines)
+
+
+def _verify(args: argparse.Namespace, settings: Settings) -> int:
+    config, log = _open(args.data)
+    try:
+        report = log.verify()
+    except LogCorrupted as err:
+        raise _cli_error(str(err)) from None
+    finally:
+        log.close()
+    print(f"local log of {config.site_id}: {report.events} events, site_seq 1..{report.head_seq} gapless, "
+          f"hash chain intact (head {report.head_hash[:16]}...)")
+    return 0
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from sync_agent.serve import create_app
+
+    try:
+        app = create_app(args.data, sync=not args.no_sync)
+    except (ConfigError, LocalLogError) as err:
+        raise _cli_error(str(err)) from None
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+class ProgressBar:
+    """A one-line bar on stderr while a backlog drains; silent when stderr is not a terminal."""
+
+    def __init__(self, stream: TextIO = sys.stderr, width: int = 30) -> None:
+        self.stream = stream
+        self.width = width
+        self.enabled = stream.isatty()
+        self.start: int | None = None
+        self.drawn = False
+
+    def __call__(self, pending: int, recorded: int) -> None:
+        if not self.enabled:
+            return
+        if self.start is None:
+            self.start = pending
+        total = max(self.start, pending, 1)
+        if total < 100 and not self.drawn:
+            return  # a small backlog drains before a bar would help
+        done = total - pending
+        filled = int(self.width * done / total)
+        self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} receipted, "
+                          f"{pending} pending ")
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _sync(args: argparse.Namespace, settings: Settings) -> int:
+    from service.cli import run_async
+    from sync_agent.agent import Agent
+
+    async def go() -> int:
+        try:
+            agent = Agent(args.data, nats_url=args.nats)
+        except (ConfigError, LocalLogError) as err:
+            raise _cli_error(str(err)) from None
+        bar = ProgressBar()
+        try:
+            await agent.start()
+        except LocalLogError as err:
+            agent.log.close()
+            raise _cli_error(str(err)) from None
+        try:
+            if args.once:
+                ok = await agent.wait_synced(args.timeout, on_progress=bar)
+                bar.close()
+                if not ok:
+                    print(f"shouwang: {agent.pending()} events still not receipted by the center after "
+                          f"{args.timeout:g} s; they stay in the local log and will be sent next time "
+                          f"(last error: {agent.log.meta('last_error') or '-'})", file=sys.stderr)
+                    return 1
+                print(f"in sync: all {agent.log.last_seq()} events of {agent.config.site_id} are receipted")
+                return 0
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError):
+                    loop.add_signal_handler(sig, stop.set)
+            while not stop.is_set():
+                bar(agent.pending(), agent.log.last_seq())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+            bar.close()
+            return 0
+        finally:
+            await agent.stop()
+
+    return run_async(go())
