@@ -159,7 +159,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 def _show(args: argparse.Namespace, settings: Settings) -> int:
     from sync_agent.view import as_json
 
-    config, log = _open(args.data)
+    _, log = _open(args.data)
     try:
         events = log.child_events(args.child)
     finally:
@@ -178,7 +178,7 @@ def _render_child(doc: dict[str, Any]) -> str:
     lines = [f"child {doc['child_id']}"]
     if doc.get("merged_into"):
         lines.append(f"  merged into {doc['merged_into']}")
-    state = "open" if doc.get("open") else ("closed" if doc.get("registered") else "not registered at any site known here")
+    state = "open" if doc.get("open") else "closed" if doc.get("registered") else "not registered at a site known here"
     lines.append(f"  archive: {state}")
     for key in ("name", "sex", "birth_date", "household_village", "school", "grade", "class_name", "reasons",
                 "guardian", "guardian_phone", "parents", "status", "individual_plan", "village_site", "school_site"):
