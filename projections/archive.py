@@ -231,6 +231,7 @@ class Effective(msgspec.Struct, frozen=True, kw_only=True):
     entry: Entry
     care: c.CareEventBase
     occurred_at: dt.datetime
+    counts_as: str  # the event id it counts under: the original's, even when only its correction is here
     corrected_by: str | None = None
 
 
@@ -250,13 +251,13 @@ def effective(entries: Iterable[Entry]) -> tuple[list[Effective], dict[str, tupl
             continue
         corr = winning.get(e.event_id)
         if corr is None:
-            out.append(Effective(entry=e, care=e.care, occurred_at=e.occurred_at))
+            out.append(Effective(entry=e, care=e.care, occurred_at=e.occurred_at, counts_as=e.event_id))
             continue
         cc = corr.care
         assert isinstance(cc, c.EventCorrected)
         if cc.replacement is not None:
             out.append(Effective(entry=e, care=cc.replacement, occurred_at=cc.replacement_occurred_at or e.occurred_at,
-                                 corrected_by=corr.event_id))
+                                 counts_as=e.event_id, corrected_by=corr.event_id))
     # A replacement whose original is not among these events still counts here, under the
     # correction's envelope (e.g. a visit moved to this child from another).
     for target, corr in winning.items():
@@ -264,7 +265,8 @@ def effective(entries: Iterable[Entry]) -> tuple[list[Effective], dict[str, tupl
         assert isinstance(cc, c.EventCorrected)
         if target not in seen and cc.replacement is not None:
             when = cc.replacement_occurred_at or corr.occurred_at
-            out.append(Effective(entry=corr, care=cc.replacement, occurred_at=when, corrected_by=corr.event_id))
+            out.append(Effective(entry=corr, care=cc.replacement, occurred_at=when, counts_as=target,
+                                 corrected_by=corr.event_id))
     out.sort(key=lambda x: x.entry.stamp)
     corrections = {t: (corr.event_id, isinstance(corr.care, c.EventCorrected) and corr.care.replacement is None)
                    for t, corr in winning.items()}
@@ -442,10 +444,10 @@ def derive(child_id: str, entries: Iterable[Entry], merged_from: Iterable[str] =
         elif isinstance(care, c.RightsCaseClosed):
             case_close.setdefault(care.case_id, x)
         elif isinstance(care, c.AidGiven):
-            aid.append(AidItem(event_id=x.entry.event_id, occurred_on=_day(x.occurred_at), kind="aid",
+            aid.append(AidItem(event_id=x.counts_as, occurred_on=_day(x.occurred_at), kind="aid",
                                amount_fen=care.amount_fen, source=str(care.source), detail=str(care.kind)))
         elif isinstance(care, c.CondolenceVisitMade):
-            aid.append(AidItem(event_id=x.entry.event_id, occurred_on=_day(x.occurred_at), kind="condolence",
+            aid.append(AidItem(event_id=x.counts_as, occurred_on=_day(x.occurred_at), kind="condolence",
                                amount_fen=care.money_fen_each, source=str(care.source), detail=str(care.occasion)))
         elif isinstance(care, c.SafetyIncidentReported):
             incidents += 1

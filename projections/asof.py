@@ -1,0 +1,129 @@
+""""As of": a child's archive and timeline, and any rollup, as the log said at a past time.
+
+Two clocks (ARCHITECTURE.md "Time"): `committed_at`, when the center committed an event (what
+the township could have known then), or `occurred_at`, when the work happened as the person
+entered it (what had happened by then, including what was recorded later). Both are computed
+from the log up to that point with the same pure code as the live read models, never from
+the read models themselves.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import asyncpg
+import msgspec
+
+from events import catalogue as c
+from projections.archive import ArchiveBook, ChildArchive, TimelineItem, family_of, timeline
+from projections.facts import facts_of
+from projections.followups import parse_period
+from projections.rollups import Rollup, compute
+from projections.source import _COLS, Row, to_row
+
+_HORIZON = "tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+
+
+class AsOfError(ValueError):
+    """The question was malformed (both clocks, or neither, or a naive time)."""
+
+
+def _clock(committed_at: dt.datetime | None, occurred_at: dt.datetime | None) -> tuple[str, dt.datetime | None]:
+    if committed_at is not None and occurred_at is not None:
+        raise AsOfError("ask as of committed_at or as of occurred_at, not both")
+    when = committed_at or occurred_at
+    if when is not None and when.tzinfo is None:
+        raise AsOfError(f"the time must carry a time zone, got {when.isoformat()}")
+    return ("committed_at" if committed_at is not None else "occurred_at"), when
+
+
+async def _child_rows(conn: asyncpg.Connection, child_id: str, column: str, when: dt.datetime | None) -> list[Row]:
+    """Every event of the child's merged group up to `when`, with whole correction families:
+    follows merges transitively (a merge names both children)."""
+    ids: set[str] = {child_id}
+    rows: dict[str, Row] = {}
+    while True:
+        found = await conn.fetch(
+            f"""SELECT {_COLS} FROM events WHERE children && $1::text[] AND {_HORIZON}
+                  AND ($2::timestamptz IS NULL OR {column} <= $2)""", sorted(ids), when)
+        for r in found:
+            rows.setdefault(r["event_id"], to_row(r))
+        more = {x for row in rows.values() if isinstance(row.care, c.ArchivesMerged | c.ArchivesUnmerged)
+                for x in row.care.child_ids()} - ids
+        if not more:
+            break
+        ids |= more
+    fams = sorted({family_of(r.care, r.event.event_id) for r in rows.values() if r.care is not None})
+    if fams:
+        found = await conn.fetch(
+            f"""SELECT {_COLS} FROM events
+                 WHERE (event_id = ANY($1::uuid[])
+                        OR (type = 'EventCorrected' AND payload->>'corrected_event_id' = ANY($2::text[])))
+                   AND {_HORIZON} AND ($3::timestamptz IS NULL OR {column} <= $3)""", fams, fams, when)
+        for r in found:
+            rows.setdefault(r["event_id"], to_row(r))
+    return list(rows.values())
+
+
+async def archive_asof(pool: asyncpg.Pool, child_id: str, *, committed_at: dt.datetime | None = None,
+                       occurred_at: dt.datetime | None = None) -> ChildArchive | None:
+    """The child's archive as of a committed time or an occurred time (None: not known then).
+    A child merged into another at that time comes back as a stub naming it (`merged_into`)."""
+    column, when = _clock(committed_at, occurred_at)
+    async with pool.acquire() as conn:
+        rows = await _child_rows(conn, child_id, column, when)
+    book = ArchiveBook()
+    for r in rows:
+        book.add(r.event, r.care)
+    return book.archives().get(child_id)
+
+
+async def timeline_asof(pool: asyncpg.Pool, child_id: str, *, committed_at: dt.datetime | None = None,
+                        occurred_at: dt.datetime | None = None) -> list[TimelineItem]:
+    """The child's timeline (its merged group's events, originals and corrections) as of a time."""
+    column, when = _clock(committed_at, occurred_at)
+    async with pool.acquire() as conn:
+        rows = await _child_rows(conn, child_id, column, when)
+    book = ArchiveBook()
+    for r in rows:
+        book.add(r.event, r.care)
+    archives = book.archives()
+    mine = archives.get(child_id)
+    if mine is None:
+        return []
+    root = mine.merged_into or child_id
+    group = {root, *archives[root].merged_from}
+    entries = [e for k in group if k in book.states for e in book.states[k].entries.values()]
+    return timeline(entries)
+
+
+async def rollup_asof(pool: asyncpg.Pool, scope: str, period: str, *, committed_at: dt.datetime | None = None,
+                      occurred_at: dt.datetime | None = None, page: int = 5000) -> Rollup:
+    """Every figure for `scope` and `period` as the log said at a committed or occurred time."""
+    column, when = _clock(committed_at, occurred_at)
+    p = parse_period(period)
+    region = scope.split(".", 1)[0] if scope else None
+    book = ArchiveBook()
+    async with pool.acquire() as conn:
+        after = (0, 0)
+        while True:
+            found = await conn.fetch(
+                f"""SELECT {_COLS} FROM events
+                     WHERE (tx_id, position) > ($1, $2) AND {_HORIZON}
+                       AND ($3::timestamptz IS NULL OR {column} <= $3) AND ($4::text IS NULL OR region = $4)
+                     ORDER BY tx_id, position LIMIT $5""", after[0], after[1], when, region, page)
+            if not found:
+                break
+            for r in found:
+                row = to_row(r)
+                book.add(row.event, row.care)
+            after = (found[-1]["tx_id"], found[-1]["position"])
+    archives = book.archives()
+    facts = [f for f in facts_of(e for st in book.states.values() for e in st.entries.values()).values()
+             if f is not None]
+    today = when.astimezone(dt.UTC).date() if when is not None else None
+    return compute(scope, p, archives.values(), facts, today=today)
+
+
+def to_builtins(value: object) -> object:
+    return msgspec.to_builtins(value)

@@ -1,0 +1,111 @@
+"""Facts: one row per counted piece of work (a visit, a call, aid, an activity...), after
+corrections. The rollups count work from facts and children from archives (FIGURES.md).
+
+A fact is keyed by the id of the event it counts (the original's id, even when a correction
+replaced its payload); a retracted event has no fact. `facts_of` gives the same fact for an
+event from any state that holds it, because a state always holds a whole correction family.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+import msgspec
+
+from events import catalogue as c
+from projections.archive import Entry, effective
+
+# Event types that are work the township counts, and the kind name each fact gets.
+COUNTED: dict[str, str] = {
+    "HomeVisitMade": "visit",
+    "ParentCallMade": "call",
+    "LetterWritten": "letter",
+    "TalkHeld": "talk",
+    "TutoringGiven": "tutoring",
+    "CounsellingGiven": "counselling",
+    "GuardianTrained": "guardian_training",
+    "MeetingHeld": "meeting",
+    "AidGiven": "aid",
+    "CondolenceVisitMade": "condolence",
+    "ActivityHeld": "activity",
+    "SafetyIncidentReported": "incident",
+    "RightsCaseOpened": "case_opened",
+    "RightsCaseClosed": "case_closed",
+    "PairingStarted": "pairing_started",
+    "PairingEnded": "pairing_ended",
+}
+
+
+class Fact(msgspec.Struct, frozen=True, kw_only=True):
+    event_id: str
+    kind: str
+    site_id: str
+    occurred_at: dt.datetime
+    children: list[str] = []
+    amount_fen: int = 0  # aid: the amount; condolence: money for all children covered
+    count: int = 0  # attendees, participants, guardians attended, minutes of tutoring/counselling
+    source: str | None = None  # aid source
+    detail: str | None = None  # aid kind, occasion, activity/meeting kind, severity, case kind/outcome, partner
+
+    @property
+    def township(self) -> str:
+        return township_of(self.site_id)
+
+
+def township_of(site_id: str) -> str:
+    """'region.township.site' -> 'region.township'."""
+    return site_id.rsplit(".", 1)[0]
+
+
+def in_scope(site_id: str, scope: str) -> bool:
+    """A scope is '' (everything), a region, a township ('region.township') or a site id."""
+    return not scope or site_id == scope or site_id.startswith(scope + ".")
+
+
+def fact_of(care: c.CareEventBase, event_id: str, site_id: str, occurred_at: dt.datetime) -> Fact | None:
+    kind = COUNTED.get(type(care).__name__)
+    if kind is None:
+        return None
+    children = sorted(care.child_ids())
+    amount, count, source, detail = 0, 0, None, None
+    if isinstance(care, c.TutoringGiven):
+        count, detail = care.minutes, care.subject
+    elif isinstance(care, c.CounsellingGiven):
+        count = care.minutes
+    elif isinstance(care, c.GuardianTrained):
+        count = care.guardians_attended
+    elif isinstance(care, c.MeetingHeld):
+        count, detail = care.attendees, str(care.kind)
+    elif isinstance(care, c.AidGiven):
+        amount, source, detail = care.amount_fen, str(care.source), str(care.kind)
+    elif isinstance(care, c.CondolenceVisitMade):
+        amount, source, detail = care.money_fen_each * len(children), str(care.source), str(care.occasion)
+    elif isinstance(care, c.ActivityHeld):
+        count, detail = care.participants_total, str(care.kind)
+    elif isinstance(care, c.SafetyIncidentReported):
+        detail = str(care.severity)
+    elif isinstance(care, c.RightsCaseOpened):
+        detail = str(care.kind)
+    elif isinstance(care, c.RightsCaseClosed):
+        detail = str(care.outcome)
+    elif isinstance(care, c.PairingStarted):
+        detail = str(care.partner_kind)
+    return Fact(event_id=event_id, kind=kind, site_id=site_id, occurred_at=occurred_at, children=children,
+                amount_fen=amount, count=count, source=source, detail=detail)
+
+
+def facts_of(entries: Iterable[Entry]) -> dict[str, Fact | None]:
+    """The fact of every event among `entries` (None: not counted, e.g. retracted), keyed by
+    the event id it counts under, including the targets of corrections."""
+    unique = {e.event_id: e for e in entries}
+    effs, corrections = effective(unique.values())
+    out: dict[str, Fact | None] = {}
+    for e in unique.values():
+        if not isinstance(e.care, c.EventCorrected):
+            out[e.event_id] = None
+    for target in corrections:
+        out[target] = None
+    for x in effs:
+        out[x.counts_as] = fact_of(x.care, x.counts_as, x.entry.site_id, x.occurred_at)
+    return out

@@ -1,0 +1,222 @@
+"""Township rollups: every figure of DOMAIN.md "What the township counts", for a scope (a site,
+a township, a region, or everything) and a period (month, semester, year). FIGURES.md says what
+each figure counts and from which events.
+
+`compute` is pure: the live read (`projections.queries.rollup`) feeds it archives and facts
+from the read models, and "as of" (`projections.asof`) feeds it archives and facts it built
+from the log up to a time. Work (visits, aid, activities...) is counted for the site that
+recorded it; children (archived, guardianship, pairing, rules met, overdue) for the sites the
+child belongs to.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+import msgspec
+
+from projections.archive import PROXY_KINDS, ChildArchive
+from projections.facts import Fact, in_scope
+from projections.followups import MONTHLY_RULES, Period, letters_in, month_checks, overdue_of, semesters_in
+
+GRADE_BANDS = (("1-3", 1, 3), ("4-6", 4, 6), ("7-9", 7, 9))
+
+
+class Share(msgspec.Struct, frozen=True, array_like=True):
+    """A count and its percentage of a whole (one decimal)."""
+
+    count: int
+    pct: float
+
+
+def share(count: int, whole: int) -> Share:
+    return Share(count, round(100.0 * count / whole, 1) if whole else 0.0)
+
+
+class RuleFigure(msgspec.Struct, frozen=True, kw_only=True):
+    done: int  # events of that kind in the period (by the sites in scope)
+    due: int  # child-periods due (child open on the period's first day)
+    met: int  # of those, with at least one
+    pct_met: float
+    overdue: int  # children overdue at the end of the period (or today, if earlier)
+
+
+class Freshness(msgspec.Struct, frozen=True, kw_only=True):
+    site_id: str
+    last_committed_at: dt.datetime | None
+    newest_occurred_at: dt.datetime | None
+
+
+class Rollup(msgspec.Struct, frozen=True, kw_only=True):
+    scope: str
+    period: str
+    start: dt.date
+    end: dt.date  # exclusive
+    as_of: dt.date  # the day archive states, "open" and "overdue" are taken on
+    children_archived: int
+    children_registered: int
+    children_closed: int
+    by_site: dict[str, int]
+    by_guardianship: dict[str, Share]
+    by_grade_band: dict[str, Share]
+    by_reason: dict[str, Share]
+    individual_plan: Share
+    children_paired: Share
+    paired_by: dict[str, int]
+    proxy_parents_matched: int
+    proxy_parents_new: int
+    pairings_started: int
+    pairings_ended: int
+    rules: dict[str, RuleFigure]
+    overdue_children: int
+    aid_children: int
+    aid_events: int
+    aid_amount_fen: int
+    aid_by_source: dict[str, int]
+    condolence_visits: int
+    condolence_children: int
+    condolence_amount_fen: int
+    activities: int
+    activities_by_kind: dict[str, int]
+    activity_participants: int
+    activity_children: int
+    tutoring_sessions: int
+    counselling_sessions: int
+    guardian_trainings: int
+    guardians_trained: int
+    meetings: int
+    meeting_attendees: int
+    safety_incidents: int
+    incidents_by_severity: dict[str, int]
+    rights_cases_opened: int
+    rights_cases_closed: int
+    rights_cases_open: int
+    freshness: list[Freshness] = []
+
+
+def _band(grade: int | None) -> str:
+    for name, lo, hi in GRADE_BANDS:
+        if grade is not None and lo <= grade <= hi:
+            return name
+    return "other"
+
+
+def compute(
+    scope: str, period: Period, archives: Iterable[ChildArchive], facts: Iterable[Fact], *,
+    today: dt.date | None = None, freshness: Iterable[Freshness] = (),
+) -> Rollup:
+    """Every figure for `scope` and `period` from archives (children) and facts (work)."""
+    as_of = min(period.last_day, today) if today is not None else period.last_day
+    archives = list(archives)
+    root = {a.child_id: a.merged_into for a in archives if a.merged_into is not None}
+    kids = [a for a in archives if a.merged_into is None and a.registered and any(in_scope(s, scope) for s in a.sites)]
+    work = [f for f in facts if in_scope(f.site_id, scope) and period.contains(f.occurred_at.astimezone(dt.UTC).date())]
+
+    archived = [a for a in kids if a.open_on(as_of)]
+    n = len(archived)
+    by_site: dict[str, int] = {}
+    guardianship: dict[str, int] = {}
+    bands: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    paired_by: dict[str, int] = {}
+    paired = plan = proxies = open_cases = 0
+    for a in archived:
+        for s in a.sites:
+            if in_scope(s, scope):
+                by_site[s] = by_site.get(s, 0) + 1
+        g = str(a.guardian.type) if a.guardian is not None else "unknown"
+        guardianship[g] = guardianship.get(g, 0) + 1
+        b = _band(a.grade)
+        bands[b] = bands.get(b, 0) + 1
+        for r in a.reasons:
+            reasons[r] = reasons.get(r, 0) + 1
+        plan += a.individual_plan
+        active = [p for p in a.pairings if p.started_on <= as_of and (p.ended_on is None or p.ended_on > as_of)]
+        if active:
+            paired += 1
+        for k in sorted({p.partner_kind for p in active}):
+            paired_by[k] = paired_by.get(k, 0) + 1
+        proxies += sum(1 for p in active if p.partner_kind in PROXY_KINDS)
+        open_cases += sum(1 for x in a.rights_cases if x.opened_on <= as_of and (x.closed_on is None
+                                                                                  or x.closed_on > as_of))
+
+    rules: dict[str, RuleFigure] = {}
+    overdue_by_rule: dict[str, set[str]] = {}
+    overdue_any: set[str] = set()
+    for a in kids:
+        for o in overdue_of(a, as_of):
+            overdue_by_rule.setdefault(o.rule, set()).add(a.child_id)
+            overdue_any.add(a.child_id)
+    checks = [m for a in kids for m in month_checks(a, period)]
+    for rule in MONTHLY_RULES:
+        due = [m for m in checks if m.due]
+        met = sum(1 for m in due if getattr(m, f"{rule}_met"))
+        rules[rule] = RuleFigure(done=sum(1 for f in work if f.kind == rule), due=len(due), met=met,
+                                 pct_met=share(met, len(due)).pct, overdue=len(overdue_by_rule.get(rule, ())))
+    sem_due = sem_met = 0
+    for sem in semesters_in(period):
+        for a in kids:
+            if a.open_on(sem.start):
+                sem_due += 1
+                sem_met += letters_in(a, sem) > 0
+    rules["letter"] = RuleFigure(done=sum(1 for f in work if f.kind == "letter"), due=sem_due, met=sem_met,
+                                 pct_met=share(sem_met, sem_due).pct, overdue=len(overdue_by_rule.get("letter", ())))
+
+    def of(kind: str) -> list[Fact]:
+        return [f for f in work if f.kind == kind]
+
+    aid, cond, acts = of("aid"), of("condolence"), of("activity")
+    aid_by_source: dict[str, int] = {}
+    for f in aid:
+        aid_by_source[f.source or "unknown"] = aid_by_source.get(f.source or "unknown", 0) + f.amount_fen
+    acts_by_kind: dict[str, int] = {}
+    for f in acts:
+        acts_by_kind[f.detail or "other"] = acts_by_kind.get(f.detail or "other", 0) + 1
+    incidents = of("incident")
+    by_severity: dict[str, int] = {}
+    for f in incidents:
+        by_severity[f.detail or "unknown"] = by_severity.get(f.detail or "unknown", 0) + 1
+    started = of("pairing_started")
+    return Rollup(
+        scope=scope, period=period.label, start=period.start, end=period.end, as_of=as_of,
+        children_archived=n,
+        children_registered=sum(1 for a in kids if a.registered_on is not None and period.contains(a.registered_on)),
+        children_closed=sum(1 for a in kids for _, hi in a.intervals if hi is not None and period.contains(hi)),
+        by_site=dict(sorted(by_site.items())),
+        by_guardianship={k: share(v, n) for k, v in sorted(guardianship.items())},
+        by_grade_band={k: share(v, n) for k, v in sorted(bands.items())},
+        by_reason={k: share(v, n) for k, v in sorted(reasons.items())},
+        individual_plan=share(plan, n),
+        children_paired=share(paired, n),
+        paired_by=dict(sorted(paired_by.items())),
+        proxy_parents_matched=proxies,
+        proxy_parents_new=sum(1 for f in started if f.detail in PROXY_KINDS),
+        pairings_started=len(started),
+        pairings_ended=len(of("pairing_ended")),
+        rules=rules,
+        overdue_children=len(overdue_any),
+        aid_children=len({root.get(c, c) for f in aid for c in f.children}),
+        aid_events=len(aid),
+        aid_amount_fen=sum(f.amount_fen for f in aid),
+        aid_by_source=dict(sorted(aid_by_source.items())),
+        condolence_visits=len(cond),
+        condolence_children=len({root.get(c, c) for f in cond for c in f.children}),
+        condolence_amount_fen=sum(f.amount_fen for f in cond),
+        activities=len(acts),
+        activities_by_kind=dict(sorted(acts_by_kind.items())),
+        activity_participants=sum(f.count for f in acts),
+        activity_children=len({root.get(c, c) for f in acts for c in f.children}),
+        tutoring_sessions=len(of("tutoring")),
+        counselling_sessions=len(of("counselling")),
+        guardian_trainings=len(of("guardian_training")),
+        guardians_trained=sum(f.count for f in of("guardian_training")),
+        meetings=len(of("meeting")),
+        meeting_attendees=sum(f.count for f in of("meeting")),
+        safety_incidents=len(incidents),
+        incidents_by_severity=dict(sorted(by_severity.items())),
+        rights_cases_opened=len(of("case_opened")),
+        rights_cases_closed=len(of("case_closed")),
+        rights_cases_open=open_cases,
+        freshness=sorted((f for f in freshness if in_scope(f.site_id, scope)), key=lambda f: f.site_id),
+    )

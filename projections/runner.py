@@ -1,0 +1,210 @@
+"""The projection runner: follows the store's global order and keeps the read models.
+
+Applied once (guarantee 5). Each batch runs in one transaction that takes the runner's
+advisory lock, reads the checkpoint, reads the next events after it (`read_all_in`, which
+never skips a late commit), writes the read models and moves the checkpoint. A crash before
+the commit leaves the read models and the checkpoint as they were; after it, both moved. Two
+runners (or a runner and a rebuild's swap) serialize on the lock.
+
+Each batch recomputes the archives it touches from the affected children's whole history up
+to the batch's last position (`projections.source.history`) with the same pure code a rebuild
+and a site agent use, so the incremental result equals a rebuild from zero, byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import msgspec
+
+from events.envelope import care_of
+from projections import tables
+from projections.archive import ChildArchive, MergeEdge, derive, family_of, keys_of, merge_edges, roots
+from projections.facts import Fact, facts_of
+from projections.source import Row, book_of, family_members, history
+from service import log as service_log
+from service.store import ORIGIN, Position, read_all_in
+
+LOCK_KEY = 0x5052_4F4A_4543_54  # "PROJECT"
+CHANNEL = "shouwang_events"
+NAME = "main"
+log = service_log.get("projections.runner")
+
+
+class Checkpoint(msgspec.Struct, frozen=True):
+    position: Position
+    applied: int
+    skipped: int
+    last_committed_at: dt.datetime | None
+
+
+class Lag(msgspec.Struct, frozen=True):
+    """How far the read models are behind the store."""
+
+    checkpoint: str
+    applied: int
+    skipped: int
+    events_behind: int
+    seconds_behind: float
+
+
+async def read_checkpoint(conn: asyncpg.Connection, schema: str) -> Checkpoint:
+    row = await conn.fetchrow(
+        f"SELECT tx, pos, applied, skipped, last_committed_at FROM {schema}.checkpoint WHERE name = $1", NAME)
+    if row is None:
+        return Checkpoint(ORIGIN, 0, 0, None)
+    return Checkpoint(Position(row["tx"], row["pos"]), row["applied"], row["skipped"], row["last_committed_at"])
+
+
+async def write_checkpoint(conn: asyncpg.Connection, schema: str, cp: Checkpoint) -> None:
+    await conn.execute(
+        f"""INSERT INTO {schema}.checkpoint (name, tx, pos, applied, skipped, last_committed_at)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            ON CONFLICT (name) DO UPDATE SET tx = $2, pos = $3, applied = $4, skipped = $5, last_committed_at = $6""",
+        NAME, cp.position.tx, cp.position.pos, cp.applied, cp.skipped, cp.last_committed_at)
+
+
+async def project(conn: asyncpg.Connection, schema: str, batch: list[Row], upto: Position) -> None:
+    """Bring the read models in `schema` up to `upto` for everything `batch` touches."""
+    understood = [r for r in batch if r.care is not None]
+    if not understood:
+        return
+    fams = {family_of(r.care, r.event.event_id) for r in understood if r.care is not None}
+    keys: set[str] = set()
+    for row in [*understood, *await family_members(conn, fams, upto)]:
+        if row.care is not None:
+            keys.update(keys_of(row.care, row.event.event_id))
+    children = {k for k in keys if not k.startswith("ev:")}
+    pseudo = {k for k in keys if k.startswith("ev:")}
+    rows = await history(conn, sorted(children), sorted(pseudo), upto)
+    book = book_of(rows)
+
+    # Merges: recompute the edges touching these children from their (complete) events.
+    old_edges = await tables.read_edges(conn, schema)
+    touching = [e for e in merge_edges(x for k in children if k in book.states for x in book.states[k].entries.values())
+                if e.kept in children or e.merged in children]
+    new_edges = [e for e in old_edges if e.kept not in children and e.merged not in children] + touching
+    if _edge_set(old_edges) != _edge_set(new_edges):
+        await tables.write_edges(conn, schema, sorted(children), touching)
+    old_root, new_root = roots(old_edges), roots(new_edges)
+    moved = {x for x in set(old_root) | set(new_root) if old_root.get(x, x) != new_root.get(x, x)}
+    affected = {new_root.get(x, x) for x in children | moved} | {old_root.get(x, x) for x in children | moved}
+    affected |= moved
+    groups: dict[str, list[str]] = {}
+    for a in sorted(affected):
+        root = new_root.get(a, a)
+        groups.setdefault(root, [root])
+    for x, root in sorted(new_root.items()):
+        if root in groups and x not in groups[root]:
+            groups[root].append(x)
+    members = {m for g in groups.values() for m in g}
+    missing = members - children
+    if missing:  # members whose events this batch did not load yet
+        children |= missing
+        rows = await history(conn, sorted(children), sorted(pseudo), upto)
+        book = book_of(rows)
+
+    archives: list[ChildArchive] = []
+    for root, group in sorted(groups.items()):
+        entries = [x for m in group if m in book.states for x in book.states[m].entries.values()]
+        if not entries and root not in keys:
+            continue
+        archives.append(derive(root, entries, group[1:]))
+        archives.extend(ChildArchive(child_id=m, merged_into=root) for m in group[1:])
+    await tables.write_archives(conn, schema, archives)
+    complete = children | pseudo
+    facts: dict[str, Fact | None] = facts_of(
+        x for k, st in book.states.items() if k in complete for x in st.entries.values())
+    await tables.write_facts(conn, schema, facts)
+
+
+async def advance(conn: asyncpg.Connection, schema: str, limit: int) -> int:
+    """Inside the caller's transaction (holding LOCK_KEY): project the next `limit` events after
+    the checkpoint and move it. Returns how many events it read."""
+    cp = await read_checkpoint(conn, schema)
+    stored = await read_all_in(conn, cp.position, limit)
+    if not stored:
+        return 0
+    batch = [Row(s.position, s.committed_at, s.event, care_of(s.event) if s.understood else None) for s in stored]
+    upto = batch[-1].position
+    await project(conn, schema, batch, upto)
+    skipped = sum(1 for r in batch if r.care is None)
+    await write_checkpoint(conn, schema, Checkpoint(
+        upto, cp.applied + len(batch) - skipped, cp.skipped + skipped, batch[-1].committed_at))
+    return len(batch)
+
+
+def _edge_set(edges: list[MergeEdge]) -> set[tuple[object, ...]]:
+    return {tables.edge_row(e) for e in edges}
+
+
+class Runner:
+    """Follows the store and keeps the read models in `schema` (normally the live `proj`)."""
+
+    def __init__(self, pool: asyncpg.Pool, *, schema: str = tables.SCHEMA, batch_size: int = 1000,
+                 poll_seconds: float = 0.5, before_commit: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.pool = pool
+        self.schema = tables.check_schema(schema)
+        self.batch_size = batch_size
+        self.poll_seconds = poll_seconds
+        self._before_commit = before_commit  # for the crash test: runs after the writes, before COMMIT
+        self._wake = asyncio.Event()
+
+    async def step(self) -> int:
+        """Apply the next batch; returns how many events it read (0: caught up)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+            n = await advance(conn, self.schema, self.batch_size)
+            if n and self._before_commit is not None:
+                await self._before_commit()
+            return n
+
+    async def catch_up(self) -> int:
+        total = 0
+        while n := await self.step():
+            total += n
+        return total
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Catch up, then follow new commits (woken by NOTIFY, polling as a fallback) until `stop`."""
+        listener = await self.pool.acquire()
+        try:
+            await listener.add_listener(CHANNEL, self._notified)
+            while not stop.is_set():
+                n = await self.step()
+                if n >= self.batch_size:
+                    continue
+                if n == 0:
+                    self._wake.clear()
+                    stopper = asyncio.ensure_future(stop.wait())
+                    waker = asyncio.ensure_future(self._wake.wait())
+                    try:
+                        await asyncio.wait({stopper, waker}, timeout=self.poll_seconds,
+                                           return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        for t in (stopper, waker):
+                            t.cancel()
+                            with contextlib.suppress(asyncio.CancelledError):
+                                await t
+        finally:
+            with contextlib.suppress(asyncpg.InterfaceError, OSError):
+                await listener.remove_listener(CHANNEL, self._notified)
+            await self.pool.release(listener)
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
+
+async def lag(pool: asyncpg.Pool, schema: str = tables.SCHEMA) -> Lag:
+    """Events committed after the checkpoint, and how long the oldest of them has waited."""
+    async with pool.acquire() as conn:
+        cp = await read_checkpoint(conn, schema)
+        row = await conn.fetchrow(
+            """SELECT count(*) AS n, extract(epoch FROM now() - min(committed_at)) AS s
+                 FROM events WHERE (tx_id, position) > ($1, $2)""", cp.position.tx, cp.position.pos)
+    return Lag(str(cp.position), cp.applied, cp.skipped, int(row["n"]), float(row["s"] or 0.0))
+

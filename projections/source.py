@@ -1,0 +1,81 @@
+"""Reading what the projections need from the event store: a batch in the global order, and
+the whole history of some children (with every member of their correction families).
+
+History reads are bounded by a position, so a batch's read models say exactly what the log
+up to its checkpoint says, never more.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+
+import asyncpg
+import msgspec
+
+from events import catalogue as c
+from events.envelope import Event, care_of
+from projections.archive import ArchiveBook, family_of
+from service.store import Position
+
+_COLS = """tx_id, position, committed_at, event_id::text AS event_id, type, schema_version, site_id, site_seq,
+           actor, occurred_at, recorded_at, prev_hash, children, based_on, payload, understood"""
+_based_on = msgspec.json.Decoder(dict[str, str])
+
+
+class Row(msgspec.Struct, frozen=True):
+    """An event read for projecting: its place, commit time, envelope and typed payload."""
+
+    position: Position
+    committed_at: dt.datetime
+    event: Event
+    care: c.CareEventBase | None
+
+
+def to_row(r: asyncpg.Record) -> Row:
+    based_on = r["based_on"]
+    event = Event(
+        event_id=r["event_id"], type=r["type"], schema_version=r["schema_version"], site_id=r["site_id"],
+        site_seq=r["site_seq"], actor=r["actor"], occurred_at=r["occurred_at"], recorded_at=r["recorded_at"],
+        prev_hash=bytes(r["prev_hash"]).hex(), children=list(r["children"]),
+        based_on=_based_on.decode(based_on) if based_on != b"{}" else {},
+        payload=msgspec.Raw(r["payload"]),
+    )
+    care = care_of(event) if r["understood"] else None
+    return Row(Position(r["tx_id"], r["position"]), r["committed_at"], event, care)
+
+
+async def history(conn: asyncpg.Connection, child_ids: Sequence[str], pseudo: Iterable[str], upto: Position
+                  ) -> list[Row]:
+    """Every event up to `upto` that concerns these children, plus every member of the
+    correction families of those events and of the pseudo-keys ('ev:<event id>')."""
+    rows = await conn.fetch(
+        f"""SELECT {_COLS} FROM events WHERE children && $1::text[] AND (tx_id, position) <= ($2, $3)""",
+        list(child_ids), upto.tx, upto.pos,
+    ) if child_ids else []
+    out = {r["event_id"]: to_row(r) for r in rows}
+    families = {family_of(x.care, x.event.event_id) for x in out.values() if x.care is not None}
+    families |= {p[3:] for p in pseudo}
+    if families:
+        for r in await family_members(conn, families, upto):
+            out.setdefault(r.event.event_id, r)
+    return list(out.values())
+
+
+async def family_members(conn: asyncpg.Connection, families: Iterable[str], upto: Position) -> list[Row]:
+    ids = sorted(families)
+    rows = await conn.fetch(
+        f"""SELECT {_COLS} FROM events
+             WHERE (event_id = ANY($1::uuid[])
+                    OR (type = 'EventCorrected' AND payload->>'corrected_event_id' = ANY($2::text[])))
+               AND (tx_id, position) <= ($3, $4)""",
+        ids, ids, upto.tx, upto.pos,
+    )
+    return [to_row(r) for r in rows]
+
+
+def book_of(rows: Iterable[Row]) -> ArchiveBook:
+    book = ArchiveBook()
+    for r in rows:
+        book.add(r.event, r.care)
+    return book

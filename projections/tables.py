@@ -1,0 +1,102 @@
+"""Rows of the read-model tables, built the same way by the runner and by a rebuild (so a
+rebuild from zero equals the incremental result, byte for byte), and the writes of a batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import asyncpg
+
+from projections.archive import ChildArchive, MergeEdge, encode_archive
+from projections.facts import Fact, township_of
+
+SCHEMA = "proj"
+SHADOW = "proj_shadow"
+TABLES = ("checkpoint", "archive", "followup", "conflict", "fact", "merge_edge")
+ARCHIVE_COLS = ("child_id", "root_id", "registered", "open", "sites", "townships", "name", "birth_date",
+                "household_village", "resident_id", "open_conflicts", "events", "view")
+FOLLOWUP_COLS = ("child_id", "month", "visits", "calls", "letters", "talks")
+CONFLICT_COLS = ("child_id", "field", "heads", "winner", "resolved_by")
+FACT_COLS = ("event_id", "kind", "site_id", "township", "occurred_at", "children", "amount_fen", "count", "source",
+             "detail")
+EDGE_COLS = ("merge_event_id", "kept", "merged", "recorded_at", "site_id", "site_seq", "undone")
+
+
+def check_schema(schema: str) -> str:
+    if schema not in (SCHEMA, SHADOW):
+        raise ValueError(f"read-model schema must be {SCHEMA!r} or {SHADOW!r}, got {schema!r}")
+    return schema
+
+
+def archive_row(a: ChildArchive) -> tuple[Any, ...]:
+    return (a.child_id, a.merged_into or a.child_id, a.registered, a.open, a.sites,
+            sorted({township_of(s) for s in a.sites}), a.name, a.birth_date, a.household_village, a.resident_id,
+            len(a.open_conflicts), a.events, encode_archive(a))
+
+
+def followup_rows(a: ChildArchive) -> list[tuple[Any, ...]]:
+    return [(a.child_id, m.month, m.visits, m.calls, m.letters, m.talks) for m in a.months]
+
+
+def conflict_rows(a: ChildArchive) -> list[tuple[Any, ...]]:
+    return [(a.child_id, x.field, x.heads, x.winner, x.resolved_by or "") for x in a.conflicts]
+
+
+def fact_row(f: Fact) -> tuple[Any, ...]:
+    return (f.event_id, f.kind, f.site_id, township_of(f.site_id), f.occurred_at, f.children, f.amount_fen, f.count,
+            f.source, f.detail)
+
+
+def edge_row(e: MergeEdge) -> tuple[Any, ...]:
+    return (e.merge_event_id, e.kept, e.merged, e.stamp[0], e.stamp[1], e.stamp[2], e.undone)
+
+
+def _upsert(schema: str, table: str, cols: tuple[str, ...], key: tuple[str, ...]) -> str:
+    names = ", ".join(cols)
+    params = ", ".join(f"${i + 1}" for i in range(len(cols)))
+    updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in key)
+    return (f"INSERT INTO {schema}.{table} ({names}) VALUES ({params}) "
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
+
+
+async def write_archives(conn: asyncpg.Connection, schema: str, archives: Iterable[ChildArchive]) -> None:
+    """Replace the rows of these children in archive, followup and conflict."""
+    archives = list(archives)
+    if not archives:
+        return
+    ids = [a.child_id for a in archives]
+    await conn.executemany(_upsert(schema, "archive", ARCHIVE_COLS, ("child_id",)),
+                           [archive_row(a) for a in archives])
+    await conn.execute(f"DELETE FROM {schema}.followup WHERE child_id = ANY($1::text[])", ids)
+    await conn.execute(f"DELETE FROM {schema}.conflict WHERE child_id = ANY($1::text[])", ids)
+    follow = [r for a in archives for r in followup_rows(a)]
+    if follow:
+        await conn.copy_records_to_table("followup", schema_name=schema, records=follow, columns=FOLLOWUP_COLS)
+    confl = [r for a in archives for r in conflict_rows(a)]
+    if confl:
+        await conn.copy_records_to_table("conflict", schema_name=schema, records=confl, columns=CONFLICT_COLS)
+
+
+async def write_facts(conn: asyncpg.Connection, schema: str, facts: dict[str, Fact | None]) -> None:
+    gone = [eid for eid, f in facts.items() if f is None]
+    if gone:
+        await conn.execute(f"DELETE FROM {schema}.fact WHERE event_id = ANY($1::text[])", gone)
+    rows = [fact_row(f) for f in facts.values() if f is not None]
+    if rows:
+        await conn.executemany(_upsert(schema, "fact", FACT_COLS, ("event_id",)), rows)
+
+
+async def write_edges(conn: asyncpg.Connection, schema: str, touching: list[str], edges: list[MergeEdge]) -> None:
+    """Replace the merge edges that touch these children by `edges` (recomputed from their events)."""
+    await conn.execute(f"DELETE FROM {schema}.merge_edge WHERE kept = ANY($1::text[]) OR merged = ANY($1::text[])",
+                       touching)
+    if edges:
+        await conn.executemany(_upsert(schema, "merge_edge", EDGE_COLS, ("merge_event_id",)),
+                               [edge_row(e) for e in edges])
+
+
+async def read_edges(conn: asyncpg.Connection, schema: str) -> list[MergeEdge]:
+    rows = await conn.fetch(f"SELECT {', '.join(EDGE_COLS)} FROM {schema}.merge_edge")
+    return [MergeEdge(merge_event_id=r["merge_event_id"], kept=r["kept"], merged=r["merged"],
+                      stamp=(r["recorded_at"], r["site_id"], r["site_seq"]), undone=r["undone"]) for r in rows]
