@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "service.cli_demo",
     "service.cli_center",
     "sync_agent.cli",
+    "projections.cli",
 )
 
 

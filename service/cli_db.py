@@ -32,6 +32,9 @@ def register(sub: Any) -> None:
     v.add_argument("--database-url")
     v.add_argument("--json", action="store_true")
     v.set_defaults(handler=_verify)
+    from projections.cli import register_audit  # `audit asof`: the projections' replay as of a time
+
+    register_audit(asub)
 
 
 def _url(args: argparse.Namespace, settings: Settings) -> str:
