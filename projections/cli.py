@@ -1,0 +1,173 @@
+"""`shouwang projections run|rebuild|status` and `shouwang audit asof ...`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import signal
+from typing import Any
+
+from service.db import create_pool
+from service.settings import Settings
+
+NAMES = ("all", "archive", "followups", "rollups", "conflicts", "duplicates")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("projections", help="read models: run the projector, rebuild them, show their lag")
+    psub = p.add_subparsers(dest="projections_command", metavar="ACTION", required=True)
+    run = psub.add_parser("run", help="catch up, then follow new events until interrupted")
+    run.add_argument("--database-url", help="PostgreSQL URL (default SHOUWANG_DATABASE_URL)")
+    run.add_argument("--batch", type=int, default=1000, help="events per transaction (default 1000)")
+    run.set_defaults(handler=_run)
+    rb = psub.add_parser("rebuild", help="replay the whole log into shadow tables and swap them in (live ones serve)")
+    rb.add_argument("name", nargs="?", default="all", choices=NAMES,
+                    help="all projections share one fold and one checkpoint, so any name rebuilds them all")
+    rb.add_argument("--database-url")
+    rb.add_argument("--page", type=int, default=5000, help="events read per page (default 5000)")
+    rb.set_defaults(handler=_rebuild)
+    st = psub.add_parser("status", help="checkpoint, events applied and skipped, lag in events and seconds")
+    st.add_argument("--database-url")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(handler=_status)
+
+
+def register_audit(asub: Any) -> None:
+    """Adds `asof` under `shouwang audit` (called from service.cli_db)."""
+    a = asub.add_parser("asof", help="a child's archive and timeline, or a rollup, as of a past time")
+    what = a.add_mutually_exclusive_group(required=True)
+    what.add_argument("--child", help="child id: its archive and timeline")
+    what.add_argument("--rollup", metavar="SCOPE", help="rollup scope: site id, township 'region.township', "
+                      "region, or 'all'")
+    a.add_argument("--period", help="for --rollup: YYYY, YYYY-S1, YYYY-S2 or YYYY-MM")
+    clock = a.add_mutually_exclusive_group(required=True)
+    clock.add_argument("--committed", metavar="TIME", help="as the center had committed it by TIME (ISO 8601)")
+    clock.add_argument("--occurred", metavar="TIME", help="as things had happened by TIME (ISO 8601)")
+    a.add_argument("--database-url")
+    a.set_defaults(handler=_asof)
+
+
+def _url(args: argparse.Namespace, settings: Settings) -> str:
+    return str(args.database_url or settings.database_url)
+
+
+def _time(text: str, flag: str) -> dt.datetime:
+    from service.cli import CliError
+
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"{flag} must be an ISO 8601 time such as 2026-06-30T23:59:59+08:00, got {text!r}") from None
+    if value.tzinfo is None:
+        raise CliError(f"{flag} needs a time zone (e.g. +08:00 or Z), got {text!r}")
+    return value
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from projections.runner import Runner, lag
+    from service.cli import run_async
+    from service.log import get
+
+    async def go() -> int:
+        log = get("projections")
+        pool = await create_pool(_url(args, settings), max_size=3)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        task = asyncio.create_task(Runner(pool, batch_size=args.batch).run(stop), name="projection-runner")
+        try:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=10)
+                except TimeoutError:
+                    status = await lag(pool)
+                    log.info("projection lag", events=status.events_behind, seconds=round(status.seconds_behind, 3),
+                             applied=status.applied, skipped=status.skipped)
+                if task.done():
+                    break
+        finally:
+            stop.set()
+            await task
+            await pool.close()
+        return 0
+
+    return run_async(go())
+
+
+def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    from projections.rebuild import rebuild, terminal_progress
+    from service.cli import run_async
+
+    async def go() -> int:
+        pool = await create_pool(_url(args, settings), max_size=3)
+        try:
+            report = await rebuild(pool, page=args.page, progress=terminal_progress())
+        finally:
+            await pool.close()
+        print(f"rebuilt all projections: {report.events} events ({report.skipped} not understood), "
+              f"{report.children} archives, {report.facts} facts in {report.seconds:.1f} s "
+              f"({report.events_per_second:,.0f} events/s); swapped in")
+        return 0
+
+    return run_async(go())
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    import msgspec
+
+    from projections.runner import lag
+    from service.cli import run_async
+
+    async def go() -> int:
+        pool = await create_pool(_url(args, settings), max_size=2)
+        try:
+            status = await lag(pool)
+        finally:
+            await pool.close()
+        if args.json:
+            print(json.dumps(msgspec.to_builtins(status), indent=2))
+        else:
+            print(f"checkpoint {status.checkpoint}: {status.applied} events applied, {status.skipped} not understood; "
+                  f"behind by {status.events_behind} events, {status.seconds_behind:.1f} s")
+        return 0
+
+    return run_async(go())
+
+
+def _asof(args: argparse.Namespace, settings: Settings) -> int:
+    import msgspec
+
+    from projections import asof
+    from service.cli import CliError, run_async
+
+    committed = _time(args.committed, "--committed") if args.committed else None
+    occurred = _time(args.occurred, "--occurred") if args.occurred else None
+    if args.rollup and not args.period:
+        raise CliError("--rollup needs --period (YYYY, YYYY-S1, YYYY-S2 or YYYY-MM)")
+
+    async def go() -> int:
+        pool = await create_pool(_url(args, settings), max_size=2)
+        try:
+            doc: object
+            if args.child:
+                archive = await asof.archive_asof(pool, args.child, committed_at=committed, occurred_at=occurred)
+                if archive is None:
+                    raise CliError(f"child {args.child} has no events up to that time")
+                items = await asof.timeline_asof(pool, args.child, committed_at=committed, occurred_at=occurred)
+                doc = {"archive": msgspec.to_builtins(archive), "timeline": msgspec.to_builtins(items)}
+            else:
+                scope = "" if args.rollup == "all" else args.rollup
+                try:
+                    doc = msgspec.to_builtins(await asof.rollup_asof(
+                        pool, scope, args.period, committed_at=committed, occurred_at=occurred))
+                except ValueError as err:
+                    raise CliError(str(err)) from None
+        finally:
+            await pool.close()
+        print(json.dumps(doc, ensure_ascii=False, indent=2))
+        return 0
+
+    return run_async(go())
