@@ -1,0 +1,248 @@
+"""Children: search, the archive, the timeline and the archive as of a past time.
+
+Each read of one child is logged (:mod:`service.api.audit`) and scoped in its statement
+(:mod:`service.api.scoping`): a child outside the caller's scope is a 404, like a child that
+does not exist. Resident ID numbers are masked in lists, and in an archive for roles that do
+not serve the child (the auditor).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, get
+from litestar.params import Parameter
+
+from events.ids import mask_resident_id
+from events.types import ChildId, GuardianshipType, SiteId
+from projections import archive as pa
+from service.api import archives
+from service.api.auth import Caller
+from service.api.errors import ApiError, bad, not_found
+from service.api.scoping import READERS, ChildIdPath, Params, allow, caller_of, child_visible, sees_whole_resident_id
+
+_builtins = msgspec.to_builtins
+
+
+class ChildSummary(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One line of a search result (resident ID masked)."""
+
+    child_id: str
+    name: str | None = None
+    sex: str | None = None
+    birth_date: dt.date | None = None
+    resident_id_masked: str | None = None
+    household_village: str | None = None
+    village_site: str | None = None
+    school_site: str | None = None
+    guardianship: str | None = None
+    open: bool = False
+    merged_into: str | None = None
+    last_visit: dt.date | None = None
+
+
+class ChildPage(msgspec.Struct, frozen=True):
+    items: list[ChildSummary]
+    next_cursor: str | None = None
+
+
+class ArchiveView(msgspec.Struct, frozen=True):
+    """A child's merged archive; `as_of` says which past moment it shows, if any."""
+
+    archive: pa.ChildArchive
+    resident_id_masked: bool
+    as_of: str | None = None
+    as_of_time: dt.datetime | None = None
+
+
+class TimelineLine(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One line of the growth record: what happened, when, who recorded it where, and the
+    payload as recorded (resident ID masked for roles that do not need it)."""
+
+    event_id: str
+    type: str
+    occurred_at: dt.datetime
+    committed_at: dt.datetime
+    recorded_at: int
+    site_id: str
+    site_seq: int
+    actor: str
+    children: list[str]
+    payload: dict[str, Any]
+    corrects: str | None = None
+    corrected_by: str | None = None
+    retracted: bool = False
+
+
+class TimelineView(msgspec.Struct, frozen=True):
+    child_id: str
+    items: list[TimelineLine]
+
+
+def summary(a: pa.ChildArchive) -> ChildSummary:
+    return ChildSummary(
+        child_id=a.child_id, name=a.name, sex=a.sex, birth_date=a.birth_date,
+        resident_id_masked=mask_resident_id(a.resident_id), household_village=a.household_village,
+        village_site=a.village_site, school_site=a.school_site,
+        guardianship=str(a.guardian.type) if a.guardian is not None else None, open=a.open,
+        merged_into=a.merged_into, last_visit=a.last_visit,
+    )
+
+
+def masked_archive(caller: Caller, a: pa.ChildArchive) -> ArchiveView:
+    if sees_whole_resident_id(caller):
+        return ArchiveView(archive=a, resident_id_masked=False)
+    return ArchiveView(archive=msgspec.structs.replace(a, resident_id=mask_resident_id(a.resident_id)),
+                       resident_id_masked=True)
+
+
+def _mask_payload(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: (mask_resident_id(v) if k == "resident_id" and isinstance(v, str) else _mask_payload(v))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_payload(v) for v in value]
+    return value
+
+
+def _query_text(request: Request[Any, Any, Any]) -> str:
+    return request.url.query or ""
+
+
+def _aware(name: str, value: dt.datetime | None) -> None:
+    if value is not None and value.tzinfo is None:
+        raise bad(name, value.isoformat(), "give a time zone, e.g. 2026-06-30T23:59:59+08:00")
+
+
+def _route(request: Request[Any, Any, Any]) -> str:
+    """The route as a template ("GET /children/{child_id}"), for the read log."""
+    template = request.scope.get("path_template") or request.url.path
+    return f"{request.method} {template}"
+
+
+class ChildrenController(Controller):
+    path = "/children"
+    tags = ["children"]  # noqa: RUF012 (litestar reads controller options from class attributes)
+    guards = [allow(*READERS)]  # noqa: RUF012 (as above)
+
+    @get("/", summary="Search children in your scope",
+         description="Filters combine with AND. Resident ID numbers are masked here for every role; search by the "
+                     "whole number to find one child. Ordered by child id, paged with next_cursor.")
+    async def search(
+        self, request: Request[Any, Any, Any],
+        name: Annotated[str | None, Parameter(min_length=1, max_length=40, description="name contains this")] = None,
+        resident_id: Annotated[str | None, Parameter(pattern=r"^[0-9]{17}[0-9X]$",
+                                                     description="whole resident ID number")] = None,
+        site_id: Annotated[SiteId | None, Parameter(description="village station or school of the child")] = None,
+        guardianship: Annotated[GuardianshipType | None, Parameter(description="guardianship type")] = None,
+        open_only: Annotated[bool, Parameter(description="only open archives")] = False,
+        cursor: Annotated[ChildId | None, Parameter(description="next_cursor of the previous page")] = None,
+        limit: Annotated[int, Parameter(ge=1, le=200, description="page size, at most 200")] = 50,
+    ) -> ChildPage:
+        caller = caller_of(request)
+        p = Params()
+        conds = ["cs.until_tx IS NULL", child_visible(caller, p, "cs.child_id")]
+        if site_id is not None:
+            conds.append(f"cs.site_id = {p.add(site_id)}")
+        after = p.add(cursor or "")  # "" sorts before every child id
+        conds.append(f"cs.child_id > {after}")
+        sql = f"SELECT DISTINCT cs.child_id FROM child_scope cs WHERE {' AND '.join(conds)} " \
+              f"ORDER BY cs.child_id LIMIT {p.add(limit)}"
+        at = int(after[1:]) - 1
+        items: list[ChildSummary] = []
+        next_cursor: str | None = None
+        async with request.app.state.pool.acquire() as conn:
+            while len(items) < limit:
+                ids = [r["child_id"] for r in await conn.fetch(sql, *p.values)]
+                if not ids:
+                    break
+                for cid in ids:
+                    events = await archives.read_events(conn, caller, cid)
+                    a = archives.derive(cid, events or [])
+                    p.values[at] = cid
+                    if a is None or not _matches(a, name, resident_id, guardianship, open_only):
+                        continue
+                    items.append(summary(a))
+                    if len(items) == limit:
+                        next_cursor = cid
+                        break
+        return ChildPage(items=items, next_cursor=next_cursor)
+
+    @get("/{child_id:str}", summary="A child's merged, current archive",
+         description="Logged in the read log. 404 when the child is not in your scope. The resident ID number is "
+                     "whole for station, school and township staff and masked for auditors.")
+    async def archive(self, request: Request[Any, Any, Any], child_id: ChildIdPath
+                      ) -> ArchiveView:
+        caller = caller_of(request)
+        events = await archives.logged_read(request.app.state.pool, caller, child_id, _route(request),
+                                            _query_text(request))
+        a = archives.derive(child_id, events or [])
+        if a is None:
+            raise not_found("child", child_id, "child_id")
+        return masked_archive(caller, a)
+
+    @get("/{child_id:str}/timeline", summary="A child's growth record: every event, originals and corrections",
+         description="Logged in the read log. Ordered by occurred time. 404 outside your scope.")
+    async def timeline(self, request: Request[Any, Any, Any], child_id: ChildIdPath
+                       ) -> TimelineView:
+        caller = caller_of(request)
+        events = await archives.logged_read(request.app.state.pool, caller, child_id, _route(request),
+                                            _query_text(request))
+        if not events:
+            raise not_found("child", child_id, "child_id")
+        return _timeline(caller, child_id, events)
+
+    @get("/{child_id:str}/as-of", guards=[allow("township", "auditor")],
+         summary="A child's archive as it stood at a past time",
+         description="Give exactly one of committed (what the center held then) or occurred (the work done by then, "
+                     "as known now). Computed from the log up to that point. Logged in the read log.")
+    async def as_of(
+        self, request: Request[Any, Any, Any], child_id: ChildIdPath,
+        committed: Annotated[dt.datetime | None, Parameter(description="as of this committed time")] = None,
+        occurred: Annotated[dt.datetime | None, Parameter(description="as of this occurred time")] = None,
+    ) -> ArchiveView:
+        caller = caller_of(request)
+        if (committed is None) == (occurred is None):
+            raise ApiError(400, "give exactly one of committed or occurred", field="committed",
+                           value=request.url.query or "")
+        _aware("committed", committed)
+        _aware("occurred", occurred)
+        events = await archives.logged_read(request.app.state.pool, caller, child_id, _route(request),
+                                            _query_text(request), committed_before=committed,
+                                            occurred_before=occurred)
+        a = archives.derive(child_id, events or [])
+        if a is None:
+            raise not_found("child", child_id, "child_id")
+        view = masked_archive(caller, a)
+        return msgspec.structs.replace(view, as_of="committed" if committed else "occurred",
+                                       as_of_time=committed or occurred)
+
+
+def _matches(a: pa.ChildArchive, name: str | None, resident_id: str | None, guardianship: GuardianshipType | None,
+             open_only: bool) -> bool:
+    if name is not None and (a.name is None or name not in a.name):
+        return False
+    if resident_id is not None and a.resident_id != resident_id:
+        return False
+    if guardianship is not None and (a.guardian is None or a.guardian.type != guardianship):
+        return False
+    return not (open_only and not a.open)
+
+
+def _timeline(caller: Caller, child_id: str, events: list[Any]) -> TimelineView:
+    pairs = archives.entries(events)
+    items = pa.timeline(e for _, e in pairs)
+    stored = {s.event.event_id: s for s, _ in pairs}
+    whole = sees_whole_resident_id(caller)
+    lines = []
+    for it in items:
+        s = stored[it.event_id]
+        payload = msgspec.json.decode(s.event.payload)
+        lines.append(TimelineLine(
+            event_id=it.event_id, type=it.type, occurred_at=it.occurred_at, committed_at=s.committed_at,
+            recorded_at=it.recorded_at, site_id=it.site_id, site_seq=it.site_seq, actor=it.actor,
+            children=it.children, payload=payload if whole else _mask_payload(payload), corrects=it.corrects,
+            corrected_by=it.corrected_by, retracted=it.retracted))
+    return TimelineView(child_id=child_id, items=lines)

@@ -1,0 +1,114 @@
+"""Rollups: every figure the township counts, for a site or the township and a period.
+
+The figures are the projections' (:func:`projections.rollups.compute`); this module checks
+that the caller may see the scope, turns the period into dates and feeds the computation from
+the read models.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+import asyncpg
+from litestar import Controller, Request, get
+from litestar.params import Parameter, QueryParameter
+
+from events.envelope import care_of
+from projections import archive as pa
+from projections import followups as pf
+from projections import rollups as pr
+from projections.facts import facts_of
+from service.api import archives
+from service.api.auth import Caller
+from service.api.errors import ApiError, bad
+from service.api.scoping import READERS, allow, caller_of, may_see_site
+from service.store import _HORIZON, _SELECT, _row_to_stored
+
+SCOPE_PATTERN = r"^[a-z0-9-]{1,24}\.[a-z0-9-]{1,24}(\.[a-z0-9-]{1,24})?$"
+PERIOD_PATTERN = r"^[0-9]{4}(-(0[1-9]|1[0-2]|S1|S2))?$"
+MAX_RANGE_DAYS = 3 * 366
+
+ScopeQuery = Annotated[str, QueryParameter(name="scope", pattern=SCOPE_PATTERN,
+                                           description="a site id (region.township.site) or a township "
+                                           "(region.township)")]
+PeriodQuery = Annotated[str | None, Parameter(pattern=PERIOD_PATTERN, description="YYYY, YYYY-MM, YYYY-S1 (Feb-Jul) "
+                                              "or YYYY-S2 (Aug-Jan); or give start and end")]
+StartQuery = Annotated[dt.date | None, Parameter(description="first day of a date range")]
+EndQuery = Annotated[dt.date | None, Parameter(description="last day of a date range (inclusive)")]
+
+
+
+
+def check_scope(caller: Caller, scope: str) -> None:
+    """A site the caller may see, or the caller's own township (township staff and auditors)."""
+    allowed = may_see_site(caller, scope) if scope.count(".") == 2 else (
+        caller.role in ("township", "auditor") and caller.township == scope)
+    if not allowed:
+        raise ApiError(404, f"scope {scope} was not found among the sites and townships you may see",
+                       field="scope", value=scope)
+
+
+def period_from(period: str | None, start: dt.date | None, end: dt.date | None) -> pf.Period:
+    """A named period (month, semester, year), or a date range [start, end]."""
+    if period is not None:
+        if start is not None or end is not None:
+            raise bad("period", period, "give either period or start and end, not both")
+        try:
+            return pf.parse_period(period)
+        except ValueError as err:
+            raise bad("period", period, str(err)) from None
+    if start is None or end is None:
+        raise ApiError(400, "give period (YYYY, YYYY-MM, YYYY-S1, YYYY-S2) or both start and end",
+                       field="period", value="")
+    if end < start:
+        raise bad("end", end.isoformat(), f"is before start {start.isoformat()}")
+    if (end - start).days > MAX_RANGE_DAYS:
+        raise bad("end", end.isoformat(), f"a range is at most {MAX_RANGE_DAYS} days")
+    return pf.Period(f"{start.isoformat()}..{end.isoformat()}", start, end + dt.timedelta(days=1))
+
+
+async def _facts(conn: asyncpg.Connection, scope: str, period: pf.Period) -> list[pa.Entry]:
+    start = dt.datetime.combine(period.start, dt.time(), dt.UTC)
+    end = dt.datetime.combine(period.end, dt.time(), dt.UTC)
+    rows = await conn.fetch(
+        f"""{_SELECT} WHERE (site_id = $1 OR starts_with(site_id, $1 || '.')) AND tx_id < {_HORIZON}
+              AND ((occurred_at >= $2 AND occurred_at < $3) OR type = 'EventCorrected')""",
+        scope, start, end)
+    out = []
+    for r in rows:
+        s = _row_to_stored(r)
+        care = care_of(s.event)
+        if care is not None:
+            out.append(pa.entry_of(s.event, care))
+    return out
+
+
+async def rollup(pool: asyncpg.Pool, caller: Caller, scope: str, period: pf.Period) -> pr.Rollup:
+    today = dt.datetime.now(dt.UTC).date()
+    async with pool.acquire() as conn:
+        site = scope if scope.count(".") == 2 else None
+        kids = [a async for a in archives.visible_archives(conn, caller, site_id=site)]
+        facts = [f for f in facts_of(await _facts(conn, scope, period)).values() if f is not None]
+        rows = await conn.fetch(
+            "SELECT site_id, last_committed_at, newest_occurred_at FROM site_progress "
+            "WHERE site_id = $1 OR starts_with(site_id, $1 || '.')", scope)
+    fresh = [pr.Freshness(site_id=r["site_id"], last_committed_at=r["last_committed_at"],
+                          newest_occurred_at=r["newest_occurred_at"]) for r in rows]
+    return pr.compute(scope, period, kids, facts, today=today, freshness=fresh)
+
+
+class RollupsController(Controller):
+    path = "/rollups"
+    tags = ["rollups"]  # noqa: RUF012 (litestar reads controller options from class attributes)
+    guards = [allow(*READERS)]  # noqa: RUF012 (as above)
+
+    @get("/", summary="Every figure the township counts, for a site or the township and a period",
+         description="Children are counted for the sites they belong to, work for the site that recorded it.")
+    async def get_rollup(
+        self, request: Request[Any, Any, Any],
+        area: ScopeQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
+    ) -> pr.Rollup:
+        caller = caller_of(request)
+        check_scope(caller, area)
+        return await rollup(request.app.state.pool, caller, area, period_from(period, start, end))

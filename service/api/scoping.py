@@ -1,0 +1,118 @@
+"""Who may do what, and who sees which child: roles as guards, scope as SQL.
+
+Roles (ARCHITECTURE.md guarantee 9):
+
+* ``station`` and ``school`` staff see the children of their own site;
+* ``township`` staff see every child of every site of their township and make the township's
+  writes (conflict resolutions, merges, corrections) as the township office's site;
+* ``auditor`` reads history, as-of views, the read log and the hash chains of one township,
+  and writes nothing;
+* ``admin`` manages sites and users and the quarantine, and reads no child.
+
+Scope is enforced inside each query, never by filtering rows afterwards: every statement that
+returns a child's data carries the predicate :func:`child_visible` builds, over the center's
+fan-out scope (``child_scope``: the village station and school a child belongs to now, written
+in the ingest transaction) and merges (``child_links``). A child outside the caller's scope is
+therefore simply not found: 404, the same answer as for a child that does not exist.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi.spec import Example
+from litestar.params import Parameter
+
+from service.api.auth import Caller
+from service.api.errors import ApiError
+
+STAFF = ("station", "school", "township")
+
+CHILD_ID_PATTERN = r"^c-[0-9a-f]{32}$"
+ChildIdPath = Annotated[str, Parameter(pattern=CHILD_ID_PATTERN, description="child id: 'c-' and 32 hex digits",
+                                       examples=[Example(value="c-01937a0c3f2b7c8d9e0f112233445566")])]
+SiteIdPath = Annotated[str, Parameter(pattern=r"^[a-z0-9-]{1,24}\.[a-z0-9-]{1,24}\.[a-z0-9-]{1,24}$",
+                                      description="site id: region.township.site",
+                                      examples=[Example(value="gx-lp.xy.v03")])]
+READERS = ("station", "school", "township", "auditor")
+
+
+def caller_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:
+    user = connection.scope.get("user")
+    if not isinstance(user, Caller):  # a route that opted out of authentication asked for a caller
+        raise ApiError(401, "this route needs a token", field="Authorization")
+    return user
+
+
+def allow(*roles: str) -> Any:
+    """A guard: the caller's role must be one of `roles`, else 403 naming the role."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        caller = caller_of(connection)
+        if caller.role not in roles:
+            raise ApiError(403, f"role {caller.role!r} may not use this route; it is for: {', '.join(roles)}",
+                           field="role", value=caller.role)
+
+    guard.__name__ = f"allow_{'_'.join(roles)}"
+    return guard
+
+
+class Params:
+    """Collects positional query parameters ($1, $2, ...) while a statement is built."""
+
+    def __init__(self, *initial: Any) -> None:
+        self.values: list[Any] = list(initial)
+
+    def add(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+
+def _scope_site_predicate(caller: Caller, params: Params, column: str) -> str:
+    if caller.role in ("station", "school"):
+        assert caller.site_id is not None
+        return f"{column} = {params.add(caller.site_id)}"
+    if caller.role in ("township", "auditor"):
+        assert caller.township is not None
+        return f"starts_with({column}, {params.add(caller.township + '.')})"
+    return "false"  # admin: no child
+
+
+def child_visible(caller: Caller, params: Params, child_expr: str) -> str:
+    """SQL that is true when the child named by `child_expr` is in the caller's scope now: it,
+    or a child merged with it, belongs to the caller's site (or to a site of the caller's
+    township)."""
+    pred = _scope_site_predicate(caller, params, "cs.site_id")
+    return f"""EXISTS (SELECT 1 FROM child_scope cs
+                       WHERE cs.until_tx IS NULL AND {pred}
+                         AND (cs.child_id = {child_expr}
+                              OR cs.child_id IN (SELECT l.linked_child_id FROM child_links l
+                                                 WHERE l.child_id = {child_expr} AND l.until_tx IS NULL)))"""
+
+
+def site_visible(caller: Caller, params: Params, site_expr: str) -> str:
+    """SQL that is true when the site named by `site_expr` is one the caller may look at."""
+    if caller.role == "admin":
+        return "true"
+    return _scope_site_predicate(caller, params, site_expr)
+
+
+def may_see_site(caller: Caller, site_id: str) -> bool:
+    """The same rule as :func:`site_visible`, for a site named in a request path."""
+    if caller.role == "admin":
+        return True
+    if caller.role in ("station", "school"):
+        return site_id == caller.site_id
+    return caller.township is not None and site_id.startswith(caller.township + ".")
+
+
+def may_see_township(caller: Caller, township: str) -> bool:
+    return caller.role in ("township", "auditor") and caller.township == township
+
+
+def sees_whole_resident_id(caller: Caller) -> bool:
+    """Staff who serve the child need the whole number (aid, schooling); an auditor checks
+    that work was done and sees it masked, like everyone in lists."""
+    return caller.role in STAFF
