@@ -25,6 +25,7 @@ from events.validation import ValidationFailed
 from sync_agent.agent import Agent
 from sync_agent.config import SiteConfig, load_config, log_path
 from sync_agent.locallog import LocalLog, LocalLogError
+from sync_agent.pages import station_routes
 from sync_agent.record import record_json
 from sync_agent.status import site_status
 from sync_agent.tuning import SyncTuning
@@ -80,4 +81,10 @@ def create_app(data_dir: Path, *, sync: bool = True, tuning: SyncTuning | None =
             return Response({"error": f"no events of child {child_id} at this site"}, status_code=404)
         return Response(as_json(child_id, events))
 
-    return Litestar(route_handlers=[record, status, child], lifespan=[lifespan])
+    def notify() -> None:
+        if "agent" in holder:
+            holder["agent"].uploader.notify()
+
+    # The station's web pages (Chinese by default), from the same local log, offline.
+    pages = station_routes(log, config, notify)
+    return Litestar(route_handlers=[record, status, child, *pages], lifespan=[lifespan])

@@ -1,0 +1,43 @@
+"""Web pages shared by the township dashboard (center) and the station pages (agent).
+
+Server-rendered Jinja2 templates with inline SVG charts and a little JavaScript; every asset
+ships in the package, nothing is fetched from the internet.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from litestar import Request, Response
+from litestar.enums import MediaType
+
+from service.web import charts, i18n
+
+STATIC_DIR = Path(str(resources.files("service.web") / "static"))
+_env = jinja2.Environment(
+    loader=jinja2.PackageLoader("service.web", "templates"),
+    autoescape=jinja2.select_autoescape(["html"]),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_env.globals.update(text=i18n.text, label=i18n.label, options=i18n.options, bar_chart=charts.bar_chart,
+                    donut_chart=charts.donut_chart)
+
+
+def lang_of(request: Request[Any, Any, Any]) -> str:
+    """?lang=en|zh wins (and is remembered in a cookie), then the cookie, then Chinese."""
+    return i18n.pick(request.query_params.get("lang") or request.cookies.get("lang"))
+
+
+def page(request: Request[Any, Any, Any], template: str, status_code: int = 200, **context: Any) -> Response[str]:
+    lang = lang_of(request)
+    html = _env.get_template(template).render(lang=lang, T=i18n.translations(lang), current=request.url.path,
+                                              **context)
+    response: Response[str] = Response(html, media_type=MediaType.HTML, status_code=status_code)
+    if request.query_params.get("lang") in i18n.LANGS:
+        response.set_cookie("lang", lang, max_age=365 * 86400, samesite="lax")
+    return response

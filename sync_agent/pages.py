@@ -1,0 +1,157 @@
+"""The station's own web pages, served by `shouwang agent serve` from the agent's local data.
+
+They work with no connection at all: the children list and archives are the merged view the
+agent holds (its own events and those the center fanned out to it), the overdue list is
+computed from those archives, and a form posts a draft that is recorded in the local log
+(durable before the page says "saved") and uploaded when the line is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.datastructures import FormMultiDict
+from litestar.handlers import HTTPRouteHandler
+from litestar.static_files import create_static_files_router
+from litestar.types import ControllerRouterHandler
+
+from events.ids import mask_resident_id, new_child_id
+from events.validation import ValidationFailed
+from projections import followups
+from projections.archive import ChildArchive
+from service.web import STATIC_DIR, i18n, lang_of, page
+from service.web.forms import FORMS, draft_of, now_local, problems_by_field
+from sync_agent.config import SiteConfig
+from sync_agent.locallog import LocalLog, LocalLogError
+from sync_agent.record import record_json
+from sync_agent.status import site_status
+from sync_agent.view import build_view
+
+
+def _archives(log: LocalLog) -> list[ChildArchive]:
+    views = [build_view(cid, log.child_events(cid)) for cid in log.children()]
+    return [v for v in views if v.registered and v.merged_into is None]
+
+
+def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], None]) -> list[ControllerRouterHandler]:
+    """Route handlers for the station pages (mounted beside the agent's JSON endpoints)."""
+    nav = [("/", "nav.children"), ("/overdue", "nav.overdue"), ("/record/HomeVisitMade", "nav.record")]
+
+    def common(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        status = site_status(log, config)
+        return {"nav": nav, "home": "/", "prefix": "", "static_prefix": "/static", "site_name": config.name,
+                "sync": {"pending": status["pending"], "last_contact": (status["last_contact"] or "")[:19]
+                         .replace("T", " ")}, "forms": list(FORMS.items())}
+
+    @get("/", include_in_schema=False)
+    async def children(request: Request[Any, Any, Any]) -> Response[str]:
+        archives = await asyncio.to_thread(_archives, log)
+        today = dt.date.today()
+        rows = [{
+            "child_id": a.child_id, "name": a.name, "sex": a.sex, "grade": a.grade, "open": a.open,
+            "guardianship": a.guardian.type if a.guardian else None,
+            "resident_id_masked": mask_resident_id(a.resident_id),
+            "overdue": [o.rule for o in followups.overdue_of(a, today)],
+        } for a in sorted(archives, key=lambda a: (a.name or "", a.child_id))]
+        return page(request, "station/children.html", children=rows, **await asyncio.to_thread(common, request))
+
+    @get("/child/{child_id:str}", include_in_schema=False)
+    async def child(request: Request[Any, Any, Any], child_id: str) -> Response[str]:
+        def load() -> dict[str, Any] | None:
+            events = log.child_events(child_id)
+            if not events:
+                return None
+            from sync_agent.view import as_json
+
+            return as_json(child_id, events)
+
+        data = await asyncio.to_thread(load)
+        ctx = await asyncio.to_thread(common, request)
+        if data is None or not data.get("registered"):
+            return page(request, "station/message.html", status_code=404, message=i18n.text(
+                "child.not_found", lang_of(request)), **ctx)
+        timeline = msgspec.to_builtins(data.pop("timeline"))
+        return page(request, "station/child.html", a=_Obj(data), timeline=timeline,
+                    resident_id=data.get("resident_id"), **ctx)
+
+    @get("/overdue", include_in_schema=False)
+    async def overdue(request: Request[Any, Any, Any]) -> Response[str]:
+        archives = await asyncio.to_thread(_archives, log)
+        items = followups.overdue_list(archives, dt.date.today())
+        names = {a.child_id: a.name or a.child_id for a in archives}
+        return page(request, "station/overdue.html", overdue=items, names=names,
+                    **await asyncio.to_thread(common, request))
+
+    @get("/record/{event_type:str}", include_in_schema=False)
+    async def form_page(request: Request[Any, Any, Any], event_type: str) -> Response[str]:
+        form = FORMS.get(event_type)
+        ctx = await asyncio.to_thread(common, request)
+        if form is None:
+            return page(request, "station/message.html", status_code=404, message=event_type, **ctx)
+        values: dict[str, Any] = {"occurred_at": now_local()}
+        if request.query_params.get("child"):
+            values["child_id"] = request.query_params["child"]
+        saved = [s for s in request.query_params.get("saved", "").split(",") if s]
+        return page(request, "station/record.html", form=form, values=values, errors={}, general_errors=[],
+                    children=await asyncio.to_thread(_pickable, log), saved=saved, **ctx)
+
+    @post("/record/{event_type:str}", include_in_schema=False, status_code=200)
+    async def form_post(request: Request[Any, Any, Any], event_type: str) -> Response[str]:
+        form = FORMS.get(event_type)
+        ctx = await asyncio.to_thread(common, request)
+        if form is None:
+            return page(request, "station/message.html", status_code=404, message=event_type, **ctx)
+        posted = _form_values(await request.form())
+        draft = draft_of(form, posted, child_id=new_child_id() if event_type == "ChildRegistered" else None)
+        lang = lang_of(request)
+        try:
+            done = await asyncio.to_thread(record_json, log, config, msgspec.json.encode(draft))
+        except ValidationFailed as err:
+            errors = {k: [i18n.problem_text(m, lang) for m in ms] for k, ms in problems_by_field(err.problems).items()}
+            known = {f.name for f in form.fields}
+            general = [f"{k}: {m}" for k, ms in errors.items() if k not in known for m in ms]
+            return page(request, "station/record.html", status_code=422, form=form, values=posted, errors=errors,
+                        general_errors=general, children=await asyncio.to_thread(_pickable, log), saved=[], **ctx)
+        except LocalLogError as err:
+            return page(request, "station/record.html", status_code=503, form=form, values=posted, errors={},
+                        general_errors=[str(err)], children=await asyncio.to_thread(_pickable, log), saved=[], **ctx)
+        on_recorded()
+        ids = [r.event_id for r in done]
+        target = f"/child/{draft['child_id']}" if event_type == "ChildRegistered" else \
+            f"/record/{event_type}?saved={','.join(ids)}"
+        return Response("", status_code=303, headers={"Location": target})
+
+    static = create_static_files_router(path="/static", directories=[STATIC_DIR], include_in_schema=False)
+    handlers: list[HTTPRouteHandler] = [children, child, overdue, form_page, form_post]
+    return [*handlers, static]
+
+
+def _pickable(log: LocalLog) -> list[dict[str, Any]]:
+    return [{"child_id": a.child_id, "name": a.name} for a in sorted(_archives(log), key=lambda a: a.name or "")
+            if a.open]
+
+
+def _form_values(form: FormMultiDict) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in form:
+        values = [v for v in form.getall(key) if isinstance(v, str)]
+        out[key] = values if len(values) > 1 or key in _MULTI else (values[0] if values else "")
+    return out
+
+
+_MULTI = {f.name for form in FORMS.values() for f in form.fields if f.kind in ("multi", "children")}
+
+
+class _Obj(dict[str, Any]):
+    """A dict whose keys templates may also read as attributes (a.name), missing ones as None."""
+
+    def __getattr__(self, name: str) -> Any:
+        value = self.get(name)
+        if isinstance(value, dict):
+            return _Obj(value)
+        return value
