@@ -3,8 +3,9 @@
 Rules: a home visit every month, a call with the parents every month, a talk with the class
 teacher every month, a letter to the parents every semester.
 
-When a period is *due* for a child: its archive was open on the period's first day (so the
-month a child is registered in is not due; a child closed during a month still had it due).
+When a period is *due* for a child: it has ended, and the child's archive was open on its first
+day (so the month a child is registered in is not due; a child closed during a month still
+had it due).
 
 When a child is *overdue*: its archive is open and the last day of the period after the one of
 its latest qualifying contact (or, with none, of its registration) has passed; the days overdue
@@ -112,14 +113,16 @@ class MonthCheck(msgspec.Struct, frozen=True, kw_only=True):
     talk_met: bool
 
 
-def month_checks(a: ChildArchive, period: Period) -> list[MonthCheck]:
-    """Each month of `period` for one child, against the monthly rules."""
+def month_checks(a: ChildArchive, period: Period, until: dt.date | None = None) -> list[MonthCheck]:
+    """Each month of `period` for one child, against the monthly rules. With `until`, a month
+    that has not ended by then is not due yet."""
     by_month = {m.month: m for m in a.months}
     out = []
     for m in months_in(period):
         w = by_month.get(m.label)
         v, ca, le, t = (w.visits, w.calls, w.letters, w.talks) if w else (0, 0, 0, 0)
-        out.append(MonthCheck(child_id=a.child_id, month=m.label, due=a.open_on(m.start), visits=v, calls=ca,
+        due = a.open_on(m.start) and (until is None or m.last_day <= until)
+        out.append(MonthCheck(child_id=a.child_id, month=m.label, due=due, visits=v, calls=ca,
                               letters=le, talks=t, visit_met=v > 0, call_met=ca > 0, talk_met=t > 0))
     return out
 

@@ -36,7 +36,7 @@ def share(count: int, whole: int) -> Share:
 
 class RuleFigure(msgspec.Struct, frozen=True, kw_only=True):
     done: int  # events of that kind in the period (by the sites in scope)
-    due: int  # child-periods due (child open on the period's first day)
+    due: int  # child-periods due: ended by `as_of`, child open on the period's first day
     met: int  # of those, with at least one
     pct_met: float
     overdue: int  # children overdue at the end of the period (or today, if earlier)
@@ -148,7 +148,7 @@ def compute(
         for o in overdue_of(a, as_of):
             overdue_by_rule.setdefault(o.rule, set()).add(a.child_id)
             overdue_any.add(a.child_id)
-    checks = [m for a in kids for m in month_checks(a, period)]
+    checks = [m for a in kids for m in month_checks(a, period, as_of)]
     for rule in MONTHLY_RULES:
         due = [m for m in checks if m.due]
         met = sum(1 for m in due if getattr(m, f"{rule}_met"))
@@ -156,6 +156,8 @@ def compute(
                                  pct_met=share(met, len(due)).pct, overdue=len(overdue_by_rule.get(rule, ())))
     sem_due = sem_met = 0
     for sem in semesters_in(period):
+        if sem.last_day > as_of:
+            continue
         for a in kids:
             if a.open_on(sem.start):
                 sem_due += 1
