@@ -140,3 +140,53 @@ async def test_rebuild_swaps_in_a_fresh_copy(store: EventStore, pool: asyncpg.Po
     assert await dump(pool, tables.SCHEMA) == before
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'proj_%'") == 0
+
+
+_CRASHING_RUNNER = """
+import asyncio, pathlib, sys, time
+from projections.runner import Runner
+from service.db import create_pool
+
+async def main(url, flag):
+    pool = await create_pool(url, max_size=2)
+
+    async def hang():  # the read models and the checkpoint are written, COMMIT has not been sent
+        pathlib.Path(flag).write_text("written")
+        time.sleep(600)
+
+    await Runner(pool, batch_size=1000, before_commit=hang).step()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_killed_between_write_and_commit_applies_nothing_twice(
+        store: EventStore, pool: asyncpg.Pool, database_url: str, tmp_path: Any) -> None:
+    """kill -9 of a runner after its read-model writes and before COMMIT leaves no trace; the next
+    runner applies every event exactly once and ends where a rebuild ends."""
+    import sys
+
+    events = random_world(5, 40)
+    await store.append(events)
+    flag = tmp_path / "written"
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", _CRASHING_RUNNER, database_url, str(flag))
+    try:
+        for _ in range(1500):
+            if flag.exists() or proc.returncode is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert flag.exists(), "the runner reached the point between write and commit"
+        proc.kill()  # SIGKILL: no rollback by the client, no goodbye to the server
+        await asyncio.wait_for(proc.wait(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    status = await lag(pool)
+    assert (status.applied, status.events_behind) == (0, len(events))
+    assert (await dump(pool, tables.SCHEMA))["archive"] == []
+    await Runner(pool, batch_size=7).catch_up()
+    status = await lag(pool)
+    assert (status.applied, status.skipped, status.events_behind) == (len(events), 0, 0)
+    await shadow_rebuild(pool)
+    assert await dump(pool, tables.SCHEMA) == await dump(pool, tables.SHADOW)
