@@ -6,11 +6,15 @@ fan-out scope the API's queries are scoped by is written exactly as in productio
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import random
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import asyncpg
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
 
 from events import catalogue as c
 from events.envelope import DecodedEvent, encode_event
@@ -18,7 +22,10 @@ from events.samples import SampleSite, sample_registration
 from events.types import GuardianshipType
 from events.wire import up_subject
 from service.api import auth
+from service.api.app import create_app
+from service.api.config import ApiSettings
 from service.ingest import Inbound, commit_in, triage
+from service.settings import Settings
 from service.sites import register_site
 
 TOWNSHIP = "gx-lp.xy"
@@ -101,3 +108,14 @@ async def build_world(pool: asyncpg.Pool, seed: int = 7) -> World:
 
 def _fields(s: c.CareEventBase) -> dict[str, object]:
     return {f: getattr(s, f) for f in s.__struct_fields__}
+
+
+@contextlib.asynccontextmanager
+async def open_api(database_url: str, nats_url: str, pool: asyncpg.Pool, *, connect_nats: bool = False,
+                   **api: object) -> AsyncIterator[tuple[AsyncTestClient[Litestar], World]]:
+    """The API on a fresh database with the made-up township in it, and a test client."""
+    settings = Settings(database_url=database_url, nats_url=nats_url)
+    app = create_app(settings, ApiSettings(connect_nats=connect_nats, **api))  # type: ignore[arg-type]
+    world = await build_world(pool)
+    async with AsyncTestClient(app) as client:
+        yield client, world

@@ -26,6 +26,7 @@ from service.api import accounts, audit, children, conflicts, exports, followups
 from service.api.auth import TokenAuthentication
 from service.api.config import ApiSettings
 from service.api.errors import EXCEPTION_HANDLERS, ApiError
+from service.api.openapi import document
 from service.db import create_pool
 from service.settings import Settings
 
@@ -100,14 +101,13 @@ def openapi_config() -> OpenAPIConfig:
         security=[{"bearer": []}],
         tags=[Tag(name=n) for n in ("children", "follow-ups", "rollups", "exports", "sites", "conflicts",
                                      "quarantine", "audit", "auth", "users", "health")],
-        create_examples=True,
     )
 
 
 def create_app(settings: Settings, api_settings: ApiSettings | None = None) -> Litestar:
     api = api_settings or ApiSettings.from_env()
     auth_mw = DefineMiddleware(TokenAuthentication, exclude=["^/schema"], exclude_from_auth_key="exclude_from_auth")
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             health.health, health.ready,
             accounts.AuthController, accounts.UsersController,
@@ -128,3 +128,5 @@ def create_app(settings: Settings, api_settings: ApiSettings | None = None) -> L
         request_max_body_size=api.max_body_bytes,
         debug=False,
     )
+    document(app)
+    return app
