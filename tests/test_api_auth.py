@@ -14,7 +14,7 @@ from tests.api_world import PASSWORD, open_api
 async def test_login_issues_a_working_token_and_logout_revokes_it(database_url: str, nats_url: str,
                                                                   pool: asyncpg.Pool) -> None:
     """A right password gets a token that works; DELETE /auth/token revokes it for good."""
-    async with open_api(database_url, nats_url, pool) as (client, w):
+    async with open_api(database_url, nats_url, pool) as (client, _):
         r = await client.post("/auth/token", json={"username": "station1", "password": PASSWORD})
         assert r.status_code == 201, r.text
         token = r.json()["token"]
@@ -85,7 +85,7 @@ async def test_disabling_a_user_stops_their_tokens_and_logins(database_url: str,
 async def test_password_guessing_locks_the_name(database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:
     """After five wrong passwords the name is locked: even the right password is refused with 429 and
     Retry-After, and unknown names are locked the same way (so probing tells nothing)."""
-    async with open_api(database_url, nats_url, pool, login_failures=5, lockout_seconds=60) as (client, w):
+    async with open_api(database_url, nats_url, pool, login_failures=5, lockout_seconds=60) as (client, _):
         for name in ("station1", "nobody"):
             for _ in range(5):
                 r = await client.post("/auth/token", json={"username": name, "password": "wrong password"})
