@@ -27,6 +27,9 @@ def register(sub: Any) -> None:
     run.add_argument("--ingesters", type=int, default=1, help="ingest loops in this process (default 1)")
     run.add_argument("--parts", default="ingest,receipts,fanout,deadletters",
                      help="comma-separated parts to run here (to scale ingest out to several processes)")
+    run.add_argument("--max-deliver", type=int, default=None, help="ingest consumer MaxDeliver (default 6)")
+    run.add_argument("--backoff", default=None,
+                     help="ingest redelivery delays in seconds, comma-separated (default 30,60,120,300,600)")
     _common(run)
     run.set_defaults(handler=_run)
 
@@ -110,6 +113,20 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(f"--parts {args.parts!r}: unknown {sorted(bad)}; use {', '.join(PARTS)}")
     if args.ingesters < 1:
         raise CliError(f"--ingesters {args.ingesters}: must be at least 1")
+    options: dict[str, Any] = {"batch": settings.ingest_batch}
+    if args.backoff is not None:
+        try:
+            options["backoff"] = tuple(float(x) for x in args.backoff.split(","))
+        except ValueError:
+            raise CliError(f"--backoff {args.backoff!r}: expected seconds separated by commas, e.g. 30,60") from None
+        if not options["backoff"] or min(options["backoff"]) <= 0:
+            raise CliError(f"--backoff {args.backoff!r}: each delay must be above 0")
+    if args.max_deliver is not None:
+        options["max_deliver"] = args.max_deliver
+    stream_settings = StreamSettings(**options)
+    if stream_settings.max_deliver <= len(stream_settings.backoff):
+        raise CliError(f"--max-deliver {stream_settings.max_deliver}: must exceed the number of --backoff delays "
+                       f"({len(stream_settings.backoff)})")
 
     async def go() -> int:
         stop = asyncio.Event()
@@ -117,7 +134,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         async with run_center(_db(args, settings), settings.nats_url, ingesters=args.ingesters, parts=parts,
-                              settings=StreamSettings(batch=settings.ingest_batch)) as center:
+                              settings=stream_settings) as center:
             while not stop.is_set():
                 center.check()
                 with contextlib.suppress(TimeoutError):

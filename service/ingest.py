@@ -117,7 +117,7 @@ def _identity(inb: Inbound) -> tuple[str | None, int | None]:
     """event_id and site_seq of refused bytes, when they can be read (to tell the site which)."""
     try:
         doc = msgspec.msgpack.decode(inb.data) if inb.msgpack else _generic.decode(inb.data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, ValueError, TypeError, RecursionError):
         return None, None
     if not isinstance(doc, dict):
         return None, None
@@ -142,6 +142,14 @@ def triage(inb: Inbound, now: dt.datetime | None = None) -> Triaged:
     except ValidationFailed as err:
         eid, seq = _identity(inb)
         return Rejected(inb, site_id, f"invalid event: {err}", eid, seq)
+    except (ValueError, TypeError, OverflowError, RecursionError) as err:
+        # The decoder should turn every bad input into ValidationFailed; bytes it chokes on
+        # otherwise (e.g. invalid UTF-8 inside MessagePack raises UnicodeDecodeError) are
+        # refused all the same, never allowed to stop the ingester.
+        eid, seq = _identity(inb)
+        kind = "MessagePack" if inb.msgpack else "JSON"
+        return Rejected(inb, site_id, f"invalid event: malformed {kind} ({type(err).__name__}: {str(err)[:160]})",
+                        eid, seq)
     e = decoded.event
     if e.site_id != site_id:
         return Rejected(inb, site_id, f"forged site: the event says site_id {e.site_id!r} but was sent on "
@@ -359,6 +367,10 @@ class Ingester:
                 return await self._split(items, err)
 
     async def _split(self, items: Sequence[Triaged], err: asyncpg.PostgresError) -> Outcome:
+        if len(items) == 1 and isinstance(items[0], Rejected) and "event store refused" in items[0].reason:
+            # Even quarantining it fails: stop loudly. The batch is not acked; JetStream
+            # redelivers it and, after MaxDeliver, the dead-letter handler keeps the bytes.
+            raise err
         if len(items) == 1:
             item = items[0]
             eid, seq = (item.decoded.event.event_id, item.decoded.event.site_seq) if isinstance(item, Accepted) \

@@ -75,8 +75,9 @@ async def insert_rows(conn: asyncpg.Connection, rows: Sequence[NewRow]) -> list[
         return []
     ids = await conn.fetch(
         """INSERT INTO quarantine (subject, site_id, event_id, site_seq, reason, raw, msgpack, stream_seq, deliveries)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::bigint[], $5::text[], $6::bytea[],
-                                $7::boolean[], $8::bigint[], $9::int[])
+           SELECT a, b, c, d, e, f, g, h, i
+           FROM unnest($1::text[], $2::text[], $3::uuid[], $4::bigint[], $5::text[], $6::bytea[],
+                       $7::boolean[], $8::bigint[], $9::int[])
                     WITH ORDINALITY AS t(a, b, c, d, e, f, g, h, i, n)
            ORDER BY n
            RETURNING id""",

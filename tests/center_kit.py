@@ -30,6 +30,14 @@ def own_nats(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:  # type: ignore[mis
     server.stop()
 
 
+@pytest.fixture
+async def client(own_nats: EmbeddedNats) -> AsyncIterator[NATS]:
+    """A NATS connection to this test's server, playing the sites; closed after the test."""
+    nc = await connect(own_nats.url)
+    yield nc
+    await nc.close()
+
+
 async def connect(url: str, **kw: object) -> NATS:
     return await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, connect_timeout=2,
                               **kw)  # type: ignore[arg-type]
