@@ -17,6 +17,7 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import FormMultiDict
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
@@ -24,7 +25,7 @@ from events.ids import mask_resident_id, new_child_id
 from events.validation import ValidationFailed
 from projections import followups
 from projections.archive import ChildArchive
-from service.web import STATIC_DIR, i18n, lang_of, page
+from service.web import STATIC_DIR, Obj, i18n, lang_of, page
 from service.web.forms import FORMS, draft_of, now_local, problems_by_field
 from sync_agent.config import SiteConfig
 from sync_agent.locallog import LocalLog, LocalLogError
@@ -61,7 +62,7 @@ def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], 
         return page(request, "station/children.html", children=rows, **await asyncio.to_thread(common, request))
 
     @get("/child/{child_id:str}", include_in_schema=False)
-    async def child(request: Request[Any, Any, Any], child_id: str) -> Response[str]:
+    async def child(request: Request[Any, Any, Any], child_id: FromPath[str]) -> Response[str]:
         def load() -> dict[str, Any] | None:
             events = log.child_events(child_id)
             if not events:
@@ -76,7 +77,7 @@ def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], 
             return page(request, "station/message.html", status_code=404, message=i18n.text(
                 "child.not_found", lang_of(request)), **ctx)
         timeline = msgspec.to_builtins(data.pop("timeline"))
-        return page(request, "station/child.html", a=_Obj(data), timeline=timeline,
+        return page(request, "station/child.html", a=Obj(data), timeline=timeline,
                     resident_id=data.get("resident_id"), **ctx)
 
     @get("/overdue", include_in_schema=False)
@@ -88,7 +89,7 @@ def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], 
                     **await asyncio.to_thread(common, request))
 
     @get("/record/{event_type:str}", include_in_schema=False)
-    async def form_page(request: Request[Any, Any, Any], event_type: str) -> Response[str]:
+    async def form_page(request: Request[Any, Any, Any], event_type: FromPath[str]) -> Response[str]:
         form = FORMS.get(event_type)
         ctx = await asyncio.to_thread(common, request)
         if form is None:
@@ -101,7 +102,7 @@ def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], 
                     children=await asyncio.to_thread(_pickable, log), saved=saved, **ctx)
 
     @post("/record/{event_type:str}", include_in_schema=False, status_code=200)
-    async def form_post(request: Request[Any, Any, Any], event_type: str) -> Response[str]:
+    async def form_post(request: Request[Any, Any, Any], event_type: FromPath[str]) -> Response[str]:
         form = FORMS.get(event_type)
         ctx = await asyncio.to_thread(common, request)
         if form is None:
@@ -145,13 +146,3 @@ def _form_values(form: FormMultiDict) -> dict[str, Any]:
 
 
 _MULTI = {f.name for form in FORMS.values() for f in form.fields if f.kind in ("multi", "children")}
-
-
-class _Obj(dict[str, Any]):
-    """A dict whose keys templates may also read as attributes (a.name), missing ones as None."""
-
-    def __getattr__(self, name: str) -> Any:
-        value = self.get(name)
-        if isinstance(value, dict):
-            return _Obj(value)
-        return value

@@ -135,7 +135,7 @@ def generate(*, children: int = 120, villages: int = 4, schools: int = 2, days: 
         reason = rng.choices(["both_parents_away", "one_parent_away", "single_parent", "orphan", "poverty",
                               "disability", "other_difficulty"], weights=[55, 22, 7, 2, 8, 3, 3])[0]
         cid = f"c-{rng.getrandbits(128):032x}"
-        kid = {"child_id": cid, "village": village, "school": school, "grade": grade, "guardianship": guardianship,
+        kid: dict[str, Any] = {"child_id": cid, "village": village, "school": school, "grade": grade, "guardianship": guardianship,
                "reason": reason, "birth": birth, "behind": rng.random() < 0.15}
         kids.append(kid)
         day = rng.randint(0, min(20, days - 1))
@@ -314,3 +314,32 @@ def generate(*, children: int = 120, villages: int = 4, schools: int = 2, days: 
 
 def _bump(counts: dict[str, int], key: str) -> None:
     counts[key] = counts.get(key, 0) + 1
+
+
+def seal_all(scenario: Scenario, *, now: dt.datetime | None = None) -> dict[str, list[Any]]:
+    """Every accepted record of the scenario sealed into its site's chained log, without agents:
+    for benchmarks and for tests that feed the center directly. An update names the event that
+    last set its field at its own site, or the child's registration, as its base (`based_on`),
+    so the two guardian changes made without knowledge of each other are a conflict."""
+    from events.envelope import parse_drafts
+    from events.samples import SampleSite
+
+    now = now or dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
+    writers = {s.site_id: SampleSite(s.site_id, actor=f"staff-{s.site_id.rsplit('.', 1)[1]}") for s in scenario.sites}
+    registration: dict[str, str] = {}
+    out: dict[str, list[Any]] = {s.site_id: [] for s in scenario.sites}
+    for p in scenario.records:
+        if p.refused:
+            continue
+        [draft] = parse_drafts(msgspec.json.encode(p.draft), now=now)
+        care = draft.care
+        based_on = None
+        fields = care.fields_set()
+        child = getattr(care, "child_id", None)
+        if fields and child in registration and care.__class__.__name__ != "ChildRegistered":
+            based_on = {f: registration[child] for f in fields}
+        d = writers[p.site_id].write(care, draft.occurred_at, based_on)
+        if care.__class__.__name__ == "ChildRegistered" and child not in registration:
+            registration[str(child)] = d.event.event_id
+        out[p.site_id].append(d)
+    return out

@@ -41,3 +41,22 @@ def page(request: Request[Any, Any, Any], template: str, status_code: int = 200,
     if request.query_params.get("lang") in i18n.LANGS:
         response.set_cookie("lang", lang, max_age=365 * 86400, samesite="lax")
     return response
+
+
+class Obj(dict[str, Any]):
+    """API JSON for templates: keys also read as attributes (a.name), missing ones as None."""
+
+    def __getattr__(self, name: str) -> Any:
+        value = self.get(name)
+        if isinstance(value, dict):
+            return Obj(value)
+        return value
+
+
+def obj(value: Any) -> Any:
+    """Wrap API JSON (recursively) for templates: dicts become Obj, lists are mapped."""
+    if isinstance(value, dict):
+        return Obj({k: obj(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [obj(v) for v in value]
+    return value

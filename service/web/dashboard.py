@@ -1,0 +1,369 @@
+"""The township dashboard: server-rendered pages on top of the center's HTTP API.
+
+Every page reads through the API with the signed-in person's own token (an in-process call to
+the same Litestar app), so the pages show exactly what the API lets that role see, and each
+archive read lands in the read log like any other. The token lives in an HttpOnly, SameSite
+cookie set at log-in; logging out revokes it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import httpx
+from litestar import Request, Response, get, post
+from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath
+from litestar.static_files import create_static_files_router
+from litestar.types import ControllerRouterHandler
+
+from service.web import STATIC_DIR, i18n, lang_of, obj, page
+
+COOKIE = "sw_token"
+PREFIX = "/ui"
+STALE_AFTER = dt.timedelta(days=3)
+
+
+class Api:
+    """The center's own API, called in-process with the person's token."""
+
+    def __init__(self, request: Request[Any, Any, Any], token: str) -> None:
+        app: Any = request.app  # Litestar's ASGI signature is narrower than httpx's annotation
+        self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://center",
+                                         headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
+    async def __aenter__(self) -> Api:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.aclose()
+
+    async def get(self, path: str, **params: Any) -> tuple[int, Any]:
+        r = await self._client.get(path, params={k: v for k, v in params.items() if v not in (None, "")})
+        return r.status_code, _json(r)
+
+    async def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        r = await self._client.post(path, json=body)
+        return r.status_code, _json(r)
+
+    async def raw(self, path: str, **params: Any) -> httpx.Response:
+        return await self._client.get(path, params=params)
+
+
+def _json(r: httpx.Response) -> Any:
+    try:
+        return r.json()
+    except ValueError:
+        return None
+
+
+def _nav(role: str) -> list[tuple[str, str]]:
+    items = [(f"{PREFIX}/", "nav.overview"), (f"{PREFIX}/children", "nav.children")]
+    if role in ("township", "auditor"):
+        items += [(f"{PREFIX}/conflicts", "nav.conflicts"), (f"{PREFIX}/duplicates", "nav.duplicates")]
+    if role in ("township", "admin"):
+        items.append((f"{PREFIX}/quarantine", "nav.quarantine"))
+    if role != "admin":
+        items.append((f"{PREFIX}/summary", "nav.summary"))
+    items.append((f"{PREFIX}/logout", "nav.logout"))
+    return items
+
+
+def _login_redirect() -> Response[str]:
+    return Response("", status_code=303, headers={"Location": f"{PREFIX}/login"})
+
+
+async def _me(request: Request[Any, Any, Any]) -> tuple[str, dict[str, Any]] | None:
+    token = request.cookies.get(COOKIE)
+    if not token:
+        return None
+    async with Api(request, token) as api:
+        status, me = await api.get("/auth/me")
+    return (token, me) if status == 200 else None
+
+
+def _scope(me: dict[str, Any]) -> str | None:
+    if me.get("role") in ("station", "school"):
+        return str(me["site_id"])
+    return me.get("township")
+
+
+def _ctx(me: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"nav": _nav(str(me.get("role"))), "home": f"{PREFIX}/", "prefix": PREFIX, "static_prefix": "/static",
+            "site_name": f"{me.get('username')} · {me.get('role')}", "me": me, **extra}
+
+
+def _shares(d: dict[str, Any], kind: str, lang: str) -> list[tuple[str, float]]:
+    out = []
+    for key, value in d.items():
+        count = value[0] if isinstance(value, list) else value
+        out.append((i18n.label(kind, key, lang), float(count)))
+    return sorted(out, key=lambda kv: -kv[1])
+
+
+def _month_back(month: str, n: int) -> str:
+    y, m = int(month[:4]), int(month[5:7]) - n
+    while m <= 0:
+        y, m = y - 1, m + 12
+    return f"{y:04d}-{m:02d}"
+
+
+def _latest_month(sites: Sequence[dict[str, Any]]) -> str:
+    newest = [str(s["newest_occurred_at"]) for s in sites if s.get("newest_occurred_at")]
+    if newest:
+        return max(newest)[:7]
+    return dt.date.today().strftime("%Y-%m")
+
+
+def _month_end(month: str) -> dt.date:
+    y, m = int(month[:4]), int(month[5:7])
+    first_next = dt.date(y + (m == 12), m % 12 + 1, 1)
+    return first_next - dt.timedelta(days=1)
+
+
+def dashboard_routes() -> list[ControllerRouterHandler]:
+    """Route handlers of the township dashboard, mounted under /ui of the center's app."""
+
+    @get(f"{PREFIX}/login", include_in_schema=False, exclude_from_auth=True)
+    async def login_form(request: Request[Any, Any, Any]) -> Response[str]:
+        return page(request, "dash/login.html", nav=[], home=f"{PREFIX}/", prefix=PREFIX, static_prefix="/static",
+                    site_name="", error=None)
+
+    @post(f"{PREFIX}/login", include_in_schema=False, exclude_from_auth=True, status_code=200)
+    async def login(request: Request[Any, Any, Any]) -> Response[str]:
+        form = await request.form()
+        body = {"username": str(form.get("username", "")), "password": str(form.get("password", ""))}
+        async with Api(request, "") as api:
+            status, out = await api.post("/auth/token", body)
+        if status != 201:
+            lang = lang_of(request)
+            message = i18n.text("dash.login_failed", lang) if status == 401 else (out or {}).get("message", "")
+            return page(request, "dash/login.html", status_code=401 if status == 401 else status, nav=[],
+                        home=f"{PREFIX}/", prefix=PREFIX, static_prefix="/static", site_name="", error=message)
+        response: Response[str] = Response("", status_code=303, headers={"Location": f"{PREFIX}/"})
+        response.set_cookie(COOKIE, out["token"], httponly=True, samesite="strict", path="/",
+                            max_age=int(dt.timedelta(hours=12).total_seconds()))
+        return response
+
+    @get(f"{PREFIX}/logout", include_in_schema=False, exclude_from_auth=True)
+    async def logout(request: Request[Any, Any, Any]) -> Response[str]:
+        token = request.cookies.get(COOKIE)
+        if token:
+            async with Api(request, token) as api:
+                await api._client.delete("/auth/token")
+        response: Response[str] = _login_redirect()
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    @get(f"{PREFIX}/", include_in_schema=False, exclude_from_auth=True)
+    async def overview(request: Request[Any, Any, Any]) -> Response[str]:
+        who = await _me(request)
+        if who is None:
+            return _login_redirect()
+        token, me = who
+        lang = lang_of(request)
+        scope = _scope(me)
+        async with Api(request, token) as api:
+            _, sites_doc = await api.get("/sites")
+            sites = (sites_doc or {}).get("items", [])
+            month = request.query_params.get("period") or _latest_month(sites)
+            rollup = None
+            months: list[tuple[str, dict[str, Any]]] = []
+            overdue: list[dict[str, Any]] = []
+            if scope and me.get("role") != "admin":
+                status, rollup = await api.get("/rollups", scope=scope, period=month)
+                if status != 200:
+                    rollup = None
+                for back in range(5, -1, -1):
+                    m = _month_back(month, back)
+                    s, r = await api.get("/rollups", scope=scope, period=m)
+                    if s == 200:
+                        months.append((m, r))
+                # judged on the last day of the month shown (or today, for the current month)
+                judge = min(dt.date.today(), _month_end(month)).isoformat()
+                seen: set[tuple[str, str]] = set()
+                for site in sites:
+                    if site.get("kind") == "township":
+                        continue
+                    s, doc = await api.get(f"/sites/{quote(site['site_id'])}/overdue", today=judge)
+                    for item in doc.get("items", []) if s == 200 else []:
+                        key = (item["child_id"], item["rule"])
+                        if key not in seen:  # a child is listed by its village station and its school
+                            seen.add(key)
+                            overdue.append(dict(item, site_id=site["site_id"]))
+        now = dt.datetime.now(dt.UTC)
+        for site in sites:
+            last = site.get("last_contact")
+            site["stale"] = last is None or (now - dt.datetime.fromisoformat(last)) > STALE_AFTER
+        overdue.sort(key=lambda o: -int(o.get("days_overdue", 0)))
+        charts: dict[str, str] = {}
+        if rollup:
+            from service.web.charts import bar_chart, donut_chart
+
+            charts["guardianship"] = donut_chart(_shares(rollup["by_guardianship"], "guardianship", lang),
+                                                 title=i18n.text("dash.by_guardianship", lang))
+            charts["reason"] = bar_chart(_shares(rollup["by_reason"], "reason", lang),
+                                         title=i18n.text("dash.by_reason", lang))
+            charts["site"] = bar_chart(sorted(((k, float(v)) for k, v in rollup["by_site"].items()),
+                                              key=lambda kv: -kv[1]), title=i18n.text("dash.by_site", lang))
+            rules_rows = []
+            for m, r in months:
+                for rule in ("visit", "call", "talk"):
+                    fig = r.get("rules", {}).get(rule)
+                    if fig:
+                        rules_rows.append((f"{m} {i18n.text('rule.' + rule, lang)}", float(fig.get("pct_met", 0))))
+            charts["rules"] = bar_chart(rules_rows, title=i18n.text("dash.rules", lang), unit="%")
+            charts["freshness"] = ""
+        return page(request, "dash/overview.html", rollup=obj(rollup), month=month, charts=charts, sites=obj(sites),
+                    overdue=obj(overdue[:30]), scope=scope, **_ctx(me))
+
+    @get(f"{PREFIX}/children", include_in_schema=False, exclude_from_auth=True)
+    async def children(request: Request[Any, Any, Any]) -> Response[str]:
+        who = await _me(request)
+        if who is None:
+            return _login_redirect()
+        token, me = who
+        q = request.query_params
+        async with Api(request, token) as api:
+            status, doc = await api.get("/children", name=q.get("name"), cursor=q.get("cursor"), limit=100)
+        items = doc.get("items", []) if status == 200 else []
+        return page(request, "dash/children.html", items=obj(items), next_cursor=(doc or {}).get("next_cursor"),
+                    name=q.get("name", ""), **_ctx(me))
+
+    @get(f"{PREFIX}/child/{{child_id:str}}", include_in_schema=False, exclude_from_auth=True)
+    async def child(request: Request[Any, Any, Any], child_id: FromPath[str]) -> Response[str]:
+        who = await _me(request)
+        if who is None:
+            return _login_redirect()
+        token, me = who
+        as_of = request.query_params.get("as_of")
+        async with Api(request, token) as api:
+            if as_of:
+                status, view = await api.get(f"/children/{quote(child_id)}/as-of",
+                                             occurred=f"{as_of}T23:59:59+08:00")
+            else:
+                status, view = await api.get(f"/children/{quote(child_id)}")
+            t_status, timeline = await api.get(f"/children/{quote(child_id)}/timeline")
+        if status != 200:
+            return page(request, "dash/message.html", status_code=status if status in (403, 404) else 502,
+                        message=(view or {}).get("message", i18n.text("child.not_found", lang_of(request))),
+                        **_ctx(me))
+        items = timeline.get("items", []) if t_status == 200 else []
+        if as_of:
+            items = [t for t in items if t["occurred_at"][:10] <= as_of]
+        a = view["archive"]
+        return page(request, "dash/child.html", a=obj(a), timeline=obj(items), resident_id=a.get("resident_id"),
+                    as_of=as_of or "", can_as_of=me.get("role") in ("township", "auditor"), **_ctx(me))
+
+    @get(f"{PREFIX}/conflicts", include_in_schema=False, exclude_from_auth=True)
+    async def conflicts(request: Request[Any, Any, Any]) -> Response[str]:
+        who = await _me(request)
+        if who is None:
+            return _login_redirect()
+        token, me = who
+        async with Api(request, token) as api:
+            status, doc = await api.get("/conflicts")
+        return page(request, "dash/conflicts.html", items=obj((doc or {}).get("items", []) if status == 200 else []),
+                    done=request.query_params.get("done"), **_ctx(me))
+
+    @post(f"{PREFIX}/conflicts", include_in_schema=False, exclude_from_auth=True, status_code=200)
+    async def resolve(request: Request[Any, Any, Any]) -> Response[str]:
+        who = await _me(request)
+        if who is None:
+            return _login_redirect()
+        token, me = who
+        form = await request.form()
+        body = {k: str(form.get(k, "")) for k in ("child_id", "field", "chosen_event_id")}
+        async with Api(request, token) as api:
+            status, out = await api.post("/conflicts/resolve", body)
+        if status != 201:
+            return page(request, "dash/message.html", status_code=status, message=(out or {}).get("message", ""),
+                        **_ctx(me))
+        return Response("", status_code=303, headers={"Location": f"{PREFIX}/conflicts?done=1"})
+
+    @get(f"{PREFIX}/duplicates", include_in_schema=False, exclude_from_auth=True)
+    async def duplicates(request: Request[Any, Any, Any]) -> Response[str]:
+        who = await _me(request)
+        if who is None:
+            return _login_redirect()
+        token, me = who
+        async with Api(request, token) as api:
+            status, doc = await api.get("/duplicates")
+        return page(request, "dash/duplicates.html", items=obj((doc or {}).get("items", []) if status == 200 else []),
+                    done=request.query_params.get("done"), **_ctx(me))
+
+    @post(f"{PREFIX}/duplicates", include_in_schema=False, exclude_from_auth=True, status_code=200)
+    async def merge(request: Request[Any, Any, Any]) -> Response[str]:
+        who = await _me(request)
+        if who is None:
+            return _login_redirect()
+        token, me = who
+        form = await request.form()
+        body = {"kept_child_id": str(form.get("kept_child_id", "")),
+                "merged_child_id": str(form.get("merged_child_id", ""))}
+        async with Api(request, token) as api:
+            status, out = await api.post("/merges", body)
+        if status != 201:
+            return page(request, "dash/message.html", status_code=status, message=(out or {}).get("message", ""),
+                        **_ctx(me))
+        return Response("", status_code=303, headers={"Location": f"{PREFIX}/duplicates?done=1"})
+
+    @get(f"{PREFIX}/quarantine", include_in_schema=False, exclude_from_auth=True)
+    async def quarantine(request: Request[Any, Any, Any]) -> Response[str]:
+        who = await _me(request)
+        if who is None:
+            return _login_redirect()
+        token, me = who
+        async with Api(request, token) as api:
+            status, doc = await api.get("/quarantine")
+        return page(request, "dash/quarantine.html", items=obj((doc or {}).get("items", []) if status == 200 else []),
+                    **_ctx(me))
+
+    @get(f"{PREFIX}/summary", include_in_schema=False, exclude_from_auth=True)
+    async def summary(request: Request[Any, Any, Any]) -> Response[str]:
+        who = await _me(request)
+        if who is None:
+            return _login_redirect()
+        token, me = who
+        lang = lang_of(request)
+        scope = _scope(me)
+        period = request.query_params.get("period") or str(dt.date.today().year)
+        rollup = None
+        async with Api(request, token) as api:
+            if scope:
+                status, rollup = await api.get("/rollups", scope=scope, period=period)
+                if status != 200:
+                    rollup = None
+        charts: dict[str, str] = {}
+        if rollup:
+            from service.web.charts import bar_chart, donut_chart
+
+            charts["guardianship"] = donut_chart(_shares(rollup["by_guardianship"], "guardianship", lang),
+                                                 title=i18n.text("dash.by_guardianship", lang))
+            charts["work"] = bar_chart([(i18n.label("event", t, lang), float(rollup["rules"].get(r, {}).get("done", 0)))
+                                        for t, r in (("HomeVisitMade", "visit"), ("ParentCallMade", "call"),
+                                                     ("LetterWritten", "letter"), ("TalkHeld", "talk"))],
+                                       title=i18n.text("dash.rules", lang))
+        query = urlencode({"scope": scope or "", "period": period})
+        return page(request, "dash/summary.html", rollup=obj(rollup), period=period, charts=charts, query=query,
+                    **_ctx(me))
+
+    @get(f"{PREFIX}/export/{{fmt:str}}", include_in_schema=False, exclude_from_auth=True)
+    async def export(request: Request[Any, Any, Any], fmt: FromPath[str]) -> Response[bytes]:
+        who = await _me(request)
+        if who is None or fmt not in ("xlsx", "csv", "json"):
+            return Response(b"", status_code=303 if who is None else 404, headers={"Location": f"{PREFIX}/login"})
+        token, _ = who
+        async with Api(request, token) as api:
+            r = await api.raw(f"/exports/summary.{fmt}", **dict(request.query_params))
+        headers = {k: v for k, v in r.headers.items() if k.lower() in ("content-type", "content-disposition")}
+        return Response(r.content, status_code=r.status_code, headers=headers)
+
+    handlers: list[HTTPRouteHandler] = [login_form, login, logout, overview, children, child, conflicts, resolve,
+                                        duplicates, merge, quarantine, summary, export]
+    static = create_static_files_router(path="/static", directories=[STATIC_DIR], include_in_schema=False,
+                                        opt={"exclude_from_auth": True})
+    return [*handlers, static]
