@@ -21,6 +21,7 @@ from events.envelope import DecodedEvent, encode_event
 from events.samples import SampleSite, sample_registration
 from events.types import GuardianshipType
 from events.wire import up_subject
+from projections.runner import Runner
 from service.api import auth
 from service.api.app import create_app
 from service.api.config import ApiSettings
@@ -53,6 +54,12 @@ async def ingest(pool: asyncpg.Pool, events: list[DecodedEvent]) -> None:
     async with pool.acquire() as conn, conn.transaction():
         out = await commit_in(conn, items)
     assert len(out.stored) + out.duplicates == len(events), out
+    await Runner(pool).catch_up()  # the read models, as the center's runner keeps them
+
+
+async def project(pool: asyncpg.Pool) -> None:
+    """Bring the read models up to the store (what the projections runner does continuously)."""
+    await Runner(pool).catch_up()
 
 
 @dataclass

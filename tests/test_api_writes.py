@@ -11,7 +11,7 @@ from events import catalogue as c
 from events.envelope import GENESIS_HASH
 from events.types import GuardianshipType
 from service.store import EventStore
-from tests.api_world import OFFICE, S1, T0, V1, V2, open_api
+from tests.api_world import OFFICE, S1, T0, V1, V2, open_api, project
 
 
 async def test_conflict_listed_then_resolved_as_a_township_event(database_url: str, nats_url: str,
@@ -43,6 +43,7 @@ async def test_conflict_listed_then_resolved_as_a_township_event(database_url: s
         stored = await EventStore(pool).get(rec["event_id"])
         assert stored is not None and stored.event.prev_hash == GENESIS_HASH and stored.event.actor == "township"
         assert stored.event.recorded_at > max(a.event.recorded_at, b.event.recorded_at)
+        await project(pool)  # the read models follow the store (the runner does this continuously)
 
         assert (await client.get("/conflicts", headers=w.headers("township"))).json()["items"] == []
         archive = (await client.get(f"/children/{w.child_v1}", headers=w.headers("township"))).json()["archive"]
@@ -65,7 +66,7 @@ async def test_merge_and_unmerge_are_events(database_url: str, nats_url: str, po
         await w.record(V2, dup, T0 + dt.timedelta(days=20))
         pairs = (await client.get("/duplicates", headers=w.headers("township"))).json()["items"]
         assert [(sorted(p["child_ids"]), p["reason"]) for p in pairs] == [
-            (sorted([w.child_v1, dup_id]), "same_resident_id")]
+            (sorted([w.child_v1, dup_id]), "resident_id")]
         assert w.resident_v1 not in str(pairs)
 
         m = await client.post("/merges", headers=w.headers("township"),
@@ -73,6 +74,7 @@ async def test_merge_and_unmerge_are_events(database_url: str, nats_url: str, po
         assert m.status_code == 201, m.text
         merge_id = m.json()["event_id"]
         assert m.json()["site_seq"] == 1
+        await project(pool)
         stub = (await client.get(f"/children/{dup_id}", headers=w.headers("township"))).json()["archive"]
         assert stub["merged_into"] == w.child_v1
         kept = (await client.get(f"/children/{w.child_v1}", headers=w.headers("township"))).json()["archive"]
@@ -84,6 +86,7 @@ async def test_merge_and_unmerge_are_events(database_url: str, nats_url: str, po
         u = await client.post(f"/merges/{merge_id}/undo", headers=w.headers("township"), json={"note": "并非同一人"})
         assert u.status_code == 201, u.text
         assert u.json()["type"] == "ArchivesUnmerged" and u.json()["site_seq"] == 2
+        await project(pool)
         apart = (await client.get(f"/children/{dup_id}", headers=w.headers("township"))).json()["archive"]
         assert apart["merged_into"] is None and apart["name"] == reg.care.name
         assert (await client.post(f"/merges/{merge_id}/undo", headers=w.headers("township"),
@@ -105,6 +108,7 @@ async def test_correction_keeps_history(database_url: str, nats_url: str, pool: 
         r = await client.post(f"/children/{w.child_v1}/corrections", headers=w.headers("township"),
                               json={"corrected_event_id": visit["event_id"], "reason": "重复录入"})
         assert r.status_code == 201, r.text
+        await project(pool)
         tl = (await client.get(f"/children/{w.child_v1}/timeline", headers=w.headers("township"))).json()["items"]
         original = next(x for x in tl if x["event_id"] == visit["event_id"])
         assert original["retracted"] is True and original["corrected_by"] == r.json()["event_id"]

@@ -1,113 +1,113 @@
-"""Scoped reads of one child's events: the archive, the timeline and the as-of views.
+"""Scoped reads of children: the current archive (the projections' read model), and the
+timeline and as-of views (from the log, with the projections' pure reducer).
 
-Every statement here carries the caller's scope (:func:`service.api.scoping.child_visible`)
-in its WHERE clause, and runs in one transaction with the read-log row that records it
-(:func:`service.api.audit.record_read`), so a read that returned data has been logged.
+Every statement that returns a child's data carries the caller's scope
+(:func:`service.api.scoping.child_visible`) in its WHERE clause, or runs only after a
+statement that does, in the same transaction; reads of one child are logged in that same
+transaction (:func:`service.api.audit.record_read`), so a read that returned data was logged.
 
-The archive is derived with the projections' pure reducer (:mod:`projections.archive`) from
-the child's events and those of every child ever merged with it; the reducer decides from the
-events themselves which merges hold, so the as-of views (by committed or by occurred time) are
-the same code on fewer events.
+The current archive comes from ``proj.archive``. A child the projections have not reached yet
+(they trail the store by a moment) is derived from the log instead, with the same reducer, so
+a child that exists is never a 404 because of lag.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import asyncpg
 
-from events.envelope import care_of
 from projections import archive as pa
+from projections import tables
+from projections.asof import _child_rows
+from projections.source import Row
 from service.api.audit import record_read
 from service.api.auth import Caller
 from service.api.scoping import Params, child_visible
-from service.store import _HORIZON, _SELECT, StoredEvent, _row_to_stored
 
-MAX_GROUP = 64  # children merged together; more is not a real township
-
-
-async def _group(conn: asyncpg.Connection, child_id: str) -> list[str]:
-    """The child and every child ever linked to it by a merge (transitively)."""
-    group = {child_id}
-    frontier = [child_id]
-    while frontier and len(group) < MAX_GROUP:
-        rows = await conn.fetch("SELECT DISTINCT linked_child_id FROM child_links WHERE child_id = ANY($1)",
-                                frontier)
-        frontier = [r["linked_child_id"] for r in rows if r["linked_child_id"] not in group]
-        group.update(frontier)
-    return sorted(group)
+ARCHIVE = f"{tables.SCHEMA}.archive"
 
 
-async def read_events(conn: asyncpg.Connection, caller: Caller, child_id: str, *,
-                      committed_before: dt.datetime | None = None,
-                      occurred_before: dt.datetime | None = None) -> list[StoredEvent] | None:
-    """The events of a child's archive group, if the child is in the caller's scope (else None)."""
+async def visible(conn: asyncpg.Connection, caller: Caller, child_id: str) -> bool:
     p = Params(child_id)
-    visible = await conn.fetchval(f"SELECT {child_visible(caller, p, '$1')}", *p.values)
-    if not visible:
+    return bool(await conn.fetchval(f"SELECT {child_visible(caller, p, '$1')}", *p.values))
+
+
+async def read_rows(conn: asyncpg.Connection, caller: Caller, child_id: str, *,
+                    committed_before: dt.datetime | None = None,
+                    occurred_before: dt.datetime | None = None) -> list[Row] | None:
+    """The events of a child's merged group (whole correction families) up to a time, if the
+    child is in the caller's scope (else None)."""
+    if not await visible(conn, caller, child_id):
         return None
-    group = await _group(conn, child_id)
-    p = Params(child_id, group, committed_before, occurred_before)
-    rows = await conn.fetch(
-        f"""{_SELECT} WHERE children && $2::text[] AND tx_id < {_HORIZON}
-              AND ($3::timestamptz IS NULL OR committed_at <= $3)
-              AND ($4::timestamptz IS NULL OR occurred_at <= $4)
-              AND {child_visible(caller, p, '$1')}
-            ORDER BY tx_id, position""",
-        *p.values,
-    )
-    return [_row_to_stored(r) for r in rows]
+    column, when = ("committed_at", committed_before) if committed_before is not None else \
+        ("occurred_at", occurred_before)
+    return await _child_rows(conn, child_id, column, when)
 
 
-def derive(child_id: str, events: Sequence[StoredEvent]) -> pa.ChildArchive | None:
+def _book(rows: Sequence[Row]) -> pa.ArchiveBook:
+    book = pa.ArchiveBook()
+    for r in rows:
+        book.add(r.event, r.care)
+    return book
+
+
+def derive(child_id: str, rows: Sequence[Row]) -> pa.ChildArchive | None:
     """The child's archive from its group's events, or None if nothing registers it."""
-    archives = pa.build((s.event, care_of(s.event)) for s in events)
-    return archives.get(child_id)
+    a = _book(rows).archives().get(child_id)
+    return a if a is not None and (a.registered or a.merged_into is not None) else None
 
 
-def entries(events: Sequence[StoredEvent]) -> list[tuple[StoredEvent, pa.Entry]]:
-    out = []
-    for s in events:
-        care = care_of(s.event)
-        if care is not None:
-            out.append((s, pa.entry_of(s.event, care)))
-    return out
+def timeline_rows(child_id: str, rows: Sequence[Row]) -> tuple[list[pa.TimelineItem], dict[str, Row]]:
+    """The timeline of the child's merged group, and each event's row (for payload and commit time)."""
+    book = _book(rows)
+    archives = book.archives()
+    mine = archives.get(child_id)
+    if mine is None:
+        return [], {}
+    root = mine.merged_into or child_id
+    group = {root, *archives[root].merged_from} if root in archives else {child_id}
+    entries = [e for k in group if k in book.states for e in book.states[k].entries.values()]
+    return pa.timeline(entries), {r.event.event_id: r for r in rows}
 
 
-async def logged_read(pool: asyncpg.Pool, caller: Caller, child_id: str, route: str, query: str, *,
+async def read_archive(conn: asyncpg.Connection, caller: Caller, child_id: str) -> pa.ChildArchive | None:
+    """The child's current archive, if in scope: the read model's row, or the log's if not projected yet."""
+    p = Params(child_id)
+    view = await conn.fetchval(
+        f"SELECT a.view FROM {ARCHIVE} a WHERE a.child_id = $1 AND {child_visible(caller, p, 'a.child_id')}",
+        *p.values)
+    if view is not None:
+        return pa.decode_archive(view)
+    rows = await read_rows(conn, caller, child_id)
+    return derive(child_id, rows) if rows else None
+
+
+async def logged_archive(pool: asyncpg.Pool, caller: Caller, child_id: str, route: str, query: str
+                         ) -> pa.ChildArchive | None:
+    async with pool.acquire() as conn, conn.transaction():
+        a = await read_archive(conn, caller, child_id)
+        await record_read(conn, caller, child_id, route, query, served=a is not None)
+    return a
+
+
+async def logged_rows(pool: asyncpg.Pool, caller: Caller, child_id: str, route: str, query: str, *,
                       committed_before: dt.datetime | None = None,
-                      occurred_before: dt.datetime | None = None) -> list[StoredEvent] | None:
-    """Read a child's events and log the read, in one transaction."""
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=False):
-        events = await read_events(conn, caller, child_id, committed_before=committed_before,
-                                   occurred_before=occurred_before)
-        await record_read(conn, caller, child_id, route, query, served=bool(events))
-    return events
+                      occurred_before: dt.datetime | None = None) -> list[Row] | None:
+    """Read a child's events up to a time and log the read, in one transaction."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+        rows = await read_rows(conn, caller, child_id, committed_before=committed_before,
+                               occurred_before=occurred_before)
+        found = bool(rows) and derive(child_id, rows or []) is not None
+        await record_read(conn, caller, child_id, route, query, served=found)
+    return rows if found else None
 
 
-async def visible_children(conn: asyncpg.Connection, caller: Caller, *, site_id: str | None = None,
-                           after: str = "", limit: int = 200) -> list[str]:
-    """Child ids in the caller's scope (optionally of one site), in id order, after `after`."""
-    p = Params()
-    conds = ["cs.until_tx IS NULL", child_visible(caller, p, "cs.child_id"), f"cs.child_id > {p.add(after)}"]
-    if site_id is not None:
-        conds.append(f"cs.site_id = {p.add(site_id)}")
-    rows = await conn.fetch(f"SELECT DISTINCT cs.child_id FROM child_scope cs WHERE {' AND '.join(conds)} "
-                            f"ORDER BY cs.child_id LIMIT {p.add(limit)}", *p.values)
-    return [r["child_id"] for r in rows]
-
-
-async def visible_archives(conn: asyncpg.Connection, caller: Caller, *, site_id: str | None = None,
-                           after: str = "", batch: int = 200) -> AsyncIterator[pa.ChildArchive]:
-    """Every archive in the caller's scope, in child id order (a merged child's stub included)."""
-    while True:
-        ids = await visible_children(conn, caller, site_id=site_id, after=after, limit=batch)
-        if not ids:
-            return
-        for cid in ids:
-            events = await read_events(conn, caller, cid)
-            a = derive(cid, events or [])
-            if a is not None:
-                yield a
-        after = ids[-1]
+async def archives_where(conn: asyncpg.Connection, caller: Caller, p: Params, conds: list[str],
+                         limit: int | None = None) -> list[pa.ChildArchive]:
+    """Current archives (not merged stubs) in the caller's scope that meet `conds`, by child id."""
+    where = " AND ".join(["a.root_id = a.child_id", "a.registered", child_visible(caller, p, "a.child_id"), *conds])
+    tail = f" LIMIT {p.add(limit)}" if limit is not None else ""
+    rows = await conn.fetch(f"SELECT a.view FROM {ARCHIVE} a WHERE {where} ORDER BY a.child_id{tail}", *p.values)
+    return [pa.decode_archive(r["view"]) for r in rows]

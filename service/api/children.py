@@ -18,10 +18,12 @@ from litestar.params import Parameter
 from events.ids import mask_resident_id
 from events.types import ChildId, GuardianshipType, SiteId
 from projections import archive as pa
+from projections import followups as pf
+from projections.source import Row
 from service.api import archives
 from service.api.auth import Caller
 from service.api.errors import ApiError, bad, not_found
-from service.api.scoping import READERS, ChildIdPath, Params, allow, caller_of, child_visible, sees_whole_resident_id
+from service.api.scoping import READERS, ChildIdPath, Params, allow, caller_of, sees_whole_resident_id
 
 _builtins = msgspec.to_builtins
 
@@ -138,36 +140,44 @@ class ChildrenController(Controller):
         site_id: Annotated[SiteId | None, Parameter(description="village station or school of the child")] = None,
         guardianship: Annotated[GuardianshipType | None, Parameter(description="guardianship type")] = None,
         open_only: Annotated[bool, Parameter(description="only open archives")] = False,
+        overdue: Annotated[bool, Parameter(description="only children overdue for a follow-up rule today")] = False,
         cursor: Annotated[ChildId | None, Parameter(description="next_cursor of the previous page")] = None,
         limit: Annotated[int, Parameter(ge=1, le=200, description="page size, at most 200")] = 50,
     ) -> ChildPage:
         caller = caller_of(request)
         p = Params()
-        conds = ["cs.until_tx IS NULL", child_visible(caller, p, "cs.child_id")]
+        conds = []
+        if name is not None:
+            conds.append(f"strpos(a.name, {p.add(name)}) > 0")
+        if resident_id is not None:
+            conds.append(f"a.resident_id = {p.add(resident_id)}")
         if site_id is not None:
-            conds.append(f"cs.site_id = {p.add(site_id)}")
+            conds.append(f"a.sites @> ARRAY[{p.add(site_id)}]::text[]")
+        if open_only:
+            conds.append("a.open")
         after = p.add(cursor or "")  # "" sorts before every child id
-        conds.append(f"cs.child_id > {after}")
-        sql = f"SELECT DISTINCT cs.child_id FROM child_scope cs WHERE {' AND '.join(conds)} " \
-              f"ORDER BY cs.child_id LIMIT {p.add(limit)}"
+        conds.append(f"a.child_id > {after}")
         at = int(after[1:]) - 1
+        today = dt.datetime.now(dt.UTC).date()
         items: list[ChildSummary] = []
         next_cursor: str | None = None
         async with request.app.state.pool.acquire() as conn:
-            while len(items) < limit:
-                ids = [r["child_id"] for r in await conn.fetch(sql, *p.values)]
-                if not ids:
-                    break
-                for cid in ids:
-                    events = await archives.read_events(conn, caller, cid)
-                    a = archives.derive(cid, events or [])
-                    p.values[at] = cid
-                    if a is None or not _matches(a, name, resident_id, guardianship, open_only):
+            # Guardianship and overdue are judged on the archive itself; the scope and the other
+            # filters are in the statement. Keyset pages until the page is full.
+            for _ in range(50):
+                page = await archives.archives_where(conn, caller, Params(*p.values), conds, limit)
+                for a in page:
+                    p.values[at] = a.child_id
+                    if guardianship is not None and (a.guardian is None or a.guardian.type != guardianship):
+                        continue
+                    if overdue and not pf.overdue_of(a, today):
                         continue
                     items.append(summary(a))
                     if len(items) == limit:
-                        next_cursor = cid
+                        next_cursor = a.child_id
                         break
+                if len(page) < limit or len(items) == limit:
+                    break
         return ChildPage(items=items, next_cursor=next_cursor)
 
     @get("/{child_id:str}", summary="A child's merged, current archive",
@@ -176,9 +186,8 @@ class ChildrenController(Controller):
     async def archive(self, request: Request[Any, Any, Any], child_id: ChildIdPath
                       ) -> ArchiveView:
         caller = caller_of(request)
-        events = await archives.logged_read(request.app.state.pool, caller, child_id, _route(request),
-                                            _query_text(request))
-        a = archives.derive(child_id, events or [])
+        a = await archives.logged_archive(request.app.state.pool, caller, child_id, _route(request),
+                                          _query_text(request))
         if a is None:
             raise not_found("child", child_id, "child_id")
         return masked_archive(caller, a)
@@ -188,11 +197,11 @@ class ChildrenController(Controller):
     async def timeline(self, request: Request[Any, Any, Any], child_id: ChildIdPath
                        ) -> TimelineView:
         caller = caller_of(request)
-        events = await archives.logged_read(request.app.state.pool, caller, child_id, _route(request),
-                                            _query_text(request))
-        if not events:
+        rows = await archives.logged_rows(request.app.state.pool, caller, child_id, _route(request),
+                                          _query_text(request))
+        if rows is None:
             raise not_found("child", child_id, "child_id")
-        return _timeline(caller, child_id, events)
+        return _timeline(caller, child_id, rows)
 
     @get("/{child_id:str}/as-of", guards=[allow("township", "auditor")],
          summary="A child's archive as it stood at a past time",
@@ -209,10 +218,10 @@ class ChildrenController(Controller):
                            value=request.url.query or "")
         _aware("committed", committed)
         _aware("occurred", occurred)
-        events = await archives.logged_read(request.app.state.pool, caller, child_id, _route(request),
-                                            _query_text(request), committed_before=committed,
-                                            occurred_before=occurred)
-        a = archives.derive(child_id, events or [])
+        rows = await archives.logged_rows(request.app.state.pool, caller, child_id, _route(request),
+                                          _query_text(request), committed_before=committed,
+                                          occurred_before=occurred)
+        a = archives.derive(child_id, rows or [])
         if a is None:
             raise not_found("child", child_id, "child_id")
         view = masked_archive(caller, a)
@@ -231,17 +240,15 @@ def _matches(a: pa.ChildArchive, name: str | None, resident_id: str | None, guar
     return not (open_only and not a.open)
 
 
-def _timeline(caller: Caller, child_id: str, events: list[Any]) -> TimelineView:
-    pairs = archives.entries(events)
-    items = pa.timeline(e for _, e in pairs)
-    stored = {s.event.event_id: s for s, _ in pairs}
+def _timeline(caller: Caller, child_id: str, rows: list[Row]) -> TimelineView:
+    items, by_id = archives.timeline_rows(child_id, rows)
     whole = sees_whole_resident_id(caller)
     lines = []
     for it in items:
-        s = stored[it.event_id]
-        payload = msgspec.json.decode(s.event.payload)
+        r = by_id[it.event_id]
+        payload = msgspec.json.decode(r.event.payload)
         lines.append(TimelineLine(
-            event_id=it.event_id, type=it.type, occurred_at=it.occurred_at, committed_at=s.committed_at,
+            event_id=it.event_id, type=it.type, occurred_at=it.occurred_at, committed_at=r.committed_at,
             recorded_at=it.recorded_at, site_id=it.site_id, site_seq=it.site_seq, actor=it.actor,
             children=it.children, payload=payload if whole else _mask_payload(payload), corrects=it.corrects,
             corrected_by=it.corrected_by, retracted=it.retracted))

@@ -21,12 +21,15 @@ from events.envelope import care_of
 from events.ids import mask_resident_id
 from events.types import ChildId, EventId, SiteId
 from events.validation import ValidationFailed, semantic_problems
+from projections import tables
 from service.api import archives
 from service.api.errors import ApiError, FieldProblem, not_found
 from service.api.scoping import READERS, ChildIdPath, Params, allow, caller_of, child_visible
 from service.api.writes import Recorded, record
 from service.store import _SELECT, _row_to_stored
 
+CONFLICT = f"{tables.SCHEMA}.conflict"
+DUPLICATE = f"{tables.SCHEMA}.duplicate"
 Note = Annotated[str, msgspec.Meta(max_length=200, description="why, in a few words")]
 
 
@@ -52,7 +55,7 @@ class Resolve(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class DuplicatePair(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Two archives that may be one child: same resident ID, or same name, birth date and village."""
+    """Two archives that may be one child: reason resident_id (same resident ID) or name_birth_village."""
 
     child_ids: list[str]
     reason: str
@@ -106,24 +109,30 @@ class ConflictsController(Controller):
         limit: Annotated[int, Parameter(ge=1, le=200, description="children per page, at most 200")] = 50,
     ) -> ConflictPage:
         caller = caller_of(request)
-        items: list[ConflictView] = []
+        p = Params()
+        conds = ["k.resolved_by = ''", child_visible(caller, p, "k.child_id"), f"k.child_id > {p.add(cursor or '')}"]
+        if site_id is not None:
+            conds.append(f"EXISTS (SELECT 1 FROM {archives.ARCHIVE} a WHERE a.child_id = k.child_id "
+                         f"AND a.sites @> ARRAY[{p.add(site_id)}]::text[])")
         async with request.app.state.pool.acquire() as conn:
-            ids = await archives.visible_children(conn, caller, site_id=site_id, after=cursor or "", limit=limit)
-            for cid in ids:
-                a = archives.derive(cid, await archives.read_events(conn, caller, cid) or [])
-                if a is None:
-                    continue
-                items += [ConflictView(child_id=x.child_id, field=x.field, heads=x.heads, winner=x.winner)
-                          for x in a.open_conflicts]
-        return ConflictPage(items=items, next_cursor=ids[-1] if len(ids) == limit else None)
+            # A page holds every conflict of `limit` children, so the cursor is a child id.
+            rows = await conn.fetch(
+                f"""SELECT k.child_id, k.field, k.heads, k.winner FROM {CONFLICT} k
+                    WHERE k.child_id IN (SELECT DISTINCT k.child_id FROM {CONFLICT} k WHERE {' AND '.join(conds)}
+                                         ORDER BY k.child_id LIMIT {p.add(limit)})
+                      AND k.resolved_by = ''
+                    ORDER BY k.child_id, k.field, k.heads""", *p.values)
+        items = [ConflictView(child_id=r["child_id"], field=r["field"], heads=list(r["heads"]), winner=r["winner"])
+                 for r in rows]
+        children = sorted({x.child_id for x in items})
+        return ConflictPage(items=items, next_cursor=children[-1] if len(children) == limit else None)
 
     @post("/conflicts/resolve", guards=[allow("township")], status_code=201,
           summary="Resolve a conflict: record which update stands (a ConflictResolved event)")
     async def resolve(self, request: Request[Any, Any, Any], data: JSONBody[Resolve]) -> Recorded:
         caller = caller_of(request)
         async with request.app.state.pool.acquire() as conn, conn.transaction():
-            events = await archives.read_events(conn, caller, data.child_id)
-            a = archives.derive(data.child_id, events or [])
+            a = archives.derive(data.child_id, await archives.read_rows(conn, caller, data.child_id) or [])
             if a is None:
                 raise not_found("child", data.child_id, "child_id")
             open_ = [x for x in a.open_conflicts if x.field == data.field]
@@ -141,30 +150,18 @@ class ConflictsController(Controller):
          description="Pairs in your scope with the same resident ID, or the same name, birth date and village.")
     async def duplicates(self, request: Request[Any, Any, Any]) -> DuplicateList:
         caller = caller_of(request)
-        by_id: dict[str, list[Any]] = {}
-        by_name: dict[tuple[Any, ...], list[Any]] = {}
+        p = Params()
         async with request.app.state.pool.acquire() as conn:
-            async for a in archives.visible_archives(conn, caller):
-                if a.merged_into is not None or not a.registered:
-                    continue
-                if a.resident_id:
-                    by_id.setdefault(a.resident_id, []).append(a)
-                if a.name and a.birth_date:
-                    by_name.setdefault((a.name, a.birth_date, a.household_village), []).append(a)
-        out: list[DuplicatePair] = []
-        seen: set[tuple[str, ...]] = set()
-        for rid, group in sorted(by_id.items()):
-            if len(group) > 1:
-                ids = tuple(sorted(x.child_id for x in group))
-                seen.add(ids)
-                out.append(DuplicatePair(child_ids=list(ids), reason="same_resident_id", name=group[0].name,
-                                         birth_date=group[0].birth_date, resident_id_masked=mask_resident_id(rid)))
-        for (name, birth, _), group in sorted(by_name.items(), key=lambda kv: str(kv[0])):
-            ids = tuple(sorted(x.child_id for x in group))
-            if len(group) > 1 and ids not in seen:
-                out.append(DuplicatePair(child_ids=list(ids), reason="same_name_birth_date_village", name=name,
-                                         birth_date=birth))
-        return DuplicateList(items=out)
+            # Both children of a pair must be in the caller's scope (in the statement).
+            rows = await conn.fetch(
+                f"""SELECT DISTINCT d.child_a, d.child_b, d.reason, a.name, a.birth_date, a.resident_id
+                    FROM {DUPLICATE} d JOIN {archives.ARCHIVE} a ON a.child_id = d.child_a
+                    WHERE {child_visible(caller, p, 'd.child_a')} AND {child_visible(caller, p, 'd.child_b')}
+                    ORDER BY d.child_a, d.child_b, d.reason""", *p.values)
+        return DuplicateList(items=[DuplicatePair(
+            child_ids=[r["child_a"], r["child_b"]], reason=r["reason"], name=r["name"], birth_date=r["birth_date"],
+            resident_id_masked=mask_resident_id(r["resident_id"]) if r["reason"] == "resident_id" else None)
+            for r in rows])
 
     @post("/merges", guards=[allow("township")], status_code=201,
           summary="Merge two archives of one child (an ArchivesMerged event)")
@@ -175,7 +172,7 @@ class ConflictsController(Controller):
                            value=data.merged_child_id)
         async with request.app.state.pool.acquire() as conn, conn.transaction():
             for field, cid in (("kept_child_id", data.kept_child_id), ("merged_child_id", data.merged_child_id)):
-                a = archives.derive(cid, await archives.read_events(conn, caller, cid) or [])
+                a = archives.derive(cid, await archives.read_rows(conn, caller, cid) or [])
                 if a is None:
                     raise not_found("child", cid, field)
                 if a.merged_into is not None:

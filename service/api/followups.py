@@ -18,7 +18,7 @@ from projections import followups as pf
 from service.api import archives
 from service.api.children import _query_text, _route
 from service.api.errors import ApiError, bad, not_found
-from service.api.scoping import READERS, ChildIdPath, SiteIdPath, allow, caller_of, may_see_site
+from service.api.scoping import READERS, ChildIdPath, Params, SiteIdPath, allow, caller_of, may_see_site
 
 
 class FollowUpView(msgspec.Struct, frozen=True):
@@ -66,9 +66,8 @@ class FollowUpsController(Controller):
     ) -> FollowUpView:
         caller = caller_of(request)
         p = period_of(period)
-        events = await archives.logged_read(request.app.state.pool, caller, child_id, _route(request),
-                                            _query_text(request))
-        a = archives.derive(child_id, events or [])
+        a = await archives.logged_archive(request.app.state.pool, caller, child_id, _route(request),
+                                          _query_text(request))
         if a is None:
             raise not_found("child", child_id, "child_id")
         today = dt.datetime.now(dt.UTC).date()
@@ -85,9 +84,11 @@ class FollowUpsController(Controller):
             raise ApiError(404, f"site {site_id} was not found", field="site_id", value=site_id)
         day = today or dt.datetime.now(dt.UTC).date()
         found: list[tuple[pf.Overdue, str | None]] = []
+        p = Params()
         async with request.app.state.pool.acquire() as conn:
-            async for a in archives.visible_archives(conn, caller, site_id=site_id):
-                found += [(o, a.name) for o in pf.overdue_of(a, day)]
+            kids = await archives.archives_where(conn, caller, p, [f"a.sites @> ARRAY[{p.add(site_id)}]::text[]"])
+        for a in kids:
+            found += [(o, a.name) for o in pf.overdue_of(a, day)]
         found.sort(key=lambda x: (-x[0].days_overdue, x[0].rule, x[0].child_id))
         return OverdueList(site_id=site_id, today=day, items=[
             OverdueLine(child_id=o.child_id, rule=o.rule, last_done=o.last_done, due_on=o.due_on,

@@ -1,17 +1,12 @@
-"""How far the projections are behind the store, in seconds (None when they keep no checkpoint)."""
+"""How far the projections are behind the store, in seconds."""
 
 from __future__ import annotations
 
 import asyncpg
 
+from projections.runner import lag
+
 
 async def projection_lag(pool: asyncpg.Pool) -> float | None:
-    async with pool.acquire() as conn:
-        table = await conn.fetchval("SELECT to_regclass('projection_checkpoints')::text")
-        if table is None:
-            return None
-        value = await conn.fetchval(
-            """SELECT coalesce(extract(epoch FROM (SELECT max(committed_at) FROM events)
-                                       - min(c.committed_at)), 0)::float8
-               FROM projection_checkpoints c""")
-    return max(0.0, float(value or 0.0))
+    """Seconds the oldest event not yet projected has waited (0 when caught up)."""
+    return (await lag(pool)).seconds_behind

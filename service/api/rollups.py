@@ -14,16 +14,12 @@ import asyncpg
 from litestar import Controller, Request, get
 from litestar.params import Parameter, QueryParameter
 
-from events.envelope import care_of
-from projections import archive as pa
 from projections import followups as pf
+from projections import queries
 from projections import rollups as pr
-from projections.facts import facts_of
-from service.api import archives
 from service.api.auth import Caller
 from service.api.errors import ApiError, bad
 from service.api.scoping import READERS, allow, caller_of, may_see_site
-from service.store import _HORIZON, _SELECT, _row_to_stored
 
 SCOPE_PATTERN = r"^[a-z0-9-]{1,24}\.[a-z0-9-]{1,24}(\.[a-z0-9-]{1,24})?$"
 PERIOD_PATTERN = r"^[0-9]{4}(-(0[1-9]|1[0-2]|S1|S2))?$"
@@ -68,34 +64,12 @@ def period_from(period: str | None, start: dt.date | None, end: dt.date | None) 
     return pf.Period(f"{start.isoformat()}..{end.isoformat()}", start, end + dt.timedelta(days=1))
 
 
-async def _facts(conn: asyncpg.Connection, scope: str, period: pf.Period) -> list[pa.Entry]:
-    start = dt.datetime.combine(period.start, dt.time(), dt.UTC)
-    end = dt.datetime.combine(period.end, dt.time(), dt.UTC)
-    rows = await conn.fetch(
-        f"""{_SELECT} WHERE (site_id = $1 OR starts_with(site_id, $1 || '.')) AND tx_id < {_HORIZON}
-              AND ((occurred_at >= $2 AND occurred_at < $3) OR type = 'EventCorrected')""",
-        scope, start, end)
-    out = []
-    for r in rows:
-        s = _row_to_stored(r)
-        care = care_of(s.event)
-        if care is not None:
-            out.append(pa.entry_of(s.event, care))
-    return out
-
-
 async def rollup(pool: asyncpg.Pool, caller: Caller, scope: str, period: pf.Period) -> pr.Rollup:
+    """The figures of `scope` (checked against the caller by :func:`check_scope`) from the read models."""
     today = dt.datetime.now(dt.UTC).date()
-    async with pool.acquire() as conn:
-        site = scope if scope.count(".") == 2 else None
-        kids = [a async for a in archives.visible_archives(conn, caller, site_id=site)]
-        facts = [f for f in facts_of(await _facts(conn, scope, period)).values() if f is not None]
-        rows = await conn.fetch(
-            "SELECT site_id, last_committed_at, newest_occurred_at FROM site_progress "
-            "WHERE site_id = $1 OR starts_with(site_id, $1 || '.')", scope)
-    fresh = [pr.Freshness(site_id=r["site_id"], last_committed_at=r["last_committed_at"],
-                          newest_occurred_at=r["newest_occurred_at"]) for r in rows]
-    return pr.compute(scope, period, kids, facts, today=today, freshness=fresh)
+    kids = await queries.archives_in(pool, scope, include_merged=True)
+    facts = await queries.facts_in(pool, scope, period.start, period.end)
+    return pr.compute(scope, period, kids, facts, today=today, freshness=await queries.freshness(pool))
 
 
 class RollupsController(Controller):
