@@ -35,15 +35,31 @@ _log = log.get("service.api")
 MAX_QUERY_BYTES = 2048
 
 
-def _bounded_query(app: ASGIApp) -> ASGIApp:
+def _bounded_input(app: ASGIApp) -> ASGIApp:
     """Refuse an over-long query string before anything parses it (parameters are bounded one
-    by one in each route too)."""
+    by one in each route too), and a NUL character anywhere in the query or the body: PostgreSQL
+    text cannot hold one, so it could only fail later, less clearly."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if str(scope["type"]) == "http" and len(scope.get("query_string", b"")) > MAX_QUERY_BYTES:
-            raise ApiError(414, f"the query string is {len(scope['query_string'])} bytes; the limit is "
-                           f"{MAX_QUERY_BYTES}", field="query")
-        await app(scope, receive, send)
+        if str(scope["type"]) != "http":
+            await app(scope, receive, send)
+            return
+        query = scope.get("query_string", b"")
+        if len(query) > MAX_QUERY_BYTES:
+            raise ApiError(414, f"the query string is {len(query)} bytes; the limit is {MAX_QUERY_BYTES}",
+                           field="query")
+        if b"%00" in query.lower() or b"\x00" in query:
+            raise ApiError(400, "the query string contains a NUL character (%00)", field="query", value="%00")
+
+        async def checked() -> Any:
+            message = await receive()
+            body = message.get("body", b"") if message["type"] == "http.request" else b""
+            if b"\\u0000" in body or b"\x00" in body:
+                raise ApiError(400, "the request body contains a NUL character (\\u0000)", field="body",
+                               value="\\u0000")
+            return message
+
+        await app(scope, checked, send)
 
     return middleware
 
@@ -120,7 +136,7 @@ def create_app(settings: Settings, api_settings: ApiSettings | None = None) -> L
             quarantine.QuarantineController,
             audit.AuditController,
         ],
-        middleware=[_bounded_query, auth_mw],
+        middleware=[_bounded_input, auth_mw],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[_lifespan],
         state=State({"settings": settings, "api_settings": api}),

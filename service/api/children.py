@@ -16,14 +16,23 @@ from litestar import Controller, Request, get
 from litestar.params import Parameter
 
 from events.ids import mask_resident_id
-from events.types import ChildId, GuardianshipType, SiteId
+from events.types import GuardianshipType
 from projections import archive as pa
 from projections import followups as pf
 from projections.source import Row
 from service.api import archives
 from service.api.auth import Caller
 from service.api.errors import ApiError, bad, not_found
-from service.api.scoping import READERS, ChildIdPath, Params, allow, caller_of, sees_whole_resident_id
+from service.api.scoping import (
+    READERS,
+    ChildCursor,
+    ChildIdPath,
+    Params,
+    SiteFilter,
+    allow,
+    caller_of,
+    sees_whole_resident_id,
+)
 
 _builtins = msgspec.to_builtins
 
@@ -137,11 +146,11 @@ class ChildrenController(Controller):
         name: Annotated[str | None, Parameter(min_length=1, max_length=40, description="name contains this")] = None,
         resident_id: Annotated[str | None, Parameter(pattern=r"^[0-9]{17}[0-9X]$",
                                                      description="whole resident ID number")] = None,
-        site_id: Annotated[SiteId | None, Parameter(description="village station or school of the child")] = None,
+        site_id: SiteFilter = None,
         guardianship: Annotated[GuardianshipType | None, Parameter(description="guardianship type")] = None,
         open_only: Annotated[bool, Parameter(description="only open archives")] = False,
         overdue: Annotated[bool, Parameter(description="only children overdue for a follow-up rule today")] = False,
-        cursor: Annotated[ChildId | None, Parameter(description="next_cursor of the previous page")] = None,
+        cursor: ChildCursor = None,
         limit: Annotated[int, Parameter(ge=1, le=200, description="page size, at most 200")] = 50,
     ) -> ChildPage:
         caller = caller_of(request)

@@ -19,12 +19,22 @@ from litestar.params import JSONBody, Parameter
 from events import catalogue as c
 from events.envelope import care_of
 from events.ids import mask_resident_id
-from events.types import ChildId, EventId, SiteId
+from events.types import ChildId, EventId
 from events.validation import ValidationFailed, semantic_problems
 from projections import tables
 from service.api import archives
 from service.api.errors import ApiError, FieldProblem, not_found
-from service.api.scoping import READERS, ChildIdPath, Params, allow, caller_of, child_visible
+from service.api.scoping import (
+    READERS,
+    ChildCursor,
+    ChildIdPath,
+    EventIdPath,
+    Params,
+    SiteFilter,
+    allow,
+    caller_of,
+    child_visible,
+)
 from service.api.writes import Recorded, record
 from service.store import _SELECT, _row_to_stored
 
@@ -104,8 +114,8 @@ class ConflictsController(Controller):
          description="Concurrent updates of one archive field that disagree, until a person resolves them.")
     async def list_conflicts(
         self, request: Request[Any, Any, Any],
-        site_id: Annotated[SiteId | None, Parameter(description="children of this site only")] = None,
-        cursor: Annotated[ChildId | None, Parameter(description="next_cursor of the previous page")] = None,
+        site_id: SiteFilter = None,
+        cursor: ChildCursor = None,
         limit: Annotated[int, Parameter(ge=1, le=200, description="children per page, at most 200")] = 50,
     ) -> ConflictPage:
         caller = caller_of(request)
@@ -184,8 +194,8 @@ class ConflictsController(Controller):
 
     @post("/merges/{merge_event_id:str}/undo", guards=[allow("township")], status_code=201,
           summary="Undo a merge (an ArchivesUnmerged event)")
-    async def unmerge(self, request: Request[Any, Any, Any], merge_event_id: Annotated[EventId, Parameter(
-            description="event id of the ArchivesMerged event")], data: JSONBody[Unmerge]) -> Recorded:
+    async def unmerge(self, request: Request[Any, Any, Any], merge_event_id: EventIdPath,
+                      data: JSONBody[Unmerge]) -> Recorded:
         caller = caller_of(request)
         async with request.app.state.pool.acquire() as conn, conn.transaction():
             p = Params(uuid.UUID(merge_event_id))

@@ -13,9 +13,8 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 
-from events.types import SiteId
 from service.api.errors import ApiError
-from service.api.scoping import Params, allow, caller_of, site_visible
+from service.api.scoping import Params, SiteFilter, allow, caller_of, site_visible
 from service.quarantine import QuarantineError, replay
 
 _SELECT = """SELECT id, received_at, subject, site_id, event_id::text AS event_id, site_seq, reason,
@@ -69,7 +68,7 @@ class QuarantineController(Controller):
     @get("/", summary="Refused input, oldest first")
     async def list_rows(
         self, request: Request[Any, Any, Any],
-        site_id: Annotated[SiteId | None, Parameter(description="rows of this site only")] = None,
+        site_id: SiteFilter = None,
         include_replayed: Annotated[bool, Parameter(description="also rows already replayed")] = False,
         cursor: Annotated[int | None, Parameter(ge=0, le=2**62, description="next_cursor of the previous page")] = None,
         limit: Annotated[int, Parameter(ge=1, le=200, description="page size, at most 200")] = 50,

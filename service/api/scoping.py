@@ -33,9 +33,16 @@ STAFF = ("station", "school", "township")
 CHILD_ID_PATTERN = r"^c-[0-9a-f]{32}$"
 ChildIdPath = Annotated[str, Parameter(pattern=CHILD_ID_PATTERN, description="child id: 'c-' and 32 hex digits",
                                        examples=[Example(value="c-01937a0c3f2b7c8d9e0f112233445566")])]
-SiteIdPath = Annotated[str, Parameter(pattern=r"^[a-z0-9-]{1,24}\.[a-z0-9-]{1,24}\.[a-z0-9-]{1,24}$",
-                                      description="site id: region.township.site",
+SITE_ID_PATTERN = r"^[a-z0-9-]{1,24}\.[a-z0-9-]{1,24}\.[a-z0-9-]{1,24}$"
+EVENT_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+SiteIdPath = Annotated[str, Parameter(pattern=SITE_ID_PATTERN, description="site id: region.township.site",
                                       examples=[Example(value="gx-lp.xy.v03")])]
+EventIdPath = Annotated[str, Parameter(pattern=EVENT_ID_PATTERN, description="event id (UUIDv7)",
+                                       examples=[Example(value="01937a0c-3f2b-7c8d-9e0f-112233445566")])]
+SiteFilter = Annotated[str | None, Parameter(pattern=SITE_ID_PATTERN, description="only children of this site",
+                                             examples=[Example(value="gx-lp.xy.v03")])]
+ChildCursor = Annotated[str | None, Parameter(pattern=CHILD_ID_PATTERN,
+                                              description="next_cursor of the previous page (a child id)")]
 READERS = ("station", "school", "township", "auditor")
 
 
