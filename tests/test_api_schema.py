@@ -4,6 +4,7 @@ the document. Also: the error shape, bounds and pagination, health and readiness
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -46,7 +47,7 @@ async def served(database_url: str, nats_url: str, pool: asyncpg.Pool) -> AsyncI
     deadline = time.monotonic() + 20
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
+        await asyncio.sleep(0.02)
     try:
         yield f"http://127.0.0.1:{port}", world
     finally:
@@ -172,7 +173,7 @@ async def test_health_and_readiness(database_url: str, nats_url: str, pool: asyn
             r = await client.get("/ready")
             if r.status_code == 200 or time.monotonic() > deadline:
                 break
-            time.sleep(0.1)  # the lifespan connects to NATS in the background
+            await asyncio.sleep(0.1)  # the lifespan connects to NATS in the background
         assert r.status_code == 200, r.text
         assert {x["name"] for x in r.json()["checks"]} == {"store", "nats", "projections"}
         # An event the projections have not applied, waiting longer than the bound: not ready.
