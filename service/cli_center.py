@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from service import migrate
+from service import cli_users, migrate
 from service.db import connect, create_pool
 from service.settings import Settings
 
@@ -77,6 +77,8 @@ def register(sub: Any) -> None:
     qr.add_argument("--nats-url", help="NATS URL for the receipt (default SHOUWANG_NATS_URL; '' for none)")
     _common(qr)
     qr.set_defaults(handler=_q_replay)
+
+    cli_users.register(csub)  # user, token, api: the HTTP API's commands (service/cli_users.py)
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,217 @@
+"""`shouwang center user add|list|disable`, `shouwang center token issue|revoke` and
+`shouwang center api`: the people who use the HTTP API, their tokens, and the API server.
+
+Hooked into the `center` command group by service/cli_center.py (``cli_users.register(csub)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+
+from service import migrate
+from service.db import connect, create_pool
+from service.settings import Settings
+
+
+def register(csub: Any) -> None:
+    """Add `user`, `token` and `api` to the subparsers of `shouwang center`."""
+    user = csub.add_parser("user", help="people who use the HTTP API: add, list, disable")
+    usub = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
+    add = usub.add_parser("add", help="add a user (the password is read from SHOUWANG_NEW_PASSWORD or asked)")
+    add.add_argument("username")
+    add.add_argument("--role", required=True, choices=["station", "school", "township", "auditor", "admin"])
+    add.add_argument("--site", help="the user's site (station, school, township users)")
+    add.add_argument("--township", help="region.township an auditor sees, e.g. gx-lp.xy")
+    add.add_argument("--name", default="", help="display name")
+    _common(add)
+    add.set_defaults(handler=_user_add)
+    ls = usub.add_parser("list", help="every user")
+    ls.add_argument("--json", action="store_true")
+    _common(ls)
+    ls.set_defaults(handler=_user_list)
+    dis = usub.add_parser("disable", help="disable a user: their tokens stop working at once")
+    dis.add_argument("username")
+    _common(dis)
+    dis.set_defaults(handler=_user_disable)
+
+    token = csub.add_parser("token", help="API tokens: issue, revoke")
+    tsub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    iss = tsub.add_parser("issue", help="issue a token for a user (printed once)")
+    iss.add_argument("username")
+    iss.add_argument("--hours", type=float, default=24 * 30, help="lifetime in hours (default 720)")
+    iss.add_argument("--label", default="cli", help="what the token is for")
+    _common(iss)
+    iss.set_defaults(handler=_token_issue)
+    rev = tsub.add_parser("revoke", help="revoke a token by its id, or every token of --user")
+    rev.add_argument("token_id", nargs="?")
+    rev.add_argument("--user", help="revoke every live token of this user")
+    _common(rev)
+    rev.set_defaults(handler=_token_revoke)
+
+    api = csub.add_parser("api", help="serve the HTTP API (SHOUWANG_API_HOST, SHOUWANG_API_PORT)")
+    api.add_argument("--host", help="listen address (default SHOUWANG_API_HOST or 127.0.0.1)")
+    api.add_argument("--port", type=int, help="port (default SHOUWANG_API_PORT or 8300)")
+    api.set_defaults(handler=_serve)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--database-url", help="PostgreSQL URL (default SHOUWANG_DATABASE_URL)")
+
+
+@contextlib.asynccontextmanager
+async def _pool(args: argparse.Namespace, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    url = str(args.database_url or settings.database_url)
+    conn = await connect(url)
+    try:
+        await migrate.migrate(conn)
+    finally:
+        await conn.close()
+    pool = await create_pool(url, min_size=1, max_size=2)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def _password() -> str:
+    env = os.environ.get("SHOUWANG_NEW_PASSWORD")
+    if env:
+        return env
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        from service.cli import CliError
+
+        raise CliError("the two passwords differ")
+    return first
+
+
+def _user_add(args: argparse.Namespace, settings: Settings) -> int:
+    from service.api.auth import AuthError, add_user
+    from service.cli import CliError, run_async
+
+    password = _password()
+
+    async def go() -> int:
+        async with _pool(args, settings) as pool:
+            try:
+                u = await add_user(pool, args.username, args.role, password, site_id=args.site,
+                                   township=args.township, display_name=args.name)
+            except AuthError as err:
+                raise CliError(str(err)) from None
+        where = u.site_id or u.township or "all sites"
+        print(f"added {u.username} ({u.role}, {where})")
+        return 0
+
+    return run_async(go())
+
+
+def _user_list(args: argparse.Namespace, settings: Settings) -> int:
+    import msgspec
+
+    from service.api.auth import list_users
+    from service.cli import run_async
+
+    async def go() -> int:
+        async with _pool(args, settings) as pool:
+            users = await list_users(pool)
+        if args.json:
+            print(json.dumps(msgspec.to_builtins(users), ensure_ascii=False, indent=2))
+            return 0
+        for u in users:
+            state = "active" if u.active else f"disabled {u.disabled_at:%Y-%m-%d}"
+            print(f"{u.username:24} {u.role:9} {u.site_id or u.township or '-':28} {state}")
+        return 0
+
+    return run_async(go())
+
+
+def _user_disable(args: argparse.Namespace, settings: Settings) -> int:
+    from service.api.auth import AuthError, disable_user
+    from service.cli import CliError, run_async
+
+    async def go() -> int:
+        async with _pool(args, settings) as pool:
+            try:
+                await disable_user(pool, args.username)
+            except AuthError as err:
+                raise CliError(str(err)) from None
+        print(f"disabled {args.username}; their tokens no longer work")
+        return 0
+
+    return run_async(go())
+
+
+def _token_issue(args: argparse.Namespace, settings: Settings) -> int:
+    from service.api.auth import AuthError, issue_token
+    from service.cli import CliError, run_async
+
+    async def go() -> int:
+        async with _pool(args, settings) as pool:
+            try:
+                t = await issue_token(pool, args.username, hours=args.hours, label=args.label)
+            except AuthError as err:
+                raise CliError(str(err)) from None
+        print(t.token)
+        print(f"token id {t.token_id}, for {t.username}, expires {t.expires_at:%Y-%m-%d %H:%M} UTC", file=sys.stderr)
+        return 0
+
+    return run_async(go())
+
+
+def _token_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from service.api.auth import AuthError, revoke_all, revoke_token
+    from service.cli import CliError, run_async
+
+    if (args.token_id is None) == (args.user is None):
+        raise CliError("give a token id, or --user USER to revoke every token of a user")
+
+    async def go() -> int:
+        async with _pool(args, settings) as pool:
+            if args.user is not None:
+                n = await revoke_all(pool, args.user)
+                print(f"revoked {n} token(s) of {args.user}")
+                return 0
+            try:
+                done = await revoke_token(pool, args.token_id)
+            except AuthError as err:
+                raise CliError(str(err)) from None
+        if not done:
+            raise CliError(f"no live token {args.token_id}")
+        print(f"revoked {args.token_id}")
+        return 0
+
+    return run_async(go())
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from service.api.app import create_app
+    from service.api.config import ApiSettings
+    from service.cli import run_async
+
+    async def migrated() -> int:
+        conn = await connect(settings.database_url)
+        try:
+            await migrate.migrate(conn)
+        finally:
+            await conn.close()
+        return 0
+
+    run_async(migrated())
+    api = ApiSettings.from_env()
+    app = create_app(settings, api)
+    uvicorn.run(app, host=args.host or api.host, port=args.port or api.port, log_level="warning",
+                proxy_headers=False, server_header=False)
+    return 0
