@@ -14,7 +14,7 @@ import time
 from bench import report
 from bench.servers import bench_servers
 
-SUITES = ("store", "projections")
+SUITES = ("store", "projections", "api")
 
 
 async def main(argv: list[str]) -> int:
@@ -38,6 +38,10 @@ async def main(argv: list[str]) -> int:
                 from bench import projections
 
                 figures += await projections.run(pg_url, args.quick)
+            elif suite == "api":
+                from bench import api
+
+                figures += await api.run(pg_url, args.quick)
             timings[suite] = round(time.perf_counter() - t, 1)
     print(report.table(figures))
     path = report.write(figures, {"quick": args.quick, "suite_seconds": timings,
