@@ -1,0 +1,294 @@
+"""HTTP API: archive lookups and rollup queries with 50 concurrent clients, beside a bare
+litestar route returning a constant on the same server, in the same run.
+
+The store holds a county: townships of ~10k events each (12 sites, 200 children, a school
+year of visits, calls, talks, letters, assessments and aid), 1 township at 10k events and 100
+at 1M, so a township's rollup reads the same amount of data at both sizes and its latency
+should not grow with the store. Events enter through the center's own ingest function (so the
+fan-out scope the API scopes by is real) and the projections runner builds the read models.
+
+The server is `uvicorn` in a child process (one core), the clients are httpx in this one (the
+other core). Each figure is requests per second or a latency percentile, with the constant
+route's figure of the same run as its baseline.
+
+Also runnable alone: ``python -m bench.api [--quick] [--pg URL]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+
+from bench.report import Figure, figure
+from bench.servers import fresh_database
+from events import catalogue as c
+from events.samples import SampleSite, sample_registration
+from events.types import AidSource, CallChannel, StatusLevel
+from events.wire import up_subject
+from service.db import create_pool
+from service.embedded import free_port
+from service.ingest import Accepted, Inbound, commit_in
+
+CLIENTS = 50
+EVENTS_PER_TOWNSHIP = 10_000
+CHILDREN_PER_TOWNSHIP = 200
+START = dt.datetime(2025, 9, 1, 8, 0, tzinfo=dt.UTC)
+DAYS = 300
+
+
+class Township:
+    def __init__(self, index: int, rng: random.Random) -> None:
+        self.id = f"bj-{index // 50:02d}.t{index:03d}"
+        self.office = SampleSite(f"{self.id}.office", actor="office")
+        self.villages = [SampleSite(f"{self.id}.v{i:02d}", actor=f"staff-v{i:02d}") for i in range(1, 9)]
+        self.schools = [SampleSite(f"{self.id}.s{i:02d}", actor=f"teacher-s{i:02d}") for i in range(1, 4)]
+        self.rng = rng
+        self.children: list[str] = []
+
+    @property
+    def sites(self) -> list[tuple[SampleSite, str]]:
+        return ([(self.office, "township")] + [(v, "village") for v in self.villages]
+                + [(s, "school") for s in self.schools])
+
+    def events(self, n: int) -> Iterator[tuple[SampleSite, c.CareEventBase, dt.datetime]]:
+        """About `n` events: registrations first, then a school year of work, by occurred time."""
+        rng = self.rng
+        homes = {}
+        for _ in range(CHILDREN_PER_TOWNSHIP):
+            v, s = rng.choice(self.villages), rng.choice(self.schools)
+            reg = sample_registration(rng, village_site=v.site_id, school_site=s.site_id)
+            homes[reg.child_id] = (v, s)
+            self.children.append(reg.child_id)
+            yield v, reg, START + dt.timedelta(hours=rng.randint(0, 24 * 10))
+        work = []
+        for _ in range(n - CHILDREN_PER_TOWNSHIP):
+            cid = rng.choice(self.children)
+            v, s = homes[cid]
+            when = START + dt.timedelta(days=11 + rng.random() * (DAYS - 12))
+            kind = rng.random()
+            care: c.CareEventBase
+            if kind < 0.35:
+                site, care = v, c.HomeVisitMade(child_id=cid, visitor="张老师", findings="情况良好")
+            elif kind < 0.6:
+                site, care = v, c.ParentCallMade(child_id=cid, parent="母亲", channel=CallChannel.VIDEO, minutes=10)
+            elif kind < 0.8:
+                site, care = s, c.TalkHeld(child_id=cid, teacher="李老师", record_card="谈心记录：学习认真")
+            elif kind < 0.9:
+                site, care = s, c.LetterWritten(child_id=cid, summary="给爸爸的一封信")
+            elif kind < 0.97:
+                site, care = s, c.StatusAssessed(child_id=cid, study=rng.choice(list(StatusLevel)))
+            else:
+                site, care = self.office, c.AidGiven(child_id=cid, amount_fen=rng.randint(1, 50) * 1000,
+                                                     source=AidSource.TOWNSHIP)
+            work.append((when, site, care))
+        work.sort(key=lambda w: w[0])
+        for when, site, care in work:
+            yield site, care, when
+
+
+async def populate(url: str, events: int, seed: int = 11) -> tuple[list[Township], str]:
+    """Fill a database with `events` events in townships of 10k; returns them and a township token."""
+    from projections.runner import Runner
+    from service.api import auth
+    from service.sites import register_site
+
+    rng = random.Random(seed)
+    townships = [Township(i, rng) for i in range(max(1, events // EVENTS_PER_TOWNSHIP))]
+    pool = await create_pool(url, min_size=1, max_size=4)
+    try:
+        for t in townships:
+            for site, kind in t.sites:
+                await register_site(pool, site.site_id, kind, site.site_id)
+        batch: list[Accepted] = []
+
+        async def flush() -> None:
+            async with pool.acquire() as conn, conn.transaction():
+                await commit_in(conn, batch)
+            batch.clear()
+
+        for t in townships:
+            per = events // len(townships)
+            for site, care, when in t.events(per):
+                d = site.write(care, when)
+                # Sealed here, so already valid: skip the wire decode and enter commit_in as triaged.
+                batch.append(Accepted(Inbound(subject=up_subject(site.site_id), data=b""), site.site_id, d))
+                if len(batch) >= 5000:
+                    await flush()
+        if batch:
+            await flush()
+        await Runner(pool, batch_size=5000).catch_up()
+        first = townships[0]
+        await auth.add_user(pool, "bench.township", "township", "bench password", site_id=first.office.site_id)
+        token = (await auth.issue_token(pool, "bench.township", hours=2)).token
+    finally:
+        await pool.close()
+    return townships, token
+
+
+@contextlib.contextmanager
+def server(url: str) -> Iterator[str]:
+    """The API under uvicorn in a child process, with a constant route added; yields its base URL."""
+    port = free_port()
+    env = {**os.environ, "SHOUWANG_DATABASE_URL": url, "SHOUWANG_API_CONNECT_NATS": "false",
+           "SHOUWANG_API_POOL_SIZE": "20", "SHOUWANG_LOG_LEVEL": "warning"}
+    proc = subprocess.Popen([sys.executable, "-m", "bench.api", "--serve", str(port)], env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the API server did not start")
+            time.sleep(0.05)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _serve(port: int) -> None:
+    import uvicorn
+    from litestar import get
+
+    from service.api.app import create_app
+    from service.api.config import ApiSettings
+    from service.settings import Settings
+
+    @get("/bench/constant", exclude_from_auth=True, include_in_schema=False)
+    async def constant() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app = create_app(Settings.from_env(), ApiSettings.from_env())
+    app.register(constant)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+class Load:
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.elapsed = 0.0
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.elapsed if self.elapsed else 0.0
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return 0.0
+        xs = sorted(self.latencies)
+        return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
+
+
+async def load(base: str, paths: list[str], headers: dict[str, str], seconds: float) -> Load:
+    """`CLIENTS` clients, each sending one request at a time for `seconds`, paths taken in turn."""
+    out = Load()
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as client:
+        for p in paths[:CLIENTS]:  # warm up connections and caches
+            await client.get(p)
+        stop = time.perf_counter() + seconds
+
+        async def worker(i: int) -> None:
+            n = i
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                r = await client.get(paths[n % len(paths)])
+                if r.status_code != 200:
+                    out.errors += 1
+                else:
+                    out.latencies.append(time.perf_counter() - t)
+                n += CLIENTS
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(CLIENTS)))
+        out.elapsed = time.perf_counter() - t0
+    return out
+
+
+async def run(admin_url: str, quick: bool) -> list[Figure]:
+    sizes = [10_000] if quick else [10_000, 1_000_000]
+    seconds = 3.0 if quick else 10.0
+    figures: list[Figure] = []
+    for n in sizes:
+        async with fresh_database(admin_url) as url:
+            t = time.perf_counter()
+            townships, token = await populate(url, n)
+            print(f"[bench] api: {n:,} events in {len(townships)} township(s) loaded and projected in "
+                  f"{time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+            first = townships[0]
+            headers = {"Authorization": f"Bearer {token}"}
+            rng = random.Random(5)
+            archive_paths = [f"/children/{rng.choice(first.children)}" for _ in range(500)]
+            rollup_paths = [f"/rollups?scope={first.id}&period=2026-{m:02d}" for m in (1, 3, 4, 5)]
+            with server(url) as base:
+                const = await load(base, ["/bench/constant"], {}, seconds)
+                archive = await load(base, archive_paths, headers, seconds)
+                rollup = await load(base, rollup_paths, headers, seconds)
+            if archive.errors or rollup.errors:
+                raise RuntimeError(f"API errors under load: archive {archive.errors}, rollup {rollup.errors}")
+            size = f"{n // 1000}k" if n < 1_000_000 else f"{n // 1_000_000}M"
+            base_name = f"constant route, {CLIENTS} clients"
+            for name, m in (("archive lookups", archive), ("township rollups (month)", rollup)):
+                figures.append(figure(f"api {name} @ {size} events", m.rate, "req/s", base_name + " req/s",
+                                      const.rate))
+                figures.append(figure(f"api {name} p50 @ {size} events", m.pct(0.5), "ms", base_name + " p50",
+                                      const.pct(0.5)))
+                figures.append(figure(f"api {name} p99 @ {size} events", m.pct(0.99), "ms", base_name + " p99",
+                                      const.pct(0.99)))
+            print(f"[bench] api @ {size}: constant {const.rate:.0f}/s p50 {const.pct(0.5):.1f} ms; archive "
+                  f"{archive.rate:.0f}/s p50 {archive.pct(0.5):.1f} p99 {archive.pct(0.99):.1f} ms; rollup "
+                  f"{rollup.rate:.0f}/s p50 {rollup.pct(0.5):.1f} p99 {rollup.pct(0.99):.1f} ms "
+                  f"(median of all {statistics.median(rollup.latencies) * 1000:.1f} ms)",
+                  file=sys.stderr, flush=True)
+    return figures
+
+
+@contextlib.asynccontextmanager
+async def _servers(pg: str | None) -> AsyncIterator[str]:
+    from bench.servers import bench_servers
+
+    async with bench_servers(pg, "nats://unused") as (pg_url, _):
+        yield pg_url
+
+
+async def _main(argv: list[str]) -> int:
+    from bench import report
+
+    parser = argparse.ArgumentParser(prog="python -m bench.api")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--pg", help="PostgreSQL admin URL (default: an embedded server)")
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    async with _servers(args.pg) as pg_url:
+        figures = await run(pg_url, args.quick)
+    print(report.table(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    if "--serve" in sys.argv:
+        _serve(int(sys.argv[sys.argv.index("--serve") + 1]))
+    else:
+        sys.exit(asyncio.run(_main(sys.argv[1:])))
+
+
