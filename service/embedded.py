@@ -81,6 +81,7 @@ class EmbeddedPostgres:
         self.port = port or free_port()
         self._as_root = os.geteuid() == 0
         self._started = False
+        self.stop_error: str | None = None
 
     @property
     def url(self) -> str:
@@ -130,11 +131,30 @@ class EmbeddedPostgres:
         return self
 
     def stop(self, mode: str = "fast") -> None:
+        """Stop the server; if pg_ctl cannot, signal the postmaster itself (never leave it running)."""
         if not self._started:
             return
-        with contextlib.suppress(EmbeddedError, subprocess.TimeoutExpired):
+        try:
             self._run([str(_pg_bin() / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60", "stop"])
+        except (EmbeddedError, subprocess.TimeoutExpired) as err:
+            self.stop_error = str(err)
+            self._signal_postmaster()
         self._started = False
+
+    def _signal_postmaster(self) -> None:
+        pid_file = self.data_dir / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return
+        for sig, wait in ((signal.SIGINT, 30.0), (signal.SIGKILL, 5.0)):  # SIGINT = PostgreSQL's fast shutdown
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.05)
+            if not _alive(pid):
+                return
 
     def kill(self) -> None:
         """SIGKILL the postmaster (a power cut, as far as clients can tell)."""

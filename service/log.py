@@ -19,6 +19,10 @@ def configure(level: str = "info", json: bool | None = None) -> None:
     if _configured:
         return
     _configured = True
+    # Libraries that log each HTTP request at INFO (httpx) would flood a terminal and, worse,
+    # write URLs with child ids into logs; keep them to warnings.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     use_json = not sys.stderr.isatty() if json is None else json
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)

@@ -151,7 +151,6 @@ def generate(*, children: int = 120, villages: int = 4, schools: int = 2, days: 
         }, note="registration")
         kid["registered_day"] = day
         truth.children_archived += 1
-        _bump(truth.children_by_guardianship, guardianship)
         _bump(truth.children_by_reason, reason)
         _bump(truth.children_by_grade_band, grade_band(grade))
         _bump(truth.children_by_site, village.site_id)
@@ -165,7 +164,7 @@ def generate(*, children: int = 120, villages: int = 4, schools: int = 2, days: 
         plan(dup["school"], day, again, note="duplicate registration")
         truth.children_archived += 1
         truth.duplicate_pairs += 1
-        _bump(truth.children_by_guardianship, dup["guardianship"])
+        _bump(truth.children_by_guardianship, dup["guardianship"])  # the duplicate keeps the registered type
         _bump(truth.children_by_reason, dup["reason"])
         _bump(truth.children_by_grade_band, grade_band(dup["grade"]))
         _bump(truth.children_by_site, dup["village"].site_id)
@@ -307,6 +306,11 @@ def generate(*, children: int = 120, villages: int = 4, schools: int = 2, days: 
                                                           "relation": "母亲", "phone": fake_phone(rng)},
                                              "reason": "母亲返乡"})
         truth.conflicts += 1
+        # Until a person settles it, the archive shows the update recorded last (the school's,
+        # a day later): the highest hybrid-logical-clock stamp wins.
+        conflict_kid["guardianship"] = "one_parent"
+    for kid in kids:
+        _bump(truth.children_by_guardianship, kid["guardianship"])
     records.sort(key=lambda p: (p.day, p.site_id))
     return Scenario(township_id=prefix, sites=sites, start=start, days=days, records=records,
                     offline={offline_site.site_id: [off_first, off_last]}, truth=truth)

