@@ -1,0 +1,105 @@
+"""Rollups, exports (XLSX, CSV, JSON with Chinese labels), follow-ups and the quarantine through the API."""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+
+import asyncpg
+import openpyxl
+
+from events.envelope import encode_event
+from events.samples import SampleSite, sample_registration
+from events.wire import up_subject
+from service.ingest import Inbound, commit_in, triage
+from service.sites import register_site
+from tests.api_world import T0, TOWNSHIP, V1, open_api, project
+
+
+async def test_rollups_for_a_site_a_township_and_a_range(database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:
+    """The township's rollup counts both stations' children and visits; a station's counts its own; a date range
+    that ends before the visits counts none of them."""
+    async with open_api(database_url, nats_url, pool) as (client, w):
+        h = w.headers("township")
+        town = (await client.get(f"/rollups?scope={TOWNSHIP}&period=2026-03", headers=h)).json()
+        site = (await client.get(f"/rollups?scope={V1}&period=2026-03", headers=h)).json()
+        early = (await client.get(f"/rollups?scope={TOWNSHIP}&start=2026-03-01&end=2026-03-04", headers=h)).json()
+        assert town["children_archived"] == 2 and town["rules"]["visit"]["done"] == 2
+        assert site["children_archived"] == 1 and site["rules"]["visit"]["done"] == 1
+        assert early["rules"]["visit"]["done"] == 0 and early["period"] == "2026-03-01..2026-03-04"
+        assert early["end"] == "2026-03-05"
+
+
+async def test_exports_label_every_figure_in_chinese(database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:
+    """XLSX, CSV and JSON carry the same figures; each has a Chinese label and the values agree with the rollup."""
+    async with open_api(database_url, nats_url, pool) as (client, w):
+        h = w.headers("auditor")
+        q = f"scope={TOWNSHIP}&period=2026"
+        as_json = (await client.get(f"/exports/summary.json?{q}", headers=h)).json()
+        rollup = (await client.get(f"/rollups?{q}", headers=h)).json()
+        figures = as_json["figures"]
+        assert as_json["rollup"] == rollup
+        by_key = {f["key"]: f for f in figures}
+        assert by_key["children_archived"]["value"] == 2
+        assert by_key["children_archived"]["label"] == "建档儿童数（期末在册）"
+        assert by_key["rules.visit.done"]["value"] == 2
+        assert all(any("\u4e00" <= ch <= "\u9fff" for ch in f["label"]) for f in figures)
+
+        x = await client.get(f"/exports/summary.xlsx?{q}", headers=h)
+        assert x.status_code == 200 and x.headers["content-type"].startswith("application/vnd.openxmlformats")
+        assert "attachment" in x.headers["content-disposition"]
+        sheet = openpyxl.load_workbook(io.BytesIO(x.content)).active
+        rows = [r for r in sheet.iter_rows(values_only=True)]
+        header = rows.index(("项目", "数值", "单位", "占比（%）", "代码"))
+        xlsx = {r[4]: (r[0], r[1]) for r in rows[header + 1:]}
+        assert xlsx == {f["key"]: (f["label"], f["value"]) for f in figures}
+
+        v = await client.get(f"/exports/summary.csv?{q}", headers=h)
+        assert v.content.startswith("\ufeff".encode())
+        lines = list(csv.reader(io.StringIO(v.content.decode("utf-8-sig"))))
+        start = lines.index(["项目", "数值", "单位", "占比（%）", "代码"])
+        as_csv = {r[4]: r[0] for r in lines[start + 1:]}
+        assert as_csv == {f["key"]: f["label"] for f in figures}
+
+
+async def test_followups_and_overdue(database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:
+    """A child's follow-ups show the March visit; the site's overdue list names the child once its visit is
+    overdue, with the days counted."""
+    async with open_api(database_url, nats_url, pool) as (client, w):
+        h = w.headers("station1")
+        f = (await client.get(f"/children/{w.child_v1}/followups?period=2026-04", headers=h)).json()
+        assert f["period"] == "2026-04" and [m["month"] for m in f["months"]] == ["2026-04"]
+        march = (await client.get(f"/children/{w.child_v1}/followups?period=2026-03", headers=h)).json()
+        assert march["months"][0]["visits"] == 1 and march["months"][0]["visit_met"] is True
+        late = (await client.get(f"/sites/{V1}/overdue?today=2026-06-10", headers=h)).json()
+        visit = [x for x in late["items"] if x["rule"] == "visit"]
+        assert [x["child_id"] for x in visit] == [w.child_v1]
+        assert visit[0]["last_done"] == "2026-03-05" and visit[0]["days_overdue"] == 41  # due by 30 April
+        bad = await client.get(f"/children/{w.child_v1}/followups?period=2026-13", headers=h)
+        assert bad.status_code == 400 and bad.json()["field"] == "period"
+
+
+async def test_quarantine_list_show_replay(database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:
+    """An event from an unregistered site is held; township staff see it without its bytes, admins with them;
+    after the site is registered an admin replays it into the store."""
+    async with open_api(database_url, nats_url, pool) as (client, w):
+        late = SampleSite(f"{TOWNSHIP}.v77")
+        d = late.write(sample_registration(random.Random(3), village_site=late.site_id), T0)
+        async with pool.acquire() as conn, conn.transaction():
+            await commit_in(conn, [triage(Inbound(subject=up_subject(late.site_id), data=encode_event(d.event)))])
+        rows = (await client.get("/quarantine", headers=w.headers("township"))).json()["items"]
+        assert len(rows) == 1 and rows[0]["site_id"] == late.site_id and "not registered" in rows[0]["reason"]
+        row_id = rows[0]["id"]
+        assert (await client.get("/quarantine", headers=w.headers("other_township"))).json()["items"] == []
+        seen = (await client.get(f"/quarantine/{row_id}", headers=w.headers("township"))).json()
+        assert seen["raw_text"] is None
+        full = (await client.get(f"/quarantine/{row_id}", headers=w.headers("admin"))).json()
+        assert d.event.event_id in full["raw_text"]
+        await register_site(pool, late.site_id, "village", "late station")
+        r = await client.post(f"/quarantine/{row_id}/replay", headers=w.headers("admin"))
+        assert r.status_code == 200 and r.json()["outcome"] == "stored", r.text
+        again = await client.post(f"/quarantine/{row_id}/replay", headers=w.headers("admin"))
+        assert again.status_code == 409
+        await project(pool)
+        assert (await client.get(f"/children/{d.event.children[0]}", headers=w.headers("township"))).status_code == 200
