@@ -72,7 +72,7 @@ def entry_of(event: Event, care: c.CareEventBase) -> Entry:
     return Entry(
         event_id=event.event_id, type=event.type, site_id=event.site_id, site_seq=event.site_seq,
         actor=event.actor, occurred_at=event.occurred_at, recorded_at=event.recorded_at,
-        based_on=dict(event.based_on), care=care,  # type: ignore[arg-type]
+        based_on=event.based_on, care=care,  # type: ignore[arg-type]
     )
 
 
@@ -231,7 +231,7 @@ class Effective(msgspec.Struct, frozen=True, kw_only=True):
     entry: Entry
     care: c.CareEventBase
     occurred_at: dt.datetime
-    counts_as: str  # the event id it counts under: the original's, even when only its correction is here
+    counts_as: str  # the event id it counts under: the original's
     corrected_by: str | None = None
 
 
@@ -243,10 +243,10 @@ def effective(entries: Iterable[Entry]) -> tuple[list[Effective], dict[str, tupl
     for e in ordered:
         if isinstance(e.care, c.EventCorrected):
             winning[e.care.corrected_event_id] = e  # later stamps overwrite: highest stamp wins
+    # A replacement counts only once its original is here too (family routing brings the
+    # original to every child its correction concerns); a correction of a correction does nothing.
     out: list[Effective] = []
-    seen: set[str] = set()
     for e in ordered:
-        seen.add(e.event_id)
         if isinstance(e.care, c.EventCorrected):
             continue
         corr = winning.get(e.event_id)
@@ -258,15 +258,6 @@ def effective(entries: Iterable[Entry]) -> tuple[list[Effective], dict[str, tupl
         if cc.replacement is not None:
             out.append(Effective(entry=e, care=cc.replacement, occurred_at=cc.replacement_occurred_at or e.occurred_at,
                                  counts_as=e.event_id, corrected_by=corr.event_id))
-    # A replacement whose original is not among these events still counts here, under the
-    # correction's envelope (e.g. a visit moved to this child from another).
-    for target, corr in winning.items():
-        cc = corr.care
-        assert isinstance(cc, c.EventCorrected)
-        if target not in seen and cc.replacement is not None:
-            when = cc.replacement_occurred_at or corr.occurred_at
-            out.append(Effective(entry=corr, care=cc.replacement, occurred_at=when, counts_as=target,
-                                 corrected_by=corr.event_id))
     out.sort(key=lambda x: x.entry.stamp)
     corrections = {t: (corr.event_id, isinstance(corr.care, c.EventCorrected) and corr.care.replacement is None)
                    for t, corr in winning.items()}
@@ -377,10 +368,17 @@ def _day(t: dt.datetime) -> dt.date:
 
 def derive(child_id: str, entries: Iterable[Entry], merged_from: Iterable[str] = ()) -> ChildArchive:
     """The archive of a child from the set of its events (and those of children merged into it)."""
+    return derive_full(child_id, entries, merged_from)[0]
+
+
+def derive_full(child_id: str, entries: Iterable[Entry], merged_from: Iterable[str] = ()
+                ) -> tuple[ChildArchive, list[Effective]]:
+    """`derive`, and the group's events as they count (for facts: projections.facts.facts_from)."""
     unique = {e.event_id: e for e in entries}
     members = {child_id, *merged_from}
     # A replacement may move an event to another child: count only what concerns this group.
-    effs = [x for x in effective(unique.values())[0] if members.intersection(x.care.child_ids())]
+    all_effs = effective(unique.values())[0]
+    effs = [x for x in all_effs if x.corrected_by is None or members.intersection(x.care.child_ids())]
     values, conflicts = _registers(child_id, effs)
     v: dict[str, Any] = {f: w.value for f, w in values.items()}
     sources = {f: FieldSource(event_id=w.event_id, site_id=w.site_id, actor=w.actor, recorded_at=w.stamp[0])
@@ -443,12 +441,10 @@ def derive(child_id: str, entries: Iterable[Entry], merged_from: Iterable[str] =
             case_open.setdefault(care.case_id, x)
         elif isinstance(care, c.RightsCaseClosed):
             case_close.setdefault(care.case_id, x)
-        elif isinstance(care, c.AidGiven):
-            aid.append(AidItem(event_id=x.counts_as, occurred_on=_day(x.occurred_at), kind="aid",
-                               amount_fen=care.amount_fen, source=str(care.source), detail=str(care.kind)))
-        elif isinstance(care, c.CondolenceVisitMade):
-            aid.append(AidItem(event_id=x.counts_as, occurred_on=_day(x.occurred_at), kind="condolence",
-                               amount_fen=care.money_fen_each, source=str(care.source), detail=str(care.occasion)))
+        elif isinstance(care, c.AidGiven | c.CondolenceVisitMade):
+            item = _aid_item(x.counts_as, care, x.occurred_at)
+            assert item is not None
+            aid.append(item)
         elif isinstance(care, c.SafetyIncidentReported):
             incidents += 1
     pairings = []
@@ -479,7 +475,7 @@ def derive(child_id: str, entries: Iterable[Entry], merged_from: Iterable[str] =
         guardian_phone = guardian.phone or guardian_phone
     return ChildArchive(
         child_id=child_id,
-        merged_from=sorted(set(merged_from)),
+        merged_from=sorted(members - {child_id}),
         registered=registered_on is not None,
         open=is_open,
         registered_on=registered_on,
@@ -517,7 +513,41 @@ def derive(child_id: str, entries: Iterable[Entry], merged_from: Iterable[str] =
         conflicts=sorted(conflicts, key=lambda x: (x.field, x.heads, x.resolved_by or "")),
         sources=sources,
         events=len(unique),
-    )
+    ), all_effs
+
+
+def _aid_item(event_id: str, care: c.CareEventBase, occurred_at: dt.datetime) -> AidItem | None:
+    if isinstance(care, c.AidGiven):
+        return AidItem(event_id=event_id, occurred_on=_day(occurred_at), kind="aid", amount_fen=care.amount_fen,
+                       source=str(care.source), detail=str(care.kind))
+    if isinstance(care, c.CondolenceVisitMade):
+        return AidItem(event_id=event_id, occurred_on=_day(occurred_at), kind="condolence",
+                       amount_fen=care.money_fen_each, source=str(care.source), detail=str(care.occasion))
+    return None
+
+
+def add_work(a: ChildArchive, event_id: str, care: c.CareEventBase, occurred_at: dt.datetime) -> ChildArchive:
+    """The archive with one more piece of uncorrected work that sets no field (a visit, a call,
+    aid, an activity...): exactly what `derive` gives with that event added to the set."""
+    changes: dict[str, Any] = {"events": a.events + 1}
+    kind = CONTACT_TYPES.get(type(care).__name__)
+    if kind is not None:
+        day = _day(occurred_at)
+        attr = f"last_{kind}"
+        last = getattr(a, attr)
+        if last is None or day > last:
+            changes[attr] = day
+        key = month_key(day)
+        months = {m.month: m for m in a.months}
+        m = months.get(key) or MonthWork(month=key)
+        plural = {"visit": "visits", "call": "calls", "letter": "letters", "talk": "talks"}[kind]
+        months[key] = msgspec.structs.replace(m, **{plural: getattr(m, plural) + 1})
+        changes["months"] = [months[k] for k in sorted(months)]
+    elif (item := _aid_item(event_id, care, occurred_at)) is not None:
+        changes["aid"] = sorted([*a.aid, item], key=lambda x: (x.occurred_on, x.event_id))
+    elif isinstance(care, c.SafetyIncidentReported):
+        changes["incidents"] = a.incidents + 1
+    return msgspec.structs.replace(a, **changes)
 
 
 class TimelineItem(msgspec.Struct, frozen=True, kw_only=True):
@@ -611,19 +641,30 @@ def group(states: Mapping[str, ChildState], root_of: Mapping[str, str]) -> dict[
     return out
 
 
-def derive_all(states: Mapping[str, ChildState]) -> dict[str, ChildArchive]:
+def derive_all(states: Mapping[str, ChildState], effs_out: list[list[Effective]] | None = None
+               ) -> dict[str, ChildArchive]:
     """Every child's archive from every child's state: merged children get a stub naming the
-    child they are merged into; the kept child's archive joins their events."""
+    child they are merged into; the kept child's archive joins their events. With `effs_out`,
+    also collects each group's (and each pseudo-key's) events as they count, for facts."""
     edges = merge_edges(e for s in states.values() for e in s.entries.values()
-                        if isinstance(e.care, c.ArchivesMerged | c.ArchivesUnmerged | c.EventCorrected))
+                        if e.type in _MERGE_TYPES)
     root_of = roots(edges)
     out: dict[str, ChildArchive] = {}
     for r, members in group(states, root_of).items():
         entries = [e for m in members if m in states for e in states[m].entries.values()]
-        out[r] = derive(r, entries, members[1:])
+        out[r], effs = derive_full(r, entries, members[1:])
+        if effs_out is not None:
+            effs_out.append(effs)
         for m in members[1:]:
             out[m] = ChildArchive(child_id=m, merged_into=r)
+    if effs_out is not None:
+        for k, st in states.items():
+            if k.startswith("ev:"):
+                effs_out.append(effective(st.entries.values())[0])
     return out
+
+
+_MERGE_TYPES = frozenset(("ArchivesMerged", "ArchivesUnmerged", "EventCorrected"))
 
 
 def family_of(care: c.CareEventBase, event_id: str) -> str:
@@ -651,25 +692,39 @@ class ArchiveBook:
         if care is None:
             self.skipped.add(event.event_id)
             return set()
-        if event.event_id in self._key_of:
+        return self.add_entry(entry_of(event, care))
+
+    def add_entry(self, entry: Entry) -> set[str]:
+        eid = entry.event_id
+        if eid in self._key_of:
             return set()
-        fam = family_of(care, event.event_id)
-        own = set(keys_of(care, event.event_id))
-        keys = self._family_keys.setdefault(fam, set())
-        members = self._family_members.setdefault(fam, [])
-        new_keys = own - keys
-        changed = set(keys | own)
-        for eid in members:  # earlier members reach the keys this event brings
-            entry = self.states[self._key_of[eid]].entries[eid]
-            for k in new_keys:
-                st = self.states.setdefault(k, ChildState(child_id=k))
+        care = entry.care
+        fam = family_of(care, eid)
+        own = keys_of(care, eid)
+        keys = self._family_keys.get(fam)
+        states = self.states
+        if keys is None:  # the common case: the first event of its family
+            self._family_keys[fam] = set(own)
+            self._family_members[fam] = [eid]
+            for k in own:
+                st = states.get(k)
+                if st is None:
+                    st = states[k] = ChildState(child_id=k)
                 st.entries[eid] = entry
-        keys |= own
-        entry = entry_of(event, care)
+            self._key_of[eid] = own[0]
+            return set(own)
+        members = self._family_members[fam]
+        new_keys = set(own) - keys
+        changed = keys | set(own)
+        for other in members:  # earlier members reach the keys this event brings
+            earlier = states[self._key_of[other]].entries[other]
+            for k in new_keys:
+                states.setdefault(k, ChildState(child_id=k)).entries[other] = earlier
+        keys |= new_keys
         for k in keys:
-            self.states.setdefault(k, ChildState(child_id=k)).entries[event.event_id] = entry
-        members.append(event.event_id)
-        self._key_of[event.event_id] = next(iter(keys))
+            states.setdefault(k, ChildState(child_id=k)).entries[eid] = entry
+        members.append(eid)
+        self._key_of[eid] = own[0]
         return changed
 
     def archives(self) -> dict[str, ChildArchive]:

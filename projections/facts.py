@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 
 from events import catalogue as c
-from projections.archive import Entry, effective
+from projections.archive import Effective, Entry, effective
 
 # Event types that are work the township counts, and the kind name each fact gets.
 COUNTED: dict[str, str] = {
@@ -55,7 +56,7 @@ class Fact(msgspec.Struct, frozen=True, kw_only=True):
 
 def township_of(site_id: str) -> str:
     """'region.township.site' -> 'region.township'."""
-    return site_id.rsplit(".", 1)[0]
+    return site_id[:site_id.rfind(".")]
 
 
 def in_scope(site_id: str, scope: str) -> bool:
@@ -63,36 +64,55 @@ def in_scope(site_id: str, scope: str) -> bool:
     return not scope or site_id == scope or site_id.startswith(scope + ".")
 
 
+def _detail(care: Any) -> tuple[int, int, str | None, str | None]:
+    """(amount_fen, count, source, detail) of a counted payload."""
+    name = type(care).__name__
+    if name in ("HomeVisitMade", "ParentCallMade", "LetterWritten", "TalkHeld", "PairingEnded"):
+        return 0, 0, None, None
+    if name == "TutoringGiven":
+        return 0, care.minutes, None, care.subject
+    if name == "CounsellingGiven":
+        return 0, care.minutes, None, None
+    if name == "GuardianTrained":
+        return 0, care.guardians_attended, None, None
+    if name == "MeetingHeld":
+        return 0, care.attendees, None, str(care.kind)
+    if name == "AidGiven":
+        return care.amount_fen, 0, str(care.source), str(care.kind)
+    if name == "CondolenceVisitMade":
+        return care.money_fen_each * len(care.child_ids()), 0, str(care.source), str(care.occasion)
+    if name == "ActivityHeld":
+        return 0, care.participants_total, None, str(care.kind)
+    if name == "SafetyIncidentReported":
+        return 0, 0, None, str(care.severity)
+    if name == "RightsCaseOpened":
+        return 0, 0, None, str(care.kind)
+    if name == "RightsCaseClosed":
+        return 0, 0, None, str(care.outcome)
+    if name == "PairingStarted":
+        return 0, 0, None, str(care.partner_kind)
+    return 0, 0, None, None
+
+
 def fact_of(care: c.CareEventBase, event_id: str, site_id: str, occurred_at: dt.datetime) -> Fact | None:
     kind = COUNTED.get(type(care).__name__)
     if kind is None:
         return None
-    children = sorted(care.child_ids())
-    amount, count, source, detail = 0, 0, None, None
-    if isinstance(care, c.TutoringGiven):
-        count, detail = care.minutes, care.subject
-    elif isinstance(care, c.CounsellingGiven):
-        count = care.minutes
-    elif isinstance(care, c.GuardianTrained):
-        count = care.guardians_attended
-    elif isinstance(care, c.MeetingHeld):
-        count, detail = care.attendees, str(care.kind)
-    elif isinstance(care, c.AidGiven):
-        amount, source, detail = care.amount_fen, str(care.source), str(care.kind)
-    elif isinstance(care, c.CondolenceVisitMade):
-        amount, source, detail = care.money_fen_each * len(children), str(care.source), str(care.occasion)
-    elif isinstance(care, c.ActivityHeld):
-        count, detail = care.participants_total, str(care.kind)
-    elif isinstance(care, c.SafetyIncidentReported):
-        detail = str(care.severity)
-    elif isinstance(care, c.RightsCaseOpened):
-        detail = str(care.kind)
-    elif isinstance(care, c.RightsCaseClosed):
-        detail = str(care.outcome)
-    elif isinstance(care, c.PairingStarted):
-        detail = str(care.partner_kind)
-    return Fact(event_id=event_id, kind=kind, site_id=site_id, occurred_at=occurred_at, children=children,
-                amount_fen=amount, count=count, source=source, detail=detail)
+    amount, count, source, detail = _detail(care)
+    return Fact(event_id=event_id, kind=kind, site_id=site_id, occurred_at=occurred_at,
+                children=sorted(care.child_ids()), amount_fen=amount, count=count, source=source, detail=detail)
+
+
+def facts_from(groups: Iterable[list[Effective]], out: dict[str, Fact | None] | None = None
+               ) -> dict[str, Fact | None]:
+    """Facts of events as they count (from archive.derive_all's effs_out). Merged into `out`,
+    where a fact replaces a None (an event counts wherever it is effective)."""
+    out = {} if out is None else out
+    for effs in groups:
+        for x in effs:
+            if out.get(x.counts_as) is None:
+                out[x.counts_as] = fact_of(x.care, x.counts_as, x.entry.site_id, x.occurred_at)
+    return out
 
 
 def facts_of(entries: Iterable[Entry]) -> dict[str, Fact | None]:

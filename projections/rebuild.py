@@ -12,6 +12,8 @@ corrections and merges), so a rebuild rebuilds them together.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import sys
 import time
 from collections.abc import Callable
@@ -19,14 +21,16 @@ from collections.abc import Callable
 import asyncpg
 import msgspec
 
-from events.envelope import care_of
 from projections import tables
-from projections.archive import ArchiveBook, derive_all, merge_edges
-from projections.facts import facts_of
+from projections.archive import ArchiveBook, Effective, derive_all, merge_edges
+from projections.facts import facts_from
 from projections.runner import LOCK_KEY, Checkpoint, Runner, advance, write_checkpoint
-from service.store import ORIGIN, read_all_in
+from projections.source import Page, scan_page
+from service import log as service_log
+from service.store import ORIGIN
 
 Progress = Callable[[int, int], None]
+log = service_log.get("projections.rebuild")
 
 
 class RebuildReport(msgspec.Struct, frozen=True):
@@ -59,42 +63,64 @@ def terminal_progress(label: str = "rebuild") -> Progress:
 
 async def fill(pool: asyncpg.Pool, schema: str, *, page: int = 5000, progress: Progress | None = None
                ) -> RebuildReport:
-    """Fold the whole log as it is now into `schema` (which must be empty)."""
+    """Fold the whole log as it is now into `schema`: its tables must be empty and without keys
+    (`shouwang_projection_schema`); they get them after the load (`shouwang_projection_indexes`)."""
+    # Millions of small long-lived objects and no reference cycles: the cyclic collector would
+    # rescan them over and over (quadratic in the log's size), so it is paused while folding.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return await _fill(pool, schema, page=page, progress=progress)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+async def _fill(pool: asyncpg.Pool, schema: str, *, page: int, progress: Progress | None) -> RebuildReport:
     started = time.perf_counter()
     book = ArchiveBook()
     cp = Checkpoint(ORIGIN, 0, 0, None)
-    async with pool.acquire() as conn:
+    n = 0
+    async with pool.acquire() as conn, pool.acquire() as ahead:
         total = int(await conn.fetchval("SELECT count(*) FROM events"))
-        after, n = ORIGIN, 0
-        while True:
-            stored = await read_all_in(conn, after, page)
-            if not stored:
-                break
-            for s in stored:
-                book.add(s.event, care_of(s.event) if s.understood else None)
-            n += len(stored)
-            last = stored[-1]
-            after = last.position
-            cp = Checkpoint(after, n - len(book.skipped), len(book.skipped), last.committed_at)
+        # Read the next page on a second connection while this one is folded.
+        nxt: asyncio.Task[Page | None] = asyncio.ensure_future(scan_page(ahead, ORIGIN, page))
+        while (current := await nxt) is not None:
+            nxt = asyncio.ensure_future(scan_page(ahead, current.last, page))
+            for eid, entry in current.entries:
+                if entry is None:
+                    book.skipped.add(eid)
+                else:
+                    book.add_entry(entry)
+            n += len(current.entries)
+            cp = Checkpoint(current.last, n - len(book.skipped), len(book.skipped), current.last_committed_at)
             if progress is not None:
                 progress(n, max(total, n))
-        archives = derive_all(book.states)
-        facts = facts_of(x for st in book.states.values() for x in st.entries.values())
+        t_read = time.perf_counter()
+        effs: list[list[Effective]] = []
+        archives = derive_all(book.states, effs)
+        t_derive = time.perf_counter()
+        facts = facts_from(effs)
+        t_facts = time.perf_counter()
         edges = merge_edges(x for st in book.states.values() for x in st.entries.values()
                             if x.type in ("ArchivesMerged", "ArchivesUnmerged", "EventCorrected"))
-        rows = [tables.archive_row(a) for a in archives.values()]
+        fact_rows = [tables.fact_row(f) for f in facts.values() if f is not None]
         async with conn.transaction():
-            await conn.copy_records_to_table("archive", schema_name=schema, records=rows, columns=tables.ARCHIVE_COLS)
+            await conn.copy_records_to_table("archive", schema_name=schema, columns=tables.ARCHIVE_COLS,
+                                             records=[tables.archive_row(a) for a in archives.values()])
             await conn.copy_records_to_table("followup", schema_name=schema, columns=tables.FOLLOWUP_COLS,
                                              records=[r for a in archives.values() for r in tables.followup_rows(a)])
             await conn.copy_records_to_table("conflict", schema_name=schema, columns=tables.CONFLICT_COLS,
                                              records=[r for a in archives.values() for r in tables.conflict_rows(a)])
-            fact_rows = [tables.fact_row(f) for f in facts.values() if f is not None]
             await conn.copy_records_to_table("fact", schema_name=schema, records=fact_rows, columns=tables.FACT_COLS)
             await conn.copy_records_to_table("merge_edge", schema_name=schema, columns=tables.EDGE_COLS,
                                              records=[tables.edge_row(e) for e in edges])
+            await conn.execute("SELECT shouwang_projection_indexes($1)", schema)
             await write_checkpoint(conn, schema, cp)
     seconds = time.perf_counter() - started
+    phases = {"read_fold": t_read - started, "derive": t_derive - t_read, "facts": t_facts - t_derive,
+              "write": time.perf_counter() - t_facts}
+    log.info("rebuild phases", **{k: round(v, 3) for k, v in phases.items()})
     return RebuildReport(events=n, skipped=len(book.skipped), children=len(archives), facts=len(fact_rows),
                          seconds=seconds, events_per_second=n / seconds if seconds else 0.0)
 

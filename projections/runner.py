@@ -16,15 +16,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import asyncpg
 import msgspec
 
+from events.catalogue import EventCorrected
 from events.envelope import care_of
 from projections import tables
-from projections.archive import ChildArchive, MergeEdge, derive, family_of, keys_of, merge_edges, roots
-from projections.facts import Fact, facts_of
+from projections.archive import (
+    ChildArchive,
+    Effective,
+    MergeEdge,
+    add_work,
+    decode_archive,
+    derive_full,
+    effective,
+    family_of,
+    keys_of,
+    merge_edges,
+    roots,
+)
+from projections.facts import Fact, fact_of, facts_from
 from projections.source import Row, book_of, family_members, history
 from service import log as service_log
 from service.store import ORIGIN, Position, read_all_in
@@ -68,14 +82,68 @@ async def write_checkpoint(conn: asyncpg.Connection, schema: str, cp: Checkpoint
         NAME, cp.position.tx, cp.position.pos, cp.applied, cp.skipped, cp.last_committed_at)
 
 
+# Work that only adds to an archive (a count, a last date, an aid line) and sets no field: when
+# nothing corrects it, applying it to the stored archive gives what a full derive would give.
+ADDITIVE = frozenset((
+    "HomeVisitMade", "ParentCallMade", "LetterWritten", "TalkHeld", "TutoringGiven", "CounsellingGiven",
+    "GuardianTrained", "MeetingHeld", "AidGiven", "CondolenceVisitMade", "ActivityHeld", "SafetyIncidentReported",
+))
+
+
 async def project(conn: asyncpg.Connection, schema: str, batch: list[Row], upto: Position) -> None:
-    """Bring the read models in `schema` up to `upto` for everything `batch` touches."""
+    """Bring the read models in `schema` up to `upto` for everything `batch` touches.
+
+    Two paths with one result. The full path re-derives each touched archive from the child's
+    whole history up to `upto`. The additive path, for work nothing corrects on children whose
+    archive exists and is not re-derived in this batch, adds the event to the stored archive
+    (`archive.add_work`, the same arithmetic as `derive`). Tests compare both with a rebuild."""
     understood = [r for r in batch if r.care is not None]
     if not understood:
         return
     fams = {family_of(r.care, r.event.event_id) for r in understood if r.care is not None}
+    members = await family_members(conn, fams, upto)
+    family_size = Counter(family_of(m.care, m.event.event_id) for m in members if m.care is not None)
+    fast = [r for r in understood if r.event.type in ADDITIVE and family_size[r.event.event_id] <= 1]
+    if fast:
+        wanted = sorted({k for r in fast for k in r.event.children})
+        present = {rec["child_id"] for rec in await conn.fetch(
+            f"SELECT child_id FROM {schema}.archive WHERE child_id = ANY($1::text[])", wanted)}
+        fast = [r for r in fast if r.event.children and all(k in present for k in r.event.children)]
+    fast_ids = {r.event.event_id for r in fast}
+    slow = [r for r in understood if r.event.event_id not in fast_ids]
+    derived: set[str] = set()
+    if slow:
+        slow_fams = {family_of(r.care, r.event.event_id) for r in slow if r.care is not None}
+        slow_members = [m for m in members if m.care is not None and family_of(m.care, m.event.event_id) in slow_fams]
+        derived = await _project_full(conn, schema, slow, slow_members, upto)
+    if fast:
+        await _project_additive(conn, schema, fast, derived)
+
+
+async def _project_additive(conn: asyncpg.Connection, schema: str, fast: list[Row], derived: set[str]) -> None:
+    """Add uncorrected work to stored archives (those not re-derived in this batch), and its facts."""
+    children = sorted({k for r in fast for k in r.event.children})
+    root_of = {rec["child_id"]: rec["root_id"] for rec in await conn.fetch(
+        f"SELECT child_id, root_id FROM {schema}.archive WHERE child_id = ANY($1::text[])", children)}
+    targets = sorted({root_of[k] for k in children} - derived)
+    views = {rec["child_id"]: decode_archive(rec["view"]) for rec in await conn.fetch(
+        f"SELECT child_id, view FROM {schema}.archive WHERE child_id = ANY($1::text[])", targets)}
+    facts: dict[str, Fact | None] = {}
+    for r in fast:
+        assert r.care is not None
+        for root in sorted({root_of[k] for k in r.event.children}):
+            if root in views:
+                views[root] = add_work(views[root], r.event.event_id, r.care, r.event.occurred_at)
+        facts[r.event.event_id] = fact_of(r.care, r.event.event_id, r.event.site_id, r.event.occurred_at)
+    await tables.write_archives(conn, schema, list(views.values()))
+    await tables.write_facts(conn, schema, facts)
+
+
+async def _project_full(conn: asyncpg.Connection, schema: str, understood: list[Row], members: list[Row],
+                        upto: Position) -> set[str]:
+    """Re-derive every archive these events touch; returns the child ids re-derived."""
     keys: set[str] = set()
-    for row in [*understood, *await family_members(conn, fams, upto)]:
+    for row in [*understood, *members]:
         if row.care is not None:
             keys.update(keys_of(row.care, row.event.event_id))
     children = {k for k in keys if not k.startswith("ev:")}
@@ -101,25 +169,40 @@ async def project(conn: asyncpg.Connection, schema: str, batch: list[Row], upto:
     for x, root in sorted(new_root.items()):
         if root in groups and x not in groups[root]:
             groups[root].append(x)
-    members = {m for g in groups.values() for m in g}
-    missing = members - children
+    in_groups = {m for g in groups.values() for m in g}
+    missing = in_groups - children
     if missing:  # members whose events this batch did not load yet
         children |= missing
         rows = await history(conn, sorted(children), sorted(pseudo), upto)
         book = book_of(rows)
 
     archives: list[ChildArchive] = []
+    effs_lists: list[list[Effective]] = []
     for root, group in sorted(groups.items()):
         entries = [x for m in group if m in book.states for x in book.states[m].entries.values()]
         if not entries and root not in keys:
             continue
-        archives.append(derive(root, entries, group[1:]))
+        arch, effs = derive_full(root, entries, group[1:])
+        archives.append(arch)
+        effs_lists.append(effs)
         archives.extend(ChildArchive(child_id=m, merged_into=root) for m in group[1:])
     await tables.write_archives(conn, schema, archives)
+    # Facts: every event these states hold is rewritten; one that no longer counts (retracted)
+    # is deleted. An event counts wherever it is effective, so a fact wins over a None.
+    facts: dict[str, Fact | None] = {}
     complete = children | pseudo
-    facts: dict[str, Fact | None] = facts_of(
-        x for k, st in book.states.items() if k in complete for x in st.entries.values())
+    for k in sorted(complete):
+        st = book.states.get(k)
+        if st is None:
+            continue
+        if k.startswith("ev:"):
+            effs_lists.append(effective(st.entries.values())[0])
+        for entry in st.entries.values():
+            target = entry.care.corrected_event_id if isinstance(entry.care, EventCorrected) else entry.event_id
+            facts.setdefault(target, None)
+    facts_from(effs_lists, facts)
     await tables.write_facts(conn, schema, facts)
+    return {m for group in groups.values() for m in group}
 
 
 async def advance(conn: asyncpg.Connection, schema: str, limit: int) -> int:

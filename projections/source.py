@@ -13,9 +13,10 @@ from collections.abc import Iterable, Sequence
 import asyncpg
 import msgspec
 
+from events import EVENT_TYPES
 from events import catalogue as c
 from events.envelope import Event, care_of
-from projections.archive import ArchiveBook, family_of
+from projections.archive import ArchiveBook, Entry, family_of
 from service.store import Position
 
 _COLS = """tx_id, position, committed_at, event_id::text AS event_id, type, schema_version, site_id, site_seq,
@@ -72,6 +73,60 @@ async def family_members(conn: asyncpg.Connection, families: Iterable[str], upto
         ids, ids, upto.tx, upto.pos,
     )
     return [to_row(r) for r in rows]
+
+
+_HORIZON = "tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+_SCAN = f"""SELECT tx_id, position, committed_at, event_id::text AS event_id, type, schema_version, site_id,
+                   site_seq, actor, occurred_at, recorded_at, based_on, payload, understood
+              FROM events WHERE (tx_id, position) > ($1, $2) AND {_HORIZON}
+             ORDER BY tx_id, position LIMIT $3"""
+_care_decoders = {name: msgspec.json.Decoder(cls) for name, cls in EVENT_TYPES.items()}
+
+
+def _care(r: asyncpg.Record) -> c.CareEventBase | None:
+    """The typed payload of a stored row, decoded once (upcast through care_of when older)."""
+    if not r["understood"]:
+        return None
+    cls = EVENT_TYPES.get(r["type"])
+    if cls is not None and r["schema_version"] == cls.SCHEMA_VERSION:
+        care: c.CareEventBase = _care_decoders[r["type"]].decode(r["payload"])
+        return care
+    return _slow_care(r)
+
+
+def _slow_care(r: asyncpg.Record) -> c.CareEventBase | None:
+    event = Event(event_id=r["event_id"], type=r["type"], schema_version=r["schema_version"], site_id=r["site_id"],
+                  site_seq=r["site_seq"], actor=r["actor"], occurred_at=r["occurred_at"],
+                  recorded_at=r["recorded_at"], prev_hash="0" * 64, payload=msgspec.Raw(r["payload"]))
+    return care_of(event)
+
+
+class Page(msgspec.Struct):
+    """One page of the ordered scan, as entries (None where not understood)."""
+
+    entries: list[tuple[str, Entry | None]]
+    last: Position
+    last_committed_at: dt.datetime
+
+
+async def scan_page(conn: asyncpg.Connection, after: Position, limit: int) -> Page | None:
+    """The next page of the global order (never skipping a late commit), straight to entries."""
+    rows = await conn.fetch(_SCAN, after.tx, after.pos, limit)
+    if not rows:
+        return None
+    out: list[tuple[str, Entry | None]] = []
+    for r in rows:
+        care = _care(r)
+        if care is None:
+            out.append((r["event_id"], None))
+            continue
+        based_on = r["based_on"]
+        out.append((r["event_id"], Entry(
+            event_id=r["event_id"], type=r["type"], site_id=r["site_id"], site_seq=r["site_seq"], actor=r["actor"],
+            occurred_at=r["occurred_at"], recorded_at=r["recorded_at"],
+            based_on=_based_on.decode(based_on) if based_on != b"{}" else {}, care=care)))  # type: ignore[arg-type]
+    last = rows[-1]
+    return Page(out, Position(last["tx_id"], last["position"]), last["committed_at"])
 
 
 def book_of(rows: Iterable[Row]) -> ArchiveBook:

@@ -41,7 +41,7 @@ def random_world(seed: int, n: int) -> list[DecodedEvent]:
         kid = rng.choice(KIDS)
         when = T0 + dt.timedelta(days=rng.randint(0, 200))
         base = rng.choice(written).event.event_id
-        k = rng.randrange(11)
+        k = rng.randrange(15)
         if k == 0:
             care: c.CareEventBase = c.GuardianChanged(child_id=kid, guardian=c.Guardian(
                 type=rng.choice(list(GuardianshipType))))
@@ -75,6 +75,14 @@ def random_world(seed: int, n: int) -> list[DecodedEvent]:
             d = w.write(c.ConflictResolved(child_id=kid, field="guardian", chosen_event_id=base), when)
         elif k == 9:
             d = w.write(c.ArchiveClosed(child_id=kid, reason=c.ClosingReason.PARENTS_RETURNED), when)
+        elif k == 11:
+            d = w.write(c.AidGiven(child_id=kid, amount_fen=rng.choice((100, 2000)), source=c.AidSource.CHARITY), when)
+        elif k == 12:
+            d = w.write(c.CondolenceVisitMade(child_ids_list=sorted(set(rng.sample(KIDS, 2))),
+                                              occasion=c.Occasion.SPRING_FESTIVAL, money_fen_each=500), when)
+        elif k == 13:
+            d = w.write(c.ActivityHeld(activity_id=f"a-{rng.getrandbits(128):032x}", kind=c.ActivityKind.OUTING,
+                                       title="春游", participants_total=9), when)  # about no child
         else:
             d = w.write(c.PairingStarted(pairing_id=f"p-{rng.getrandbits(128):032x}", child_id=kid,
                                          partner_kind=c.PartnerKind.TEACHER, partner_name="柏宁"), when)

@@ -49,7 +49,7 @@ async def deliver(store: EventStore, events: list[DecodedEvent], rng: random.Ran
             await runner.step()
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
 async def test_incremental_equals_rebuild_and_the_pure_build(store: EventStore, pool: asyncpg.Pool,
                                                              seed: int) -> None:
     """Events arriving in random order with resends, projected in small batches, give exactly the

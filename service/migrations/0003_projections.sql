@@ -11,7 +11,7 @@ BEGIN
     -- Where the runner is in the store's global order; written in the same transaction as
     -- every read-model change (guarantee 5).
     EXECUTE format($$CREATE TABLE %I.checkpoint (
-        name            text        PRIMARY KEY,
+        name            text        NOT NULL,
         tx              bigint      NOT NULL,
         pos             bigint      NOT NULL,
         applied         bigint      NOT NULL,      -- events applied so far
@@ -21,7 +21,7 @@ BEGIN
     -- One row per child id: the merged archive (msgpack of projections.archive.ChildArchive) and
     -- the columns lists and searches need. A merged child's row names the kept one (root_id).
     EXECUTE format($$CREATE TABLE %I.archive (
-        child_id          text     PRIMARY KEY,
+        child_id          text     NOT NULL,
         root_id           text     NOT NULL,
         registered        boolean  NOT NULL,
         open              boolean  NOT NULL,
@@ -35,11 +35,6 @@ BEGIN
         events            integer  NOT NULL,
         view              bytea    NOT NULL
     )$$, s);
-    EXECUTE format('CREATE INDEX ON %I.archive USING gin (sites)', s);
-    EXECUTE format('CREATE INDEX ON %I.archive USING gin (townships)', s);
-    EXECUTE format('CREATE INDEX ON %I.archive (root_id)', s);
-    EXECUTE format('CREATE INDEX ON %I.archive (resident_id) WHERE resident_id IS NOT NULL', s);
-    EXECUTE format('CREATE INDEX ON %I.archive (name, birth_date, household_village)', s);
     -- Contacts per child and month (after corrections), for the follow-up rules.
     EXECUTE format($$CREATE TABLE %I.followup (
         child_id  text     NOT NULL,
@@ -47,8 +42,7 @@ BEGIN
         visits    integer  NOT NULL,
         calls     integer  NOT NULL,
         letters   integer  NOT NULL,
-        talks     integer  NOT NULL,
-        PRIMARY KEY (child_id, month)
+        talks     integer  NOT NULL
     )$$, s);
     -- Conflicts between concurrent updates of one field, open (resolved_by NULL) or resolved.
     EXECUTE format($$CREATE TABLE %I.conflict (
@@ -56,12 +50,11 @@ BEGIN
         field        text    NOT NULL,
         heads        text[]  NOT NULL,
         winner       text    NOT NULL,
-        resolved_by  text    NOT NULL DEFAULT '',
-        PRIMARY KEY (child_id, field, heads, resolved_by)
+        resolved_by  text    NOT NULL DEFAULT ''
     )$$, s);
     -- Counted work, one row per event as it counts after corrections (projections/facts.py).
     EXECUTE format($$CREATE TABLE %I.fact (
-        event_id     text         PRIMARY KEY,
+        event_id     text         NOT NULL,
         kind         text         NOT NULL,
         site_id      text         NOT NULL,
         township     text         NOT NULL,
@@ -72,10 +65,9 @@ BEGIN
         source       text,
         detail       text
     )$$, s);
-    EXECUTE format('CREATE INDEX ON %I.fact (township, occurred_at)', s);
     -- Merges recorded between archives; `undone` when an ArchivesUnmerged names the merge.
     EXECUTE format($$CREATE TABLE %I.merge_edge (
-        merge_event_id  text     PRIMARY KEY,
+        merge_event_id  text     NOT NULL,
         kept            text     NOT NULL,
         merged          text     NOT NULL,
         recorded_at     bigint   NOT NULL,
@@ -99,7 +91,27 @@ BEGIN
 END
 $fn$;
 
+-- Keys and indexes, separate so that a rebuild can bulk-load its shadow tables first and index
+-- them once (much faster than maintaining the indexes row by row).
+CREATE FUNCTION shouwang_projection_indexes(s text) RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
+    EXECUTE format('ALTER TABLE %I.checkpoint ADD PRIMARY KEY (name)', s);
+    EXECUTE format('ALTER TABLE %I.archive ADD PRIMARY KEY (child_id)', s);
+    EXECUTE format('CREATE INDEX ON %I.archive USING gin (sites)', s);
+    EXECUTE format('CREATE INDEX ON %I.archive USING gin (townships)', s);
+    EXECUTE format('CREATE INDEX ON %I.archive (root_id)', s);
+    EXECUTE format('CREATE INDEX ON %I.archive (resident_id) WHERE resident_id IS NOT NULL', s);
+    EXECUTE format('CREATE INDEX ON %I.archive (name, birth_date, household_village)', s);
+    EXECUTE format('ALTER TABLE %I.followup ADD PRIMARY KEY (child_id, month)', s);
+    EXECUTE format('ALTER TABLE %I.conflict ADD PRIMARY KEY (child_id, field, heads, resolved_by)', s);
+    EXECUTE format('ALTER TABLE %I.fact ADD PRIMARY KEY (event_id)', s);
+    EXECUTE format('CREATE INDEX ON %I.fact (township, occurred_at)', s);
+    EXECUTE format('ALTER TABLE %I.merge_edge ADD PRIMARY KEY (merge_event_id)', s);
+END
+$fn$;
+
 SELECT shouwang_projection_schema('proj');
+SELECT shouwang_projection_indexes('proj');
 
 -- The runner sleeps until something is committed: one notification per appending statement
 -- (delivered at commit), with a short poll as the fallback.
