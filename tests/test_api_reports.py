@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import random
 
 import asyncpg
 import openpyxl
 
+from events import catalogue as c
 from events.envelope import encode_event
 from events.samples import SampleSite, sample_registration
 from events.wire import up_subject
@@ -19,7 +21,7 @@ from tests.api_world import T0, TOWNSHIP, V1, open_api, project
 
 async def test_rollups_for_a_site_a_township_and_a_range(database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:
     """The township's rollup counts both stations' children and visits; a station's counts its own; a date range
-    that ends before the visits counts none of them."""
+    that ends before the visits counts none of them; a new visit shows at once after it is projected."""
     async with open_api(database_url, nats_url, pool) as (client, w):
         h = w.headers("township")
         town = (await client.get(f"/rollups?scope={TOWNSHIP}&period=2026-03", headers=h)).json()
@@ -29,6 +31,10 @@ async def test_rollups_for_a_site_a_township_and_a_range(database_url: str, nats
         assert site["children_archived"] == 1 and site["rules"]["visit"]["done"] == 1
         assert early["rules"]["visit"]["done"] == 0 and early["period"] == "2026-03-01..2026-03-04"
         assert early["end"] == "2026-03-05"
+        # A computed rollup is reused only while the read models stand still.
+        await w.record(V1, c.HomeVisitMade(child_id=w.child_v1, visitor="石老师"), T0 + dt.timedelta(days=10))
+        again = (await client.get(f"/rollups?scope={TOWNSHIP}&period=2026-03", headers=h)).json()
+        assert again["rules"]["visit"]["done"] == 3
 
 
 async def test_exports_label_every_figure_in_chinese(database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:

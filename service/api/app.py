@@ -27,6 +27,7 @@ from service.api.auth import TokenAuthentication
 from service.api.config import ApiSettings
 from service.api.errors import EXCEPTION_HANDLERS, ApiError
 from service.api.openapi import document
+from service.api.rollups import RollupCache
 from service.db import create_pool
 from service.settings import Settings
 
@@ -139,7 +140,7 @@ def create_app(settings: Settings, api_settings: ApiSettings | None = None) -> L
         middleware=[_bounded_input, auth_mw],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[_lifespan],
-        state=State({"settings": settings, "api_settings": api}),
+        state=State({"settings": settings, "api_settings": api, "rollup_cache": RollupCache()}),
         openapi_config=openapi_config(),
         request_max_body_size=api.max_body_bytes,
         debug=False,

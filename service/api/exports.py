@@ -186,7 +186,8 @@ class ExportsController(Controller):
                       end: dt.date | None) -> pr.Rollup:
         caller = caller_of(request)
         check_scope(caller, scope)
-        return await rollup(request.app.state.pool, caller, scope, period_from(period, start, end))
+        return await rollup(request.app.state.pool, caller, scope, period_from(period, start, end),
+                            request.app.state.rollup_cache)
 
     @get("/summary.xlsx", media_type=XLSX, summary="Year-end summary as an Excel workbook (labels in Chinese)")
     async def xlsx(

@@ -8,15 +8,19 @@ the read models.
 from __future__ import annotations
 
 import datetime as dt
+from collections import OrderedDict
 from typing import Annotated, Any
 
 import asyncpg
+import msgspec
 from litestar import Controller, Request, get
 from litestar.params import Parameter, QueryParameter
 
 from projections import followups as pf
-from projections import queries
+from projections import queries, tables
 from projections import rollups as pr
+from projections.facts import in_scope
+from projections.runner import read_checkpoint
 from service.api.auth import Caller
 from service.api.errors import ApiError, bad
 from service.api.scoping import READERS, allow, caller_of, may_see_site
@@ -64,12 +68,45 @@ def period_from(period: str | None, start: dt.date | None, end: dt.date | None) 
     return pf.Period(f"{start.isoformat()}..{end.isoformat()}", start, end + dt.timedelta(days=1))
 
 
-async def rollup(pool: asyncpg.Pool, caller: Caller, scope: str, period: pf.Period) -> pr.Rollup:
+class RollupCache:
+    """Computed rollups, keyed by everything they depend on: scope, period, the day they are judged
+    on, and the projections' checkpoint. Read models change only when the checkpoint moves, so a
+    hit is exactly what a fresh computation would give; freshness (from site_progress, which moves
+    with ingest) is read live on every request."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self.entries: OrderedDict[tuple[object, ...], pr.Rollup] = OrderedDict()
+
+    def get(self, key: tuple[object, ...]) -> pr.Rollup | None:
+        hit = self.entries.get(key)
+        if hit is not None:
+            self.entries.move_to_end(key)
+        return hit
+
+    def put(self, key: tuple[object, ...], value: pr.Rollup) -> None:
+        self.entries[key] = value
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+
+async def rollup(pool: asyncpg.Pool, caller: Caller, scope: str, period: pf.Period,
+                 cache: RollupCache | None = None) -> pr.Rollup:
     """The figures of `scope` (checked against the caller by :func:`check_scope`) from the read models."""
     today = dt.datetime.now(dt.UTC).date()
-    kids = await queries.archives_in(pool, scope, include_merged=True)
-    facts = await queries.facts_in(pool, scope, period.start, period.end)
-    return pr.compute(scope, period, kids, facts, today=today, freshness=await queries.freshness(pool))
+    async with pool.acquire() as conn:
+        checkpoint = (await read_checkpoint(conn, tables.SCHEMA)).position
+    key = (scope, period.label, period.start, period.end, today, checkpoint)
+    fresh = [f for f in await queries.freshness(pool) if in_scope(f.site_id, scope)]
+    fresh.sort(key=lambda f: f.site_id)
+    hit = cache.get(key) if cache is not None else None
+    if hit is None:
+        kids = await queries.archives_in(pool, scope, include_merged=True)
+        facts = await queries.facts_in(pool, scope, period.start, period.end)
+        hit = pr.compute(scope, period, kids, facts, today=today)
+        if cache is not None:
+            cache.put(key, hit)
+    return msgspec.structs.replace(hit, freshness=fresh)
 
 
 class RollupsController(Controller):
@@ -85,4 +122,5 @@ class RollupsController(Controller):
     ) -> pr.Rollup:
         caller = caller_of(request)
         check_scope(caller, area)
-        return await rollup(request.app.state.pool, caller, area, period_from(period, start, end))
+        return await rollup(request.app.state.pool, caller, area, period_from(period, start, end),
+                            request.app.state.rollup_cache)
