@@ -86,9 +86,26 @@ async def read_archive(conn: asyncpg.Connection, caller: Caller, child_id: str) 
 
 async def logged_archive(pool: asyncpg.Pool, caller: Caller, child_id: str, route: str, query: str
                          ) -> pa.ChildArchive | None:
-    async with pool.acquire() as conn, conn.transaction():
-        a = await read_archive(conn, caller, child_id)
-        await record_read(conn, caller, child_id, route, query, served=a is not None)
+    """The child's current archive, if in scope, with its read logged.
+
+    The common case is one statement: it reads the scoped row and, only if one was found,
+    inserts the read-log row (a data-modifying CTE runs to completion with the statement, so
+    the row is logged iff the archive is returned). Otherwise (not projected yet, or not in
+    scope) a transaction reads the log and records the outcome either way."""
+    p = Params(child_id, caller.username, caller.role, route, query[:500])
+    async with pool.acquire() as conn:
+        view = await conn.fetchval(
+            f"""WITH found AS (SELECT a.view FROM {ARCHIVE} a
+                               WHERE a.child_id = $1 AND {child_visible(caller, p, 'a.child_id')}),
+                     logged AS (INSERT INTO read_log (username, role, child_id, route, query, outcome)
+                                SELECT $2, $3, $1, $4, $5, 'served' FROM found)
+                SELECT view FROM found""", *p.values)
+        if view is not None:
+            return pa.decode_archive(view)
+        async with conn.transaction():
+            rows = await read_rows(conn, caller, child_id)
+            a = derive(child_id, rows) if rows else None
+            await record_read(conn, caller, child_id, route, query, served=a is not None)
     return a
 
 
