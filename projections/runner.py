@@ -90,34 +90,98 @@ ADDITIVE = frozenset((
 ))
 
 
+# Events that change an archive's fields, open/closed history, pairings or rights cases: the
+# parts of `derive` that depend on nothing else.
+STRUCTURAL = frozenset((
+    "ChildRegistered", "ArchiveUpdated", "StatusAssessed", "GuardianChanged", "ContactCardUpdated",
+    "ChildTransferred", "ArchiveClosed", "ArchiveReopened", "ConflictResolved", "PairingStarted", "PairingEnded",
+    "RightsCaseOpened", "RightsCaseClosed",
+))
+# The parts of ChildArchive that only additive work changes (kept from the stored archive when
+# the structural part is re-derived).
+_ADDITIVE_PARTS = ("last_visit", "last_call", "last_letter", "last_talk", "months", "aid", "incidents")
+
+
 async def project(conn: asyncpg.Connection, schema: str, batch: list[Row], upto: Position) -> None:
     """Bring the read models in `schema` up to `upto` for everything `batch` touches.
 
-    Two paths with one result. The full path re-derives each touched archive from the child's
-    whole history up to `upto`. The additive path, for work nothing corrects on children whose
-    archive exists and is not re-derived in this batch, adds the event to the stored archive
-    (`archive.add_work`, the same arithmetic as `derive`). Tests compare both with a rebuild."""
+    Three paths with one result (tests compare them with a rebuild from zero):
+    * full: corrections, merges, an event something corrects, or a child with no archive yet:
+      re-derive each touched archive from its children's whole history up to `upto`;
+    * structural (a field update, a pairing, a case... that nothing corrects): re-derive only
+      the structural part from the children's structural events, keep the additive part;
+    * additive (a visit, aid, an activity... that nothing corrects): add it to the stored archive
+      (`archive.add_work`, the same arithmetic as `derive`)."""
     understood = [r for r in batch if r.care is not None]
     if not understood:
         return
     fams = {family_of(r.care, r.event.event_id) for r in understood if r.care is not None}
     members = await family_members(conn, fams, upto)
     family_size = Counter(family_of(m.care, m.event.event_id) for m in members if m.care is not None)
-    fast = [r for r in understood if r.event.type in ADDITIVE and family_size[r.event.event_id] <= 1]
-    if fast:
-        wanted = sorted({k for r in fast for k in r.event.children})
+    simple = [r for r in understood if family_size[r.event.event_id] <= 1
+              and (r.event.type in ADDITIVE or r.event.type in STRUCTURAL)]
+    if simple:
+        wanted = sorted({k for r in simple for k in r.event.children})
         present = {rec["child_id"] for rec in await conn.fetch(
             f"SELECT child_id FROM {schema}.archive WHERE child_id = ANY($1::text[])", wanted)}
-        fast = [r for r in fast if r.event.children and all(k in present for k in r.event.children)]
-    fast_ids = {r.event.event_id for r in fast}
-    slow = [r for r in understood if r.event.event_id not in fast_ids]
+        simple = [r for r in simple if r.event.children and all(k in present for k in r.event.children)]
+    fast = [r for r in simple if r.event.type in ADDITIVE]
+    structural = [r for r in simple if r.event.type in STRUCTURAL]
+    simple_ids = {r.event.event_id for r in simple}
+    slow = [r for r in understood if r.event.event_id not in simple_ids]
     derived: set[str] = set()
     if slow:
         slow_fams = {family_of(r.care, r.event.event_id) for r in slow if r.care is not None}
         slow_members = [m for m in members if m.care is not None and family_of(m.care, m.event.event_id) in slow_fams]
         derived = await _project_full(conn, schema, slow, slow_members, upto)
+    if structural:
+        await _project_structural(conn, schema, structural, derived, upto)
     if fast:
         await _project_additive(conn, schema, fast, derived)
+
+
+async def _project_structural(conn: asyncpg.Connection, schema: str, batch: list[Row], derived: set[str],
+                              upto: Position) -> None:
+    """Re-derive the structural part of the archives these events touch (not those re-derived in
+    full in this batch) from their children's structural events; keep the additive part."""
+    children = sorted({k for r in batch for k in r.event.children})
+    root_of = {rec["child_id"]: rec["root_id"] for rec in await conn.fetch(
+        f"SELECT child_id, root_id FROM {schema}.archive WHERE child_id = ANY($1::text[])", children)}
+    targets = sorted({root_of[k] for k in children} - derived)
+    if not targets:
+        await _structural_facts(conn, schema, batch)
+        return
+    rows = await conn.fetch(
+        f"SELECT child_id, root_id, view FROM {schema}.archive WHERE root_id = ANY($1::text[])", targets)
+    groups: dict[str, list[str]] = {t: [t] for t in targets}
+    stored: dict[str, ChildArchive] = {}
+    for rec in rows:
+        if rec["child_id"] == rec["root_id"]:
+            stored[rec["child_id"]] = decode_archive(rec["view"])
+        else:
+            groups[rec["root_id"]].append(rec["child_id"])
+    for g in groups.values():
+        g[1:] = sorted(g[1:])
+    members = sorted({m for g in groups.values() for m in g})
+    book = book_of(await history(conn, members, (), upto, types=[*sorted(STRUCTURAL), "EventCorrected"]))
+    new_in_group = Counter(root_of[k] for r in batch for k in {root_of[c]: c for c in r.event.children}.values())
+    archives: list[ChildArchive] = []
+    for root, group in groups.items():
+        entries = [x for m in group if m in book.states for x in book.states[m].entries.values()]
+        part = derive_full(root, entries, group[1:])[0]
+        old = stored[root]
+        keep = {name: getattr(old, name) for name in _ADDITIVE_PARTS}
+        archives.append(msgspec.structs.replace(part, events=old.events + new_in_group[root], **keep))
+    await tables.write_archives(conn, schema, archives)
+    await _structural_facts(conn, schema, batch)
+
+
+async def _structural_facts(conn: asyncpg.Connection, schema: str, batch: list[Row]) -> None:
+    facts: dict[str, Fact | None] = {}
+    for r in batch:
+        assert r.care is not None
+        facts[r.event.event_id] = fact_of(r.care, r.event.event_id, r.event.site_id, r.event.occurred_at)
+    await tables.write_facts(conn, schema, facts)
 
 
 async def _project_additive(conn: asyncpg.Connection, schema: str, fast: list[Row], derived: set[str]) -> None:

@@ -46,13 +46,14 @@ def to_row(r: asyncpg.Record) -> Row:
     return Row(Position(r["tx_id"], r["position"]), r["committed_at"], event, care)
 
 
-async def history(conn: asyncpg.Connection, child_ids: Sequence[str], pseudo: Iterable[str], upto: Position
-                  ) -> list[Row]:
-    """Every event up to `upto` that concerns these children, plus every member of the
-    correction families of those events and of the pseudo-keys ('ev:<event id>')."""
+async def history(conn: asyncpg.Connection, child_ids: Sequence[str], pseudo: Iterable[str], upto: Position,
+                  types: Sequence[str] | None = None) -> list[Row]:
+    """Every event up to `upto` that concerns these children (only of `types`, if given), plus
+    every member of the correction families of those events and of the pseudo-keys ('ev:<id>')."""
     rows = await conn.fetch(
-        f"""SELECT {_COLS} FROM events WHERE children && $1::text[] AND (tx_id, position) <= ($2, $3)""",
-        list(child_ids), upto.tx, upto.pos,
+        f"""SELECT {_COLS} FROM events WHERE children && $1::text[] AND (tx_id, position) <= ($2, $3)
+              AND ($4::text[] IS NULL OR type = ANY($4::text[]))""",
+        list(child_ids), upto.tx, upto.pos, None if types is None else list(types),
     ) if child_ids else []
     out = {r["event_id"]: to_row(r) for r in rows}
     families = {family_of(x.care, x.event.event_id) for x in out.values() if x.care is not None}
