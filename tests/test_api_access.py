@@ -179,3 +179,23 @@ async def test_sites_show_sync_state(database_url: str, nats_url: str, pool: asy
         assert dt.datetime.fromisoformat(s["newest_occurred_at"]).date() == dt.date(2026, 3, 5)
         office = (await client.get(f"/sites/{OFFICE}", headers=w.headers("admin"))).json()
         assert office["last_contact"] is None and office["watermark"] == 0
+
+
+async def test_search_filters(database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:
+    """Search filters by name, guardianship type, site and overdue follow-ups, within the caller's scope."""
+    async with open_api(database_url, nats_url, pool) as (client, w):
+        h = w.headers("township")
+
+        async def ids(query: str) -> set[str]:
+            r = await client.get(f"/children?{query}", headers=h)
+            assert r.status_code == 200, r.text
+            return {c["child_id"] for c in r.json()["items"]}
+
+        one = (await client.get(f"/children/{w.child_v2}", headers=h)).json()["archive"]
+        assert await ids(f"name={one['name']}") >= {w.child_v2}
+        assert await ids("name=不存在的名字") == set()
+        grand = {w.child_v1} | ({w.child_v2} if one["guardian"]["type"] == "grandparents" else set())
+        assert await ids("guardianship=grandparents") == grand
+        assert await ids(f"site_id={V2}") == {w.child_v2}
+        assert await ids("overdue=true") == {w.child_v1, w.child_v2}  # nobody visited since March
+        assert await ids("open_only=true&site_id=" + S1) == {w.child_v1}
