@@ -14,7 +14,7 @@ import time
 from bench import report
 from bench.servers import bench_servers
 
-SUITES = ("store", "projections", "api")
+SUITES = ("store", "projections", "api", "ingest")
 
 
 async def main(argv: list[str]) -> int:
@@ -26,7 +26,7 @@ async def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     figures: list[report.Figure] = []
     timings: dict[str, float] = {}
-    async with bench_servers(args.pg, args.nats) as (pg_url, _nats_url):
+    async with bench_servers(args.pg, args.nats) as (pg_url, nats_url):
         for suite in args.only or SUITES:
             print(f"[bench] {suite} ...", file=sys.stderr, flush=True)
             t = time.perf_counter()
@@ -38,6 +38,10 @@ async def main(argv: list[str]) -> int:
                 from bench import projections
 
                 figures += await projections.run(pg_url, args.quick)
+            elif suite == "ingest":
+                from bench import ingest
+
+                figures += await ingest.run(pg_url, nats_url, args.quick)
             elif suite == "api":
                 from bench import api
 
