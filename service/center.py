@@ -141,7 +141,7 @@ async def run_center(
             await center.dead_letters.start()
         if "ingest" in parts:
             for i in range(ingesters):
-                ing = Ingester(pool, js, settings, on_commit=center.on_commit, name=f"ingest-{i + 1}")
+                ing = Ingester(pool, nc, settings, on_commit=center.on_commit, name=f"ingest-{i + 1}")
                 center.ingesters.append(ing)
                 center.tasks.append(asyncio.create_task(ing.run(), name=ing.name))
         _log.info("center started", parts=sorted(parts), ingesters=len(center.ingesters))

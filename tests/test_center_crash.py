@@ -32,7 +32,7 @@ __all__ = ["client", "own_nats"]
 
 SITES = ["gx-lp.xy.v01", "gx-lp.xy.v02", "gx-lp.xy.s01"]
 CHILD = "c-" + "b" * 32
-FAST = StreamSettings(batch=100, max_deliver=3, backoff=(0.5, 1.0))
+FAST = StreamSettings(batch=100, max_deliver=3, backoff=(2.0, 4.0))
 
 
 def make_events(n: int, sites: list[str] = SITES) -> list[DecodedEvent]:
