@@ -23,7 +23,7 @@ import dataclasses
 import datetime as dt
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from events.ids import new_event_id
 from events.validation import Problem, ValidationFailed, join_path
 from events.wire import Receipt, receipt_decoder, receipt_encoder
 from sync_agent import view
+from sync_agent.clock import site_wall_ms
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -156,10 +157,13 @@ class ChainReport:
 class LocalLog:
     """One connection to a site's SQLite log. Thread-safe (one lock); open one per process/task."""
 
-    def __init__(self, path: Path, site_id: str, *, busy_timeout: float = 10.0) -> None:
+    def __init__(self, path: Path, site_id: str, *, busy_timeout: float = 10.0,
+                 wall_ms: Callable[[], int] | None = None) -> None:
         self.path = Path(path)
         self.site_id = site_id
         self.busy_timeout = busy_timeout
+        # The wall clock the HLC reads for recorded_at (SHOUWANG_CLOCK_SKEW_SECONDS shifts it).
+        self._wall_ms = wall_ms or site_wall_ms()
         self._lock = threading.RLock()
         try:
             self._conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
@@ -249,7 +253,7 @@ class LocalLog:
             with self._write() as conn:
                 row = conn.execute("SELECT site_seq, hash FROM log ORDER BY site_seq DESC LIMIT 1").fetchone()
                 seq, prev = (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
-                clock = HybridClock(int(self._meta("hlc") or 0))
+                clock = HybridClock(int(self._meta("hlc") or 0), self._wall_ms)
                 bases: dict[str, dict[str, str]] = {}  # child -> field -> event id, this batch included
                 problems: list[Problem] = []
                 rows: list[tuple[int, str, str, int, bytes]] = []
