@@ -39,6 +39,7 @@ from service.api.writes import Recorded, record
 from service.store import _SELECT, _row_to_stored
 
 CONFLICT = f"{tables.SCHEMA}.conflict"
+MAX_DUPLICATES = 1000  # a township has a few hundred children; more pairs than this is a data problem
 DUPLICATE = f"{tables.SCHEMA}.duplicate"
 Note = Annotated[str, msgspec.Meta(max_length=200, description="why, in a few words")]
 
@@ -167,7 +168,7 @@ class ConflictsController(Controller):
                 f"""SELECT DISTINCT d.child_a, d.child_b, d.reason, a.name, a.birth_date, a.resident_id
                     FROM {DUPLICATE} d JOIN {archives.ARCHIVE} a ON a.child_id = d.child_a
                     WHERE {child_visible(caller, p, 'd.child_a')} AND {child_visible(caller, p, 'd.child_b')}
-                    ORDER BY d.child_a, d.child_b, d.reason""", *p.values)
+                    ORDER BY d.child_a, d.child_b, d.reason LIMIT {MAX_DUPLICATES}""", *p.values)
         return DuplicateList(items=[DuplicatePair(
             child_ids=[r["child_a"], r["child_b"]], reason=r["reason"], name=r["name"], birth_date=r["birth_date"],
             resident_id_masked=mask_resident_id(r["resident_id"]) if r["reason"] == "resident_id" else None)
