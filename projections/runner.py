@@ -26,6 +26,7 @@ from events.catalogue import EventCorrected
 from events.envelope import care_of
 from projections import tables
 from projections.archive import (
+    CONTACT_TYPES,
     ChildArchive,
     Effective,
     MergeEdge,
@@ -36,6 +37,7 @@ from projections.archive import (
     family_of,
     keys_of,
     merge_edges,
+    month_key,
     roots,
 )
 from projections.facts import Fact, fact_of, facts_from
@@ -172,7 +174,7 @@ async def _project_structural(conn: asyncpg.Connection, schema: str, batch: list
         old = stored[root]
         keep = {name: getattr(old, name) for name in _ADDITIVE_PARTS}
         archives.append(msgspec.structs.replace(part, events=old.events + new_in_group[root], **keep))
-    await tables.write_archives(conn, schema, archives)
+    await tables.write_archives(conn, schema, archives, months={})
     await _structural_facts(conn, schema, batch)
 
 
@@ -193,13 +195,16 @@ async def _project_additive(conn: asyncpg.Connection, schema: str, fast: list[Ro
     views = {rec["child_id"]: decode_archive(rec["view"]) for rec in await conn.fetch(
         f"SELECT child_id, view FROM {schema}.archive WHERE child_id = ANY($1::text[])", targets)}
     facts: dict[str, Fact | None] = {}
+    months: dict[str, set[str]] = {}
     for r in fast:
         assert r.care is not None
         for root in sorted({root_of[k] for k in r.event.children}):
             if root in views:
                 views[root] = add_work(views[root], r.event.event_id, r.care, r.event.occurred_at)
+                if r.event.type in CONTACT_TYPES:
+                    months.setdefault(root, set()).add(month_key(r.event.occurred_at.astimezone(dt.UTC)))
         facts[r.event.event_id] = fact_of(r.care, r.event.event_id, r.event.site_id, r.event.occurred_at)
-    await tables.write_archives(conn, schema, list(views.values()))
+    await tables.write_archives(conn, schema, list(views.values()), months=months, conflicts=False)
     await tables.write_facts(conn, schema, facts)
 
 

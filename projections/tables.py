@@ -60,22 +60,31 @@ def _upsert(schema: str, table: str, cols: tuple[str, ...], key: tuple[str, ...]
             f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
 
 
-async def write_archives(conn: asyncpg.Connection, schema: str, archives: Iterable[ChildArchive]) -> None:
-    """Replace the rows of these children in archive, followup and conflict."""
+async def write_archives(conn: asyncpg.Connection, schema: str, archives: Iterable[ChildArchive], *,
+                         months: dict[str, set[str]] | None = None, conflicts: bool = True) -> None:
+    """Replace the rows of these children in archive, followup and conflict. With `months`
+    (child -> months changed; the others are unchanged) only those followup rows are
+    upserted; with `conflicts` False the conflict rows are known to be unchanged."""
     archives = list(archives)
     if not archives:
         return
     ids = [a.child_id for a in archives]
     await conn.executemany(_upsert(schema, "archive", ARCHIVE_COLS, ("child_id",)),
                            [archive_row(a) for a in archives])
-    await conn.execute(f"DELETE FROM {schema}.followup WHERE child_id = ANY($1::text[])", ids)
-    await conn.execute(f"DELETE FROM {schema}.conflict WHERE child_id = ANY($1::text[])", ids)
-    follow = [r for a in archives for r in followup_rows(a)]
-    if follow:
-        await conn.copy_records_to_table("followup", schema_name=schema, records=follow, columns=FOLLOWUP_COLS)
-    confl = [r for a in archives for r in conflict_rows(a)]
-    if confl:
-        await conn.copy_records_to_table("conflict", schema_name=schema, records=confl, columns=CONFLICT_COLS)
+    if months is None:
+        await conn.execute(f"DELETE FROM {schema}.followup WHERE child_id = ANY($1::text[])", ids)
+        follow = [r for a in archives for r in followup_rows(a)]
+        if follow:
+            await conn.copy_records_to_table("followup", schema_name=schema, records=follow, columns=FOLLOWUP_COLS)
+    else:
+        changed = [r for a in archives for r in followup_rows(a) if r[1] in months.get(a.child_id, ())]
+        if changed:
+            await conn.executemany(_upsert(schema, "followup", FOLLOWUP_COLS, ("child_id", "month")), changed)
+    if conflicts:
+        await conn.execute(f"DELETE FROM {schema}.conflict WHERE child_id = ANY($1::text[])", ids)
+        confl = [r for a in archives for r in conflict_rows(a)]
+        if confl:
+            await conn.copy_records_to_table("conflict", schema_name=schema, records=confl, columns=CONFLICT_COLS)
 
 
 async def write_facts(conn: asyncpg.Connection, schema: str, facts: dict[str, Fact | None]) -> None:
