@@ -38,6 +38,7 @@ from events.validation import (
     based_on_problems,
     collect_field_problems,
     future_problems,
+    join_path,
     problem_from_msgspec,
     semantic_problems,
     show_value,
@@ -257,6 +258,11 @@ def parse_drafts(data: bytes, *, now: dt.datetime | None = None) -> list[Draft]:
         raw = _generic_json.decode(data)
     except msgspec.DecodeError as err:
         raise ValidationFailed([Problem("$", f"malformed JSON: {err}")]) from None
+    except RecursionError:  # e.g. "[[[[..." thousands deep: refused like any malformed input
+        raise ValidationFailed([Problem("$", "malformed JSON: nested too deeply")]) from None
+    nul = _nul_problem(raw)
+    if nul is not None:
+        raise ValidationFailed([nul])
     single = isinstance(raw, dict)
     items = [raw] if single else raw
     if not isinstance(items, list):
@@ -276,6 +282,26 @@ def parse_drafts(data: bytes, *, now: dt.datetime | None = None) -> list[Draft]:
     if problems:
         raise ValidationFailed(problems)
     return drafts
+
+
+def _nul_problem(raw: Any) -> Problem | None:
+    """The first text holding a NUL character (U+0000), which PostgreSQL's jsonb cannot store:
+    a draft accepted with one would be sealed at the site and then refused by the center."""
+    stack: list[tuple[str, Any]] = [("", raw)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return Problem(path or "$", "text must not contain a NUL character (\\u0000)", show_value(value))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if "\x00" in k:
+                    return Problem(path or "$", "a field name must not contain a NUL character (\\u0000)",
+                                   show_value(k))
+                stack.append((join_path(path, k), v))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(value))
+    return None
 
 
 def _parse_one(item: Any, prefix: str, now: dt.datetime) -> tuple[Draft | None, list[Problem]]:
