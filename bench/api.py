@@ -115,6 +115,9 @@ async def populate(url: str, events: int, seed: int = 11) -> tuple[list[Township
             async with pool.acquire() as conn, conn.transaction():
                 await commit_in(conn, batch)
             batch.clear()
+            for t in townships:  # SampleSite keeps what it wrote; the store has it now
+                for site, _ in t.sites:
+                    site.written.clear()
 
         for t in townships:
             per = events // len(townships)

@@ -16,11 +16,13 @@ import msgspec
 from litestar import Controller, Request, get
 from litestar.params import Parameter, QueryParameter
 
+from projections import archive as pa
 from projections import followups as pf
 from projections import queries, tables
 from projections import rollups as pr
-from projections.facts import in_scope
+from projections.facts import Fact
 from projections.runner import read_checkpoint
+from service.api.archives import ARCHIVE
 from service.api.auth import Caller
 from service.api.errors import ApiError, bad
 from service.api.scoping import READERS, allow, caller_of, may_see_site
@@ -90,19 +92,40 @@ class RollupCache:
             self.entries.popitem(last=False)
 
 
+def _in_scope(scope: str) -> str:
+    """SQL over proj.archive: the child belongs to the site, or to a site of the township ($1)."""
+    return "a.sites @> ARRAY[$1]::text[]" if scope.count(".") == 2 else "a.townships @> ARRAY[$1]::text[]"
+
+
+async def _inputs(pool: asyncpg.Pool, scope: str, period: pf.Period) -> tuple[list[pa.ChildArchive], list[Fact]]:
+    """The archives and facts a rollup of `scope` needs, read through indexes on the scope, so the
+    cost follows the township's size, not the store's: its children, its work in the period, and
+    the stubs of children merged away that this work names (to count each child once)."""
+    facts = await queries.facts_in(pool, scope, period.start, period.end)
+    named = sorted({c for f in facts for c in f.children})
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            f"""SELECT a.view FROM {ARCHIVE} a WHERE {_in_scope(scope)} AND a.root_id = a.child_id
+                UNION ALL
+                SELECT a.view FROM {ARCHIVE} a WHERE a.child_id = ANY($2::text[]) AND a.root_id <> a.child_id""",
+            scope, named)
+    return [pa.decode_archive(r["view"]) for r in rows], facts
+
+
 async def rollup(pool: asyncpg.Pool, caller: Caller, scope: str, period: pf.Period,
                  cache: RollupCache | None = None) -> pr.Rollup:
     """The figures of `scope` (checked against the caller by :func:`check_scope`) from the read models."""
     today = dt.datetime.now(dt.UTC).date()
     async with pool.acquire() as conn:
         checkpoint = (await read_checkpoint(conn, tables.SCHEMA)).position
+        fresh = [pr.Freshness(site_id=r["site_id"], last_committed_at=r["last_committed_at"],
+                              newest_occurred_at=r["newest_occurred_at"]) for r in await conn.fetch(
+            "SELECT site_id, last_committed_at, newest_occurred_at FROM site_progress "
+            "WHERE site_id = $1 OR starts_with(site_id, $1 || '.') ORDER BY site_id", scope)]
     key = (scope, period.label, period.start, period.end, today, checkpoint)
-    fresh = [f for f in await queries.freshness(pool) if in_scope(f.site_id, scope)]
-    fresh.sort(key=lambda f: f.site_id)
     hit = cache.get(key) if cache is not None else None
     if hit is None:
-        kids = await queries.archives_in(pool, scope, include_merged=True)
-        facts = await queries.facts_in(pool, scope, period.start, period.end)
+        kids, facts = await _inputs(pool, scope, period)
         hit = pr.compute(scope, period, kids, facts, today=today)
         if cache is not None:
             cache.put(key, hit)
