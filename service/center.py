@@ -132,6 +132,11 @@ async def run_center(
         center = Center(pool, nc, js, settings)
         if "receipts" in parts:
             center.receipts = ReceiptPublisher(pool, js)
+            # Guarantee 2 after a restore from a backup: the center has forgotten events it once
+            # receipted, and a site that records nothing new would never hear of it. So at start
+            # every active site is told what is committed now; an agent whose last receipt said
+            # more rewinds and sends again (sync_agent/upload.py, "watermark went back").
+            center.receipts.notify(active)
             center.tasks.append(asyncio.create_task(center.receipts.run(), name="receipts"))
         if "fanout" in parts:
             center.fanout = FanOut(pool, js)
