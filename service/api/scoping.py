@@ -90,13 +90,15 @@ def _scope_site_predicate(caller: Caller, params: Params, column: str) -> str:
 def child_visible(caller: Caller, params: Params, child_expr: str) -> str:
     """SQL that is true when the child named by `child_expr` is in the caller's scope now: it,
     or a child merged with it, belongs to the caller's site (or to a site of the caller's
-    township)."""
-    pred = _scope_site_predicate(caller, params, "cs.site_id")
-    return f"""EXISTS (SELECT 1 FROM child_scope cs
-                       WHERE cs.until_tx IS NULL AND {pred}
-                         AND (cs.child_id = {child_expr}
-                              OR cs.child_id IN (SELECT l.linked_child_id FROM child_links l
-                                                 WHERE l.child_id = {child_expr} AND l.until_tx IS NULL)))"""
+    township). Two EXISTS, each on an indexed child id, so the cost does not grow with the
+    number of children in the store."""
+    own = _scope_site_predicate(caller, params, "cs.site_id")
+    linked = own.replace("cs.site_id", "ls.site_id")
+    return f"""(EXISTS (SELECT 1 FROM child_scope cs
+                        WHERE cs.child_id = {child_expr} AND cs.until_tx IS NULL AND {own})
+               OR EXISTS (SELECT 1 FROM child_links l JOIN child_scope ls ON ls.child_id = l.linked_child_id
+                          WHERE l.child_id = {child_expr} AND l.until_tx IS NULL AND ls.until_tx IS NULL
+                            AND {linked}))"""
 
 
 def site_visible(caller: Caller, params: Params, site_expr: str) -> str:
