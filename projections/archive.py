@@ -730,6 +730,10 @@ class ArchiveBook:
     def archives(self) -> dict[str, ChildArchive]:
         return derive_all(self.states)
 
+    def family_keys(self, event_id: str) -> set[str]:
+        """Every key the family of this (non-correction) event goes to."""
+        return self._family_keys.get(event_id) or {self._key_of[event_id]}
+
 
 def build_states(events: Iterable[tuple[Event, c.CareEventBase | None]]) -> tuple[dict[str, ChildState], int]:
     """Fold events into states (any order, duplicates welcome); returns (states, the number of

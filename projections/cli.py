@@ -27,6 +27,9 @@ def register(sub: Any) -> None:
                     help="all projections share one fold and one checkpoint, so any name rebuilds them all")
     rb.add_argument("--database-url")
     rb.add_argument("--page", type=int, default=5000, help="events read per page (default 5000)")
+    rb.add_argument("--workers", type=int, default=1,
+                    help="processes that derive and write after the fold (fork; default 1: on a busy 2-core "
+                         "machine more did not help)")
     rb.set_defaults(handler=_rebuild)
     st = psub.add_parser("status", help="checkpoint, events applied and skipped, lag in events and seconds")
     st.add_argument("--database-url")
@@ -104,7 +107,8 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
     async def go() -> int:
         pool = await create_pool(_url(args, settings), max_size=3)
         try:
-            report = await rebuild(pool, page=args.page, progress=terminal_progress())
+            report = await rebuild(pool, page=args.page, progress=terminal_progress(),
+                                   database_url=_url(args, settings), workers=args.workers)
         finally:
             await pool.close()
         print(f"rebuilt all projections: {report.events} events ({report.skipped} not understood), "

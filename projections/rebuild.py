@@ -14,19 +14,33 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import multiprocessing
+import multiprocessing.process
 import sys
 import time
+import zlib
 from collections.abc import Callable
 
 import asyncpg
 import msgspec
 
 from projections import tables
-from projections.archive import ArchiveBook, Effective, derive_all, merge_edges
+from projections.archive import (
+    ArchiveBook,
+    ChildArchive,
+    Effective,
+    MergeEdge,
+    derive_full,
+    effective,
+    group,
+    merge_edges,
+    roots,
+)
 from projections.facts import facts_from
 from projections.runner import LOCK_KEY, Checkpoint, Runner, advance, write_checkpoint
 from projections.source import Page, scan_page
 from service import log as service_log
+from service.db import connect
 from service.store import ORIGIN
 
 Progress = Callable[[int, int], None]
@@ -61,8 +75,12 @@ def terminal_progress(label: str = "rebuild") -> Progress:
     return show
 
 
-async def fill(pool: asyncpg.Pool, schema: str, *, page: int = 5000, progress: Progress | None = None
-               ) -> RebuildReport:
+class RebuildError(Exception):
+    """A rebuild failed; the live read models are as they were."""
+
+
+async def fill(pool: asyncpg.Pool, schema: str, *, page: int = 5000, progress: Progress | None = None,
+               database_url: str | None = None, workers: int = 1, parallel_from: int = 50_000) -> RebuildReport:
     """Fold the whole log as it is now into `schema`: its tables must be empty and without keys
     (`shouwang_projection_schema`); they get them after the load (`shouwang_projection_indexes`)."""
     # Millions of small long-lived objects and no reference cycles: the cyclic collector would
@@ -70,13 +88,15 @@ async def fill(pool: asyncpg.Pool, schema: str, *, page: int = 5000, progress: P
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return await _fill(pool, schema, page=page, progress=progress)
+        return await _fill(pool, schema, page=page, progress=progress, database_url=database_url,
+                           workers=workers, parallel_from=parallel_from)
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
-async def _fill(pool: asyncpg.Pool, schema: str, *, page: int, progress: Progress | None) -> RebuildReport:
+async def _fill(pool: asyncpg.Pool, schema: str, *, page: int, progress: Progress | None, database_url: str | None,
+                workers: int, parallel_from: int) -> RebuildReport:
     started = time.perf_counter()
     book = ArchiveBook()
     cp = Checkpoint(ORIGIN, 0, 0, None)
@@ -97,40 +117,123 @@ async def _fill(pool: asyncpg.Pool, schema: str, *, page: int, progress: Progres
             if progress is not None:
                 progress(n, max(total, n))
         t_read = time.perf_counter()
-        effs: list[list[Effective]] = []
-        archives = derive_all(book.states, effs)
-        t_derive = time.perf_counter()
-        facts = facts_from(effs)
-        t_facts = time.perf_counter()
         edges = merge_edges(x for st in book.states.values() for x in st.entries.values()
                             if x.type in ("ArchivesMerged", "ArchivesUnmerged", "EventCorrected"))
-        fact_rows = [tables.fact_row(f) for f in facts.values() if f is not None]
+        shares = workers if database_url is not None and n >= parallel_from else 1
+        children: list[multiprocessing.process.BaseProcess] = []
+        if shares > 1:
+            # Derive, count and write in `shares` processes that inherit the folded book (fork:
+            # copy-on-write, nothing is sent). Each writes the groups whose root hashes to it
+            # and the facts it owns; the rows become visible only with the swap.
+            ctx = multiprocessing.get_context("fork")
+            for share in range(1, shares):
+                worker = ctx.Process(target=_share_process, args=(database_url, schema, book, edges, share, shares),
+                                     name=f"rebuild-share-{share}")
+                worker.start()
+                children.append(worker)
+        try:
+            archives_written, fact_count = await _write_share(conn, schema, book, edges, 0, shares)
+        finally:
+            for proc in children:
+                await _exited(proc)
+                proc.join()
+        failed = [proc.name for proc in children if proc.exitcode != 0]
+        if failed:
+            raise RebuildError(f"rebuild worker(s) {failed} failed; the live read models are untouched")
+        if shares > 1:
+            counts = await conn.fetchrow(f"SELECT (SELECT count(*) FROM {schema}.archive) AS a, "
+                                         f"(SELECT count(*) FROM {schema}.fact) AS f")
+            archives_written, fact_count = int(counts["a"]), int(counts["f"])
+        t_derive = t_facts = time.perf_counter()
         async with conn.transaction():
-            await conn.copy_records_to_table("archive", schema_name=schema, columns=tables.ARCHIVE_COLS,
-                                             records=[tables.archive_row(a) for a in archives.values()])
-            await conn.copy_records_to_table("followup", schema_name=schema, columns=tables.FOLLOWUP_COLS,
-                                             records=[r for a in archives.values() for r in tables.followup_rows(a)])
-            await conn.copy_records_to_table("conflict", schema_name=schema, columns=tables.CONFLICT_COLS,
-                                             records=[r for a in archives.values() for r in tables.conflict_rows(a)])
-            await conn.copy_records_to_table("fact", schema_name=schema, records=fact_rows, columns=tables.FACT_COLS)
             await conn.copy_records_to_table("merge_edge", schema_name=schema, columns=tables.EDGE_COLS,
                                              records=[tables.edge_row(e) for e in edges])
             await conn.execute("SELECT shouwang_projection_indexes($1)", schema)
             await write_checkpoint(conn, schema, cp)
     seconds = time.perf_counter() - started
-    phases = {"read_fold": t_read - started, "derive": t_derive - t_read, "facts": t_facts - t_derive,
-              "write": time.perf_counter() - t_facts}
+    phases = {"read_fold": t_read - started, "derive_count_write": t_derive - t_read,
+              "index_swap_ready": time.perf_counter() - t_facts}
     log.info("rebuild phases", **{k: round(v, 3) for k, v in phases.items()})
-    return RebuildReport(events=n, skipped=len(book.skipped), children=len(archives), facts=len(fact_rows),
+    return RebuildReport(events=n, skipped=len(book.skipped), children=archives_written, facts=fact_count,
                          seconds=seconds, events_per_second=n / seconds if seconds else 0.0)
 
 
-async def rebuild(pool: asyncpg.Pool, *, page: int = 5000, progress: Progress | None = None) -> RebuildReport:
-    """Rebuild all read models in the shadow schema and swap them in while the live ones serve."""
+async def _exited(proc: multiprocessing.process.BaseProcess) -> None:
+    """Wait for a worker without a thread (threads and fork do not mix): its sentinel becomes
+    readable when it exits."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    def mark() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(proc.sentinel, mark)
+    try:
+        await done
+    finally:
+        loop.remove_reader(proc.sentinel)
+
+
+def _share_of(key: str, shares: int) -> int:
+    return zlib.crc32(key.encode()) % shares
+
+
+def _share_process(database_url: str, schema: str, book: ArchiveBook, edges: list[MergeEdge], share: int,
+                   shares: int) -> None:
+    """A forked rebuild worker: its own event loop and connection; exit code 0 on success."""
+    async def run() -> None:
+        conn = await connect(database_url)
+        try:
+            await _write_share(conn, schema, book, edges, share, shares)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+async def _write_share(conn: asyncpg.Connection, schema: str, book: ArchiveBook, edges: list[MergeEdge],
+                       share: int, shares: int) -> tuple[int, int]:
+    """Derive the archives of the groups in this share, their facts that this share owns, and
+    COPY them. Returns (archive rows, fact rows)."""
+    root_of = roots(edges)
+    archives: list[ChildArchive] = []
+    effs: list[list[Effective]] = []
+    for root, members in group(book.states, root_of).items():
+        if _share_of(root, shares) != share:
+            continue
+        entries = [e for m in members if m in book.states for e in book.states[m].entries.values()]
+        arch, group_effs = derive_full(root, entries, members[1:])
+        archives.append(arch)
+        effs.append(group_effs)
+        archives.extend(ChildArchive(child_id=m, merged_into=root) for m in members[1:])
+    for key, st in book.states.items():
+        if key.startswith("ev:") and _share_of(key, shares) == share:
+            effs.append(effective(st.entries.values())[0])
+    facts = facts_from(effs)
+    if shares > 1:  # an event in groups of several shares is written by the share of its first root
+        facts = {eid: f for eid, f in facts.items() if f is not None and _share_of(
+            min(root_of.get(k, k) for k in book.family_keys(eid)), shares) == share}
+    fact_rows = [tables.fact_row(f) for f in facts.values() if f is not None]
+    async with conn.transaction():
+        await conn.copy_records_to_table("archive", schema_name=schema, columns=tables.ARCHIVE_COLS,
+                                         records=[tables.archive_row(a) for a in archives])
+        await conn.copy_records_to_table("followup", schema_name=schema, columns=tables.FOLLOWUP_COLS,
+                                         records=[r for a in archives for r in tables.followup_rows(a)])
+        await conn.copy_records_to_table("conflict", schema_name=schema, columns=tables.CONFLICT_COLS,
+                                         records=[r for a in archives for r in tables.conflict_rows(a)])
+        await conn.copy_records_to_table("fact", schema_name=schema, records=fact_rows, columns=tables.FACT_COLS)
+    return len(archives), len(fact_rows)
+
+
+async def rebuild(pool: asyncpg.Pool, *, page: int = 5000, progress: Progress | None = None,
+                  database_url: str | None = None, workers: int = 1) -> RebuildReport:
+    """Rebuild all read models in the shadow schema and swap them in while the live ones serve.
+    With a URL and workers > 1, the derive-and-write phase is shared by forked processes."""
     async with pool.acquire() as conn:
         await conn.execute(f"DROP SCHEMA IF EXISTS {tables.SHADOW} CASCADE")
         await conn.execute("SELECT shouwang_projection_schema($1)", tables.SHADOW)
-    report = await fill(pool, tables.SHADOW, page=page, progress=progress)
+    report = await fill(pool, tables.SHADOW, page=page, progress=progress, database_url=database_url,
+                        workers=workers)
     # Catch the shadow up with what was committed meanwhile, outside the lock...
     await Runner(pool, schema=tables.SHADOW, batch_size=page).catch_up()
     # ...then the last stretch and the swap under the lock, so the live runner cannot move in between.

@@ -29,11 +29,12 @@ async def dump(pool: asyncpg.Pool, schema: str) -> dict[str, list[tuple[Any, ...
     return out
 
 
-async def shadow_rebuild(pool: asyncpg.Pool) -> None:
+async def shadow_rebuild(pool: asyncpg.Pool, database_url: str | None = None) -> None:
+    """A rebuild from zero into the shadow schema (in two processes when given the URL)."""
     async with pool.acquire() as conn:
         await conn.execute(f"DROP SCHEMA IF EXISTS {tables.SHADOW} CASCADE")
         await conn.execute("SELECT shouwang_projection_schema($1)", tables.SHADOW)
-    await fill(pool, tables.SHADOW, page=17)
+    await fill(pool, tables.SHADOW, page=17, database_url=database_url, workers=2, parallel_from=0)
 
 
 async def deliver(store: EventStore, events: list[DecodedEvent], rng: random.Random, runner: Runner) -> None:
@@ -51,9 +52,10 @@ async def deliver(store: EventStore, events: list[DecodedEvent], rng: random.Ran
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
 async def test_incremental_equals_rebuild_and_the_pure_build(store: EventStore, pool: asyncpg.Pool,
-                                                             seed: int) -> None:
+                                                             seed: int, database_url: str) -> None:
     """Events arriving in random order with resends, projected in small batches, give exactly the
-    rows a rebuild from zero gives, and the archives the pure reducer gives."""
+    rows a rebuild from zero gives (in one process, and shared between two), and the archives
+    the pure reducer gives."""
     events = random_world(seed, 60)
     runner = Runner(pool, batch_size=5)
     await deliver(store, events, random.Random(seed), runner)
@@ -62,6 +64,8 @@ async def test_incremental_equals_rebuild_and_the_pure_build(store: EventStore, 
     live = await dump(pool, tables.SCHEMA)
     assert live == await dump(pool, tables.SHADOW)
     assert live["archive"], "the world has archives"
+    await shadow_rebuild(pool, database_url)
+    assert live == await dump(pool, tables.SHADOW)
     pure = archive.build([(d.event, d.care) for d in events])
     for cid, expected in pure.items():
         got = await queries.get_archive(pool, cid)
