@@ -410,8 +410,13 @@ class LocalLog:
                              progressed=receipt.watermark > old_wm or receipt.max_seq > old_max)
 
     def refused_seqs(self) -> set[int]:
+        """Own events the center refused. A refusal counts only if it names both the site_seq
+        and the event_id of an event in this log: a message someone else sent on this site's
+        subject (a forged or damaged event carrying another event's numbers) must never make
+        the agent stop sending one of its own events."""
         with self._lock:
-            return {int(r[0]) for r in self._conn.execute("SELECT site_seq FROM refused WHERE site_seq IS NOT NULL")}
+            return {int(r[0]) for r in self._conn.execute(
+                "SELECT r.site_seq FROM refused r JOIN log l ON l.site_seq = r.site_seq AND l.event_id = r.event_id")}
 
     def refusals(self) -> list[dict[str, Any]]:
         with self._lock:

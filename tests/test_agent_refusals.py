@@ -1,0 +1,37 @@
+"""Refusals in a receipt stop the agent from sending an event only when they are about that event."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+from events.envelope import parse_drafts
+from events.ids import new_event_id
+from events.wire import Receipt, Refusal
+from sync_agent.locallog import LocalLog
+
+SITE = "gx-lp.xy.v02"
+DRAFT = {"type": "HomeVisitMade", "occurred_at": "2026-03-02T09:30:00+08:00", "child_id": "c-" + "1" * 32,
+         "visitor": "张老师"}
+
+
+def receipt(*refused: Refusal) -> Receipt:
+    return Receipt(site_id=SITE, watermark=1, max_seq=1, holes=[], refused=list(refused),
+                   center_time=dt.datetime.now(dt.UTC))
+
+
+def test_a_refusal_naming_another_events_id_does_not_drop_an_own_event(tmp_path: Path) -> None:
+    """A forged message on this site's subject with another site's event renumbered to our next
+    site_seq is refused by the center, and the receipt names that site_seq; the agent must still
+    send (and count as pending) its own event of that number, or it is lost (found by the chaos
+    harness: the center kept a hole the agent never filled)."""
+    with LocalLog(tmp_path / "log.sqlite", SITE) as log:
+        done = log.record(parse_drafts(json.dumps([DRAFT] * 3).encode()), default_actor="station")
+        log.apply_receipt(receipt(Refusal(quarantine_id=7, reason="forged site", event_id=new_event_id(), site_seq=2),
+                                  Refusal(quarantine_id=8, reason="unreadable", site_seq=3)))
+        assert log.refused_seqs() == set()
+        assert log.pending() == (2, 2)
+        log.apply_receipt(receipt(Refusal(quarantine_id=9, reason="bad", event_id=done[1].event_id, site_seq=2)))
+        assert log.refused_seqs() == {2}
+        assert log.pending() == (1, 3)
