@@ -194,3 +194,33 @@ async def test_killed_between_write_and_commit_applies_nothing_twice(
     assert (status.applied, status.skipped, status.events_behind) == (len(events), 0, 0)
     await shadow_rebuild(pool)
     assert await dump(pool, tables.SCHEMA) == await dump(pool, tables.SHADOW)
+
+
+async def test_cli_rebuild_status_and_audit_asof(store: EventStore, database_url: str) -> None:
+    """`shouwang projections rebuild|status` and `shouwang audit asof` work end to end and say
+    what the read models and the log say."""
+    import json
+    import os
+    import sys
+
+    events = random_world(3, 20)
+    await store.append(events)
+    env = {**os.environ, "SHOUWANG_DATABASE_URL": database_url, "SHOUWANG_LOG_LEVEL": "warning"}
+
+    async def shouwang(*argv: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "service.cli", *argv, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, err.decode()
+        return out.decode()
+
+    assert f"{len(events)} events" in await shouwang("projections", "rebuild")
+    status = json.loads(await shouwang("projections", "status", "--json"))
+    assert (status["applied"], status["events_behind"]) == (len(events), 0)
+    doc = json.loads(await shouwang("audit", "asof", "--child", KIDS[0], "--committed", "2999-01-01T00:00:00Z"))
+    assert doc["archive"]["child_id"] == KIDS[0]
+    assert {i["event_id"] for i in doc["timeline"]} <= {d.event.event_id for d in events}
+    rollup = json.loads(await shouwang("audit", "asof", "--rollup", "r.t", "--period", "2026",
+                                       "--occurred", "2026-12-31T23:59:59+08:00"))
+    assert rollup["scope"] == "r.t" and rollup["period"] == "2026"
