@@ -70,4 +70,9 @@ def run_async(coro: Coroutine[Any, Any, int | None]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m service.cli`, this file is `__main__`, while the subcommands raise the
+    # CliError of the module `service.cli`: call that module's main, or they would escape as
+    # tracebacks instead of one clear line.
+    from service.cli import main as _main
+
+    sys.exit(_main())
