@@ -327,7 +327,15 @@ class Runner:
         try:
             await listener.add_listener(CHANNEL, self._notified)
             while not stop.is_set():
-                n = await self.step()
+                try:
+                    n = await self.step()
+                except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as err:
+                    # Transient: the database restarted or the line dropped. Nothing was applied
+                    # (the batch's transaction did not commit); try again shortly.
+                    log.warning("projection step failed, retrying", error=type(err).__name__)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1.0)
+                    continue
                 if n >= self.batch_size:
                     continue
                 if n == 0:
