@@ -232,8 +232,8 @@ async def load(base: str, paths: list[str], headers: dict[str, str], seconds: fl
     return out
 
 
-async def run(admin_url: str, quick: bool) -> list[Figure]:
-    sizes = [10_000] if quick else [10_000, 1_000_000]
+async def run(admin_url: str, quick: bool, sizes: list[int] | None = None) -> list[Figure]:
+    sizes = sizes or ([10_000] if quick else [10_000, 1_000_000])
     seconds = 3.0 if quick else 10.0
     figures: list[Figure] = []
     for n in sizes:
@@ -290,10 +290,11 @@ async def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.api")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--pg", help="PostgreSQL admin URL (default: an embedded server)")
+    parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], help="event counts, e.g. 1000000")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     async with _servers(args.pg) as pg_url:
-        figures = await run(pg_url, args.quick)
+        figures = await run(pg_url, args.quick, args.sizes)
     print(report.table(figures))
     return 0
 
