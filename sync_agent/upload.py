@@ -63,6 +63,10 @@ class Uploader:
         self._wake = asyncio.Event()
         self._last_progress = time.monotonic()
         self._resend_delay = tuning.resend_after
+        # Events at or below this site_seq go out with a one-off Nats-Msg-Id: the center said it
+        # lacks them (holes, or a watermark that went back), so JetStream must not drop them as
+        # copies of what it saw in its two-minute duplicate window (see _publish).
+        self._fresh_until = 0
         self.nc: Any = None
 
     # --- called by the downloader and by recorders in this process ------------------------
@@ -74,6 +78,7 @@ class Uploader:
             # The center lost what it had receipted: resend from its new watermark on.
             _log.warning("center watermark went back; resending", watermark=effect.state.watermark,
                          max_seq=effect.state.max_seq)
+            self._fresh_until = max(self._fresh_until, self.next_seq - 1)
             self.next_seq = min(self.next_seq, effect.state.max_seq + 1)
         if effect.progressed or effect.went_back:
             self._last_progress = time.monotonic()
@@ -111,6 +116,7 @@ class Uploader:
         for hole in self._holes:
             if now - self._hole_sent.get(hole, -1e9) >= self._resend_delay:
                 self._hole_sent[hole] = now
+                self._fresh_until = max(self._fresh_until, hole[1])
                 await self._publish(max(hole[0], state.watermark + 1), hole[1])
         last = self.log.last_seq()
         start = max(self.next_seq, state.max_seq + 1, state.watermark + 1)
@@ -154,7 +160,10 @@ class Uploader:
                 for out in page:
                     if out.site_seq in self.refused:
                         continue
-                    fut = await js.publish_async(self.subject, out.body, headers={"Nats-Msg-Id": out.event_id},
+                    msg_id = out.event_id
+                    if out.site_seq <= self._fresh_until:
+                        msg_id = f"{out.event_id}.resend.{time.time_ns()}"
+                    fut = await js.publish_async(self.subject, out.body, headers={"Nats-Msg-Id": msg_id},
                                                  wait_stall=t.ack_timeout)
                     inflight.append((out.site_seq, fut))
                     while inflight and (inflight[0][1].done() or len(inflight) > t.max_in_flight):
