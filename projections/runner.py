@@ -118,7 +118,7 @@ async def project(conn: asyncpg.Connection, schema: str, batch: list[Row], upto:
     if not understood:
         return
     fams = {family_of(r.care, r.event.event_id) for r in understood if r.care is not None}
-    members = await family_members(conn, fams, upto)
+    members = [*understood, *await family_members(conn, fams, upto, known=[r.event.event_id for r in batch])]
     family_size = Counter(family_of(m.care, m.event.event_id) for m in members if m.care is not None)
     simple = [r for r in understood if family_size[r.event.event_id] <= 1
               and (r.event.type in ADDITIVE or r.event.type in STRUCTURAL)]

@@ -59,19 +59,23 @@ async def history(conn: asyncpg.Connection, child_ids: Sequence[str], pseudo: It
     families = {family_of(x.care, x.event.event_id) for x in out.values() if x.care is not None}
     families |= {p[3:] for p in pseudo}
     if families:
-        for r in await family_members(conn, families, upto):
+        for r in await family_members(conn, families, upto, known=out.keys()):
             out.setdefault(r.event.event_id, r)
     return list(out.values())
 
 
-async def family_members(conn: asyncpg.Connection, families: Iterable[str], upto: Position) -> list[Row]:
+async def family_members(conn: asyncpg.Connection, families: Iterable[str], upto: Position,
+                         known: Iterable[str] = ()) -> list[Row]:
+    """The members of these correction families (the original and every correction of it) up
+    to `upto`, except the events in `known` (already in hand)."""
     ids = sorted(families)
+    have = sorted(known)
     rows = await conn.fetch(
         f"""SELECT {_COLS} FROM events
              WHERE (event_id = ANY($1::uuid[])
                     OR (type = 'EventCorrected' AND payload->>'corrected_event_id' = ANY($2::text[])))
-               AND (tx_id, position) <= ($3, $4)""",
-        ids, ids, upto.tx, upto.pos,
+               AND (tx_id, position) <= ($3, $4) AND NOT event_id = ANY($5::uuid[])""",
+        ids, ids, upto.tx, upto.pos, have,
     )
     return [to_row(r) for r in rows]
 

@@ -60,6 +60,27 @@ def _upsert(schema: str, table: str, cols: tuple[str, ...], key: tuple[str, ...]
             f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
 
 
+_BULK_FROM = 64  # rows: below this executemany, from here COPY into a temp table and one upsert
+
+
+async def upsert(conn: asyncpg.Connection, schema: str, table: str, cols: tuple[str, ...], key: tuple[str, ...],
+                 rows: list[tuple[Any, ...]]) -> None:
+    """Insert or update rows by key: executemany for a few, COPY + one INSERT ... ON CONFLICT for many."""
+    if not rows:
+        return
+    if len(rows) < _BULK_FROM:
+        await conn.executemany(_upsert(schema, table, cols, key), rows)
+        return
+    names = ", ".join(cols)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in key)
+    staging = f"bulk_{table}"
+    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {schema}.{table}) ON COMMIT DELETE ROWS")
+    await conn.copy_records_to_table(staging, schema_name="pg_temp", records=rows, columns=cols)
+    await conn.execute(f"INSERT INTO {schema}.{table} ({names}) SELECT {names} FROM pg_temp.{staging} "
+                       f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
+    await conn.execute(f"DELETE FROM pg_temp.{staging}")  # a second upsert in this transaction starts empty
+
+
 async def write_archives(conn: asyncpg.Connection, schema: str, archives: Iterable[ChildArchive], *,
                          months: dict[str, set[str]] | None = None, conflicts: bool = True) -> None:
     """Replace the rows of these children in archive, followup and conflict. With `months`
@@ -69,8 +90,7 @@ async def write_archives(conn: asyncpg.Connection, schema: str, archives: Iterab
     if not archives:
         return
     ids = [a.child_id for a in archives]
-    await conn.executemany(_upsert(schema, "archive", ARCHIVE_COLS, ("child_id",)),
-                           [archive_row(a) for a in archives])
+    await upsert(conn, schema, "archive", ARCHIVE_COLS, ("child_id",), [archive_row(a) for a in archives])
     if months is None:
         await conn.execute(f"DELETE FROM {schema}.followup WHERE child_id = ANY($1::text[])", ids)
         follow = [r for a in archives for r in followup_rows(a)]
@@ -78,8 +98,7 @@ async def write_archives(conn: asyncpg.Connection, schema: str, archives: Iterab
             await conn.copy_records_to_table("followup", schema_name=schema, records=follow, columns=FOLLOWUP_COLS)
     else:
         changed = [r for a in archives for r in followup_rows(a) if r[1] in months.get(a.child_id, ())]
-        if changed:
-            await conn.executemany(_upsert(schema, "followup", FOLLOWUP_COLS, ("child_id", "month")), changed)
+        await upsert(conn, schema, "followup", FOLLOWUP_COLS, ("child_id", "month"), changed)
     if conflicts:
         await conn.execute(f"DELETE FROM {schema}.conflict WHERE child_id = ANY($1::text[])", ids)
         confl = [r for a in archives for r in conflict_rows(a)]
@@ -91,9 +110,7 @@ async def write_facts(conn: asyncpg.Connection, schema: str, facts: dict[str, Fa
     gone = [eid for eid, f in facts.items() if f is None]
     if gone:
         await conn.execute(f"DELETE FROM {schema}.fact WHERE event_id = ANY($1::text[])", gone)
-    rows = [fact_row(f) for f in facts.values() if f is not None]
-    if rows:
-        await conn.executemany(_upsert(schema, "fact", FACT_COLS, ("event_id",)), rows)
+    await upsert(conn, schema, "fact", FACT_COLS, ("event_id",), [fact_row(f) for f in facts.values() if f is not None])
 
 
 async def write_edges(conn: asyncpg.Connection, schema: str, touching: list[str], edges: list[MergeEdge]) -> None:
