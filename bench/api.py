@@ -201,12 +201,13 @@ class Load:
         return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
 
 
-async def load(base: str, paths: list[str], headers: dict[str, str], seconds: float) -> Load:
-    """`CLIENTS` clients, each sending one request at a time for `seconds`, paths taken in turn."""
+async def load(base: str, paths: list[str], headers: dict[str, str], seconds: float, clients: int = CLIENTS
+               ) -> Load:
+    """`clients` clients, each sending one request at a time for `seconds`, paths taken in turn."""
     out = Load()
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as client:
-        for p in paths[:CLIENTS]:  # warm up connections and caches
+        for p in paths[:clients]:  # warm up connections and caches
             await client.get(p)
         stop = time.perf_counter() + seconds
 
@@ -220,14 +221,14 @@ async def load(base: str, paths: list[str], headers: dict[str, str], seconds: fl
                     out.errors += 1
                     continue
                 finally:
-                    n += CLIENTS
+                    n += clients
                 if r.status_code != 200:
                     out.errors += 1
                 else:
                     out.latencies.append(time.perf_counter() - t)
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker(i) for i in range(CLIENTS)))
+        await asyncio.gather(*(worker(i) for i in range(clients)))
         out.elapsed = time.perf_counter() - t0
     return out
 
@@ -255,6 +256,10 @@ async def run(admin_url: str, quick: bool, sizes: list[int] | None = None) -> li
                 archive = await load(base, archive_paths, headers, seconds)
                 rollup = await load(base, rollup_paths, headers, seconds)
                 cold = await load(base, cold_paths, headers, seconds)
+                # One client: the cost of one request, without queueing behind 49 others.
+                const1 = await load(base, ["/bench/constant"], {}, seconds / 2, clients=1)
+                archive1 = await load(base, archive_paths[::-1], headers, seconds / 2, clients=1)
+                cold1 = await load(base, cold_paths[::-1], headers, seconds / 2, clients=1)
             if any(m.errors > 0.01 * max(1, len(m.latencies)) for m in (archive, rollup, cold)):
                 raise RuntimeError(f"API errors under load: archive {archive.errors}, rollup {rollup.errors}, "
                                    f"cold rollup {cold.errors}")
@@ -268,6 +273,11 @@ async def run(admin_url: str, quick: bool, sizes: list[int] | None = None) -> li
                                       const.pct(0.5)))
                 figures.append(figure(f"api {name} p99 @ {size} events", m.pct(0.99), "ms", base_name + " p99",
                                       const.pct(0.99)))
+            for name, m in (("archive lookup", archive1), ("township rollup (computed)", cold1)):
+                figures.append(figure(f"api {name} p50, 1 client @ {size} events", m.pct(0.5), "ms",
+                                      "constant route p50, 1 client", const1.pct(0.5)))
+            print(f"[bench] api @ {size}: 1 client p50: constant {const1.pct(0.5):.1f} ms, archive "
+                  f"{archive1.pct(0.5):.1f} ms, computed rollup {cold1.pct(0.5):.1f} ms", file=sys.stderr, flush=True)
             print(f"[bench] api @ {size}: constant {const.rate:.0f}/s p50 {const.pct(0.5):.1f} ms; archive "
                   f"{archive.rate:.0f}/s p50 {archive.pct(0.5):.1f} p99 {archive.pct(0.99):.1f} ms; rollup "
                   f"{rollup.rate:.0f}/s p50 {rollup.pct(0.5):.1f} p99 {rollup.pct(0.99):.1f} ms; computed rollup "
