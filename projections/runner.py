@@ -6,9 +6,11 @@ never skips a late commit), writes the read models and moves the checkpoint. A c
 the commit leaves the read models and the checkpoint as they were; after it, both moved. Two
 runners (or a runner and a rebuild's swap) serialize on the lock.
 
-Each batch recomputes the archives it touches from the affected children's whole history up
-to the batch's last position (`projections.source.history`) with the same pure code a rebuild
-and a site agent use, so the incremental result equals a rebuild from zero, byte for byte.
+Each batch brings the archives it touches up to the batch's last position with the same pure
+code a rebuild and a site agent use (`project`: a full re-derive from the children's history
+for corrections, merges and new children; the structural part only for an uncorrected field
+update, pairing or case; `archive.add_work` for uncorrected visits, aid, activities...), so the
+incremental result equals a rebuild from zero, byte for byte (tests/test_projections_runner.py).
 """
 
 from __future__ import annotations
