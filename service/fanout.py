@@ -49,15 +49,20 @@ class Targets:
             out.update(self.township_sites.get(t, ()))
         return out
 
-    def at(self, children: Iterable[str], tx: int, origin: str, *, before: bool = False) -> set[str]:
+    def at(self, children: Iterable[str], tx: int, origin: str, *, before: bool = False,
+           with_origin: bool = False) -> set[str]:
         sites: set[str] = set()
         for c in children:
             sites |= self.view.sites_of(c, tx, before=before)
-        return (self._with_townships(sites, origin) - {origin}) & self.active
+        found = self._with_townships(sites, origin) & self.active
+        return found if with_origin else found - {origin}
 
     def entered(self, child: str, tx: int, origin: str) -> set[str]:
-        """Sites that came into this child's scope in transaction tx."""
-        return self.at([child], tx, origin) - self.at([child], tx, origin, before=True)
+        """Sites that came into this child's scope in transaction tx, the sending site included:
+        a station whose registration reaches the center after other sites' events about the
+        child (it was offline, or the center was restored from a backup) must get those events."""
+        return (self.at([child], tx, origin, with_origin=True)
+                - self.at([child], tx, origin, before=True, with_origin=True))
 
 
 class FanOut:
