@@ -69,15 +69,20 @@ async def family_members(conn: asyncpg.Connection, families: Iterable[str], upto
     """The members of these correction families (the original and every correction of it) up
     to `upto`, except the events in `known` (already in hand)."""
     ids = sorted(families)
-    have = sorted(known)
+    have = set(known)
+    originals = [i for i in ids if i not in have]  # the originals not in hand (corrections' targets)
     rows = await conn.fetch(
         f"""SELECT {_COLS} FROM events
-             WHERE (event_id = ANY($1::uuid[])
-                    OR (type = 'EventCorrected' AND payload->>'corrected_event_id' = ANY($2::text[])))
-               AND (tx_id, position) <= ($3, $4) AND NOT event_id = ANY($5::uuid[])""",
-        ids, ids, upto.tx, upto.pos, have,
+             WHERE type = 'EventCorrected' AND payload->>'corrected_event_id' = ANY($1::text[])
+               AND (tx_id, position) <= ($2, $3)""",
+        ids, upto.tx, upto.pos,
     )
-    return [to_row(r) for r in rows]
+    if originals:
+        rows += await conn.fetch(
+            f"""SELECT {_COLS} FROM events WHERE event_id = ANY($1::uuid[]) AND (tx_id, position) <= ($2, $3)""",
+            originals, upto.tx, upto.pos,
+        )
+    return [to_row(r) for r in rows if r["event_id"] not in have]
 
 
 _HORIZON = "tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"

@@ -123,5 +123,8 @@ END
 $fn$;
 CREATE TRIGGER events_notify AFTER INSERT ON events FOR EACH STATEMENT EXECUTE FUNCTION shouwang_notify_events();
 
--- Corrections are found by the event they correct (a correction family, projections/archive.py).
+-- Corrections are found by the event they correct (a correction family, projections/archive.py),
+-- and the corrected original by its id (without this, a seq scan of the whole log per batch; it
+-- also serves EventStore.get). uuid7 ids arrive nearly in order, so the index stays cheap.
 CREATE INDEX events_corrected_event ON events ((payload->>'corrected_event_id')) WHERE type = 'EventCorrected';
+CREATE INDEX events_event_id ON events (event_id);
