@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 
 from service.embedded import free_port
 
@@ -20,6 +21,7 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._hold: socket.socket | None = None
         self.cut_count = 0
 
     @property
@@ -31,6 +33,7 @@ class TcpProxy:
         return self._server is not None
 
     async def start(self) -> TcpProxy:
+        self._release()
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
         return self
 
@@ -42,6 +45,17 @@ class TcpProxy:
         self._server.close()
         await self._server.wait_closed()
         self._server = None
+        # Keep the port while the line is down: bound but not listening, so connections are
+        # refused, and no other program's outgoing connection can take it as its local port
+        # (then restore() could not listen on it again).
+        hold = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            hold.bind(("127.0.0.1", self.port))
+        except OSError:
+            hold.close()
+        else:
+            self._hold = hold
         for w in list(self._writers):
             with contextlib.suppress(Exception):
                 w.transport.abort()
@@ -55,6 +69,12 @@ class TcpProxy:
 
     async def close(self) -> None:
         await self.cut()
+        self._release()
+
+    def _release(self) -> None:
+        if self._hold is not None:
+            self._hold.close()
+            self._hold = None
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

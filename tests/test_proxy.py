@@ -49,3 +49,27 @@ async def test_cut_and_restore_a_nats_line(nats_url: str) -> None:
     finally:
         await nc.close()
         await proxy.close()
+
+
+async def test_a_cut_line_keeps_its_port(nats_url: str) -> None:
+    """While the line is cut its port stays taken (connections refused, nobody else can bind it),
+    so restore() always gets it back (the chaos harness once lost it to another program)."""
+    import socket
+
+    u = urlparse(nats_url)
+    proxy = await TcpProxy(u.hostname or "127.0.0.1", u.port or 4222).start()
+    try:
+        await proxy.cut()
+        other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            with pytest.raises(OSError):
+                other.bind(("127.0.0.1", proxy.port))
+        finally:
+            other.close()
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", proxy.port)
+        await proxy.restore()
+        _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.close()
+    finally:
+        await proxy.close()
