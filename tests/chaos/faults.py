@@ -183,11 +183,12 @@ class Injector:
     async def _cut_line(self, f: Fault) -> None:
         assert f.target is not None
         proxy = self.town.stations[f.target].proxy
-        await proxy.cut()
-        try:
-            await asyncio.sleep(f.pause)
-        finally:
-            await proxy.restore()
+        async with self.town.lock(f"line {f.target}"):  # overlapping cuts of one line take turns
+            await proxy.cut()
+            try:
+                await asyncio.sleep(f.pause)
+            finally:
+                await proxy.restore()
 
     async def _duplicate(self, f: Fault) -> None:
         assert f.target is not None

@@ -176,7 +176,7 @@ class Town(Demo):
                 await self._record_good(client, station, good, via_cli=via_cli)
             for p in plans:
                 if p.refused:
-                    r = await self._post(client, station, msgspec.json.encode(p.draft))
+                    r = await self._post_body(client, station, msgspec.json.encode(p.draft))
                     if r.status_code != 422:
                         raise ChaosError(f"{site} accepted a record it must refuse: {r.status_code}")
                     station.refused += 1
@@ -191,7 +191,7 @@ class Town(Demo):
                 ok = await self._record_cli(station, body)
             else:
                 try:
-                    r = await self._post(client, station, body)
+                    r = await self._post_body(client, station, body)
                     if r.status_code != 201:
                         raise ChaosError(f"{site} refused good records: {r.status_code} {r.text[:300]}")
                     ok = True
@@ -208,7 +208,7 @@ class Town(Demo):
             await asyncio.sleep(0.3)
         raise ChaosError(f"{site}: could not record a batch in 200 attempts")
 
-    async def _post(self, client: httpx.AsyncClient, station: Station, body: bytes) -> httpx.Response:
+    async def _post_body(self, client: httpx.AsyncClient, station: Station, body: bytes) -> httpx.Response:
         last: Exception | None = None
         for _ in range(300):
             try:
