@@ -210,11 +210,6 @@ class Demo:
 
         assert self.nats is not None
         app = create_app(Settings(database_url=self.db_url, nats_url=self.nats.url))
-        if not any(r.path.startswith("/ui") for r in app.routes):
-            from service.web.dashboard import dashboard_routes
-
-            for handler in dashboard_routes():
-                app.register(handler)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.http_port, log_level="warning",
                                                     lifespan="on"))
         self.server_task = asyncio.create_task(self.server.serve(), name="demo-http")

@@ -21,7 +21,6 @@ from service.embedded import free_port
 from service.ingest import Inbound, commit_in, triage
 from service.settings import Settings
 from service.sites import register_site
-from service.web.dashboard import dashboard_routes
 from sync_agent.simulation import Scenario, generate, seal_all
 from tests.browser import SCREENSHOTS, chromium
 
@@ -54,8 +53,6 @@ def _wire(d: object) -> bytes:
 @contextlib.asynccontextmanager
 async def _serve(database_url: str, nats_url: str) -> AsyncIterator[str]:
     app = create_app(Settings(database_url=database_url, nats_url=nats_url), ApiSettings(connect_nats=False))
-    for handler in dashboard_routes():
-        app.register(handler)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())

@@ -30,6 +30,7 @@ from service.api.openapi import document
 from service.api.rollups import RollupCache
 from service.db import create_pool
 from service.settings import Settings
+from service.web.dashboard import dashboard_routes
 
 _log = log.get("service.api")
 
@@ -136,6 +137,8 @@ def create_app(settings: Settings, api_settings: ApiSettings | None = None) -> L
             conflicts.ConflictsController,
             quarantine.QuarantineController,
             audit.AuditController,
+            # The township dashboard: pages over this same API, with the person's own token.
+            *dashboard_routes(),
         ],
         middleware=[_bounded_input, auth_mw],
         exception_handlers=EXCEPTION_HANDLERS,
