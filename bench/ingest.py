@@ -33,6 +33,7 @@ from service.db import connect
 from service.embedded import EmbeddedNats
 from service.sites import register_site
 from service.store import _record
+from service.streams import publish_batch
 
 EVENTS = Sequence[DecodedEvent]
 
@@ -54,13 +55,12 @@ async def _clean_streams(url: str) -> None:
 
 async def _publish(nc: NATS, events: EVENTS, sent_at: dict[tuple[str, int], float] | None = None) -> None:
     js = nc.jetstream()
-    futures = []
+    messages = []
     for d in events:
         if sent_at is not None:
             sent_at[(d.event.site_id, d.event.site_seq)] = time.perf_counter()
-        futures.append(await js.publish_async(up_subject(d.event.site_id), encode_event(d.event),
-                                              headers={"Nats-Msg-Id": d.event.event_id}))
-    await asyncio.gather(*futures)
+        messages.append((up_subject(d.event.site_id), encode_event(d.event), {"Nats-Msg-Id": d.event.event_id}))
+    await publish_batch(js, messages, ack_within=120)
 
 
 async def raw_publish(url: str, events: EVENTS, stream: str = "BENCH_RAW", subject: str = "bench.raw") -> float:

@@ -30,7 +30,8 @@ from service.receipts import ReceiptPublisher
 from service.store import EventStore
 from service.streams import StreamSettings, ensure_site_consumer, ensure_streams
 
-PARTS = ("ingest", "receipts", "fanout", "deadletters")
+PARTS = ("ingest", "receipts", "fanout", "deadletters", "projections")
+CORE_PARTS = ("ingest", "receipts", "fanout", "deadletters")  # run_center's default; the CLI adds projections
 _log = log.get("service.center")
 
 
@@ -47,6 +48,7 @@ class Center:
     fanout: FanOut | None = None
     dead_letters: DeadLetters | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    projection_stop: asyncio.Event | None = None
 
     @property
     def store(self) -> EventStore:
@@ -103,7 +105,7 @@ async def run_center(
     nats_url: str,
     *,
     ingesters: int = 1,
-    parts: Collection[str] = PARTS,
+    parts: Collection[str] = CORE_PARTS,
     settings: StreamSettings | None = None,
     pool_size: int | None = None,
     nats_options: dict[str, Any] | None = None,
@@ -139,11 +141,16 @@ async def run_center(
             center.receipts.notify(active)
             center.tasks.append(asyncio.create_task(center.receipts.run(), name="receipts"))
         if "fanout" in parts:
-            center.fanout = FanOut(pool, js)
+            center.fanout = FanOut(pool, js, resend_window=settings.fanout_resend_window)
             center.tasks.append(asyncio.create_task(center.fanout.run(), name="fanout"))
         if "deadletters" in parts:
             center.dead_letters = DeadLetters(pool, nc, js)
             await center.dead_letters.start()
+        if "projections" in parts:
+            from projections.runner import Runner  # the read models (issue 5), same process, own task
+
+            center.projection_stop = asyncio.Event()
+            center.tasks.append(asyncio.create_task(Runner(pool).run(center.projection_stop), name="projections"))
         if "ingest" in parts:
             for i in range(ingesters):
                 ing = Ingester(pool, nc, settings, on_commit=center.on_commit, name=f"ingest-{i + 1}")
@@ -153,6 +160,11 @@ async def run_center(
         yield center
     finally:
         if center is not None:
+            if center.projection_stop is not None:  # let the projector finish its transaction
+                center.projection_stop.set()
+                projector = next(t for t in center.tasks if t.get_name() == "projections")
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(asyncio.shield(projector), 10)
             for t in center.tasks:
                 t.cancel()
             for t in center.tasks:
@@ -165,5 +177,9 @@ async def run_center(
                 await asyncio.wait_for(nc.drain(), 5)
             with contextlib.suppress(Exception):
                 await nc.close()
-        await pool.close()
+        try:
+            await asyncio.wait_for(pool.close(), 10)
+        except TimeoutError:  # a connection was not given back: do not hang the shutdown on it
+            _log.error("database pool did not close in time; terminating it")
+            pool.terminate()
         _log.info("center stopped")

@@ -30,8 +30,10 @@ from service import log
 from service.scope import ScopeView, load_scope
 from service.sites import township_of
 from service.store import ORIGIN, EventStore, Position, StoredEvent, read_all_in
+from service.streams import publish_batch
 
 _log = log.get("service.fanout")
+NOTIFY_CHANNEL = "shouwang_events"
 
 
 class Targets:
@@ -69,7 +71,7 @@ class FanOut:
     """The fan-out loop; one per center (a second one would only send duplicates)."""
 
     def __init__(self, pool: asyncpg.Pool, js: JetStreamContext, *, name: str = "fanout", page: int = 1000,
-                 poll: float = 1.0) -> None:
+                 poll: float = 1.0, resend_window: float = 150.0) -> None:
         self.pool = pool
         self.js = js
         self.name = name
@@ -79,12 +81,40 @@ class FanOut:
         self._wake = asyncio.Event()
         self.sent = 0
         self.position = ORIGIN
+        self.resend_window = resend_window
 
     def wake(self) -> None:
         self._wake.set()
 
+    async def _listen(self) -> asyncpg.Connection | None:
+        """Wake on the store's NOTIFY (migration 0003, when present) so a fan-out running in
+        another process than the ingester follows commits without waiting for its poll."""
+        try:
+            conn: asyncpg.Connection = await self.pool.acquire()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return None
+        try:
+            await conn.add_listener(NOTIFY_CHANNEL, self._notified)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await self.pool.release(conn)
+            return None
+        return conn
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
     async def run(self) -> None:
         self.position = await self._load_checkpoint()
+        listener = await self._listen()
+        try:
+            await self._follow()
+        finally:
+            if listener is not None:
+                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    await listener.remove_listener(NOTIFY_CHANNEL, self._notified)
+                await self.pool.release(listener)
+
+    async def _follow(self) -> None:
         delay = 0.1
         while True:
             try:
@@ -144,20 +174,35 @@ class FanOut:
         return sorted(seen.values(), key=lambda h: h.position)
 
     async def _publish(self, out: list[tuple[str, StoredEvent]]) -> None:
-        futures = []
-        for site, s in out:
-            futures.append(await self.js.publish_async(
-                down_subject(site), encode_event(s.event),
-                headers={KIND_HEADER: KIND_EVENT, "Nats-Msg-Id": f"{s.event.event_id}@{site}"},
-            ))
-        if futures:
-            await asyncio.gather(*futures)
-        self.sent += len(futures)
+        for i in range(0, len(out), 1000):
+            chunk = out[i:i + 1000]
+            await publish_batch(self.js, [
+                (down_subject(site), encode_event(s.event),
+                 {KIND_HEADER: KIND_EVENT, "Nats-Msg-Id": f"{s.event.event_id}@{site}"})
+                for site, s in chunk
+            ])
+            self.sent += len(chunk)
 
     async def _load_checkpoint(self) -> Position:
+        """Where to resume: the checkpoint, moved back to the first event committed within
+        `resend_window` seconds before the checkpoint's event (see StreamSettings)."""
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow("SELECT tx, pos FROM fanout_checkpoint WHERE name = $1", self.name)
-        return Position(row["tx"], row["pos"]) if row else ORIGIN
+            if row is None:
+                return ORIGIN
+            checkpoint = Position(row["tx"], row["pos"])
+            if self.resend_window <= 0:
+                return checkpoint
+            first = await conn.fetchrow(
+                """SELECT tx_id, position FROM events
+                   WHERE committed_at >= (SELECT committed_at FROM events WHERE tx_id = $1 AND position = $2)
+                                         - make_interval(secs => $3)
+                   ORDER BY tx_id, position LIMIT 1""",
+                checkpoint.tx, checkpoint.pos, self.resend_window,
+            )
+        if first is None:
+            return checkpoint
+        return min(checkpoint, Position(first["tx_id"], first["position"] - 1))
 
     async def _save_checkpoint(self, p: Position) -> None:
         async with self.pool.acquire() as conn:

@@ -388,7 +388,16 @@ class Ingester:
                 now = time.monotonic()
                 for m in msgs:
                     self._held[id(m)] = (now, m)
-                await self._write(msgs)
+                try:
+                    await self._write(msgs)
+                except Exception as err:
+                    # Not even quarantining worked. Leave the batch unacked: JetStream redelivers
+                    # it after its ack wait and, after MaxDeliver, the dead-letter handler keeps it.
+                    _log.error("batch not committed; left for redelivery", ingester=self.name,
+                               error=type(err).__name__, events=len(msgs))
+                    for m in msgs:
+                        self._held.pop(id(m), None)
+                    await asyncio.sleep(1.0)
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -440,11 +449,10 @@ class Ingester:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     continue
-                if not isinstance(err, asyncpg.PostgresError):
-                    raise
+                # The data, or a defect this input triggers: find the event(s) responsible.
                 return await self._split(items, err)
 
-    async def _split(self, items: Sequence[Triaged], err: asyncpg.PostgresError) -> Outcome:
+    async def _split(self, items: Sequence[Triaged], err: Exception) -> Outcome:
         if len(items) == 1 and isinstance(items[0], Rejected) and "event store refused" in items[0].reason:
             # Even quarantining it fails: stop loudly. The batch is not acked; JetStream
             # redelivers it and, after MaxDeliver, the dead-letter handler keeps the bytes.
@@ -453,8 +461,11 @@ class Ingester:
             item = items[0]
             eid, seq = (item.decoded.event.event_id, item.decoded.event.site_seq) if isinstance(item, Accepted) \
                 else (item.event_id, item.site_seq)
-            reason = f"the event store refused it: {type(err).__name__} ({err.sqlstate}): {str(err)[:200]}"
-            _warn("event refused by the database; quarantined", ingester=self.name, sqlstate=err.sqlstate)
+            state = getattr(err, "sqlstate", None)
+            reason = (f"the event store refused it: {type(err).__name__}"
+                      f"{f' ({state})' if state else ''}: {str(err)[:200]}")
+            _warn("event refused by the store; quarantined", ingester=self.name, error=type(err).__name__,
+                  sqlstate=state)
             return await self._commit([Rejected(item.inbound, item.site_id, reason, eid, seq)])
         half = len(items) // 2
         first = await self._commit(items[:half])

@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 from events.wire import KIND_HEADER, KIND_RECEIPT, Receipt, Refusal, down_subject, receipt_encoder
 from service import log
 from service.store import holes_of
+from service.streams import publish_batch
 
 _log = log.get("service.receipts")
 
@@ -41,11 +42,8 @@ async def receipts_for(conn: asyncpg.Connection, sites: list[str],
 
 
 async def publish_receipts(js: JetStreamContext, receipts: list[Receipt]) -> None:
-    futures = [
-        await js.publish_async(down_subject(r.site_id), receipt_encoder.encode(r), headers={KIND_HEADER: KIND_RECEIPT})
-        for r in receipts
-    ]
-    await asyncio.gather(*futures)
+    await publish_batch(js, [(down_subject(r.site_id), receipt_encoder.encode(r), {KIND_HEADER: KIND_RECEIPT})
+                             for r in receipts])
 
 
 class ReceiptPublisher:

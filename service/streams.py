@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -42,6 +44,11 @@ class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
     up_max_age: float = 365 * DAY
     duplicate_window: float = 120.0
     replicas: int = 1
+    # On start, the fan-out resends what it sent in this many seconds before its checkpoint:
+    # CARE_DOWN is not fsynced per message (deploy/nats/README.md), so a power cut at the center
+    # can lose recent fanned-out events after their checkpoint was saved. Agents keep each
+    # event_id once, so a resend is harmless.
+    fanout_resend_window: float = 150.0
 
     @property
     def max_ack_pending(self) -> int:
@@ -119,3 +126,25 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
 
 async def ensure_site_consumer(js: JetStreamContext, site_id: str) -> None:
     await js.add_consumer(DOWN_STREAM, site_consumer_config(site_id))
+
+
+class PublishTimeout(Exception):
+    """JetStream did not acknowledge every publish in time (a reconnect lost some acks)."""
+
+
+async def publish_batch(js: JetStreamContext, messages: list[tuple[str, bytes, dict[str, str]]],
+                        ack_within: float = 10.0) -> None:
+    """Publish with `publish_async` and wait for every ack, at most `ack_within` seconds.
+
+    nats-py's publish futures never time out, and each pending one holds a slot of the
+    publisher's semaphore: an ack lost in a reconnect would hang the caller and, repeated, stall
+    every later publish. Timing out cancels the futures (which frees their slots); the caller
+    retries the whole batch, which is safe (Nats-Msg-Id, and readers keep each event once)."""
+    futures = [await js.publish_async(subject, payload, headers=headers) for subject, payload, headers in messages]
+    if not futures:
+        return
+    try:
+        await asyncio.wait_for(asyncio.gather(*futures), ack_within)
+    except TimeoutError:
+        raise PublishTimeout(f"{sum(not f.done() for f in futures)} of {len(futures)} publishes not acknowledged "
+                             f"within {ack_within}s") from None

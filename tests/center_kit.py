@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 from events.envelope import DecodedEvent, Event, encode_event
 from events.wire import DOWN_STREAM, KIND_EVENT, KIND_HEADER, KIND_RECEIPT, Receipt, receipt_decoder, up_subject
 from service.embedded import EmbeddedNats
-from service.streams import site_consumer_config
+from service.streams import PublishTimeout, publish_batch, site_consumer_config
 
 _event_decoder = msgspec.json.Decoder(Event)
 
@@ -47,12 +47,15 @@ async def publish(js: JetStreamContext, events: list[DecodedEvent] | DecodedEven
                   *, msg_id: bool = True) -> None:
     """Publish events as an agent does: each on care.up.<site>, Nats-Msg-Id = event_id."""
     batch = events if isinstance(events, list) else [events]
-    futures = []
-    for d in batch:
-        headers = {"Nats-Msg-Id": d.event.event_id} if msg_id else None
-        futures.append(await js.publish_async(up_subject(subject_site or d.event.site_id), encode_event(d.event),
-                                              headers=headers))
-    await asyncio.gather(*futures)
+    messages = [(up_subject(subject_site or d.event.site_id), encode_event(d.event),
+                 {"Nats-Msg-Id": d.event.event_id} if msg_id else {}) for d in batch]
+    for _ in range(5):  # an ack lost in a reconnect: publish again, as an agent does
+        try:
+            await publish_batch(js, messages, ack_within=5)
+            return
+        except PublishTimeout:
+            continue
+    raise AssertionError("JetStream did not acknowledge the publishes")
 
 
 async def publish_raw(js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import subprocess
@@ -144,10 +143,13 @@ async def test_deploy_config_lets_a_site_use_only_its_own_subjects(
             info = await center.js.consumer_info(DOWN_STREAM, down_consumer(A))
             assert info.config.filter_subject == down_subject(A)
             # Wrong password: refused outright.
-            with pytest.raises(nats.errors.Error):
-                await nats.connect(server.url, user=A, password="wrong", max_reconnect_attempts=0,
-                                   allow_reconnect=False, connect_timeout=2)
-            await asyncio.sleep(0)
+            intruder = NATS()
+            try:
+                with pytest.raises(nats.errors.Error):
+                    await intruder.connect(server.url, user=A, password="wrong", max_reconnect_attempts=0,
+                                           allow_reconnect=False, connect_timeout=2)
+            finally:
+                await intruder.close()
     finally:
         server.proc.terminate()
         server.proc.wait(10)

@@ -13,6 +13,7 @@ from service.center import Center, run_center
 from service.embedded import EmbeddedNats
 from service.sites import disable_site, register_site
 from service.store import EventStore
+from service.streams import StreamSettings
 from tests.center_kit import SiteInbox, client, own_nats, publish, wait_for
 from tests.factory import SiteWriter
 
@@ -95,7 +96,9 @@ async def test_scope_transfer_township_and_merge(database_url: str, pool: asyncp
 
 async def test_disabled_site_gets_nothing_and_fanout_resumes(database_url: str, pool: asyncpg.Pool,
                                                              own_nats: EmbeddedNats, client: NATS) -> None:
-    """A disabled site is sent nothing; a restarted center resumes fan-out from its checkpoint without resending."""
+    """A disabled site is sent nothing; a restarted center resumes fan-out from its checkpoint (without resending,
+    with no resend window; with one, it resends the events committed within the window)."""
+    no_resend = StreamSettings(fanout_resend_window=0)
     for site in (V1, S1, OFFICE):
         await register_site(pool, site, KINDS[site], site)
     rng = random.Random(5)
@@ -104,16 +107,18 @@ async def test_disabled_site_gets_nothing_and_fanout_resumes(database_url: str, 
     events = [w.write(sample_registration(rng, A, school_site=S1))]
     events += [w.write(HomeVisitMade(child_id=A, visitor="石晓")) for _ in range(20)]
     s1 = SiteInbox(js, S1)
-    async with run_center(database_url, own_nats.url) as center:
+    async with run_center(database_url, own_nats.url, settings=no_resend) as center:
         await publish(js, events[:11])
         await s1.wait_events(11)
         await wait_for(lambda: _fanned_out(center, 22), what="the first events sent to S1 and the office")
         await disable_site(pool, OFFICE)
-    async with run_center(database_url, own_nats.url) as center:
+    async with run_center(database_url, own_nats.url, settings=no_resend) as center:
         await publish(js, events[11:])
         await s1.wait_events(21)
         assert len(s1.events) == 21, "a restart must not resend what was sent before"
-        assert center.stats()["fanned_out"] == 10
+        await wait_for(lambda: _fanned_out(center, 10), what="the new events sent")
+    async with run_center(database_url, own_nats.url) as center:  # default window: everything was just sent
+        await wait_for(lambda: _fanned_out(center, 21), what="the resend after a restart")
     office = SiteInbox(js, OFFICE)
     await office.drain()
     assert len(office.events) == 11, "the office got the first events only, before it was disabled"
