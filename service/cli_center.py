@@ -41,6 +41,8 @@ def register(sub: Any) -> None:
     add.add_argument("--name", required=True, help="display name of the site")
     add.add_argument("--township", help="display name of its township")
     add.add_argument("--users-file", type=Path, help="rewrite this NATS users file (deploy/nats/users.conf)")
+    add.add_argument("--creds-out", type=Path,
+                     help="write the site's credentials as JSON (mode 0600) for its agent's `creds` setting")
     add.add_argument("--nats-url", help="also create the site's durable consumer now (default: at center start)")
     _common(add)
     add.set_defaults(handler=_site_add)
@@ -161,6 +163,11 @@ def _site_add(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"wrote {args.users_file} ({n} sites); reload NATS: nats-server --signal reload")
         if args.nats_url:
             await _ensure_consumer(args.nats_url, args.site_id)
+        if args.creds_out:
+            args.creds_out.write_bytes(b"")
+            args.creds_out.chmod(0o600)
+            args.creds_out.write_bytes(msgspec.json.format(msgspec.json.encode(creds)) + b"\n")
+            print(f"credentials written to {args.creds_out}")
         print(f"site {creds.site_id} registered. NATS credentials for its agent (shown once here):")
         print(f"  user:         {creds.user}")
         print(f"  password:     {creds.password}")

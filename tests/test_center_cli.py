@@ -39,10 +39,14 @@ async def test_site_commands(capsys: pytest.CaptureFixture[str], database_url: s
     """site add prints the credentials and writes the users file, list shows the site, disable removes it from the
     users file, and a bad site id or kind is refused naming the value."""
     users = tmp_path / "users.conf"
+    creds = tmp_path / "site.creds.json"
     code, out, _ = await shouwang(capsys, database_url, "center", "site", "add", LATE, "--kind", "school",
-                                  "--name", "中心小学", "--users-file", str(users))
+                                  "--name", "中心小学", "--users-file", str(users), "--creds-out", str(creds))
     assert code == 0 and "password:" in out and "_INBOX.gx-lp.xy.s07" in out
     password = next(line.split()[-1] for line in out.splitlines() if "password:" in line)
+    assert json.loads(creds.read_text()) == {"site_id": LATE, "user": LATE, "password": password,
+                                             "inbox_prefix": "_INBOX." + LATE, "durable": "site_gx-lp_xy_s07"}
+    assert creds.stat().st_mode & 0o077 == 0
     assert f'user: "{LATE}", password: "{password}"' in users.read_text()
     code, out, _ = await shouwang(capsys, database_url, "center", "site", "list", "--json")
     [site] = json.loads(out)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import asyncpg
@@ -73,10 +74,13 @@ async def assert_exactly_once(store: EventStore, events: list[DecodedEvent]) -> 
         assert (p.watermark, p.events_stored, p.holes) == (len(mine), len(mine), [])
 
 
-async def test_postgres_killed_mid_batch(tmp_path: Path, own_nats: EmbeddedNats, client: NATS) -> None:
+async def test_postgres_killed_mid_batch(own_nats: EmbeddedNats, client: NATS) -> None:
     """PostgreSQL killed and restarted while batches are being written: every event ends up committed exactly once,
     so nothing was acked without its commit, and the ingester resumes by itself."""
-    pg = EmbeddedPostgres(tmp_path / "pg").start()
+    # Not under pytest's tmp_path: a pytest session starting meanwhile resets its root to 0700,
+    # and the server (run as another user when we are root) could not open its data to restart.
+    tmp = tempfile.TemporaryDirectory(prefix="shouwang-test-pg-")
+    pg = EmbeddedPostgres(Path(tmp.name) / "pg").start()
     try:
         conn = await asyncpg.connect(pg.url)
         await conn.execute("CREATE DATABASE center")
@@ -96,6 +100,7 @@ async def test_postgres_killed_mid_batch(tmp_path: Path, own_nats: EmbeddedNats,
             assert await list_rows(center.pool) == []
     finally:
         pg.stop()
+        tmp.cleanup()
 
 
 async def test_nats_restarted(database_url: str, pool: asyncpg.Pool, own_nats: EmbeddedNats) -> None:
