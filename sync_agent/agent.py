@@ -25,7 +25,7 @@ from sync_agent.config import SiteConfig, connect_options, load_config, log_path
 from sync_agent.download import Downloader
 from sync_agent.locallog import ChainReport, LocalLog, LocalLogError
 from sync_agent.tuning import SyncTuning
-from sync_agent.upload import Uploader
+from sync_agent.upload import Uploader, raise_if_cancelling
 
 _log = log.get("sync_agent.agent")
 
@@ -49,15 +49,17 @@ class Agent:
 
     # --- lifecycle ----------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Verify the chain (raises LogCorrupted), then connect and sync in the background."""
+    async def start(self, parts: tuple[str, ...] = ("upload", "download")) -> None:
+        """Verify the chain (raises LogCorrupted), then connect and sync in the background.
+
+        `parts` picks the loops to run (tests run the upload alone to lose receipts on purpose)."""
         self.chain = await asyncio.to_thread(self.log.verify)
         _log.info("local log verified", site_id=self.config.site_id, events=self.chain.events)
-        self._tasks = [
-            asyncio.create_task(self._connect_loop(), name="agent-connect"),
-            asyncio.create_task(self.uploader.run(), name="agent-upload"),
-            asyncio.create_task(self.downloader.run(), name="agent-download"),
-        ]
+        self._tasks = [asyncio.create_task(self._connect_loop(), name="agent-connect")]
+        if "upload" in parts:
+            self._tasks.append(asyncio.create_task(self.uploader.run(), name="agent-upload"))
+        if "download" in parts:
+            self._tasks.append(asyncio.create_task(self.downloader.run(), name="agent-download"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -82,6 +84,7 @@ class Agent:
     async def _connect_loop(self) -> None:
         backoff = Backoff(self.tuning.retry_base, self.tuning.retry_cap, self._rng)
         while self.nc is None:
+            raise_if_cancelling()
             try:
                 nc = await nats.connect(
                     self.nats_url, name=f"shouwang-agent {self.config.site_id}",

@@ -8,6 +8,7 @@ a crash in between makes JetStream redeliver them, and applying them twice chang
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +24,7 @@ from service import log
 from sync_agent.backoff import Backoff
 from sync_agent.locallog import LocalLog, ReceiptEffect
 from sync_agent.tuning import SyncTuning
-from sync_agent.upload import TRANSIENT
+from sync_agent.upload import TRANSIENT, raise_if_cancelling
 
 _log = log.get("sync_agent.download")
 _event_decoder = msgspec.json.Decoder(Event)
@@ -48,14 +49,17 @@ class Downloader:
     async def run(self) -> None:
         backoff = Backoff(self.tuning.retry_base, self.tuning.retry_cap, self._rng)
         while True:
+            raise_if_cancelling()
             nc = self.nc
             if nc is None or not nc.is_connected:
                 await asyncio.sleep(self.tuning.idle_poll)
                 continue
+            sub = None
             try:
                 sub = await self._subscribe(nc)
                 backoff.reset()
                 while True:
+                    raise_if_cancelling()
                     try:
                         msgs = await sub.fetch(self.tuning.fetch_batch, timeout=self.tuning.fetch_timeout)
                     except TimeoutError:
@@ -63,8 +67,13 @@ class Downloader:
                     await self.handle(msgs)
                     backoff.reset()
             except TRANSIENT as err:
+                raise_if_cancelling()
                 self._on_error(f"download: {type(err).__name__}: {err}")
                 await asyncio.sleep(backoff.next())
+            finally:
+                if sub is not None:
+                    with contextlib.suppress(*TRANSIENT):
+                        await sub.unsubscribe()
 
     async def _subscribe(self, nc: Any) -> Any:
         js = nc.jetstream()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from litestar import Litestar, Request, get, post
+from litestar.params import FromPath
 from litestar.response import Response
 
 from events.validation import ValidationFailed
@@ -75,7 +76,7 @@ def create_app(data_dir: Path, *, sync: bool = True, tuning: SyncTuning | None =
         return await asyncio.to_thread(site_status, log, config)
 
     @get("/children/{child_id:str}")
-    async def child(child_id: str) -> Response[dict[str, Any]]:
+    async def child(child_id: FromPath[str]) -> Response[dict[str, Any]]:
         events = await asyncio.to_thread(log.child_events, child_id)
         if not events:
             return Response({"error": f"no events of child {child_id} at this site"}, status_code=404)

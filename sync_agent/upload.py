@@ -37,6 +37,18 @@ _log = log.get("sync_agent.upload")
 TRANSIENT: tuple[type[BaseException], ...] = (nats.errors.Error, asyncio.TimeoutError, OSError, LocalLogError)
 
 
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that was swallowed on the way, so a stopped loop really stops.
+
+    nats-py's publish_async turns a CancelledError into TooManyStalledMsgsError while it waits
+    for an in-flight slot, and Python 3.11's asyncio.wait_for can lose a cancellation that
+    arrives as its timeout fires; each loop checks at every turn instead of trusting either.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class PublishFailed(Exception):
     """A publish was not acknowledged by JetStream; the events stay pending and are resent."""
 
@@ -58,6 +70,8 @@ class Uploader:
         # resent: a previous run's publishes may never have reached it.
         self.next_seq = self.receipt.max_seq + 1
         self.published = 0  # messages published by this process (PubAck received)
+        self.first_publish_at: float | None = None  # time.perf_counter() of the first publish
+        self.last_progress_at: float | None = None  # ... of the last receipt that moved anything
         self._holes: list[tuple[int, int]] = []
         self._hole_sent: dict[tuple[int, int], float] = {}
         self._wake = asyncio.Event()
@@ -67,7 +81,10 @@ class Uploader:
         # lacks them (holes, or a watermark that went back), so JetStream must not drop them as
         # copies of what it saw in its two-minute duplicate window (see _publish).
         self._fresh_until = 0
+        self._probe = False
         self.nc: Any = None
+        self._js: Any = None
+        self._js_of: Any = None
 
     # --- called by the downloader and by recorders in this process ------------------------
 
@@ -81,6 +98,7 @@ class Uploader:
             self._fresh_until = max(self._fresh_until, self.next_seq - 1)
             self.next_seq = min(self.next_seq, effect.state.max_seq + 1)
         if effect.progressed or effect.went_back:
+            self.last_progress_at = time.perf_counter()
             self._last_progress = time.monotonic()
             self._resend_delay = self.tuning.resend_after
         self._holes = list(effect.state.holes)
@@ -95,10 +113,12 @@ class Uploader:
     async def run(self) -> None:
         backoff = Backoff(self.tuning.retry_base, self.tuning.retry_cap, self._rng)
         while True:
+            raise_if_cancelling()
             try:
                 await self.step()
                 backoff.reset()
             except RETRYABLE as err:
+                raise_if_cancelling()
                 self._on_error(f"upload: {type(err).__name__}: {err}")
                 await asyncio.sleep(backoff.next())
 
@@ -136,6 +156,7 @@ class Uploader:
         rewind = max(state.max_seq, state.watermark) + 1
         _log.info("no receipt progress; resending", from_seq=rewind, to_seq=last, after_s=round(waited, 1))
         self.next_seq = rewind
+        self._probe = True
         self._last_progress = time.monotonic()
         self._resend_delay = min(self.tuning.resend_cap, self._resend_delay * 2) * self._rng.uniform(0.75, 1.0)
         self._resend_delay = max(self._resend_delay, self.tuning.resend_after)
@@ -143,13 +164,17 @@ class Uploader:
     async def _wait(self, seconds: float) -> None:
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
 
     async def _publish(self, first: int, last: int) -> None:
         """Publish [first, last] in order with many in flight; advance next_seq over each
         contiguous PubAck. Raises PublishFailed (or a NATS error) on the first failure."""
         t = self.tuning
-        js = self.nc.jetstream(publish_async_max_pending=t.max_in_flight)
+        if self._js_of is not self.nc:  # one context per connection: each makes a reply subscription
+            self._js = self.nc.jetstream(publish_async_max_pending=t.max_in_flight)
+            self._js_of = self.nc
+        js = self._js
         inflight: collections.deque[tuple[int, asyncio.Future[Any]]] = collections.deque()
         seq = first
         try:
@@ -163,6 +188,16 @@ class Uploader:
                     msg_id = out.event_id
                     if out.site_seq <= self._fresh_until:
                         msg_id = f"{out.event_id}.resend.{time.time_ns()}"
+                    elif self._probe:
+                        # JetStream drops a copy whose Nats-Msg-Id it saw in the last two minutes,
+                        # so if the receipts (not the events) were lost, a resend inside that window
+                        # would never reach the center and never earn a new receipt. The first event
+                        # of a resend round gets a one-off id: the center sees it (a duplicate by
+                        # event_id, which the store keeps once) and answers with a fresh receipt.
+                        msg_id = f"{out.event_id}.resend.{time.time_ns()}"
+                        self._probe = False
+                    if self.first_publish_at is None:
+                        self.first_publish_at = time.perf_counter()
                     fut = await js.publish_async(self.subject, out.body, headers={"Nats-Msg-Id": msg_id},
                                                  wait_stall=t.ack_timeout)
                     inflight.append((out.site_seq, fut))
