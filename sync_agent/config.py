@@ -14,6 +14,7 @@ from typing import Annotated
 import msgspec
 
 from events.types import SiteId
+from events.wire import down_consumer
 
 CONFIG_NAME = "site.json"
 LOG_NAME = "log.sqlite"
@@ -46,7 +47,7 @@ class SiteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     @property
     def durable_name(self) -> str:
         """This site's durable consumer on CARE_DOWN (consumer names may not contain dots)."""
-        return "site_" + self.site_id.replace(".", "_")
+        return down_consumer(self.site_id)
 
 
 _encoder = msgspec.json.Encoder()

@@ -211,7 +211,7 @@ class LocalLog:
             try:
                 if typ is None:
                     self.log._conn.execute("COMMIT")
-                else:
+                elif self.log._conn.in_transaction:  # SQLite already rolled back on SQLITE_FULL
                     self.log._conn.execute("ROLLBACK")
             finally:
                 self.log._lock.release()
