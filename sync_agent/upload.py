@@ -172,7 +172,9 @@ class Uploader:
         contiguous PubAck. Raises PublishFailed (or a NATS error) on the first failure."""
         t = self.tuning
         if self._js_of is not self.nc:  # one context per connection: each makes a reply subscription
-            self._js = self.nc.jetstream(publish_async_max_pending=t.max_in_flight)
+            # Twice our own cap, so its semaphore never blocks: we wait for PubAcks ourselves,
+            # with a timeout, once max_in_flight are outstanding.
+            self._js = self.nc.jetstream(publish_async_max_pending=2 * t.max_in_flight)
             self._js_of = self.nc
         js = self._js
         inflight: collections.deque[tuple[int, asyncio.Future[Any]]] = collections.deque()
@@ -198,12 +200,14 @@ class Uploader:
                         self._probe = False
                     if self.first_publish_at is None:
                         self.first_publish_at = time.perf_counter()
-                    fut = await js.publish_async(self.subject, out.body, headers={"Nats-Msg-Id": msg_id},
-                                                 wait_stall=t.ack_timeout)
+                    # No wait_stall: with one, every publish goes through a timed task and yields
+                    # the loop, and nats-py then flushes each message in its own write.
+                    fut = await js.publish_async(self.subject, out.body, headers={"Nats-Msg-Id": msg_id})
                     inflight.append((out.site_seq, fut))
                     while inflight and (inflight[0][1].done() or len(inflight) > t.max_in_flight):
                         await self._settle(inflight.popleft())
                 seq = page[-1].site_seq + 1
+                await asyncio.sleep(0)  # a page is published without yielding; let the rest of the loop run
             while inflight:
                 await self._settle(inflight.popleft())
             if self.next_seq < seq:
@@ -215,7 +219,9 @@ class Uploader:
     async def _settle(self, item: tuple[int, asyncio.Future[Any]]) -> None:
         seq, fut = item
         try:
-            await asyncio.wait_for(fut, self.tuning.ack_timeout)
+            if not fut.done():  # (wait_for yields even for a done future: not in the hot path)
+                await asyncio.wait_for(fut, self.tuning.ack_timeout)
+            fut.result()
         except TimeoutError:
             raise PublishFailed(f"no PubAck for site_seq {seq} within {self.tuning.ack_timeout:g} s") from None
         except nats.js.errors.Error as err:
