@@ -14,7 +14,7 @@ import time
 from bench import report
 from bench.servers import bench_servers
 
-SUITES = ("store", "projections", "api", "ingest")
+SUITES = ("store", "projections", "api", "ingest", "catchup")
 
 
 async def main(argv: list[str]) -> int:
@@ -46,6 +46,10 @@ async def main(argv: list[str]) -> int:
                 from bench import api
 
                 figures += await api.run(pg_url, args.quick)
+            elif suite == "catchup":
+                from bench import catchup
+
+                figures += await catchup.run(pg_url, nats_url, args.quick)
             timings[suite] = round(time.perf_counter() - t, 1)
     print(report.table(figures))
     path = report.write(figures, {"quick": args.quick, "suite_seconds": timings,
