@@ -93,14 +93,15 @@ async def test_a_lower_watermark_makes_the_agent_resend(
         agent.log.record(drafts(50, rng), default_actor="station")
         agent.uploader.notify()
         assert await agent.wait_synced(30)
-        before = agent.uploader.published
+        before, duplicates_before = agent.uploader.published, center.duplicates
         # The center "forgets" 20 events: its next receipt says 30.
         center.watermark_override = lambda r: Receipt(site_id=r.site_id, watermark=30, max_seq=30)
         agent.log.record(drafts(1, rng), default_actor="station")
         agent.uploader.notify()
-        # (JetStream's Nats-Msg-Id window drops these copies; after a real restore days later
-        # the store would report them as duplicates.)
+        # They reach the center (one-off Nats-Msg-Ids past JetStream's duplicate window), which
+        # already has them: duplicates.
         await eventually(lambda: agent.uploader.published - before >= 21, what="the resend of 31..51")
+        await eventually(lambda: center.duplicates - duplicates_before >= 20, what="the center's duplicates")
         center.watermark_override = None
         await center.send_receipt(site)
         assert await agent.wait_synced(30)
