@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -106,3 +107,25 @@ async def test_a_lower_watermark_makes_the_agent_resend(
         await center.send_receipt(site)
         assert await agent.wait_synced(30)
     assert len(await store.read_site(site, 1, 1000)) == 51
+
+
+async def test_the_upload_window_bounds_what_is_sent_ahead_of_receipts(
+        tmp_path: Path, own_nats: EmbeddedNats, center: TestCenter, store: EventStore) -> None:
+    """Without receipts the agent never publishes past the center's watermark plus its window; once receipts
+    flow again the rest follows."""
+    rng = random.Random(4)
+    site = site_id(rng)
+    data = make_site(tmp_path, site, own_nats.url)
+    center.drop_receipts = True
+    tuning = SyncTuning(**{**{f: getattr(FAST, f) for f in FAST.__slots__}, "window": 200, "page": 50})
+    async with Agent(data, tuning=tuning) as agent:
+        agent.log.record(drafts(1000, rng), default_actor="station")
+        agent.uploader.notify()
+        await eventually(lambda: center.received >= 200, what="the first window")
+        await asyncio.sleep(2.5)  # at least one resend round (resend_after = 1 s)
+        assert center.received == 200
+        assert agent.uploader.next_seq <= 201
+        center.drop_receipts = False
+        await center.send_receipt(site)
+        assert await agent.wait_synced(30)
+    assert len(await store.read_site(site, 1, 2000)) == 1000
