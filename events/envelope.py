@@ -164,6 +164,9 @@ def decode_event(
         if isinstance(err, msgspec.ValidationError):
             raise ValidationFailed([_envelope_problem(err, data, msgpack)]) from None
         raise ValidationFailed([Problem("$", f"malformed {'MessagePack' if msgpack else 'JSON'}: {err}")]) from None
+    except UnicodeDecodeError as err:  # MessagePack strings are not checked by the decoder itself
+        raise ValidationFailed([Problem("$", f"a text field is not valid UTF-8: {err.reason} at byte {err.start}")]) \
+            from None
     return validate_event(event, now=now, tolerance=tolerance)
 
 

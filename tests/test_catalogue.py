@@ -242,3 +242,14 @@ def test_event_struct_is_frozen() -> None:
     with pytest.raises(AttributeError):
         sealed.event.site_seq = 5  # type: ignore[misc]
     assert isinstance(sealed.event, Event)
+
+
+def test_msgpack_with_invalid_utf8_is_refused_not_raised() -> None:
+    """A MessagePack event whose text is not UTF-8 is refused like any malformed input."""
+    sealed = _sealed(HomeVisitMade(child_id="c-" + "a" * 32, visitor="石晓"))
+    data = encode_event_msgpack(sealed.event)
+    broken = data.replace("石晓".encode(), b"\xff\xfe\xfd\xfc\xfb\xfa")
+    assert broken != data
+    with pytest.raises(ValidationFailed) as exc:
+        decode_event(broken, msgpack=True, now=NOW)
+    assert exc.value.problems
