@@ -135,8 +135,9 @@ def generate(*, children: int = 120, villages: int = 4, schools: int = 2, days: 
         reason = rng.choices(["both_parents_away", "one_parent_away", "single_parent", "orphan", "poverty",
                               "disability", "other_difficulty"], weights=[55, 22, 7, 2, 8, 3, 3])[0]
         cid = f"c-{rng.getrandbits(128):032x}"
-        kid: dict[str, Any] = {"child_id": cid, "village": village, "school": school, "grade": grade, "guardianship": guardianship,
-               "reason": reason, "birth": birth, "behind": rng.random() < 0.15}
+        kid: dict[str, Any] = {"child_id": cid, "village": village, "school": school, "grade": grade,
+                               "guardianship": guardianship, "reason": reason, "birth": birth,
+                               "behind": rng.random() < 0.15}
         kids.append(kid)
         day = rng.randint(0, min(20, days - 1))
         plan(village, day, {
@@ -239,6 +240,7 @@ def generate(*, children: int = 120, villages: int = 4, schools: int = 2, days: 
             truth.aid_amount_fen += amount
 
     # holiday condolence visits covering many children (Mid-Autumn ~day 30, Spring Festival ~day 150)
+    covered_by_any: set[str] = set()
     for holiday_day, occasion in ((30, "mid_autumn"), (150, "spring_festival")):
         if holiday_day < days:
             covered = [k["child_id"] for k in kids if k["registered_day"] < holiday_day and rng.random() < 0.5]
@@ -248,7 +250,10 @@ def generate(*, children: int = 120, villages: int = 4, schools: int = 2, days: 
                                            "child_ids": part, "occasion": occasion, "gifts": "书包、文具、牛奶",
                                            "money_fen_each": 20_000, "source": "township"})
                 truth.condolence_visits += 1
-                truth.condolence_children_covered += len(part)
+                covered_by_any.update(part)
+    # Distinct children, as projections/FIGURES.md defines the figure: a child visited at both
+    # holidays counts once.
+    truth.condolence_children_covered = len(covered_by_any)
 
     # the children's home (留守儿童之家) at each village, every other week
     for village in village_sites:
