@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import msgspec
 
@@ -77,6 +78,7 @@ async def _run(minutes: float, seed: int, data: Path, progress: Progress,
         for station in town.stations.values():
             await station.proxy.restore()
         await asyncio.gather(*(town.wait_agent(s) for s in town.stations))
+        await quiet(town)
         progress("bad input at every door")
         summary["bad_input"] = await badinput.run_all(town)
         await feed(town, tail, 0.0, seed)
@@ -110,6 +112,24 @@ async def _run(minutes: float, seed: int, data: Path, progress: Progress,
     finally:
         await town.stop_supervisor()
         await town.stop()
+
+
+async def quiet(town: Town, seconds: float = 5.0, within: float = 120.0) -> None:
+    """Wait until every process has run `seconds` without exiting and the database answers, so
+    an after-effect of the last fault (a runner dying on a database still starting up) is not
+    blamed on the bad input that comes next."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        exits = dict(town.unexpected_exits)
+        await asyncio.sleep(seconds)
+        if exits != town.unexpected_exits or not all(town.alive(n) for n in town.all_names()):
+            continue
+        try:
+            conn = await asyncpg.connect(town.db_url, timeout=5)
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            continue
+        await conn.close()
+        return
 
 
 async def feed(town: Town, plans: list[Planned], seconds: float, seed: int) -> None:
