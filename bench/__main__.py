@@ -26,36 +26,43 @@ async def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     figures: list[report.Figure] = []
     timings: dict[str, float] = {}
-    async with bench_servers(args.pg, args.nats) as (pg_url, nats_url):
-        for suite in args.only or SUITES:
+    for suite in args.only or SUITES:
+        # Each suite gets servers of its own (when embedded): one suite's leftovers (streams,
+        # consumers, a server's caches) must not change the next one's figures or stall it.
+        async with bench_servers(args.pg, args.nats) as (pg_url, nats_url):
             print(f"[bench] {suite} ...", file=sys.stderr, flush=True)
             t = time.perf_counter()
-            if suite == "store":
-                from bench import store
-
-                figures += await store.run(pg_url, args.quick)
-            elif suite == "projections":
-                from bench import projections
-
-                figures += await projections.run(pg_url, args.quick)
-            elif suite == "ingest":
-                from bench import ingest
-
-                figures += await ingest.run(pg_url, nats_url, args.quick)
-            elif suite == "api":
-                from bench import api
-
-                figures += await api.run(pg_url, args.quick)
-            elif suite == "catchup":
-                from bench import catchup
-
-                figures += await catchup.run(pg_url, nats_url, args.quick)
+            figures += await _suite(suite, pg_url, nats_url, args.quick)
             timings[suite] = round(time.perf_counter() - t, 1)
     print(report.table(figures))
     path = report.write(figures, {"quick": args.quick, "suite_seconds": timings,
                                   "servers": "given" if args.pg else "embedded"})
     print(f"\nwritten {path} and {path.parent / 'latest.json'}", file=sys.stderr)
     return 0
+
+
+async def _suite(suite: str, pg_url: str, nats_url: str, quick: bool) -> list[report.Figure]:
+    if suite == "store":
+        from bench import store
+
+        return await store.run(pg_url, quick)
+    if suite == "projections":
+        from bench import projections
+
+        return await projections.run(pg_url, quick)
+    if suite == "ingest":
+        from bench import ingest
+
+        return await ingest.run(pg_url, nats_url, quick)
+    if suite == "api":
+        from bench import api
+
+        return await api.run(pg_url, quick)
+    if suite == "catchup":
+        from bench import catchup
+
+        return await catchup.run(pg_url, nats_url, quick)
+    raise ValueError(f"unknown suite {suite!r}")
 
 
 if __name__ == "__main__":
