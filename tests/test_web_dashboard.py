@@ -137,3 +137,35 @@ async def test_dashboard_needs_a_login(pool: asyncpg.Pool, database_url: str, na
         await page.wait_for_selector("#login-error")
         cookies = await page.context.cookies()
         assert not any(c["name"] == "sw_token" for c in cookies)
+
+
+async def test_conflicts_duplicates_and_quarantine_pages(
+    pool: asyncpg.Pool, database_url: str, nats_url: str, browser: Browser
+) -> None:
+    """The supervisor sees the scenario's open conflict and duplicate pair; keeping one side of
+    the conflict and merging the pair go through the API as township events, after which the
+    projections show the conflict closed; the quarantine page loads."""
+    await _load_township(pool)
+    async with _serve(database_url, nats_url) as base:
+        page = await browser.new_page(locale="zh-CN", viewport={"width": 1280, "height": 900})
+        await _login(page, base, "supervisor")
+        await page.goto(f"{base}/ui/conflicts")
+        assert await page.locator("#conflicts tbody form").count() >= 2, "each side of the conflict has a form"
+        await page.locator("#conflicts tbody form button").first.click()
+        await page.wait_for_url(f"{base}/ui/conflicts?done=1")
+        await Runner(pool).catch_up()
+        await page.goto(f"{base}/ui/conflicts")
+        assert await page.locator("#conflicts tbody form").count() == 0, "the resolved conflict is gone"
+
+        await page.goto(f"{base}/ui/duplicates")
+        assert await page.locator("#duplicates tbody form button").count() == 1
+        await page.locator("#duplicates tbody form button").click()
+        await page.wait_for_url(f"{base}/ui/duplicates?done=1")
+        async with pool.acquire() as conn:
+            merges = await conn.fetchval("SELECT count(*) FROM events WHERE type = 'ArchivesMerged'")
+            resolutions = await conn.fetchval("SELECT count(*) FROM events WHERE type = 'ConflictResolved'")
+        assert (merges, resolutions) == (1, 1)
+
+        response = await page.goto(f"{base}/ui/quarantine")
+        assert response is not None and response.status == 200
+        assert await page.locator("#quarantine").count() == 1

@@ -124,6 +124,36 @@ def _month_end(month: str) -> dt.date:
     return first_next - dt.timedelta(days=1)
 
 
+async def _list_page(request: Request[Any, Any, Any], api_path: str, template: str) -> Response[str]:
+    """A page that lists the API's `items` at `api_path` (conflicts, duplicates, quarantine)."""
+    who = await _me(request)
+    if who is None:
+        return _login_redirect()
+    token, me = who
+    async with Api(request, token) as api:
+        status, doc = await api.get(api_path)
+    items = (doc or {}).get("items", []) if status == 200 else []
+    return page(request, template, items=obj(items), done=request.query_params.get("done"), **_ctx(me))
+
+
+async def _post_form(request: Request[Any, Any, Any], api_path: str, fields: tuple[str, ...],
+                     back: str) -> Response[str]:
+    """Post a form's fields to the API as JSON (an event of the township's site); on success go
+    back to the list, else show the API's message."""
+    who = await _me(request)
+    if who is None:
+        return _login_redirect()
+    token, me = who
+    form = await request.form()
+    body = {k: str(form.get(k, "")) for k in fields}
+    async with Api(request, token) as api:
+        status, out = await api.post(api_path, body)
+    if status != 201:
+        return page(request, "dash/message.html", status_code=status, message=(out or {}).get("message", ""),
+                    **_ctx(me))
+    return Response("", status_code=303, headers={"Location": back})
+
+
 def dashboard_routes() -> list[ControllerRouterHandler]:
     """Route handlers of the township dashboard, mounted under /ui of the center's app."""
 
@@ -260,67 +290,25 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
 
     @get(f"{PREFIX}/conflicts", include_in_schema=False, exclude_from_auth=True)
     async def conflicts(request: Request[Any, Any, Any]) -> Response[str]:
-        who = await _me(request)
-        if who is None:
-            return _login_redirect()
-        token, me = who
-        async with Api(request, token) as api:
-            status, doc = await api.get("/conflicts")
-        return page(request, "dash/conflicts.html", items=obj((doc or {}).get("items", []) if status == 200 else []),
-                    done=request.query_params.get("done"), **_ctx(me))
+        return await _list_page(request, "/conflicts", "dash/conflicts.html")
 
     @post(f"{PREFIX}/conflicts", include_in_schema=False, exclude_from_auth=True, status_code=200)
     async def resolve(request: Request[Any, Any, Any]) -> Response[str]:
-        who = await _me(request)
-        if who is None:
-            return _login_redirect()
-        token, me = who
-        form = await request.form()
-        body = {k: str(form.get(k, "")) for k in ("child_id", "field", "chosen_event_id")}
-        async with Api(request, token) as api:
-            status, out = await api.post("/conflicts/resolve", body)
-        if status != 201:
-            return page(request, "dash/message.html", status_code=status, message=(out or {}).get("message", ""),
-                        **_ctx(me))
-        return Response("", status_code=303, headers={"Location": f"{PREFIX}/conflicts?done=1"})
+        return await _post_form(request, "/conflicts/resolve", ("child_id", "field", "chosen_event_id"),
+                                f"{PREFIX}/conflicts?done=1")
 
     @get(f"{PREFIX}/duplicates", include_in_schema=False, exclude_from_auth=True)
     async def duplicates(request: Request[Any, Any, Any]) -> Response[str]:
-        who = await _me(request)
-        if who is None:
-            return _login_redirect()
-        token, me = who
-        async with Api(request, token) as api:
-            status, doc = await api.get("/duplicates")
-        return page(request, "dash/duplicates.html", items=obj((doc or {}).get("items", []) if status == 200 else []),
-                    done=request.query_params.get("done"), **_ctx(me))
+        return await _list_page(request, "/duplicates", "dash/duplicates.html")
 
     @post(f"{PREFIX}/duplicates", include_in_schema=False, exclude_from_auth=True, status_code=200)
     async def merge(request: Request[Any, Any, Any]) -> Response[str]:
-        who = await _me(request)
-        if who is None:
-            return _login_redirect()
-        token, me = who
-        form = await request.form()
-        body = {"kept_child_id": str(form.get("kept_child_id", "")),
-                "merged_child_id": str(form.get("merged_child_id", ""))}
-        async with Api(request, token) as api:
-            status, out = await api.post("/merges", body)
-        if status != 201:
-            return page(request, "dash/message.html", status_code=status, message=(out or {}).get("message", ""),
-                        **_ctx(me))
-        return Response("", status_code=303, headers={"Location": f"{PREFIX}/duplicates?done=1"})
+        return await _post_form(request, "/merges", ("kept_child_id", "merged_child_id"),
+                                f"{PREFIX}/duplicates?done=1")
 
     @get(f"{PREFIX}/quarantine", include_in_schema=False, exclude_from_auth=True)
     async def quarantine(request: Request[Any, Any, Any]) -> Response[str]:
-        who = await _me(request)
-        if who is None:
-            return _login_redirect()
-        token, me = who
-        async with Api(request, token) as api:
-            status, doc = await api.get("/quarantine")
-        return page(request, "dash/quarantine.html", items=obj((doc or {}).get("items", []) if status == 200 else []),
-                    **_ctx(me))
+        return await _list_page(request, "/quarantine", "dash/quarantine.html")
 
     @get(f"{PREFIX}/summary", include_in_schema=False, exclude_from_auth=True)
     async def summary(request: Request[Any, Any, Any]) -> Response[str]:
