@@ -6,7 +6,6 @@ scope is in the query). The raw bytes are shown only to admins: they may hold a 
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any
 
 import msgspec
@@ -15,7 +14,7 @@ from litestar.params import Parameter
 
 from service.api.errors import ApiError
 from service.api.scoping import Params, SiteFilter, allow, caller_of, site_visible
-from service.quarantine import QuarantineError, replay
+from service.quarantine import Quarantined, QuarantineError, replay
 
 _SELECT = """SELECT id, received_at, subject, site_id, event_id::text AS event_id, site_seq, reason,
                     octet_length(raw) AS size, status, attempts, deliveries, resolved_at, resolution
@@ -25,22 +24,8 @@ _SELECT = """SELECT id, received_at, subject, site_id, event_id::text AS event_i
 RowId = Annotated[int, Parameter(ge=1, le=2**62, description="quarantine row id")]
 
 
-class QuarantineRow(msgspec.Struct, frozen=True):
-    """One refused message as the center keeps it."""
-
-    id: int
-    received_at: dt.datetime
-    subject: str
-    site_id: str | None
-    event_id: str | None
-    site_seq: int | None
-    reason: str
-    size: int
-    status: str
-    attempts: int
-    deliveries: int | None
-    resolved_at: dt.datetime | None
-    resolution: str | None
+# One refused message as the center keeps it: the center's own row type, not a second copy.
+QuarantineRow = Quarantined
 
 
 class QuarantinePage(msgspec.Struct, frozen=True):
