@@ -99,6 +99,28 @@ async def connect_nats(nats_url: str, *, name: str = "shouwang-center", **option
     return await nats.connect(nats_url, **opts)
 
 
+async def stop_tasks(tasks: list[asyncio.Task[Any]], *, rounds: int = 20, wait: float = 0.5) -> None:
+    """Cancel `tasks` and wait until every one has ended.
+
+    Cancelling once is not enough on Python 3.11: ``asyncio.wait_for`` swallows a cancellation
+    that arrives in the same loop turn as its inner future's result (fixed in 3.12), and the
+    task then carries on, e.g. back to waiting for its next wake-up, so a plain ``await task``
+    after ``cancel()`` can hang the shutdown for ever. A task still running after a round is
+    cancelled again (its next await raises); one that survives every round is logged and left."""
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(rounds):
+        if not pending:
+            break
+        for t in pending:
+            t.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=wait)
+    for t in pending:
+        _log.error("task did not stop when cancelled", task=t.get_name())
+    for t in tasks:
+        if t.done() and not t.cancelled() and t.exception() is not None:
+            _log.warning("task had failed before stopping", task=t.get_name(), error=type(t.exception()).__name__)
+
+
 @contextlib.asynccontextmanager
 async def run_center(
     database_url: str,
@@ -165,11 +187,7 @@ async def run_center(
                 projector = next(t for t in center.tasks if t.get_name() == "projections")
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
                     await asyncio.wait_for(asyncio.shield(projector), 10)
-            for t in center.tasks:
-                t.cancel()
-            for t in center.tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+            await stop_tasks(center.tasks)
             if center.dead_letters is not None:
                 await center.dead_letters.stop()
         if nc is not None:
