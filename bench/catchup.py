@@ -22,6 +22,7 @@ import nats
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from bench.pipeline import raw_pipeline
 from bench.report import Figure, figure
 from bench.servers import fresh_database
 from events.envelope import Draft
@@ -127,8 +128,14 @@ async def _catch_up(admin_url: str, nats_url: str, n: int) -> list[Figure]:
                     await agent.stop()
             await pool.close()
         raw = await _raw_publish(nats_url, data)
+        with LocalLog(log_path(data), SITE) as log:
+            same_bytes = [(SITE, o.body, o.event_id) for o in log.read_range(1, 10**12, 10**9)]
+        pipe = await raw_pipeline(admin_url, nats_url, same_bytes)
         await _clean_streams(nats_url)
     return [
+        figure(f"agent catch-up of {n:,} events, first publish to last receipt", rate, "events/s",
+               "raw pipeline of the same bytes: publish, fetch, COPY, ack (no decoding)", pipe,
+               note="the pipeline sends no receipts back"),
         figure(f"agent catch-up of {n:,} events, first publish to last receipt", rate, "events/s",
                "raw JetStream publish_async of the same bytes", raw,
                note=f"center: 1 ingester into PostgreSQL; start-up chain check {verify_s:.1f} s"),

@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from bench.pipeline import raw_pipeline
 from bench.report import Figure, figure
 from bench.servers import fresh_database
 from bench.store import _COLUMNS, make_events
@@ -287,6 +288,10 @@ async def sync_policy(events: EVENTS) -> tuple[float, float]:
     return rates[0], rates[1]
 
 
+def _messages(events: EVENTS) -> list[tuple[str, bytes, str]]:
+    return [(d.event.site_id, encode_event(d.event), d.event.event_id) for d in events]
+
+
 async def run(admin_url: str, nats_url: str, quick: bool) -> list[Figure]:
     n = 3000 if quick else 30_000
     one_site = make_events(n, sites=1, prefix="e2e1")
@@ -294,10 +299,16 @@ async def run(admin_url: str, nats_url: str, quick: bool) -> list[Figure]:
     figures: list[Figure] = []
     raw_pub = await raw_publish(nats_url, one_site)
     copy = await raw_copy(admin_url, one_site)
+    pipe_1 = await raw_pipeline(admin_url, nats_url, _messages(one_site))
+    pipe_50 = await raw_pipeline(admin_url, nats_url, _messages(fifty))
     e2e_1, _ = await end_to_end(admin_url, nats_url, one_site)
     e2e_50, _ = await end_to_end(admin_url, nats_url, fifty)
     e2e_50_2, _ = await end_to_end(admin_url, nats_url, make_events(n, sites=50, prefix="e2e50b"), ingesters=2)
     figures += [
+        figure("end to end publish->committed, 1 site", e2e_1, "events/s",
+               "raw pipeline: publish, fetch, COPY, ack (no decoding)", pipe_1),
+        figure("end to end publish->committed, 50 sites", e2e_50, "events/s",
+               "raw pipeline: publish, fetch, COPY, ack (no decoding)", pipe_50),
         figure("end to end publish->committed, 1 site", e2e_1, "events/s", "raw JetStream publish_async", raw_pub),
         figure("end to end publish->committed, 1 site", e2e_1, "events/s", "raw COPY, 500 per transaction", copy),
         figure("end to end publish->committed, 50 sites", e2e_50, "events/s", "raw JetStream publish_async",
