@@ -14,7 +14,7 @@ import time
 from bench import report
 from bench.servers import bench_servers
 
-SUITES = ("store", "projections", "api", "ingest", "catchup", "scale")
+SUITES = ("store", "projections", "api", "ingest", "catchup", "memory", "scale")
 
 
 async def main(argv: list[str]) -> int:
@@ -62,6 +62,10 @@ async def _suite(suite: str, pg_url: str, nats_url: str, quick: bool) -> list[re
         from bench import catchup
 
         return await catchup.run(pg_url, nats_url, quick)
+    if suite == "memory":
+        from bench import memory
+
+        return await memory.run(pg_url, nats_url, quick)
     if suite == "scale":
         from bench import scale
 
