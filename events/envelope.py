@@ -101,7 +101,12 @@ _care_decoders: dict[type[CareEventBase], msgspec.json.Decoder[Any]] = {
 }
 
 
-def canonical_bytes(event: Event) -> bytes:
+_UNSET: Any = object()
+
+
+def canonical_bytes(event: Event, payload: Any = _UNSET) -> bytes:
+    """The bytes an event's hash covers. `payload`: the payload already decoded generically, if
+    the caller has it (validation does), so it is not decoded twice."""
     doc = {
         "event_id": event.event_id,
         "type": event.type,
@@ -114,13 +119,13 @@ def canonical_bytes(event: Event) -> bytes:
         "prev_hash": event.prev_hash,
         "children": event.children,
         "based_on": event.based_on,
-        "payload": _generic_json.decode(event.payload),
+        "payload": _generic_json.decode(event.payload) if payload is _UNSET else payload,
     }
     return _canonical_encoder.encode(doc)
 
 
-def event_hash(event: Event) -> str:
-    return hashlib.sha256(canonical_bytes(event)).hexdigest()
+def event_hash(event: Event, payload: Any = _UNSET) -> str:
+    return hashlib.sha256(canonical_bytes(event, payload)).hexdigest()
 
 
 def encode_event(event: Event) -> bytes:
@@ -192,6 +197,7 @@ def validate_event(
         raise ValidationFailed([*problems, Problem("payload", f"malformed JSON: {err}")]) from None
     if not isinstance(generic, dict):
         raise ValidationFailed([*problems, Problem("payload", "must be an object", show_value(generic))])
+    raw_doc: Any = generic  # as sent: the hash covers it
     if generic.get("type", event.type) != event.type:
         problems.append(Problem("payload.type", f"does not match the envelope type {event.type!r}",
                                 show_value(generic.get("type"))))
@@ -199,9 +205,10 @@ def validate_event(
         # Kept, not understood: a newer agent may send what this center does not know yet.
         if problems:
             raise ValidationFailed(problems)
-        return DecodedEvent(event, None, event_hash(event), False)
+        return DecodedEvent(event, None, event_hash(event, raw_doc), False)
     care: CareEventBase | None = None
     if event.schema_version < cls.SCHEMA_VERSION:
+        raw_doc = _UNSET  # an upcaster may change the dict in place: the hash decodes afresh
         try:
             generic = upcast(event.type, event.schema_version, cls.SCHEMA_VERSION, generic)
         except UpcastError as err:
@@ -223,7 +230,7 @@ def validate_event(
                                     show_value(event.children)))
     if problems:
         raise ValidationFailed(problems)
-    return DecodedEvent(event, care, event_hash(event), True)  # type: ignore[arg-type]
+    return DecodedEvent(event, care, event_hash(event, raw_doc), True)  # type: ignore[arg-type]
 
 
 def care_of(event: Event) -> CareEvent | None:
