@@ -31,6 +31,7 @@ that would make a cycle or give a child a second parent is ignored.
 from __future__ import annotations
 
 import datetime as dt
+import operator
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -48,6 +49,9 @@ CONTACT_TYPES: dict[str, str] = {
     "TalkHeld": "talk",
 }
 PROXY_KINDS = (PartnerKind.PROXY_PARENT, PartnerKind.LOVING_MOTHER)
+_CONTACT_NAMES = ("visit", "call", "letter", "talk")  # the order of MonthWork's counts
+_CONTACT_SLOT: dict[type, int] = {c.EVENT_TYPES[name]: _CONTACT_NAMES.index(kind)
+                                  for name, kind in CONTACT_TYPES.items()}
 
 
 class Entry(msgspec.Struct, frozen=True, kw_only=True):
@@ -235,14 +239,20 @@ class Effective(msgspec.Struct, frozen=True, kw_only=True):
     corrected_by: str | None = None
 
 
+_stamp_key = operator.attrgetter("recorded_at", "site_id", "site_seq")  # Entry.stamp, without the property call
+
+
 def effective(entries: Iterable[Entry]) -> tuple[list[Effective], dict[str, tuple[str, bool]]]:
     """The events as they count, sorted by stamp, and for each corrected event id its winning
     correction (correction event id, retracted?)."""
-    ordered = sorted(entries, key=lambda e: e.stamp)
+    ordered = sorted(entries, key=_stamp_key)
     winning: dict[str, Entry] = {}
     for e in ordered:
         if isinstance(e.care, c.EventCorrected):
             winning[e.care.corrected_event_id] = e  # later stamps overwrite: highest stamp wins
+    if not winning:  # the common case: nothing corrected, every event counts as it is
+        return [Effective(entry=e, care=e.care, occurred_at=e.occurred_at, counts_as=e.event_id)
+                for e in ordered], {}
     # A replacement counts only once its original is here too (family routing brings the
     # original to every child its correction concerns); a correction of a correction does nothing.
     out: list[Effective] = []
@@ -258,7 +268,7 @@ def effective(entries: Iterable[Entry]) -> tuple[list[Effective], dict[str, tupl
         if cc.replacement is not None:
             out.append(Effective(entry=e, care=cc.replacement, occurred_at=cc.replacement_occurred_at or e.occurred_at,
                                  counts_as=e.event_id, corrected_by=corr.event_id))
-    out.sort(key=lambda x: x.entry.stamp)
+    # `out` follows `ordered`, so it is in stamp order already.
     corrections = {t: (corr.event_id, isinstance(corr.care, c.EventCorrected) and corr.care.replacement is None)
                    for t, corr in winning.items()}
     return out, corrections
@@ -308,18 +318,29 @@ def _knows(writes: list[_Write]) -> dict[str, set[str]]:
     return known
 
 
+# Payload types that never set an archive field (visits, calls, aid...): most of the log.
+_SETS_NO_FIELD = frozenset(
+    cls for cls in c.EVENT_TYPES.values()
+    if cls is not c.ConflictResolved and not cls.FIELDS and cls.fields_set is c.CareEventBase.fields_set)
+
+
 def _registers(child_id: str, effs: list[Effective]) -> tuple[dict[str, _Write], list[Conflict]]:
     writes: dict[str, list[_Write]] = {}
-    by_event: dict[str, Effective] = {x.entry.event_id: x for x in effs}
+    resolutions: list[Effective] = []
     for x in effs:
-        if isinstance(x.care, c.ConflictResolved):
+        kind = type(x.care)
+        if kind in _SETS_NO_FIELD:
+            continue
+        if kind is c.ConflictResolved:
+            resolutions.append(x)
             continue
         for f in x.care.fields_set():
             v = field_value(x.care, f)
             writes.setdefault(f, []).append(_Write(
                 x.entry.event_id, x.entry.stamp, x.entry.site_id, x.entry.actor, v, _value_encoder.encode(v),
                 tuple(b for b in (x.entry.based_on.get(f),) if b)))
-    for x in effs:
+    by_event: dict[str, Effective] = {x.entry.event_id: x for x in effs} if resolutions else {}
+    for x in resolutions:
         care = x.care
         if isinstance(care, c.ConflictResolved) and care.field in writes:
             chosen = by_event.get(care.chosen_event_id)
@@ -363,7 +384,7 @@ def month_key(day: dt.date | dt.datetime) -> str:
 
 
 def _day(t: dt.datetime) -> dt.date:
-    return t.astimezone(dt.UTC).date()
+    return t.date() if t.tzinfo is dt.UTC else t.astimezone(dt.UTC).date()
 
 
 def derive(child_id: str, entries: Iterable[Entry], merged_from: Iterable[str] = ()) -> ChildArchive:
@@ -388,13 +409,52 @@ def derive_full(child_id: str, entries: Iterable[Entry], merged_from: Iterable[s
     # offline station lands where it happened.
     marks: list[tuple[dt.datetime, Stamp, bool, Effective]] = []
     registered_by: str | None = None
+    # Pairings, contacts, aid, cases: gathered in the same pass (one type lookup per event).
+    pair_start: dict[str, Effective] = {}
+    pair_end: dict[str, Effective] = {}
+    case_open: dict[str, Effective] = {}
+    case_close: dict[str, Effective] = {}
+    last: dict[str, dt.date] = {}
+    months: dict[int, list[int]] = {}  # year * 100 + month -> [visits, calls, letters, talks]
+    aid: list[AidItem] = []
+    incidents = 0
     for x in effs:
-        if isinstance(x.care, c.ChildRegistered | c.ArchiveReopened):
+        care = x.care
+        kind = type(care)
+        slot = _CONTACT_SLOT.get(kind)
+        if slot is not None:
+            day = _day(x.occurred_at)
+            name = _CONTACT_NAMES[slot]
+            prev = last.get(name)
+            if prev is None or day > prev:
+                last[name] = day
+            month = day.year * 100 + day.month
+            counts = months.get(month)
+            if counts is None:
+                counts = months[month] = [0, 0, 0, 0]
+            counts[slot] += 1
+        elif kind is c.ChildRegistered:
             marks.append((x.occurred_at, x.entry.stamp, True, x))
-        elif isinstance(x.care, c.ArchiveClosed):
+            if registered_by is None:
+                registered_by = x.entry.site_id
+        elif kind is c.ArchiveReopened:
+            marks.append((x.occurred_at, x.entry.stamp, True, x))
+        elif kind is c.ArchiveClosed:
             marks.append((x.occurred_at, x.entry.stamp, False, x))
-        if isinstance(x.care, c.ChildRegistered) and registered_by is None:
-            registered_by = x.entry.site_id
+        elif isinstance(care, c.PairingStarted):
+            pair_start.setdefault(care.pairing_id, x)
+        elif isinstance(care, c.PairingEnded):
+            pair_end.setdefault(care.pairing_id, x)
+        elif isinstance(care, c.RightsCaseOpened):
+            case_open.setdefault(care.case_id, x)
+        elif isinstance(care, c.RightsCaseClosed):
+            case_close.setdefault(care.case_id, x)
+        elif isinstance(care, c.AidGiven | c.CondolenceVisitMade):
+            item = _aid_item(x.counts_as, care, x.occurred_at)
+            assert item is not None
+            aid.append(item)
+        elif isinstance(care, c.SafetyIncidentReported):
+            incidents += 1
     marks.sort(key=lambda m: (m[0], m[1]))
     intervals: list[tuple[dt.date, dt.date | None]] = []
     is_open = False
@@ -415,38 +475,6 @@ def derive_full(child_id: str, entries: Iterable[Entry], merged_from: Iterable[s
             assert isinstance(x.care, c.ArchiveClosed)
             closing_reason = str(x.care.reason)
 
-    # Pairings, contacts, aid, cases.
-    pair_start: dict[str, Effective] = {}
-    pair_end: dict[str, Effective] = {}
-    case_open: dict[str, Effective] = {}
-    case_close: dict[str, Effective] = {}
-    last: dict[str, dt.date] = {}
-    months: dict[str, dict[str, int]] = {}
-    aid: list[AidItem] = []
-    incidents = 0
-    for x in effs:
-        care = x.care
-        kind = CONTACT_TYPES.get(type(care).__name__)
-        if kind is not None:
-            day = _day(x.occurred_at)
-            if kind not in last or day > last[kind]:
-                last[kind] = day
-            m = months.setdefault(month_key(day), {})
-            m[kind] = m.get(kind, 0) + 1
-        elif isinstance(care, c.PairingStarted):
-            pair_start.setdefault(care.pairing_id, x)
-        elif isinstance(care, c.PairingEnded):
-            pair_end.setdefault(care.pairing_id, x)
-        elif isinstance(care, c.RightsCaseOpened):
-            case_open.setdefault(care.case_id, x)
-        elif isinstance(care, c.RightsCaseClosed):
-            case_close.setdefault(care.case_id, x)
-        elif isinstance(care, c.AidGiven | c.CondolenceVisitMade):
-            item = _aid_item(x.counts_as, care, x.occurred_at)
-            assert item is not None
-            aid.append(item)
-        elif isinstance(care, c.SafetyIncidentReported):
-            incidents += 1
     pairings = []
     for pid in sorted(pair_start):
         s = pair_start[pid]
@@ -505,8 +533,8 @@ def derive_full(child_id: str, entries: Iterable[Entry], merged_from: Iterable[s
         last_call=last.get("call"),
         last_letter=last.get("letter"),
         last_talk=last.get("talk"),
-        months=[MonthWork(month=k, visits=m.get("visit", 0), calls=m.get("call", 0), letters=m.get("letter", 0),
-                          talks=m.get("talk", 0)) for k, m in sorted(months.items())],
+        months=[MonthWork(month=f"{k // 100:04d}-{k % 100:02d}", visits=m[0], calls=m[1], letters=m[2], talks=m[3])
+                for k, m in sorted(months.items())],
         aid=aid,
         rights_cases=cases,
         incidents=incidents,
