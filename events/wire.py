@@ -24,6 +24,11 @@ UP_PREFIX = "care.up."
 DOWN_PREFIX = "care.down."
 UP_STREAM = "CARE_UP"
 DOWN_STREAM = "CARE_DOWN"
+# The JetStream domain of the center's NATS server (deploy/nats/center.conf). A site connected
+# to the center's server needs nothing of it; a site behind its township's leaf node, which has
+# no JetStream of its own, reaches the center's streams as `$JS.<domain>.API...` (agent
+# `--js-domain`).
+JS_DOMAIN = "shouwang"
 KIND_HEADER = "Shouwang-Kind"
 KIND_RECEIPT = "receipt"
 KIND_EVENT = "event"

@@ -18,7 +18,7 @@ import asyncpg
 import msgspec
 
 from events.types import SiteId, SiteKind
-from events.wire import DOWN_STREAM, down_consumer, down_subject, inbox_prefix, up_subject
+from events.wire import DOWN_STREAM, JS_DOMAIN, down_consumer, down_subject, inbox_prefix, up_subject
 
 
 class SiteError(Exception):
@@ -134,16 +134,21 @@ def site_permissions(site_id: str) -> str:
     """The NATS permissions block of one site: its own subjects and its own consumer, nothing else."""
     durable = down_consumer(site_id)
     down = down_subject(site_id)
-    publish = [
-        up_subject(site_id),
-        # Create (or look up) its own durable consumer; the filter is part of the subject, so the
-        # server refuses a consumer of this name that filters on another site's subject.
-        f"$JS.API.CONSUMER.CREATE.{DOWN_STREAM}.{durable}.{down}",
-        f"$JS.API.CONSUMER.INFO.{DOWN_STREAM}.{durable}",
-        f"$JS.API.CONSUMER.MSG.NEXT.{DOWN_STREAM}.{durable}",
-        f"$JS.ACK.{DOWN_STREAM}.{durable}.>",
-        "$JS.API.INFO",
-    ]
+    publish = [up_subject(site_id)]
+    # Its JetStream API calls, directly ($JS.API) or through its township's leaf node
+    # ($JS.<domain>.API, which the center's server maps onto its own JetStream).
+    for api in ("$JS.API", f"$JS.{JS_DOMAIN}.API"):
+        publish += [
+            # Create (or look up) its own durable consumer; the filter is part of the subject, so
+            # the server refuses a consumer of this name that filters on another site's subject.
+            f"{api}.CONSUMER.CREATE.{DOWN_STREAM}.{durable}.{down}",
+            f"{api}.CONSUMER.INFO.{DOWN_STREAM}.{durable}",
+            f"{api}.CONSUMER.MSG.NEXT.{DOWN_STREAM}.{durable}",
+            f"{api}.INFO",
+        ]
+    # Acks of its own consumer's messages: the classic subject, and the form with the domain
+    # and account hash after $JS.ACK.
+    publish += [f"$JS.ACK.{DOWN_STREAM}.{durable}.>", f"$JS.ACK.*.*.{DOWN_STREAM}.{durable}.>"]
     subscribe = [down, f"{inbox_prefix(site_id)}.>"]
     return (
         "permissions: { publish: { allow: [" + ", ".join(_q(s) for s in publish) + "] }, "

@@ -42,7 +42,8 @@ class Agent:
         self.chain: ChainReport | None = None
         self.uploader = Uploader(self.log, self.config.site_id, self.tuning, self._error, self._rng)
         self.downloader = Downloader(self.log, self.config.site_id, self.config.durable_name, self.tuning,
-                                     self.uploader.on_receipt, self._error, self._rng)
+                                     self.uploader.on_receipt, self._error, self._rng,
+                                     js_domain=self.config.js_domain)
         self.nc: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._last_error: tuple[str, float] = ("", 0.0)

@@ -36,6 +36,10 @@ def register(sub: Any) -> None:
     p.add_argument("--name", required=True, help="the site's name, e.g. 青石村留守儿童之家")
     p.add_argument("--nats", required=True, help="NATS URL of the center, e.g. nats://center.example:4222")
     p.add_argument("--creds", help="credentials file: JSON from the center's site registration, or a NATS .creds")
+    p.add_argument("--tls-ca", help="CA certificate (PEM) of a tls:// server whose certificate the county's own "
+                   "CA signed")
+    p.add_argument("--js-domain", help="JetStream domain of the county hub, when connecting through the "
+                   "township's leaf node (deploy/nats/township-leaf.conf)")
     p.add_argument("--actor", default="station", help="staff account recorded when a draft names none")
     p.set_defaults(handler=_init)
 
@@ -99,7 +103,8 @@ def _init(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         config = msgspec.convert({"site_id": args.site, "kind": args.kind, "name": args.name, "nats_url": args.nats,
-                                  "creds": args.creds, "default_actor": args.actor}, type=SiteConfig)
+                                  "creds": args.creds, "tls_ca": args.tls_ca, "js_domain": args.js_domain,
+                                  "default_actor": args.actor}, type=SiteConfig)
     except msgspec.ValidationError as err:
         raise _cli_error(f"invalid site identity: {err}") from None
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import os
+import ssl
 from pathlib import Path
 from typing import Annotated
 
@@ -36,6 +37,12 @@ class SiteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
     nats_url: Annotated[str, msgspec.Meta(min_length=1)]
     creds: str | None = None
+    # CA certificate (PEM) that signed the server's certificate, for a tls:// URL whose server
+    # uses the county's own CA rather than one the system trusts.
+    tls_ca: str | None = None
+    # JetStream domain of the county hub, for a site that connects through its township's leaf
+    # node (deploy/nats/township-leaf.conf); None when connecting to the hub itself.
+    js_domain: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")] | None = None
     # Staff account written into `actor` when a draft names none.
     default_actor: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._@-]{1,64}$")] = "station"
 
@@ -107,8 +114,19 @@ class _PasswordCreds(msgspec.Struct, frozen=True):
 
 
 def connect_options(config: SiteConfig) -> dict[str, object]:
-    """nats.connect() options for this site's credentials: a JSON file with user and password
-    (from the center's site registration), or a NATS .creds file (JWT and seed)."""
+    """nats.connect() options for this site: its credentials (a JSON file with user and password
+    from the center's site registration, or a NATS .creds file with JWT and seed) and, with
+    `tls_ca`, a TLS context that trusts that CA."""
+    opts: dict[str, object] = {}
+    if config.tls_ca is not None:
+        try:
+            opts["tls"] = ssl.create_default_context(cafile=config.tls_ca)
+        except (OSError, ssl.SSLError) as err:
+            raise ConfigError(f"tls_ca {config.tls_ca}: cannot be used as a CA certificate: {err}") from None
+    return {**opts, **_creds_options(config)}
+
+
+def _creds_options(config: SiteConfig) -> dict[str, object]:
     if config.creds is None:
         return {}
     path = Path(config.creds)

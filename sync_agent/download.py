@@ -33,9 +33,10 @@ _event_decoder = msgspec.json.Decoder(Event)
 class Downloader:
     def __init__(self, log_: LocalLog, site_id: str, durable: str, tuning: SyncTuning,
                  on_receipt: Callable[[ReceiptEffect], None], on_error: Callable[[str], None],
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, js_domain: str | None = None) -> None:
         self.log = log_
         self.site_id = site_id
+        self.js_domain = js_domain  # the hub's JetStream domain, behind a township leaf node
         self.durable = durable
         self.tuning = tuning
         self._on_receipt = on_receipt
@@ -76,7 +77,7 @@ class Downloader:
                         await sub.unsubscribe()
 
     async def _subscribe(self, nc: Any) -> Any:
-        js = nc.jetstream()
+        js = nc.jetstream(domain=self.js_domain)
         try:
             # The center creates the consumer when it registers the site; bind to it as it is.
             await js.consumer_info(DOWN_STREAM, self.durable)

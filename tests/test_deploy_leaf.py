@@ -5,6 +5,7 @@ stores the event, and the township's leaf cannot carry another township's events
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import ssl
@@ -19,14 +20,18 @@ import nats
 import nats.errors
 import pytest
 
+from events import wire
 from events.catalogue import HomeVisitMade
-from events.envelope import encode_event
+from events.envelope import Draft, encode_event
 from events.wire import UP_STREAM, inbox_prefix, up_subject
 from service.center import run_center
 from service.embedded import _nats_bin, free_port
 from service.leafs import leaf_user_entry, leaf_user_name
 from service.sites import nats_users_conf, register_site
 from service.store import EventStore
+from sync_agent.agent import Agent
+from sync_agent.config import SiteConfig, SiteKind, log_path, write_config
+from sync_agent.locallog import LocalLog
 from tests.center_kit import wait_for
 from tests.factory import SiteWriter
 
@@ -35,6 +40,7 @@ TOWNSHIP = "gx-lp.xy"
 SITE = f"{TOWNSHIP}.v01"
 CENTER_PASSWORD = "center-test-password"
 LEAF_PASSWORD = "leaf-test-password"
+JS_DOMAIN = wire.JS_DOMAIN
 
 
 def _cert(folder: Path) -> tuple[Path, Path]:
@@ -110,7 +116,7 @@ def nats_pair(tmp_path: Path) -> Iterator[dict[str, object]]:
             raise AssertionError("the township leaf never connected: " + (tmp_path / "leaf.log").read_text()[-1500:])
         tls = ssl.create_default_context(cafile=str(crt))
         yield {"hub": f"tls://127.0.0.1:{hub_port}", "leaf": f"tls://127.0.0.1:{leaf_client_port}", "tls": tls,
-               "site_password": site_password}
+               "site_password": site_password, "ca": str(crt)}
     finally:
         for p in procs:
             p.terminate()
@@ -143,3 +149,33 @@ async def test_station_reaches_the_center_through_its_township_leaf(
 
 async def _stored(store: EventStore, event_id: str) -> bool:
     return await store.get(event_id) is not None
+
+
+async def test_agent_behind_its_township_leaf_is_receipted(
+        nats_pair: dict[str, object], database_url: str, pool: asyncpg.Pool, tmp_path: Path) -> None:
+    """The whole agent, connected to its township's leaf node over TLS with the county's CA:
+    its events reach the store and the receipts come back through the leaf (the care.down
+    consumer is created and read through the hub's JetStream domain)."""
+    await register_site(pool, SITE, "village", "青石村维权站")
+    creds = tmp_path / "site-creds.json"
+    creds.write_text(json.dumps({"user": SITE, "password": nats_pair["site_password"],
+                                 "inbox_prefix": inbox_prefix(SITE)}), encoding="utf-8")
+    data = tmp_path / "station"
+    write_config(data, SiteConfig(site_id=SITE, kind=SiteKind.VILLAGE, name="青石村维权站",
+                                  nats_url=str(nats_pair["leaf"]), creds=str(creds), tls_ca=str(nats_pair["ca"]),
+                                  js_domain=JS_DOMAIN))
+    with LocalLog(log_path(data), SITE) as log:
+        log.record([Draft(care=HomeVisitMade(child_id="c-" + "5" * 32, visitor="石晓"),
+                          occurred_at=dt.datetime(2026, 3, 2, 9, 30, tzinfo=dt.UTC)) for _ in range(3)],
+                   default_actor="station")
+    tls = nats_pair["tls"]
+    async with run_center(database_url, str(nats_pair["hub"]),
+                          nats_options={"user": "center", "password": CENTER_PASSWORD, "tls": tls}):
+        agent = Agent(data)
+        await agent.start()
+        try:
+            synced = await agent.wait_synced(60)
+            assert synced, f"{agent.pending()} events not receipted: {agent.log.meta('last_error')}"
+        finally:
+            await agent.stop()
+    assert int(await pool.fetchval("SELECT count(*) FROM events WHERE site_id = $1", SITE)) == 3
