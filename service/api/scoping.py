@@ -56,7 +56,8 @@ def caller_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:
 def allow(*roles: str) -> Any:
     """A guard: the caller's role must be one of `roles`, else 403 naming the role."""
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    # A coroutine: litestar runs a plain function guard in a worker thread, a thread hop per request.
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         caller = caller_of(connection)
         if caller.role not in roles:
             raise ApiError(403, f"role {caller.role!r} may not use this route; it is for: {', '.join(roles)}",
