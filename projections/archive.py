@@ -711,9 +711,12 @@ class ArchiveBook:
     def __init__(self) -> None:
         self.states: dict[str, ChildState] = {}
         self.skipped: set[str] = set()
+        # Families with a correction in them (keyed by the corrected event id): their keys and
+        # members. An event nothing corrects (most of them) is a family of one and is kept only
+        # in `_entry`; it joins these maps when its first correction arrives.
         self._family_keys: dict[str, set[str]] = {}
         self._family_members: dict[str, list[str]] = {}
-        self._key_of: dict[str, str] = {}  # event id -> one key whose state holds it
+        self._entry: dict[str, Entry] = {}  # event id -> its entry
 
     def add(self, event: Event, care: c.CareEventBase | None) -> set[str]:
         """Add one event; returns the keys (child ids or "ev:" pseudo-keys) whose state changed."""
@@ -724,35 +727,43 @@ class ArchiveBook:
 
     def add_entry(self, entry: Entry) -> set[str]:
         eid = entry.event_id
-        if eid in self._key_of:
+        known = self._entry
+        if eid in known:
             return set()
         care = entry.care
-        fam = family_of(care, eid)
+        fam = care.corrected_event_id if isinstance(care, c.EventCorrected) else eid  # family_of
         own = keys_of(care, eid)
         keys = self._family_keys.get(fam)
         states = self.states
-        if keys is None:  # the common case: the first event of its family
-            self._family_keys[fam] = set(own)
-            self._family_members[fam] = [eid]
-            for k in own:
-                st = states.get(k)
-                if st is None:
-                    st = states[k] = ChildState(child_id=k)
-                st.entries[eid] = entry
-            self._key_of[eid] = own[0]
-            return set(own)
+        if keys is None:
+            original = known.get(fam) if fam != eid else None
+            if original is None or isinstance(original.care, c.EventCorrected):
+                # The first event of its family (the common case: an uncorrected event).
+                if fam != eid:  # a correction before (or without) its original: track its family
+                    self._family_keys[fam] = set(own)
+                    self._family_members[fam] = [eid]
+                for k in own:
+                    st = states.get(k)
+                    if st is None:
+                        st = states[k] = ChildState(child_id=k)
+                    st.entries[eid] = entry
+                known[eid] = entry
+                return set(own)
+            # The first correction of an original in hand: its family is tracked from now on.
+            keys = self._family_keys[fam] = set(keys_of(original.care, fam))
+            self._family_members[fam] = [fam]
         members = self._family_members[fam]
         new_keys = set(own) - keys
         changed = keys | set(own)
         for other in members:  # earlier members reach the keys this event brings
-            earlier = states[self._key_of[other]].entries[other]
+            earlier = known[other]
             for k in new_keys:
                 states.setdefault(k, ChildState(child_id=k)).entries[other] = earlier
         keys |= new_keys
         for k in keys:
             states.setdefault(k, ChildState(child_id=k)).entries[eid] = entry
         members.append(eid)
-        self._key_of[eid] = own[0]
+        known[eid] = entry
         return changed
 
     def archives(self) -> dict[str, ChildArchive]:
@@ -760,7 +771,12 @@ class ArchiveBook:
 
     def family_keys(self, event_id: str) -> set[str]:
         """Every key the family of this (non-correction) event goes to."""
-        return self._family_keys.get(event_id) or {self._key_of[event_id]}
+        keys = self._family_keys.get(event_id)
+        if keys:
+            return keys
+        e = self._entry[event_id]
+        own = keys_of(e.care, event_id)
+        return set(own) if family_of(e.care, event_id) == event_id else {own[0]}
 
 
 def build_states(events: Iterable[tuple[Event, c.CareEventBase | None]]) -> tuple[dict[str, ChildState], int]:
