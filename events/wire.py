@@ -91,3 +91,37 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True):
 
 receipt_encoder = msgspec.json.Encoder()
 receipt_decoder = msgspec.json.Decoder(Receipt)
+
+
+# --- restoring a site's log from the center (a station whose disk died) -------------------
+
+RESTORE_PREFIX = "care.restore."
+# Bytes of events per restore reply: well under max_payload (1 MB), and an event is at most 64 KiB.
+RESTORE_PAGE_BYTES = 512 * 1024
+
+
+def restore_subject(site_id: str) -> str:
+    """Core NATS request subject on which a site asks the center for its own events (no stream)."""
+    return RESTORE_PREFIX + site_id
+
+
+class RestoreRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    from_seq: Annotated[int, msgspec.Meta(ge=1)]
+
+
+class RestorePage(msgspec.Struct, frozen=True, kw_only=True):
+    """The site's own events from ``from_seq`` on, as the center holds them (each the event's
+    wire JSON), with the site's progress. ``next_seq`` is where the next page starts, None at
+    the end. ``error`` says why the center could not answer (nothing else is set then)."""
+
+    site_id: str
+    watermark: int = 0
+    max_seq: int = 0
+    holes: list[SeqRange] = []
+    events: list[msgspec.Raw] = []
+    next_seq: int | None = None
+    error: str | None = None
+
+
+restore_request_decoder = msgspec.json.Decoder(RestoreRequest)
+restore_page_decoder = msgspec.json.Decoder(RestorePage)

@@ -27,11 +27,13 @@ from service.fanout import FanOut
 from service.ingest import Ingester, Outcome
 from service.quarantine import DeadLetters
 from service.receipts import ReceiptPublisher
+from service.restore import RestoreResponder
 from service.store import EventStore
 from service.streams import StreamSettings, ensure_site_consumer, ensure_streams
 
-PARTS = ("ingest", "receipts", "fanout", "deadletters", "projections")
-CORE_PARTS = ("ingest", "receipts", "fanout", "deadletters")  # run_center's default; the CLI adds projections
+PARTS = ("ingest", "receipts", "fanout", "deadletters", "restore", "projections")
+# run_center's default; the CLI adds projections
+CORE_PARTS = ("ingest", "receipts", "fanout", "deadletters", "restore")
 _log = log.get("service.center")
 
 
@@ -47,6 +49,7 @@ class Center:
     receipts: ReceiptPublisher | None = None
     fanout: FanOut | None = None
     dead_letters: DeadLetters | None = None
+    restore: RestoreResponder | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     projection_stop: asyncio.Event | None = None
 
@@ -168,6 +171,9 @@ async def run_center(
         if "deadletters" in parts:
             center.dead_letters = DeadLetters(pool, nc, js)
             await center.dead_letters.start()
+        if "restore" in parts:
+            center.restore = RestoreResponder(pool, nc)
+            await center.restore.start()
         if "projections" in parts:
             from projections.runner import Runner  # the read models (issue 5), same process, own task
 
@@ -190,6 +196,8 @@ async def run_center(
             await stop_tasks(center.tasks)
             if center.dead_letters is not None:
                 await center.dead_letters.stop()
+            if center.restore is not None:
+                await center.restore.stop()
         if nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.drain(), 5)

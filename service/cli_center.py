@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
 
     run = csub.add_parser("run", help="run ingest, receipts, dead letters and fan-out until SIGTERM/SIGINT")
     run.add_argument("--ingesters", type=int, default=1, help="ingest loops in this process (default 1)")
-    run.add_argument("--parts", default="ingest,receipts,fanout,deadletters,projections",
+    run.add_argument("--parts", default="ingest,receipts,fanout,deadletters,restore,projections",
                      help="comma-separated parts to run here (to scale ingest out to several processes)")
     run.add_argument("--max-deliver", type=int, default=None, help="ingest consumer MaxDeliver (default 6)")
     run.add_argument("--backoff", default=None,

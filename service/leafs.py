@@ -14,7 +14,7 @@ from __future__ import annotations
 import secrets
 import sys
 
-from events.wire import DOWN_PREFIX, DOWN_STREAM, JS_DOMAIN, UP_PREFIX
+from events.wire import DOWN_PREFIX, DOWN_STREAM, JS_DOMAIN, RESTORE_PREFIX, UP_PREFIX
 
 
 def leaf_user_name(township: str) -> str:
@@ -24,7 +24,7 @@ def leaf_user_name(township: str) -> str:
 def leaf_user_entry(township: str, password: str) -> str:
     if township.count(".") != 1:
         raise ValueError(f"township must look like REGION.TOWNSHIP (e.g. gx-lp.xy), got {township!r}")
-    publish = [f"{UP_PREFIX}{township}.>"]
+    publish = [f"{UP_PREFIX}{township}.>", f"{RESTORE_PREFIX}{township}.>"]
     # The township's sites reach the hub's JetStream through its domain (the leaf has none);
     # the plain $JS.API form is kept for agents not yet configured with --js-domain.
     for api in (f"$JS.{JS_DOMAIN}.API", "$JS.API"):

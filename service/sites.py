@@ -18,7 +18,7 @@ import asyncpg
 import msgspec
 
 from events.types import SiteId, SiteKind
-from events.wire import DOWN_STREAM, JS_DOMAIN, down_consumer, down_subject, inbox_prefix, up_subject
+from events.wire import DOWN_STREAM, JS_DOMAIN, down_consumer, down_subject, inbox_prefix, restore_subject, up_subject
 
 
 class SiteError(Exception):
@@ -134,7 +134,7 @@ def site_permissions(site_id: str) -> str:
     """The NATS permissions block of one site: its own subjects and its own consumer, nothing else."""
     durable = down_consumer(site_id)
     down = down_subject(site_id)
-    publish = [up_subject(site_id)]
+    publish = [up_subject(site_id), restore_subject(site_id)]  # its events; asking for them back
     # Its JetStream API calls, directly ($JS.API) or through its township's leaf node
     # ($JS.<domain>.API, which the center's server maps onto its own JetStream).
     for api in ("$JS.API", f"$JS.{JS_DOMAIN}.API"):

@@ -83,6 +83,14 @@ def register(sub: Any) -> None:
     data_arg(p)
     p.set_defaults(handler=_verify)
 
+    p = asub.add_parser("restore", help="fill a new, empty local log with this site's events from the center "
+                        "(a station whose disk died); run it before recording anything")
+    data_arg(p)
+    p.add_argument("--nats", help="override the NATS URL of the site's config")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each answer (default 30)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=_restore)
+
 
 def _cli_error(message: str) -> Exception:
     from service.cli import CliError
@@ -212,6 +220,39 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
     print(f"local log of {config.site_id}: {report.events} events, site_seq 1..{report.head_seq} gapless, "
           f"hash chain intact (head {report.head_hash[:16]}...)")
     return 0
+
+
+def _restore(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from service.cli import run_async
+    from sync_agent.restore import RestoreError, restore
+
+    def show(done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            sys.stderr.write(f"\rrestored {done:,} of {total:,} events ")
+            sys.stderr.flush()
+
+    async def go() -> int:
+        try:
+            report = await restore(args.data, nats_url=args.nats, answer_within=args.timeout, on_page=show)
+        except RestoreError as err:
+            raise _cli_error(f"{err} (this station records nothing until a restore has finished: its next "
+                             "event would take a sequence number the center already holds)") from None
+        except (ConfigError, LocalLogError) as err:
+            raise _cli_error(str(err)) from None
+        finally:
+            if sys.stderr.isatty():
+                sys.stderr.write("\n")
+        if args.json:
+            print(json.dumps({"site_id": report.site_id, "restored": report.events, "head_seq": report.head_seq,
+                              "head_hash": report.head_hash, "watermark": report.watermark}))
+        else:
+            print(f"restored {report.events} events of {report.site_id} from the center; the log is whole up to "
+                  f"site_seq {report.head_seq} and the next event continues its chain")
+        return 0
+
+    return run_async(go())
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:

@@ -69,6 +69,8 @@ CREATE TABLE IF NOT EXISTS refused (
 """
 
 _event_decoder = msgspec.json.Decoder(Event)
+# Set in meta while `agent restore` fills the log from the center; recording waits until it ends.
+RESTORING = "restoring"
 
 
 class LocalLogError(Exception):
@@ -81,6 +83,14 @@ class LogLocked(LocalLogError):
 
 class LogFull(LocalLogError):
     """The disk (or the log's size limit) is full; nothing of the batch was written."""
+
+
+class RestoreMismatch(LocalLogError):
+    """Events offered to `restore_own` do not continue this log; nothing was written."""
+
+    def __init__(self, site_seq: int, what: str) -> None:
+        self.site_seq = site_seq
+        super().__init__(f"restore stopped at site_seq {site_seq}: {what}; nothing of this page was written")
 
 
 class LogCorrupted(LocalLogError):
@@ -231,6 +241,13 @@ class LocalLog:
         with self._lock:
             return self._meta(key)
 
+    def clear_meta(self, *keys: str) -> None:
+        try:
+            with self._write() as conn:
+                conn.executemany("DELETE FROM meta WHERE key = ?", [(k,) for k in keys])
+        except sqlite3.Error as err:
+            raise _translate(err, self.path, self.busy_timeout) from None
+
     def set_meta(self, **values: str) -> None:
         try:
             with self._write():
@@ -251,6 +268,10 @@ class LocalLog:
         now = now or _now()
         try:
             with self._write() as conn:
+                if self._meta(RESTORING) is not None:
+                    raise LocalLogError(f"the local log {self.path} is being restored from the center and the "
+                                        "restore has not finished; nothing was recorded. Run `shouwang agent "
+                                        "restore` again (it resumes where it stopped)")
                 row = conn.execute("SELECT site_seq, hash FROM log ORDER BY site_seq DESC LIMIT 1").fetchone()
                 seq, prev = (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
                 clock = HybridClock(int(self._meta("hlc") or 0), self._wall_ms)
@@ -301,6 +322,43 @@ class LocalLog:
             conn.executemany("INSERT INTO log(site_seq, event_id, hash, recorded_at, body) VALUES (?,?,?,?,?)",
                              [(d.event.site_seq, d.event.event_id, d.hash, d.event.recorded_at,
                                encode_event(d.event)) for d in events])
+
+    def restore_own(self, bodies: Sequence[bytes]) -> ChainReport:
+        """Append this site's own events as the center returned them (``agent restore``), in one
+        transaction, after checking that they continue this log exactly: the next site_seq, this
+        site, each prev_hash the previous event's hash. Nothing is re-sealed: the events keep
+        their ids, times and hashes, so the center sees the same log it holds. Raises
+        RestoreMismatch, with nothing written, at the first event that does not fit."""
+        try:
+            with self._write() as conn:
+                row = conn.execute("SELECT site_seq, hash FROM log ORDER BY site_seq DESC LIMIT 1").fetchone()
+                seq, prev = (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+                hlc = int(self._meta("hlc") or 0)
+                rows: list[tuple[int, str, str, int, bytes]] = []
+                links: list[tuple[str, str]] = []
+                for body in bodies:
+                    seq += 1
+                    try:
+                        event = _event_decoder.decode(body)
+                    except msgspec.DecodeError as err:
+                        raise RestoreMismatch(seq, f"the center's copy cannot be read ({err})") from None
+                    if event.site_id != self.site_id:
+                        raise RestoreMismatch(seq, f"the center sent an event of site {event.site_id!r}")
+                    if event.site_seq != seq:
+                        raise RestoreMismatch(seq, f"the center sent site_seq {event.site_seq} where {seq} was due")
+                    if event.prev_hash != prev:
+                        raise RestoreMismatch(seq, "its prev_hash is not the previous event's hash")
+                    prev = event_hash(event)
+                    rows.append((seq, event.event_id, prev, event.recorded_at, bytes(body)))
+                    links += [(child, event.event_id) for child in event.children]
+                    hlc = max(hlc, event.recorded_at)
+                conn.executemany("INSERT INTO log(site_seq, event_id, hash, recorded_at, body) VALUES (?,?,?,?,?)",
+                                 rows)
+                conn.executemany("INSERT OR IGNORE INTO child_event(child_id, event_id) VALUES (?, ?)", links)
+                self._set_meta("hlc", str(hlc))  # the next event's recorded_at comes after every restored one
+        except sqlite3.Error as err:
+            raise _translate(err, self.path, self.busy_timeout) from None
+        return ChainReport(len(rows), seq, prev)
 
     # --- reading -------------------------------------------------------------------------
 

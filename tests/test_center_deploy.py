@@ -20,7 +20,16 @@ from nats.js.errors import APIError
 
 from events.catalogue import HomeVisitMade
 from events.envelope import encode_event
-from events.wire import DOWN_STREAM, UP_STREAM, down_consumer, down_subject, inbox_prefix, up_subject
+from events.wire import (
+    DOWN_STREAM,
+    UP_STREAM,
+    down_consumer,
+    down_subject,
+    inbox_prefix,
+    restore_page_decoder,
+    restore_subject,
+    up_subject,
+)
 from service.center import run_center
 from service.embedded import _nats_bin, free_port
 from service.sites import register_site, write_users_file
@@ -132,6 +141,14 @@ async def test_deploy_config_lets_a_site_use_only_its_own_subjects(
                                 f"$JS.API.CONSUMER.CREATE.{DOWN_STREAM}.{down_consumer(A)}.{down_subject(B)}",
                                 f"$JS.API.CONSUMER.MSG.NEXT.{DOWN_STREAM}.{down_consumer(B)}"):
                     assert await _has_error(errors, "publish", subject), subject
+                # Its own events back (agent restore): allowed; another site's: refused.
+                page = restore_page_decoder.decode(
+                    (await nc.request(restore_subject(A), b'{"from_seq": 1}', timeout=5)).data)
+                assert page.error is None and len(page.events) == 1 and page.site_id == A
+                with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+                    await nc.request(restore_subject(B), b'{"from_seq": 1}', timeout=1)
+                await wait_for(lambda: _has_error(errors, "publish", restore_subject(B)),
+                               what="the restore violation")
                 # Nor can it listen on the inbox of another site (fetch replies carry events).
                 await nc.subscribe(f"{inbox_prefix(B)}.>")
                 await wait_for(lambda: _has_error(errors, "subscription", inbox_prefix(B)),

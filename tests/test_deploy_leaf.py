@@ -30,8 +30,9 @@ from service.leafs import leaf_user_entry, leaf_user_name
 from service.sites import nats_users_conf, register_site
 from service.store import EventStore
 from sync_agent.agent import Agent
-from sync_agent.config import SiteConfig, SiteKind, log_path, write_config
+from sync_agent.config import SiteConfig, SiteKind, load_config, log_path, write_config
 from sync_agent.locallog import LocalLog
+from sync_agent.restore import restore
 from tests.center_kit import wait_for
 from tests.factory import SiteWriter
 
@@ -155,7 +156,8 @@ async def test_agent_behind_its_township_leaf_is_receipted(
         nats_pair: dict[str, object], database_url: str, pool: asyncpg.Pool, tmp_path: Path) -> None:
     """The whole agent, connected to its township's leaf node over TLS with the county's CA:
     its events reach the store and the receipts come back through the leaf (the care.down
-    consumer is created and read through the hub's JetStream domain)."""
+    consumer is created and read through the hub's JetStream domain); a restore of its log on a
+    new machine goes through the leaf too (site and leaf permissions allow it)."""
     await register_site(pool, SITE, "village", "青石村维权站")
     creds = tmp_path / "site-creds.json"
     creds.write_text(json.dumps({"user": SITE, "password": nats_pair["site_password"],
@@ -178,4 +180,9 @@ async def test_agent_behind_its_township_leaf_is_receipted(
             assert synced, f"{agent.pending()} events not receipted: {agent.log.meta('last_error')}"
         finally:
             await agent.stop()
+        # The station's disk dies: a new machine restores its log through the same leaf.
+        new = tmp_path / "new-station"
+        write_config(new, load_config(data))
+        report = await restore(new)
+        assert (report.events, report.head_seq) == (3, 3)
     assert int(await pool.fetchval("SELECT count(*) FROM events WHERE site_id = $1", SITE)) == 3

@@ -1,0 +1,112 @@
+"""``shouwang agent restore``: rebuild a station's local log from the center after its disk died.
+
+The new machine gets a fresh data directory (``agent init``, same site id, same credentials);
+before anything is recorded there, ``agent restore`` asks the center for every event it holds
+of this site (``care.restore.<site>``, service/restore.py) and writes them back into the empty
+log, unchanged and checked link by link (site, sequence, prev_hash), then stores the center's
+progress as the last receipt. The next event recorded continues the same sequence and chain, so
+the center takes it as the site's next event rather than refusing a clash.
+
+What cannot come back: events recorded on the dead machine that never reached the center. A
+restore cut off halfway resumes where it stopped when run again; until it has finished, the log
+refuses to record (a new event would take a sequence number the center already holds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+import nats
+import nats.errors
+
+from events.wire import (
+    Receipt,
+    RestoreRequest,
+    restore_page_decoder,
+    restore_subject,
+)
+from sync_agent.config import connect_options, load_config, log_path
+from sync_agent.locallog import RESTORING, LocalLog
+
+_encoder = msgspec.json.Encoder()
+
+
+class RestoreError(Exception):
+    """The restore did not finish; the message says why and what to do."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RestoreReport:
+    site_id: str
+    events: int
+    head_seq: int
+    head_hash: str
+    watermark: int
+    max_seq: int
+
+
+OnPage = Callable[[int, int], None]  # (events restored so far, events the center holds)
+
+
+async def restore(data: Path, *, nats_url: str | None = None, answer_within: float = 30.0,
+                  on_page: OnPage | None = None) -> RestoreReport:
+    config = load_config(data)
+    url = nats_url or config.nats_url
+    with LocalLog(log_path(data), config.site_id) as log:
+        have = log.last_seq()
+        if have and log.meta(RESTORING) is None:
+            raise RestoreError(f"the local log {log.path} already holds {have} events: a restore only fills a new, "
+                               "empty log (run `shouwang agent init` into a new data directory first)")
+        log.set_meta(**{RESTORING: "1"})
+        try:
+            nc = await nats.connect(url, connect_timeout=min(answer_within, 10.0), max_reconnect_attempts=3,
+                                    name=f"shouwang-agent-restore {config.site_id}", **connect_options(config))
+        except (TimeoutError, OSError, nats.errors.Error) as err:
+            raise RestoreError(f"cannot reach the center's NATS at {url}: {type(err).__name__}: {err}") from None
+        try:
+            seq = have + 1
+            head_seq, head_hash = have, log.verify().head_hash
+            while True:
+                try:
+                    msg = await nc.request(restore_subject(config.site_id),
+                                           _encoder.encode(RestoreRequest(from_seq=seq)), timeout=answer_within)
+                except nats.errors.NoRespondersError:
+                    raise RestoreError("no center answers restore requests: is `shouwang center run` up (with its "
+                                       "'restore' part), and may this site's NATS user ask for it?") from None
+                except (TimeoutError, nats.errors.TimeoutError):
+                    raise RestoreError(f"the center did not answer within {answer_within:g} s; run the restore again "
+                                       f"(it resumes at site_seq {seq})") from None
+                try:
+                    page = restore_page_decoder.decode(msg.data)
+                except msgspec.DecodeError as err:
+                    raise RestoreError(f"the center's answer cannot be read: {err}") from None
+                if page.error is not None:
+                    raise RestoreError(f"the center refused the restore: {page.error}")
+                bodies = [bytes(e) for e in page.events]
+                if page.holes:  # only what lies below the first gap can be chained
+                    bodies = bodies[:max(0, page.watermark - head_seq)]
+                if bodies:
+                    report = log.restore_own(bodies)
+                    head_seq, head_hash = report.head_seq, report.head_hash
+                if page.holes:
+                    gaps = ", ".join(f"{lo}-{hi}" for lo, hi in page.holes)
+                    raise RestoreError(
+                        f"the center holds this site's events up to site_seq {page.max_seq} but never received "
+                        f"{gaps}; the hash chain cannot be rebuilt across a gap. Restored up to site_seq "
+                        f"{head_seq}; ask the county office before recording here")
+                if on_page is not None:
+                    on_page(head_seq, page.max_seq)
+                if page.next_seq is None:
+                    break
+                seq = page.next_seq
+            if head_seq != page.max_seq:
+                raise RestoreError(f"the center reports site_seq up to {page.max_seq} but sent {head_seq}; "
+                                   "run the restore again")
+            log.apply_receipt(Receipt(site_id=config.site_id, watermark=page.watermark, max_seq=page.max_seq))
+            log.clear_meta(RESTORING)
+            return RestoreReport(config.site_id, head_seq - have, head_seq, head_hash, page.watermark, page.max_seq)
+        finally:
+            await nc.close()
