@@ -13,10 +13,11 @@ import openpyxl
 from events import catalogue as c
 from events.envelope import encode_event
 from events.samples import SampleSite, sample_registration
+from events.types import AidSource
 from events.wire import up_subject
 from service.ingest import Inbound, commit_in, triage
 from service.sites import register_site
-from tests.api_world import T0, TOWNSHIP, V1, open_api, project
+from tests.api_world import OFFICE, T0, TOWNSHIP, V1, V2, open_api, project
 
 
 async def test_rollups_for_a_site_a_township_and_a_range(database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:
@@ -35,6 +36,34 @@ async def test_rollups_for_a_site_a_township_and_a_range(database_url: str, nats
         await w.record(V1, c.HomeVisitMade(child_id=w.child_v1, visitor="石老师"), T0 + dt.timedelta(days=10))
         again = (await client.get(f"/rollups?scope={TOWNSHIP}&period=2026-03", headers=h)).json()
         assert again["rules"]["visit"]["done"] == 3
+
+
+async def test_range_rollup_counts_a_merged_child_once(database_url: str, nats_url: str, pool: asyncpg.Pool
+                                                      ) -> None:
+    """A duplicate registration with aid of its own: before the merge the range rollup counts two aided
+    children and three archived; after it (the read models moved on, so nothing computed before is reused)
+    the duplicate's aid counts for the kept child: one aided child, two archived, in every range."""
+    async with open_api(database_url, nats_url, pool) as (client, w):
+        h = w.headers("township")
+        reg = w.registration_v1
+        assert reg is not None and isinstance(reg.care, c.ChildRegistered)
+        dup_id = "c-" + "e" * 32
+        await w.record(V2, c.ChildRegistered(**{**{f: getattr(reg.care, f) for f in reg.care.__struct_fields__},
+                                                "child_id": dup_id, "village_site": V2, "school_site": None}),
+                       T0 + dt.timedelta(days=1))
+        for child in (w.child_v1, dup_id):
+            await w.record(OFFICE, c.AidGiven(child_id=child, amount_fen=50_000, source=AidSource.TOWNSHIP),
+                           T0 + dt.timedelta(days=5))
+        await project(pool)
+        march = f"/rollups?scope={TOWNSHIP}&start=2026-03-01&end=2026-03-31"
+        before = (await client.get(march, headers=h)).json()
+        assert (before["aid_children"], before["aid_events"], before["children_archived"]) == (2, 2, 3)
+        m = await client.post("/merges", headers=h, json={"kept_child_id": w.child_v1, "merged_child_id": dup_id})
+        assert m.status_code == 201, m.text
+        await project(pool)
+        for path in (march, f"/rollups?scope={TOWNSHIP}&start=2026-03-02&end=2026-03-30"):
+            after = (await client.get(path, headers=h)).json()
+            assert (after["aid_children"], after["aid_events"], after["children_archived"]) == (1, 2, 2), path
 
 
 async def test_exports_label_every_figure_in_chinese(database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:

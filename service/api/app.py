@@ -28,7 +28,7 @@ from service.api.auth import TokenAuthentication
 from service.api.config import ApiSettings
 from service.api.errors import EXCEPTION_HANDLERS, ApiError
 from service.api.openapi import document
-from service.api.rollups import RollupCache
+from service.api.rollups import RollupCache, ScopeArchives
 from service.db import create_pool
 from service.settings import Settings
 from service.web.dashboard import dashboard_routes
@@ -152,7 +152,8 @@ def create_app(settings: Settings, api_settings: ApiSettings | None = None) -> L
         middleware=[_bounded_input, auth_mw],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[_lifespan],
-        state=State({"settings": settings, "api_settings": api, "rollup_cache": RollupCache()}),
+        state=State({"settings": settings, "api_settings": api, "rollup_cache": RollupCache(),
+                     "scope_archives": ScopeArchives()}),
         openapi_config=openapi_config(),
         request_max_body_size=api.max_body_bytes,
         debug=False,
