@@ -36,7 +36,7 @@ from projections.archive import (
     merge_edges,
     roots,
 )
-from projections.facts import facts_from
+from projections.facts import fact_rows_from
 from projections.runner import LOCK_KEY, Checkpoint, Runner, advance, write_checkpoint
 from projections.source import Page, scan_page
 from service import log as service_log
@@ -209,11 +209,11 @@ async def _write_share(conn: asyncpg.Connection, schema: str, book: ArchiveBook,
     for key, st in book.states.items():
         if key.startswith("ev:") and _share_of(key, shares) == share:
             effs.append(effective(st.entries.values())[0])
-    facts = facts_from(effs)
+    facts = fact_rows_from(effs)
     if shares > 1:  # an event in groups of several shares is written by the share of its first root
         facts = {eid: f for eid, f in facts.items() if f is not None and _share_of(
             min(root_of.get(k, k) for k in book.family_keys(eid)), shares) == share}
-    fact_rows = [tables.fact_row(f) for f in facts.values() if f is not None]
+    fact_rows = [f for f in facts.values() if f is not None]
     async with conn.transaction():
         await conn.copy_records_to_table("archive", schema_name=schema, columns=tables.ARCHIVE_COLS,
                                          records=[tables.archive_row(a) for a in archives])
