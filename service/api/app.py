@@ -24,11 +24,12 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from service import log
 from service.api import accounts, audit, children, conflicts, exports, followups, health, quarantine, rollups, sites
-from service.api.auth import TokenAuthentication
+from service.api.auth import TokenAuthentication, callers_of_hashes
+from service.api.batch import Batched
 from service.api.config import ApiSettings
 from service.api.errors import EXCEPTION_HANDLERS, ApiError
 from service.api.openapi import document
-from service.api.rollups import RollupCache, ScopeArchives
+from service.api.rollups import RollupCache, ScopeArchives, rollup_heads
 from service.db import create_pool
 from service.settings import Settings
 from service.web.dashboard import dashboard_routes
@@ -85,6 +86,9 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     api: ApiSettings = app.state.api_settings
     app.state.pool = await create_pool(settings.database_url, min_size=1, max_size=api.pool_size,
                                        reset=_keep_session)
+    pool = app.state.pool
+    app.state.token_lookups = Batched(lambda hashes: callers_of_hashes(pool, hashes))
+    app.state.rollup_heads = Batched(lambda scopes: rollup_heads(pool, scopes))
     app.state.nats = None
     reconnect: asyncio.Task[None] | None = None
     if api.connect_nats:

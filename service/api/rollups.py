@@ -24,6 +24,7 @@ from projections.facts import Fact
 from projections.runner import NAME as CHECKPOINT
 from service.api.archives import ARCHIVE
 from service.api.auth import Caller
+from service.api.batch import Batched
 from service.api.errors import ApiError, bad
 from service.api.scoping import READERS, allow, caller_of, may_see_site
 
@@ -144,30 +145,51 @@ async def _inputs(pool: asyncpg.Pool, scope: str, period: pf.Period, checkpoint:
     return [*kids, *stubs], facts
 
 
-async def rollup(pool: asyncpg.Pool, caller: Caller, scope: str, period: pf.Period,
-                 cache: RollupCache | None = None, archives: ScopeArchives | None = None) -> pr.Rollup:
-    """The figures of `scope` (checked against the caller by :func:`check_scope`) from the read models."""
-    today = dt.datetime.now(dt.UTC).date()
-    # One statement (one snapshot, one round trip): the checkpoint beside each site's freshness.
+class Heads(msgspec.Struct, frozen=True):
+    """What a rollup of a scope reads live on every request: the projections' checkpoint (which
+    says whether a computed rollup still holds) and the freshness of the scope's sites."""
+
+    checkpoint: tuple[int, int]
+    freshness: list[pr.Freshness]
+
+
+async def rollup_heads(pool: asyncpg.Pool, scopes: list[str]) -> dict[str, Heads]:
+    """The heads of several scopes in one statement (one snapshot, one round trip)."""
     async with pool.acquire() as conn:
         rows = await conn.fetch(
-            f"""SELECT (SELECT c.tx FROM {tables.SCHEMA}.checkpoint c WHERE c.name = $2) AS tx,
+            f"""SELECT s.scope, (SELECT c.tx FROM {tables.SCHEMA}.checkpoint c WHERE c.name = $2) AS tx,
                        (SELECT c.pos FROM {tables.SCHEMA}.checkpoint c WHERE c.name = $2) AS pos,
                        p.site_id, p.last_committed_at, p.newest_occurred_at
-                FROM (SELECT 1) one
-                LEFT JOIN site_progress p ON p.site_id = $1 OR starts_with(p.site_id, $1 || '.')
-                ORDER BY p.site_id""", scope, CHECKPOINT)
-    checkpoint = (rows[0]["tx"] or 0, rows[0]["pos"] or 0)
-    fresh = [pr.Freshness(site_id=r["site_id"], last_committed_at=r["last_committed_at"],
-                          newest_occurred_at=r["newest_occurred_at"]) for r in rows if r["site_id"] is not None]
-    key = (scope, period.label, period.start, period.end, today, checkpoint)
+                FROM unnest($1::text[]) s (scope)
+                LEFT JOIN site_progress p ON p.site_id = s.scope OR starts_with(p.site_id, s.scope || '.')
+                ORDER BY s.scope, p.site_id""", scopes, CHECKPOINT)
+    out: dict[str, Heads] = {}
+    for r in rows:
+        heads = out.get(r["scope"])
+        if heads is None:
+            heads = out[r["scope"]] = Heads((r["tx"] or 0, r["pos"] or 0), [])
+        if r["site_id"] is not None:
+            heads.freshness.append(pr.Freshness(site_id=r["site_id"], last_committed_at=r["last_committed_at"],
+                                                newest_occurred_at=r["newest_occurred_at"]))
+    return out
+
+
+async def rollup(pool: asyncpg.Pool, caller: Caller, scope: str, period: pf.Period,
+                 cache: RollupCache | None = None, archives: ScopeArchives | None = None,
+                 heads: Batched[str, Heads] | None = None) -> pr.Rollup:
+    """The figures of `scope` (checked against the caller by :func:`check_scope`) from the read models."""
+    today = dt.datetime.now(dt.UTC).date()
+    # Read on every request, in a query started after it arrived (shared with concurrent ones).
+    now = await heads.get(scope) if heads is not None else (await rollup_heads(pool, [scope])).get(scope)
+    assert now is not None  # unnest gives every scope a row
+    key = (scope, period.label, period.start, period.end, today, now.checkpoint)
     hit = cache.get(key) if cache is not None else None
     if hit is None:
-        kids, facts = await _inputs(pool, scope, period, checkpoint, archives)
+        kids, facts = await _inputs(pool, scope, period, now.checkpoint, archives)
         hit = pr.compute(scope, period, kids, facts, today=today)
         if cache is not None:
             cache.put(key, hit)
-    return msgspec.structs.replace(hit, freshness=fresh)
+    return msgspec.structs.replace(hit, freshness=list(now.freshness))
 
 
 class RollupsController(Controller):
@@ -184,4 +206,5 @@ class RollupsController(Controller):
         caller = caller_of(request)
         check_scope(caller, area)
         return await rollup(request.app.state.pool, caller, area, period_from(period, start, end),
-                            request.app.state.rollup_cache, request.app.state.scope_archives)
+                            request.app.state.rollup_cache, request.app.state.scope_archives,
+                            request.app.state.get("rollup_heads"))

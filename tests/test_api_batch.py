@@ -1,0 +1,105 @@
+"""Concurrent look-ups share one query (service/api/batch.py) without seeing anything older than
+their own request: a token revoked or a user disabled while others are in flight is refused from
+then on; rollups of several scopes asked together each get their own scope's freshness."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from service.api import auth
+from service.api.batch import Batched
+from tests.api_world import OTHER_TOWNSHIP, TOWNSHIP, V1, V2, open_api
+
+
+async def test_a_lookup_asked_while_a_query_runs_waits_for_the_next(pool: asyncpg.Pool) -> None:
+    """Keys asked together go in one query; a key asked while that query runs is answered by a later
+    query, one that started after it was asked (here: it sees the value written meanwhile)."""
+    queries: list[list[str]] = []
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def fetch(keys: list[str]) -> dict[str, int]:
+        queries.append(sorted(keys))
+        rows = await pool.fetch("SELECT k, n FROM batch_probe WHERE k = ANY($1::text[])", keys)
+        if len(queries) == 1:
+            started.set()
+            await release.wait()
+        return {r["k"]: r["n"] for r in rows}
+
+    await pool.execute("DROP TABLE IF EXISTS batch_probe; CREATE TABLE batch_probe (k text PRIMARY KEY, n int); "
+                       "INSERT INTO batch_probe VALUES ('a', 1), ('b', 2)")
+    try:
+        lookups: Batched[str, int] = Batched(fetch)
+        first = [asyncio.create_task(lookups.get(k)) for k in ("a", "b", "a", "x")]
+        await started.wait()
+        await pool.execute("UPDATE batch_probe SET n = 10 WHERE k = 'a'")
+        late = asyncio.create_task(lookups.get("a"))
+        await asyncio.sleep(0.05)
+        assert not late.done()
+        release.set()
+        assert await asyncio.gather(*first) == [1, 2, 1, None]
+        assert await late == 10
+        assert queries == [["a", "b", "x"], ["a"]]
+    finally:
+        await pool.execute("DROP TABLE IF EXISTS batch_probe")
+
+
+async def test_a_failed_query_fails_its_lookups_and_the_next_ones_still_run(pool: asyncpg.Pool) -> None:
+    calls = 0
+
+    async def fetch(keys: list[str]) -> dict[str, int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await pool.fetchval("SELECT 1/0")
+        return dict.fromkeys(keys, 7)
+
+    lookups: Batched[str, int] = Batched(fetch)
+    results = await asyncio.gather(lookups.get("a"), lookups.get("b"), return_exceptions=True)
+    assert all(isinstance(r, asyncpg.DivisionByZeroError) for r in results)
+    assert await lookups.get("c") == 7
+
+
+async def test_revoked_and_disabled_while_others_are_in_flight(database_url: str, nats_url: str,
+                                                               pool: asyncpg.Pool) -> None:
+    """Many requests at once with good, revoked, unknown and disabled users' tokens each get their own
+    answer; a token revoked (as the CLI does, from another connection) is refused by the very next
+    requests, while 50 others are in flight."""
+    async with open_api(database_url, nats_url, pool) as (client, w):
+        good = await auth.issue_token(pool, "station1", hours=1)
+        doomed = await auth.issue_token(pool, "township", hours=1)
+        gone = await auth.issue_token(pool, "auditor", hours=1)
+        await auth.disable_user(pool, "auditor")
+
+        def get(token: str) -> asyncio.Task[int]:
+            async def one() -> int:
+                r = await client.get(f"/rollups?scope={V1}&period=2026-03",
+                                     headers={"Authorization": f"Bearer {token}"})
+                return r.status_code
+            return asyncio.create_task(one())
+
+        before = [get(t) for t in (good.token, doomed.token, gone.token, "sw_unknown") * 15]
+        assert await asyncio.gather(*before) == [200, 200, 401, 401] * 15
+        in_flight = [get(good.token) for _ in range(50)]
+        assert await auth.revoke_token(pool, doomed.token_id)
+        after = [get(doomed.token) for _ in range(20)]
+        assert await asyncio.gather(*after) == [401] * 20
+        assert await asyncio.gather(*in_flight) == [200] * 50
+        assert (await client.get("/auth/me", headers=w.headers("station1"))).status_code == 200
+
+
+async def test_rollups_of_several_scopes_at_once_keep_their_own_freshness(database_url: str, nats_url: str,
+                                                                          pool: asyncpg.Pool) -> None:
+    async with open_api(database_url, nats_url, pool) as (client, w):
+        asks = [(TOWNSHIP, "township"), (V1, "township"), (V2, "township"), (OTHER_TOWNSHIP, "other_township")] * 10
+        answers = await asyncio.gather(*(client.get(f"/rollups?scope={s}&period=2026-03", headers=w.headers(who))
+                                         for s, who in asks))
+        for (scope, _), r in zip(asks, answers, strict=True):
+            assert r.status_code == 200, r.text
+            sites = [f["site_id"] for f in r.json()["freshness"]]
+            assert sites and all(s == scope or s.startswith(scope + ".") for s in sites), (scope, sites)
+        alone = {s: (await client.get(f"/rollups?scope={s}&period=2026-03", headers=w.headers(who))).json()
+                 for s, who in asks[:4]}
+        for (scope, _), r in zip(asks, answers, strict=True):
+            assert r.json() == alone[scope]
