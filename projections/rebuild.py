@@ -44,6 +44,7 @@ from service.db import connect
 from service.store import ORIGIN
 
 Progress = Callable[[int, int], None]
+PARALLEL_FROM = 50_000  # events: below this, derive and write in one process whatever `workers` says
 log = service_log.get("projections.rebuild")
 
 
@@ -80,7 +81,7 @@ class RebuildError(Exception):
 
 
 async def fill(pool: asyncpg.Pool, schema: str, *, page: int = 5000, progress: Progress | None = None,
-               database_url: str | None = None, workers: int = 1, parallel_from: int = 50_000) -> RebuildReport:
+               database_url: str | None = None, workers: int = 1, parallel_from: int = PARALLEL_FROM) -> RebuildReport:
     """Fold the whole log as it is now into `schema`: its tables must be empty and without keys
     (`shouwang_projection_schema`); they get them after the load (`shouwang_projection_indexes`)."""
     # Millions of small long-lived objects and no reference cycles: the cyclic collector would
