@@ -29,6 +29,7 @@ from projections.archive import (
     ArchiveBook,
     ChildArchive,
     Effective,
+    Entry,
     MergeEdge,
     derive_full,
     effective,
@@ -44,6 +45,7 @@ from service.db import connect
 from service.store import ORIGIN
 
 Progress = Callable[[int, int], None]
+_MERGE_TYPES = frozenset(("ArchivesMerged", "ArchivesUnmerged", "EventCorrected"))  # as archive.derive_all
 PARALLEL_FROM = 50_000  # events: below this, derive and write in one process whatever `workers` says
 log = service_log.get("projections.rebuild")
 
@@ -103,7 +105,9 @@ async def _fill(pool: asyncpg.Pool, schema: str, *, page: int, progress: Progres
     cp = Checkpoint(ORIGIN, 0, 0, None)
     n = 0
     async with pool.acquire() as conn, pool.acquire() as ahead:
-        total = int(await conn.fetchval("SELECT count(*) FROM events"))
+        # The count is for the progress bar only (a scan of its own over a big log).
+        total = int(await conn.fetchval("SELECT count(*) FROM events")) if progress is not None else 0
+        merge_entries: list[Entry] = []  # what merge_edges needs, gathered on the way
         # Read the next page on a second connection while this one is folded.
         nxt: asyncio.Task[Page | None] = asyncio.ensure_future(scan_page(ahead, ORIGIN, page))
         while (current := await nxt) is not None:
@@ -113,13 +117,14 @@ async def _fill(pool: asyncpg.Pool, schema: str, *, page: int, progress: Progres
                     book.skipped.add(eid)
                 else:
                     book.add_entry(entry)
+                    if entry.type in _MERGE_TYPES:
+                        merge_entries.append(entry)
             n += len(current.entries)
             cp = Checkpoint(current.last, n - len(book.skipped), len(book.skipped), current.last_committed_at)
             if progress is not None:
                 progress(n, max(total, n))
         t_read = time.perf_counter()
-        edges = merge_edges(x for st in book.states.values() for x in st.entries.values()
-                            if x.type in ("ArchivesMerged", "ArchivesUnmerged", "EventCorrected"))
+        edges = merge_edges(merge_entries)
         shares = workers if database_url is not None and n >= parallel_from else 1
         children: list[multiprocessing.process.BaseProcess] = []
         if shares > 1:
