@@ -118,14 +118,34 @@ def fact_row_of(care: c.CareEventBase, event_id: str, site_id: str, occurred_at:
             source, detail)
 
 
+def _plain(cls: type) -> bool:
+    """A counted type about one child (a required `child_id`) with no detail: its row needs no _detail."""
+    fields = {f.name: f for f in msgspec.structs.fields(cls)}
+    return (cls.__name__ in ("HomeVisitMade", "ParentCallMade", "LetterWritten", "TalkHeld", "PairingEnded")
+            and "child_id" in fields and fields["child_id"].required and "child_ids_list" not in fields
+            and cls.child_ids is c.CareEventBase.child_ids)  # type: ignore[attr-defined]
+
+
+_PLAIN_KIND: dict[type, str] = {cls: kind for cls, kind in _COUNTED_TYPES.items() if _plain(cls)}
+
+
 def fact_rows_from(groups: Iterable[list[Effective]]) -> dict[str, tuple[Any, ...] | None]:
     """`facts_from` as table rows (tables.FACT_COLS): event id -> its row, None if not counted."""
     out: dict[str, tuple[Any, ...] | None] = {}
     get = out.get
+    plain = _PLAIN_KIND.get
     for effs in groups:
         for x in effs:
-            if get(x.counts_as) is None:
-                out[x.counts_as] = fact_row_of(x.care, x.counts_as, x.entry.site_id, x.occurred_at)
+            eid = x.counts_as
+            if get(eid) is None:
+                care = x.care
+                kind = plain(type(care))
+                if kind is not None:  # fact_row_of, unrolled for the bulk of the log (visits, calls...)
+                    site = x.entry.site_id
+                    out[eid] = (eid, kind, site, township_of(site), x.occurred_at, [care.child_id],  # type: ignore[attr-defined]
+                                0, 0, None, None)
+                else:
+                    out[eid] = fact_row_of(care, eid, x.entry.site_id, x.occurred_at)
     return out
 
 
