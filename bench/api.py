@@ -7,9 +7,10 @@ at 1M, so a township's rollup reads the same amount of data at both sizes and it
 should not grow with the store. Events enter through the center's own ingest function (so the
 fan-out scope the API scopes by is real) and the projections runner builds the read models.
 
-The server is `uvicorn` in a child process (one core), the clients are httpx in this one (the
-other core). Each figure is requests per second or a latency percentile, with the constant
-route's figure of the same run as its baseline.
+The server is `uvicorn` in a child process (one core), the clients are plain keep-alive HTTP/1.1
+connections in this one (the other core; see :class:`_Client` for why not httpx). Each figure
+is requests per second or a latency percentile, with the constant route's figure of the same run
+as its baseline.
 
 Also runnable alone: ``python -m bench.api [--quick] [--pg URL]``.
 """
@@ -173,14 +174,21 @@ def _serve(port: int) -> None:
 
     from service.api.app import create_app
     from service.api.config import ApiSettings
+    from service.api.scoping import READERS, allow
     from service.settings import Settings
 
     @get("/bench/constant", exclude_from_auth=True, include_in_schema=False)
     async def constant() -> dict[str, str]:
         return {"status": "ok"}
 
+    # The same behind the token check and a role guard: what every real route pays before its work.
+    @get("/bench/constant-auth", guards=[allow(*READERS)], include_in_schema=False)
+    async def constant_auth() -> dict[str, str]:
+        return {"status": "ok"}
+
     app = create_app(Settings.from_env(), ApiSettings.from_env())
     app.register(constant)
+    app.register(constant_auth)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, timeout_keep_alive=60)
 
 
@@ -201,28 +209,76 @@ class Load:
         return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
 
 
+class _Client:
+    """One keep-alive HTTP/1.1 connection sending pre-encoded GETs and reading whole responses
+    (status line, headers, a Content-Length body). httpx cost 1.6-4.6 ms of CPU per request at 50
+    connections (its pool scans every connection for each request), ten times what the server
+    spent on the constant route, so it measured itself; this costs a few tens of microseconds."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self, request: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        try:
+            self.writer.write(request)
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = None
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.lower() == b"content-length":
+                    length = int(value)
+                elif name.lower() == b"connection" and value.strip().lower() == b"close":
+                    raise ConnectionError("the server closed the connection")
+            if length is None:
+                raise ConnectionError("a response without Content-Length")
+            return status, await self.reader.readexactly(length)
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def _request(host: str, path: str, headers: dict[str, str]) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
 async def load(base: str, paths: list[str], headers: dict[str, str], seconds: float, clients: int = CLIENTS
                ) -> Load:
-    """`clients` clients, each sending one request at a time for `seconds`, paths taken in turn."""
+    """`clients` clients, each on its own connection sending one request at a time for `seconds`,
+    paths taken in turn. A response other than 200, or a broken connection, counts as an error."""
     out = Load()
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as client:
-        for p in paths[:clients]:  # warm up connections and caches
-            await client.get(p)
+    url = httpx.URL(base)
+    host, port = url.host, url.port or 80
+    requests = [_request(f"{host}:{port}", p, headers) for p in paths]
+    conns = [_Client(host, port) for _ in range(clients)]
+    try:
+        for i, c in enumerate(conns):  # warm up connections and caches
+            await c.get(requests[i % len(requests)])
         stop = time.perf_counter() + seconds
 
         async def worker(i: int) -> None:
-            n = i
+            n, conn = i, conns[i]
             while time.perf_counter() < stop:
+                req = requests[n % len(requests)]
+                n += clients
                 t = time.perf_counter()
                 try:
-                    r = await client.get(paths[n % len(paths)])
-                except httpx.TransportError:  # counted; more than 1% fails the run below
+                    status, _ = await conn.get(req)
+                except (OSError, asyncio.IncompleteReadError, ValueError):  # counted; more than 1% fails the run
                     out.errors += 1
                     continue
-                finally:
-                    n += clients
-                if r.status_code != 200:
+                if status != 200:
                     out.errors += 1
                 else:
                     out.latencies.append(time.perf_counter() - t)
@@ -230,6 +286,9 @@ async def load(base: str, paths: list[str], headers: dict[str, str], seconds: fl
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(i) for i in range(clients)))
         out.elapsed = time.perf_counter() - t0
+    finally:
+        for c in conns:
+            c.close()
     return out
 
 
@@ -253,6 +312,7 @@ async def run(admin_url: str, quick: bool, sizes: list[int] | None = None) -> li
                           f"&end={START.date() + dt.timedelta(days=i % 250 + 20 + i // 250)}" for i in range(5000)]
             with server(url) as base:
                 const = await load(base, ["/bench/constant"], {}, seconds)
+                const_auth = await load(base, ["/bench/constant-auth"], headers, seconds)
                 archive = await load(base, archive_paths, headers, seconds)
                 rollup = await load(base, rollup_paths, headers, seconds)
                 cold = await load(base, cold_paths, headers, seconds)
@@ -260,11 +320,15 @@ async def run(admin_url: str, quick: bool, sizes: list[int] | None = None) -> li
                 const1 = await load(base, ["/bench/constant"], {}, seconds / 2, clients=1)
                 archive1 = await load(base, archive_paths[::-1], headers, seconds / 2, clients=1)
                 cold1 = await load(base, cold_paths[::-1], headers, seconds / 2, clients=1)
-            if any(m.errors > 0.01 * max(1, len(m.latencies)) for m in (archive, rollup, cold)):
+            if any(m.errors > 0.01 * max(1, len(m.latencies)) for m in (const_auth, archive, rollup, cold)):
                 raise RuntimeError(f"API errors under load: archive {archive.errors}, rollup {rollup.errors}, "
                                    f"cold rollup {cold.errors}")
             size = f"{n // 1000}k" if n < 1_000_000 else f"{n // 1_000_000}M"
             base_name = f"constant route, {CLIENTS} clients"
+            figures.append(figure(f"api constant route behind the token check p50 @ {size} events",
+                                  const_auth.pct(0.5), "ms", base_name + " p50", const.pct(0.5)))
+            figures.append(figure(f"api constant route behind the token check p99 @ {size} events",
+                                  const_auth.pct(0.99), "ms", base_name + " p99", const.pct(0.99)))
             for name, m in (("archive lookups", archive), ("township rollups (month, cached)", rollup),
                             ("township rollups (30-day range, computed)", cold)):
                 figures.append(figure(f"api {name} @ {size} events", m.rate, "req/s", base_name + " req/s",
@@ -278,7 +342,9 @@ async def run(admin_url: str, quick: bool, sizes: list[int] | None = None) -> li
                                       "constant route p50, 1 client", const1.pct(0.5)))
             print(f"[bench] api @ {size}: 1 client p50: constant {const1.pct(0.5):.1f} ms, archive "
                   f"{archive1.pct(0.5):.1f} ms, computed rollup {cold1.pct(0.5):.1f} ms", file=sys.stderr, flush=True)
-            print(f"[bench] api @ {size}: constant {const.rate:.0f}/s p50 {const.pct(0.5):.1f} ms; archive "
+            print(f"[bench] api @ {size}: constant {const.rate:.0f}/s p50 {const.pct(0.5):.1f} ms; behind the token "
+                  f"check {const_auth.rate:.0f}/s p50 {const_auth.pct(0.5):.1f} p99 {const_auth.pct(0.99):.1f} ms; "
+                  f"archive "
                   f"{archive.rate:.0f}/s p50 {archive.pct(0.5):.1f} p99 {archive.pct(0.99):.1f} ms; rollup "
                   f"{rollup.rate:.0f}/s p50 {rollup.pct(0.5):.1f} p99 {rollup.pct(0.99):.1f} ms; computed rollup "
                   f"{cold.rate:.0f}/s p50 {cold.pct(0.5):.1f} p99 {cold.pct(0.99):.1f} ms",
