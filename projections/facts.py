@@ -96,7 +96,7 @@ def _detail(care: Any) -> tuple[int, int, str | None, str | None]:
     return 0, 0, None, None
 
 
-_COUNTED_TYPES: dict[type, str] = {c.EVENT_TYPES[name]: kind for name, kind in COUNTED.items()}
+_COUNTED_TYPES: dict[type[c.CareEventBase], str] = {c.EVENT_TYPES[name]: kind for name, kind in COUNTED.items()}
 
 
 def fact_of(care: c.CareEventBase, event_id: str, site_id: str, occurred_at: dt.datetime) -> Fact | None:
@@ -126,11 +126,15 @@ def _plain(cls: type) -> bool:
             and cls.child_ids is c.CareEventBase.child_ids)  # type: ignore[attr-defined]
 
 
-_PLAIN_KIND: dict[type, str] = {cls: kind for cls, kind in _COUNTED_TYPES.items() if _plain(cls)}
+_PLAIN_KIND: dict[type[c.CareEventBase], str] = {cls: kind for cls, kind in _COUNTED_TYPES.items() if _plain(cls)}
 
 
-def fact_rows_from(groups: Iterable[list[Effective]]) -> dict[str, tuple[Any, ...] | None]:
-    """`facts_from` as table rows (tables.FACT_COLS): event id -> its row, None if not counted."""
+def fact_rows_from(groups: Iterable[list[Effective]], plain_in_sql: set[str] | None = None
+                   ) -> dict[str, tuple[Any, ...] | None]:
+    """`facts_from` as table rows (tables.FACT_COLS): event id -> its row, None if not counted.
+
+    With `plain_in_sql` (the ids of events that were upcast), leaves out the uncorrected plain
+    events stored at the current version: `plain_facts_sql` writes those."""
     out: dict[str, tuple[Any, ...] | None] = {}
     get = out.get
     plain = _PLAIN_KIND.get
@@ -140,6 +144,9 @@ def fact_rows_from(groups: Iterable[list[Effective]]) -> dict[str, tuple[Any, ..
             if get(eid) is None:
                 care = x.care
                 kind = plain(type(care))
+                if kind is not None and plain_in_sql is not None and x.corrected_by is None \
+                        and eid not in plain_in_sql:
+                    continue
                 if kind is not None:  # fact_row_of, unrolled for the bulk of the log (visits, calls...)
                     site = x.entry.site_id
                     out[eid] = (eid, kind, site, township_of(site), x.occurred_at, [care.child_id],  # type: ignore[attr-defined]
@@ -175,3 +182,25 @@ def facts_of(entries: Iterable[Entry]) -> dict[str, Fact | None]:
     for x in effs:
         out[x.counts_as] = fact_of(x.care, x.counts_as, x.entry.site_id, x.occurred_at)
     return out
+
+
+def plain_facts_sql(schema: str, tx: int, pos: int) -> str:
+    """INSERT ... SELECT of the facts `fact_rows_from(..., plain_in_sql=...)` leaves out: the
+    events of a plain counted type, understood, stored at the version this code reads, up to the
+    position (tx, pos), that no understood correction up to that position corrects. Row for row
+    what fact_row_of gives them: PostgreSQL builds them beside the Python fold of the rest."""
+    names = {cls: name for name, cls in c.EVENT_TYPES.items() if cls in _PLAIN_KIND}  # the stored type names
+    kinds = " ".join(f"WHEN '{names[cls]}' THEN '{kind}'" for cls, kind in _PLAIN_KIND.items())
+    types = " OR ".join(f"(e.type = '{names[cls]}' AND e.schema_version = {cls.SCHEMA_VERSION})" for cls in _PLAIN_KIND)
+    # township_of: everything before the last dot (no dot: all but the last character, as the slice does)
+    township = ("CASE WHEN strpos(e.site_id, '.') > 0 THEN left(e.site_id, length(e.site_id) - strpos(reverse("
+                "e.site_id), '.')) ELSE left(e.site_id, -1) END")
+    return f"""INSERT INTO {schema}.fact (event_id, kind, site_id, township, occurred_at, children, amount_fen, count,
+                                     source, detail)
+        SELECT e.event_id::text, CASE e.type {kinds} END, e.site_id, {township}, e.occurred_at,
+               ARRAY[e.payload->>'child_id'], 0, 0, NULL, NULL
+          FROM events e
+         WHERE ({types}) AND e.understood AND (e.tx_id, e.position) <= ({tx:d}, {pos:d})
+           AND NOT EXISTS (SELECT 1 FROM events x
+                            WHERE x.type = 'EventCorrected' AND x.payload->>'corrected_event_id' = e.event_id::text
+                              AND x.understood AND (x.tx_id, x.position) <= ({tx:d}, {pos:d}))"""

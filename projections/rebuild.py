@@ -37,7 +37,7 @@ from projections.archive import (
     merge_edges,
     roots,
 )
-from projections.facts import fact_rows_from
+from projections.facts import fact_rows_from, plain_facts_sql
 from projections.runner import LOCK_KEY, Checkpoint, Runner, advance, write_checkpoint
 from projections.source import Page, scan_page
 from service import log as service_log
@@ -108,6 +108,7 @@ async def _fill(pool: asyncpg.Pool, schema: str, *, page: int, progress: Progres
         # The count is for the progress bar only (a scan of its own over a big log).
         total = int(await conn.fetchval("SELECT count(*) FROM events")) if progress is not None else 0
         merge_entries: list[Entry] = []  # what merge_edges needs, gathered on the way
+        upcast: set[str] = set()  # events read through an upcaster: their facts are Python's to write
         # Read the next page on a second connection while this one is folded.
         nxt: asyncio.Task[Page | None] = asyncio.ensure_future(scan_page(ahead, ORIGIN, page))
         while (current := await nxt) is not None:
@@ -119,37 +120,26 @@ async def _fill(pool: asyncpg.Pool, schema: str, *, page: int, progress: Progres
                     book.add_entry(entry)
                     if entry.type in _MERGE_TYPES:
                         merge_entries.append(entry)
+            upcast.update(current.upcast)
             n += len(current.entries)
             cp = Checkpoint(current.last, n - len(book.skipped), len(book.skipped), current.last_committed_at)
             if progress is not None:
                 progress(n, max(total, n))
         t_read = time.perf_counter()
-        edges = merge_edges(merge_entries)
-        shares = workers if database_url is not None and n >= parallel_from else 1
-        children: list[multiprocessing.process.BaseProcess] = []
-        if shares > 1:
-            # Derive, count and write in `shares` processes that inherit the folded book (fork:
-            # copy-on-write, nothing is sent). Each writes the groups whose root hashes to it
-            # and the facts it owns; the rows become visible only with the swap.
-            ctx = multiprocessing.get_context("fork")
-            for share in range(1, shares):
-                worker = ctx.Process(target=_share_process, args=(database_url, schema, book, edges, share, shares),
-                                     name=f"rebuild-share-{share}")
-                worker.start()
-                children.append(worker)
+        # PostgreSQL writes the facts of plain uncorrected events (most of the log) on the
+        # reading connection while this process derives and writes the rest.
+        # No parameters (the position's two integers are in the text): one simple query, sent
+        # on the next turn of the loop, so it runs while the derive below holds this thread.
+        plain: asyncio.Future[str] = asyncio.ensure_future(
+            ahead.execute(plain_facts_sql(schema, int(cp.position.tx), int(cp.position.pos))))
+        await asyncio.sleep(0)
         try:
-            archives_written, fact_count = await _write_share(conn, schema, book, edges, 0, shares)
+            edges, archives_written, fact_count = await _derive_and_write(
+                conn, schema, book, merge_entries, upcast, plain, n, database_url, workers, parallel_from)
         finally:
-            for proc in children:
-                await _exited(proc)
-                proc.join()
-        failed = [proc.name for proc in children if proc.exitcode != 0]
-        if failed:
-            raise RebuildError(f"rebuild worker(s) {failed} failed; the live read models are untouched")
-        if shares > 1:
-            counts = await conn.fetchrow(f"SELECT (SELECT count(*) FROM {schema}.archive) AS a, "
-                                         f"(SELECT count(*) FROM {schema}.fact) AS f")
-            archives_written, fact_count = int(counts["a"]), int(counts["f"])
+            if not plain.done():
+                plain.cancel()
+                await asyncio.gather(plain, return_exceptions=True)
         t_derive = t_facts = time.perf_counter()
         async with conn.transaction():
             await conn.copy_records_to_table("merge_edge", schema_name=schema, columns=tables.EDGE_COLS,
@@ -162,6 +152,43 @@ async def _fill(pool: asyncpg.Pool, schema: str, *, page: int, progress: Progres
     log.info("rebuild phases", **{k: round(v, 3) for k, v in phases.items()})
     return RebuildReport(events=n, skipped=len(book.skipped), children=archives_written, facts=fact_count,
                          seconds=seconds, events_per_second=n / seconds if seconds else 0.0)
+
+
+async def _derive_and_write(conn: asyncpg.Connection, schema: str, book: ArchiveBook, merge_entries: list[Entry],
+                            upcast: set[str], plain: asyncio.Future[str], n: int, database_url: str | None,
+                            workers: int, parallel_from: int) -> tuple[list[MergeEdge], int, int]:
+    """Derive every archive and the facts Python writes, in this process or shared by forked
+    ones, then wait for `plain` (PostgreSQL's facts); returns (merge edges, archive rows, fact rows)."""
+    edges = merge_edges(merge_entries)
+    shares = workers if database_url is not None and n >= parallel_from else 1
+    children: list[multiprocessing.process.BaseProcess] = []
+    if shares > 1:
+        # Derive, count and write in `shares` processes that inherit the folded book (fork:
+        # copy-on-write, nothing is sent). Each writes the groups whose root hashes to it
+        # and the facts it owns; the rows become visible only with the swap.
+        ctx = multiprocessing.get_context("fork")
+        for share in range(1, shares):
+            worker = ctx.Process(target=_share_process, name=f"rebuild-share-{share}",
+                                 args=(database_url, schema, book, edges, upcast, share, shares))
+            worker.start()
+            children.append(worker)
+    try:
+        archives_written, fact_count = await _write_share(conn, schema, book, edges, upcast, 0, shares)
+    finally:
+        for proc in children:
+            await _exited(proc)
+            proc.join()
+    failed = [proc.name for proc in children if proc.exitcode != 0]
+    if failed:
+        raise RebuildError(f"rebuild worker(s) {failed} failed; the live read models are untouched")
+    waited = time.perf_counter()
+    inserted = int((await plain).split()[-1])  # "INSERT 0 <rows>"
+    log.info("rebuild waited for PostgreSQL's facts", seconds=round(time.perf_counter() - waited, 3))
+    if shares > 1:
+        counts = await conn.fetchrow(f"SELECT (SELECT count(*) FROM {schema}.archive) AS a, "
+                                     f"(SELECT count(*) FROM {schema}.fact) AS f")
+        return edges, int(counts["a"]), int(counts["f"])
+    return edges, archives_written, fact_count + inserted
 
 
 async def _exited(proc: multiprocessing.process.BaseProcess) -> None:
@@ -184,13 +211,13 @@ def _share_of(key: str, shares: int) -> int:
     return zlib.crc32(key.encode()) % shares
 
 
-def _share_process(database_url: str, schema: str, book: ArchiveBook, edges: list[MergeEdge], share: int,
-                   shares: int) -> None:
+def _share_process(database_url: str, schema: str, book: ArchiveBook, edges: list[MergeEdge], upcast: set[str],
+                   share: int, shares: int) -> None:
     """A forked rebuild worker: its own event loop and connection; exit code 0 on success."""
     async def run() -> None:
         conn = await connect(database_url)
         try:
-            await _write_share(conn, schema, book, edges, share, shares)
+            await _write_share(conn, schema, book, edges, upcast, share, shares)
         finally:
             await conn.close()
 
@@ -198,7 +225,7 @@ def _share_process(database_url: str, schema: str, book: ArchiveBook, edges: lis
 
 
 async def _write_share(conn: asyncpg.Connection, schema: str, book: ArchiveBook, edges: list[MergeEdge],
-                       share: int, shares: int) -> tuple[int, int]:
+                       upcast: set[str], share: int, shares: int) -> tuple[int, int]:
     """Derive the archives of the groups in this share, their facts that this share owns, and
     COPY them. Returns (archive rows, fact rows)."""
     root_of = roots(edges)
@@ -215,7 +242,7 @@ async def _write_share(conn: asyncpg.Connection, schema: str, book: ArchiveBook,
     for key, st in book.states.items():
         if key.startswith("ev:") and _share_of(key, shares) == share:
             effs.append(effective(st.entries.values())[0])
-    facts = fact_rows_from(effs)
+    facts = fact_rows_from(effs, plain_in_sql=upcast)  # the other plain facts: facts.plain_facts_sql
     if shares > 1:  # an event in groups of several shares is written by the share of its first root
         facts = {eid: f for eid, f in facts.items() if f is not None and _share_of(
             min(root_of.get(k, k) for k in book.family_keys(eid)), shares) == share}

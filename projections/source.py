@@ -121,6 +121,7 @@ class Page(msgspec.Struct):
     entries: list[tuple[str, Entry | None]]
     last: Position
     last_committed_at: dt.datetime
+    upcast: list[str] = []  # understood events not stored at the version this code reads directly
 
 
 async def scan_page(conn: asyncpg.Connection, after: Position, limit: int) -> Page | None:
@@ -129,6 +130,7 @@ async def scan_page(conn: asyncpg.Connection, after: Position, limit: int) -> Pa
     if not rows:
         return None
     out: list[tuple[str, Entry | None]] = []
+    upcast: list[str] = []
     append = out.append
     current = _current.get
     decode_based_on = _based_on.decode
@@ -146,12 +148,13 @@ async def scan_page(conn: asyncpg.Connection, after: Position, limit: int) -> Pa
             if care is None:
                 append((eid, None))
                 continue
+            upcast.append(eid)
         append((eid, Entry(
             event_id=eid, type=typ, site_id=site_id, site_seq=site_seq, actor=actor, occurred_at=occurred_at,
             recorded_at=recorded_at, based_on=decode_based_on(based_on) if based_on is not None else {},
             care=care)))  # type: ignore[arg-type]
     last = rows[-1]
-    return Page(out, Position(last["tx_id"], last["position"]), last["committed_at"])
+    return Page(out, Position(last["tx_id"], last["position"]), last["committed_at"], upcast)
 
 
 def book_of(rows: Iterable[Row]) -> ArchiveBook:

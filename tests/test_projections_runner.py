@@ -4,6 +4,7 @@ equals the pure build, the site's own archive, nothing applied twice, live follo
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 from typing import Any
 
@@ -12,11 +13,13 @@ import pytest
 
 from events import catalogue as c
 from events.envelope import DecodedEvent
+from events.samples import sample_registration
+from events.types import AidSource, PartnerKind
 from projections import archive, queries, tables
 from projections.rebuild import fill, rebuild
 from projections.runner import Runner, lag
 from service.store import EventStore
-from tests.test_projections_archive import KIDS, random_world
+from tests.test_projections_archive import KIDS, T0, random_world
 
 
 async def dump(pool: asyncpg.Pool, schema: str) -> dict[str, list[tuple[Any, ...]]]:
@@ -224,3 +227,51 @@ async def test_cli_rebuild_status_and_audit_asof(store: EventStore, database_url
     rollup = json.loads(await shouwang("audit", "asof", "--rollup", "r.t", "--period", "2026",
                                        "--occurred", "2026-12-31T23:59:59+08:00"))
     assert rollup["scope"] == "r.t" and rollup["period"] == "2026"
+
+
+async def test_rebuild_writes_the_runners_facts_of_plain_work(store: EventStore, pool: asyncpg.Pool,
+                                                              database_url: str) -> None:
+    """A rebuild leaves the facts of plain work nothing corrects (visits, calls, letters, talks,
+    pairing ends) to PostgreSQL and derives the rest: together they are the runner's facts, row
+    for row, with work retracted, work replaced (by work of another child), and work 'corrected'
+    by an event the center does not understand (which changes nothing)."""
+    import msgspec
+
+    from events.envelope import DecodedEvent as DE
+    from events.envelope import event_hash
+    from tests.factory import SiteWriter
+
+    v, s = SiteWriter("r.t.v01"), SiteWriter("r.t2.s01")
+    day = T0 + dt.timedelta(days=40)
+    events = [v.write(sample_registration(random.Random(kid), kid, village_site=v.site_id), T0) for kid in KIDS]
+    plain = [v.write(c.HomeVisitMade(child_id=KIDS[0], visitor="石晓"), day),
+             s.write(c.ParentCallMade(child_id=KIDS[1], parent="母亲"), day),
+             s.write(c.LetterWritten(child_id=KIDS[2], summary="给妈妈的一封信"), day),
+             s.write(c.TalkHeld(child_id=KIDS[0], teacher="云安", record_card="谈心"), day),
+             v.write(c.PairingStarted(pairing_id=f"p-{1:032x}", child_id=KIDS[1], partner_kind=PartnerKind.PROXY_PARENT,
+                                      partner_name="夏朵朵"), day),
+             v.write(c.PairingEnded(pairing_id=f"p-{1:032x}", child_id=KIDS[1]), day + dt.timedelta(days=3)),
+             v.write(c.AidGiven(child_id=KIDS[2], amount_fen=20_000, source=AidSource.CHARITY), day)]
+    retracted = v.write(c.HomeVisitMade(child_id=KIDS[1], visitor="石晓"), day)
+    replaced = s.write(c.TalkHeld(child_id=KIDS[2], teacher="云安", record_card="谈心"), day)
+    events += [*plain, retracted, replaced,
+               v.write(c.EventCorrected(corrected_event_id=retracted.event.event_id, reason="重复",
+                                        child_ids_list=[KIDS[1]]), day),
+               s.write(c.EventCorrected(corrected_event_id=replaced.event.event_id, reason="记错人",
+                                        child_ids_list=[KIDS[2]], replacement=c.TalkHeld(
+                                            child_id=KIDS[0], teacher="云安", record_card="谈心"),
+                                        replacement_occurred_at=day + dt.timedelta(days=1)), day)]
+    future = v.write(c.EventCorrected(corrected_event_id=plain[0].event.event_id, reason="?",
+                                      child_ids_list=[KIDS[0]]), day)
+    odd = msgspec.structs.replace(future.event, schema_version=99)
+    await store.append(events)
+    await store.append([DE(odd, None, event_hash(odd), False)])
+    await Runner(pool, batch_size=4).catch_up()
+    live = await dump(pool, tables.SCHEMA)
+    counted = {r[0] for r in live["fact"]}
+    assert {d.event.event_id for d in plain} <= counted  # the visit too: its 'correction' is not understood
+    assert retracted.event.event_id not in counted and replaced.event.event_id in counted
+    await shadow_rebuild(pool)
+    assert live == await dump(pool, tables.SHADOW)
+    await shadow_rebuild(pool, database_url)
+    assert live == await dump(pool, tables.SHADOW)
