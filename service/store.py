@@ -25,12 +25,20 @@ What it promises, and where each promise is kept:
   row already read. No table lock, no waiting for a gap to time out; the cost is that a
   long-running writing transaction holds readers back until it ends (they lag, never skip).
 
+* **Where the append runs.** A batch a site sends (unique ids and sequence numbers, fewer
+  than CALL_THRESHOLD events) is appended by the server-side function `shouwang_append`
+  (migration 0005) in one round trip, keeping each promise above the same way (progress rows
+  locked in site order first, ids settled by event_index's key and hash, tx_id from the
+  column default); larger batches and batches with repeats take the COPY path in Python.
+
 * **History is never rewritten** (guarantee 8). There is no UPDATE or DELETE of `events`
   anywhere; each event keeps its site's `prev_hash`, and `verify_chain` recomputes the chain.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import uuid
 from collections.abc import Iterable, Sequence
@@ -145,6 +153,7 @@ _SELECT = """SELECT tx_id, position, committed_at, event_id::text AS event_id, t
                     site_seq, actor, occurred_at, recorded_at, encode(prev_hash, 'hex') AS prev_hash,
                     encode(hash, 'hex') AS hash, children, based_on, payload, understood
              FROM events"""
+_NOTIFY = "SELECT set_config('synchronous_commit', 'off', true), pg_notify('shouwang_events', '')"
 _HORIZON = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 _based_on_decoder = msgspec.json.Decoder(dict[str, str])
 _json = msgspec.json.Encoder()
@@ -170,11 +179,33 @@ class EventStore:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self._notify_lock = asyncio.Lock()
+        self._committed = 0  # appends committed by this store (with notify_in_tx false)
+        self._announced = 0  # of those, how many a notification has covered
 
     async def append(self, batch: Sequence[DecodedEvent]) -> AppendResult:
         """Append a batch in one transaction (all stored, or on error none)."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            return await append_in(conn, batch)
+        async with self.pool.acquire() as conn:
+            result, notified = await _append(conn, batch, notify_in_tx=False)
+            if result.stored and not notified:
+                await self._announce(conn)
+            return result
+
+    async def _announce(self, conn: asyncpg.Connection) -> None:
+        """Wake the store's listeners (projections, fan-out) after a commit. Appends that commit
+        while a notification is being sent share the next one; the notifying transaction
+        commits without waiting for its fsync (a lost wake-up only costs a listener its poll
+        interval), so the cluster-wide NOTIFY lock is held for microseconds, not for an fsync."""
+        self._committed += 1
+        mine = self._committed
+        async with self._notify_lock:
+            if self._announced >= mine:
+                return
+            upto = self._committed
+            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                # The append is committed: failing it now would make the caller resend it.
+                await conn.execute(_NOTIFY)
+            self._announced = upto
 
     async def progress(self, site_id: str) -> SiteProgress:
         async with self.pool.acquire() as conn:
@@ -301,16 +332,97 @@ def _progress(row: asyncpg.Record) -> SiteProgress:
 
 
 async def append_in(conn: asyncpg.Connection, batch: Sequence[DecodedEvent]) -> AppendResult:
-    """Append inside the caller's transaction (the ingester also writes quarantine rows in it).
+    """Append inside the caller's transaction (the ingester also writes quarantine rows in it),
+    or, on a connection outside a transaction, in a transaction of its own."""
+    result, _ = await _append(conn, batch, notify_in_tx=True)
+    return result
 
-    Fast path, for a batch of new events (the common case): two COPYs, no per-row lookups.
-    If the COPY into `event_index` hits an id that is already stored (a resend), the savepoint
-    is rolled back and the batch is classified against what is stored, then only the new
-    events are copied.
+
+# Below this many events one call of `shouwang_append` (the events travel as arrays) is cheaper
+# than the COPY path; above it COPY's cheaper per-row handling on the server wins (measured
+# with bench/store.py: equal at about 250 events).
+CALL_THRESHOLD = 200
+
+
+async def _append(
+    conn: asyncpg.Connection, batch: Sequence[DecodedEvent], *, notify_in_tx: bool
+) -> tuple[AppendResult, bool]:
+    """A batch smaller than CALL_THRESHOLD whose event ids and (site, site_seq) pairs are unique
+    (every batch a site sends) is appended by one call of the server-side `shouwang_append`
+    (migration 0005): one round trip, whatever the batch holds (new events, resends or
+    refusals), and no transaction of our own around it (one statement is one transaction).
+    Larger batches, and batches with repeats inside, take the COPY path (`_append_general`).
+
+    With `notify_in_tx` false the function does not wake the store's listeners from inside the
+    transaction (the caller does it after the commit: a NOTIFY holds a cluster-wide lock from
+    its commit's start to its end, fsync included, so it would serialize concurrent appends).
+    Returns the result and whether listeners were notified in the transaction."""
+    if not batch:
+        return AppendResult(), True
+    n = len(batch)
+    if n < CALL_THRESHOLD and len({d.event.event_id for d in batch}) == n \
+            and len({(d.event.site_id, d.event.site_seq) for d in batch}) == n:
+        return await _append_call(conn, batch, notify_in_tx), notify_in_tx
+    if conn.is_in_transaction():
+        return await _append_general(conn, batch), True
+    async with conn.transaction():
+        return await _append_general(conn, batch), True
+
+
+_APPEND_CALL = """SELECT outcome, holders FROM shouwang_append($1::text[], $2::bigint[], $3::uuid[], $4::bytea[],
+    $5::timestamptz[], $6::text[], $7::int[], $8::bool[], $9::text[], $10::bigint[], $11::bytea[], $12::text[],
+    $13::jsonb[], $14::jsonb[], $15::bool)"""
+
+
+async def _append_call(conn: asyncpg.Connection, batch: Sequence[DecodedEvent], notify: bool) -> AppendResult:
+    evs = [d.event for d in batch]
+    row = await conn.fetchrow(
+        _APPEND_CALL,
+        [e.site_id for e in evs], [e.site_seq for e in evs], [e.event_id for e in evs],
+        [bytes.fromhex(d.hash) for d in batch], [e.occurred_at for e in evs], [e.type for e in evs],
+        [e.schema_version for e in evs], [d.understood for d in batch], [e.actor for e in evs],
+        [e.recorded_at for e in evs], [bytes.fromhex(e.prev_hash) for e in evs],
+        [" ".join(e.children) for e in evs],  # ragged arrays travel as text
+        [_json.encode(e.based_on) if e.based_on else b"{}" for e in evs], [bytes(e.payload) for e in evs],
+        notify,
+    )
+    outcome: str = row[0]
+    result = AppendResult(sites=sorted({e.site_id for e in evs}))
+    if outcome.count("s") == len(evs):
+        result.stored = [e.event_id for e in evs]
+        return result
+    holders = iter(row[1])
+    for e, code in zip(evs, outcome, strict=True):
+        if code == "s":
+            result.stored.append(e.event_id)
+        elif code == "d":
+            result.duplicates.append(e.event_id)
+        elif code == "c":
+            result.refused.append(Refused(e.event_id, e.site_id, e.site_seq, _different_content(e.event_id)))
+        else:
+            holder = next(holders) or "another event in the same batch"
+            result.refused.append(Refused(e.event_id, e.site_id, e.site_seq, _seq_taken(e, holder)))
+    return result
+
+
+def _different_content(event_id: str) -> str:
+    return (f"event_id {event_id} is already stored with different content; "
+            "the stored event is kept, this one is refused")
+
+
+def _seq_taken(e: Event, holder: object) -> str:
+    return (f"site_seq {e.site_seq} of site {e.site_id} is already used by event {holder}; "
+            "a site's sequence numbers must be unique")
+
+
+async def _append_general(conn: asyncpg.Connection, batch: Sequence[DecodedEvent]) -> AppendResult:
+    """Any batch, repeats inside it included, in the caller's transaction.
+
+    Fast path, for a batch of new events: two COPYs, no per-row lookups. If the COPY into
+    `event_index` hits an id that is already stored (a resend), the savepoint is rolled back and
+    the batch is classified against what is stored, then only the new events are copied.
     """
     result = AppendResult()
-    if not batch:
-        return result
     sites = sorted({d.event.site_id for d in batch})
     # Lock the progress rows first, in site order (the upsert processes rows in input order):
     # appends for one site are serialized from here to commit, so sequence numbers are checked
@@ -458,22 +570,14 @@ async def _classify(conn: asyncpg.Connection, others: list[DecodedEvent], result
             if row["hash"].hex() == d.hash:  # the hash covers site_id and site_seq too
                 result.duplicates.append(e.event_id)
             else:
-                result.refused.append(Refused(
-                    e.event_id, e.site_id, e.site_seq,
-                    f"event_id {e.event_id} is already stored with different content; "
-                    "the stored event is kept, this one is refused",
-                ))
+                result.refused.append(Refused(e.event_id, e.site_id, e.site_seq, _different_content(e.event_id)))
             continue
         if e.event_id in stored_now:  # cannot happen: stored ids are in event_index
             raise StoreError(f"event {e.event_id} stored but not indexed")
         holder = await conn.fetchval(
             "SELECT event_id FROM events WHERE site_id = $1 AND site_seq = $2", e.site_id, e.site_seq
         ) or "another event in the same batch"
-        result.refused.append(Refused(
-            e.event_id, e.site_id, e.site_seq,
-            f"site_seq {e.site_seq} of site {e.site_id} is already used by event {holder}; "
-            "a site's sequence numbers must be unique",
-        ))
+        result.refused.append(Refused(e.event_id, e.site_id, e.site_seq, _seq_taken(e, holder)))
 
 
 async def _advance_progress(

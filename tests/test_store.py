@@ -14,7 +14,8 @@ from events import decode_event, encode_event
 from events.catalogue import HomeVisitMade, TalkHeld
 from events.samples import sample_registration, samples
 from service import migrate
-from service.store import ORIGIN, EventStore, Position, advance, holes_of
+from service import store as store_module
+from service.store import ORIGIN, EventStore, Position, advance, append_in, holes_of
 from tests.factory import SiteWriter
 
 SITE_A = "gx-lp.xy.v01"
@@ -257,3 +258,145 @@ async def test_racing_claims_on_one_site_seq_store_one(store: EventStore) -> Non
         assert all("already used by event" in r.reason for r in ra.refused + rb.refused)
     prog = await store.progress("gx-lp.race.v01")
     assert prog.watermark == 400 and prog.events_stored == 400
+
+
+# --- the server-side append (migration 0005) and the COPY path must agree ---------------------
+
+
+def _forged(d, findings: str = "篡改"):
+    doc = msgspec.json.decode(encode_event(d.event))
+    doc["payload"]["findings"] = findings
+    return decode_event(msgspec.json.encode(doc))
+
+
+@pytest.mark.parametrize("path", ["call", "copy"])
+async def test_both_append_paths_tell_each_events_fate_alike(
+    path: str, store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out-of-order arrival over two sites, a resend, a forged resend and a claim on a taken
+    site_seq: the one-call path (shouwang_append) and the COPY path give the same results,
+    progress and stored log."""
+    monkeypatch.setattr(store_module, "CALL_THRESHOLD", 10**6 if path == "call" else 0)
+    wa, wb, rival = SiteWriter(SITE_A), SiteWriter(SITE_B), SiteWriter(SITE_A)
+    a, b = visits(wa, 8), visits(wb, 4)
+    [r] = visits(rival, 1)  # another event claiming SITE_A's site_seq 1
+    first = await store.append([a[0], b[1], a[4], a[5], b[0]])
+    assert first.stored == [a[0].event.event_id, b[1].event.event_id, a[4].event.event_id,
+                            a[5].event.event_id, b[0].event.event_id]
+    assert first.sites == sorted([SITE_A, SITE_B])
+    second = await store.append([a[1], _forged(a[4]), a[0], r, b[3], a[7]])
+    assert second.stored == [a[1].event.event_id, b[3].event.event_id, a[7].event.event_id]
+    assert second.duplicates == [a[0].event.event_id]
+    assert [x.event_id for x in second.refused] == [a[4].event.event_id, r.event.event_id]
+    assert "different content" in second.refused[0].reason
+    assert f"already used by event {a[0].event.event_id}" in second.refused[1].reason
+    pa, pb = await store.progress(SITE_A), await store.progress(SITE_B)
+    assert (pa.watermark, pa.max_seq, pa.holes, pa.events_stored, pa.duplicates_seen) == (2, 8, [(3, 4), (7, 7)], 5, 1)
+    assert (pb.watermark, pb.max_seq, pb.holes, pb.events_stored) == (2, 4, [(3, 3)], 3)
+    assert pa.last_committed_at is not None and pa.newest_occurred_at == max(
+        d.event.occurred_at for d in (a[0], a[1], a[4], a[5], a[7]))
+    third = await store.append([a[2], a[3], a[6], b[2]])
+    assert len(third.stored) == 4
+    pa, pb = await store.progress(SITE_A), await store.progress(SITE_B)
+    assert (pa.watermark, pa.holes, pb.watermark, pb.holes) == (8, [], 4, [])
+    log = await store.read_all(ORIGIN, 100)
+    assert [s.event.event_id for s in log] == first.stored + second.stored + third.stored
+    stored = await store.get(a[4].event.event_id)
+    assert stored is not None and stored.hash == a[4].hash
+    assert (await store.verify_chain(SITE_A)).ok and (await store.verify_chain(SITE_B)).ok
+
+
+async def test_one_call_path_resend_keeps_counts(store: EventStore) -> None:
+    """A whole resend through the one-call path: all duplicates, nothing stored twice, the
+    duplicates counted on the site, and the report in the caller's order."""
+    w = SiteWriter(SITE_A)
+    batch = visits(w, 30)
+    await store.append(batch)
+    again = await store.append(batch[::-1])
+    assert again.stored == [] and again.refused == []
+    assert again.duplicates == [d.event.event_id for d in batch[::-1]]
+    prog = await store.progress(SITE_A)
+    assert (prog.watermark, prog.events_stored, prog.duplicates_seen) == (30, 30, 30)
+    assert await store.count() == 30
+
+
+async def test_fifty_single_event_appenders_on_one_site(store: EventStore) -> None:
+    """Fifty concurrent single-event appends on one site, each event sent twice and each
+    sequence number also claimed by a rival event: every event is stored once, every rival
+    refused, and the watermark ends at the top with no holes."""
+    w, rival = SiteWriter("gx-lp.conc.v01"), SiteWriter("gx-lp.conc.v01")
+    events, rivals = visits(w, 50), visits(rival, 50)
+    jobs = [[d] for d in events] * 2 + [[d] for d in rivals]
+    random.Random(7).shuffle(jobs)
+    results = await asyncio.gather(*(store.append(j) for j in jobs))
+    stored = [eid for r in results for eid in r.stored]
+    refused = [x.event_id for r in results for x in r.refused]
+    duplicates = [eid for r in results for eid in r.duplicates]
+    # each sequence number went to whichever of the event and its rival came first
+    assert len(stored) == 50 and len(set(stored)) == 50
+    winners = {eid for eid in stored}
+    for d, rv in zip(events, rivals, strict=True):
+        assert (d.event.event_id in winners) != (rv.event.event_id in winners)
+    assert len(refused) + len(duplicates) == 100
+    prog = await store.progress("gx-lp.conc.v01")
+    assert (prog.watermark, prog.holes, prog.events_stored) == (50, [], 50)
+    assert await store.count() == 50
+
+
+async def test_fifty_sites_appending_concurrently(store: EventStore) -> None:
+    """Fifty sites, each appending its own events one at a time, concurrently: all stored, in
+    each site's order in the global log, and each watermark at its top."""
+    writers = [SiteWriter(f"gx-lp.c{i:02d}.v01") for i in range(50)]
+    logs = [visits(w, 6) for w in writers]
+
+    async def run(log: list) -> None:
+        for d in log:
+            assert (await store.append([d])).stored == [d.event.event_id]
+
+    await asyncio.gather(*(run(log) for log in logs))
+    read = await store.read_all(ORIGIN, 1000)
+    assert len(read) == 300
+    for w in writers:
+        assert [s.event.site_seq for s in read if s.event.site_id == w.site_id] == list(range(1, 7))
+        assert (await store.progress(w.site_id)).watermark == 6
+
+
+async def test_appends_wake_listeners_after_commit(store: EventStore, pool: asyncpg.Pool) -> None:
+    """The store's NOTIFY reaches listeners from each path: EventStore.append (sent after its
+    commit), and append_in inside a caller's transaction (sent at the commit, not before)."""
+    got: asyncio.Queue[str] = asyncio.Queue()
+
+    def heard(*args: object) -> None:
+        got.put_nowait(str(args[2]))
+
+    listener = await pool.acquire()
+    await listener.add_listener("shouwang_events", heard)
+    try:
+        w = SiteWriter(SITE_A)
+        await store.append(visits(w, 1))  # one-call path
+        await asyncio.wait_for(got.get(), 5)
+        await store.append(visits(w, 250))  # COPY path
+        await asyncio.wait_for(got.get(), 5)
+        async with pool.acquire() as conn:
+            tr = conn.transaction()
+            await tr.start()
+            await append_in(conn, visits(w, 2))
+            await asyncio.sleep(0.2)
+            assert got.empty()  # not before the commit
+            await tr.commit()
+        await asyncio.wait_for(got.get(), 5)
+    finally:
+        await listener.remove_listener("shouwang_events", heard)
+        await pool.release(listener)
+
+
+async def test_one_call_path_leaves_the_callers_transaction_as_it_was(pool: asyncpg.Pool) -> None:
+    """Inside a caller's transaction, a batch large enough to be planned for its size leaves
+    plan_cache_mode as it found it, and the notification stays on (the ingester's case)."""
+    w = SiteWriter(SITE_A)
+    async with pool.acquire() as conn, conn.transaction():
+        before = await conn.fetchval("SELECT current_setting('plan_cache_mode')")
+        result = await append_in(conn, visits(w, 150))
+        assert len(result.stored) == 150
+        assert await conn.fetchval("SELECT current_setting('plan_cache_mode')") == before
+        assert await conn.fetchval("SELECT current_setting('shouwang.notify_after_commit', true)") in (None, "")
