@@ -398,8 +398,9 @@ def derive_full(child_id: str, entries: Iterable[Entry], merged_from: Iterable[s
     unique = {e.event_id: e for e in entries}
     members = {child_id, *merged_from}
     # A replacement may move an event to another child: count only what concerns this group.
-    all_effs = effective(unique.values())[0]
-    effs = [x for x in all_effs if x.corrected_by is None or members.intersection(x.care.child_ids())]
+    all_effs, corrected = effective(unique.values())
+    effs = [x for x in all_effs if x.corrected_by is None or members.intersection(x.care.child_ids())
+            ] if corrected else all_effs
     values, conflicts = _registers(child_id, effs)
     v: dict[str, Any] = {f: w.value for f, w in values.items()}
     sources = {f: FieldSource(event_id=w.event_id, site_id=w.site_id, actor=w.actor, recorded_at=w.stamp[0])
