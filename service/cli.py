@@ -63,6 +63,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as err:
+        unreachable = _unreachable(err)
+        if unreachable is None:
+            raise
+        # A server that is down or a wrong URL: one line an operator can act on, not a traceback
+        # (systemd restarts the unit; it succeeds once the server is back).
+        print(f"shouwang: {unreachable}", file=sys.stderr)
+        return 1
+
+
+def _unreachable(err: BaseException) -> str | None:
+    """What to tell the operator when `err` means a server could not be reached, else None."""
+    import asyncpg
+    import nats.errors
+
+    if isinstance(err, nats.errors.NoServersError | nats.errors.ConnectionClosedError):
+        return (f"cannot reach NATS ({type(err).__name__}: {err}); is nats-server running, and is "
+                "SHOUWANG_NATS_URL (or the site's nats_url) right?")
+    if isinstance(err, asyncpg.InvalidCatalogNameError | asyncpg.InvalidPasswordError
+                  | asyncpg.InvalidAuthorizationSpecificationError | asyncpg.CannotConnectNowError):
+        return (f"PostgreSQL refused the connection ({type(err).__name__}: {err}); check the database URL "
+                "(--database-url or SHOUWANG_DATABASE_URL)")
+    if isinstance(err, ConnectionRefusedError | TimeoutError | OSError) and not isinstance(err, FileNotFoundError
+                                                                                            | PermissionError):
+        return (f"cannot reach a server ({type(err).__name__}: {err}); is PostgreSQL (SHOUWANG_DATABASE_URL) "
+                "and NATS (SHOUWANG_NATS_URL) running where the settings say?")
+    return None
 
 
 def run_async(coro: Coroutine[Any, Any, int | None]) -> int:

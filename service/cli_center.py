@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -135,14 +136,31 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     async def go() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        main_task = asyncio.current_task()
+        started = False
+
+        def on_signal() -> None:
+            stop.set()
+            # Still starting (e.g. waiting for NATS, which it does for as long as it takes):
+            # nothing to drain yet, so stop now rather than when the server comes back.
+            if not started and main_task is not None:
+                main_task.cancel()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        async with run_center(_db(args, settings), settings.nats_url, ingesters=args.ingesters, parts=parts,
-                              settings=stream_settings) as center:
-            while not stop.is_set():
-                center.check()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            async with run_center(_db(args, settings), settings.nats_url, ingesters=args.ingesters, parts=parts,
+                                  settings=stream_settings) as center:
+                started = True
+                while not stop.is_set():
+                    center.check()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1.0)
+        except asyncio.CancelledError:
+            if stop.is_set() and not started:
+                print("shouwang: stopped while starting", file=sys.stderr)
+                return 0
+            raise
         return 0
 
     return run_async(go())

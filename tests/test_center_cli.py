@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 
 from events.catalogue import HomeVisitMade
 from service.cli import main
-from service.embedded import EmbeddedNats
+from service.embedded import EmbeddedNats, free_port
 from service.quarantine import list_rows
 from service.store import EventStore
 from service.streams import ensure_streams
@@ -121,3 +121,37 @@ async def test_center_run_stops_cleanly_on_sigterm(tmp_path: Path, database_url:
 
 async def _logged(log: Path, what: str) -> bool:
     return what in log.read_text()  # noqa: ASYNC240 - a small local file
+
+
+async def test_center_run_waiting_for_nats_stops_on_sigterm(tmp_path: Path, database_url: str) -> None:
+    """NATS is down at start: the center keeps trying (warnings in the log) and, told to stop
+    meanwhile, exits at once instead of when NATS comes back."""
+    env = {**os.environ, "SHOUWANG_DATABASE_URL": database_url, "SHOUWANG_NATS_URL": f"nats://127.0.0.1:{free_port()}",
+           "SHOUWANG_LOG_LEVEL": "info", "SHOUWANG_LOG_JSON": "true"}
+    log = tmp_path / "center.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "center", "run"],  # noqa: ASYNC220
+                                env=env, stdout=out, stderr=out)
+    try:
+        await wait_for(lambda: _logged(log, '"nats error"'), within=30, what="the center to try NATS")
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = log.read_text()
+    assert code == 0, text[-2000:]
+    assert "stopped while starting" in text and "Traceback" not in text
+
+
+def test_commands_name_an_unreachable_database_in_one_line() -> None:
+    """PostgreSQL down or a wrong URL: one line naming what to check, exit 1, no traceback."""
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/shouwang"
+    for argv in (["center", "run"], ["projections", "status"], ["center", "site", "list"]):
+        proc = subprocess.run([sys.executable, "-m", "service.cli", *argv],
+                              env={**os.environ, "SHOUWANG_DATABASE_URL": url}, capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 1, (argv, proc.stderr[-1500:])
+        assert "Traceback" not in proc.stderr, argv
+        assert "SHOUWANG_DATABASE_URL" in proc.stderr and "ConnectionRefusedError" in proc.stderr, argv
