@@ -225,6 +225,19 @@ async def commit_in(conn: asyncpg.Connection, items: Sequence[Triaged], *, quara
 _TRANSIENT_CLASSES = ("08", "53", "57", "40", "55")  # connection, resources, shutdown, rollback, lock
 
 
+# The center's own schema, privileges or server are wrong (a migration not applied, a revoked
+# grant, an internal error): every event would fail the same way, so none is the event's fault.
+_CENTER_FAULT_CLASSES = ("42", "0A", "XX", "58", "3D", "3F", "28", "F0")
+
+
+def is_center_fault(err: BaseException) -> bool:
+    """True when the error is about the center's database setup, not the data being written."""
+    if isinstance(err, asyncpg.PostgresError):
+        state = getattr(err, "sqlstate", None) or ""
+        return state[:2] in _CENTER_FAULT_CLASSES
+    return False
+
+
 def is_transient(err: BaseException) -> bool:
     """True when retrying the same batch later can succeed (the database, not the data)."""
     if isinstance(err, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError)):
@@ -448,6 +461,16 @@ class Ingester:
                           error=type(err).__name__, events=len(items))
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
+                    continue
+                if is_center_fault(err):
+                    # Quarantining would blame every event for the center's own defect: hold the
+                    # batch (kept alive, not redelivered) and retry until an operator fixes it.
+                    self.stats.db_retries += 1
+                    _log.error("the center's database setup is broken; holding the batch until it is fixed",
+                               ingester=self.name, error=type(err).__name__,
+                               sqlstate=getattr(err, "sqlstate", None), detail=str(err)[:200], events=len(items))
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
                     continue
                 # The data, or a defect this input triggers: find the event(s) responsible.
                 return await self._split(items, err)
