@@ -703,6 +703,16 @@ def family_of(care: c.CareEventBase, event_id: str) -> str:
     return care.corrected_event_id if isinstance(care, c.EventCorrected) else event_id
 
 
+def _one_child(cls: type[c.CareEventBase]) -> bool:
+    """Payloads whose keys_of is always (child_id,): one required child, not a correction."""
+    fields = {f.name: f for f in msgspec.structs.fields(cls)}
+    return (cls is not c.EventCorrected and cls.child_ids is c.CareEventBase.child_ids
+            and "child_id" in fields and fields["child_id"].required and "child_ids_list" not in fields)
+
+
+_ONE_CHILD = frozenset(cls for cls in c.EVENT_TYPES.values() if _one_child(cls))
+
+
 class ArchiveBook:
     """Incremental, in-memory holder of child states (a site agent's or a rebuild's): `add`
     events in any order, any number of times; `archives()` derives every archive.
@@ -766,6 +776,26 @@ class ArchiveBook:
         members.append(eid)
         known[eid] = entry
         return changed
+
+    def fold(self, entry: Entry) -> None:
+        """`add_entry` without telling which keys changed (a rebuild's fold): an event about
+        one child that no correction reached first goes straight to that child's state."""
+        if type(entry.care) not in _ONE_CHILD:
+            self.add_entry(entry)
+            return
+        eid = entry.event_id
+        known = self._entry
+        if eid in known:
+            return
+        if eid in self._family_keys:  # a correction of it came first
+            self.add_entry(entry)
+            return
+        key = entry.care.child_id  # type: ignore[union-attr]
+        st = self.states.get(key)
+        if st is None:
+            st = self.states[key] = ChildState(child_id=key)
+        st.entries[eid] = entry
+        known[eid] = entry
 
     def archives(self) -> dict[str, ChildArchive]:
         return derive_all(self.states)

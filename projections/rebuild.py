@@ -123,7 +123,7 @@ async def _fill(pool: asyncpg.Pool, schema: str, *, page: int, progress: Progres
                 if entry is None:
                     book.skipped.add(eid)
                 else:
-                    book.add_entry(entry)
+                    book.fold(entry)
                     if entry.type in _MERGE_TYPES:
                         merge_entries.append(entry)
             upcast.update(current.upcast)
