@@ -151,7 +151,8 @@ _EVENT_COLUMNS = (
 )
 _SELECT = """SELECT tx_id, position, committed_at, event_id::text AS event_id, type, schema_version, site_id,
                     site_seq, actor, occurred_at, recorded_at, encode(prev_hash, 'hex') AS prev_hash,
-                    encode(hash, 'hex') AS hash, children, based_on, payload, understood
+                    encode(hash, 'hex') AS hash, children,
+                    CASE WHEN based_on <> '{}' THEN based_on END AS based_on, payload, understood
              FROM events"""
 _NOTIFY = "SELECT set_config('synchronous_commit', 'off', true), pg_notify('shouwang_events', '')"
 _HORIZON = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
@@ -162,13 +163,14 @@ _EMPTY: dict[str, str] = {}
 
 def _row_to_stored(r: asyncpg.Record) -> StoredEvent:
     # Hot path of every reader (projections, rebuilds, catch-up): text conversions happen in
-    # PostgreSQL (uuid and hex in C), and nothing is decoded that a reader may not need.
+    # PostgreSQL (uuid and hex in C), and nothing is decoded that a reader may not need (an
+    # empty based_on, nearly every event's, arrives as NULL: no jsonb codec call).
     (tx_id, position, committed_at, event_id, type_, schema_version, site_id, site_seq, actor, occurred_at,
      recorded_at, prev_hash, hash_, children, based_on, payload, understood) = r
     event = Event(
         event_id=event_id, type=type_, schema_version=schema_version, site_id=site_id, site_seq=site_seq,
         actor=actor, occurred_at=occurred_at, recorded_at=recorded_at, prev_hash=prev_hash, children=children,
-        based_on=_based_on_decoder.decode(based_on) if based_on != b"{}" else _EMPTY,
+        based_on=_EMPTY if based_on is None else _based_on_decoder.decode(based_on),
         payload=msgspec.Raw(payload),
     )
     return StoredEvent(Position(tx_id, position), committed_at, event, hash_, understood)
