@@ -390,13 +390,16 @@ async def test_appends_wake_listeners_after_commit(store: EventStore, pool: asyn
         await pool.release(listener)
 
 
-async def test_one_call_path_leaves_the_callers_transaction_as_it_was(pool: asyncpg.Pool) -> None:
+async def test_one_call_path_leaves_the_callers_transaction_as_it_was(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Inside a caller's transaction, a batch large enough to be planned for its size leaves
     plan_cache_mode as it found it, and the notification stays on (the ingester's case)."""
+    monkeypatch.setattr(store_module, "CALL_THRESHOLD", 10**6)
     w = SiteWriter(SITE_A)
     async with pool.acquire() as conn, conn.transaction():
         before = await conn.fetchval("SELECT current_setting('plan_cache_mode')")
-        result = await append_in(conn, visits(w, 150))
-        assert len(result.stored) == 150
+        result = await append_in(conn, visits(w, 1001))
+        assert len(result.stored) == 1001
         assert await conn.fetchval("SELECT current_setting('plan_cache_mode')") == before
         assert await conn.fetchval("SELECT current_setting('shouwang.notify_after_commit', true)") in (None, "")
