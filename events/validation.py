@@ -19,6 +19,7 @@ import msgspec
 
 from events.catalogue import ARCHIVE_FIELDS, EVENT_TYPES, CareEventBase, EventCorrected
 from events.ids import resident_id_problem
+from events.localtime import local_day
 
 # A person enters `occurred_at`; clocks at stations drift. Beyond this it is a typo.
 FUTURE_TOLERANCE = dt.timedelta(days=1)
@@ -130,7 +131,7 @@ def semantic_problems(
         if why is not None:
             problems.append(Problem(join_path(prefix, "resident_id"), why, show_value(rid)))
     birth = getattr(care, "birth_date", None)
-    if isinstance(birth, dt.date) and birth > now.date():
+    if isinstance(birth, dt.date) and birth > local_day(now):
         problems.append(Problem(join_path(prefix, "birth_date"), "is in the future", birth.isoformat()))
     if occurred_at is not None:
         problems += future_problems(join_path(prefix, "occurred_at"), occurred_at, now, tolerance)

@@ -39,6 +39,7 @@ import msgspec
 
 from events import catalogue as c
 from events.envelope import Event
+from events.localtime import local_day
 from events.types import PartnerKind
 
 Stamp = tuple[int, str, int]
@@ -383,8 +384,11 @@ def month_key(day: dt.date | dt.datetime) -> str:
     return f"{day.year:04d}-{day.month:02d}"
 
 
+_CST_OFFSET = dt.timedelta(hours=8)  # events.localtime.REPORTING_TZ, as a plain shift for UTC datetimes
+
+
 def _day(t: dt.datetime) -> dt.date:
-    return t.date() if t.tzinfo is dt.UTC else t.astimezone(dt.UTC).date()
+    return (t + _CST_OFFSET).date() if t.tzinfo is dt.UTC else local_day(t)  # the reporting day (UTC+8)
 
 
 def derive(child_id: str, entries: Iterable[Entry], merged_from: Iterable[str] = ()) -> ChildArchive:

@@ -15,6 +15,7 @@ import asyncpg
 import msgspec
 
 from events import catalogue as c
+from events.localtime import local_day
 from projections.archive import ArchiveBook, ChildArchive, TimelineItem, family_of, timeline
 from projections.facts import facts_of
 from projections.followups import parse_period
@@ -121,7 +122,7 @@ async def rollup_asof(pool: asyncpg.Pool, scope: str, period: str, *, committed_
     archives = book.archives()
     facts = [f for f in facts_of(e for st in book.states.values() for e in st.entries.values()).values()
              if f is not None]
-    today = when.astimezone(dt.UTC).date() if when is not None else None
+    today = local_day(when) if when is not None else None
     return compute(scope, p, archives.values(), facts, today=today)
 
 

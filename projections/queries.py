@@ -11,6 +11,7 @@ import datetime as dt
 import asyncpg
 import msgspec
 
+from events.localtime import day_start, local_today
 from projections import tables
 from projections.archive import ChildArchive, TimelineItem, decode_archive
 from projections.facts import Fact, township_of
@@ -65,7 +66,7 @@ async def followups(pool: asyncpg.Pool, child_id: str, period: str) -> list[Mont
 
 async def overdue(pool: asyncpg.Pool, scope: str, today: dt.date | None = None) -> list[Overdue]:
     """Children in `scope` overdue for a rule on `today`, most days overdue first."""
-    today = today or dt.datetime.now(dt.UTC).date()
+    today = today or local_today()
     return overdue_list(await archives_in(pool, scope), today, scope)
 
 
@@ -80,7 +81,7 @@ async def facts_in(pool: asyncpg.Pool, scope: str, start: dt.date, end: dt.date)
         rows = await conn.fetch(
             f"""SELECT {', '.join(tables.FACT_COLS)} FROM {tables.SCHEMA}.fact
                  WHERE occurred_at >= $1 AND occurred_at < $2 AND {where}""",
-            dt.datetime.combine(start, dt.time(), dt.UTC), dt.datetime.combine(end, dt.time(), dt.UTC), *args)
+            day_start(start), day_start(end), *args)
     return [Fact(event_id=r["event_id"], kind=r["kind"], site_id=r["site_id"], occurred_at=r["occurred_at"],
                  children=list(r["children"]), amount_fen=r["amount_fen"], count=r["count"], source=r["source"],
                  detail=r["detail"]) for r in rows]
@@ -97,7 +98,7 @@ async def freshness(pool: asyncpg.Pool) -> list[Freshness]:
 async def rollup(pool: asyncpg.Pool, scope: str, period: str, today: dt.date | None = None) -> Rollup:
     """Every township figure for `scope` and `period` from the live read models."""
     p = parse_period(period)
-    today = today or dt.datetime.now(dt.UTC).date()
+    today = today or local_today()
     return compute(scope, p, await archives_in(pool, scope, include_merged=True),
                    await facts_in(pool, scope, p.start, p.end), today=today, freshness=await freshness(pool))
 

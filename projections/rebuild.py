@@ -43,7 +43,7 @@ from projections.archive import (
     roots,
 )
 from projections.facts import fact_rows_from, plain_facts_sql
-from projections.runner import LOCK_KEY, Checkpoint, Runner, advance, write_checkpoint
+from projections.runner import LOCK_KEY, Checkpoint, Runner, advance, write_checkpoint, write_fold_version
 from projections.source import Page, scan_page
 from service import log as service_log
 from service.db import connect
@@ -154,6 +154,7 @@ async def _fill(pool: asyncpg.Pool, schema: str, *, page: int, progress: Progres
             await conn.execute(f"SET LOCAL maintenance_work_mem = '{INDEX_MEMORY}'")
             await conn.execute("SELECT shouwang_projection_indexes($1)", schema)
             await write_checkpoint(conn, schema, cp)
+            await write_fold_version(conn, schema)
     seconds = time.perf_counter() - started
     phases = {"read_fold": t_read - started, "derive_count_write": t_derive - t_read,
               "index_swap_ready": time.perf_counter() - t_facts}

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 import msgspec
 
+from events.localtime import local_day
 from projections.archive import PROXY_KINDS, ChildArchive
 from projections.facts import Fact, in_scope
 from projections.followups import MONTHLY_RULES, Period, letters_in, month_checks, overdue_of, semesters_in
@@ -111,7 +112,7 @@ def compute(
     archives = list(archives)
     root = {a.child_id: a.merged_into for a in archives if a.merged_into is not None}
     kids = [a for a in archives if a.merged_into is None and a.registered and any(in_scope(s, scope) for s in a.sites)]
-    work = [f for f in facts if in_scope(f.site_id, scope) and period.contains(f.occurred_at.astimezone(dt.UTC).date())]
+    work = [f for f in facts if in_scope(f.site_id, scope) and period.contains(local_day(f.occurred_at))]
 
     archived = [a for a in kids if a.open_on(as_of)]
     n = len(archived)

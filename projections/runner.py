@@ -78,6 +78,30 @@ async def read_checkpoint(conn: asyncpg.Connection, schema: str) -> Checkpoint:
     return Checkpoint(Position(row["tx"], row["pos"]), row["applied"], row["skipped"], row["last_committed_at"])
 
 
+# What the read models mean, as a number: raise it whenever the same events would give other read
+# models (a rule, a field, how a day is counted). A live runner that finds models of another
+# version rebuilds them (in the shadow schema, while the old ones keep serving) before it
+# follows the log, so an upgrade needs no manual step. 1: days counted in UTC; 2: reporting days
+# on China Standard Time (events.localtime).
+FOLD_VERSION = 2
+_VERSION_ROW = "fold_version"  # a row of the checkpoint table whose `tx` holds the version
+
+
+async def read_fold_version(conn: asyncpg.Connection, schema: str) -> int | None:
+    """The fold version the models in `schema` were built with; None when nothing was applied yet."""
+    rows = {r["name"]: r["tx"] for r in await conn.fetch(
+        f"SELECT name, tx FROM {schema}.checkpoint WHERE name = ANY($1)", [_VERSION_ROW, NAME])}
+    if _VERSION_ROW in rows:
+        return int(rows[_VERSION_ROW])
+    return 1 if NAME in rows else None  # built before versions were recorded
+
+
+async def write_fold_version(conn: asyncpg.Connection, schema: str, version: int = FOLD_VERSION) -> None:
+    await conn.execute(
+        f"""INSERT INTO {schema}.checkpoint (name, tx, pos, applied, skipped) VALUES ($1, $2, 0, 0, 0)
+            ON CONFLICT (name) DO UPDATE SET tx = $2""", _VERSION_ROW, version)
+
+
 async def write_checkpoint(conn: asyncpg.Connection, schema: str, cp: Checkpoint) -> None:
     await conn.execute(
         f"""INSERT INTO {schema}.checkpoint (name, tx, pos, applied, skipped, last_committed_at)
@@ -289,6 +313,8 @@ async def advance(conn: asyncpg.Connection, schema: str, limit: int) -> int:
     skipped = sum(1 for r in batch if r.care is None)
     await write_checkpoint(conn, schema, Checkpoint(
         upto, cp.applied + len(batch) - skipped, cp.skipped + skipped, batch[-1].committed_at))
+    if cp.position == ORIGIN:  # the first events ever applied here: the models are this fold's
+        await write_fold_version(conn, schema)
     return len(batch)
 
 
@@ -323,8 +349,29 @@ class Runner:
             total += n
         return total
 
+    async def ensure_version(self) -> bool:
+        """Rebuild the read models if another fold version built them; True if it rebuilt."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+            version = await read_fold_version(conn, self.schema)
+            if version is None:  # nothing applied yet: the models will be this version's
+                await write_fold_version(conn, self.schema)
+                return False
+        if version == FOLD_VERSION or self.schema != tables.SCHEMA:
+            return False
+        log.warning("read models were built by another fold version; rebuilding them (the old ones serve "
+                    "meanwhile)", found=version, wanted=FOLD_VERSION)
+        from projections.rebuild import rebuild  # it imports this module
+
+        report = await rebuild(self.pool, page=self.batch_size)
+        log.info("read models rebuilt for the new fold version", version=FOLD_VERSION, events=report.events,
+                 seconds=round(report.seconds, 1))
+        return True
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Catch up, then follow new commits (woken by NOTIFY, polling as a fallback) until `stop`."""
+        """Rebuild the read models if an older fold built them, catch up, then follow new commits
+        (woken by NOTIFY, polling as a fallback) until `stop`."""
+        await self.ensure_version()
         listener = await self.pool.acquire()
         try:
             await listener.add_listener(CHANNEL, self._notified)

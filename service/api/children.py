@@ -16,6 +16,7 @@ from litestar import Controller, Request, get
 from litestar.params import Parameter
 
 from events.ids import mask_resident_id
+from events.localtime import local_today
 from events.types import GuardianshipType
 from projections import archive as pa
 from projections import followups as pf
@@ -167,7 +168,7 @@ class ChildrenController(Controller):
         after = p.add(cursor or "")  # "" sorts before every child id
         conds.append(f"a.child_id > {after}")
         at = int(after[1:]) - 1
-        today = dt.datetime.now(dt.UTC).date()
+        today = local_today()
         items: list[ChildSummary] = []
         next_cursor: str | None = None
         async with request.app.state.pool.acquire() as conn:

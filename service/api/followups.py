@@ -14,6 +14,7 @@ import msgspec
 from litestar import Controller, Request, get
 from litestar.params import Parameter
 
+from events.localtime import local_today
 from projections import followups as pf
 from service.api import archives
 from service.api.children import _query_text, _route
@@ -70,19 +71,19 @@ class FollowUpsController(Controller):
                                           _query_text(request))
         if a is None:
             raise not_found("child", child_id, "child_id")
-        today = dt.datetime.now(dt.UTC).date()
+        today = local_today()
         return FollowUpView(child_id=child_id, period=p.label, months=pf.month_checks(a, p),
                             letters_in_period=pf.letters_in(a, p), overdue=pf.overdue_of(a, min(today, p.last_day)))
 
     @get("/sites/{site_id:str}/overdue", summary="Children of a site overdue for a rule, most overdue first")
     async def overdue(
         self, request: Request[Any, Any, Any], site_id: SiteIdPath,
-        today: Annotated[dt.date | None, Parameter(description="the day to judge on (default: today, UTC)")] = None,
+        today: Annotated[dt.date | None, Parameter(description="the day to judge on (default: today, UTC+8)")] = None,
     ) -> OverdueList:
         caller = caller_of(request)
         if not may_see_site(caller, site_id):
             raise ApiError(404, f"site {site_id} was not found", field="site_id", value=site_id)
-        day = today or dt.datetime.now(dt.UTC).date()
+        day = today or local_today()
         found: list[tuple[pf.Overdue, str | None]] = []
         p = Params()
         async with request.app.state.pool.acquire() as conn:

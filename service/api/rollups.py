@@ -16,6 +16,7 @@ import msgspec
 from litestar import Controller, Request, get
 from litestar.params import Parameter, QueryParameter
 
+from events.localtime import local_today
 from projections import archive as pa
 from projections import followups as pf
 from projections import queries, tables
@@ -178,7 +179,7 @@ async def rollup(pool: asyncpg.Pool, caller: Caller, scope: str, period: pf.Peri
                  cache: RollupCache | None = None, archives: ScopeArchives | None = None,
                  heads: Batched[str, Heads] | None = None) -> pr.Rollup:
     """The figures of `scope` (checked against the caller by :func:`check_scope`) from the read models."""
-    today = dt.datetime.now(dt.UTC).date()
+    today = local_today()
     # Read on every request, in a query started after it arrived (shared with concurrent ones).
     now = await heads.get(scope) if heads is not None else (await rollup_heads(pool, [scope])).get(scope)
     assert now is not None  # unnest gives every scope a row

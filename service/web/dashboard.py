@@ -20,6 +20,7 @@ from litestar.params import FromPath
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
+from events.localtime import local_day
 from service.web import STATIC_DIR, i18n, lang_of, obj, page
 
 COOKIE = "sw_token"
@@ -283,7 +284,7 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
                         **_ctx(me))
         items = timeline.get("items", []) if t_status == 200 else []
         if as_of:
-            items = [t for t in items if t["occurred_at"][:10] <= as_of]
+            items = [t for t in items if local_day(dt.datetime.fromisoformat(t["occurred_at"])).isoformat() <= as_of]
         a = view["archive"]
         return page(request, "dash/child.html", a=obj(a), timeline=obj(items), resident_id=a.get("resident_id"),
                     as_of=as_of or "", can_as_of=me.get("role") in ("township", "auditor"), **_ctx(me))
