@@ -257,6 +257,13 @@ async def run(admin_url: str, quick: bool) -> list[Figure]:
                     f"projections rebuild from zero ({stored:,} events, {report.children:,} archives{how})",
                     report.events_per_second, "events/s", "raw ordered keyset scan with JSON decode",
                     (before + after) / 2))
+            # Memory of the same rebuild as the operator runs it, in a process of its own.
+            from bench.memory import peak_rss_mib
+
+            peak = await peak_rss_mib(["service.cli", "projections", "rebuild", "all", "--database-url", url])
+            figures.append(figure(f"projections rebuild peak RSS ({stored:,} events, own process)", peak, "MiB",
+                                  note="`shouwang projections rebuild all`; the memory suite has its growth with "
+                                       "the log"))
             runs = [(500, 5.0, 50)] if quick else [(500, 15.0, 50), (2000, 15.0, 100)]
             for rate, seconds, batch in runs:
                 lags, appends = await _lag(pool, world, rate, seconds, batch)
