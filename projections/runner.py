@@ -326,27 +326,36 @@ class Runner:
     """Follows the store and keeps the read models in `schema` (normally the live `proj`)."""
 
     def __init__(self, pool: asyncpg.Pool, *, schema: str = tables.SCHEMA, batch_size: int = 1000,
-                 poll_seconds: float = 0.5, before_commit: Callable[[], Awaitable[None]] | None = None) -> None:
+                 max_batch: int = 16_000, poll_seconds: float = 0.5,
+                 before_commit: Callable[[], Awaitable[None]] | None = None) -> None:
         self.pool = pool
         self.schema = tables.check_schema(schema)
         self.batch_size = batch_size
+        # Behind (a township back online, a restart), each full batch doubles the next one up
+        # to max_batch: a batch's cost grows with the archives it touches, not its events, so
+        # big batches catch up several times faster (50k events: 2.6k/s at 1,000, 7.2k/s at
+        # 20,000). Caught up, batches go back to batch_size, which bounds the lag of live work.
+        self.max_batch = max(batch_size, max_batch)
         self.poll_seconds = poll_seconds
         self._before_commit = before_commit  # for the crash test: runs after the writes, before COMMIT
         self._wake = asyncio.Event()
 
-    async def step(self) -> int:
-        """Apply the next batch; returns how many events it read (0: caught up)."""
+    async def step(self, limit: int | None = None) -> int:
+        """Apply the next batch (at most `limit` events, default batch_size); returns how many
+        events it read (0: caught up)."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
-            n = await advance(conn, self.schema, self.batch_size)
+            n = await advance(conn, self.schema, limit or self.batch_size)
             if n and self._before_commit is not None:
                 await self._before_commit()
             return n
 
     async def catch_up(self) -> int:
-        total = 0
-        while n := await self.step():
+        total, limit = 0, self.batch_size
+        while n := await self.step(limit):
             total += n
+            if n >= limit:
+                limit = min(2 * limit, self.max_batch)
         return total
 
     async def ensure_version(self) -> bool:
@@ -375,9 +384,10 @@ class Runner:
         listener = await self.pool.acquire()
         try:
             await listener.add_listener(CHANNEL, self._notified)
+            limit = self.batch_size
             while not stop.is_set():
                 try:
-                    n = await self.step()
+                    n = await self.step(limit)
                 except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as err:
                     # Transient: the database restarted or the line dropped. Nothing was applied
                     # (the batch's transaction did not commit); try again shortly.
@@ -385,8 +395,10 @@ class Runner:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 1.0)
                     continue
-                if n >= self.batch_size:
+                if n >= limit:
+                    limit = min(2 * limit, self.max_batch)
                     continue
+                limit = self.batch_size
                 if n == 0:
                     self._wake.clear()
                     stopper = asyncio.ensure_future(stop.wait())

@@ -275,3 +275,25 @@ async def test_rebuild_writes_the_runners_facts_of_plain_work(store: EventStore,
     assert live == await dump(pool, tables.SHADOW)
     await shadow_rebuild(pool, database_url)
     assert live == await dump(pool, tables.SHADOW)
+
+
+async def test_a_runner_behind_grows_its_batches_and_gives_the_same_models(
+        store: EventStore, pool: asyncpg.Pool) -> None:
+    """Catching up, each full batch doubles the next up to max_batch (its cost follows the
+    archives it touches, not its events); the models equal a rebuild's all the same."""
+    events = random_world(3, 60)
+    await store.append(events)
+
+    class Counting(Runner):
+        limits: list[int] = []
+
+        async def step(self, limit: int | None = None) -> int:
+            n = await super().step(limit)
+            self.limits.append(limit or self.batch_size)
+            return n
+
+    runner = Counting(pool, batch_size=4, max_batch=32)
+    assert await runner.catch_up() == len(events)
+    assert runner.limits[:4] == [4, 8, 16, 32] and set(runner.limits[4:]) <= {32}
+    await shadow_rebuild(pool)
+    assert await dump(pool, tables.SCHEMA) == await dump(pool, tables.SHADOW)
