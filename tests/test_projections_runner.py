@@ -284,16 +284,16 @@ async def test_a_runner_behind_grows_its_batches_and_gives_the_same_models(
     events = random_world(3, 60)
     await store.append(events)
 
-    class Counting(Runner):
-        limits: list[int] = []
+    limits: list[int] = []
 
+    class Counting(Runner):
         async def step(self, limit: int | None = None) -> int:
             n = await super().step(limit)
-            self.limits.append(limit or self.batch_size)
+            limits.append(limit or self.batch_size)
             return n
 
     runner = Counting(pool, batch_size=4, max_batch=32)
     assert await runner.catch_up() == len(events)
-    assert runner.limits[:4] == [4, 8, 16, 32] and set(runner.limits[4:]) <= {32}
+    assert limits[:4] == [4, 8, 16, 32] and set(limits[4:]) <= {32}
     await shadow_rebuild(pool)
     assert await dump(pool, tables.SCHEMA) == await dump(pool, tables.SHADOW)
