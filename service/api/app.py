@@ -13,7 +13,6 @@ import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import nats
 from litestar import Litestar
 from litestar.datastructures import State
@@ -74,19 +73,11 @@ async def _connect_nats(url: str) -> Any:
                               max_reconnect_attempts=-1, reconnect_time_wait=1)
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """The pool's reset on release. asyncpg itself still rolls back a transaction left open and
-    drops listeners; its default reset would add a round trip per release (RESET ALL, UNLISTEN *,
-    advisory unlock, CLOSE ALL) for session state the API never sets: no SET, LISTEN, session
-    advisory lock or cursor outside a transaction."""
-
-
 @contextlib.asynccontextmanager
 async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     api: ApiSettings = app.state.api_settings
-    app.state.pool = await create_pool(settings.database_url, min_size=1, max_size=api.pool_size,
-                                       reset=_keep_session)
+    app.state.pool = await create_pool(settings.database_url, min_size=1, max_size=api.pool_size)
     pool = app.state.pool
     app.state.token_lookups = Batched(lambda hashes: callers_of_hashes(pool, hashes))
     app.state.rollup_heads = Batched(lambda scopes: rollup_heads(pool, scopes))
