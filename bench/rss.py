@@ -4,16 +4,25 @@
     python -m bench.rss OUT.json --import MODULE...    # only import the modules, then exit
 
 The second form is the baseline: an interpreter holding the same code, doing nothing. Peak RSS
-is the kernel's high-water mark of the process (``getrusage`` ``ru_maxrss``, KiB on Linux).
+is the kernel's high-water mark of the process's own memory, ``VmHWM`` in ``/proc/self/status``
+(KiB). Not ``getrusage``'s ``ru_maxrss``: Linux carries that over from the parent through fork
+and exec, so a child of a big benchmark process reported the parent's peak.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import resource
 import runpy
 import sys
+from pathlib import Path
+
+
+def peak_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def main(argv: list[str]) -> int:
@@ -30,7 +39,7 @@ def main(argv: list[str]) -> int:
             except SystemExit as exit_:
                 code = exit_.code
     finally:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = peak_kib()
         with open(out, "w") as f:
             json.dump({"peak_rss_kib": peak, "exit": code if isinstance(code, int) else 1}, f)
     return code if isinstance(code, int) else 1

@@ -80,7 +80,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        task = asyncio.create_task(Runner(pool, batch_size=args.batch).run(stop), name="projection-runner")
+        runner = Runner(pool, batch_size=args.batch, max_batch=16 * args.batch)  # a process of its own
+        task = asyncio.create_task(runner.run(stop), name="projection-runner")
         try:
             while not stop.is_set():
                 try:

@@ -277,7 +277,7 @@ async def rebuild(pool: asyncpg.Pool, *, page: int = 5000, progress: Progress | 
     report = await fill(pool, tables.SHADOW, page=page, progress=progress, database_url=database_url,
                         workers=workers)
     # Catch the shadow up with what was committed meanwhile, outside the lock...
-    await Runner(pool, schema=tables.SHADOW, batch_size=page).catch_up()
+    await Runner(pool, schema=tables.SHADOW, batch_size=page, max_batch=4 * page).catch_up()
     # ...then the last stretch and the swap under the lock, so the live runner cannot move in between.
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)

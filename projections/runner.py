@@ -326,16 +326,19 @@ class Runner:
     """Follows the store and keeps the read models in `schema` (normally the live `proj`)."""
 
     def __init__(self, pool: asyncpg.Pool, *, schema: str = tables.SCHEMA, batch_size: int = 1000,
-                 max_batch: int = 16_000, poll_seconds: float = 0.5,
+                 max_batch: int | None = None, poll_seconds: float = 0.5,
                  before_commit: Callable[[], Awaitable[None]] | None = None) -> None:
         self.pool = pool
         self.schema = tables.check_schema(schema)
         self.batch_size = batch_size
-        # Behind (a township back online, a restart), each full batch doubles the next one up
-        # to max_batch: a batch's cost grows with the archives it touches, not its events, so
-        # big batches catch up several times faster (50k events: 2.6k/s at 1,000, 7.2k/s at
-        # 20,000). Caught up, batches go back to batch_size, which bounds the lag of live work.
-        self.max_batch = max(batch_size, max_batch)
+        # With max_batch, a runner that is behind (a township back online, a restart) doubles
+        # each full batch up to max_batch: a batch's cost grows with the archives it touches,
+        # not its events, so big batches catch up several times faster (50k events: 2.6k/s at
+        # 1,000, 7.2k/s at 20,000); caught up, it goes back to batch_size. A big batch is seconds
+        # of CPU without a pause, so only a runner with a process of its own (`projections
+        # run`, a rebuild's catch-up) grows them: inside `center run` it would stall ingest and
+        # receipts for that long (the default, None, keeps batch_size).
+        self.max_batch = max(batch_size, max_batch or batch_size)
         self.poll_seconds = poll_seconds
         self._before_commit = before_commit  # for the crash test: runs after the writes, before COMMIT
         self._wake = asyncio.Event()
