@@ -106,7 +106,11 @@ def restore_subject(site_id: str) -> str:
 
 
 class RestoreRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Own events from ``from_seq``; or, with ``inbox_after`` (a position ``tx:pos``, ``0:0`` at
+    first), the events other sites recorded about the children in this site's scope, after it."""
+
     from_seq: Annotated[int, msgspec.Meta(ge=1)]
+    inbox_after: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,19}:[0-9]{1,19}$")] | None = None
 
 
 class RestorePage(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,6 +124,7 @@ class RestorePage(msgspec.Struct, frozen=True, kw_only=True):
     holes: list[SeqRange] = []
     events: list[msgspec.Raw] = []
     next_seq: int | None = None
+    next_after: str | None = None  # inbox pages: where the next one starts, None at the end
     error: str | None = None
 
 

@@ -27,7 +27,7 @@ from events.wire import (
 )
 from service import log
 from service.sites import SiteError, check_site_id
-from service.store import EventStore, progress_of
+from service.store import _HORIZON, _SELECT, EventStore, Position, _row_to_stored, progress_of
 
 _log = log.get("service.restore")
 _encoder = msgspec.json.Encoder()
@@ -84,6 +84,8 @@ class RestoreResponder:
             if registered is None:
                 return RestorePage(site_id=site_id, error=f"site {site_id} is not registered at this center")
             progress = await progress_of(conn, site_id)
+            if req.inbox_after is not None:
+                return await self._inbox_page(conn, site_id, Position.parse(req.inbox_after))
         stored = await self.store.read_site(site_id, req.from_seq, _PAGE_ROWS)
         events: list[msgspec.Raw] = []
         size = 0
@@ -102,3 +104,32 @@ class RestoreResponder:
         _log.info("restore page served", site_id=site_id, from_seq=req.from_seq, events=len(events))
         return RestorePage(site_id=site_id, watermark=progress.watermark, max_seq=progress.max_seq,
                            holes=[[lo, hi] for lo, hi in progress.holes], events=events, next_seq=next_seq)
+
+    async def _inbox_page(self, conn: asyncpg.Connection, site_id: str, after: Position) -> RestorePage:
+        """Committed events of other sites about the children in this site's scope now (and the
+        children merged with them), in the global order after `after`: what the site's care.down
+        consumer had brought it before its disk died. A child's whole history, as the fan-out
+        sends it to a site that enters the child's scope."""
+        rows = await conn.fetch(
+            f"""WITH own AS (SELECT DISTINCT child_id FROM child_scope WHERE site_id = $1 AND until_tx IS NULL),
+                     kids AS (SELECT child_id FROM own
+                              UNION SELECT l.linked_child_id FROM child_links l JOIN own o USING (child_id)
+                              WHERE l.until_tx IS NULL)
+                {_SELECT} WHERE children && ARRAY(SELECT child_id FROM kids) AND site_id <> $1
+                  AND (tx_id, position) > ($2, $3) AND tx_id < {_HORIZON}
+                ORDER BY tx_id, position LIMIT $4""",
+            site_id, after.tx, after.pos, _PAGE_ROWS)
+        events: list[msgspec.Raw] = []
+        size = 0
+        last: Position | None = None
+        for r in rows:
+            s = _row_to_stored(r)
+            body = encode_event(s.event)
+            if events and size + len(body) > RESTORE_PAGE_BYTES:
+                break
+            events.append(msgspec.Raw(body))
+            size += len(body)
+            last = s.position
+        more = last is not None and (len(events) < len(rows) or len(rows) == _PAGE_ROWS)
+        self.served += len(events)
+        return RestorePage(site_id=site_id, events=events, next_after=str(last) if more else None)

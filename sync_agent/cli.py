@@ -246,10 +246,12 @@ def _restore(args: argparse.Namespace, settings: Settings) -> int:
                 sys.stderr.write("\n")
         if args.json:
             print(json.dumps({"site_id": report.site_id, "restored": report.events, "head_seq": report.head_seq,
-                              "head_hash": report.head_hash, "watermark": report.watermark}))
+                              "head_hash": report.head_hash, "watermark": report.watermark,
+                              "received": report.received}))
         else:
             print(f"restored {report.events} events of {report.site_id} from the center; the log is whole up to "
-                  f"site_seq {report.head_seq} and the next event continues its chain")
+                  f"site_seq {report.head_seq} and the next event continues its chain; {report.received} events "
+                  "of other sites about its children are back too")
         return 0
 
     return run_async(go())

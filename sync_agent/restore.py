@@ -7,6 +7,10 @@ log, unchanged and checked link by link (site, sequence, prev_hash), then stores
 progress as the last receipt. The next event recorded continues the same sequence and chain, so
 the center takes it as the site's next event rather than refusing a clash.
 
+Then it asks for what other sites recorded about the children in the site's scope (its
+`care.down` consumer had delivered those before, and will not again), so the station's offline
+pages show the whole archive as before.
+
 What cannot come back: events recorded on the dead machine that never reached the center. A
 restore cut off halfway resumes where it stopped when run again; until it has finished, the log
 refuses to record (a new event would take a sequence number the center already holds).
@@ -17,13 +21,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats
 import nats.errors
 
+from events.envelope import Event
 from events.wire import (
     Receipt,
+    RestorePage,
     RestoreRequest,
     restore_page_decoder,
     restore_subject,
@@ -32,6 +39,8 @@ from sync_agent.config import connect_options, load_config, log_path
 from sync_agent.locallog import RESTORING, LocalLog
 
 _encoder = msgspec.json.Encoder()
+_event_decoder = msgspec.json.Decoder(Event)
+INBOX_CURSOR = "restore_inbox_after"  # meta: where a cut-off restore's inbox phase resumes
 
 
 class RestoreError(Exception):
@@ -46,6 +55,7 @@ class RestoreReport:
     head_hash: str
     watermark: int
     max_seq: int
+    received: int = 0  # other sites' events about this site's children, back in its inbox
 
 
 OnPage = Callable[[int, int], None]  # (events restored so far, events the center holds)
@@ -70,21 +80,7 @@ async def restore(data: Path, *, nats_url: str | None = None, answer_within: flo
             seq = have + 1
             head_seq, head_hash = have, log.verify().head_hash
             while True:
-                try:
-                    msg = await nc.request(restore_subject(config.site_id),
-                                           _encoder.encode(RestoreRequest(from_seq=seq)), timeout=answer_within)
-                except nats.errors.NoRespondersError:
-                    raise RestoreError("no center answers restore requests: is `shouwang center run` up (with its "
-                                       "'restore' part), and may this site's NATS user ask for it?") from None
-                except (TimeoutError, nats.errors.TimeoutError):
-                    raise RestoreError(f"the center did not answer within {answer_within:g} s; run the restore again "
-                                       f"(it resumes at site_seq {seq})") from None
-                try:
-                    page = restore_page_decoder.decode(msg.data)
-                except msgspec.DecodeError as err:
-                    raise RestoreError(f"the center's answer cannot be read: {err}") from None
-                if page.error is not None:
-                    raise RestoreError(f"the center refused the restore: {page.error}")
+                page = await _ask(nc, config.site_id, RestoreRequest(from_seq=seq), answer_within)
                 bodies = [bytes(e) for e in page.events]
                 if page.holes:  # only what lies below the first gap can be chained
                     bodies = bodies[:max(0, page.watermark - head_seq)]
@@ -105,8 +101,42 @@ async def restore(data: Path, *, nats_url: str | None = None, answer_within: flo
             if head_seq != page.max_seq:
                 raise RestoreError(f"the center reports site_seq up to {page.max_seq} but sent {head_seq}; "
                                    "run the restore again")
-            log.apply_receipt(Receipt(site_id=config.site_id, watermark=page.watermark, max_seq=page.max_seq))
-            log.clear_meta(RESTORING)
-            return RestoreReport(config.site_id, head_seq - have, head_seq, head_hash, page.watermark, page.max_seq)
+            own = page
+            # Then what other sites recorded about this site's children (its care.down consumer
+            # had delivered those before the disk died, and will not again).
+            received = 0
+            after: str | None = log.meta(INBOX_CURSOR) or "0:0"
+            while after is not None:
+                page = await _ask(nc, config.site_id, RestoreRequest(from_seq=1, inbox_after=after), answer_within)
+                try:
+                    pairs = [(_event_decoder.decode(e), bytes(e)) for e in page.events]
+                except msgspec.DecodeError as err:
+                    raise RestoreError(f"an event from the center cannot be read: {err}") from None
+                received += log.apply_inbound(pairs)
+                after = page.next_after
+                if after is not None:
+                    log.set_meta(**{INBOX_CURSOR: after})
+            log.apply_receipt(Receipt(site_id=config.site_id, watermark=own.watermark, max_seq=own.max_seq))
+            log.clear_meta(RESTORING, INBOX_CURSOR)
+            return RestoreReport(config.site_id, head_seq - have, head_seq, head_hash, own.watermark, own.max_seq,
+                                 received)
         finally:
             await nc.close()
+
+
+async def _ask(nc: Any, site_id: str, request: RestoreRequest, answer_within: float) -> RestorePage:
+    try:
+        msg = await nc.request(restore_subject(site_id), _encoder.encode(request), timeout=answer_within)
+    except nats.errors.NoRespondersError:
+        raise RestoreError("no center answers restore requests: is `shouwang center run` up (with its "
+                           "'restore' part), and may this site's NATS user ask for it?") from None
+    except (TimeoutError, nats.errors.TimeoutError):
+        raise RestoreError(f"the center did not answer within {answer_within:g} s; run the restore again "
+                           "(it resumes where it stopped)") from None
+    try:
+        page = restore_page_decoder.decode(msg.data)
+    except msgspec.DecodeError as err:
+        raise RestoreError(f"the center's answer cannot be read: {err}") from None
+    if page.error is not None:
+        raise RestoreError(f"the center refused the restore: {page.error}")
+    return page

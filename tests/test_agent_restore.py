@@ -15,15 +15,18 @@ import msgspec
 import nats
 import pytest
 
-from events.envelope import decode_event
+from events import catalogue as c
+from events.envelope import Draft, decode_event
+from events.samples import sample_registration
 from events.wire import RESTORE_PREFIX, restore_page_decoder
 from service.center import run_center
 from service.sites import register_site
 from service.store import EventStore
 from sync_agent.agent import Agent
+from sync_agent.config import SiteKind
 from sync_agent.locallog import RESTORING, LocalLog, LocalLogError, RestoreMismatch
 from sync_agent.restore import RestoreError, restore
-from tests.agent_support import drafts, make_site
+from tests.agent_support import drafts, eventually, make_site
 from tests.test_agent_sync import FAST
 
 
@@ -191,3 +194,38 @@ def test_cli_restore_says_what_to_do_when_no_center_answers(tmp_path: Path, nats
     assert "Traceback" not in proc.stderr
     with LocalLog(data / "log.sqlite", site) as log:
         assert log.meta(RESTORING) == "1"  # recording waits until a restore finishes
+
+
+async def test_restore_brings_back_what_other_sites_recorded_about_its_children(
+        tmp_path: Path, database_url: str, pool: asyncpg.Pool, nats_url: str) -> None:
+    """A village registers a child; the child's school records visits; the village's disk dies.
+    After the restore the new machine's log holds the school's events in its inbox again, so its
+    offline pages show the child as before (its care.down consumer will not deliver them twice)."""
+    rng = random.Random(48)
+    village, school = _site(rng), _site(rng).replace(".r", ".s")
+    for s, kind in ((village, "village"), (school, "school")):
+        await register_site(pool, s, kind, "测试站")
+    reg = sample_registration(rng, village_site=village, school_site=school)
+    when = dt.datetime(2026, 3, 2, 9, 30, tzinfo=dt.UTC)
+    async with run_center(database_url, nats_url):
+        old = make_site(tmp_path / "old-disk", village, nats_url)
+        school_data = make_site(tmp_path / "school", school, nats_url, SiteKind.SCHOOL)
+        async with Agent(old, tuning=FAST) as village_agent:
+            village_agent.log.record([Draft(care=reg, occurred_at=when)], default_actor="station")
+            village_agent.uploader.notify()
+            assert await village_agent.wait_synced(60)
+            async with Agent(school_data, tuning=FAST) as agent:
+                agent.log.record([Draft(care=c.HomeVisitMade(child_id=reg.child_id, visitor="石晓"),
+                                        occurred_at=when) for _ in range(3)], default_actor="teacher")
+                agent.uploader.notify()
+                assert await agent.wait_synced(60)
+            await eventually(lambda: village_agent.log.inbox_count() == 3, 30,
+                             "the school's visits at the village before the crash")
+
+        new = make_site(tmp_path / "new-disk", village, nats_url)
+        report = await restore(new)
+        assert (report.events, report.received) == (1, 3)
+        with LocalLog(new / "log.sqlite", village) as log:
+            kinds = sorted(e.type for e in log.child_events(reg.child_id))
+            assert kinds == ["ChildRegistered", "HomeVisitMade", "HomeVisitMade", "HomeVisitMade"]
+            assert log.meta(RESTORING) is None
