@@ -27,7 +27,7 @@ from events.wire import (
 )
 from service import log
 from service.sites import SiteError, check_site_id
-from service.store import _HORIZON, _SELECT, EventStore, Position, _row_to_stored, progress_of
+from service.store import _HORIZON, _SELECT, EventStore, Position, StoredEvent, _row_to_stored, progress_of
 
 _log = log.get("service.restore")
 _encoder = msgspec.json.Encoder()
@@ -83,23 +83,15 @@ class RestoreResponder:
             registered = await conn.fetchval("SELECT active FROM sites WHERE site_id = $1", site_id)
             if registered is None:
                 return RestorePage(site_id=site_id, error=f"site {site_id} is not registered at this center")
-            progress = await progress_of(conn, site_id)
             if req.inbox_after is not None:
                 return await self._inbox_page(conn, site_id, Position.parse(req.inbox_after))
+            progress = await progress_of(conn, site_id)
         stored = await self.store.read_site(site_id, req.from_seq, _PAGE_ROWS)
-        events: list[msgspec.Raw] = []
-        size = 0
-        next_seq: int | None = None
-        for s in stored:
-            body = encode_event(s.event)
-            if events and size + len(body) > RESTORE_PAGE_BYTES:
-                next_seq = s.event.site_seq
-                break
-            events.append(msgspec.Raw(body))
-            size += len(body)
+        events = _fill(stored)
+        if len(events) < len(stored):
+            next_seq: int | None = stored[len(events)].event.site_seq
         else:
-            if len(stored) == _PAGE_ROWS:
-                next_seq = stored[-1].event.site_seq + 1
+            next_seq = stored[-1].event.site_seq + 1 if len(stored) == _PAGE_ROWS else None
         self.served += len(events)
         _log.info("restore page served", site_id=site_id, from_seq=req.from_seq, events=len(events))
         return RestorePage(site_id=site_id, watermark=progress.watermark, max_seq=progress.max_seq,
@@ -119,17 +111,22 @@ class RestoreResponder:
                   AND (tx_id, position) > ($2, $3) AND tx_id < {_HORIZON}
                 ORDER BY tx_id, position LIMIT $4""",
             site_id, after.tx, after.pos, _PAGE_ROWS)
-        events: list[msgspec.Raw] = []
-        size = 0
-        last: Position | None = None
-        for r in rows:
-            s = _row_to_stored(r)
-            body = encode_event(s.event)
-            if events and size + len(body) > RESTORE_PAGE_BYTES:
-                break
-            events.append(msgspec.Raw(body))
-            size += len(body)
-            last = s.position
-        more = last is not None and (len(events) < len(rows) or len(rows) == _PAGE_ROWS)
+        stored = [_row_to_stored(r) for r in rows]
+        events = _fill(stored)
+        more = bool(events) and (len(events) < len(stored) or len(stored) == _PAGE_ROWS)
         self.served += len(events)
-        return RestorePage(site_id=site_id, events=events, next_after=str(last) if more else None)
+        return RestorePage(site_id=site_id, events=events,
+                           next_after=str(stored[len(events) - 1].position) if more else None)
+
+
+def _fill(stored: list[StoredEvent]) -> list[msgspec.Raw]:
+    """The wire JSON of the first events that fit in one page (at least one; never split)."""
+    events: list[msgspec.Raw] = []
+    size = 0
+    for s in stored:
+        body = encode_event(s.event)
+        if events and size + len(body) > RESTORE_PAGE_BYTES:
+            break
+        events.append(msgspec.Raw(body))
+        size += len(body)
+    return events
