@@ -14,7 +14,8 @@ from __future__ import annotations
 import secrets
 import sys
 
-from events.wire import DOWN_PREFIX, DOWN_STREAM, JS_DOMAIN, RESTORE_PREFIX, UP_PREFIX
+from events.wire import DOWN_PREFIX, RESTORE_PREFIX, UP_PREFIX
+from service.sites import down_consumer_permissions
 
 
 def leaf_user_name(township: str) -> str:
@@ -27,14 +28,7 @@ def leaf_user_entry(township: str, password: str) -> str:
     publish = [f"{UP_PREFIX}{township}.>", f"{RESTORE_PREFIX}{township}.>"]
     # The township's sites reach the hub's JetStream through its domain (the leaf has none);
     # the plain $JS.API form is kept for agents not yet configured with --js-domain.
-    for api in (f"$JS.{JS_DOMAIN}.API", "$JS.API"):
-        publish += [
-            f"{api}.INFO",
-            f"{api}.CONSUMER.CREATE.{DOWN_STREAM}.*.{DOWN_PREFIX}{township}.>",
-            f"{api}.CONSUMER.INFO.{DOWN_STREAM}.*",
-            f"{api}.CONSUMER.MSG.NEXT.{DOWN_STREAM}.*",
-        ]
-    publish += [f"$JS.ACK.{DOWN_STREAM}.>", f"$JS.ACK.*.*.{DOWN_STREAM}.>"]
+    publish += down_consumer_permissions("*", f"{DOWN_PREFIX}{township}.>")
     subscribe = [f"{DOWN_PREFIX}{township}.>", f"_INBOX.{township}.>"]
 
     def q(items: list[str]) -> str:

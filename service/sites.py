@@ -130,25 +130,30 @@ def _q(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def down_consumer_permissions(consumer: str, filter_subject: str) -> list[str]:
+    """Publish subjects for using CARE_DOWN consumers named `consumer` (a name, or `*`) that
+    filter on `filter_subject`: JetStream API calls made directly ($JS.API) or through a
+    township's leaf node ($JS.<domain>.API, which the center's server maps onto its own
+    JetStream), and acks in the classic form and in the one with domain and account hash."""
+    subjects: list[str] = []
+    for api in ("$JS.API", f"$JS.{JS_DOMAIN}.API"):
+        subjects += [
+            f"{api}.INFO",
+            f"{api}.CONSUMER.CREATE.{DOWN_STREAM}.{consumer}.{filter_subject}",
+            f"{api}.CONSUMER.INFO.{DOWN_STREAM}.{consumer}",
+            f"{api}.CONSUMER.MSG.NEXT.{DOWN_STREAM}.{consumer}",
+        ]
+    return [*subjects, f"$JS.ACK.{DOWN_STREAM}.{consumer}.>", f"$JS.ACK.*.*.{DOWN_STREAM}.{consumer}.>"]
+
+
 def site_permissions(site_id: str) -> str:
     """The NATS permissions block of one site: its own subjects and its own consumer, nothing else."""
     durable = down_consumer(site_id)
     down = down_subject(site_id)
     publish = [up_subject(site_id), restore_subject(site_id)]  # its events; asking for them back
-    # Its JetStream API calls, directly ($JS.API) or through its township's leaf node
-    # ($JS.<domain>.API, which the center's server maps onto its own JetStream).
-    for api in ("$JS.API", f"$JS.{JS_DOMAIN}.API"):
-        publish += [
-            # Create (or look up) its own durable consumer; the filter is part of the subject, so
-            # the server refuses a consumer of this name that filters on another site's subject.
-            f"{api}.CONSUMER.CREATE.{DOWN_STREAM}.{durable}.{down}",
-            f"{api}.CONSUMER.INFO.{DOWN_STREAM}.{durable}",
-            f"{api}.CONSUMER.MSG.NEXT.{DOWN_STREAM}.{durable}",
-            f"{api}.INFO",
-        ]
-    # Acks of its own consumer's messages: the classic subject, and the form with the domain
-    # and account hash after $JS.ACK.
-    publish += [f"$JS.ACK.{DOWN_STREAM}.{durable}.>", f"$JS.ACK.*.*.{DOWN_STREAM}.{durable}.>"]
+    # Create (or look up) its own durable consumer; the filter is part of the subject, so the
+    # server refuses a consumer of this name that filters on another site's subject.
+    publish += down_consumer_permissions(durable, down)
     subscribe = [down, f"{inbox_prefix(site_id)}.>"]
     return (
         "permissions: { publish: { allow: [" + ", ".join(_q(s) for s in publish) + "] }, "

@@ -100,21 +100,8 @@ async def _held(pool: asyncpg.Pool, n: int) -> bool:
 async def test_center_run_stops_cleanly_on_sigterm(tmp_path: Path, database_url: str, own_nats: EmbeddedNats,
                                                    client: NATS) -> None:
     """`shouwang center run` serves until SIGTERM, then stops its tasks and exits 0."""
-    env = {**os.environ, "SHOUWANG_DATABASE_URL": database_url, "SHOUWANG_NATS_URL": own_nats.url,
-           "SHOUWANG_LOG_LEVEL": "info", "SHOUWANG_LOG_JSON": "true"}
-    log = tmp_path / "center.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "center", "run", "--ingesters", "2"],  # noqa: ASYNC220
-                                env=env, stdout=out, stderr=out)
-    try:
-        await wait_for(lambda: _logged(log, "center started"), within=30, what="the center to start")
-        proc.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(proc.wait, 20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    text = log.read_text()
+    code, text = await _sigterm_once_logged(tmp_path, database_url, own_nats.url, ["--ingesters", "2"],
+                                            "center started")
     assert code == 0, text[-2000:]
     assert '"center stopped"' in text and "Traceback" not in text
 
@@ -123,24 +110,31 @@ async def _logged(log: Path, what: str) -> bool:
     return what in log.read_text()  # noqa: ASYNC240 - a small local file
 
 
-async def test_center_run_waiting_for_nats_stops_on_sigterm(tmp_path: Path, database_url: str) -> None:
-    """NATS is down at start: the center keeps trying (warnings in the log) and, told to stop
-    meanwhile, exits at once instead of when NATS comes back."""
-    env = {**os.environ, "SHOUWANG_DATABASE_URL": database_url, "SHOUWANG_NATS_URL": f"nats://127.0.0.1:{free_port()}",
+async def _sigterm_once_logged(tmp_path: Path, database_url: str, nats_url: str, args: list[str],
+                               ready: str) -> tuple[int, str]:
+    """Start `shouwang center run ARGS`, send SIGTERM once `ready` is in its log: (exit code, log)."""
+    env = {**os.environ, "SHOUWANG_DATABASE_URL": database_url, "SHOUWANG_NATS_URL": nats_url,
            "SHOUWANG_LOG_LEVEL": "info", "SHOUWANG_LOG_JSON": "true"}
     log = tmp_path / "center.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "center", "run"],  # noqa: ASYNC220
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "center", "run", *args],  # noqa: ASYNC220
                                 env=env, stdout=out, stderr=out)
     try:
-        await wait_for(lambda: _logged(log, '"nats error"'), within=30, what="the center to try NATS")
+        await wait_for(lambda: _logged(log, ready), within=30, what=f"{ready} in the center's log")
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 20)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    text = log.read_text()
+    return code, log.read_text()
+
+
+async def test_center_run_waiting_for_nats_stops_on_sigterm(tmp_path: Path, database_url: str) -> None:
+    """NATS is down at start: the center keeps trying (warnings in the log) and, told to stop
+    meanwhile, exits at once instead of when NATS comes back."""
+    code, text = await _sigterm_once_logged(tmp_path, database_url, f"nats://127.0.0.1:{free_port()}", [],
+                                            '"nats error"')
     assert code == 0, text[-2000:]
     assert "stopped while starting" in text and "Traceback" not in text
 
