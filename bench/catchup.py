@@ -10,7 +10,6 @@ never point it at a server that carries real traffic.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import random
 import sqlite3
@@ -20,14 +19,13 @@ from pathlib import Path
 
 import nats
 from nats.js.api import StorageType, StreamConfig
-from nats.js.errors import NotFoundError
 
+from bench.ingest import clean_streams
 from bench.pipeline import raw_pipeline
 from bench.report import Figure, figure
 from bench.servers import fresh_database
 from events.envelope import Draft
 from events.samples import child_id, samples
-from events.wire import DOWN_STREAM, UP_STREAM
 from service.center import run_center
 from service.db import create_pool
 from service.sites import register_site
@@ -39,6 +37,7 @@ SITE = "bench.catchup.v01"
 KINDS = ("HomeVisitMade", "ParentCallMade", "LetterWritten", "TalkHeld", "CounsellingGiven")
 # The center's parts a catch-up needs (no fan-out: nothing comes back but receipts).
 PARTS = ("ingest", "receipts", "deadletters")
+RAW_STREAM = "BENCH_CATCHUP_RAW"
 
 
 def _drafts(n: int, rng: random.Random) -> list[Draft]:
@@ -73,17 +72,6 @@ def _record_backlog(data: Path, n: int) -> tuple[float, float]:
     return ours, baseline
 
 
-async def _clean_streams(url: str) -> None:
-    nc = await nats.connect(url, connect_timeout=5)
-    try:
-        js = nc.jetstream()
-        for name in (UP_STREAM, DOWN_STREAM, "BENCH_CATCHUP_RAW"):
-            with contextlib.suppress(NotFoundError):
-                await js.delete_stream(name)
-    finally:
-        await nc.close()
-
-
 async def _raw_publish(url: str, data: Path) -> float:
     """The same event bytes, with the same Nats-Msg-Id, published raw into a plain file stream."""
     with LocalLog(log_path(data), SITE) as log:
@@ -91,14 +79,14 @@ async def _raw_publish(url: str, data: Path) -> float:
     nc = await nats.connect(url, connect_timeout=5)
     try:
         js = nc.jetstream(publish_async_max_pending=2000)
-        await js.add_stream(StreamConfig(name="BENCH_CATCHUP_RAW", subjects=["bench.catchup.raw"],
+        await js.add_stream(StreamConfig(name=RAW_STREAM, subjects=["bench.catchup.raw"],
                                          storage=StorageType.FILE))
         t = time.perf_counter()
         futures = [await js.publish_async("bench.catchup.raw", body, headers={"Nats-Msg-Id": eid})
                    for body, eid in messages]
         await asyncio.gather(*futures)
         rate = len(messages) / (time.perf_counter() - t)
-        await js.delete_stream("BENCH_CATCHUP_RAW")
+        await js.delete_stream(RAW_STREAM)
         return rate
     finally:
         await nc.close()
@@ -109,7 +97,7 @@ async def _catch_up(admin_url: str, nats_url: str, n: int) -> list[Figure]:
         data = Path(tmp) / SITE
         write_config(data, SiteConfig(site_id=SITE, kind=SiteKind.VILLAGE, name="bench", nats_url=nats_url))
         record_rate, record_base = await asyncio.to_thread(_record_backlog, data, n)
-        await _clean_streams(nats_url)
+        await clean_streams(nats_url, RAW_STREAM)
         async with fresh_database(admin_url) as db_url:
             pool = await create_pool(db_url, min_size=1, max_size=2)
             await register_site(pool, SITE, "village", "bench")
@@ -131,7 +119,7 @@ async def _catch_up(admin_url: str, nats_url: str, n: int) -> list[Figure]:
         with LocalLog(log_path(data), SITE) as log:
             same_bytes = [(SITE, o.body, o.event_id) for o in log.read_range(1, 10**12, 10**9)]
         pipe = await raw_pipeline(admin_url, nats_url, same_bytes)
-        await _clean_streams(nats_url)
+        await clean_streams(nats_url, RAW_STREAM)
     return [
         figure(f"agent catch-up of {n:,} events, first publish to last receipt", rate, "events/s",
                "raw pipeline of the same bytes: publish, fetch, COPY, ack (no decoding)", pipe,

@@ -44,15 +44,23 @@ async def _connect(url: str) -> NATS:
     return await nats.connect(url, max_reconnect_attempts=-1, connect_timeout=5)
 
 
-async def _clean_streams(url: str) -> None:
+async def clean_streams(url: str, *extra: str) -> None:
+    """Delete CARE_UP, CARE_DOWN, BENCH_RAW and `extra` streams (a suite's own server only)."""
     nc = await _connect(url)
     try:
         js = nc.jetstream()
-        for name in (UP_STREAM, DOWN_STREAM, "BENCH_RAW"):
+        for name in (UP_STREAM, DOWN_STREAM, "BENCH_RAW", *extra):
             with contextlib.suppress(NotFoundError):
                 await js.delete_stream(name)
     finally:
         await nc.close()
+
+
+def _by_site(events: EVENTS) -> dict[str, list[DecodedEvent]]:
+    out: dict[str, list[DecodedEvent]] = {}
+    for d in events:
+        out.setdefault(d.event.site_id, []).append(d)
+    return out
 
 
 async def _publish(nc: NATS, events: EVENTS, sent_at: dict[tuple[str, int], float] | None = None) -> None:
@@ -159,10 +167,8 @@ async def end_to_end(admin_url: str, nats_url: str, events: EVENTS, *, ingesters
                      ) -> tuple[float, list[float]]:
     """Publish every event (each site on its own connection, all at once) with the center running; events/s until
     the last is committed, and each event's publish-to-receipt latency."""
-    await _clean_streams(nats_url)
-    by_site: dict[str, list[DecodedEvent]] = {}
-    for d in events:
-        by_site.setdefault(d.event.site_id, []).append(d)
+    await clean_streams(nats_url)
+    by_site = _by_site(events)
     async with _database_with_sites(admin_url, events) as url, \
             run_center(url, nats_url, ingesters=ingesters, parts=("ingest", "receipts")):
         conns = [await _connect(nats_url) for _ in by_site]
@@ -188,10 +194,8 @@ async def end_to_end(admin_url: str, nats_url: str, events: EVENTS, *, ingesters
 async def paced_latency(admin_url: str, nats_url: str, events: EVENTS, rate: float) -> list[float]:
     """Every site publishes its events one at a time at an even pace, `rate` events/s in all (below
     capacity, so this measures the path, not a queue); each event's publish-to-receipt latency."""
-    await _clean_streams(nats_url)
-    by_site: dict[str, list[DecodedEvent]] = {}
-    for d in events:
-        by_site.setdefault(d.event.site_id, []).append(d)
+    await clean_streams(nats_url)
+    by_site = _by_site(events)
     per_site_gap = len(by_site) / rate
     async with _database_with_sites(admin_url, events) as url, \
             run_center(url, nats_url, parts=("ingest", "receipts")):
@@ -228,7 +232,7 @@ async def paced_latency(admin_url: str, nats_url: str, events: EVENTS, rate: flo
 
 async def drain(admin_url: str, nats_url: str, events: EVENTS, ingesters: int) -> float:
     """A backlog already in CARE_UP (a township coming back online); events/s for the center to commit it all."""
-    await _clean_streams(nats_url)
+    await clean_streams(nats_url)
     async with _database_with_sites(admin_url, events) as url:
         async with run_center(url, nats_url, parts=()):  # streams only
             nc = await _connect(nats_url)
@@ -247,7 +251,7 @@ async def drain(admin_url: str, nats_url: str, events: EVENTS, ingesters: int) -
 
 async def receipt_latency_idle(admin_url: str, nats_url: str, events: EVENTS) -> list[float]:
     """One event at a time: publish, then wait for the receipt that covers it."""
-    await _clean_streams(nats_url)
+    await clean_streams(nats_url)
     async with _database_with_sites(admin_url, events) as url, run_center(url, nats_url, parts=("ingest", "receipts")):
         nc = await _connect(nats_url)
         waiting: dict[int, asyncio.Future[float]] = {}
@@ -336,5 +340,5 @@ async def run(admin_url: str, nats_url: str, quick: bool) -> list[Figure]:
     default_rate, always_rate = await sync_policy(make_events(3000 if quick else 20_000, sites=1, prefix="sync"))
     figures.append(figure("JetStream publish_async, sync_interval: always", always_rate, "events/s",
                           "same, default sync_interval (2 min)", default_rate))
-    await _clean_streams(nats_url)
+    await clean_streams(nats_url)
     return figures

@@ -20,14 +20,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.catchup import PARTS, SITE, _clean_streams, _drafts
-from bench.projections import World, _append_all
+from bench.catchup import PARTS, SITE, _drafts
+from bench.ingest import clean_streams
+from bench.projections import load_world
 from bench.report import Figure, figure
 from bench.servers import fresh_database
 from service.center import run_center
 from service.db import create_pool
 from service.sites import register_site
-from service.store import EventStore
 from sync_agent.config import SiteConfig, SiteKind, log_path, write_config
 from sync_agent.locallog import LocalLog
 
@@ -65,7 +65,7 @@ async def agent_backlog(admin_url: str, nats_url: str, n: int) -> float:
                     done += len(log.record(_drafts(min(5000, n - done), rng), default_actor="station"))
 
         await asyncio.to_thread(record)
-        await _clean_streams(nats_url)
+        await clean_streams(nats_url)
         async with fresh_database(admin_url) as db_url:
             pool = await create_pool(db_url, min_size=1, max_size=2)
             try:
@@ -75,19 +75,16 @@ async def agent_backlog(admin_url: str, nats_url: str, n: int) -> float:
             async with run_center(db_url, nats_url, parts=PARTS):
                 peak = await peak_rss_mib(["service.cli", "agent", "sync", "--once", "--timeout", "1200",
                                            "--data", str(data)])
-        await _clean_streams(nats_url)
+        await clean_streams(nats_url)
     return peak
 
 
 async def rebuild(admin_url: str, n: int) -> tuple[float, int]:
     """(peak RSS of `projections rebuild all` over a store of about n events in MiB, events stored)."""
-    world = World(children=max(200, n // 100))
     async with fresh_database(admin_url) as url:
         pool = await create_pool(url, max_size=4)
         try:
-            store = EventStore(pool)
-            stored = await _append_all(store, world.registrations())
-            stored += await _append_all(store, world.work(n - stored))
+            _, stored = await load_world(pool, n)
         finally:
             await pool.close()
         peak = await peak_rss_mib(["service.cli", "projections", "rebuild", "all", "--database-url", url])

@@ -153,6 +153,15 @@ async def _append_all(store: EventStore, events: Iterator[DecodedEvent], batch: 
     return n
 
 
+async def load_world(pool: asyncpg.Pool, n: int) -> tuple[World, int]:
+    """A made-up county of about n events (a child per hundred events) appended to the store."""
+    world = World(children=max(200, n // 100))
+    store = EventStore(pool)
+    stored = await _append_all(store, world.registrations())
+    stored += await _append_all(store, world.work(n - stored))
+    return world, stored
+
+
 async def _raw_scan(conn: asyncpg.Connection) -> tuple[float, int]:
     """The ceiling: every event in the global order, keyset pages of 5000, payload JSON-decoded."""
     decode = msgspec.json.Decoder()
@@ -232,14 +241,11 @@ EVENTS_ENV = "SHOUWANG_BENCH_PROJECTION_EVENTS"  # an intermediate size, e.g. 20
 
 async def run(admin_url: str, quick: bool) -> list[Figure]:
     n = int(os.environ.get(EVENTS_ENV) or (20_000 if quick else 1_000_000))
-    world = World(children=max(200, n // 100))
     figures: list[Figure] = []
     async with fresh_database(admin_url) as url:
         pool = await create_pool(url, max_size=6)
         try:
-            store = EventStore(pool)
-            stored = await _append_all(store, world.registrations())
-            stored += await _append_all(store, world.work(n - stored))
+            world, stored = await load_world(pool, n)
             async with pool.acquire() as conn:
                 await conn.execute("VACUUM ANALYZE events")
             # Each rebuild between two raw scans, beside their mean: the machine is shared and
