@@ -363,13 +363,10 @@ class Runner:
 
     async def ensure_version(self) -> bool:
         """Rebuild the read models if another fold version built them; True if it rebuilt."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+        async with self.pool.acquire() as conn:
             version = await read_fold_version(conn, self.schema)
-            if version is None:  # nothing applied yet: the models will be this version's
-                await write_fold_version(conn, self.schema)
-                return False
-        if version == FOLD_VERSION or self.schema != tables.SCHEMA:
+        # None: nothing applied yet; the first batch records this version (advance).
+        if version in (None, FOLD_VERSION) or self.schema != tables.SCHEMA:
             return False
         log.warning("read models were built by another fold version; rebuilding them (the old ones serve "
                     "meanwhile)", found=version, wanted=FOLD_VERSION)
