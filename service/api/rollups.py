@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import OrderedDict
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 import asyncpg
 import msgspec
@@ -72,52 +72,50 @@ def period_from(period: str | None, start: dt.date | None, end: dt.date | None) 
     return pf.Period(f"{start.isoformat()}..{end.isoformat()}", start, end + dt.timedelta(days=1))
 
 
-class RollupCache:
-    """Computed rollups, keyed by everything they depend on: scope, period, the day they are judged
-    on, and the projections' checkpoint. Read models change only when the checkpoint moves, so a
-    hit is exactly what a fresh computation would give; freshness (from site_progress, which moves
-    with ingest) is read live on every request."""
+T = TypeVar("T")
 
-    def __init__(self, size: int = 256) -> None:
+
+class Checkpointed(Generic[T]):
+    """A small LRU of values computed from the read models, keyed by what they depend on, the
+    projections' checkpoint included: read models change only when the checkpoint moves, so a
+    hit is exactly what a fresh computation would give."""
+
+    def __init__(self, size: int) -> None:
         self.size = size
-        self.entries: OrderedDict[tuple[object, ...], pr.Rollup] = OrderedDict()
+        self.entries: OrderedDict[tuple[object, ...], T] = OrderedDict()
 
-    def get(self, key: tuple[object, ...]) -> pr.Rollup | None:
+    def get(self, key: tuple[object, ...]) -> T | None:
         hit = self.entries.get(key)
         if hit is not None:
             self.entries.move_to_end(key)
         return hit
 
-    def put(self, key: tuple[object, ...], value: pr.Rollup) -> None:
+    def put(self, key: tuple[object, ...], value: T) -> None:
         self.entries[key] = value
         while len(self.entries) > self.size:
             self.entries.popitem(last=False)
+
+
+class RollupCache(Checkpointed[pr.Rollup]):
+    """Computed rollups, keyed by scope, period, the day they are judged on and the checkpoint;
+    freshness (from site_progress, which moves with ingest) is read live on every request."""
+
+    def __init__(self, size: int = 256) -> None:
+        super().__init__(size)
+
+
+class ScopeArchives(Checkpointed[tuple[list[pa.ChildArchive], frozenset[str]]]):
+    """The current archives of a scope (its children, merged stubs left out), decoded, keyed by the
+    scope and the checkpoint: a range rollup not computed before then reads only its facts.
+    Decoding the archives was a third of a computed rollup."""
+
+    def __init__(self, size: int = 16) -> None:
+        super().__init__(size)
 
 
 def _in_scope(scope: str) -> str:
     """SQL over proj.archive: the child belongs to the site, or to a site of the township ($1)."""
     return "a.sites @> ARRAY[$1]::text[]" if scope.count(".") == 2 else "a.townships @> ARRAY[$1]::text[]"
-
-
-class ScopeArchives:
-    """The current archives of a scope (its children, merged stubs left out), decoded, keyed by the
-    scope and the projections' checkpoint like :class:`RollupCache`: a range rollup not computed
-    before then reads only its facts. Decoding the archives was a third of a computed rollup."""
-
-    def __init__(self, size: int = 16) -> None:
-        self.size = size
-        self.entries: OrderedDict[tuple[object, ...], tuple[list[pa.ChildArchive], frozenset[str]]] = OrderedDict()
-
-    def get(self, key: tuple[object, ...]) -> tuple[list[pa.ChildArchive], frozenset[str]] | None:
-        hit = self.entries.get(key)
-        if hit is not None:
-            self.entries.move_to_end(key)
-        return hit
-
-    def put(self, key: tuple[object, ...], value: tuple[list[pa.ChildArchive], frozenset[str]]) -> None:
-        self.entries[key] = value
-        while len(self.entries) > self.size:
-            self.entries.popitem(last=False)
 
 
 async def _inputs(pool: asyncpg.Pool, scope: str, period: pf.Period, checkpoint: object = None,
