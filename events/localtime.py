@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-REPORTING_TZ = dt.timezone(dt.timedelta(hours=8), "UTC+08:00")
+_OFFSET = dt.timedelta(hours=8)
+REPORTING_TZ = dt.timezone(_OFFSET, "UTC+08:00")
 
 
 def local_day(t: dt.datetime) -> dt.date:
-    """The reporting day of an instant (an aware datetime)."""
-    return t.astimezone(REPORTING_TZ).date()
+    """The reporting day of an instant (an aware datetime). Hot in projections: a UTC datetime,
+    as the store returns them, is shifted rather than converted."""
+    return (t + _OFFSET).date() if t.tzinfo is dt.UTC else t.astimezone(REPORTING_TZ).date()
 
 
 def local_today(now: dt.datetime | None = None) -> dt.date:

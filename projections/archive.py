@@ -384,11 +384,7 @@ def month_key(day: dt.date | dt.datetime) -> str:
     return f"{day.year:04d}-{day.month:02d}"
 
 
-_CST_OFFSET = dt.timedelta(hours=8)  # events.localtime.REPORTING_TZ, as a plain shift for UTC datetimes
-
-
-def _day(t: dt.datetime) -> dt.date:
-    return (t + _CST_OFFSET).date() if t.tzinfo is dt.UTC else local_day(t)  # the reporting day (UTC+8)
+_day = local_day  # the reporting day (UTC+8)
 
 
 def derive(child_id: str, entries: Iterable[Entry], merged_from: Iterable[str] = ()) -> ChildArchive:
