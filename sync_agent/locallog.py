@@ -272,8 +272,7 @@ class LocalLog:
                     raise LocalLogError(f"the local log {self.path} is being restored from the center and the "
                                         "restore has not finished; nothing was recorded. Run `shouwang agent "
                                         "restore` again (it resumes where it stopped)")
-                row = conn.execute("SELECT site_seq, hash FROM log ORDER BY site_seq DESC LIMIT 1").fetchone()
-                seq, prev = (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+                seq, prev = _head(conn)
                 clock = HybridClock(int(self._meta("hlc") or 0), self._wall_ms)
                 bases: dict[str, dict[str, str]] = {}  # child -> field -> event id, this batch included
                 problems: list[Problem] = []
@@ -331,8 +330,7 @@ class LocalLog:
         RestoreMismatch, with nothing written, at the first event that does not fit."""
         try:
             with self._write() as conn:
-                row = conn.execute("SELECT site_seq, hash FROM log ORDER BY site_seq DESC LIMIT 1").fetchone()
-                seq, prev = (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+                seq, prev = _head(conn)
                 hlc = int(self._meta("hlc") or 0)
                 rows: list[tuple[int, str, str, int, bytes]] = []
                 links: list[tuple[str, str]] = []
@@ -544,6 +542,12 @@ class LocalLog:
     def inbox_count(self) -> int:
         with self._lock:
             return int(self._conn.execute("SELECT count(*) FROM inbox").fetchone()[0])
+
+
+def _head(conn: sqlite3.Connection) -> tuple[int, str]:
+    """The last site_seq of the log and its hash (0 and the genesis hash when empty)."""
+    row = conn.execute("SELECT site_seq, hash FROM log ORDER BY site_seq DESC LIMIT 1").fetchone()
+    return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
 
 
 def _statements() -> list[str]:
