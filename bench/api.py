@@ -36,9 +36,9 @@ from events import catalogue as c
 from events.samples import SampleSite, sample_registration
 from events.types import AidSource, CallChannel, StatusLevel
 from events.wire import up_subject
-from service.db import create_pool
-from service.embedded import free_port
+from runtime.db import create_pool
 from service.ingest import Accepted, Inbound, commit_in
+from testbed.embedded import free_port
 
 CLIENTS = 50
 EVENTS_PER_TOWNSHIP = 10_000
@@ -172,10 +172,10 @@ def _serve(port: int) -> None:
     import uvicorn
     from litestar import get
 
+    from runtime.settings import Settings
     from service.api.app import create_app
     from service.api.config import ApiSettings
     from service.api.scoping import READERS, allow
-    from service.settings import Settings
 
     @get("/bench/constant", exclude_from_auth=True, include_in_schema=False)
     async def constant() -> dict[str, str]:

@@ -30,12 +30,12 @@ from bench.servers import fresh_database
 from bench.store import _COLUMNS, make_events
 from events.envelope import DecodedEvent, encode_event
 from events.wire import DOWN_PREFIX, DOWN_STREAM, UP_STREAM, receipt_decoder, up_subject
+from runtime.db import connect
 from service.center import run_center
-from service.db import connect
-from service.embedded import EmbeddedNats
 from service.sites import register_site
-from service.store import _record
 from service.streams import publish_batch
+from store.postgres import _record
+from testbed.embedded import EmbeddedNats
 
 EVENTS = Sequence[DecodedEvent]
 

@@ -25,8 +25,8 @@ from bench.ingest import clean_streams
 from bench.projections import load_world
 from bench.report import Figure, figure
 from bench.servers import fresh_database
+from runtime.db import create_pool
 from service.center import run_center
-from service.db import create_pool
 from service.sites import register_site
 from sync_agent.config import SiteConfig, SiteKind, log_path, write_config
 from sync_agent.locallog import LocalLog
@@ -73,7 +73,7 @@ async def agent_backlog(admin_url: str, nats_url: str, n: int) -> float:
             finally:
                 await pool.close()
             async with run_center(db_url, nats_url, parts=PARTS):
-                peak = await peak_rss_mib(["service.cli", "agent", "sync", "--once", "--timeout", "1200",
+                peak = await peak_rss_mib(["shouwang", "agent", "sync", "--once", "--timeout", "1200",
                                            "--data", str(data)])
         await clean_streams(nats_url)
     return peak
@@ -87,7 +87,7 @@ async def rebuild(admin_url: str, n: int) -> tuple[float, int]:
             _, stored = await load_world(pool, n)
         finally:
             await pool.close()
-        peak = await peak_rss_mib(["service.cli", "projections", "rebuild", "all", "--database-url", url])
+        peak = await peak_rss_mib(["shouwang", "projections", "rebuild", "all", "--database-url", url])
     return peak, stored
 
 
@@ -98,7 +98,7 @@ async def run(admin_url: str, nats_url: str, quick: bool) -> list[Figure]:
     agent_small = await agent_backlog(admin_url, nats_url, small_backlog)
     rebuild_small, stored_small = await rebuild(admin_url, small)
     rebuild_large, stored_large = await rebuild(admin_url, large)
-    floor = await peak_rss_mib(["--import", "service.cli"])
+    floor = await peak_rss_mib(["--import", "shouwang.cli"])
     note = f"a bare interpreter with shouwang's CLI imported peaks at {floor:.0f} MiB"
     return [
         figure(f"agent peak RSS, catching up a {backlog:,}-event backlog", agent_peak, "MiB",

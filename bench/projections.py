@@ -38,8 +38,8 @@ from events.types import (
 )
 from projections.rebuild import PARALLEL_FROM, rebuild
 from projections.runner import Runner, read_checkpoint
-from service.db import create_pool
-from service.store import EventStore, Position
+from runtime.db import create_pool
+from store.postgres import EventStore, Position
 
 START = dt.datetime(2024, 9, 1, 8, 0, tzinfo=dt.UTC)
 
@@ -266,7 +266,7 @@ async def run(admin_url: str, quick: bool) -> list[Figure]:
             # Memory of the same rebuild as the operator runs it, in a process of its own.
             from bench.memory import peak_rss_mib
 
-            peak = await peak_rss_mib(["service.cli", "projections", "rebuild", "all", "--database-url", url])
+            peak = await peak_rss_mib(["shouwang", "projections", "rebuild", "all", "--database-url", url])
             figures.append(figure(f"projections rebuild peak RSS ({stored:,} events, own process)", peak, "MiB",
                                   note="`shouwang projections rebuild all`; the memory suite has its growth with "
                                        "the log"))

@@ -1,6 +1,6 @@
 """Run a module as ``python -m`` would and write its peak resident set size to a file at exit.
 
-    python -m bench.rss OUT.json MODULE [ARGS...]      # e.g. service.cli agent sync --once ...
+    python -m bench.rss OUT.json MODULE [ARGS...]      # e.g. runtime.cli agent sync --once ...
     python -m bench.rss OUT.json --import MODULE...    # only import the modules, then exit
 
 The second form is the baseline: an interpreter holding the same code, doing nothing. Peak RSS

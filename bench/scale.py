@@ -146,7 +146,7 @@ def _worker(args: tuple[list[str], str, str, int, float, float, int]) -> tuple[i
 
 def _start_center(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "service.cli", "center", "run", "--ingesters", "2"],
+        return subprocess.Popen([sys.executable, "-m", "shouwang", "center", "run", "--ingesters", "2"],
                                 env=env, stdout=out, stderr=out)
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import asyncpg
 
-from service import migrate
-from service.embedded import EmbeddedNats, EmbeddedPostgres
+from store import migrate
+from testbed.embedded import EmbeddedNats, EmbeddedPostgres
 
 
 @contextlib.asynccontextmanager

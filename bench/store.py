@@ -31,8 +31,8 @@ from bench.servers import fresh_database
 from events import DecodedEvent, care_of
 from events.catalogue import HomeVisitMade
 from events.samples import SampleSite
-from service.db import create_pool
-from service.store import ORIGIN, EventStore, _record
+from runtime.db import create_pool
+from store.postgres import ORIGIN, EventStore, _record
 
 _COLUMNS = (
     "region", "site_id", "site_seq", "event_id", "type", "schema_version", "understood", "actor",

@@ -8,7 +8,7 @@ Pure (no I/O; the site agent uses these too):
   followups  the rules per child and period, overdue
   rollups    compute(scope, period, archives, facts) -> Rollup (every figure, FIGURES.md)
 
-PostgreSQL (schema `proj`, migration service/migrations/0003_projections.sql):
+PostgreSQL (schema `proj`, migration store/migrations/0003_projections.sql):
   runner     Runner(pool).run(stop) / .catch_up(); lag(pool); checkpoint in the same transaction
   rebuild    rebuild(pool): shadow schema, then swap
   queries    get_archive, archives_in, timeline, followups, overdue, rollup, freshness

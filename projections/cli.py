@@ -9,8 +9,8 @@ import json
 import signal
 from typing import Any
 
-from service.db import create_pool
-from service.settings import Settings
+from runtime.db import create_pool
+from runtime.settings import Settings
 
 NAMES = ("all", "archive", "followups", "rollups", "conflicts", "duplicates")
 
@@ -57,7 +57,7 @@ def _url(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def _time(text: str, flag: str) -> dt.datetime:
-    from service.cli import CliError
+    from runtime.cli import CliError
 
     try:
         value = dt.datetime.fromisoformat(text)
@@ -70,8 +70,8 @@ def _time(text: str, flag: str) -> dt.datetime:
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     from projections.runner import Runner, lag
-    from service.cli import run_async
-    from service.log import get
+    from runtime.cli import run_async
+    from runtime.log import get
 
     async def go() -> int:
         log = get("projections")
@@ -103,7 +103,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from projections.rebuild import rebuild, terminal_progress
-    from service.cli import run_async
+    from runtime.cli import run_async
 
     async def go() -> int:
         pool = await create_pool(_url(args, settings), max_size=3)
@@ -124,7 +124,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     import msgspec
 
     from projections.runner import lag
-    from service.cli import run_async
+    from runtime.cli import run_async
 
     async def go() -> int:
         pool = await create_pool(_url(args, settings), max_size=2)
@@ -146,7 +146,7 @@ def _asof(args: argparse.Namespace, settings: Settings) -> int:
     import msgspec
 
     from projections import asof
-    from service.cli import CliError, run_async
+    from runtime.cli import CliError, run_async
 
     committed = _time(args.committed, "--committed") if args.committed else None
     occurred = _time(args.occurred, "--occurred") if args.occurred else None

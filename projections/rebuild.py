@@ -45,9 +45,9 @@ from projections.archive import (
 from projections.facts import fact_rows_from, plain_facts_sql
 from projections.runner import LOCK_KEY, Checkpoint, Runner, advance, write_checkpoint, write_fold_version
 from projections.source import Page, scan_page
-from service import log as service_log
-from service.db import connect
-from service.store import ORIGIN
+from runtime import log as service_log
+from runtime.db import connect
+from store.postgres import ORIGIN
 
 Progress = Callable[[int, int], None]
 _MERGE_TYPES = frozenset(("ArchivesMerged", "ArchivesUnmerged", "EventCorrected"))  # as archive.derive_all

@@ -44,8 +44,8 @@ from projections.archive import (
 )
 from projections.facts import Fact, fact_of, facts_from
 from projections.source import Row, book_of, family_members, history
-from service import log as service_log
-from service.store import ORIGIN, Position, read_all_in
+from runtime import log as service_log
+from store.postgres import ORIGIN, Position, read_all_in
 
 LOCK_KEY = 0x5052_4F4A_4543_54  # "PROJECT"
 CHANNEL = "shouwang_events"

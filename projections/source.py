@@ -17,7 +17,7 @@ from events import EVENT_TYPES
 from events import catalogue as c
 from events.envelope import Event, care_of
 from projections.archive import ArchiveBook, Entry, family_of
-from service.store import Position
+from store.postgres import Position
 
 _COLS = """tx_id, position, committed_at, event_id::text AS event_id, type, schema_version, site_id, site_seq,
            actor, occurred_at, recorded_at, prev_hash, children, based_on, payload, understood"""

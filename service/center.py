@@ -21,15 +21,16 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from service import log, migrate
-from service.db import create_pool
+from runtime import log
+from runtime.db import create_pool
 from service.fanout import FanOut
 from service.ingest import Ingester, Outcome
 from service.quarantine import DeadLetters
 from service.receipts import ReceiptPublisher
 from service.restore import RestoreResponder
-from service.store import EventStore
 from service.streams import StreamSettings, ensure_site_consumer, ensure_streams
+from store import migrate
+from store.postgres import EventStore
 
 PARTS = ("ingest", "receipts", "fanout", "deadletters", "restore", "projections")
 # run_center's default; the CLI adds projections

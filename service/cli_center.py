@@ -15,9 +15,10 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from service import cli_users, migrate
-from service.db import connect, create_pool
-from service.settings import Settings
+from runtime.db import connect, create_pool
+from runtime.settings import Settings
+from service import cli_users
+from store import migrate
 
 
 def register(sub: Any) -> None:
@@ -108,8 +109,8 @@ async def _pool(args: argparse.Namespace, settings: Settings) -> AsyncIterator[a
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from runtime.cli import CliError, run_async
     from service.center import PARTS, run_center
-    from service.cli import CliError, run_async
     from service.streams import StreamSettings
 
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -167,7 +168,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _site_add(args: argparse.Namespace, settings: Settings) -> int:
-    from service.cli import CliError, run_async
+    from runtime.cli import CliError, run_async
     from service.sites import SiteError, register_site, write_users_file
 
     async def go() -> int:
@@ -210,9 +211,9 @@ async def _ensure_consumer(nats_url: str, site_id: str) -> None:
 
 
 def _site_list(args: argparse.Namespace, settings: Settings) -> int:
-    from service.cli import run_async
+    from runtime.cli import run_async
     from service.sites import list_sites
-    from service.store import EventStore
+    from store.postgres import EventStore
 
     async def go() -> int:
         async with _pool(args, settings) as pool:
@@ -241,7 +242,7 @@ def _site_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _site_disable(args: argparse.Namespace, settings: Settings) -> int:
-    from service.cli import CliError, run_async
+    from runtime.cli import CliError, run_async
     from service.sites import SiteError, disable_site, write_users_file
 
     async def go() -> int:
@@ -260,7 +261,7 @@ def _site_disable(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _users_file(args: argparse.Namespace, settings: Settings) -> int:
-    from service.cli import run_async
+    from runtime.cli import run_async
     from service.sites import write_users_file
 
     async def go() -> int:
@@ -273,7 +274,7 @@ def _users_file(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _q_list(args: argparse.Namespace, settings: Settings) -> int:
-    from service.cli import run_async
+    from runtime.cli import run_async
     from service.quarantine import list_rows
 
     async def go() -> int:
@@ -294,7 +295,7 @@ def _q_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _q_show(args: argparse.Namespace, settings: Settings) -> int:
-    from service.cli import CliError, run_async
+    from runtime.cli import CliError, run_async
     from service.quarantine import QuarantineError, get_row
 
     async def go() -> int:
@@ -316,7 +317,7 @@ def _q_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _q_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from service.cli import CliError, run_async
+    from runtime.cli import CliError, run_async
     from service.quarantine import QuarantineError, held_ids, replay
 
     if (args.id is None) == (args.site is None):

@@ -8,10 +8,10 @@ from typing import Any
 
 import msgspec
 
-from service import migrate
-from service.db import connect, create_pool
-from service.settings import Settings
-from service.store import EventStore
+from runtime.db import connect, create_pool
+from runtime.settings import Settings
+from store import migrate
+from store.postgres import EventStore
 
 
 def register(sub: Any) -> None:
@@ -42,7 +42,7 @@ def _url(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from service.cli import run_async
+    from runtime.cli import run_async
 
     async def go() -> int:
         conn = await connect(_url(args, settings))
@@ -58,7 +58,7 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    from service.cli import run_async
+    from runtime.cli import run_async
 
     async def go() -> int:
         pool = await create_pool(_url(args, settings), max_size=2)
@@ -83,7 +83,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _verify(args: argparse.Namespace, settings: Settings) -> int:
-    from service.cli import run_async
+    from runtime.cli import run_async
 
     async def go() -> int:
         pool = await create_pool(_url(args, settings), max_size=2)

@@ -17,9 +17,9 @@ from typing import Any
 
 import asyncpg
 
-from service import migrate
-from service.db import connect, create_pool
-from service.settings import Settings
+from runtime.db import connect, create_pool
+from runtime.settings import Settings
+from store import migrate
 
 
 def register(csub: Any) -> None:
@@ -90,15 +90,15 @@ def _password() -> str:
         return sys.stdin.readline().rstrip("\n")
     first = getpass.getpass("password: ")
     if getpass.getpass("again: ") != first:
-        from service.cli import CliError
+        from runtime.cli import CliError
 
         raise CliError("the two passwords differ")
     return first
 
 
 def _user_add(args: argparse.Namespace, settings: Settings) -> int:
+    from runtime.cli import CliError, run_async
     from service.api.auth import AuthError, add_user
-    from service.cli import CliError, run_async
 
     password = _password()
 
@@ -119,8 +119,8 @@ def _user_add(args: argparse.Namespace, settings: Settings) -> int:
 def _user_list(args: argparse.Namespace, settings: Settings) -> int:
     import msgspec
 
+    from runtime.cli import run_async
     from service.api.auth import list_users
-    from service.cli import run_async
 
     async def go() -> int:
         async with _pool(args, settings) as pool:
@@ -137,8 +137,8 @@ def _user_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _user_disable(args: argparse.Namespace, settings: Settings) -> int:
+    from runtime.cli import CliError, run_async
     from service.api.auth import AuthError, disable_user
-    from service.cli import CliError, run_async
 
     async def go() -> int:
         async with _pool(args, settings) as pool:
@@ -153,8 +153,8 @@ def _user_disable(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _token_issue(args: argparse.Namespace, settings: Settings) -> int:
+    from runtime.cli import CliError, run_async
     from service.api.auth import AuthError, issue_token
-    from service.cli import CliError, run_async
 
     async def go() -> int:
         async with _pool(args, settings) as pool:
@@ -170,8 +170,8 @@ def _token_issue(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _token_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from runtime.cli import CliError, run_async
     from service.api.auth import AuthError, revoke_all, revoke_token
-    from service.cli import CliError, run_async
 
     if (args.token_id is None) == (args.user is None):
         raise CliError("give a token id, or --user USER to revoke every token of a user")
@@ -197,9 +197,9 @@ def _token_revoke(args: argparse.Namespace, settings: Settings) -> int:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from runtime.cli import run_async
     from service.api.app import create_app
     from service.api.config import ApiSettings
-    from service.cli import run_async
 
     async def migrated() -> int:
         conn = await connect(settings.database_url)

@@ -26,11 +26,11 @@ from nats.js import JetStreamContext
 
 from events.envelope import encode_event
 from events.wire import KIND_EVENT, KIND_HEADER, down_subject
-from service import log
+from runtime import log
 from service.scope import ScopeView, load_scope
 from service.sites import township_of
-from service.store import ORIGIN, EventStore, Position, StoredEvent, read_all_in
 from service.streams import publish_batch
+from store.postgres import ORIGIN, EventStore, Position, StoredEvent, read_all_in
 
 _log = log.get("service.fanout")
 NOTIFY_CHANNEL = "shouwang_events"

@@ -8,7 +8,7 @@ For each batch:
    must decode and validate (:func:`events.envelope.decode_event`), and the envelope's
    ``site_id`` must be the site in the subject (a site cannot write into another's log).
 2. **Commit** in one transaction: check the sending sites are registered and active, append
-   the good events (:func:`service.store.append_in`), quarantine the refused ones (with the
+   the good events (:func:`store.postgres.append_in`), quarantine the refused ones (with the
    store's own refusals: a known id with other content, a taken site_seq), update the fan-out
    scope, count events of types this center does not know.
 3. **Ack** every message of the batch, only after the commit returned (guarantee 2: the agent
@@ -46,11 +46,11 @@ from events.envelope import MAX_EVENT_BYTES, DecodedEvent, decode_event
 from events.types import SiteId
 from events.validation import ValidationFailed
 from events.wire import CONTENT_TYPE_HEADER, MSGPACK, UP_STREAM, Refusal, site_of_subject
-from service import log
+from runtime import log
 from service.quarantine import NewRow, insert_rows, refusal
 from service.scope import apply_scope
-from service.store import append_in
 from service.streams import INGEST_CONSUMER, StreamSettings
+from store.postgres import append_in
 
 _log = log.get("service.ingest")
 

@@ -25,7 +25,7 @@ from nats.js.errors import NotFoundError
 
 from events.types import SiteId
 from events.wire import Refusal
-from service import log
+from runtime import log
 
 _log = log.get("service.quarantine")
 

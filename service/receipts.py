@@ -16,9 +16,9 @@ import asyncpg
 from nats.js import JetStreamContext
 
 from events.wire import KIND_HEADER, KIND_RECEIPT, Receipt, Refusal, down_subject, receipt_encoder
-from service import log
-from service.store import holes_of
+from runtime import log
 from service.streams import publish_batch
+from store.postgres import holes_of
 
 _log = log.get("service.receipts")
 

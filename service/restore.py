@@ -25,9 +25,9 @@ from events.wire import (
     RestorePage,
     restore_request_decoder,
 )
-from service import log
+from runtime import log
 from service.sites import SiteError, check_site_id
-from service.store import _HORIZON, _SELECT, EventStore, Position, StoredEvent, _row_to_stored, progress_of
+from store.postgres import _HORIZON, _SELECT, EventStore, Position, StoredEvent, _row_to_stored, progress_of
 
 _log = log.get("service.restore")
 _encoder = msgspec.json.Encoder()

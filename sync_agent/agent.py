@@ -19,7 +19,7 @@ from typing import Any
 import nats
 import nats.errors
 
-from service import log
+from runtime import log
 from sync_agent.backoff import Backoff
 from sync_agent.config import SiteConfig, connect_options, load_config, log_path
 from sync_agent.download import Downloader

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from service.settings import Settings
+from runtime.settings import Settings
 from sync_agent.config import ConfigError, SiteConfig, SiteKind, load_config, log_path, write_config
 from sync_agent.locallog import LocalLog, LocalLogError, LogCorrupted
 
@@ -93,7 +93,7 @@ def register(sub: Any) -> None:
 
 
 def _cli_error(message: str) -> Exception:
-    from service.cli import CliError
+    from runtime.cli import CliError
 
     return CliError(message)
 
@@ -225,7 +225,7 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
 def _restore(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
-    from service.cli import run_async
+    from runtime.cli import run_async
     from sync_agent.restore import RestoreError, restore
 
     def show(done: int, total: int) -> None:
@@ -302,7 +302,7 @@ class ProgressBar:
 
 
 def _sync(args: argparse.Namespace, settings: Settings) -> int:
-    from service.cli import run_async
+    from runtime.cli import run_async
     from sync_agent.agent import Agent
 
     async def go() -> int:

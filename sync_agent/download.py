@@ -20,7 +20,7 @@ from nats.js import api
 
 from events.envelope import Event
 from events.wire import DOWN_STREAM, KIND_EVENT, KIND_HEADER, KIND_RECEIPT, Receipt, down_subject, receipt_decoder
-from service import log
+from runtime import log
 from sync_agent.backoff import Backoff
 from sync_agent.locallog import LocalLog, ReceiptEffect
 from sync_agent.tuning import SyncTuning

@@ -25,13 +25,13 @@ from events.ids import mask_resident_id, new_child_id
 from events.validation import ValidationFailed
 from projections import followups
 from projections.archive import ChildArchive
-from service.web import STATIC_DIR, Obj, i18n, lang_of, page
-from service.web.forms import FORMS, draft_of, now_local, problems_by_field
 from sync_agent.config import SiteConfig
+from sync_agent.forms import FORMS, draft_of, now_local, problems_by_field
 from sync_agent.locallog import LocalLog, LocalLogError
 from sync_agent.record import record_json
 from sync_agent.status import site_status
 from sync_agent.view import build_view
+from web import STATIC_DIR, Obj, i18n, lang_of, page
 
 
 def _archives(log: LocalLog) -> list[ChildArchive]:

@@ -27,7 +27,7 @@ import nats.errors
 import nats.js.errors
 
 from events.wire import up_subject
-from service import log
+from runtime import log
 from sync_agent.backoff import Backoff
 from sync_agent.locallog import LocalLog, LocalLogError, ReceiptEffect, ReceiptState
 from sync_agent.tuning import SyncTuning

@@ -36,7 +36,7 @@ from events.wire import (
     receipt_encoder,
     site_of_subject,
 )
-from service.store import EventStore
+from store.postgres import EventStore
 from sync_agent.config import SiteConfig, SiteKind, write_config
 
 OCCURRED = dt.datetime(2026, 3, 2, 9, 30, tzinfo=dt.UTC)

@@ -22,11 +22,11 @@ from events.samples import SampleSite, sample_registration
 from events.types import GuardianshipType
 from events.wire import up_subject
 from projections.runner import Runner
+from runtime.settings import Settings
 from service.api import auth
 from service.api.app import create_app
 from service.api.config import ApiSettings
 from service.ingest import Inbound, commit_in, triage
-from service.settings import Settings
 from service.sites import register_site
 
 TOWNSHIP = "gx-lp.xy"

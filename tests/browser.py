@@ -58,10 +58,10 @@ def shouwang(*args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
     """Start `shouwang ARGS` as a real process (its output to `log`)."""
     env = {**os.environ, "SHOUWANG_LOG_JSON": "true"}
     if log is None:
-        return subprocess.Popen([sys.executable, "-m", "service.cli", *args], stdout=subprocess.DEVNULL,
+        return subprocess.Popen([sys.executable, "-m", "shouwang", *args], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, env=env)
     with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, "-m", "service.cli", *args], stdout=out, stderr=out, env=env)
+        return subprocess.Popen([sys.executable, "-m", "shouwang", *args], stdout=out, stderr=out, env=env)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -16,8 +16,8 @@ from nats.js import JetStreamContext
 
 from events.envelope import DecodedEvent, Event, encode_event
 from events.wire import DOWN_STREAM, KIND_EVENT, KIND_HEADER, KIND_RECEIPT, Receipt, receipt_decoder, up_subject
-from service.embedded import EmbeddedNats
 from service.streams import PublishTimeout, publish_batch, site_consumer_config
+from testbed.embedded import EmbeddedNats
 
 _event_decoder = msgspec.json.Decoder(Event)
 

@@ -5,9 +5,9 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 
-from service import log
-from service.db import create_pool
-from service.store import EventStore
+from runtime import log
+from runtime.db import create_pool
+from store.postgres import EventStore
 from tests.servers import TestServers
 
 log.configure("warning", json=True)

@@ -2,7 +2,7 @@
 
 A fresh database per test comes from a migrated template, so each test starts from an empty
 store in a few tens of milliseconds. Tests that kill or restart a server start their own with
-`service.embedded` and never touch the shared ones.
+`testbed.embedded` and never touch the shared ones.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import asyncpg
 
-from service import migrate
-from service.embedded import EmbeddedNats, EmbeddedPostgres
+from store import migrate
+from testbed.embedded import EmbeddedNats, EmbeddedPostgres
 
 
 class TestServers:

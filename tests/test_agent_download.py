@@ -14,7 +14,6 @@ import pytest
 
 from events.samples import sample_registration
 from service.center import run_center
-from service.embedded import EmbeddedNats
 from service.sites import register_site
 from sync_agent.agent import Agent
 from sync_agent.config import SiteKind, load_config, log_path
@@ -22,6 +21,7 @@ from sync_agent.locallog import LocalLog
 from sync_agent.record import record_json
 from sync_agent.tuning import SyncTuning
 from sync_agent.view import as_json
+from testbed.embedded import EmbeddedNats
 from tests.agent_support import eventually, make_site
 
 FAST = SyncTuning(resend_after=1.0, resend_cap=4.0, retry_base=0.05, retry_cap=0.5, idle_poll=0.1, ack_timeout=3.0,

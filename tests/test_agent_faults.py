@@ -18,13 +18,13 @@ import pytest
 
 from events.wire import DOWN_STREAM, down_subject
 from service.center import run_center
-from service.embedded import EmbeddedNats, free_port
 from service.sites import register_site
-from service.store import EventStore
+from store.postgres import EventStore
 from sync_agent.agent import Agent
 from sync_agent.config import log_path
 from sync_agent.locallog import LocalLog
 from sync_agent.tuning import SyncTuning
+from testbed.embedded import EmbeddedNats, free_port
 from tests.agent_support import drafts, eventually, make_site
 
 SHOUWANG = str(Path(sys.executable).parent / "shouwang")

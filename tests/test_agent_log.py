@@ -25,7 +25,7 @@ from sync_agent.locallog import LocalLog, LogCorrupted, LogFull, LogLocked
 from sync_agent.serve import create_app
 from tests.agent_support import drafts, make_site
 
-# The installed command (with `python -m service.cli` its CliError would be a second class).
+# The installed command (with `python -m shouwang` its CliError would be a second class).
 SHOUWANG = str(Path(sys.executable).parent / "shouwang")
 SITE = "gx-lp.xy.v07"
 CHILD = "c-0123456789abcdef0123456789abcdef"

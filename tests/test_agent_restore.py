@@ -21,7 +21,7 @@ from events.samples import sample_registration
 from events.wire import RESTORE_PREFIX, restore_page_decoder
 from service.center import run_center
 from service.sites import register_site
-from service.store import EventStore
+from store.postgres import EventStore
 from sync_agent.agent import Agent
 from sync_agent.config import SiteKind
 from sync_agent.locallog import RESTORING, LocalLog, LocalLogError, RestoreMismatch
@@ -187,7 +187,7 @@ def test_cli_restore_says_what_to_do_when_no_center_answers(tmp_path: Path, nats
     """No center process subscribed: a clear error naming the cause, the CLI's error exit, no traceback."""
     site = _site(random.Random(46))
     data = make_site(tmp_path, site, nats_url)
-    proc = subprocess.run([sys.executable, "-m", "service.cli", "agent", "restore", "--data", str(data),
+    proc = subprocess.run([sys.executable, "-m", "shouwang", "agent", "restore", "--data", str(data),
                            "--timeout", "3", "--json"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "no center answers restore requests" in proc.stderr and "records nothing until" in proc.stderr

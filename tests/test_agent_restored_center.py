@@ -10,9 +10,9 @@ import nats
 from nats.js import api
 
 from events.wire import DOWN_STREAM, UP_STREAM
-from service.embedded import EmbeddedNats
-from service.store import EventStore
+from store.postgres import EventStore
 from sync_agent.agent import Agent
+from testbed.embedded import EmbeddedNats
 from tests.agent_support import TestCenter, drafts, eventually, make_site
 from tests.test_agent_sync import FAST
 

@@ -12,12 +12,12 @@ import pytest
 
 from events.samples import SampleSite, sample_registration
 from events.wire import Receipt
-from service.embedded import EmbeddedNats
-from service.store import EventStore
+from store.postgres import EventStore
 from sync_agent import view
 from sync_agent.agent import Agent
 from sync_agent.locallog import LocalLog
 from sync_agent.tuning import SyncTuning
+from testbed.embedded import EmbeddedNats
 from tests.agent_support import TestCenter, drafts, eventually, make_site
 
 FAST = SyncTuning(resend_after=1.0, resend_cap=4.0, retry_base=0.05, retry_cap=0.5, idle_poll=0.1, ack_timeout=3.0,

@@ -17,7 +17,7 @@ def _shouwang(database_url: str, *args: str, password: str | None = None) -> sub
     env = {**os.environ, "SHOUWANG_DATABASE_URL": database_url, "SHOUWANG_LOG_LEVEL": "warning"}
     if password is not None:
         env["SHOUWANG_NEW_PASSWORD"] = password
-    command = [sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())", "center", *args]
+    command = [sys.executable, "-c", "import sys; from shouwang.cli import main; sys.exit(main())", "center", *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
                           check=False)
 

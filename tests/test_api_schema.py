@@ -24,11 +24,11 @@ from schemathesis.checks import (
 from events import catalogue as c
 from events.envelope import encode_event
 from events.wire import up_subject
+from runtime.settings import Settings
 from service.api.app import create_app
 from service.api.config import ApiSettings
-from service.embedded import free_port
 from service.ingest import Inbound, commit_in, triage
-from service.settings import Settings
+from testbed.embedded import free_port
 from tests.api_world import TOWNSHIP, V1, World, build_world, open_api
 
 # Routes that would cut the branch the test sits on (log out its own token, disable its users or sites).

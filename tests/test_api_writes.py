@@ -10,7 +10,7 @@ import asyncpg
 from events import catalogue as c
 from events.envelope import GENESIS_HASH
 from events.types import GuardianshipType
-from service.store import EventStore
+from store.postgres import EventStore
 from tests.api_world import OFFICE, S1, T0, V1, V2, open_api, project
 
 

@@ -15,11 +15,11 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from events.catalogue import HomeVisitMade
-from service.cli import main
-from service.embedded import EmbeddedNats, free_port
 from service.quarantine import list_rows
-from service.store import EventStore
 from service.streams import ensure_streams
+from shouwang.cli import main
+from store.postgres import EventStore
+from testbed.embedded import EmbeddedNats, free_port
 from tests.center_kit import SiteInbox, client, own_nats, publish, wait_for
 from tests.factory import SiteWriter
 
@@ -117,7 +117,7 @@ async def _sigterm_once_logged(tmp_path: Path, database_url: str, nats_url: str,
            "SHOUWANG_LOG_LEVEL": "info", "SHOUWANG_LOG_JSON": "true"}
     log = tmp_path / "center.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "center", "run", *args],  # noqa: ASYNC220
+        proc = subprocess.Popen([sys.executable, "-m", "shouwang", "center", "run", *args],  # noqa: ASYNC220
                                 env=env, stdout=out, stderr=out)
     try:
         await wait_for(lambda: _logged(log, ready), within=30, what=f"{ready} in the center's log")
@@ -143,7 +143,7 @@ def test_commands_name_an_unreachable_database_in_one_line() -> None:
     """PostgreSQL down or a wrong URL: one line naming what to check, exit 1, no traceback."""
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/shouwang"
     for argv in (["center", "run"], ["projections", "status"], ["center", "site", "list"]):
-        proc = subprocess.run([sys.executable, "-m", "service.cli", *argv],
+        proc = subprocess.run([sys.executable, "-m", "shouwang", *argv],
                               env={**os.environ, "SHOUWANG_DATABASE_URL": url}, capture_output=True, text=True,
                               timeout=60)
         assert proc.returncode == 1, (argv, proc.stderr[-1500:])

@@ -18,14 +18,14 @@ from nats.aio.client import Client as NATS
 from events.catalogue import HomeVisitMade
 from events.envelope import DecodedEvent, encode_event
 from events.wire import UP_STREAM
-from service import migrate
+from runtime.db import create_pool
 from service.center import run_center
-from service.db import create_pool
-from service.embedded import EmbeddedNats, EmbeddedPostgres
 from service.quarantine import get_row, list_rows, replay
 from service.sites import register_site
-from service.store import EventStore
 from service.streams import INGEST_CONSUMER, StreamSettings, ensure_streams
+from store import migrate
+from store.postgres import EventStore
+from testbed.embedded import EmbeddedNats, EmbeddedPostgres
 from tests.center_kit import SiteInbox, client, connect, own_nats, publish, wait_for
 from tests.factory import SiteWriter
 
@@ -161,7 +161,7 @@ async def test_ingester_killed_between_commit_and_ack(tmp_path: Path, database_u
     await publish(client.jetstream(), events)
     log = (tmp_path / "center.log").open("wb")
     proc = subprocess.Popen(  # noqa: ASYNC220 - the process runs beside the test, which only signals it
-[sys.executable, "-m", "service.cli", "center", "run", "--backoff", "0.5,1",
+[sys.executable, "-m", "shouwang", "center", "run", "--backoff", "0.5,1",
                              "--max-deliver", "5"], env=env, stdout=log, stderr=log)
     try:
         await wait_for(lambda: _exists(marker, proc), within=60, what="the commit marker")

@@ -31,10 +31,10 @@ from events.wire import (
     up_subject,
 )
 from service.center import run_center
-from service.embedded import _nats_bin, free_port
 from service.sites import register_site, write_users_file
-from service.store import EventStore
 from service.streams import site_consumer_config
+from store.postgres import EventStore
+from testbed.embedded import _nats_bin, free_port
 from tests.center_kit import SiteInbox, wait_for
 from tests.factory import SiteWriter
 

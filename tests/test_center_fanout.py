@@ -10,10 +10,10 @@ from nats.aio.client import Client as NATS
 from events.catalogue import ArchivesMerged, ChildTransferred, HomeVisitMade, TalkHeld
 from events.samples import sample_registration
 from service.center import Center, run_center
-from service.embedded import EmbeddedNats
 from service.sites import disable_site, register_site
-from service.store import EventStore
 from service.streams import StreamSettings
+from store.postgres import EventStore
+from testbed.embedded import EmbeddedNats
 from tests.center_kit import SiteInbox, client, own_nats, publish, wait_for
 from tests.factory import SiteWriter
 

@@ -15,10 +15,10 @@ from events.catalogue import HomeVisitMade
 from events.envelope import DecodedEvent, Event, encode_event, encode_event_msgpack, event_hash
 from events.wire import CONTENT_TYPE_HEADER, MSGPACK, Receipt, up_subject
 from service.center import Center, run_center
-from service.embedded import EmbeddedNats
 from service.quarantine import get_row, list_rows, replay
 from service.sites import disable_site, register_site
-from service.store import EventStore
+from store.postgres import EventStore
+from testbed.embedded import EmbeddedNats
 from tests.center_kit import SiteInbox, client, own_nats, publish, publish_raw, wait_for
 from tests.factory import SiteWriter
 

@@ -7,9 +7,9 @@ import asyncpg
 from events.catalogue import HomeVisitMade
 from events.samples import sample_registration
 from service.center import run_center
-from service.embedded import EmbeddedNats
 from service.sites import register_site
-from service.store import EventStore
+from store.postgres import EventStore
+from testbed.embedded import EmbeddedNats
 from tests.center_kit import SiteInbox, connect, own_nats, publish, wait_for
 from tests.factory import SiteWriter
 

@@ -6,8 +6,8 @@ import asyncpg
 from nats.aio.client import Client as NATS
 
 from service.center import run_center
-from service.embedded import EmbeddedNats
-from service.store import EventStore
+from store.postgres import EventStore
+from testbed.embedded import EmbeddedNats
 from tests.center_kit import SiteInbox, client, own_nats
 from tests.test_center_crash import make_events, register_all
 

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from service.embedded import free_port
+from testbed.embedded import free_port
 
 
 def _processes_mentioning(text: str) -> list[str]:
@@ -45,7 +45,7 @@ def test_demo_once_json_matches_the_ground_truth(tmp_path: Path) -> None:
     the township's figures equal to the generator's, and no server left running."""
     data = tmp_path / "demo"
     out = subprocess.run(
-        [sys.executable, "-m", "service.cli", "demo", "--fresh", "--once", "--json", "--data", str(data),
+        [sys.executable, "-m", "shouwang", "demo", "--fresh", "--once", "--json", "--data", str(data),
          "--children", "30", "--days", "75", "--port", str(free_port())],
         capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
@@ -69,7 +69,7 @@ def test_demo_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     """Interactive mode serves until Ctrl-C, then stops the agents, the center and both servers."""
     data = tmp_path / "demo"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "demo", "--fresh", "--data", str(data), "--children", "12",
+        [sys.executable, "-m", "shouwang", "demo", "--fresh", "--data", str(data), "--children", "12",
          "--days", "35", "--port", str(free_port())],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []

@@ -25,14 +25,14 @@ from events.catalogue import HomeVisitMade
 from events.envelope import Draft, encode_event
 from events.wire import UP_STREAM, inbox_prefix, up_subject
 from service.center import run_center
-from service.embedded import _nats_bin, free_port
 from service.leafs import leaf_user_entry, leaf_user_name
 from service.sites import nats_users_conf, register_site
-from service.store import EventStore
+from store.postgres import EventStore
 from sync_agent.agent import Agent
 from sync_agent.config import SiteConfig, SiteKind, load_config, log_path, write_config
 from sync_agent.locallog import LocalLog
 from sync_agent.restore import restore
+from testbed.embedded import _nats_bin, free_port
 from tests.center_kit import wait_for
 from tests.factory import SiteWriter
 

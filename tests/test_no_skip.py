@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from events.catalogue import HomeVisitMade
-from service.store import ORIGIN, EventStore, Position, append_in, read_all_in
+from store.postgres import ORIGIN, EventStore, Position, append_in, read_all_in
 from tests.factory import SiteWriter
 
 

@@ -18,7 +18,7 @@ from events.types import AidSource, PartnerKind
 from projections import archive, queries, tables
 from projections.rebuild import fill, rebuild
 from projections.runner import Runner, lag
-from service.store import EventStore
+from store.postgres import EventStore
 from tests.test_projections_archive import KIDS, T0, random_world
 
 
@@ -152,7 +152,7 @@ async def test_rebuild_swaps_in_a_fresh_copy(store: EventStore, pool: asyncpg.Po
 _CRASHING_RUNNER = """
 import asyncio, pathlib, sys, time
 from projections.runner import Runner
-from service.db import create_pool
+from runtime.db import create_pool
 
 async def main(url, flag):
     pool = await create_pool(url, max_size=2)
@@ -212,7 +212,7 @@ async def test_cli_rebuild_status_and_audit_asof(store: EventStore, database_url
 
     async def shouwang(*argv: str) -> str:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service.cli", *argv, env=env,
+            sys.executable, "-m", "shouwang", *argv, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(proc.communicate(), 120)
         assert proc.returncode == 0, err.decode()

@@ -47,7 +47,7 @@ from projections.conflicts import conflicts
 from projections.duplicates import duplicates
 from projections.rollups import RuleFigure, Share
 from projections.runner import Runner
-from service.store import EventStore
+from store.postgres import EventStore
 from tests.factory import SiteWriter
 
 V1, V2, S1, OFFICE, TOWNSHIP = "gx.xy.v01", "gx.xy.v02", "gx.xy.s01", "gx.xy.office", "gx.xy"

@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 import nats
 import pytest
 
-from service.proxy import TcpProxy
+from testbed.proxy import TcpProxy
 
 
 async def test_cut_and_restore_a_nats_line(nats_url: str) -> None:

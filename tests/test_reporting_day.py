@@ -14,7 +14,7 @@ from events.types import GuardianshipType, Reason, Sex
 from events.validation import semantic_problems
 from projections import queries, tables
 from projections.runner import FOLD_VERSION, Runner, read_fold_version, write_fold_version
-from service.store import EventStore
+from store.postgres import EventStore
 from tests.factory import SiteWriter
 
 SITE = "gx.xy.v01"

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from events import ValidationFailed, parse_drafts
-from sync_agent.simulation import generate
+from testbed.simulation import generate
 
 NOW = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sync_agent.simulation import generate
+from testbed.simulation import generate
 
 
 def test_condolence_children_are_distinct_children_over_both_holidays() -> None:

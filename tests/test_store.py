@@ -13,9 +13,9 @@ import pytest
 from events import decode_event, encode_event
 from events.catalogue import HomeVisitMade, TalkHeld
 from events.samples import sample_registration, samples
-from service import migrate
-from service import store as store_module
-from service.store import ORIGIN, EventStore, Position, advance, append_in, holes_of
+from store import migrate
+from store import postgres as store_module
+from store.postgres import ORIGIN, EventStore, Position, advance, append_in, holes_of
 from tests.factory import SiteWriter
 
 SITE_A = "gx-lp.xy.v01"

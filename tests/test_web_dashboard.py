@@ -14,14 +14,14 @@ from playwright.async_api import Browser, Page
 
 from events.wire import up_subject
 from projections.runner import Runner
+from runtime.settings import Settings
 from service.api import auth
 from service.api.app import create_app
 from service.api.config import ApiSettings
-from service.embedded import free_port
 from service.ingest import Inbound, commit_in, triage
-from service.settings import Settings
 from service.sites import register_site
-from sync_agent.simulation import Scenario, generate, seal_all
+from testbed.embedded import free_port
+from testbed.simulation import Scenario, generate, seal_all
 from tests.browser import SCREENSHOTS, chromium
 
 PASSWORD = "a long made-up passphrase"

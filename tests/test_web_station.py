@@ -13,9 +13,9 @@ import pytest
 from playwright.async_api import Browser, Page
 
 from service.center import run_center
-from service.embedded import EmbeddedNats, free_port
 from service.sites import register_site
-from service.store import EventStore
+from store.postgres import EventStore
+from testbed.embedded import EmbeddedNats, free_port
 from tests.browser import SCREENSHOTS, chromium, shouwang, stop, wait_for_port
 
 SITE = "demo.qingshi.v07"
@@ -43,7 +43,7 @@ def station(tmp_path: Path) -> tuple[str, int, Path]:
 def shouwang_cmd() -> list[str]:
     import sys
 
-    return [sys.executable, "-m", "service.cli"]
+    return [sys.executable, "-m", "shouwang"]
 
 
 @pytest.fixture

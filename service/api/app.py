@@ -22,7 +22,9 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme, Tag
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from service import log
+from runtime import log
+from runtime.db import create_pool
+from runtime.settings import Settings
 from service.api import accounts, audit, children, conflicts, exports, followups, health, quarantine, rollups, sites
 from service.api.auth import TokenAuthentication, callers_of_hashes
 from service.api.batch import Batched
@@ -30,9 +32,7 @@ from service.api.config import ApiSettings
 from service.api.errors import EXCEPTION_HANDLERS, ApiError
 from service.api.openapi import document
 from service.api.rollups import RollupCache, ScopeArchives, rollup_heads
-from service.db import create_pool
-from service.settings import Settings
-from service.web.dashboard import dashboard_routes
+from service.dashboard import dashboard_routes
 
 _log = log.get("service.api")
 

@@ -21,7 +21,7 @@ from litestar.params import Parameter
 from service.api.auth import Caller
 from service.api.errors import ApiError, bad
 from service.api.scoping import Params, SiteIdPath, allow, caller_of, child_visible, may_see_site
-from service.store import EventStore
+from store.postgres import EventStore
 
 
 async def record_read(conn: asyncpg.Connection, caller: Caller, child_id: str, route: str, query: str,

@@ -6,7 +6,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
-from service.settings import SettingsError
+from runtime.settings import SettingsError
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ from service.api.scoping import (
     child_visible,
 )
 from service.api.writes import Recorded, record
-from service.store import _SELECT, _row_to_stored
+from store.postgres import _SELECT, _row_to_stored
 
 CONFLICT = f"{tables.SCHEMA}.conflict"
 MAX_DUPLICATES = 1000  # a township has a few hundred children; more pairs than this is a data problem

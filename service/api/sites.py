@@ -14,7 +14,7 @@ from events.types import SiteId, SiteKind
 from service.api.errors import ApiError
 from service.api.scoping import Params, SiteIdPath, allow, caller_of, site_visible
 from service.sites import SiteError, disable_site, register_site
-from service.store import holes_of
+from store.postgres import holes_of
 
 
 class SiteView(msgspec.Struct, frozen=True):

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service import log
+from runtime import log
 from tests.chaos.harness import main_sync
 
 

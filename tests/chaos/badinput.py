@@ -119,7 +119,7 @@ async def agent_cli(town: Town, problems: list[str]) -> int:
             f.write(body)
         try:
             out = await asyncio.to_thread(
-                subprocess.run, [sys.executable, "-m", "service.cli", "agent", "record", "--data", str(station.data),
+                subprocess.run, [sys.executable, "-m", "shouwang", "agent", "record", "--data", str(station.data),
                                  f.name], capture_output=True, text=True, timeout=120, check=False,
                 env={**os.environ, **town._env()})
         finally:
@@ -129,7 +129,7 @@ async def agent_cli(town: Town, problems: list[str]) -> int:
         elif "Traceback" in out.stderr or not out.stderr.strip():
             problems.append(f"agent record {name}: exit {out.returncode} without a clear error: {out.stderr[-300:]}")
     missing = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "service.cli", "agent", "record", "--data", str(station.data),
+        subprocess.run, [sys.executable, "-m", "shouwang", "agent", "record", "--data", str(station.data),
                          "/nonexistent/drafts.json"], capture_output=True, text=True, timeout=120, check=False)
     if missing.returncode == 0 or "Traceback" in missing.stderr:
         problems.append(f"agent record of a missing file: exit {missing.returncode} {missing.stderr[-300:]}")

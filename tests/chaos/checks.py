@@ -27,12 +27,12 @@ from events.wire import DOWN_STREAM, down_consumer
 from projections import queries, tables
 from projections.rebuild import fill
 from projections.runner import lag
-from service.demo import township_figures, truth_figures
-from service.store import EventStore
+from store.postgres import EventStore
 from sync_agent import view
 from sync_agent.config import log_path
 from sync_agent.locallog import LocalLog
-from sync_agent.simulation import Truth
+from testbed.demo import township_figures, truth_figures
+from testbed.simulation import Truth
 from tests.chaos.town import Town, local_events, open_pool
 
 

@@ -30,7 +30,7 @@ import msgspec
 import nats
 
 from events.wire import up_subject
-from service.embedded import EmbeddedError
+from testbed.embedded import EmbeddedError
 from tests.chaos.town import Town
 
 DAY = 86400

@@ -19,7 +19,7 @@ import asyncpg
 import httpx
 import msgspec
 
-from sync_agent.simulation import Planned
+from testbed.simulation import Planned
 from tests.chaos import badinput, checks
 from tests.chaos.faults import Injector, schedule
 from tests.chaos.town import Town

@@ -1,4 +1,4 @@
-"""The township under test: service.demo's parts (embedded servers, `center run`, `projections
+"""The township under test: testbed.demo's parts (embedded servers, `center run`, `projections
 run`, one `agent serve` per site behind a TcpProxy line, the HTTP API in-process) with the
 handles the fault harness needs: kill -9 and restart of every process, a supervisor that
 restarts what died on its own (as systemd would), site clocks set wrong, a backup of the
@@ -24,11 +24,11 @@ import asyncpg
 import httpx
 import msgspec
 
-from service.db import connect
-from service.demo import Demo, DemoError, Proc, Station, spawn
-from service.embedded import _pg_bin
+from runtime.db import connect
 from sync_agent.clock import SKEW_KEY
-from sync_agent.simulation import Planned
+from testbed.demo import Demo, DemoError, Proc, Station, spawn
+from testbed.embedded import _pg_bin
+from testbed.simulation import Planned
 
 
 class ChaosError(RuntimeError):
@@ -225,7 +225,7 @@ class Town(Demo):
         try:
             env = {**os.environ, **self._env(), SKEW_KEY: str(self.skew.get(site, 0))}
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "service.cli", "agent", "record", "--data", str(station.data), f.name, "--json",
+                sys.executable, "-m", "shouwang", "agent", "record", "--data", str(station.data), f.name, "--json",
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
             out, err = await proc.communicate()
         finally:

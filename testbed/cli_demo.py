@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.demo import DEMO_PASSWORD, Demo, prepare
-from service.settings import Settings
+from runtime.settings import Settings
+from testbed.demo import DEMO_PASSWORD, Demo, prepare
 
 
 def register(sub: Any) -> None:

@@ -21,7 +21,7 @@ from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
 from events.localtime import local_day
-from service.web import STATIC_DIR, i18n, lang_of, obj, page
+from web import STATIC_DIR, i18n, lang_of, obj, page
 
 COOKIE = "sw_token"
 PREFIX = "/ui"
@@ -232,7 +232,7 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
         overdue.sort(key=lambda o: -int(o.get("days_overdue", 0)))
         charts: dict[str, str] = {}
         if rollup:
-            from service.web.charts import bar_chart, donut_chart
+            from web.charts import bar_chart, donut_chart
 
             charts["guardianship"] = donut_chart(_shares(rollup["by_guardianship"], "guardianship", lang),
                                                  title=i18n.text("dash.by_guardianship", lang))
@@ -328,7 +328,7 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
                     rollup = None
         charts: dict[str, str] = {}
         if rollup:
-            from service.web.charts import bar_chart, donut_chart
+            from web.charts import bar_chart, donut_chart
 
             charts["guardianship"] = donut_chart(_shares(rollup["by_guardianship"], "guardianship", lang),
                                                  title=i18n.text("dash.by_guardianship", lang))

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import socket
 
-from service.embedded import free_port
+from testbed.embedded import free_port
 
 
 class TcpProxy:

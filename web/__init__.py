@@ -14,11 +14,11 @@ import jinja2
 from litestar import Request, Response
 from litestar.enums import MediaType
 
-from service.web import charts, i18n
+from web import charts, i18n
 
-STATIC_DIR = Path(str(resources.files("service.web") / "static"))
+STATIC_DIR = Path(str(resources.files("web") / "static"))
 _env = jinja2.Environment(
-    loader=jinja2.PackageLoader("service.web", "templates"),
+    loader=jinja2.PackageLoader("web", "templates"),
     autoescape=jinja2.select_autoescape(["html"]),
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,

@@ -1,4 +1,4 @@
-"""Versioned SQL migrations: `service/migrations/NNNN_name.sql`, applied in order, once.
+"""Versioned SQL migrations: `store/migrations/NNNN_name.sql`, applied in order, once.
 
 Safe to run at every start-up and from several processes at once: a session-level advisory
 lock serializes runners, and each migration commits together with its row in
@@ -26,7 +26,7 @@ class Migration:
 
 def available() -> list[Migration]:
     out = []
-    for entry in importlib.resources.files("service.migrations").iterdir():
+    for entry in importlib.resources.files("store.migrations").iterdir():
         m = _NAME_RE.match(entry.name)
         if m:
             out.append(Migration(int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))

@@ -2,32 +2,25 @@
 
 Each package registers its own subcommands (a `register(subparsers)` function in its `cli`
 module), so the agent's commands live in `sync_agent/`, the center's in `service/`, and so on.
+This module imports them by name, so the package graph shows every arrow.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import importlib
 import sys
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
-from service import log
-from service.settings import Settings, SettingsError
+from projections import cli as projections_cli
+from runtime import log
+from runtime.cli import CliError
+from runtime.settings import Settings, SettingsError
+from service import cli_center, cli_db
+from sync_agent import cli as agent_cli
+from testbed import cli_demo
 
 # Modules whose `register(subparsers)` adds subcommands, in the order `--help` lists them.
-COMMAND_MODULES = (
-    "service.cli_db",
-    "service.cli_demo",
-    "service.cli_center",
-    "sync_agent.cli",
-    "projections.cli",
-)
-
-
-class CliError(Exception):
-    """A command failed in a way the user can fix; printed without a traceback, exit 2."""
+COMMAND_MODULES = (cli_db, cli_demo, cli_center, agent_cli, projections_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default=None, help="debug, info, warning or error (SHOUWANG_LOG_LEVEL)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for module in COMMAND_MODULES:
+        module.register(sub)
     return parser
 
 
@@ -64,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as err:
-        unreachable = _unreachable(err)
+        unreachable = unreachable_message(err)
         if unreachable is None:
             raise
         # A server that is down or a wrong URL: one line an operator can act on, not a traceback
@@ -73,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _unreachable(err: BaseException) -> str | None:
+def unreachable_message(err: BaseException) -> str | None:
     """What to tell the operator when `err` means a server could not be reached, else None."""
     import asyncpg
     import nats.errors
@@ -90,16 +83,3 @@ def _unreachable(err: BaseException) -> str | None:
         return (f"cannot reach a server ({type(err).__name__}: {err}); is PostgreSQL (SHOUWANG_DATABASE_URL) "
                 "and NATS (SHOUWANG_NATS_URL) running where the settings say?")
     return None
-
-
-def run_async(coro: Coroutine[Any, Any, int | None]) -> int:
-    return int(asyncio.run(coro) or 0)
-
-
-if __name__ == "__main__":
-    # Run as `python -m service.cli`, this file is `__main__`, while the subcommands raise the
-    # CliError of the module `service.cli`: call that module's main, or they would escape as
-    # tracebacks instead of one clear line.
-    from service.cli import main as _main
-
-    sys.exit(_main())

@@ -6,9 +6,9 @@ What runs, each a real part of the system:
 * the center: `shouwang center run` (ingest, receipts, fan-out) and `shouwang projections run`
   as processes, and the HTTP API with the township dashboard, served here;
 * one agent process per site (`shouwang agent serve`, which also serves the station's pages),
-  each talking to NATS through a line the demo can cut (service.proxy.TcpProxy).
+  each talking to NATS through a line the demo can cut (testbed.proxy.TcpProxy).
 
-The scenario (sync_agent.simulation) is recorded day by day through each station's local HTTP
+The scenario (testbed.simulation) is recorded day by day through each station's local HTTP
 endpoint, exactly as a station app would; one village station loses its line for weeks and
 catches up when it returns. `--once --json` waits until every site has nothing pending and the
 projections have caught up, then prints one JSON document comparing the township's figures
@@ -33,11 +33,11 @@ import asyncpg
 import httpx
 import msgspec
 
-from service import migrate
-from service.db import connect
-from service.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from service.proxy import TcpProxy
-from sync_agent.simulation import Planned, Scenario, SiteSpec, Truth, generate
+from runtime.db import connect
+from store import migrate
+from testbed.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from testbed.proxy import TcpProxy
+from testbed.simulation import Planned, Scenario, SiteSpec, Truth, generate
 
 DEMO_PASSWORD = "shouwang-demo"  # made-up demo accounts on a local machine; printed at start
 BARRIER_EVERY_DAYS = 10
@@ -72,7 +72,7 @@ class Proc:
 async def spawn(name: str, args: list[str], log: Path, env: dict[str, str]) -> Proc:
     out = await asyncio.to_thread(open, log, "ab")
     try:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "service.cli", *args, stdout=out,
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "shouwang", *args, stdout=out,
                                                     stderr=out, env={**os.environ, **env})
     finally:
         out.close()  # the child has its own copy of the descriptor
@@ -205,8 +205,8 @@ class Demo:
     async def _serve_http(self) -> None:
         import uvicorn
 
+        from runtime.settings import Settings
         from service.api.app import create_app
-        from service.settings import Settings
 
         assert self.nats is not None
         app = create_app(Settings(database_url=self.db_url, nats_url=self.nats.url))
