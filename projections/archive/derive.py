@@ -1,0 +1,339 @@
+"""The derived archive: what a person sees of a child (`ChildArchive`), from its events.
+
+`derive` first sorts the events by their stamp (recorded_at HLC, site_id, site_seq: a total
+order, since (site_id, site_seq) is unique) and never depends on arrival order. `add_work` adds
+one piece of uncorrected work to a stored archive with the same arithmetic (the runner's fast path).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from events import catalogue as c
+from events.localtime import local_day
+from events.types import PartnerKind
+from projections.archive.corrections import Effective, effective
+from projections.archive.registers import Conflict, FieldSource, registers
+from projections.archive.state import Entry, Stamp
+
+CONTACT_TYPES: dict[str, str] = {
+    "HomeVisitMade": "visit",
+    "ParentCallMade": "call",
+    "LetterWritten": "letter",
+    "TalkHeld": "talk",
+}
+PROXY_KINDS = (PartnerKind.PROXY_PARENT, PartnerKind.LOVING_MOTHER)
+_CONTACT_NAMES = ("visit", "call", "letter", "talk")  # the order of MonthWork's counts
+_CONTACT_SLOT: dict[type, int] = {c.EVENT_TYPES[name]: _CONTACT_NAMES.index(kind)
+                                  for name, kind in CONTACT_TYPES.items()}
+
+
+class Pairing(msgspec.Struct, frozen=True, kw_only=True):
+    pairing_id: str
+    partner_kind: str
+    partner_name: str
+    started_on: dt.date
+    ended_on: dt.date | None = None
+    site_id: str
+
+
+class AidItem(msgspec.Struct, frozen=True, kw_only=True):
+    event_id: str
+    occurred_on: dt.date
+    kind: str  # "aid" or "condolence"
+    amount_fen: int
+    source: str
+    detail: str
+
+
+class RightsCase(msgspec.Struct, frozen=True, kw_only=True):
+    case_id: str
+    kind: str
+    opened_on: dt.date
+    closed_on: dt.date | None = None
+    outcome: str | None = None
+
+
+class MonthWork(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """Contacts with one child in one calendar month ("YYYY-MM"), after corrections."""
+
+    month: str
+    visits: int = 0
+    calls: int = 0
+    letters: int = 0
+    talks: int = 0
+
+
+class ChildArchive(msgspec.Struct, frozen=True, kw_only=True):
+    """One child's merged, current archive, derived from its events."""
+
+    child_id: str
+    merged_into: str | None = None
+    merged_from: list[str] = []
+    registered: bool = False
+    open: bool = False
+    registered_on: dt.date | None = None
+    registered_by: str | None = None
+    closed_on: dt.date | None = None
+    closing_reason: str | None = None
+    # Open intervals [opened, closed) in occurred dates; the last may be open-ended.
+    intervals: list[tuple[dt.date, dt.date | None]] = []
+    name: str | None = None
+    sex: str | None = None
+    birth_date: dt.date | None = None
+    resident_id: str | None = None
+    household_village: str | None = None
+    school: str | None = None
+    grade: int | None = None
+    class_name: str | None = None
+    reasons: list[str] = []
+    guardian: c.Guardian | None = None
+    guardian_phone: str | None = None
+    parents: list[c.ParentContact] = []
+    status: dict[str, str] = {}
+    individual_plan: bool = False
+    village_site: str | None = None
+    school_site: str | None = None
+    sites: list[str] = []
+    pairings: list[Pairing] = []
+    last_visit: dt.date | None = None
+    last_call: dt.date | None = None
+    last_letter: dt.date | None = None
+    last_talk: dt.date | None = None
+    months: list[MonthWork] = []
+    aid: list[AidItem] = []
+    rights_cases: list[RightsCase] = []
+    incidents: int = 0
+    conflicts: list[Conflict] = []
+    sources: dict[str, FieldSource] = {}
+    events: int = 0
+
+    @property
+    def current_pairings(self) -> list[Pairing]:
+        return [p for p in self.pairings if p.ended_on is None]
+
+    @property
+    def open_conflicts(self) -> list[Conflict]:
+        return [x for x in self.conflicts if x.resolved_by is None]
+
+    def open_on(self, day: dt.date) -> bool:
+        """Was the archive open on this day (registered on or before it and not closed)?"""
+        return any(lo <= day and (hi is None or day < hi) for lo, hi in self.intervals)
+
+
+
+def month_key(day: dt.date | dt.datetime) -> str:
+    return f"{day.year:04d}-{day.month:02d}"
+
+
+_day = local_day  # the reporting day (UTC+8)
+
+
+def derive(child_id: str, entries: Iterable[Entry], merged_from: Iterable[str] = ()) -> ChildArchive:
+    """The archive of a child from the set of its events (and those of children merged into it)."""
+    return derive_full(child_id, entries, merged_from)[0]
+
+
+def derive_full(child_id: str, entries: Iterable[Entry], merged_from: Iterable[str] = ()
+                ) -> tuple[ChildArchive, list[Effective]]:
+    """`derive`, and the group's events as they count (for facts: projections.facts.facts_from)."""
+    unique = {e.event_id: e for e in entries}
+    members = {child_id, *merged_from}
+    # A replacement may move an event to another child: count only what concerns this group.
+    all_effs, corrected = effective(unique.values())
+    effs = [x for x in all_effs if x.corrected_by is None or members.intersection(x.care.child_ids())
+            ] if corrected else all_effs
+    values, conflicts = registers(child_id, effs)
+    v: dict[str, Any] = {f: w.value for f, w in values.items()}
+    sources = {f: FieldSource(event_id=w.event_id, site_id=w.site_id, actor=w.actor, recorded_at=w.stamp[0])
+               for f, w in values.items()}
+
+    # Open/closed history, by occurred time (then stamp), so a late-arriving closing from an
+    # offline station lands where it happened.
+    marks: list[tuple[dt.datetime, Stamp, bool, Effective]] = []
+    registered_by: str | None = None
+    # Pairings, contacts, aid, cases: gathered in the same pass (one type lookup per event).
+    pair_start: dict[str, Effective] = {}
+    pair_end: dict[str, Effective] = {}
+    case_open: dict[str, Effective] = {}
+    case_close: dict[str, Effective] = {}
+    last: dict[str, dt.date] = {}
+    months: dict[int, list[int]] = {}  # year * 100 + month -> [visits, calls, letters, talks]
+    aid: list[AidItem] = []
+    incidents = 0
+    for x in effs:
+        care = x.care
+        kind = type(care)
+        slot = _CONTACT_SLOT.get(kind)
+        if slot is not None:
+            day = _day(x.occurred_at)
+            name = _CONTACT_NAMES[slot]
+            prev = last.get(name)
+            if prev is None or day > prev:
+                last[name] = day
+            month = day.year * 100 + day.month
+            counts = months.get(month)
+            if counts is None:
+                counts = months[month] = [0, 0, 0, 0]
+            counts[slot] += 1
+        elif kind is c.ChildRegistered:
+            marks.append((x.occurred_at, x.entry.stamp, True, x))
+            if registered_by is None:
+                registered_by = x.entry.site_id
+        elif kind is c.ArchiveReopened:
+            marks.append((x.occurred_at, x.entry.stamp, True, x))
+        elif kind is c.ArchiveClosed:
+            marks.append((x.occurred_at, x.entry.stamp, False, x))
+        elif isinstance(care, c.PairingStarted):
+            pair_start.setdefault(care.pairing_id, x)
+        elif isinstance(care, c.PairingEnded):
+            pair_end.setdefault(care.pairing_id, x)
+        elif isinstance(care, c.RightsCaseOpened):
+            case_open.setdefault(care.case_id, x)
+        elif isinstance(care, c.RightsCaseClosed):
+            case_close.setdefault(care.case_id, x)
+        elif isinstance(care, c.AidGiven | c.CondolenceVisitMade):
+            item = _aid_item(x.counts_as, care, x.occurred_at)
+            assert item is not None
+            aid.append(item)
+        elif isinstance(care, c.SafetyIncidentReported):
+            incidents += 1
+    marks.sort(key=lambda m: (m[0], m[1]))
+    intervals: list[tuple[dt.date, dt.date | None]] = []
+    is_open = False
+    registered_on: dt.date | None = None
+    closed_on: dt.date | None = None
+    closing_reason: str | None = None
+    for when, _, opens, x in marks:
+        day = _day(when)
+        if opens and isinstance(x.care, c.ChildRegistered) and registered_on is None:
+            registered_on = day
+        if opens and not is_open and registered_on is not None:
+            intervals.append((day, None))
+            is_open, closed_on, closing_reason = True, None, None
+        elif not opens and is_open:
+            intervals[-1] = (intervals[-1][0], day)
+            is_open = False
+            closed_on = day
+            assert isinstance(x.care, c.ArchiveClosed)
+            closing_reason = str(x.care.reason)
+
+    pairings = []
+    for pid in sorted(pair_start):
+        s = pair_start[pid]
+        assert isinstance(s.care, c.PairingStarted)
+        e = pair_end.get(pid)
+        pairings.append(Pairing(pairing_id=pid, partner_kind=str(s.care.partner_kind), partner_name=s.care.partner_name,
+                                started_on=_day(s.occurred_at), ended_on=_day(e.occurred_at) if e else None,
+                                site_id=s.entry.site_id))
+    cases = []
+    for cid in sorted(case_open):
+        o = case_open[cid]
+        assert isinstance(o.care, c.RightsCaseOpened)
+        cl = case_close.get(cid)
+        outcome = str(cl.care.outcome) if cl and isinstance(cl.care, c.RightsCaseClosed) else None
+        cases.append(RightsCase(case_id=cid, kind=str(o.care.kind), opened_on=_day(o.occurred_at),
+                                closed_on=_day(cl.occurred_at) if cl else None, outcome=outcome))
+    aid.sort(key=lambda a: (a.occurred_on, a.event_id))
+
+    village_site = v.get("village_site")
+    school_site = v.get("school_site")
+    sites = sorted({s for s in (village_site, school_site) if s}) or ([registered_by] if registered_by else [])
+    guardian: c.Guardian | None = v.get("guardian")
+    guardian_phone = v.get("guardian_phone")
+    if guardian is not None and (guardian_phone is None or sources["guardian"].recorded_at > sources[
+            "guardian_phone"].recorded_at):
+        guardian_phone = guardian.phone or guardian_phone
+    return ChildArchive(
+        child_id=child_id,
+        merged_from=sorted(members - {child_id}),
+        registered=registered_on is not None,
+        open=is_open,
+        registered_on=registered_on,
+        registered_by=registered_by,
+        closed_on=closed_on,
+        closing_reason=closing_reason,
+        intervals=intervals,
+        name=v.get("name"),
+        sex=str(v["sex"]) if v.get("sex") is not None else None,
+        birth_date=v.get("birth_date"),
+        resident_id=v.get("resident_id"),
+        household_village=v.get("household_village"),
+        school=v.get("school"),
+        grade=v.get("grade"),
+        class_name=v.get("class_name"),
+        reasons=[str(r) for r in v.get("reasons") or []],
+        guardian=guardian,
+        guardian_phone=guardian_phone,
+        parents=list(v.get("parents") or []),
+        status={a: str(v[f"status.{a}"]) for a in c.STATUS_AREAS if v.get(f"status.{a}") is not None},
+        individual_plan=bool(v.get("individual_plan") or False),
+        village_site=village_site,
+        school_site=school_site,
+        sites=sites,
+        pairings=pairings,
+        last_visit=last.get("visit"),
+        last_call=last.get("call"),
+        last_letter=last.get("letter"),
+        last_talk=last.get("talk"),
+        months=[MonthWork(month=f"{k // 100:04d}-{k % 100:02d}", visits=m[0], calls=m[1], letters=m[2], talks=m[3])
+                for k, m in sorted(months.items())],
+        aid=aid,
+        rights_cases=cases,
+        incidents=incidents,
+        conflicts=sorted(conflicts, key=lambda x: (x.field, x.heads, x.resolved_by or "")),
+        sources=sources,
+        events=len(unique),
+    ), all_effs
+
+
+def _aid_item(event_id: str, care: c.CareEventBase, occurred_at: dt.datetime) -> AidItem | None:
+    if isinstance(care, c.AidGiven):
+        return AidItem(event_id=event_id, occurred_on=_day(occurred_at), kind="aid", amount_fen=care.amount_fen,
+                       source=str(care.source), detail=str(care.kind))
+    if isinstance(care, c.CondolenceVisitMade):
+        return AidItem(event_id=event_id, occurred_on=_day(occurred_at), kind="condolence",
+                       amount_fen=care.money_fen_each, source=str(care.source), detail=str(care.occasion))
+    return None
+
+
+def add_work(a: ChildArchive, event_id: str, care: c.CareEventBase, occurred_at: dt.datetime) -> ChildArchive:
+    """The archive with one more piece of uncorrected work that sets no field (a visit, a call,
+    aid, an activity...): exactly what `derive` gives with that event added to the set."""
+    changes: dict[str, Any] = {"events": a.events + 1}
+    kind = CONTACT_TYPES.get(type(care).__name__)
+    if kind is not None:
+        day = _day(occurred_at)
+        attr = f"last_{kind}"
+        last = getattr(a, attr)
+        if last is None or day > last:
+            changes[attr] = day
+        key = month_key(day)
+        months = {m.month: m for m in a.months}
+        m = months.get(key) or MonthWork(month=key)
+        plural = {"visit": "visits", "call": "calls", "letter": "letters", "talk": "talks"}[kind]
+        months[key] = msgspec.structs.replace(m, **{plural: getattr(m, plural) + 1})
+        changes["months"] = [months[k] for k in sorted(months)]
+    elif (item := _aid_item(event_id, care, occurred_at)) is not None:
+        changes["aid"] = sorted([*a.aid, item], key=lambda x: (x.occurred_on, x.event_id))
+    elif isinstance(care, c.SafetyIncidentReported):
+        changes["incidents"] = a.incidents + 1
+    return msgspec.structs.replace(a, **changes)
+
+
+
+archive_encoder = msgspec.msgpack.Encoder(order="deterministic")
+_archive_decoder = msgspec.msgpack.Decoder(ChildArchive)
+
+
+def encode_archive(a: ChildArchive) -> bytes:
+    return archive_encoder.encode(a)
+
+
+def decode_archive(data: bytes) -> ChildArchive:
+    return _archive_decoder.decode(data)
+
