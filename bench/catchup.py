@@ -26,11 +26,12 @@ from bench.report import Figure, figure
 from bench.servers import fresh_database
 from events.envelope import Draft
 from events.samples import child_id, samples
+from events.types import SiteKind
 from runtime.db import create_pool
 from service.center import run_center
 from service.sites import register_site
 from sync_agent.agent import Agent
-from sync_agent.config import SiteConfig, SiteKind, log_path, write_config
+from sync_agent.config import SiteConfig, log_path, write_config
 from sync_agent.locallog import LocalLog
 
 SITE = "bench.catchup.v01"

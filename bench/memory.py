@@ -25,10 +25,11 @@ from bench.ingest import clean_streams
 from bench.projections import load_world
 from bench.report import Figure, figure
 from bench.servers import fresh_database
+from events.types import SiteKind
 from runtime.db import create_pool
 from service.center import run_center
 from service.sites import register_site
-from sync_agent.config import SiteConfig, SiteKind, log_path, write_config
+from sync_agent.config import SiteConfig, log_path, write_config
 from sync_agent.locallog import LocalLog
 
 

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from events.types import SiteKind
 from runtime.settings import Settings
-from sync_agent.config import ConfigError, SiteConfig, SiteKind, load_config, log_path, write_config
+from sync_agent.config import ConfigError, SiteConfig, load_config, log_path, write_config
 from sync_agent.locallog import LocalLog, LocalLogError, LogCorrupted
 
 DEFAULT_PORT = 8470

@@ -6,7 +6,6 @@ its region and township ("region.township.site"), so a site knows its township w
 
 from __future__ import annotations
 
-import enum
 import os
 import ssl
 from pathlib import Path
@@ -14,17 +13,11 @@ from typing import Annotated
 
 import msgspec
 
-from events.types import SiteId
+from events.types import SiteId, SiteKind
 from events.wire import down_consumer
 
 CONFIG_NAME = "site.json"
 LOG_NAME = "log.sqlite"
-
-
-class SiteKind(enum.StrEnum):
-    VILLAGE = "village"
-    SCHOOL = "school"
-    TOWNSHIP = "township"
 
 
 class ConfigError(Exception):

@@ -23,6 +23,7 @@ from nats.js import api
 
 from events.envelope import DecodedEvent, Draft, decode_event
 from events.samples import samples
+from events.types import SiteKind
 from events.validation import ValidationFailed
 from events.wire import (
     DOWN_STREAM,
@@ -37,7 +38,7 @@ from events.wire import (
     site_of_subject,
 )
 from store.postgres import EventStore
-from sync_agent.config import SiteConfig, SiteKind, write_config
+from sync_agent.config import SiteConfig, write_config
 
 OCCURRED = dt.datetime(2026, 3, 2, 9, 30, tzinfo=dt.UTC)
 

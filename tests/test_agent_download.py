@@ -13,10 +13,11 @@ import msgspec
 import pytest
 
 from events.samples import sample_registration
+from events.types import SiteKind
 from service.center import run_center
 from service.sites import register_site
 from sync_agent.agent import Agent
-from sync_agent.config import SiteKind, load_config, log_path
+from sync_agent.config import load_config, log_path
 from sync_agent.locallog import LocalLog
 from sync_agent.record import record_json
 from sync_agent.tuning import SyncTuning

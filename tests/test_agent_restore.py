@@ -18,12 +18,12 @@ import pytest
 from events import catalogue as c
 from events.envelope import Draft, decode_event
 from events.samples import sample_registration
+from events.types import SiteKind
 from events.wire import RESTORE_PREFIX, restore_page_decoder
 from service.center import run_center
 from service.sites import register_site
 from store.postgres import EventStore
 from sync_agent.agent import Agent
-from sync_agent.config import SiteKind
 from sync_agent.locallog import RESTORING, LocalLog, LocalLogError, RestoreMismatch
 from sync_agent.restore import RestoreError, restore
 from tests.agent_support import drafts, eventually, make_site

@@ -23,13 +23,14 @@ import pytest
 from events import wire
 from events.catalogue import HomeVisitMade
 from events.envelope import Draft, encode_event
+from events.types import SiteKind
 from events.wire import UP_STREAM, inbox_prefix, up_subject
 from service.center import run_center
 from service.leafs import leaf_user_entry, leaf_user_name
 from service.sites import nats_users_conf, register_site
 from store.postgres import EventStore
 from sync_agent.agent import Agent
-from sync_agent.config import SiteConfig, SiteKind, load_config, log_path, write_config
+from sync_agent.config import SiteConfig, load_config, log_path, write_config
 from sync_agent.locallog import LocalLog
 from sync_agent.restore import restore
 from testbed.embedded import _nats_bin, free_port
