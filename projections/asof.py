@@ -14,15 +14,12 @@ import datetime as dt
 import asyncpg
 import msgspec
 
-from events import catalogue as c
 from events.localtime import local_day
-from projections.archive import ArchiveBook, ChildArchive, TimelineItem, family_of, timeline
+from projections.archive import ArchiveBook, ChildArchive, TimelineItem, timeline
 from projections.facts import facts_of
 from projections.followups import parse_period
 from projections.rollups import Rollup, compute
-from projections.source import _COLS, Row, to_row
-
-_HORIZON = "tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+from projections.source import COLS, HORIZON, book_of, group_rows, to_row
 
 
 class AsOfError(ValueError):
@@ -38,45 +35,14 @@ def _clock(committed_at: dt.datetime | None, occurred_at: dt.datetime | None) ->
     return ("committed_at" if committed_at is not None else "occurred_at"), when
 
 
-async def _child_rows(conn: asyncpg.Connection, child_id: str, column: str, when: dt.datetime | None) -> list[Row]:
-    """Every event of the child's merged group up to `when`, with whole correction families:
-    follows merges transitively (a merge names both children)."""
-    ids: set[str] = {child_id}
-    rows: dict[str, Row] = {}
-    while True:
-        found = await conn.fetch(
-            f"""SELECT {_COLS} FROM events WHERE children && $1::text[] AND {_HORIZON}
-                  AND ($2::timestamptz IS NULL OR {column} <= $2)""", sorted(ids), when)
-        for r in found:
-            rows.setdefault(r["event_id"], to_row(r))
-        more = {x for row in rows.values() if isinstance(row.care, c.ArchivesMerged | c.ArchivesUnmerged)
-                for x in row.care.child_ids()} - ids
-        if not more:
-            break
-        ids |= more
-    fams = sorted({family_of(r.care, r.event.event_id) for r in rows.values() if r.care is not None})
-    if fams:
-        found = await conn.fetch(
-            f"""SELECT {_COLS} FROM events
-                 WHERE (event_id = ANY($1::uuid[])
-                        OR (type = 'EventCorrected' AND payload->>'corrected_event_id' = ANY($2::text[])))
-                   AND {_HORIZON} AND ($3::timestamptz IS NULL OR {column} <= $3)""", fams, fams, when)
-        for r in found:
-            rows.setdefault(r["event_id"], to_row(r))
-    return list(rows.values())
-
-
 async def archive_asof(pool: asyncpg.Pool, child_id: str, *, committed_at: dt.datetime | None = None,
                        occurred_at: dt.datetime | None = None) -> ChildArchive | None:
     """The child's archive as of a committed time or an occurred time (None: not known then).
     A child merged into another at that time comes back as a stub naming it (`merged_into`)."""
     column, when = _clock(committed_at, occurred_at)
     async with pool.acquire() as conn:
-        rows = await _child_rows(conn, child_id, column, when)
-    book = ArchiveBook()
-    for r in rows:
-        book.add(r.event, r.care)
-    return book.archives().get(child_id)
+        rows = await group_rows(conn, child_id, column, when)
+    return book_of(rows).archives().get(child_id)
 
 
 async def timeline_asof(pool: asyncpg.Pool, child_id: str, *, committed_at: dt.datetime | None = None,
@@ -84,10 +50,8 @@ async def timeline_asof(pool: asyncpg.Pool, child_id: str, *, committed_at: dt.d
     """The child's timeline (its merged group's events, originals and corrections) as of a time."""
     column, when = _clock(committed_at, occurred_at)
     async with pool.acquire() as conn:
-        rows = await _child_rows(conn, child_id, column, when)
-    book = ArchiveBook()
-    for r in rows:
-        book.add(r.event, r.care)
+        rows = await group_rows(conn, child_id, column, when)
+    book = book_of(rows)
     archives = book.archives()
     mine = archives.get(child_id)
     if mine is None:
@@ -109,15 +73,13 @@ async def rollup_asof(pool: asyncpg.Pool, scope: str, period: str, *, committed_
         after = (0, 0)
         while True:
             found = await conn.fetch(
-                f"""SELECT {_COLS} FROM events
-                     WHERE (tx_id, position) > ($1, $2) AND {_HORIZON}
+                f"""SELECT {COLS} FROM events
+                     WHERE (tx_id, position) > ($1, $2) AND {HORIZON}
                        AND ($3::timestamptz IS NULL OR {column} <= $3) AND ($4::text IS NULL OR region = $4)
                      ORDER BY tx_id, position LIMIT $5""", after[0], after[1], when, region, page)
             if not found:
                 break
-            for r in found:
-                row = to_row(r)
-                book.add(row.event, row.care)
+            book_of((to_row(r) for r in found), book)
             after = (found[-1]["tx_id"], found[-1]["position"])
     archives = book.archives()
     facts = [f for f in facts_of(e for st in book.states.values() for e in st.entries.values()).values()

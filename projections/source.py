@@ -19,8 +19,11 @@ from events.envelope import Event, care_of
 from projections.archive import ArchiveBook, Entry, family_of
 from store.postgres import Position
 
-_COLS = """tx_id, position, committed_at, event_id::text AS event_id, type, schema_version, site_id, site_seq,
+COLS = """tx_id, position, committed_at, event_id::text AS event_id, type, schema_version, site_id, site_seq,
            actor, occurred_at, recorded_at, prev_hash, children, based_on, payload, understood"""
+"""The columns of `events` that :func:`to_row` reads."""
+HORIZON = "tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+"""Only transactions every snapshot sees committed: a read never skips a commit still in flight."""
 _based_on = msgspec.json.Decoder(dict[str, str])
 
 
@@ -51,7 +54,7 @@ async def history(conn: asyncpg.Connection, child_ids: Sequence[str], pseudo: It
     """Every event up to `upto` that concerns these children (only of `types`, if given), plus
     every member of the correction families of those events and of the pseudo-keys ('ev:<id>')."""
     rows = await conn.fetch(
-        f"""SELECT {_COLS} FROM events WHERE children && $1::text[] AND (tx_id, position) <= ($2, $3)
+        f"""SELECT {COLS} FROM events WHERE children && $1::text[] AND (tx_id, position) <= ($2, $3)
               AND ($4::text[] IS NULL OR type = ANY($4::text[]))""",
         list(child_ids), upto.tx, upto.pos, None if types is None else list(types),
     ) if child_ids else []
@@ -64,6 +67,35 @@ async def history(conn: asyncpg.Connection, child_ids: Sequence[str], pseudo: It
     return list(out.values())
 
 
+async def group_rows(conn: asyncpg.Connection, child_id: str, column: str, when: dt.datetime | None) -> list[Row]:
+    """Every event of the child's merged group up to `when` on the clock `column` ('committed_at'
+    or 'occurred_at'; None: everything committed), with whole correction families: follows
+    merges transitively (a merge names both children)."""
+    ids: set[str] = {child_id}
+    rows: dict[str, Row] = {}
+    while True:
+        found = await conn.fetch(
+            f"""SELECT {COLS} FROM events WHERE children && $1::text[] AND {HORIZON}
+                  AND ($2::timestamptz IS NULL OR {column} <= $2)""", sorted(ids), when)
+        for r in found:
+            rows.setdefault(r["event_id"], to_row(r))
+        more = {x for row in rows.values() if isinstance(row.care, c.ArchivesMerged | c.ArchivesUnmerged)
+                for x in row.care.child_ids()} - ids
+        if not more:
+            break
+        ids |= more
+    fams = sorted({family_of(r.care, r.event.event_id) for r in rows.values() if r.care is not None})
+    if fams:
+        found = await conn.fetch(
+            f"""SELECT {COLS} FROM events
+                 WHERE (event_id = ANY($1::uuid[])
+                        OR (type = 'EventCorrected' AND payload->>'corrected_event_id' = ANY($2::text[])))
+                   AND {HORIZON} AND ($3::timestamptz IS NULL OR {column} <= $3)""", fams, fams, when)
+        for r in found:
+            rows.setdefault(r["event_id"], to_row(r))
+    return list(rows.values())
+
+
 async def family_members(conn: asyncpg.Connection, families: Iterable[str], upto: Position,
                          known: Iterable[str] = ()) -> list[Row]:
     """The members of these correction families (the original and every correction of it) up
@@ -72,25 +104,24 @@ async def family_members(conn: asyncpg.Connection, families: Iterable[str], upto
     have = set(known)
     originals = [i for i in ids if i not in have]  # the originals not in hand (corrections' targets)
     rows = await conn.fetch(
-        f"""SELECT {_COLS} FROM events
+        f"""SELECT {COLS} FROM events
              WHERE type = 'EventCorrected' AND payload->>'corrected_event_id' = ANY($1::text[])
                AND (tx_id, position) <= ($2, $3)""",
         ids, upto.tx, upto.pos,
     )
     if originals:
         rows += await conn.fetch(
-            f"""SELECT {_COLS} FROM events WHERE event_id = ANY($1::uuid[]) AND (tx_id, position) <= ($2, $3)""",
+            f"""SELECT {COLS} FROM events WHERE event_id = ANY($1::uuid[]) AND (tx_id, position) <= ($2, $3)""",
             originals, upto.tx, upto.pos,
         )
     return [to_row(r) for r in rows if r["event_id"] not in have]
 
 
-_HORIZON = "tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 # The columns in the order scan_page unpacks them; an empty based_on comes as NULL (no decode).
 _SCAN = f"""SELECT tx_id, position, committed_at, event_id::text AS event_id, type, schema_version, site_id,
                    site_seq, actor, occurred_at, recorded_at, NULLIF(based_on, '{{}}'::jsonb) AS based_on, payload,
                    understood
-              FROM events WHERE (tx_id, position) > ($1, $2) AND {_HORIZON}
+              FROM events WHERE (tx_id, position) > ($1, $2) AND {HORIZON}
              ORDER BY tx_id, position LIMIT $3"""
 _care_decoders = {name: msgspec.json.Decoder(cls) for name, cls in EVENT_TYPES.items()}
 # (type, schema_version) -> decode, for payloads stored at the version this code reads directly.
@@ -157,8 +188,10 @@ async def scan_page(conn: asyncpg.Connection, after: Position, limit: int) -> Pa
     return Page(out, Position(last["tx_id"], last["position"]), last["committed_at"], upcast)
 
 
-def book_of(rows: Iterable[Row]) -> ArchiveBook:
-    book = ArchiveBook()
+def book_of(rows: Iterable[Row], book: ArchiveBook | None = None) -> ArchiveBook:
+    """The archive book of these stored rows: every event added with its typed payload (None where
+    not understood). Adds to `book` if given (a read by pages), else to a new one."""
+    book = ArchiveBook() if book is None else book
     for r in rows:
         book.add(r.event, r.care)
     return book

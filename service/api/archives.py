@@ -20,8 +20,7 @@ import asyncpg
 
 from projections import archive as pa
 from projections import tables
-from projections.asof import _child_rows
-from projections.source import Row
+from projections.source import Row, book_of, group_rows
 from service.api.audit import record_read
 from service.api.auth import Caller
 from service.api.scoping import Params, child_visible
@@ -43,25 +42,18 @@ async def read_rows(conn: asyncpg.Connection, caller: Caller, child_id: str, *,
         return None
     column, when = ("committed_at", committed_before) if committed_before is not None else \
         ("occurred_at", occurred_before)
-    return await _child_rows(conn, child_id, column, when)
-
-
-def _book(rows: Sequence[Row]) -> pa.ArchiveBook:
-    book = pa.ArchiveBook()
-    for r in rows:
-        book.add(r.event, r.care)
-    return book
+    return await group_rows(conn, child_id, column, when)
 
 
 def derive(child_id: str, rows: Sequence[Row]) -> pa.ChildArchive | None:
     """The child's archive from its group's events, or None if nothing registers it."""
-    a = _book(rows).archives().get(child_id)
+    a = book_of(rows).archives().get(child_id)
     return a if a is not None and (a.registered or a.merged_into is not None) else None
 
 
 def timeline_rows(child_id: str, rows: Sequence[Row]) -> tuple[list[pa.TimelineItem], dict[str, Row]]:
     """The timeline of the child's merged group, and each event's row (for payload and commit time)."""
-    book = _book(rows)
+    book = book_of(rows)
     archives = book.archives()
     mine = archives.get(child_id)
     if mine is None:
