@@ -15,8 +15,12 @@ from events.localtime import day_start, local_today
 from projections import tables
 from projections.archive import ChildArchive, TimelineItem, decode_archive
 from projections.facts import Fact, township_of
-from projections.followups import MonthCheck, Overdue, month_checks, overdue_list, parse_period
+from projections.followups import MonthCheck, Overdue, Period, month_checks, overdue_list, parse_period
 from projections.rollups import Freshness, Rollup, compute
+from projections.runner import NAME as CHECKPOINT
+
+ScopeChildren = tuple[list[ChildArchive], frozenset[str]]
+"""The current archives of a scope's children (merged stubs left out) and their ids."""
 
 
 async def get_archive(pool: asyncpg.Pool, child_id: str) -> ChildArchive | None:
@@ -47,6 +51,14 @@ async def archives_in(pool: asyncpg.Pool, scope: str, *, include_merged: bool = 
         rows = await conn.fetch(f"SELECT view FROM {tables.SCHEMA}.archive WHERE {where} ORDER BY child_id",
                                 *([scope] if scope else []))
     return [decode_archive(r["view"]) for r in rows]
+
+
+async def _scope_children(conn: asyncpg.Connection, scope: str) -> ScopeChildren:
+    rows = await conn.fetch(
+        f"SELECT view FROM {tables.SCHEMA}.archive WHERE ({_scope_clause(scope)}) AND root_id = child_id",
+        *([scope] if scope else []))
+    kids = [decode_archive(r["view"]) for r in rows]
+    return kids, frozenset(a.child_id for a in kids)
 
 
 async def timeline(pool: asyncpg.Pool, child_id: str) -> list[TimelineItem]:
@@ -87,20 +99,86 @@ async def facts_in(pool: asyncpg.Pool, scope: str, start: dt.date, end: dt.date)
                  detail=r["detail"]) for r in rows]
 
 
-async def freshness(pool: asyncpg.Pool) -> list[Freshness]:
-    """For each site: its last committed event and the newest occurred_at it has sent."""
+class Heads(msgspec.Struct, frozen=True):
+    """What a rollup of a scope reads live on every request: the projections' checkpoint (which
+    says whether a computed rollup still holds) and the freshness of the scope's sites."""
+
+    checkpoint: tuple[int, int]
+    freshness: list[Freshness]
+
+
+async def rollup_heads(pool: asyncpg.Pool, scopes: list[str]) -> dict[str, Heads]:
+    """The heads of several scopes in one statement (one snapshot, one round trip); every scope
+    asked for gets an entry."""
     async with pool.acquire() as conn:
-        rows = await conn.fetch("SELECT site_id, last_committed_at, newest_occurred_at FROM site_progress")
-    return [Freshness(site_id=r["site_id"], last_committed_at=r["last_committed_at"],
-                      newest_occurred_at=r["newest_occurred_at"]) for r in rows]
+        rows = await conn.fetch(
+            f"""SELECT s.scope, (SELECT c.tx FROM {tables.SCHEMA}.checkpoint c WHERE c.name = $2) AS tx,
+                       (SELECT c.pos FROM {tables.SCHEMA}.checkpoint c WHERE c.name = $2) AS pos,
+                       p.site_id, p.last_committed_at, p.newest_occurred_at
+                FROM unnest($1::text[]) s (scope)
+                LEFT JOIN site_progress p
+                       ON s.scope = '' OR p.site_id = s.scope OR starts_with(p.site_id, s.scope || '.')
+                ORDER BY s.scope, p.site_id""", scopes, CHECKPOINT)
+    out: dict[str, Heads] = {}
+    for r in rows:
+        heads = out.get(r["scope"])
+        if heads is None:
+            heads = out[r["scope"]] = Heads((r["tx"] or 0, r["pos"] or 0), [])
+        if r["site_id"] is not None:
+            heads.freshness.append(Freshness(site_id=r["site_id"], last_committed_at=r["last_committed_at"],
+                                             newest_occurred_at=r["newest_occurred_at"]))
+    return out
 
 
-async def rollup(pool: asyncpg.Pool, scope: str, period: str, today: dt.date | None = None) -> Rollup:
-    """Every township figure for `scope` and `period` from the live read models."""
-    p = parse_period(period)
-    today = today or local_today()
-    return compute(scope, p, await archives_in(pool, scope, include_merged=True),
-                   await facts_in(pool, scope, p.start, p.end), today=today, freshness=await freshness(pool))
+async def freshness(pool: asyncpg.Pool, scope: str = "") -> list[Freshness]:
+    """For each site of `scope`: its last committed event and the newest occurred_at it has sent."""
+    return (await rollup_heads(pool, [scope]))[scope].freshness
+
+
+async def scope_children(pool: asyncpg.Pool, scope: str) -> ScopeChildren:
+    """The current archives of the children of `scope` (merged stubs left out) and their ids: the
+    part of a rollup's input that depends on the scope alone, not the period (the API keeps it)."""
+    async with pool.acquire() as conn:
+        return await _scope_children(conn, scope)
+
+
+async def rollup_inputs(pool: asyncpg.Pool, scope: str, period: Period, children: ScopeChildren | None = None
+                        ) -> tuple[list[ChildArchive], list[Fact]]:
+    """The archives and facts a rollup of `scope` needs, read through indexes on the scope, so the
+    cost follows the township's size, not the store's: its children (`children`, if already in
+    hand), its work in the period, and the stubs of children merged away that this work names
+    (to count each child once)."""
+    facts = await facts_in(pool, scope, period.start, period.end)
+    async with pool.acquire() as conn:
+        kids, ids = children if children is not None else await _scope_children(conn, scope)
+        # Children the work names that are not the scope's own: stubs of merged children (others
+        # belong to other scopes and are not counted; compute() leaves them out either way).
+        named = sorted({c for f in facts for c in f.children} - ids)
+        stubs = [decode_archive(r["view"]) for r in await conn.fetch(
+            f"""SELECT view FROM {tables.SCHEMA}.archive
+                 WHERE child_id = ANY($1::text[]) AND root_id <> child_id""", named)] if named else []
+    return [*kids, *stubs], facts
+
+
+async def rollup_figures(pool: asyncpg.Pool, scope: str, period: str | Period, today: dt.date | None = None, *,
+                         children: ScopeChildren | None = None) -> Rollup:
+    """Every township figure for `scope` and `period` from the live read models, judged on `today`,
+    without the freshness (which moves with ingest, not with the read models: see :func:`rollup`)."""
+    p = parse_period(period) if isinstance(period, str) else period
+    kids, facts = await rollup_inputs(pool, scope, p, children)
+    return compute(scope, p, kids, facts, today=today or local_today())
+
+
+def with_freshness(figures: Rollup, heads: Heads) -> Rollup:
+    """The figures with the freshness of the scope's sites read at `heads`."""
+    return msgspec.structs.replace(figures, freshness=list(heads.freshness))
+
+
+async def rollup(pool: asyncpg.Pool, scope: str, period: str | Period, today: dt.date | None = None) -> Rollup:
+    """Every township figure for `scope` and `period` from the live read models, with the freshness
+    of its sites: what the API serves (which keeps computed figures while the checkpoint stands)."""
+    heads = (await rollup_heads(pool, [scope]))[scope]
+    return with_freshness(await rollup_figures(pool, scope, period, today), heads)
 
 
 def to_builtins(value: object) -> object:

@@ -8,6 +8,7 @@ import io
 import random
 
 import asyncpg
+import msgspec
 import openpyxl
 
 from events import catalogue as c
@@ -15,6 +16,7 @@ from events.envelope import encode_event
 from events.samples import SampleSite, sample_registration
 from events.types import AidSource
 from events.wire import up_subject
+from projections import followups, queries
 from service.ingest import Inbound, commit_in, triage
 from service.sites import register_site
 from tests.api_world import OFFICE, T0, TOWNSHIP, V1, V2, open_api, project
@@ -64,6 +66,21 @@ async def test_range_rollup_counts_a_merged_child_once(database_url: str, nats_u
         for path in (march, f"/rollups?scope={TOWNSHIP}&start=2026-03-02&end=2026-03-30"):
             after = (await client.get(path, headers=h)).json()
             assert (after["aid_children"], after["aid_events"], after["children_archived"]) == (1, 2, 2), path
+
+
+async def test_api_rollup_is_the_projections_read(database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:
+    """What /rollups serves, computed or from its cache, is exactly :func:`projections.queries.rollup` (the read
+    the projection tests check) for a township, a site, a month and a date range."""
+    async with open_api(database_url, nats_url, pool) as (client, w):
+        h = w.headers("township")
+        asks = [(TOWNSHIP, "period=2026-03", "2026-03"), (V1, "period=2026-03", "2026-03"),
+                (TOWNSHIP, "start=2026-03-01&end=2026-03-04",
+                 followups.Period("2026-03-01..2026-03-04", dt.date(2026, 3, 1), dt.date(2026, 3, 5)))]
+        for scope, query, period in asks:
+            for _ in range(2):  # the second answer comes from the cache
+                served = (await client.get(f"/rollups?scope={scope}&{query}", headers=h)).json()
+                read = msgspec.json.decode(msgspec.json.encode(await queries.rollup(pool, scope, period)))
+                assert served == read, (scope, query)
 
 
 async def test_exports_label_every_figure_in_chinese(database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:

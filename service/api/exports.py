@@ -18,8 +18,8 @@ from openpyxl import Workbook
 from openpyxl.styles import Font
 
 from projections import rollups as pr
-from service.api.rollups import EndQuery, PeriodQuery, ScopeQuery, StartQuery, check_scope, period_from, rollup
-from service.api.scoping import READERS, allow, caller_of
+from service.api.rollups import EndQuery, PeriodQuery, ScopeQuery, StartQuery, caller_rollup
+from service.api.scoping import READERS, allow
 
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
@@ -182,19 +182,12 @@ class ExportsController(Controller):
     tags = ["exports"]  # noqa: RUF012 (litestar reads controller options from class attributes)
     guards = [allow(*READERS)]  # noqa: RUF012 (as above)
 
-    async def _rollup(self, request: Request[Any, Any, Any], scope: str, period: str | None, start: dt.date | None,
-                      end: dt.date | None) -> pr.Rollup:
-        caller = caller_of(request)
-        check_scope(caller, scope)
-        return await rollup(request.app.state.pool, caller, scope, period_from(period, start, end),
-                            request.app.state.rollup_cache)
-
     @get("/summary.xlsx", media_type=XLSX, summary="Year-end summary as an Excel workbook (labels in Chinese)")
     async def xlsx(
         self, request: Request[Any, Any, Any],
         area: ScopeQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
     ) -> Response[bytes]:
-        r = await self._rollup(request, area, period, start, end)
+        r = await caller_rollup(request, area, period, start, end)
         return Response(to_xlsx(r), media_type=XLSX,
                         headers={"Content-Disposition": f'attachment; filename="{_filename(r, "xlsx")}"'})
 
@@ -204,7 +197,7 @@ class ExportsController(Controller):
         self, request: Request[Any, Any, Any],
         area: ScopeQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
     ) -> Response[bytes]:
-        r = await self._rollup(request, area, period, start, end)
+        r = await caller_rollup(request, area, period, start, end)
         return Response(to_csv(r), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{_filename(r, "csv")}"'})
 
@@ -213,6 +206,6 @@ class ExportsController(Controller):
         self, request: Request[Any, Any, Any],
         area: ScopeQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
     ) -> SummaryJson:
-        r = await self._rollup(request, area, period, start, end)
+        r = await caller_rollup(request, area, period, start, end)
         return SummaryJson(scope=r.scope, period=r.period, start=r.start, end=r.end, as_of=r.as_of,
                            figures=figures(r), rollup=r)

@@ -1,8 +1,9 @@
 """Rollups: every figure the township counts, for a site or the township and a period.
 
-The figures are the projections' (:func:`projections.rollups.compute`); this module checks
-that the caller may see the scope, turns the period into dates and feeds the computation from
-the read models.
+The figures are read by the projections (:func:`projections.queries.rollup`, the one read path,
+which the tests check); this module is the HTTP around it: it checks that the caller may see
+the scope, turns the query into a period, keeps computed figures while the projections'
+checkpoint stands, and adds the freshness read live.
 """
 
 from __future__ import annotations
@@ -12,18 +13,15 @@ from collections import OrderedDict
 from typing import Annotated, Any, Generic, TypeVar
 
 import asyncpg
-import msgspec
 from litestar import Controller, Request, get
 from litestar.params import Parameter, QueryParameter
 
 from events.localtime import local_today
-from projections import archive as pa
 from projections import followups as pf
-from projections import queries, tables
+from projections import queries
 from projections import rollups as pr
-from projections.facts import Fact
-from projections.runner import NAME as CHECKPOINT
-from service.api.archives import ARCHIVE
+from projections.queries import Heads, ScopeChildren
+from projections.queries import rollup_heads as rollup_heads  # the app batches it (service.api.app)
 from service.api.auth import Caller
 from service.api.batch import Batched
 from service.api.errors import ApiError, bad
@@ -104,7 +102,7 @@ class RollupCache(Checkpointed[pr.Rollup]):
         super().__init__(size)
 
 
-class ScopeArchives(Checkpointed[tuple[list[pa.ChildArchive], frozenset[str]]]):
+class ScopeArchives(Checkpointed[ScopeChildren]):
     """The current archives of a scope (its children, merged stubs left out), decoded, keyed by the
     scope and the checkpoint: a range rollup not computed before then reads only its facts.
     Decoding the archives was a third of a computed rollup."""
@@ -113,70 +111,11 @@ class ScopeArchives(Checkpointed[tuple[list[pa.ChildArchive], frozenset[str]]]):
         super().__init__(size)
 
 
-def _in_scope(scope: str) -> str:
-    """SQL over proj.archive: the child belongs to the site, or to a site of the township ($1)."""
-    return "a.sites @> ARRAY[$1]::text[]" if scope.count(".") == 2 else "a.townships @> ARRAY[$1]::text[]"
-
-
-async def _inputs(pool: asyncpg.Pool, scope: str, period: pf.Period, checkpoint: object = None,
-                  archives: ScopeArchives | None = None) -> tuple[list[pa.ChildArchive], list[Fact]]:
-    """The archives and facts a rollup of `scope` needs, read through indexes on the scope, so the
-    cost follows the township's size, not the store's: its children, its work in the period, and
-    the stubs of children merged away that this work names (to count each child once)."""
-    facts = await queries.facts_in(pool, scope, period.start, period.end)
-    key = (scope, checkpoint)
-    cached = archives.get(key) if archives is not None and checkpoint is not None else None
-    async with pool.acquire() as conn:
-        if cached is None:
-            rows = await conn.fetch(
-                f"SELECT a.view FROM {ARCHIVE} a WHERE {_in_scope(scope)} AND a.root_id = a.child_id", scope)
-            kids = [pa.decode_archive(r["view"]) for r in rows]
-            cached = kids, frozenset(a.child_id for a in kids)
-            if archives is not None and checkpoint is not None:
-                archives.put(key, cached)
-        kids, ids = cached
-        # Children the work names that are not the scope's own: stubs of merged children (others
-        # belong to other scopes and are not counted; compute() leaves them out either way).
-        named = sorted({c for f in facts for c in f.children} - ids)
-        stubs = [pa.decode_archive(r["view"]) for r in await conn.fetch(
-            f"SELECT a.view FROM {ARCHIVE} a WHERE a.child_id = ANY($1::text[]) AND a.root_id <> a.child_id",
-            named)] if named else []
-    return [*kids, *stubs], facts
-
-
-class Heads(msgspec.Struct, frozen=True):
-    """What a rollup of a scope reads live on every request: the projections' checkpoint (which
-    says whether a computed rollup still holds) and the freshness of the scope's sites."""
-
-    checkpoint: tuple[int, int]
-    freshness: list[pr.Freshness]
-
-
-async def rollup_heads(pool: asyncpg.Pool, scopes: list[str]) -> dict[str, Heads]:
-    """The heads of several scopes in one statement (one snapshot, one round trip)."""
-    async with pool.acquire() as conn:
-        rows = await conn.fetch(
-            f"""SELECT s.scope, (SELECT c.tx FROM {tables.SCHEMA}.checkpoint c WHERE c.name = $2) AS tx,
-                       (SELECT c.pos FROM {tables.SCHEMA}.checkpoint c WHERE c.name = $2) AS pos,
-                       p.site_id, p.last_committed_at, p.newest_occurred_at
-                FROM unnest($1::text[]) s (scope)
-                LEFT JOIN site_progress p ON p.site_id = s.scope OR starts_with(p.site_id, s.scope || '.')
-                ORDER BY s.scope, p.site_id""", scopes, CHECKPOINT)
-    out: dict[str, Heads] = {}
-    for r in rows:
-        heads = out.get(r["scope"])
-        if heads is None:
-            heads = out[r["scope"]] = Heads((r["tx"] or 0, r["pos"] or 0), [])
-        if r["site_id"] is not None:
-            heads.freshness.append(pr.Freshness(site_id=r["site_id"], last_committed_at=r["last_committed_at"],
-                                                newest_occurred_at=r["newest_occurred_at"]))
-    return out
-
-
 async def rollup(pool: asyncpg.Pool, caller: Caller, scope: str, period: pf.Period,
                  cache: RollupCache | None = None, archives: ScopeArchives | None = None,
                  heads: Batched[str, Heads] | None = None) -> pr.Rollup:
-    """The figures of `scope` (checked against the caller by :func:`check_scope`) from the read models."""
+    """The figures of `scope` (checked against the caller by :func:`check_scope`) from the read
+    models (:func:`projections.queries.rollup`), computed once per checkpoint."""
     today = local_today()
     # Read on every request, in a query started after it arrived (shared with concurrent ones).
     now = await heads.get(scope) if heads is not None else (await rollup_heads(pool, [scope])).get(scope)
@@ -184,11 +123,25 @@ async def rollup(pool: asyncpg.Pool, caller: Caller, scope: str, period: pf.Peri
     key = (scope, period.label, period.start, period.end, today, now.checkpoint)
     hit = cache.get(key) if cache is not None else None
     if hit is None:
-        kids, facts = await _inputs(pool, scope, period, now.checkpoint, archives)
-        hit = pr.compute(scope, period, kids, facts, today=today)
+        children = archives.get((scope, now.checkpoint)) if archives is not None else None
+        if children is None:
+            children = await queries.scope_children(pool, scope)
+            if archives is not None:
+                archives.put((scope, now.checkpoint), children)
+        hit = await queries.rollup_figures(pool, scope, period, today, children=children)
         if cache is not None:
             cache.put(key, hit)
-    return msgspec.structs.replace(hit, freshness=list(now.freshness))
+    return queries.with_freshness(hit, now)
+
+
+async def caller_rollup(request: Request[Any, Any, Any], scope: str, period: str | None, start: dt.date | None,
+                        end: dt.date | None) -> pr.Rollup:
+    """The rollup a request asks for, once the caller may see the scope (the rollups and the exports)."""
+    caller = caller_of(request)
+    check_scope(caller, scope)
+    state = request.app.state
+    return await rollup(state.pool, caller, scope, period_from(period, start, end), state.rollup_cache,
+                        state.scope_archives, state.get("rollup_heads"))
 
 
 class RollupsController(Controller):
@@ -202,8 +155,4 @@ class RollupsController(Controller):
         self, request: Request[Any, Any, Any],
         area: ScopeQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
     ) -> pr.Rollup:
-        caller = caller_of(request)
-        check_scope(caller, area)
-        return await rollup(request.app.state.pool, caller, area, period_from(period, start, end),
-                            request.app.state.rollup_cache, request.app.state.scope_archives,
-                            request.app.state.get("rollup_heads"))
+        return await caller_rollup(request, area, period, start, end)
