@@ -1,6 +1,6 @@
 """Upcasters: turn a payload stored at an older ``schema_version`` into the current shape.
 
-Stored events are never rewritten (history is never rewritten, ARCHITECTURE.md guarantee 8);
+Stored events are never rewritten (history is never rewritten, docs/ARCHITECTURE.md, guarantee 8);
 readers upcast on the way out. Each upcaster takes the generic (dict) payload at version N and
 returns it at version N+1; :func:`upcast` chains them up to the class's current version.
 """

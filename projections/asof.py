@@ -1,6 +1,6 @@
 """"As of": a child's archive and timeline, and any rollup, as the log said at a past time.
 
-Two clocks (ARCHITECTURE.md "Time"): `committed_at`, when the center committed an event (what
+Two clocks (docs/ARCHITECTURE.md, "Time"): `committed_at`, when the center committed an event (what
 the township could have known then), or `occurred_at`, when the work happened as the person
 entered it (what had happened by then, including what was recorded later). Both are computed
 from the log up to that point with the same pure code as the live read models, never from

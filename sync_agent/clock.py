@@ -1,6 +1,6 @@
 """The site's wall clock, as the hybrid logical clock reads it for `recorded_at`.
 
-Site clocks are untrusted and may be days off (ARCHITECTURE.md, "Time"). To test that nothing
+Site clocks are untrusted and may be days off (docs/ARCHITECTURE.md, "Time"). To test that nothing
 depends on them being right, ``SHOUWANG_CLOCK_SKEW_SECONDS`` (a whole number, negative for a
 clock that is behind) shifts the wall clock the agent's HLC reads. It changes only the physical
 part of `recorded_at`; `occurred_at` is what a person entered, and every validation against

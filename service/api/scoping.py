@@ -1,6 +1,6 @@
 """Who may do what, and who sees which child: roles as guards, scope as SQL.
 
-Roles (ARCHITECTURE.md guarantee 9):
+Roles (docs/ARCHITECTURE.md, guarantee 9):
 
 * ``station`` and ``school`` staff see the children of their own site;
 * ``township`` staff see every child of every site of their township and make the township's

@@ -1,6 +1,6 @@
 -- The central event store. See service/store.py for how each guarantee holds.
 --
--- Partitioning plan (ARCHITECTURE.md "Scale"): `events` carries no unique constraint, so it can
+-- Partitioning plan (docs/ARCHITECTURE.md, "Scale notes"): `events` carries no unique constraint, so it can
 -- become `PARTITION BY LIST (region)` with `RANGE (committed_at)` sub-partitions without any
 -- key changing. Identity lives in `event_index` (event_id -> content hash), a narrow table that
 -- is kept forever and can be hash-partitioned by event_id if it ever needs to be.

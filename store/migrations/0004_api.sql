@@ -44,7 +44,7 @@ CREATE TABLE login_throttle (
     last_failure_at timestamptz
 );
 
--- The read log (ARCHITECTURE.md guarantee 9): every read of a child's archive, timeline or
+-- The read log (docs/ARCHITECTURE.md, guarantee 9): every read of a child's archive, timeline or
 -- as-of view, who, when, which child, which route, and whether it was served. Append-only:
 -- the trigger below refuses UPDATE, DELETE and TRUNCATE for every role, the owner included.
 CREATE TABLE read_log (
