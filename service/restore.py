@@ -27,7 +27,7 @@ from events.wire import (
 )
 from runtime import log
 from service.sites import SiteError, check_site_id
-from store.postgres import _HORIZON, _SELECT, EventStore, Position, StoredEvent, _row_to_stored, progress_of
+from store.postgres import EventStore, Position, StoredEvent, progress_of, read_where
 
 _log = log.get("service.restore")
 _encoder = msgspec.json.Encoder()
@@ -102,16 +102,15 @@ class RestoreResponder:
         children merged with them), in the global order after `after`: what the site's care.down
         consumer had brought it before its disk died. A child's whole history, as the fan-out
         sends it to a site that enters the child's scope."""
-        rows = await conn.fetch(
-            f"""WITH own AS (SELECT DISTINCT child_id FROM child_scope WHERE site_id = $1 AND until_tx IS NULL),
-                     kids AS (SELECT child_id FROM own
-                              UNION SELECT l.linked_child_id FROM child_links l JOIN own o USING (child_id)
-                              WHERE l.until_tx IS NULL)
-                {_SELECT} WHERE children && ARRAY(SELECT child_id FROM kids) AND site_id <> $1
-                  AND (tx_id, position) > ($2, $3) AND tx_id < {_HORIZON}
-                ORDER BY tx_id, position LIMIT $4""",
-            site_id, after.tx, after.pos, _PAGE_ROWS)
-        stored = [_row_to_stored(r) for r in rows]
+        stored = await read_where(
+            conn,
+            """children && ARRAY(
+                   WITH own AS (SELECT DISTINCT child_id FROM child_scope WHERE site_id = $1 AND until_tx IS NULL)
+                   SELECT child_id FROM own
+                   UNION SELECT l.linked_child_id FROM child_links l JOIN own o USING (child_id)
+                   WHERE l.until_tx IS NULL)
+               AND site_id <> $1""",
+            site_id, after=after, limit=_PAGE_ROWS)
         events = _fill(stored)
         more = bool(events) and (len(events) < len(stored) or len(stored) == _PAGE_ROWS)
         self.served += len(events)

@@ -319,6 +319,30 @@ async def read_all_in(conn: asyncpg.Connection, after: Position, limit: int) -> 
     return [_row_to_stored(r) for r in rows]
 
 
+async def read_where(
+    conn: asyncpg.Connection, condition: str, *args: Any, after: Position = ORIGIN, limit: int = 1000
+) -> list[StoredEvent]:
+    """The events matching `condition` that a reader may see now, in the global order after
+    `after`, at most `limit`: the order and the visibility horizon of `read_all_in`, so a page
+    never skips a late commit. `condition` is SQL over the columns of `events`, written by the
+    caller (never from user input; values travel as `args`, numbered from $1)."""
+    n = len(args)
+    rows = await conn.fetch(
+        f"""{_SELECT} WHERE ({condition}) AND (tx_id, position) > (${n + 1}, ${n + 2}) AND tx_id < {_HORIZON}
+            ORDER BY tx_id, position LIMIT ${n + 3}""",
+        *args, after.tx, after.pos, limit,
+    )
+    return [_row_to_stored(r) for r in rows]
+
+
+async def read_one_where(conn: asyncpg.Connection, condition: str, *args: Any) -> StoredEvent | None:
+    """The committed event matching `condition` (which names one, by its event_id), or None. A
+    look-up by id needs no horizon: a row is there or not, it never appears behind a reader.
+    `condition` is SQL over the columns of `events` with `args` numbered from $1."""
+    row = await conn.fetchrow(f"{_SELECT} WHERE {condition}", *args)
+    return _row_to_stored(row) if row else None
+
+
 async def progress_of(conn: asyncpg.Connection, site_id: str) -> SiteProgress:
     row = await conn.fetchrow("SELECT * FROM site_progress WHERE site_id = $1", site_id)
     if row is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
+import uuid
 
 import asyncpg
 import msgspec
@@ -15,7 +16,7 @@ from events.catalogue import HomeVisitMade, TalkHeld
 from events.samples import sample_registration, samples
 from store import migrate
 from store import postgres as store_module
-from store.postgres import ORIGIN, EventStore, Position, advance, append_in, holes_of
+from store.postgres import ORIGIN, EventStore, Position, advance, append_in, holes_of, read_one_where, read_where
 from tests.factory import SiteWriter
 
 SITE_A = "gx-lp.xy.v01"
@@ -403,3 +404,21 @@ async def test_one_call_path_leaves_the_callers_transaction_as_it_was(
         assert len(result.stored) == 1001
         assert await conn.fetchval("SELECT current_setting('plan_cache_mode')") == before
         assert await conn.fetchval("SELECT current_setting('shouwang.notify_after_commit', true)") in (None, "")
+
+
+async def test_read_where_pages_a_condition_in_the_global_order(store: EventStore, pool: asyncpg.Pool) -> None:
+    """read_where numbers the caller's values from $1, reads only what a reader may see, in the
+    global order after a position and at most `limit`; read_one_where finds one event or None."""
+    wa, wb = SiteWriter(SITE_A), SiteWriter(SITE_B)
+    a = visits(wa, 5)
+    await store.append(a[:2] + visits(wb, 2) + a[2:])
+    async with pool.acquire() as conn:
+        first = await read_where(conn, "site_id = $1 AND type = $2", SITE_A, "HomeVisitMade", limit=3)
+        assert [s.event.event_id for s in first] == [d.event.event_id for d in a[:3]]
+        rest = await read_where(conn, "site_id = $1 AND type = $2", SITE_A, "HomeVisitMade", after=first[-1].position)
+        assert [s.event.event_id for s in rest] == [d.event.event_id for d in a[3:]]
+        assert await read_where(conn, "site_id = $1", "gx-lp.none.v01") == []
+        found = await read_one_where(conn, "event_id = $1 AND site_id = $2", uuid.UUID(a[1].event.event_id), SITE_A)
+        assert found is not None and found.hash == a[1].hash
+        assert await read_one_where(conn, "event_id = $1 AND site_id = $2", uuid.UUID(a[1].event.event_id),
+                                    SITE_B) is None

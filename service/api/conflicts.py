@@ -36,7 +36,7 @@ from service.api.scoping import (
     child_visible,
 )
 from service.api.writes import Recorded, record
-from store.postgres import _SELECT, _row_to_stored
+from store.postgres import read_one_where
 
 CONFLICT = f"{tables.SCHEMA}.conflict"
 MAX_DUPLICATES = 1000  # a township has a few hundred children; more pairs than this is a data problem
@@ -101,10 +101,8 @@ class Correction(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 async def _stored_event(conn: Any, caller: Any, child_id: str, event_id: str) -> Any:
     """An event concerning a child in the caller's scope, or None."""
     p = Params(uuid.UUID(event_id), child_id)
-    row = await conn.fetchrow(
-        f"{_SELECT} WHERE event_id = $1 AND children @> ARRAY[$2]::text[] AND {child_visible(caller, p, '$2')}",
-        *p.values)
-    return _row_to_stored(row) if row else None
+    return await read_one_where(
+        conn, f"event_id = $1 AND children @> ARRAY[$2]::text[] AND {child_visible(caller, p, '$2')}", *p.values)
 
 
 class ConflictsController(Controller):
@@ -200,13 +198,13 @@ class ConflictsController(Controller):
         caller = caller_of(request)
         async with request.app.state.pool.acquire() as conn, conn.transaction():
             p = Params(uuid.UUID(merge_event_id))
-            row = await conn.fetchrow(
-                f"{_SELECT} WHERE event_id = $1 AND type = 'ArchivesMerged' AND "
+            stored = await read_one_where(
+                conn, f"event_id = $1 AND type = 'ArchivesMerged' AND "
                 f"{child_visible(caller, p, 'children[1]')} AND {child_visible(caller, p, 'children[2]')}",
                 *p.values)
-            if row is None:
+            if stored is None:
                 raise not_found("merge event", merge_event_id, "merge_event_id")
-            merged = care_of(_row_to_stored(row).event)
+            merged = care_of(stored.event)
             assert isinstance(merged, c.ArchivesMerged)
             undone = await conn.fetchval(
                 "SELECT 1 FROM events WHERE type = 'ArchivesUnmerged' AND children @> $1::text[] "
