@@ -16,27 +16,12 @@ from typing import Any
 import msgspec
 
 from events import catalogue as c
+from events import traits
 from projections.archive import Effective, Entry, effective
 
-# Event types that are work the township counts, and the kind name each fact gets.
-COUNTED: dict[str, str] = {
-    "HomeVisitMade": "visit",
-    "ParentCallMade": "call",
-    "LetterWritten": "letter",
-    "TalkHeld": "talk",
-    "TutoringGiven": "tutoring",
-    "CounsellingGiven": "counselling",
-    "GuardianTrained": "guardian_training",
-    "MeetingHeld": "meeting",
-    "AidGiven": "aid",
-    "CondolenceVisitMade": "condolence",
-    "ActivityHeld": "activity",
-    "SafetyIncidentReported": "incident",
-    "RightsCaseOpened": "case_opened",
-    "RightsCaseClosed": "case_closed",
-    "PairingStarted": "pairing_started",
-    "PairingEnded": "pairing_ended",
-}
+# Event types that are work the township counts, and the kind name each fact gets (the `fact`
+# column of events.traits).
+COUNTED: dict[str, str] = {name: t.fact for name, t in traits.BY_NAME.items() if t.fact is not None}
 
 
 class Fact(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,36 +51,6 @@ def in_scope(site_id: str, scope: str) -> bool:
     return not scope or site_id == scope or site_id.startswith(scope + ".")
 
 
-def _detail(care: Any) -> tuple[int, int, str | None, str | None]:
-    """(amount_fen, count, source, detail) of a counted payload."""
-    name = type(care).__name__
-    if name in ("HomeVisitMade", "ParentCallMade", "LetterWritten", "TalkHeld", "PairingEnded"):
-        return 0, 0, None, None
-    if name == "TutoringGiven":
-        return 0, care.minutes, None, care.subject
-    if name == "CounsellingGiven":
-        return 0, care.minutes, None, None
-    if name == "GuardianTrained":
-        return 0, care.guardians_attended, None, None
-    if name == "MeetingHeld":
-        return 0, care.attendees, None, str(care.kind)
-    if name == "AidGiven":
-        return care.amount_fen, 0, str(care.source), str(care.kind)
-    if name == "CondolenceVisitMade":
-        return care.money_fen_each * len(care.child_ids()), 0, str(care.source), str(care.occasion)
-    if name == "ActivityHeld":
-        return 0, care.participants_total, None, str(care.kind)
-    if name == "SafetyIncidentReported":
-        return 0, 0, None, str(care.severity)
-    if name == "RightsCaseOpened":
-        return 0, 0, None, str(care.kind)
-    if name == "RightsCaseClosed":
-        return 0, 0, None, str(care.outcome)
-    if name == "PairingStarted":
-        return 0, 0, None, str(care.partner_kind)
-    return 0, 0, None, None
-
-
 _COUNTED_TYPES: dict[type[c.CareEventBase], str] = {c.EVENT_TYPES[name]: kind for name, kind in COUNTED.items()}
 
 
@@ -103,7 +58,7 @@ def fact_of(care: c.CareEventBase, event_id: str, site_id: str, occurred_at: dt.
     kind = _COUNTED_TYPES.get(type(care))
     if kind is None:
         return None
-    amount, count, source, detail = _detail(care)
+    amount, count, source, detail = traits.measure(care)
     return Fact(event_id=event_id, kind=kind, site_id=site_id, occurred_at=occurred_at,
                 children=sorted(care.child_ids()), amount_fen=amount, count=count, source=source, detail=detail)
 
@@ -113,15 +68,15 @@ def fact_row_of(care: c.CareEventBase, event_id: str, site_id: str, occurred_at:
     kind = _COUNTED_TYPES.get(type(care))
     if kind is None:
         return None
-    amount, count, source, detail = _detail(care)
+    amount, count, source, detail = traits.measure(care)
     return (event_id, kind, site_id, township_of(site_id), occurred_at, sorted(care.child_ids()), amount, count,
             source, detail)
 
 
 def _plain(cls: type) -> bool:
-    """A counted type about one child (a required `child_id`) with no detail: its row needs no _detail."""
+    """A counted type about one child (a required `child_id`) with no measure: its row is its kind alone."""
     fields = {f.name: f for f in msgspec.structs.fields(cls)}
-    return (cls.__name__ in ("HomeVisitMade", "ParentCallMade", "LetterWritten", "TalkHeld", "PairingEnded")
+    return (traits.TRAITS[cls].measure is None
             and "child_id" in fields and fields["child_id"].required and "child_ids_list" not in fields
             and cls.child_ids is c.CareEventBase.child_ids)  # type: ignore[attr-defined]
 

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import msgspec
 
+from events import traits
 from events.catalogue import EventCorrected
 from events.envelope import care_of
 from projections import tables
@@ -110,21 +111,13 @@ async def write_checkpoint(conn: asyncpg.Connection, schema: str, cp: Checkpoint
         NAME, cp.position.tx, cp.position.pos, cp.applied, cp.skipped, cp.last_committed_at)
 
 
-# Work that only adds to an archive (a count, a last date, an aid line) and sets no field: when
-# nothing corrects it, applying it to the stored archive gives what a full derive would give.
-ADDITIVE = frozenset((
-    "HomeVisitMade", "ParentCallMade", "LetterWritten", "TalkHeld", "TutoringGiven", "CounsellingGiven",
-    "GuardianTrained", "MeetingHeld", "AidGiven", "CondolenceVisitMade", "ActivityHeld", "SafetyIncidentReported",
-))
-
-
-# Events that change an archive's fields, open/closed history, pairings or rights cases: the
-# parts of `derive` that depend on nothing else.
-STRUCTURAL = frozenset((
-    "ChildRegistered", "ArchiveUpdated", "StatusAssessed", "GuardianChanged", "ContactCardUpdated",
-    "ChildTransferred", "ArchiveClosed", "ArchiveReopened", "ConflictResolved", "PairingStarted", "PairingEnded",
-    "RightsCaseOpened", "RightsCaseClosed",
-))
+# How each type folds is its `fold` trait (events.traits): work that only adds to an archive (a
+# count, a last date, an aid line) and sets no field applies to the stored archive as a full
+# derive would; structural events (fields, open/closed history, pairings, rights cases) re-derive
+# only the parts of `derive` that depend on nothing else; the rest (merges, corrections) re-derive
+# the whole group.
+ADDITIVE = traits.types_where(lambda t: t.fold is traits.Fold.ADDITIVE)
+STRUCTURAL = traits.types_where(lambda t: t.fold is traits.Fold.STRUCTURAL)
 # The parts of ChildArchive that only additive work changes (kept from the stored archive when
 # the structural part is re-derived).
 _ADDITIVE_PARTS = ("last_visit", "last_call", "last_letter", "last_talk", "months", "aid", "incidents")

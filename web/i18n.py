@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from events import traits
+
 LANGS = ("zh", "en")
 DEFAULT_LANG = "zh"
 
@@ -162,36 +164,8 @@ ENUM_LABELS: dict[str, dict[str, tuple[str, str]]] = {
     },
     "site_kind": {"village": ("村维权站", "village station"), "school": ("学校", "school"),
                   "township": ("镇", "township office")},
-    "event": {
-        "ChildRegistered": ("建档登记", "registered"),
-        "ArchiveUpdated": ("档案更新", "archive updated"),
-        "StatusAssessed": ("状况评估", "status assessed"),
-        "GuardianChanged": ("监护人变更", "guardian changed"),
-        "ContactCardUpdated": ("联系卡更新", "contact card updated"),
-        "ChildTransferred": ("转学/迁移交接", "transferred"),
-        "ArchiveClosed": ("档案关闭", "archive closed"),
-        "ArchiveReopened": ("档案重开", "archive reopened"),
-        "ArchivesMerged": ("档案合并", "archives merged"),
-        "ArchivesUnmerged": ("撤销合并", "merge undone"),
-        "EventCorrected": ("更正", "correction"),
-        "ConflictResolved": ("冲突处理", "conflict resolved"),
-        "PairingStarted": ("结对帮扶", "pairing started"),
-        "PairingEnded": ("结对结束", "pairing ended"),
-        "HomeVisitMade": ("家访", "home visit"),
-        "ParentCallMade": ("与父母通话", "call with parents"),
-        "LetterWritten": ("书信", "letter"),
-        "TalkHeld": ("谈心", "talk"),
-        "TutoringGiven": ("辅导", "tutoring"),
-        "CounsellingGiven": ("心理辅导", "counselling"),
-        "GuardianTrained": ("监护人培训", "guardian training"),
-        "MeetingHeld": ("座谈会", "meeting"),
-        "AidGiven": ("资助", "aid"),
-        "CondolenceVisitMade": ("慰问", "condolence visit"),
-        "ActivityHeld": ("活动", "activity"),
-        "SafetyIncidentReported": ("安全事件", "safety incident"),
-        "RightsCaseOpened": ("维权立案", "rights case opened"),
-        "RightsCaseClosed": ("维权结案", "rights case closed"),
-    },
+    # Event types: their labels are the `zh`/`en` traits (events.traits), one place per type.
+    "event": {name: (t.zh, t.en) for name, t in traits.BY_NAME.items()},
 }
 
 

@@ -1,7 +1,7 @@
 """The merged child archive: a pure, order-independent reducer (no I/O).
 
 One module per concept: `state` (a child's set of events), `corrections`, `registers` (field
-values and conflicts), `derive` (the archive a person sees), `timeline`, `merges`, `book` (every
+values and conflicts), `derived` (the archive a person sees), `timeline`, `merges`, `book` (every
 state in memory). This package re-exports their public names.
 
 The same code runs at the center (projections.runner) and in a site agent, so both show the
@@ -41,7 +41,7 @@ from projections.archive.book import (
     encode_state,
 )
 from projections.archive.corrections import Effective, effective
-from projections.archive.derive import (
+from projections.archive.derived import (
     CONTACT_TYPES,
     PROXY_KINDS,
     AidItem,

@@ -11,7 +11,7 @@ import msgspec
 from events import catalogue as c
 from events.envelope import Event
 from projections.archive.corrections import Effective, effective
-from projections.archive.derive import ChildArchive, archive_encoder, derive_full
+from projections.archive.derived import ChildArchive, archive_encoder, derive_full
 from projections.archive.merges import MERGE_TYPES, group, merge_edges, roots
 from projections.archive.state import ChildState, Entry, entry_of, family_of, keys_of
 

@@ -8,24 +8,21 @@ one piece of uncorrected work to a stored archive with the same arithmetic (the 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
 
 from events import catalogue as c
+from events import traits
 from events.localtime import local_day
 from events.types import PartnerKind
 from projections.archive.corrections import Effective, effective
 from projections.archive.registers import Conflict, FieldSource, registers
 from projections.archive.state import Entry, Stamp
 
-CONTACT_TYPES: dict[str, str] = {
-    "HomeVisitMade": "visit",
-    "ParentCallMade": "call",
-    "LetterWritten": "letter",
-    "TalkHeld": "talk",
-}
+# Contacts with the family (the `contact` trait): counted per month and dated in the archive.
+CONTACT_TYPES: dict[str, str] = {name: t.contact for name, t in traits.BY_NAME.items() if t.contact is not None}
 PROXY_KINDS = (PartnerKind.PROXY_PARENT, PartnerKind.LOVING_MOTHER)
 _CONTACT_NAMES = ("visit", "call", "letter", "talk")  # the order of MonthWork's counts
 _CONTACT_SLOT: dict[type, int] = {c.EVENT_TYPES[name]: _CONTACT_NAMES.index(kind)
@@ -133,6 +130,119 @@ def month_key(day: dt.date | dt.datetime) -> str:
 _day = local_day  # the reporting day (UTC+8)
 
 
+class Gathered:
+    """What one pass over a group's events (in stamp order) collects for `derive_full`."""
+
+    __slots__ = ("aid", "case_close", "case_open", "incidents", "last", "marks", "months", "pair_end", "pair_start",
+                 "registered_by")
+
+    def __init__(self) -> None:
+        # Open/closed history, by occurred time (then stamp), so a late-arriving closing from an
+        # offline station lands where it happened.
+        self.marks: list[tuple[dt.datetime, Stamp, bool, Effective]] = []
+        self.registered_by: str | None = None
+        self.pair_start: dict[str, Effective] = {}
+        self.pair_end: dict[str, Effective] = {}
+        self.case_open: dict[str, Effective] = {}
+        self.case_close: dict[str, Effective] = {}
+        self.last: dict[str, dt.date] = {}
+        self.months: dict[int, list[int]] = {}  # year * 100 + month -> [visits, calls, letters, talks]
+        self.aid: list[AidItem] = []
+        self.incidents = 0
+
+
+Gatherer = Callable[[Gathered, Effective], None]
+# One handler per event type (tests/test_traits.py checks that every type of the union has one):
+# what `derive_full` gathers from an event besides the field values `registers` reads.
+GATHER: dict[type[c.CareEventBase], Gatherer] = {}
+
+
+def gathers(*types: type[c.CareEventBase]) -> Callable[[Gatherer], Gatherer]:
+    def register(fn: Gatherer) -> Gatherer:
+        for t in types:
+            assert t not in GATHER, f"two gatherers for {t.__name__}"
+            GATHER[t] = fn
+        return fn
+    return register
+
+
+@gathers(*(c.EVENT_TYPES[name] for name in CONTACT_TYPES))
+def _contact(g: Gathered, x: Effective) -> None:
+    slot = _CONTACT_SLOT[type(x.care)]
+    day = _day(x.occurred_at)
+    name = _CONTACT_NAMES[slot]
+    prev = g.last.get(name)
+    if prev is None or day > prev:
+        g.last[name] = day
+    month = day.year * 100 + day.month
+    counts = g.months.get(month)
+    if counts is None:
+        counts = g.months[month] = [0, 0, 0, 0]
+    counts[slot] += 1
+
+
+@gathers(c.ChildRegistered)
+def _registered(g: Gathered, x: Effective) -> None:
+    g.marks.append((x.occurred_at, x.entry.stamp, True, x))
+    if g.registered_by is None:
+        g.registered_by = x.entry.site_id
+
+
+@gathers(c.ArchiveReopened)
+def _reopened(g: Gathered, x: Effective) -> None:
+    g.marks.append((x.occurred_at, x.entry.stamp, True, x))
+
+
+@gathers(c.ArchiveClosed)
+def _closed(g: Gathered, x: Effective) -> None:
+    g.marks.append((x.occurred_at, x.entry.stamp, False, x))
+
+
+@gathers(c.PairingStarted)
+def _pairing_started(g: Gathered, x: Effective) -> None:
+    g.pair_start.setdefault(x.care.pairing_id, x)  # type: ignore[attr-defined]
+
+
+@gathers(c.PairingEnded)
+def _pairing_ended(g: Gathered, x: Effective) -> None:
+    g.pair_end.setdefault(x.care.pairing_id, x)  # type: ignore[attr-defined]
+
+
+@gathers(c.RightsCaseOpened)
+def _case_opened(g: Gathered, x: Effective) -> None:
+    g.case_open.setdefault(x.care.case_id, x)  # type: ignore[attr-defined]
+
+
+@gathers(c.RightsCaseClosed)
+def _case_closed(g: Gathered, x: Effective) -> None:
+    g.case_close.setdefault(x.care.case_id, x)  # type: ignore[attr-defined]
+
+
+@gathers(c.AidGiven, c.CondolenceVisitMade)
+def _aid(g: Gathered, x: Effective) -> None:
+    item = _aid_item(x.counts_as, x.care, x.occurred_at)
+    assert item is not None
+    g.aid.append(item)
+
+
+@gathers(c.SafetyIncidentReported)
+def _incident(g: Gathered, x: Effective) -> None:
+    g.incidents += 1
+
+
+@gathers(
+    # Fields only: `registers` reads their values.
+    c.ArchiveUpdated, c.StatusAssessed, c.GuardianChanged, c.ContactCardUpdated, c.ChildTransferred,
+    c.ConflictResolved,
+    # Merges and corrections act before `derive` (merge groups; `effective`).
+    c.ArchivesMerged, c.ArchivesUnmerged, c.EventCorrected,
+    # Work the archive counts only in `events` (the township counts it from facts).
+    c.TutoringGiven, c.CounsellingGiven, c.GuardianTrained, c.MeetingHeld, c.ActivityHeld,
+)
+def _nothing_to_gather(g: Gathered, x: Effective) -> None:
+    pass
+
+
 def derive(child_id: str, entries: Iterable[Entry], merged_from: Iterable[str] = ()) -> ChildArchive:
     """The archive of a child from the set of its events (and those of children merged into it)."""
     return derive_full(child_id, entries, merged_from)[0]
@@ -152,56 +262,12 @@ def derive_full(child_id: str, entries: Iterable[Entry], merged_from: Iterable[s
     sources = {f: FieldSource(event_id=w.event_id, site_id=w.site_id, actor=w.actor, recorded_at=w.stamp[0])
                for f, w in values.items()}
 
-    # Open/closed history, by occurred time (then stamp), so a late-arriving closing from an
-    # offline station lands where it happened.
-    marks: list[tuple[dt.datetime, Stamp, bool, Effective]] = []
-    registered_by: str | None = None
-    # Pairings, contacts, aid, cases: gathered in the same pass (one type lookup per event).
-    pair_start: dict[str, Effective] = {}
-    pair_end: dict[str, Effective] = {}
-    case_open: dict[str, Effective] = {}
-    case_close: dict[str, Effective] = {}
-    last: dict[str, dt.date] = {}
-    months: dict[int, list[int]] = {}  # year * 100 + month -> [visits, calls, letters, talks]
-    aid: list[AidItem] = []
-    incidents = 0
+    g = Gathered()
     for x in effs:
-        care = x.care
-        kind = type(care)
-        slot = _CONTACT_SLOT.get(kind)
-        if slot is not None:
-            day = _day(x.occurred_at)
-            name = _CONTACT_NAMES[slot]
-            prev = last.get(name)
-            if prev is None or day > prev:
-                last[name] = day
-            month = day.year * 100 + day.month
-            counts = months.get(month)
-            if counts is None:
-                counts = months[month] = [0, 0, 0, 0]
-            counts[slot] += 1
-        elif kind is c.ChildRegistered:
-            marks.append((x.occurred_at, x.entry.stamp, True, x))
-            if registered_by is None:
-                registered_by = x.entry.site_id
-        elif kind is c.ArchiveReopened:
-            marks.append((x.occurred_at, x.entry.stamp, True, x))
-        elif kind is c.ArchiveClosed:
-            marks.append((x.occurred_at, x.entry.stamp, False, x))
-        elif isinstance(care, c.PairingStarted):
-            pair_start.setdefault(care.pairing_id, x)
-        elif isinstance(care, c.PairingEnded):
-            pair_end.setdefault(care.pairing_id, x)
-        elif isinstance(care, c.RightsCaseOpened):
-            case_open.setdefault(care.case_id, x)
-        elif isinstance(care, c.RightsCaseClosed):
-            case_close.setdefault(care.case_id, x)
-        elif isinstance(care, c.AidGiven | c.CondolenceVisitMade):
-            item = _aid_item(x.counts_as, care, x.occurred_at)
-            assert item is not None
-            aid.append(item)
-        elif isinstance(care, c.SafetyIncidentReported):
-            incidents += 1
+        GATHER[type(x.care)](g, x)
+    marks, registered_by, pair_start, pair_end = g.marks, g.registered_by, g.pair_start, g.pair_end
+    case_open, case_close, last, months, aid, incidents = (g.case_open, g.case_close, g.last, g.months, g.aid,
+                                                          g.incidents)
     marks.sort(key=lambda m: (m[0], m[1]))
     intervals: list[tuple[dt.date, dt.date | None]] = []
     is_open = False
@@ -301,29 +367,61 @@ def _aid_item(event_id: str, care: c.CareEventBase, occurred_at: dt.datetime) ->
     return None
 
 
+Adder = Callable[[ChildArchive, str, Any, dt.datetime], dict[str, Any]]
+# One handler per additive type (Fold.ADDITIVE in events.traits; tests/test_traits.py checks the
+# two agree): the archive's changes for one more piece of that work.
+ADD_WORK: dict[type[c.CareEventBase], Adder] = {}
+
+
+def adds(*types: type[c.CareEventBase]) -> Callable[[Adder], Adder]:
+    def register(fn: Adder) -> Adder:
+        for t in types:
+            assert t not in ADD_WORK, f"two adders for {t.__name__}"
+            ADD_WORK[t] = fn
+        return fn
+    return register
+
+
+@adds(*(c.EVENT_TYPES[name] for name in CONTACT_TYPES))
+def _add_contact(a: ChildArchive, event_id: str, care: Any, occurred_at: dt.datetime) -> dict[str, Any]:
+    kind = CONTACT_TYPES[type(care).__name__]
+    changes: dict[str, Any] = {}
+    day = _day(occurred_at)
+    attr = f"last_{kind}"
+    last = getattr(a, attr)
+    if last is None or day > last:
+        changes[attr] = day
+    key = month_key(day)
+    months = {m.month: m for m in a.months}
+    m = months.get(key) or MonthWork(month=key)
+    plural = {"visit": "visits", "call": "calls", "letter": "letters", "talk": "talks"}[kind]
+    months[key] = msgspec.structs.replace(m, **{plural: getattr(m, plural) + 1})
+    changes["months"] = [months[k] for k in sorted(months)]
+    return changes
+
+
+@adds(c.AidGiven, c.CondolenceVisitMade)
+def _add_aid(a: ChildArchive, event_id: str, care: Any, occurred_at: dt.datetime) -> dict[str, Any]:
+    item = _aid_item(event_id, care, occurred_at)
+    assert item is not None
+    return {"aid": sorted([*a.aid, item], key=lambda x: (x.occurred_on, x.event_id))}
+
+
+@adds(c.SafetyIncidentReported)
+def _add_incident(a: ChildArchive, event_id: str, care: Any, occurred_at: dt.datetime) -> dict[str, Any]:
+    return {"incidents": a.incidents + 1}
+
+
+@adds(c.TutoringGiven, c.CounsellingGiven, c.GuardianTrained, c.MeetingHeld, c.ActivityHeld)
+def _add_counted_only(a: ChildArchive, event_id: str, care: Any, occurred_at: dt.datetime) -> dict[str, Any]:
+    return {}  # the archive counts it in `events` only; the township counts it from facts
+
+
 def add_work(a: ChildArchive, event_id: str, care: c.CareEventBase, occurred_at: dt.datetime) -> ChildArchive:
     """The archive with one more piece of uncorrected work that sets no field (a visit, a call,
     aid, an activity...): exactly what `derive` gives with that event added to the set."""
-    changes: dict[str, Any] = {"events": a.events + 1}
-    kind = CONTACT_TYPES.get(type(care).__name__)
-    if kind is not None:
-        day = _day(occurred_at)
-        attr = f"last_{kind}"
-        last = getattr(a, attr)
-        if last is None or day > last:
-            changes[attr] = day
-        key = month_key(day)
-        months = {m.month: m for m in a.months}
-        m = months.get(key) or MonthWork(month=key)
-        plural = {"visit": "visits", "call": "calls", "letter": "letters", "talk": "talks"}[kind]
-        months[key] = msgspec.structs.replace(m, **{plural: getattr(m, plural) + 1})
-        changes["months"] = [months[k] for k in sorted(months)]
-    elif (item := _aid_item(event_id, care, occurred_at)) is not None:
-        changes["aid"] = sorted([*a.aid, item], key=lambda x: (x.occurred_on, x.event_id))
-    elif isinstance(care, c.SafetyIncidentReported):
-        changes["incidents"] = a.incidents + 1
-    return msgspec.structs.replace(a, **changes)
-
+    changes = ADD_WORK[type(care)](a, event_id, care, occurred_at)
+    return msgspec.structs.replace(a, events=a.events + 1, **changes)
 
 
 archive_encoder = msgspec.msgpack.Encoder(order="deterministic")
