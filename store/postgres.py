@@ -25,11 +25,37 @@ What it promises, and where each promise is kept:
   row already read. No table lock, no waiting for a gap to time out; the cost is that a
   long-running writing transaction holds readers back until it ends (they lag, never skip).
 
-* **Where the append runs.** A batch a site sends (unique ids and sequence numbers, fewer
-  than CALL_THRESHOLD events) is appended by the server-side function `shouwang_append`
-  (migration 0005) in one round trip, keeping each promise above the same way (progress rows
-  locked in site order first, ids settled by event_index's key and hash, tx_id from the
-  column default); larger batches and batches with repeats take the COPY path in Python.
+* **Where the append runs: two paths, one set of promises.** `_append` sends each batch one
+  of two ways, and both keep every promise above:
+
+  - the server-side function `shouwang_append` (PL/pgSQL, migration 0005), in one round trip,
+    for a batch of fewer than CALL_THRESHOLD events whose ids and (site, site_seq) pairs are
+    unique (every batch a site sends). It cannot sort out repeats inside one batch, so it is
+    never given one. Counted once: new ids go into event_index with ON CONFLICT DO NOTHING,
+    and an id that is there is a duplicate ('d') or refused ('c') by its hash. One site_seq,
+    one event: a seq already committed (from the locked progress row) is not inserted, and a
+    new id claiming it is refused ('t') with the holder named. Contiguity: progress rows are
+    locked in site order before anything is checked and advanced before it returns. Readers
+    never skip: tx_id comes from the column default. History: INSERT only.
+  - the Python path, `_append_general` (COPY for large batches, a multi-row INSERT for small
+    ones), for any batch, repeats inside it included. Counted once: ids go into event_index by
+    a COPY in a savepoint (large batches) or by INSERT ... ON CONFLICT DO NOTHING (small ones,
+    and after a COPY that hit a stored id), and `_classify` tells a duplicate from a refusal
+    by the hash. One site_seq, one event:
+    `_split_by_sequence` sets aside repeats and claims on committed seqs before anything is
+    inserted. Contiguity, readers and history as above (progress rows locked first, in site
+    order, by the same upsert; tx_id from the default; INSERT only).
+
+  The two must agree on every input: tests/test_store.py,
+  `test_both_append_paths_tell_each_events_fate_alike`, sends the same batches (out-of-order
+  arrival over two sites, a resend, a forged resend, a claim on a taken site_seq) down each
+  path and asserts the same results, progress and stored log, and
+  tests/test_store_contract.py runs the contract every log keeps on each path.
+
+* **The contract shared with the site's log.** Guarantees (a) to (d) of `store.contract`
+  (ids kept once, one event per site_seq, stable ordered reads, a verifiable chain) are kept
+  by this store and by the agent's SQLite log alike; `EventStore` is checked against
+  `store.contract.EventLog` by mypy (below) and by one suite of tests run on both.
 
 * **History is never rewritten** (guarantee 8). There is no UPDATE or DELETE of `events`
   anywhere; each event keeps its site's `prev_hash`, and `verify_chain` recomputes the chain.
@@ -48,6 +74,7 @@ import asyncpg
 import msgspec
 
 from events.envelope import GENESIS_HASH, DecodedEvent, Event, event_hash
+from store.contract import EventLog
 
 
 class StoreError(Exception):
@@ -308,6 +335,11 @@ class ChainReport(msgspec.Struct):
     verified: int = 0
     ok: bool = True
     problems: list[str] = msgspec.field(default_factory=list)
+
+
+# mypy checks here that the center's store has the operations of the contract every log keeps
+# (store/contract.py); tests/test_store_contract.py checks that it keeps their promises.
+_keeps_the_contract: type[EventLog] = EventStore
 
 
 async def read_all_in(conn: asyncpg.Connection, after: Position, limit: int) -> list[StoredEvent]:

@@ -164,6 +164,42 @@ class ChainReport:
     head_hash: str
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    """One of the site's own events as the log holds it: the event and its stored hash."""
+
+    event: Event
+    hash: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refused:
+    """A sealed event `append` would not take, and why."""
+
+    event_id: str
+    site_seq: int
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AppendOutcome:
+    """What `append` did with each sealed event (ids in the caller's order)."""
+
+    stored: list[str]
+    duplicates: list[str]
+    refused: list[Refused]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChainAudit:
+    """`verify` as a report rather than an exception: what `verify_chain` returns."""
+
+    site_id: str
+    verified: int
+    ok: bool
+    problems: list[str]
+
+
 class LocalLog:
     """One connection to a site's SQLite log. Thread-safe (one lock); open one per process/task."""
 
@@ -358,7 +394,80 @@ class LocalLog:
             raise _translate(err, self.path, self.busy_timeout) from None
         return ChainReport(len(rows), seq, prev)
 
+    def append(self, batch: Sequence[DecodedEvent]) -> AppendOutcome:
+        """Append events sealed elsewhere, in one transaction, keeping the promises of the
+        center's store (store/contract.py, checked by tests/test_store_contract.py on both):
+        an event already in the log with the same hash is a duplicate and changes nothing; the
+        same id with other content, another site's event, an event claiming a site_seq that
+        is taken, one that would leave a gap, and one that does not continue the chain are
+        refused, and the log is left as it was for them. New events of this site are recorded
+        with `record`; this is for events that already have their ids and hashes."""
+        stored: list[str] = []
+        duplicates: list[str] = []
+        refused: list[Refused] = []
+        if not batch:
+            return AppendOutcome(stored, duplicates, refused)
+        try:
+            with self._write() as conn:
+                seq, prev = _head(conn)
+                hlc = int(self._meta("hlc") or 0)
+                for d in batch:
+                    e = d.event
+                    row = conn.execute("SELECT hash FROM log WHERE event_id = ?", (e.event_id,)).fetchone()
+                    if row is not None:
+                        if str(row[0]) == d.hash:  # the hash covers site_id and site_seq too
+                            duplicates.append(e.event_id)
+                        else:
+                            refused.append(Refused(e.event_id, e.site_seq, f"event_id {e.event_id} is already "
+                                                   "stored with different content; the stored event is kept, "
+                                                   "this one is refused"))
+                        continue
+                    reason = self._misfit(conn, d, seq, prev)
+                    if reason is not None:
+                        refused.append(Refused(e.event_id, e.site_seq, reason))
+                        continue
+                    # Inserted one by one, so a repeat later in the batch finds it (a duplicate).
+                    conn.execute("INSERT INTO log(site_seq, event_id, hash, recorded_at, body) VALUES (?,?,?,?,?)",
+                                 (e.site_seq, e.event_id, d.hash, e.recorded_at, encode_event(e)))
+                    conn.executemany("INSERT OR IGNORE INTO child_event(child_id, event_id) VALUES (?, ?)",
+                                     [(child, e.event_id) for child in e.children])
+                    seq, prev, hlc = e.site_seq, d.hash, max(hlc, e.recorded_at)
+                    stored.append(e.event_id)
+                if stored:
+                    self._set_meta("hlc", str(hlc))  # the next event's recorded_at comes after these
+        except sqlite3.Error as err:
+            raise _translate(err, self.path, self.busy_timeout) from None
+        return AppendOutcome(stored, duplicates, refused)
+
+    def _misfit(self, conn: sqlite3.Connection, d: DecodedEvent, seq: int, prev: str) -> str | None:
+        """Why a new event id cannot go on a log whose head is (seq, prev), or None if it can."""
+        e = d.event
+        if e.site_id != self.site_id:
+            return f"the event belongs to site {e.site_id!r}; this log keeps the events of {self.site_id!r}"
+        if e.site_seq <= seq:
+            holder = conn.execute("SELECT event_id FROM log WHERE site_seq = ?", (e.site_seq,)).fetchone()
+            return (f"site_seq {e.site_seq} of site {e.site_id} is already used by event "
+                    f"{holder[0] if holder else 'another event'}; a site's sequence numbers must be unique")
+        if e.site_seq != seq + 1:
+            return f"site_seq {e.site_seq} would leave a gap: site_seq {seq + 1} is due"
+        if e.prev_hash != prev:
+            return "its prev_hash is not the previous event's hash"
+        if event_hash(e) != d.hash:
+            return "its content does not match its hash"
+        return None
+
     # --- reading -------------------------------------------------------------------------
+
+    def read_site(self, site_id: str, from_seq: int = 1, limit: int = 1000) -> list[LoggedEvent]:
+        """The site's own events with site_seq >= from_seq, by site_seq, at most `limit`, as the
+        contract's reads return them (store/contract.py). Any other site's: none (events
+        received from the center are in the inbox, not in this log)."""
+        if site_id != self.site_id:
+            return []
+        with self._lock:
+            rows = self._conn.execute("SELECT hash, body FROM log WHERE site_seq >= ? ORDER BY site_seq LIMIT ?",
+                                      (from_seq, limit)).fetchall()
+        return [LoggedEvent(_event_decoder.decode(r[1]), str(r[0])) for r in rows]
 
     def last_seq(self) -> int:
         with self._lock:
@@ -434,6 +543,17 @@ class LocalLog:
                 expected_seq += 1
                 count += 1
                 after = seq
+
+    def verify_chain(self, site_id: str) -> ChainAudit:
+        """`verify` reported rather than raised, the way the center's store reports it (the
+        contract's chain check, store/contract.py): the first broken link is the problem."""
+        if site_id != self.site_id:
+            return ChainAudit(site_id, 0, True, [])
+        try:
+            report = self.verify()
+        except LogCorrupted as err:
+            return ChainAudit(site_id, err.site_seq - 1, False, [str(err)])
+        return ChainAudit(site_id, report.events, True, [])
 
     # --- receipts -----------------------------------------------------------------------
 
