@@ -7,6 +7,8 @@ For each batch:
 1. **Triage** every message outside any transaction: the subject must name a site, the bytes
    must decode and validate (:func:`events.envelope.decode_event`), and the envelope's
    ``site_id`` must be the site in the subject (a site cannot write into another's log).
+   Events that are values already (the API's writes) enter at :func:`commit_events`: the same
+   checks and refusals by :func:`admit`, minus decoding bytes, then the same commit.
 2. **Commit** in one transaction: check the sending sites are registered and active, append
    the good events (:func:`store.postgres.append_in`), quarantine the refused ones (with the
    store's own refusals: a known id with other content, a taken site_seq), update the fan-out
@@ -21,6 +23,9 @@ messages kept alive by "in progress" acks (no redelivery, no MaxDeliver spent). 
 database refuses for a data reason -> split in halves until the offending event is alone, then
 quarantined with the database's reason. An ingester that dies on a message every time -> after
 MaxDeliver JetStream emits an advisory; :class:`DeadLetters` quarantines the message.
+
+Every refusal carries a :class:`RefusalKind` for code to branch on, beside its reason text for
+people (the site's receipt, the quarantine row, the API's 409 show the text).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import enum
 import os
 import time
 import uuid
@@ -42,10 +48,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from events.envelope import MAX_EVENT_BYTES, DecodedEvent, decode_event
+from events.envelope import MAX_EVENT_BYTES, DecodedEvent, Event, decode_event, encode_event, validate_event
 from events.types import SiteId
-from events.validation import ValidationFailed
-from events.wire import CONTENT_TYPE_HEADER, MSGPACK, UP_STREAM, Refusal, site_of_subject
+from events.validation import ValidationFailed, problem_from_msgspec
+from events.wire import CONTENT_TYPE_HEADER, MSGPACK, UP_STREAM, Refusal, site_of_subject, up_subject
 from runtime import log
 from service.quarantine import NewRow, insert_rows, refusal
 from service.scope import apply_scope
@@ -65,24 +71,60 @@ class Inbound(msgspec.Struct, frozen=True):
     deliveries: int | None = None
 
 
+class Submitted(msgspec.Struct, frozen=True):
+    """An event handed to ingest as a value in this process (the API's writes), sent as
+    ``site_id``: what the subject's site is for a message on the wire."""
+
+    site_id: str
+    event: Event
+
+    @property
+    def subject(self) -> str:
+        """The subject this site's events arrive on (what a quarantine row and a reason name)."""
+        return up_subject(self.site_id)
+
+
+Origin = Inbound | Submitted
+
+
+class RefusalKind(enum.StrEnum):
+    """Why ingest refused an event: the value code branches on (the reason text is for people)."""
+
+    NO_SITE = "no_site"  # the subject (or the sender given) names no site
+    TOO_LARGE = "too_large"  # over MAX_EVENT_BYTES as the wire carries it
+    INVALID = "invalid"  # not a valid event (events.envelope): malformed bytes, envelope or payload
+    MALFORMED = "malformed"  # input the decoder failed on outside its own checks
+    WRONG_SITE = "wrong_site"  # the event names another site than the one that sent it
+    SITE_UNKNOWN = "site_unknown"  # the sending site is not registered at the center
+    SITE_DISABLED = "site_disabled"  # the sending site is registered but disabled
+    # The store refused it: its event_id is stored with other content, or its site_seq is used by
+    # another event (store.postgres reports both as one kind of refusal, the text says which).
+    STORE_CONFLICT = "store_conflict"
+    STORE_REFUSED = "store_refused"  # the database raised an error on this event alone (ingest's split)
+
+
 class Accepted(msgspec.Struct, frozen=True):
-    inbound: Inbound
+    origin: Origin
     site_id: str
     decoded: DecodedEvent
 
 
 class Rejected(msgspec.Struct, frozen=True):
-    inbound: Inbound
+    origin: Origin
     site_id: str | None
+    kind: RefusalKind
     reason: str
     event_id: str | None = None
     site_seq: int | None = None
 
     def row(self) -> NewRow:
-        i = self.inbound
-        return NewRow(subject=i.subject, site_id=self.site_id, reason=self.reason, raw=i.data, msgpack=i.msgpack,
-                      event_id=self.event_id, site_seq=self.site_seq, stream_seq=i.stream_seq,
-                      deliveries=i.deliveries)
+        o = self.origin
+        if isinstance(o, Submitted):  # kept as the bytes it would have been sent as
+            return NewRow(subject=o.subject, site_id=self.site_id, reason=self.reason, raw=encode_event(o.event),
+                          event_id=self.event_id, site_seq=self.site_seq)
+        return NewRow(subject=o.subject, site_id=self.site_id, reason=self.reason, raw=o.data, msgpack=o.msgpack,
+                      event_id=self.event_id, site_seq=self.site_seq, stream_seq=o.stream_seq,
+                      deliveries=o.deliveries)
 
 
 Triaged = Accepted | Rejected
@@ -119,6 +161,10 @@ def _identity(inb: Inbound) -> tuple[str | None, int | None]:
         doc = msgspec.msgpack.decode(inb.data) if inb.msgpack else _generic.decode(inb.data)
     except (msgspec.DecodeError, ValueError, TypeError, RecursionError):
         return None, None
+    return _identity_of(doc)
+
+
+def _identity_of(doc: Any) -> tuple[str | None, int | None]:
     if not isinstance(doc, dict):
         return None, None
     eid, seq = doc.get("event_id"), doc.get("site_seq")
@@ -130,31 +176,78 @@ def _identity(inb: Inbound) -> tuple[str | None, int | None]:
     return eid, seq
 
 
+def _no_site(origin: Origin) -> Rejected:
+    return Rejected(origin, None, RefusalKind.NO_SITE,
+                    f"subject {origin.subject!r} does not name a site (care.up.<region.township.site>)")
+
+
+def _too_large(origin: Origin, site_id: str, size: int) -> Rejected:
+    return Rejected(origin, site_id, RefusalKind.TOO_LARGE, f"event is {size} bytes, the limit is {MAX_EVENT_BYTES}")
+
+
+def _malformed(origin: Origin, site_id: str, err: Exception, msgpack: bool, eid: str | None,
+               seq: int | None) -> Rejected:
+    # The decoder should turn every bad input into ValidationFailed; input it chokes on
+    # otherwise (e.g. invalid UTF-8 inside MessagePack raises UnicodeDecodeError) is refused
+    # all the same, never allowed to stop the ingester.
+    kind = "MessagePack" if msgpack else "JSON"
+    return Rejected(origin, site_id, RefusalKind.MALFORMED,
+                    f"invalid event: malformed {kind} ({type(err).__name__}: {str(err)[:160]})", eid, seq)
+
+
+def _from_sender(origin: Origin, site_id: str, decoded: DecodedEvent) -> Triaged:
+    """The check after decoding, on both paths: a site may only send its own events."""
+    e = decoded.event
+    if e.site_id != site_id:
+        return Rejected(origin, site_id, RefusalKind.WRONG_SITE,
+                        f"forged site: the event says site_id {e.site_id!r} but was sent on {origin.subject!r}; "
+                        "a site may only send its own events", e.event_id, e.site_seq)
+    return Accepted(origin, site_id, decoded)
+
+
 def triage(inb: Inbound, now: dt.datetime | None = None) -> Triaged:
     """Decode, validate and check the sender of one message (no database needed)."""
     site_id = _valid_site(site_of_subject(inb.subject))
     if site_id is None:
-        return Rejected(inb, None, f"subject {inb.subject!r} does not name a site (care.up.<region.township.site>)")
+        return _no_site(inb)
     if len(inb.data) > MAX_EVENT_BYTES:
-        return Rejected(inb, site_id, f"event is {len(inb.data)} bytes, the limit is {MAX_EVENT_BYTES}")
+        return _too_large(inb, site_id, len(inb.data))
     try:
         decoded = decode_event(inb.data, msgpack=inb.msgpack, now=now)
     except ValidationFailed as err:
         eid, seq = _identity(inb)
-        return Rejected(inb, site_id, f"invalid event: {err}", eid, seq)
+        return Rejected(inb, site_id, RefusalKind.INVALID, f"invalid event: {err}", eid, seq)
     except (ValueError, TypeError, OverflowError, RecursionError) as err:
-        # The decoder should turn every bad input into ValidationFailed; bytes it chokes on
-        # otherwise (e.g. invalid UTF-8 inside MessagePack raises UnicodeDecodeError) are
-        # refused all the same, never allowed to stop the ingester.
         eid, seq = _identity(inb)
-        kind = "MessagePack" if inb.msgpack else "JSON"
-        return Rejected(inb, site_id, f"invalid event: malformed {kind} ({type(err).__name__}: {str(err)[:160]})",
-                        eid, seq)
-    e = decoded.event
-    if e.site_id != site_id:
-        return Rejected(inb, site_id, f"forged site: the event says site_id {e.site_id!r} but was sent on "
-                                      f"{inb.subject!r}; a site may only send its own events", e.event_id, e.site_seq)
-    return Accepted(inb, site_id, decoded)
+        return _malformed(inb, site_id, err, inb.msgpack, eid, seq)
+    return _from_sender(inb, site_id, decoded)
+
+
+def admit(sub: Submitted, now: dt.datetime | None = None) -> Triaged:
+    """:func:`triage` for an event that is a value, not bytes: the same checks and refusals (and
+    reason texts), minus decoding. The event is validated as if it had arrived: nothing about a
+    struct built in code is taken on trust."""
+    site_id = _valid_site(sub.site_id)
+    if site_id is None:
+        return _no_site(sub)
+    e = sub.event
+    wire = encode_event(e)  # the limit is on the event as it travels (the fan-out sends it to sites)
+    if len(wire) > MAX_EVENT_BYTES:
+        return _too_large(sub, site_id, len(wire))
+    eid, seq = _identity_of({"event_id": e.event_id, "site_seq": e.site_seq})  # as the wire would read them
+    try:
+        try:
+            # A struct built in code has not had its fields' constraints checked (decoding does
+            # that): converting its fields checks them as the wire's decoder would.
+            envelope = msgspec.convert(msgspec.structs.asdict(e), type=Event)
+        except msgspec.ValidationError as err:
+            raise ValidationFailed([problem_from_msgspec(err, _generic.decode(wire))]) from None
+        decoded = validate_event(envelope, now=now)
+    except ValidationFailed as err:
+        return Rejected(sub, site_id, RefusalKind.INVALID, f"invalid event: {err}", eid, seq)
+    except (ValueError, TypeError, OverflowError, RecursionError) as err:
+        return _malformed(sub, site_id, err, False, eid, seq)
+    return _from_sender(sub, site_id, decoded)
 
 
 async def commit_in(conn: asyncpg.Connection, items: Sequence[Triaged], *, quarantine: bool = True) -> Outcome:
@@ -172,9 +265,10 @@ async def commit_in(conn: asyncpg.Connection, items: Sequence[Triaged], *, quara
             continue
         site = registered.get(item.site_id)
         if site is None or not site["active"]:
-            why = "is not registered" if site is None else "is disabled"
+            kind, why = (RefusalKind.SITE_UNKNOWN, "is not registered") if site is None \
+                else (RefusalKind.SITE_DISABLED, "is disabled")
             e = item.decoded.event
-            rejected.append(Rejected(item.inbound, item.site_id,
+            rejected.append(Rejected(item.origin, item.site_id, kind,
                                      f"site {item.site_id} {why} at the center; register it, then replay",
                                      e.event_id, e.site_seq))
         else:
@@ -184,7 +278,8 @@ async def commit_in(conn: asyncpg.Connection, items: Sequence[Triaged], *, quara
         by_id = {a.decoded.event.event_id: a for a in good}
         for r in result.refused:
             a = by_id[r.event_id]
-            rejected.append(Rejected(a.inbound, a.site_id, r.reason, r.event_id, r.site_seq))
+            rejected.append(Rejected(a.origin, a.site_id, RefusalKind.STORE_CONFLICT, r.reason, r.event_id,
+                                     r.site_seq))
     stored_ids = set(result.stored)
     seen: set[str] = set()
     for a in good:
@@ -218,6 +313,14 @@ async def commit_in(conn: asyncpg.Connection, items: Sequence[Triaged], *, quara
                 out.refusals.setdefault(row.site_id, []).append(refusal(row_id, row))
                 out.sites.add(row.site_id)
     return out
+
+
+async def commit_events(conn: asyncpg.Connection, site_id: str, events: Sequence[Event], *,
+                        quarantine: bool = True, now: dt.datetime | None = None) -> Outcome:
+    """Check, authorize and store events that are values (sealed in this process), sent as
+    ``site_id``, inside the caller's transaction: :func:`admit` each, then :func:`commit_in`, as
+    the wire path does after decoding."""
+    return await commit_in(conn, [admit(Submitted(site_id, e), now) for e in events], quarantine=quarantine)
 
 
 # --- errors: which ones are worth waiting out --------------------------------------------
@@ -476,7 +579,7 @@ class Ingester:
                 return await self._split(items, err)
 
     async def _split(self, items: Sequence[Triaged], err: Exception) -> Outcome:
-        if len(items) == 1 and isinstance(items[0], Rejected) and "event store refused" in items[0].reason:
+        if len(items) == 1 and isinstance(items[0], Rejected) and items[0].kind is RefusalKind.STORE_REFUSED:
             # Even quarantining it fails: stop loudly. The batch is not acked; JetStream
             # redelivers it and, after MaxDeliver, the dead-letter handler keeps the bytes.
             raise err
@@ -489,7 +592,8 @@ class Ingester:
                       f"{f' ({state})' if state else ''}: {str(err)[:200]}")
             _warn("event refused by the store; quarantined", ingester=self.name, error=type(err).__name__,
                   sqlstate=state)
-            return await self._commit([Rejected(item.inbound, item.site_id, reason, eid, seq)])
+            return await self._commit([Rejected(item.origin, item.site_id, RefusalKind.STORE_REFUSED, reason, eid,
+                                                seq)])
         half = len(items) // 2
         first = await self._commit(items[:half])
         second = await self._commit(items[half:])

@@ -5,10 +5,12 @@ The township user's site (a township-kind site) is the author: each event is sea
 :func:`events.envelope.seal` as the next link of that site's log as the store holds it (the
 highest ``site_seq`` of the site and its hash), in a transaction that first locks the site's
 ``api_site_clock`` row, so two API writes for one site take consecutive numbers and chain. The
-event then goes through ``triage`` and ``commit_in`` exactly like a message on
-``care.up.<site>``: validated, authorized (the site must be registered and active), appended
-once, the fan-out scope updated. A refusal is answered to the person at once (409 with the
-reason) and the transaction rolls back: nothing half-written stays. The fan-out sends a stored
+sealed event is handed to ingest as a value (:func:`service.ingest.commit_events`), sent as the
+township site: the checks a message on ``care.up.<site>`` gets after decoding (validated, its
+``site_id`` the sender's, the site registered and active), then appended once and the fan-out
+scope updated, by the same ``commit_in``. A refusal is answered to the person at once (409 with
+the reason) and the transaction rolls back: nothing half-written stays, and nothing is
+quarantined (the person who would replay it has the reason already). The fan-out sends a stored
 event to the sites that see the child, as it does every event.
 
 The HLC (``recorded_at``) of an API event exceeds every event of the children it concerns:
@@ -29,13 +31,12 @@ import asyncpg
 import msgspec
 
 from events.catalogue import CareEventBase
-from events.envelope import GENESIS_HASH, encode_event, seal
+from events.envelope import GENESIS_HASH, seal
 from events.hlc import pack
 from events.ids import new_event_id
-from events.wire import up_subject
 from service.api.auth import Caller
 from service.api.errors import ApiError
-from service.ingest import Inbound, commit_in, triage
+from service.ingest import commit_events
 
 
 class Recorded(msgspec.Struct, frozen=True):
@@ -68,11 +69,9 @@ async def record(conn: asyncpg.Connection, caller: Caller, care: CareEventBase, 
         occurred_at=occurred_at or dt.datetime.now(dt.UTC), actor=caller.username, event_id=new_event_id(),
         based_on=based_on,
     )
-    item = triage(Inbound(subject=up_subject(site_id), data=encode_event(sealed.event)))
-    outcome = await commit_in(conn, [item])
+    outcome = await commit_events(conn, site_id, [sealed.event], quarantine=False)
     if not outcome.stored:
-        refusals = [r for rs in outcome.refusals.values() for r in rs]
-        reason = refusals[0].reason if refusals else "refused"
+        reason = outcome.rejected[0].reason if outcome.rejected else "refused"
         raise ApiError(409, f"the center refused the event: {reason}", code="refused", field="site_id",
                        value=site_id)
     await conn.execute("UPDATE api_site_clock SET last_hlc = $2 WHERE site_id = $1", site_id, hlc)
