@@ -41,7 +41,7 @@ PARTS = ("ingest", "receipts", "deadletters")
 RAW_STREAM = "BENCH_CATCHUP_RAW"
 
 
-def _drafts(n: int, rng: random.Random) -> list[Draft]:
+def drafts(n: int, rng: random.Random) -> list[Draft]:
     children = [child_id(rng) for _ in range(200)]
     occurred = dt.datetime(2026, 3, 2, 9, 30, tzinfo=dt.UTC)
     return [Draft(care=samples(rng, children[i % 200])[KINDS[i % len(KINDS)]], occurred_at=occurred)
@@ -56,7 +56,7 @@ def _record_backlog(data: Path, n: int) -> tuple[float, float]:
     with LocalLog(log_path(data), SITE) as log:
         done = 0
         while done < n:
-            done += len(log.record(_drafts(min(5000, n - done), rng), default_actor="station"))
+            done += len(log.record(drafts(min(5000, n - done), rng), default_actor="station"))
         ours = n / (time.perf_counter() - t)
         rows = [(o.site_seq, o.event_id, o.body) for o in log.read_range(1, 10**12, 10**9)]
     conn = sqlite3.connect(data / "baseline.sqlite", isolation_level=None)

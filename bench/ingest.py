@@ -27,14 +27,14 @@ from nats.js.errors import NotFoundError
 from bench.pipeline import raw_pipeline
 from bench.report import Figure, figure
 from bench.servers import fresh_database
-from bench.store import _COLUMNS, make_events
+from bench.store import make_events
 from events.envelope import DecodedEvent, encode_event
 from events.wire import DOWN_PREFIX, DOWN_STREAM, UP_STREAM, receipt_decoder, up_subject
 from runtime.db import connect
 from service.center import run_center
 from service.sites import register_site
 from service.streams import publish_batch
-from store.postgres import _record
+from store.postgres import EVENT_COLUMNS, event_record
 from testbed.embedded import EmbeddedNats
 
 EVENTS = Sequence[DecodedEvent]
@@ -98,11 +98,11 @@ async def raw_copy(admin_url: str, events: EVENTS, batch: int = 500) -> float:
         conn = await connect(url)
         try:
             await conn.execute("CREATE TABLE bench_raw (LIKE events INCLUDING DEFAULTS, PRIMARY KEY (event_id))")
-            records = [_record(d) for d in events]
+            records = [event_record(d) for d in events]
             t = time.perf_counter()
             for i in range(0, len(records), batch):
                 async with conn.transaction():
-                    await conn.copy_records_to_table("bench_raw", records=records[i:i + batch], columns=_COLUMNS)
+                    await conn.copy_records_to_table("bench_raw", records=records[i:i + batch], columns=EVENT_COLUMNS)
             return len(records) / (time.perf_counter() - t)
         finally:
             await conn.close()

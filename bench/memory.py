@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.catchup import PARTS, SITE, _drafts
+from bench.catchup import PARTS, SITE, drafts
 from bench.ingest import clean_streams
 from bench.projections import load_world
 from bench.report import Figure, figure
@@ -63,7 +63,7 @@ async def agent_backlog(admin_url: str, nats_url: str, n: int) -> float:
             with LocalLog(log_path(data), SITE) as log:
                 done = 0
                 while done < n:
-                    done += len(log.record(_drafts(min(5000, n - done), rng), default_actor="station"))
+                    done += len(log.record(drafts(min(5000, n - done), rng), default_actor="station"))
 
         await asyncio.to_thread(record)
         await clean_streams(nats_url)

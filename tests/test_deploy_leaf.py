@@ -33,7 +33,7 @@ from sync_agent.agent import Agent
 from sync_agent.config import SiteConfig, load_config, log_path, write_config
 from sync_agent.locallog import LocalLog
 from sync_agent.restore import restore
-from testbed.embedded import _nats_bin, free_port
+from testbed.embedded import free_port, nats_bin
 from tests.center_kit import wait_for
 from tests.factory import SiteWriter
 
@@ -57,7 +57,7 @@ def _cert(folder: Path) -> tuple[Path, Path]:
 def _start(conf: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], int, int]:
     port, http = free_port(), free_port()
     with log.open("ab") as out:
-        proc = subprocess.Popen([_nats_bin(), "-c", str(conf), "-a", "127.0.0.1", "-p", str(port), "-m", str(http)],
+        proc = subprocess.Popen([nats_bin(), "-c", str(conf), "-a", "127.0.0.1", "-p", str(port), "-m", str(http)],
                                 env={**os.environ, **env}, stdout=out, stderr=out)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

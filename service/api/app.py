@@ -22,6 +22,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme, Tag
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from projections.queries import rollup_heads
 from runtime import log
 from runtime.db import create_pool
 from runtime.settings import Settings
@@ -31,7 +32,7 @@ from service.api.batch import Batched
 from service.api.config import ApiSettings
 from service.api.errors import EXCEPTION_HANDLERS, ApiError
 from service.api.openapi import document
-from service.api.rollups import RollupCache, ScopeArchives, rollup_heads
+from service.api.rollups import RollupCache, ScopeArchives
 from service.dashboard import dashboard_routes
 
 _log = log.get("service.api")

@@ -119,7 +119,7 @@ def _mask_payload(value: Any) -> Any:
     return value
 
 
-def _query_text(request: Request[Any, Any, Any]) -> str:
+def query_text(request: Request[Any, Any, Any]) -> str:
     return request.url.query or ""
 
 
@@ -128,7 +128,7 @@ def _aware(name: str, value: dt.datetime | None) -> None:
         raise bad(name, value.isoformat(), "give a time zone, e.g. 2026-06-30T23:59:59+08:00")
 
 
-def _route(request: Request[Any, Any, Any]) -> str:
+def route_of(request: Request[Any, Any, Any]) -> str:
     """The route as a template ("GET /children/{child_id}"), for the read log."""
     template = request.scope.get("path_template") or request.url.path
     return f"{request.method} {template}"
@@ -196,8 +196,8 @@ class ChildrenController(Controller):
     async def archive(self, request: Request[Any, Any, Any], child_id: ChildIdPath
                       ) -> ArchiveView:
         caller = caller_of(request)
-        a = await archives.logged_archive(request.app.state.pool, caller, child_id, _route(request),
-                                          _query_text(request))
+        a = await archives.logged_archive(request.app.state.pool, caller, child_id, route_of(request),
+                                          query_text(request))
         if a is None:
             raise not_found("child", child_id, "child_id")
         return masked_archive(caller, a)
@@ -207,8 +207,8 @@ class ChildrenController(Controller):
     async def timeline(self, request: Request[Any, Any, Any], child_id: ChildIdPath
                        ) -> TimelineView:
         caller = caller_of(request)
-        rows = await archives.logged_rows(request.app.state.pool, caller, child_id, _route(request),
-                                          _query_text(request))
+        rows = await archives.logged_rows(request.app.state.pool, caller, child_id, route_of(request),
+                                          query_text(request))
         if rows is None:
             raise not_found("child", child_id, "child_id")
         return _timeline(caller, child_id, rows)
@@ -228,8 +228,8 @@ class ChildrenController(Controller):
                            value=request.url.query or "")
         _aware("committed", committed)
         _aware("occurred", occurred)
-        rows = await archives.logged_rows(request.app.state.pool, caller, child_id, _route(request),
-                                          _query_text(request), committed_before=committed,
+        rows = await archives.logged_rows(request.app.state.pool, caller, child_id, route_of(request),
+                                          query_text(request), committed_before=committed,
                                           occurred_before=occurred)
         a = archives.derive(child_id, rows or [])
         if a is None:

@@ -17,7 +17,7 @@ from litestar.params import Parameter
 from events.localtime import local_today
 from projections import followups as pf
 from service.api import archives
-from service.api.children import _query_text, _route
+from service.api.children import query_text, route_of
 from service.api.errors import ApiError, bad, not_found
 from service.api.scoping import READERS, ChildIdPath, Params, SiteIdPath, allow, caller_of, may_see_site
 
@@ -67,8 +67,8 @@ class FollowUpsController(Controller):
     ) -> FollowUpView:
         caller = caller_of(request)
         p = period_of(period)
-        a = await archives.logged_archive(request.app.state.pool, caller, child_id, _route(request),
-                                          _query_text(request))
+        a = await archives.logged_archive(request.app.state.pool, caller, child_id, route_of(request),
+                                          query_text(request))
         if a is None:
             raise not_found("child", child_id, "child_id")
         today = local_today()

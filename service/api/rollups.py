@@ -20,8 +20,7 @@ from events.localtime import local_today
 from projections import followups as pf
 from projections import queries
 from projections import rollups as pr
-from projections.queries import Heads, ScopeChildren
-from projections.queries import rollup_heads as rollup_heads  # the app batches it (service.api.app)
+from projections.queries import Heads, ScopeChildren, rollup_heads
 from service.api.auth import Caller
 from service.api.batch import Batched
 from service.api.errors import ApiError, bad

@@ -1,4 +1,4 @@
--- The central event store. See service/store.py for how each guarantee holds.
+-- The central event store. See store/postgres.py for how each guarantee holds.
 --
 -- Partitioning plan (docs/ARCHITECTURE.md, "Scale notes"): `events` carries no unique constraint, so it can
 -- become `PARTITION BY LIST (region)` with `RANGE (committed_at)` sub-partitions without any
@@ -18,7 +18,7 @@ CREATE TABLE event_index (
 CREATE SEQUENCE events_position_seq AS bigint CACHE 1000;
 
 CREATE TABLE events (
-    -- Global order is (tx_id, position): see store.py "Readers never skip".
+    -- Global order is (tx_id, position): see store/postgres.py "Readers never skip".
     position        bigint      NOT NULL DEFAULT nextval('events_position_seq'),
     tx_id           bigint      NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
     committed_at    timestamptz NOT NULL DEFAULT now(),

@@ -1,7 +1,7 @@
--- The store's append as one server-side call (service/store.py, `append_in`): lock the sites'
+-- The store's append as one server-side call (store/postgres.py, `append_in`): lock the sites'
 -- progress rows in site order, tell each event's fate, insert the new ones into event_index and
 -- into events, and advance each site's watermark, in
--- one round trip. It keeps every promise listed at the top of service/store.py:
+-- one round trip. It keeps every promise listed at the top of store/postgres.py:
 --
 -- * progress rows are locked (upsert, in site order) before anything is checked, so sequence
 --   numbers are checked against a current view and two appenders never deadlock on sites;

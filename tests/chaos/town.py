@@ -27,7 +27,7 @@ import msgspec
 from runtime.db import connect
 from sync_agent.clock import SKEW_KEY
 from testbed.demo import Demo, DemoError, Proc, Station, spawn
-from testbed.embedded import _pg_bin
+from testbed.embedded import pg_bin
 from testbed.simulation import Planned
 
 
@@ -140,7 +140,7 @@ class Town(Demo):
 
     async def backup(self, path: Path) -> None:
         """pg_dump of the center's database (a consistent snapshot while everything runs)."""
-        out = await asyncio.to_thread(subprocess.run, [str(_pg_bin() / "pg_dump"), "-Fc", "-f", str(path),
+        out = await asyncio.to_thread(subprocess.run, [str(pg_bin() / "pg_dump"), "-Fc", "-f", str(path),
                                                        "-d", self.db_url], capture_output=True, text=True,
                                       timeout=300, check=False)
         if out.returncode != 0:
@@ -155,7 +155,7 @@ class Town(Demo):
             await conn.execute('CREATE DATABASE "shouwang"')
         finally:
             await conn.close()
-        out = await asyncio.to_thread(subprocess.run, [str(_pg_bin() / "pg_restore"), "--no-owner", "-d",
+        out = await asyncio.to_thread(subprocess.run, [str(pg_bin() / "pg_restore"), "--no-owner", "-d",
                                                        self.db_url, str(path)], capture_output=True, text=True,
                                       timeout=600, check=False)
         if out.returncode != 0:
