@@ -51,28 +51,23 @@ class NewUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     display_name: Annotated[str, msgspec.Meta(max_length=40)] = ""
 
 
-class UserOut(msgspec.Struct, frozen=True):
-    username: str
-    role: str
-    site_id: str | None
-    township: str | None
-    display_name: str
-    active: bool
-    created_at: dt.datetime
-    disabled_at: dt.datetime | None
+class UserOut(auth.User, frozen=True):
+    # auth.User as the API answers it: the same fields, under the schema name the OpenAPI
+    # document has always used (litestar names a component after its class).
+    pass
 
 
 class UserList(msgspec.Struct, frozen=True):
     items: list[UserOut]
 
 
+def _user_out(u: auth.User) -> UserOut:
+    return UserOut(**msgspec.structs.asdict(u))
+
+
 class Revoked(msgspec.Struct, frozen=True):
     token_id: str
     revoked: bool
-
-
-def _user_out(u: auth.User) -> UserOut:
-    return UserOut(**msgspec.structs.asdict(u))
 
 
 class AuthController(Controller):

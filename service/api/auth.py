@@ -59,6 +59,8 @@ class Caller(msgspec.Struct, frozen=True):
 
 
 class User(msgspec.Struct, frozen=True):
+    """A person who may log in, as the database keeps them (no secrets): what the API shows."""
+
     username: str
     role: str
     site_id: str | None
