@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import signal
 from typing import Any
 
-from runtime.db import create_pool
+from runtime.cli import CliError, cli_errors, database_url, emit, emit_json, run_async
+from runtime.db import pool_for
 from runtime.settings import Settings
 
 NAMES = ("all", "archive", "followups", "rollups", "conflicts", "duplicates")
@@ -52,13 +52,7 @@ def register_audit(asub: Any) -> None:
     a.set_defaults(handler=_asof)
 
 
-def _url(args: argparse.Namespace, settings: Settings) -> str:
-    return str(args.database_url or settings.database_url)
-
-
 def _time(text: str, flag: str) -> dt.datetime:
-    from runtime.cli import CliError
-
     try:
         value = dt.datetime.fromisoformat(text)
     except ValueError:
@@ -70,32 +64,31 @@ def _time(text: str, flag: str) -> dt.datetime:
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     from projections.runner import Runner, lag
-    from runtime.cli import run_async
     from runtime.log import get
 
     async def go() -> int:
         log = get("projections")
-        pool = await create_pool(_url(args, settings), max_size=3)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        runner = Runner(pool, batch_size=args.batch, max_batch=16 * args.batch)  # a process of its own
-        task = asyncio.create_task(runner.run(stop), name="projection-runner")
-        try:
-            while not stop.is_set():
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=10)
-                except TimeoutError:
-                    status = await lag(pool)
-                    log.info("projection lag", events=status.events_behind, seconds=round(status.seconds_behind, 3),
-                             applied=status.applied, skipped=status.skipped)
-                if task.done():
-                    break
-        finally:
-            stop.set()
-            await task
-            await pool.close()
+        async with pool_for(database_url(args, settings), max_size=3) as pool:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            runner = Runner(pool, batch_size=args.batch, max_batch=16 * args.batch)  # a process of its own
+            task = asyncio.create_task(runner.run(stop), name="projection-runner")
+            try:
+                while not stop.is_set():
+                    try:
+                        await asyncio.wait_for(stop.wait(), timeout=10)
+                    except TimeoutError:
+                        status = await lag(pool)
+                        log.info("projection lag", events=status.events_behind,
+                                 seconds=round(status.seconds_behind, 3), applied=status.applied,
+                                 skipped=status.skipped)
+                    if task.done():
+                        break
+            finally:
+                stop.set()
+                await task  # before the pool closes: the runner may be mid-batch
         return 0
 
     return run_async(go())
@@ -103,15 +96,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from projections.rebuild import rebuild, terminal_progress
-    from runtime.cli import run_async
 
     async def go() -> int:
-        pool = await create_pool(_url(args, settings), max_size=3)
-        try:
-            report = await rebuild(pool, page=args.page, progress=terminal_progress(),
-                                   database_url=_url(args, settings), workers=args.workers)
-        finally:
-            await pool.close()
+        url = database_url(args, settings)
+        async with pool_for(url, max_size=3) as pool:
+            report = await rebuild(pool, page=args.page, progress=terminal_progress(), database_url=url,
+                                   workers=args.workers)
         print(f"rebuilt all projections: {report.events} events ({report.skipped} not understood), "
               f"{report.children} archives, {report.facts} facts in {report.seconds:.1f} s "
               f"({report.events_per_second:,.0f} events/s); swapped in")
@@ -121,32 +111,21 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    import msgspec
-
     from projections.runner import lag
-    from runtime.cli import run_async
 
     async def go() -> int:
-        pool = await create_pool(_url(args, settings), max_size=2)
-        try:
+        async with pool_for(database_url(args, settings), max_size=2) as pool:
             status = await lag(pool)
-        finally:
-            await pool.close()
-        if args.json:
-            print(json.dumps(msgspec.to_builtins(status), indent=2))
-        else:
-            print(f"checkpoint {status.checkpoint}: {status.applied} events applied, {status.skipped} not understood; "
-                  f"behind by {status.events_behind} events, {status.seconds_behind:.1f} s")
+        emit(status, args.json, lambda: [
+            f"checkpoint {status.checkpoint}: {status.applied} events applied, {status.skipped} not understood; "
+            f"behind by {status.events_behind} events, {status.seconds_behind:.1f} s"])
         return 0
 
     return run_async(go())
 
 
 def _asof(args: argparse.Namespace, settings: Settings) -> int:
-    import msgspec
-
     from projections import asof
-    from runtime.cli import CliError, run_async
 
     committed = _time(args.committed, "--committed") if args.committed else None
     occurred = _time(args.occurred, "--occurred") if args.occurred else None
@@ -154,25 +133,20 @@ def _asof(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError("--rollup needs --period (YYYY, YYYY-S1, YYYY-S2 or YYYY-MM)")
 
     async def go() -> int:
-        pool = await create_pool(_url(args, settings), max_size=2)
-        try:
+        async with pool_for(database_url(args, settings), max_size=2) as pool:
             doc: object
             if args.child:
                 archive = await asof.archive_asof(pool, args.child, committed_at=committed, occurred_at=occurred)
                 if archive is None:
                     raise CliError(f"child {args.child} has no events up to that time")
                 items = await asof.timeline_asof(pool, args.child, committed_at=committed, occurred_at=occurred)
-                doc = {"archive": msgspec.to_builtins(archive), "timeline": msgspec.to_builtins(items)}
+                doc = {"archive": archive, "timeline": items}
             else:
                 scope = "" if args.rollup == "all" else args.rollup
-                try:
-                    doc = msgspec.to_builtins(await asof.rollup_asof(
-                        pool, scope, args.period, committed_at=committed, occurred_at=occurred))
-                except ValueError as err:
-                    raise CliError(str(err)) from None
-        finally:
-            await pool.close()
-        print(json.dumps(doc, ensure_ascii=False, indent=2))
+                with cli_errors(ValueError):
+                    doc = await asof.rollup_asof(pool, scope, args.period, committed_at=committed,
+                                                 occurred_at=occurred)
+        emit_json(doc)
         return 0
 
     return run_async(go())

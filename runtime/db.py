@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -41,3 +43,24 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 8, **kwarg
     return await asyncpg.create_pool(
         url, min_size=min_size, max_size=max_size, init=_init_connection, **kwargs
     )
+
+
+@contextlib.asynccontextmanager
+async def pool_for(url: str, *, max_size: int = 2,
+                   prepare: Callable[[asyncpg.Connection], Awaitable[object]] | None = None,
+                   ) -> AsyncIterator[asyncpg.Pool]:
+    """A command's pool: `prepare` (e.g. store.migrate.migrate) runs first on a connection of its
+    own, closed before the pool opens; the pool is closed however the block ends. A server that
+    cannot be reached raises asyncpg's or the OS's error unchanged: `shouwang` turns those into
+    its one-line "cannot reach" message."""
+    if prepare is not None:
+        conn = await connect(url)
+        try:
+            await prepare(conn)
+        finally:
+            await conn.close()
+    pool = await create_pool(url, min_size=1, max_size=max_size)
+    try:
+        yield pool
+    finally:
+        await pool.close()

@@ -5,17 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import msgspec
 
-from runtime.db import connect, create_pool
+from runtime.cli import CliError, cli_errors, database_url, emit, emit_json, run_async
+from runtime.db import pool_for
 from runtime.settings import Settings
 from service import cli_users
 from store import migrate
@@ -89,27 +89,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--database-url", help="PostgreSQL URL (default SHOUWANG_DATABASE_URL)")
 
 
-def _db(args: argparse.Namespace, settings: Settings) -> str:
-    return str(args.database_url or settings.database_url)
-
-
-@contextlib.asynccontextmanager
-async def _pool(args: argparse.Namespace, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    url = _db(args, settings)
-    conn = await connect(url)
-    try:
-        await migrate.migrate(conn)
-    finally:
-        await conn.close()
-    pool = await create_pool(url, min_size=1, max_size=2)
-    try:
-        yield pool
-    finally:
-        await pool.close()
+def _pool(args: argparse.Namespace, settings: Settings) -> contextlib.AbstractAsyncContextManager[asyncpg.Pool]:
+    """The center's operator commands migrate first: they may be the first thing run on a new database."""
+    return pool_for(database_url(args, settings), max_size=2, prepare=migrate.migrate)
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.cli import CliError, run_async
     from service.center import PARTS, run_center
     from service.streams import StreamSettings
 
@@ -150,8 +135,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
         try:
-            async with run_center(_db(args, settings), settings.nats_url, ingesters=args.ingesters, parts=parts,
-                                  settings=stream_settings) as center:
+            async with run_center(database_url(args, settings), settings.nats_url, ingesters=args.ingesters,
+                                  parts=parts, settings=stream_settings) as center:
                 started = True
                 while not stop.is_set():
                     center.check()
@@ -168,15 +153,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _site_add(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.cli import CliError, run_async
     from service.sites import SiteError, register_site, write_users_file
 
     async def go() -> int:
         async with _pool(args, settings) as pool:
-            try:
+            with cli_errors(SiteError):
                 creds = await register_site(pool, args.site_id, args.kind, args.name, args.township)
-            except SiteError as err:
-                raise CliError(str(err)) from None
             if args.users_file:
                 n = await write_users_file(pool, args.users_file)
                 print(f"wrote {args.users_file} ({n} sites); reload NATS: nats-server --signal reload")
@@ -211,7 +193,6 @@ async def _ensure_consumer(nats_url: str, site_id: str) -> None:
 
 
 def _site_list(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.cli import run_async
     from service.sites import list_sites
     from store.postgres import EventStore
 
@@ -219,38 +200,36 @@ def _site_list(args: argparse.Namespace, settings: Settings) -> int:
         async with _pool(args, settings) as pool:
             sites = await list_sites(pool)
             progress = {p.site_id: p for p in await EventStore(pool).all_progress()}
-        if args.json:
-            out = []
-            for s in sites:
-                doc = msgspec.to_builtins(s)
-                p = progress.get(s.site_id)
-                doc["watermark"] = p.watermark if p else 0
-                doc["events_stored"] = p.events_stored if p else 0
-                out.append(doc)
-            print(json.dumps(out, ensure_ascii=False, indent=2))
-            return 0
-        print(f"{'site':<24} {'kind':<9} {'active':<6} {'stored':>8} {'watermark':>9} {'holes':>5} "
-              f"{'unknown':>7} {'quarant.':>8}  name")
+        docs = []
         for s in sites:
+            doc = msgspec.to_builtins(s)
             p = progress.get(s.site_id)
-            print(f"{s.site_id:<24} {s.kind:<9} {'yes' if s.active else 'no':<6} {p.events_stored if p else 0:>8} "
-                  f"{p.watermark if p else 0:>9} {len(p.holes) if p else 0:>5} {s.not_understood:>7} "
-                  f"{s.quarantined:>8}  {s.name}")
+            doc["watermark"] = p.watermark if p else 0
+            doc["events_stored"] = p.events_stored if p else 0
+            docs.append(doc)
+
+        def table() -> Iterator[str]:
+            yield (f"{'site':<24} {'kind':<9} {'active':<6} {'stored':>8} {'watermark':>9} {'holes':>5} "
+                   f"{'unknown':>7} {'quarant.':>8}  name")
+            for s in sites:
+                p = progress.get(s.site_id)
+                yield (f"{s.site_id:<24} {s.kind:<9} {'yes' if s.active else 'no':<6} "
+                       f"{p.events_stored if p else 0:>8} {p.watermark if p else 0:>9} {len(p.holes) if p else 0:>5} "
+                       f"{s.not_understood:>7} {s.quarantined:>8}  {s.name}")
+
+        emit(docs, args.json, table)
         return 0
 
     return run_async(go())
 
 
 def _site_disable(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.cli import CliError, run_async
     from service.sites import SiteError, disable_site, write_users_file
 
     async def go() -> int:
         async with _pool(args, settings) as pool:
-            try:
+            with cli_errors(SiteError):
                 await disable_site(pool, args.site_id)
-            except SiteError as err:
-                raise CliError(str(err)) from None
             if args.users_file:
                 n = await write_users_file(pool, args.users_file)
                 print(f"wrote {args.users_file} ({n} sites); reload NATS: nats-server --signal reload")
@@ -261,7 +240,6 @@ def _site_disable(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _users_file(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.cli import run_async
     from service.sites import write_users_file
 
     async def go() -> int:
@@ -274,50 +252,45 @@ def _users_file(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _q_list(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.cli import run_async
     from service.quarantine import list_rows
 
     async def go() -> int:
         async with _pool(args, settings) as pool:
             rows = await list_rows(pool, site_id=args.site, include_replayed=args.all, limit=args.limit)
-        if args.json:
-            print(json.dumps(msgspec.to_builtins(rows), ensure_ascii=False, indent=2))
-            return 0
-        if not rows:
-            print("quarantine is empty" if not args.site else f"nothing held for {args.site}")
-            return 0
-        for r in rows:
-            print(f"#{r.id:<6} {r.received_at:%Y-%m-%d %H:%M:%S} {r.status:<8} {r.site_id or '-':<22} "
-                  f"{r.size:>6} B  {r.reason[:150]}")
+
+        def lines() -> Iterator[str]:
+            if not rows:
+                yield "quarantine is empty" if not args.site else f"nothing held for {args.site}"
+            for r in rows:
+                yield (f"#{r.id:<6} {r.received_at:%Y-%m-%d %H:%M:%S} {r.status:<8} {r.site_id or '-':<22} "
+                       f"{r.size:>6} B  {r.reason[:150]}")
+
+        emit(rows, args.json, lines)
         return 0
 
     return run_async(go())
 
 
 def _q_show(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.cli import CliError, run_async
     from service.quarantine import QuarantineError, get_row
 
     async def go() -> int:
         async with _pool(args, settings) as pool:
-            try:
+            with cli_errors(QuarantineError):
                 row, raw, is_msgpack = await get_row(pool, args.id)
-            except QuarantineError as err:
-                raise CliError(str(err)) from None
         doc = msgspec.to_builtins(row)
         doc["msgpack"] = is_msgpack
         try:
             doc["raw"] = raw.decode("utf-8") if not is_msgpack else raw.hex()
         except UnicodeDecodeError:
             doc["raw_hex"] = raw.hex()
-        print(json.dumps(doc, ensure_ascii=False, indent=2))
+        emit_json(doc)
         return 0
 
     return run_async(go())
 
 
 def _q_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.cli import CliError, run_async
     from service.quarantine import QuarantineError, held_ids, replay
 
     if (args.id is None) == (args.site is None):
@@ -328,10 +301,8 @@ def _q_replay(args: argparse.Namespace, settings: Settings) -> int:
         async with _pool(args, settings) as pool:
             ids = [args.id] if args.id is not None else await held_ids(pool, args.site)
             for row_id in ids:
-                try:
+                with cli_errors(QuarantineError):
                     results.append(await replay(pool, row_id))
-                except QuarantineError as err:
-                    raise CliError(str(err)) from None
             sites = sorted({r.site_id for r in results if r.site_id and r.outcome != "refused"})
             nats_url = settings.nats_url if args.nats_url is None else args.nats_url
             if sites and nats_url:

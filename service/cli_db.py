@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
+from collections.abc import Iterator
 from typing import Any
 
-import msgspec
-
-from runtime.db import connect, create_pool
+from runtime.cli import database_url, emit, run_async
+from runtime.db import connect, pool_for
 from runtime.settings import Settings
 from store import migrate
 from store.postgres import EventStore
@@ -37,15 +36,9 @@ def register(sub: Any) -> None:
     register_audit(asub)
 
 
-def _url(args: argparse.Namespace, settings: Settings) -> str:
-    return str(args.database_url or settings.database_url)
-
-
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.cli import run_async
-
     async def go() -> int:
-        conn = await connect(_url(args, settings))
+        conn = await connect(database_url(args, settings))
         try:
             applied = await migrate.migrate(conn)
             version = await migrate.current_version(conn)
@@ -58,49 +51,38 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.cli import run_async
-
     async def go() -> int:
-        pool = await create_pool(_url(args, settings), max_size=2)
-        try:
+        async with pool_for(database_url(args, settings), max_size=2) as pool:
             store = EventStore(pool)
             async with pool.acquire() as conn:
                 version = await migrate.current_version(conn)
             sites = await store.all_progress()
             total = await store.count()
-        finally:
-            await pool.close()
-        doc = {"schema_version": version, "events": total, "sites": msgspec.to_builtins(sites)}
-        if args.json:
-            print(json.dumps(doc, ensure_ascii=False, indent=2))
-        else:
-            print(f"schema version {version}, {total} events")
+
+        def lines() -> Iterator[str]:
+            yield f"schema version {version}, {total} events"
             for s in sites:
-                print(f"  {s.site_id:<28} watermark {s.watermark:>8}  max {s.max_seq:>8}  holes {s.holes or '-'}")
+                yield f"  {s.site_id:<28} watermark {s.watermark:>8}  max {s.max_seq:>8}  holes {s.holes or '-'}"
+
+        emit({"schema_version": version, "events": total, "sites": sites}, args.json, lines)
         return 0
 
     return run_async(go())
 
 
 def _verify(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.cli import run_async
-
     async def go() -> int:
-        pool = await create_pool(_url(args, settings), max_size=2)
-        try:
+        async with pool_for(database_url(args, settings), max_size=2) as pool:
             store = EventStore(pool)
             sites = args.site or [s.site_id for s in await store.all_progress()]
             reports = [await store.verify_chain(s) for s in sites]
-        finally:
-            await pool.close()
-        if args.json:
-            print(json.dumps(msgspec.to_builtins(reports), ensure_ascii=False, indent=2))
-        else:
+
+        def lines() -> Iterator[str]:
             for r in reports:
-                status = "ok" if r.ok else "BROKEN"
-                print(f"{r.site_id:<28} {status:<7} {r.verified} events")
-                for p in r.problems:
-                    print(f"    {p}")
+                yield f"{r.site_id:<28} {'ok' if r.ok else 'BROKEN':<7} {r.verified} events"
+                yield from (f"    {p}" for p in r.problems)
+
+        emit(reports, args.json, lines)
         return 0 if all(r.ok for r in reports) else 1
 
     return run_async(go())

@@ -9,15 +9,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
-import json
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 
-from runtime.db import connect, create_pool
+from runtime.cli import CliError, cli_errors, database_url, emit, run_async
+from runtime.db import connect, pool_for
 from runtime.settings import Settings
 from store import migrate
 
@@ -67,19 +67,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--database-url", help="PostgreSQL URL (default SHOUWANG_DATABASE_URL)")
 
 
-@contextlib.asynccontextmanager
-async def _pool(args: argparse.Namespace, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    url = str(args.database_url or settings.database_url)
-    conn = await connect(url)
-    try:
-        await migrate.migrate(conn)
-    finally:
-        await conn.close()
-    pool = await create_pool(url, min_size=1, max_size=2)
-    try:
-        yield pool
-    finally:
-        await pool.close()
+def _pool(args: argparse.Namespace, settings: Settings) -> contextlib.AbstractAsyncContextManager[asyncpg.Pool]:
+    """Like the other center commands, these migrate first (the first admin may be added to a new database)."""
+    return pool_for(database_url(args, settings), max_size=2, prepare=migrate.migrate)
 
 
 def _password() -> str:
@@ -90,25 +80,20 @@ def _password() -> str:
         return sys.stdin.readline().rstrip("\n")
     first = getpass.getpass("password: ")
     if getpass.getpass("again: ") != first:
-        from runtime.cli import CliError
-
         raise CliError("the two passwords differ")
     return first
 
 
 def _user_add(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.cli import CliError, run_async
     from service.api.auth import AuthError, add_user
 
     password = _password()
 
     async def go() -> int:
         async with _pool(args, settings) as pool:
-            try:
+            with cli_errors(AuthError):
                 u = await add_user(pool, args.username, args.role, password, site_id=args.site,
                                    township=args.township, display_name=args.name)
-            except AuthError as err:
-                raise CliError(str(err)) from None
         where = u.site_id or u.township or "all sites"
         print(f"added {u.username} ({u.role}, {where})")
         return 0
@@ -117,35 +102,30 @@ def _user_add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _user_list(args: argparse.Namespace, settings: Settings) -> int:
-    import msgspec
-
-    from runtime.cli import run_async
     from service.api.auth import list_users
 
     async def go() -> int:
         async with _pool(args, settings) as pool:
             users = await list_users(pool)
-        if args.json:
-            print(json.dumps(msgspec.to_builtins(users), ensure_ascii=False, indent=2))
-            return 0
-        for u in users:
-            state = "active" if u.active else f"disabled {u.disabled_at:%Y-%m-%d}"
-            print(f"{u.username:24} {u.role:9} {u.site_id or u.township or '-':28} {state}")
+
+        def lines() -> Iterator[str]:
+            for u in users:
+                state = "active" if u.active else f"disabled {u.disabled_at:%Y-%m-%d}"
+                yield f"{u.username:24} {u.role:9} {u.site_id or u.township or '-':28} {state}"
+
+        emit(users, args.json, lines)
         return 0
 
     return run_async(go())
 
 
 def _user_disable(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.cli import CliError, run_async
     from service.api.auth import AuthError, disable_user
 
     async def go() -> int:
         async with _pool(args, settings) as pool:
-            try:
+            with cli_errors(AuthError):
                 await disable_user(pool, args.username)
-            except AuthError as err:
-                raise CliError(str(err)) from None
         print(f"disabled {args.username}; their tokens no longer work")
         return 0
 
@@ -153,15 +133,12 @@ def _user_disable(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _token_issue(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.cli import CliError, run_async
     from service.api.auth import AuthError, issue_token
 
     async def go() -> int:
         async with _pool(args, settings) as pool:
-            try:
+            with cli_errors(AuthError):
                 t = await issue_token(pool, args.username, hours=args.hours, label=args.label)
-            except AuthError as err:
-                raise CliError(str(err)) from None
         print(t.token)
         print(f"token id {t.token_id}, for {t.username}, expires {t.expires_at:%Y-%m-%d %H:%M} UTC", file=sys.stderr)
         return 0
@@ -170,7 +147,6 @@ def _token_issue(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _token_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.cli import CliError, run_async
     from service.api.auth import AuthError, revoke_all, revoke_token
 
     if (args.token_id is None) == (args.user is None):
@@ -182,10 +158,8 @@ def _token_revoke(args: argparse.Namespace, settings: Settings) -> int:
                 n = await revoke_all(pool, args.user)
                 print(f"revoked {n} token(s) of {args.user}")
                 return 0
-            try:
+            with cli_errors(AuthError):
                 done = await revoke_token(pool, args.token_id)
-            except AuthError as err:
-                raise CliError(str(err)) from None
         if not done:
             raise CliError(f"no live token {args.token_id}")
         print(f"revoked {args.token_id}")
@@ -197,12 +171,11 @@ def _token_revoke(args: argparse.Namespace, settings: Settings) -> int:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from runtime.cli import run_async
     from service.api.app import create_app
     from service.api.config import ApiSettings
 
     async def migrated() -> int:
-        conn = await connect(settings.database_url)
+        conn = await connect(settings.database_url)  # the API opens its own pool (create_app)
         try:
             await migrate.migrate(conn)
         finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from events.types import SiteKind
+from runtime.cli import CliError, cli_errors, emit, emit_json, run_async
 from runtime.settings import Settings
 from sync_agent.config import ConfigError, SiteConfig, load_config, log_path, write_config
 from sync_agent.locallog import LocalLog, LocalLogError, LogCorrupted
@@ -93,18 +94,10 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=_restore)
 
 
-def _cli_error(message: str) -> Exception:
-    from runtime.cli import CliError
-
-    return CliError(message)
-
-
 def _open(data: Path) -> tuple[SiteConfig, LocalLog]:
-    try:
+    with cli_errors(ConfigError, LocalLogError):
         config = load_config(data)
         return config, LocalLog(log_path(data), config.site_id)
-    except (ConfigError, LocalLogError) as err:
-        raise _cli_error(str(err)) from None
 
 
 def _init(args: argparse.Namespace, settings: Settings) -> int:
@@ -115,12 +108,10 @@ def _init(args: argparse.Namespace, settings: Settings) -> int:
                                   "creds": args.creds, "tls_ca": args.tls_ca, "js_domain": args.js_domain,
                                   "default_actor": args.actor}, type=SiteConfig)
     except msgspec.ValidationError as err:
-        raise _cli_error(f"invalid site identity: {err}") from None
-    try:
+        raise CliError(f"invalid site identity: {err}") from None
+    with cli_errors(ConfigError, LocalLogError):
         path = write_config(args.data, config)
         LocalLog(log_path(args.data), config.site_id).close()
-    except (ConfigError, LocalLogError) as err:
-        raise _cli_error(str(err)) from None
     print(f"site {config.site_id} ({config.kind.value}) ready in {args.data} ({path.name}, {log_path(args.data).name})")
     return 0
 
@@ -140,11 +131,11 @@ def _record(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  {p}", file=sys.stderr)
         return 1
     except LocalLogError as err:
-        raise _cli_error(str(err)) from None
+        raise CliError(str(err)) from None
     finally:
         log.close()
-    if args.json:
-        print(json.dumps([{"event_id": r.event_id, "site_seq": r.site_seq} for r in done]))
+    if args.json:  # one line: scripts read it
+        emit_json([{"event_id": r.event_id, "site_seq": r.site_seq} for r in done], indent=None)
     else:
         for r in done:
             print(r.event_id)
@@ -155,7 +146,7 @@ def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as err:
-        raise _cli_error(f"cannot read {path}: {err.strerror}") from None
+        raise CliError(f"cannot read {path}: {err.strerror}") from None
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
@@ -166,7 +157,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         st = site_status(log, config)
     finally:
         log.close()
-    print(json.dumps(st, ensure_ascii=False, indent=2) if args.json else render(st))
+    emit(st, args.json, lambda: [render(st)])
     return 0
 
 
@@ -179,10 +170,10 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         log.close()
     if not events:
-        raise _cli_error(f"this site knows no events of child {args.child}")
+        raise CliError(f"this site knows no events of child {args.child}")
     doc = as_json(args.child, events)
     if args.json:
-        print(json.dumps(doc, ensure_ascii=False, indent=2, default=str))
+        emit_json(doc, default=str)  # times as str() writes them, as this command always has
         return 0
     print(_render_child(doc))
     return 0
@@ -215,7 +206,7 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
     try:
         report = log.verify()
     except LogCorrupted as err:
-        raise _cli_error(str(err)) from None
+        raise CliError(str(err)) from None
     finally:
         log.close()
     print(f"local log of {config.site_id}: {report.events} events, site_seq 1..{report.head_seq} gapless, "
@@ -224,9 +215,6 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _restore(args: argparse.Namespace, settings: Settings) -> int:
-    import json
-
-    from runtime.cli import run_async
     from sync_agent.restore import RestoreError, restore
 
     def show(done: int, total: int) -> None:
@@ -238,17 +226,17 @@ def _restore(args: argparse.Namespace, settings: Settings) -> int:
         try:
             report = await restore(args.data, nats_url=args.nats, answer_within=args.timeout, on_page=show)
         except RestoreError as err:
-            raise _cli_error(f"{err} (this station records nothing until a restore has finished: its next "
+            raise CliError(f"{err} (this station records nothing until a restore has finished: its next "
                              "event would take a sequence number the center already holds)") from None
         except (ConfigError, LocalLogError) as err:
-            raise _cli_error(str(err)) from None
+            raise CliError(str(err)) from None
         finally:
             if sys.stderr.isatty():
                 sys.stderr.write("\n")
-        if args.json:
-            print(json.dumps({"site_id": report.site_id, "restored": report.events, "head_seq": report.head_seq,
-                              "head_hash": report.head_hash, "watermark": report.watermark,
-                              "received": report.received}))
+        if args.json:  # one line: scripts read it
+            emit_json({"site_id": report.site_id, "restored": report.events, "head_seq": report.head_seq,
+                       "head_hash": report.head_hash, "watermark": report.watermark, "received": report.received},
+                      indent=None)
         else:
             print(f"restored {report.events} events of {report.site_id} from the center; the log is whole up to "
                   f"site_seq {report.head_seq} and the next event continues its chain; {report.received} events "
@@ -263,10 +251,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from sync_agent.serve import create_app
 
-    try:
+    with cli_errors(ConfigError, LocalLogError):
         app = create_app(args.data, sync=not args.no_sync)
-    except (ConfigError, LocalLogError) as err:
-        raise _cli_error(str(err)) from None
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -303,20 +289,17 @@ class ProgressBar:
 
 
 def _sync(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.cli import run_async
     from sync_agent.agent import Agent
 
     async def go() -> int:
-        try:
+        with cli_errors(ConfigError, LocalLogError):
             agent = Agent(args.data, nats_url=args.nats)
-        except (ConfigError, LocalLogError) as err:
-            raise _cli_error(str(err)) from None
         bar = ProgressBar()
         try:
             await agent.start()
         except LocalLogError as err:
             agent.log.close()
-            raise _cli_error(str(err)) from None
+            raise CliError(str(err)) from None
         try:
             if args.once:
                 ok = await agent.wait_synced(args.timeout, on_progress=bar)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from runtime.cli import emit_json, run_async
 from runtime.settings import Settings
 from testbed.demo import DEMO_PASSWORD, Demo, prepare
 
@@ -38,7 +39,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
     data: Path = args.data.resolve()
     prepare(data, args.fresh, progress)
-    return asyncio.run(_run(args, data, progress))
+    return run_async(_run(args, data, progress))
 
 
 async def _run(args: argparse.Namespace, data: Path, progress: Any) -> int:
@@ -61,7 +62,7 @@ async def _run(args: argparse.Namespace, data: Path, progress: Any) -> int:
             await demo.settle()
         result = await demo.result()
         if args.json:
-            print(json.dumps(result, ensure_ascii=False, indent=2))
+            emit_json(result)
         else:
             ev = result["events"]
             progress(f"recorded {ev['recorded']} events; the center stored {ev['stored']} exactly once; "
