@@ -1,4 +1,4 @@
-"""The catalogue of care events: every kind of work DOMAIN.md describes, as frozen Structs.
+"""The catalogue of care events: every kind of work docs/DOMAIN.md describes, as frozen Structs.
 
 Each event is a fact in the past tense. ``CareEvent`` is the tagged union of all of them; its
 tag field is ``type`` and each tag is the class name. A payload travels inside an envelope

@@ -73,7 +73,7 @@ class Sex(enum.StrEnum):
 
 
 class Reason(enum.StrEnum):
-    """Why a child is on the register (DOMAIN.md: why the child is counted)."""
+    """Why a child is on the register (docs/DOMAIN.md: why the child is counted)."""
 
     BOTH_PARENTS_AWAY = "both_parents_away"
     ONE_PARENT_AWAY = "one_parent_away"

@@ -1,4 +1,4 @@
-"""Follow-up rules (DOMAIN.md "The rules people are held to"), checked per child and period.
+"""Follow-up rules (docs/DOMAIN.md "The rules people are held to"), checked per child and period.
 
 Rules: a home visit every month, a call with the parents every month, a talk with the class
 teacher every month, a letter to the parents every semester.

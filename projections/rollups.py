@@ -1,4 +1,4 @@
-"""Township rollups: every figure of DOMAIN.md "What the township counts", for a scope (a site,
+"""Township rollups: every figure of docs/DOMAIN.md "What the township counts", for a scope (a site,
 a township, a region, or everything) and a period (month, semester, year). FIGURES.md says what
 each figure counts and from which events.
 

@@ -2,7 +2,7 @@
 
 A seeded generator used by the demo, the benchmarks and the fault-injection harness. It makes
 a township office, village rights stations and schools, a few hundred children whose mix of
-guardianship types, reasons and grades follows DOMAIN.md, and the care work done for them:
+guardianship types, reasons and grades follows docs/DOMAIN.md, and the care work done for them:
 registration surveys, home visits, calls with the parents, letters, talks with the class
 teacher (some children fall behind the rules), pairings and proxy parents, aid, holiday
 condolence visits covering many children, activities, a transfer between schools, a child

@@ -48,7 +48,7 @@ def test_every_type_round_trips_json_and_msgpack(type_name: str) -> None:
 
 
 def test_catalogue_covers_the_domain() -> None:
-    """The domain's kinds of care work each have an event type (DOMAIN.md, issue 2)."""
+    """The domain's kinds of care work each have an event type (docs/DOMAIN.md, "What happens")."""
     wanted = {
         "ChildRegistered", "ArchiveUpdated", "StatusAssessed", "GuardianChanged", "ContactCardUpdated",
         "ChildTransferred", "ArchiveClosed", "ArchivesMerged", "EventCorrected", "PairingStarted",
