@@ -1,7 +1,8 @@
 """Ingest: care events from JetStream (CARE_UP) into the PostgreSQL event store, exactly once.
 
 Each ingester pulls batches from the shared durable consumer ``center-ingest``. A fetch runs
-while the previous batch is being written (nats-py's fetch is the slowest step, MEASURED.md).
+while the previous batch is being written (nats-py's fetch is the slowest step of a raw
+ingester, as measured on the build machines).
 For each batch:
 
 1. **Triage** every message outside any transaction: the subject must name a site, the bytes
@@ -382,8 +383,8 @@ class PullFeed:
     """Messages of a pull consumer, flowing in while the ingester writes.
 
     nats-py's ``fetch`` awaits each message through a queue with a timeout and a task per
-    message, which MEASURED.md found to be 62% of a raw ingester's time. Here one pull request
-    is kept outstanding (``batch`` messages, expiring after ``expires`` seconds); delivered
+    message, which took 62% of a raw ingester's time when measured on the build machines. Here one
+    pull request is kept outstanding (``batch`` messages, expiring after ``expires`` seconds); delivered
     messages land in a buffer from a subscription callback, so they arrive while the previous
     batch is being committed, and :meth:`take` hands over whatever is there. A request ends when
     it has delivered its ``batch`` or with a status message (404/408 no messages or expired,
