@@ -93,6 +93,24 @@ receipt_encoder = msgspec.json.Encoder()
 receipt_decoder = msgspec.json.Decoder(Receipt)
 
 
+def is_own_inbox(site_id: str, reply: str | None) -> bool:
+    """Whether a request's reply subject is below the asking site's own inbox prefix. The center
+    answers nothing else: NATS does not check reply subjects, so a site could otherwise make the
+    center (or JetStream) publish into another site's subject or into a stream."""
+    return bool(reply) and reply.startswith(inbox_prefix(site_id) + ".")  # type: ignore[union-attr]
+
+
+# --- reads at a station, uploaded to the center's read log --------------------------------
+
+READS_PREFIX = "care.reads."
+
+
+def reads_subject(site_id: str) -> str:
+    """Core NATS request subject on which a site sends the reads of children's data its users
+    made (offline ones included) to the center's read log; the center answers with what it kept."""
+    return READS_PREFIX + site_id
+
+
 # --- restoring a site's log from the center (a station whose disk died) -------------------
 
 RESTORE_PREFIX = "care.restore."

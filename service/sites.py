@@ -18,7 +18,16 @@ import asyncpg
 import msgspec
 
 from events.types import SiteId, SiteKind
-from events.wire import DOWN_STREAM, JS_DOMAIN, down_consumer, down_subject, inbox_prefix, restore_subject, up_subject
+from events.wire import (
+    DOWN_STREAM,
+    JS_DOMAIN,
+    down_consumer,
+    down_subject,
+    inbox_prefix,
+    reads_subject,
+    restore_subject,
+    up_subject,
+)
 
 
 class SiteError(Exception):
@@ -150,7 +159,8 @@ def site_permissions(site_id: str) -> str:
     """The NATS permissions block of one site: its own subjects and its own consumer, nothing else."""
     durable = down_consumer(site_id)
     down = down_subject(site_id)
-    publish = [up_subject(site_id), restore_subject(site_id)]  # its events; asking for them back
+    # its events; asking for them back; its users' reads of children's data, for the read log
+    publish = [up_subject(site_id), restore_subject(site_id), reads_subject(site_id)]
     # Create (or look up) its own durable consumer; the filter is part of the subject, so the
     # server refuses a consumer of this name that filters on another site's subject.
     publish += down_consumer_permissions(durable, down)
