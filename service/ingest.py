@@ -54,6 +54,7 @@ from events.types import SiteId
 from events.validation import ValidationFailed, problem_from_msgspec
 from events.wire import CONTENT_TYPE_HEADER, MSGPACK, UP_STREAM, Refusal, site_of_subject, up_subject
 from runtime import log
+from service.authority import already_stored, authorize, load_facts, lock_scope_changes
 from service.quarantine import NewRow, insert_rows, refusal
 from service.scope import apply_scope
 from service.streams import INGEST_CONSUMER, StreamSettings
@@ -102,6 +103,7 @@ class RefusalKind(enum.StrEnum):
     # another event (store.postgres reports both as one kind of refusal, the text says which).
     STORE_CONFLICT = "store_conflict"
     STORE_REFUSED = "store_refused"  # the database raised an error on this event alone (ingest's split)
+    UNAUTHORIZED = "unauthorized"  # the sending site has no authority for it (service/authority.py)
 
 
 class Accepted(msgspec.Struct, frozen=True):
@@ -274,6 +276,17 @@ async def commit_in(conn: asyncpg.Connection, items: Sequence[Triaged], *, quara
                                      e.event_id, e.site_seq))
         else:
             good.append(item)
+    if good:
+        # Scope is granted, never taken: each event against its sender's authority, from the
+        # store's state in commit order (service/authority.py).
+        batch = [a.decoded for a in good]
+        await lock_scope_changes(conn, batch)
+        refused = authorize(batch, await load_facts(conn, batch), await already_stored(conn, batch))
+        for i, why in refused.items():
+            e = good[i].decoded.event
+            rejected.append(Rejected(good[i].origin, good[i].site_id, RefusalKind.UNAUTHORIZED, why, e.event_id,
+                                     e.site_seq))
+        good = [a for i, a in enumerate(good) if i not in refused]
     result = await append_in(conn, [a.decoded for a in good])
     if result.refused:
         by_id = {a.decoded.event.event_id: a for a in good}
