@@ -36,6 +36,7 @@ import contextlib
 import datetime as dt
 import enum
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -52,7 +53,7 @@ from nats.aio.subscription import Subscription
 from events.envelope import MAX_EVENT_BYTES, DecodedEvent, Event, decode_event, encode_event, validate_event
 from events.types import SiteId
 from events.validation import ValidationFailed, problem_from_msgspec
-from events.wire import CONTENT_TYPE_HEADER, MSGPACK, UP_STREAM, Refusal, site_of_subject, up_subject
+from events.wire import CONTENT_TYPE_HEADER, KIND_HEADER, MSGPACK, UP_STREAM, Refusal, site_of_subject, up_subject
 from runtime import log
 from service.authority import already_stored, authorize, load_facts, lock_scope_changes
 from service.quarantine import NewRow, insert_rows, refusal
@@ -71,6 +72,8 @@ class Inbound(msgspec.Struct, frozen=True):
     msgpack: bool = False
     stream_seq: int | None = None
     deliveries: int | None = None
+    # Why the message was not sent by a site's agent, when it shows (see `reflected_by`).
+    reflected: str | None = None
 
 
 class Submitted(msgspec.Struct, frozen=True):
@@ -104,6 +107,7 @@ class RefusalKind(enum.StrEnum):
     STORE_CONFLICT = "store_conflict"
     STORE_REFUSED = "store_refused"  # the database raised an error on this event alone (ingest's split)
     UNAUTHORIZED = "unauthorized"  # the sending site has no authority for it (service/authority.py)
+    REFLECTED = "reflected"  # published on care.up by JetStream or the center, not by a site (a reply-subject trick)
 
 
 class Accepted(msgspec.Struct, frozen=True):
@@ -210,6 +214,12 @@ def _from_sender(origin: Origin, site_id: str, decoded: DecodedEvent) -> Triaged
 
 def triage(inb: Inbound, now: dt.datetime | None = None) -> Triaged:
     """Decode, validate and check the sender of one message (no database needed)."""
+    if inb.reflected is not None:
+        # Not the named site's: kept unattributed (no site), so it is neither receipted to nor
+        # counted against the site whose subject it was reflected into.
+        return Rejected(inb, None, RefusalKind.REFLECTED,
+                        f"not sent by a site: {inb.reflected} published on {inb.subject!r} (a request whose reply "
+                        "subject named care.up); kept unattributed")
     site_id = _valid_site(site_of_subject(inb.subject))
     if site_id is None:
         return _no_site(inb)
@@ -380,15 +390,41 @@ def ack_metadata(reply: str) -> tuple[int | None, int | None]:
     return None, None
 
 
+def reflected_by(headers: dict[str, str], data: bytes) -> str | None:
+    """What published a message on care.up, when it was not a site's agent.
+
+    NATS checks the subject a client publishes on, never the reply subject it asks an answer on:
+    a site may ask JetStream (a pull of its own care.down consumer, an API call) or a center
+    responder for an answer "on care.up.<another site>", and the answer lands in CARE_UP under
+    that site's name. The center's responders answer only below the asking site's inbox
+    (events.wire.is_own_inbox); what JetStream publishes is recognised here: a care.down message
+    (our kind header), a status message, a JetStream API response, or an empty body. An agent's
+    event never looks like any of these."""
+    if KIND_HEADER in headers:
+        return f"a care.down {headers[KIND_HEADER]} message"
+    if "Status" in headers:
+        return f"a JetStream status message ({headers['Status']})"
+    if not data.strip():
+        return "an empty message"
+    if data[:1] == b"{" and _JS_RESPONSE.search(data[:200]):
+        return "a JetStream API response"
+    return None
+
+
+_JS_RESPONSE = re.compile(rb'"type"\s*:\s*"io\.nats\.')
+
+
 def inbound_of(msg: Msg) -> Inbound:
     headers = msg.headers or {}
+    data = bytes(msg.data)
     stream_seq, deliveries = ack_metadata(msg.reply) if msg.reply else (None, None)
     return Inbound(
         subject=msg.subject,
-        data=bytes(msg.data),
+        data=data,
         msgpack=headers.get(CONTENT_TYPE_HEADER) == MSGPACK,
         stream_seq=stream_seq,
         deliveries=deliveries,
+        reflected=reflected_by(headers, data),
     )
 
 

@@ -23,6 +23,7 @@ from events.wire import (
     RESTORE_PAGE_BYTES,
     RESTORE_PREFIX,
     RestorePage,
+    is_own_inbox,
     restore_request_decoder,
 )
 from runtime import log
@@ -56,9 +57,13 @@ class RestoreResponder:
             self._sub = None
 
     async def _on_msg(self, msg: Msg) -> None:
-        if not msg.reply:
-            return
         site_id = msg.subject[len(RESTORE_PREFIX):]
+        if not is_own_inbox(site_id, msg.reply):
+            # Only the asking site's own inbox: a reply subject elsewhere (care.up.<another site>,
+            # care.down.<...>) would make the center publish this site's events into a stream.
+            _log.warning("restore request with a reply subject outside the site's inbox; not answered",
+                         site_id=site_id)
+            return
         try:
             page = await self.page(site_id, msg.data)
         except Exception as err:  # the database is away: say so, the agent retries
