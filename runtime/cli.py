@@ -23,6 +23,17 @@ class CliError(Exception):
     """A command failed in a way the user can fix; printed without a traceback, exit 2."""
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number above zero (a bad value is refused naming it)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
 def run_async(coro: Coroutine[Any, Any, int | None]) -> int:
     return int(asyncio.run(coro) or 0)
 

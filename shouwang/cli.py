@@ -8,6 +8,7 @@ This module imports them by name, so the package graph shows every arrow.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from collections.abc import Callable, Sequence
 
@@ -23,13 +24,22 @@ from testbed import cli_demo
 COMMAND_MODULES = (cli_db, cli_demo, cli_center, agent_cli, projections_cli)
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("shouwang")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shouwang",
         description="守望 shouwang: care records for left-behind children, synced from village "
         "stations and schools to the township.",
     )
-    parser.add_argument("--log-level", default=None, help="debug, info, warning or error (SHOUWANG_LOG_LEVEL)")
+    parser.add_argument("--version", action="version", version=f"shouwang {_version()}")
+    parser.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"),
+                        help="how much to log (default: SHOUWANG_LOG_LEVEL, else info)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMAND_MODULES:
         module.register(sub)
@@ -71,6 +81,9 @@ def unreachable_message(err: BaseException) -> str | None:
     import asyncpg
     import nats.errors
 
+    if isinstance(err, asyncpg.ClientConfigurationError):
+        return (f"the database URL is not valid ({err}); give one like postgresql://user@host:5432/shouwang "
+                "(--database-url or SHOUWANG_DATABASE_URL)")
     if isinstance(err, nats.errors.NoServersError | nats.errors.ConnectionClosedError):
         return (f"cannot reach NATS ({type(err).__name__}: {err}); is nats-server running, and is "
                 "SHOUWANG_NATS_URL (or the site's nats_url) right?")

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runtime.cli import emit_json, run_async
+from runtime.cli import emit_json, positive_int, run_async
 from runtime.settings import Settings
 from testbed.demo import DEMO_PASSWORD, Demo, prepare
 
@@ -21,11 +21,11 @@ def register(sub: Any) -> None:
     p.add_argument("--fresh", action="store_true", help="delete the data folder first")
     p.add_argument("--once", action="store_true", help="run the scenario to the end, print the result, exit")
     p.add_argument("--json", action="store_true", help="print one JSON document (with --once)")
-    p.add_argument("--children", type=int, default=120, help="children in the township (default 120)")
-    p.add_argument("--villages", type=int, default=4, help="village stations (default 4)")
-    p.add_argument("--schools", type=int, default=2, help="schools (default 2)")
-    p.add_argument("--days", type=int, default=120, help="days of care work to simulate (default 120)")
-    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--children", type=positive_int, default=120, help="children in the township (default 120)")
+    p.add_argument("--villages", type=positive_int, default=4, help="village stations (default 4)")
+    p.add_argument("--schools", type=positive_int, default=2, help="schools (default 2)")
+    p.add_argument("--days", type=positive_int, default=120, help="days of care work to simulate (default 120)")
+    p.add_argument("--seed", type=int, default=2026, help="seed of the simulated township (same seed, same township)")
     p.add_argument("--port", type=int, default=8800, help="the center's HTTP port for the dashboard (default 8800)")
     p.set_defaults(handler=_demo)
 
