@@ -91,7 +91,8 @@ class RebuildError(Exception):
 async def fill(pool: asyncpg.Pool, schema: str, *, page: int = 5000, progress: Progress | None = None,
                database_url: str | None = None, workers: int = 1, parallel_from: int = PARALLEL_FROM) -> RebuildReport:
     """Fold the whole log as it is now into `schema`: its tables must be empty and without keys
-    (`shouwang_projection_schema`); they get them after the load (`shouwang_projection_indexes`)."""
+    (`shouwang_projection_schema`); they get them after the load (`shouwang_projection_indexes`,
+    through `shouwang_projection_keys`, which keys only proj_shadow)."""
     # Millions of small long-lived objects and no reference cycles: the cyclic collector would
     # rescan them over and over (quadratic in the log's size), so it is paused while folding.
     gc_was_enabled = gc.isenabled()
@@ -152,7 +153,7 @@ async def _fill(pool: asyncpg.Pool, schema: str, *, page: int, progress: Progres
                                              records=[tables.edge_row(e) for e in edges])
             # Room to sort a big log's keys in memory (the default 64MB spills a million facts to disk).
             await conn.execute(f"SET LOCAL maintenance_work_mem = '{INDEX_MEMORY}'")
-            await conn.execute("SELECT shouwang_projection_indexes($1)", schema)
+            await conn.execute("SELECT shouwang_projection_keys($1)", schema)
             await write_checkpoint(conn, schema, cp)
             await write_fold_version(conn, schema)
     seconds = time.perf_counter() - started
@@ -272,8 +273,9 @@ async def rebuild(pool: asyncpg.Pool, *, page: int = 5000, progress: Progress | 
     """Rebuild all read models in the shadow schema and swap them in while the live ones serve.
     With a URL and workers > 1, the derive-and-write phase is shared by forked processes."""
     async with pool.acquire() as conn:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {tables.SHADOW} CASCADE")
-        await conn.execute("SELECT shouwang_projection_schema($1)", tables.SHADOW)
+        # Schemas are the owner role's: these SECURITY DEFINER functions (migration 0007) drop,
+        # make and swap the shadow for a service role that owns nothing.
+        await conn.execute("SELECT shouwang_projection_shadow()")
     report = await fill(pool, tables.SHADOW, page=page, progress=progress, database_url=database_url,
                         workers=workers)
     # Catch the shadow up with what was committed meanwhile, outside the lock...
@@ -283,7 +285,5 @@ async def rebuild(pool: asyncpg.Pool, *, page: int = 5000, progress: Progress | 
         await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
         while await advance(conn, tables.SHADOW, page):
             pass
-        await conn.execute(f"ALTER SCHEMA {tables.SCHEMA} RENAME TO proj_retired")
-        await conn.execute(f"ALTER SCHEMA {tables.SHADOW} RENAME TO {tables.SCHEMA}")
-        await conn.execute("DROP SCHEMA proj_retired CASCADE")
+        await conn.execute("SELECT shouwang_projection_swap()")  # proj_shadow becomes proj
     return report

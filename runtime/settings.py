@@ -27,6 +27,8 @@ Positive = Annotated[int, msgspec.Meta(ge=1)]
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/shouwang"
+    # The owner role's URL, for `shouwang db migrate` only (store/roles.py); unset: database_url.
+    database_owner_url: str | None = None
     nats_url: str = "nats://127.0.0.1:4222"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool | None = None  # None: JSON when stderr is not a terminal

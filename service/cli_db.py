@@ -3,22 +3,37 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Iterator
 from typing import Any
 
-from runtime.cli import database_url, emit, run_async
+from runtime.cli import cli_errors, database_url, emit, run_async
 from runtime.db import connect, pool_for
 from runtime.settings import Settings
-from store import migrate
+from store import migrate, roles
 from store.postgres import EventStore
 
 
 def register(sub: Any) -> None:
     db = sub.add_parser("db", help="the central event store: migrate, status")
     dbsub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
-    m = dbsub.add_parser("migrate", help="apply pending SQL migrations (safe to run at every start)")
-    m.add_argument("--database-url", help="PostgreSQL URL (default SHOUWANG_DATABASE_URL)")
+    m = dbsub.add_parser("migrate", help="apply pending SQL migrations as the owner role (safe to run at every start)")
+    m.add_argument("--database-url",
+                   help="PostgreSQL URL of the owner role "
+                        "(default SHOUWANG_DATABASE_OWNER_URL, else SHOUWANG_DATABASE_URL)")
     m.set_defaults(handler=_migrate)
+    r = dbsub.add_parser("roles", help="create the owner and the service role, hand the schema to the owner, "
+                                       "migrate as the owner and grant the service only what it needs (idempotent)")
+    r.add_argument("--database-url", required=True,
+                   help="a superuser's URL of the center's database, e.g. postgresql:///shouwang?host=/run/postgresql")
+    r.add_argument("--owner", default=roles.DEFAULT_OWNER,
+                   help=f"owner role: runs migrations, owns every table (default {roles.DEFAULT_OWNER}); "
+                        "password from SHOUWANG_DB_OWNER_PASSWORD")
+    r.add_argument("--service", default=roles.DEFAULT_SERVICE,
+                   help=f"service role: what the center connects as (default {roles.DEFAULT_SERVICE}); "
+                        "password from SHOUWANG_DB_SERVICE_PASSWORD")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(handler=_roles)
     st = dbsub.add_parser("status", help="schema version, events stored, per-site watermarks")
     st.add_argument("--database-url")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -36,15 +51,49 @@ def register(sub: Any) -> None:
     register_audit(asub)
 
 
+def owner_url(args: argparse.Namespace, settings: Settings) -> str:
+    """--database-url when given, else SHOUWANG_DATABASE_OWNER_URL, else SHOUWANG_DATABASE_URL
+    (one role: the tests, the demo, an install without `db roles`)."""
+    return str(args.database_url or settings.database_owner_url or settings.database_url)
+
+
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     async def go() -> int:
-        conn = await connect(database_url(args, settings))
+        conn = await connect(owner_url(args, settings))
         try:
-            applied = await migrate.migrate(conn)
+            with cli_errors(migrate.MigrationRefused):
+                applied = await migrate.migrate(conn)
             version = await migrate.current_version(conn)
         finally:
             await conn.close()
         print(f"schema at version {version}; applied now: {applied or 'nothing'}")
+        return 0
+
+    return run_async(go())
+
+
+def _roles(args: argparse.Namespace, settings: Settings) -> int:
+    async def go() -> int:
+        conn = await connect(args.database_url)
+        try:
+            with cli_errors(roles.RoleError, migrate.MigrationRefused):
+                report = await roles.setup_roles(
+                    conn, owner=args.owner, service=args.service,
+                    owner_password=os.environ.get("SHOUWANG_DB_OWNER_PASSWORD") or None,
+                    service_password=os.environ.get("SHOUWANG_DB_SERVICE_PASSWORD") or None)
+        finally:
+            await conn.close()
+
+        def lines() -> Iterator[str]:
+            yield (f"database {report.database}: owner {report.owner} (migrations), service {report.service} "
+                   f"(the center); created {report.created or 'no role'}, {report.reassigned} object(s) handed "
+                   f"to the owner, migrations applied now: {report.migrated or 'none'}")
+            for role, password in report.generated_passwords.items():
+                yield f"  new password of {role} (shown once): {password}"
+
+        emit({"database": report.database, "owner": report.owner, "service": report.service,
+              "created": report.created, "generated_passwords": report.generated_passwords,
+              "reassigned": report.reassigned, "migrated": report.migrated}, args.json, lines)
         return 0
 
     return run_async(go())
