@@ -9,6 +9,16 @@ township office sites of their townships (and of the sending site's township); n
 sending site itself, never a disabled site. A site that entered the scope in tx (a transfer, a
 registration naming it, a merge) first receives the child's history up to that event.
 
+Redaction (guarantee 10, docs/SECURITY.md "Redacted copies and the API's scope"): an event
+naming several children (a condolence visit, an activity, tutoring, a meeting, a guardians'
+training, a correction of one of those) reaches each site with only the children that site
+would receive an event about on its own (:meth:`Targets.keeps`); the others' ids and details are
+cut from the envelope's ``children`` and the payload's ``child_ids`` (and a correction's
+``replacement``). Such a copy no longer hashes to the sender's chain: it travels with
+``Shouwang-Redacted: 1`` and ``Shouwang-Original-Hash`` (the hash the center holds), so an
+auditor can match it with the original. An event whose other children cannot be cut out (a type
+this center does not understand, a single-child reference) is withheld from that site.
+
 Delivery is at least once: the checkpoint (``fanout_checkpoint``) is saved after JetStream
 acked a page's publishes, so a crash resends that page. Each message carries
 ``Nats-Msg-Id: <event_id>@<site>`` (JetStream drops repeats within its window) and agents
@@ -22,9 +32,10 @@ import contextlib
 from collections.abc import Iterable
 
 import asyncpg
+import msgspec
 from nats.js import JetStreamContext
 
-from events.envelope import encode_event
+from events.envelope import Event, care_of, encode_event
 from events.wire import KIND_EVENT, KIND_HEADER, down_subject
 from runtime import log
 from service.scope import ScopeView, load_scope
@@ -34,6 +45,59 @@ from store.postgres import ORIGIN, EventStore, Position, StoredEvent, read_all_i
 
 _log = log.get("service.fanout")
 NOTIFY_CHANNEL = "shouwang_events"
+REDACTED_HEADER = "Shouwang-Redacted"
+ORIGINAL_HASH_HEADER = "Shouwang-Original-Hash"
+NOW_TX = 2**63 - 1  # a transaction after every other: the scope as it stands now
+_generic = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+
+
+def _cut(payload: dict[str, object], keep: set[str]) -> dict[str, object]:
+    """The payload with its list of children cut to `keep`, a correction's replacement too."""
+    out = dict(payload)
+    ids = out.get("child_ids")
+    if isinstance(ids, list):
+        out["child_ids"] = [c for c in ids if c in keep]
+    inner = out.get("replacement")
+    if isinstance(inner, dict):
+        out["replacement"] = _cut(inner, keep)
+    return out
+
+
+def redacted(event: Event, keep: set[str]) -> Event | None:
+    """The copy of `event` a site may hold when it may see only the children in `keep`: the
+    event itself when it names no other child; else the envelope and payload without the other
+    children; None when the other children cannot be cut out (then the site gets nothing)."""
+    if set(event.children) <= keep:
+        return event
+    if not keep & set(event.children):
+        return None
+    try:
+        if care_of(event) is None:
+            return None  # not understood here: no way to know where its payload names a child
+        payload = _generic.decode(event.payload)
+        if not isinstance(payload, dict):
+            return None
+        copy = msgspec.structs.replace(event, children=[c for c in event.children if c in keep],
+                                       payload=msgspec.Raw(_encoder.encode(_cut(payload, keep))))
+        care = care_of(copy)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+        return None
+    if care is None or set(care.child_ids()) != set(copy.children):
+        return None  # a child named outside a list (a merge, a replacement's own child_id): withhold
+    return copy
+
+
+def down_message(site: str, s: StoredEvent, keep: set[str]) -> tuple[str, bytes, dict[str, str]] | None:
+    """The care.down message carrying `s` to `site`, redacted to `keep` (None: send nothing)."""
+    copy = redacted(s.event, keep)
+    if copy is None:
+        return None
+    headers = {KIND_HEADER: KIND_EVENT, "Nats-Msg-Id": f"{s.event.event_id}@{site}"}
+    if copy is not s.event:
+        headers[REDACTED_HEADER] = "1"
+        headers[ORIGINAL_HASH_HEADER] = s.hash
+    return down_subject(site), encode_event(copy), headers
 
 
 class Targets:
@@ -59,12 +123,37 @@ class Targets:
         found = self._with_townships(sites, origin) & self.active
         return found if with_origin else found - {origin}
 
+    def keeps(self, site: str, children: Iterable[str], tx: int, origin: str) -> set[str]:
+        """The children (of `children`) whose events `site` receives at tx: those it would get an
+        event about on its own. A township office site of the child's or the sender's township
+        keeps every child of the list; a village station or school only its own (and those
+        merged with its own)."""
+        return {c for c in children if site in self.at([c], tx, origin, with_origin=True)}
+
+    def add(self, view: ScopeView) -> None:
+        """Scope rows of more children (the other children of history events)."""
+        for c, spans in view.sites.items():
+            self.view.sites.setdefault(c, spans)
+        for c, spans in view.links.items():
+            self.view.links.setdefault(c, spans)
+
     def entered(self, child: str, tx: int, origin: str) -> set[str]:
         """Sites that came into this child's scope in transaction tx, the sending site included:
         a station whose registration reaches the center after other sites' events about the
         child (it was offline, or the center was restored from a backup) must get those events."""
         return (self.at([child], tx, origin, with_origin=True)
                 - self.at([child], tx, origin, before=True, with_origin=True))
+
+
+async def targets_for(conn: asyncpg.Connection, children: Iterable[str]) -> Targets:
+    """The scope history of these children and the active sites, for Targets' questions."""
+    view = await load_scope(conn, children)
+    rows = await conn.fetch("SELECT site_id, kind FROM sites WHERE active")
+    township_sites: dict[str, list[str]] = {}
+    for r in rows:
+        if r["kind"] == "township":
+            township_sites.setdefault(township_of(r["site_id"]), []).append(r["site_id"])
+    return Targets(view, township_sites, {r["site_id"] for r in rows})
 
 
 class FanOut:
@@ -137,19 +226,12 @@ class FanOut:
                 delay = min(delay * 2, 5.0)
 
     async def _targets(self, page: list[StoredEvent]) -> Targets:
-        children = {c for s in page for c in s.event.children}
         async with self.pool.acquire() as conn:
-            view = await load_scope(conn, children)
-            rows = await conn.fetch("SELECT site_id, kind FROM sites WHERE active")
-        township_sites: dict[str, list[str]] = {}
-        for r in rows:
-            if r["kind"] == "township":
-                township_sites.setdefault(township_of(r["site_id"]), []).append(r["site_id"])
-        return Targets(view, township_sites, {r["site_id"] for r in rows})
+            return await targets_for(conn, {c for s in page for c in s.event.children})
 
     async def _send(self, page: list[StoredEvent]) -> None:
         targets = await self._targets(page)
-        out: list[tuple[str, StoredEvent]] = []
+        out: list[tuple[str, bytes, dict[str, str]]] = []
         backfilled: set[tuple[str, str, int]] = set()
         for s in page:
             e, tx = s.event, s.position.tx
@@ -158,9 +240,14 @@ class FanOut:
                     if (child, site, tx) in backfilled:
                         continue
                     backfilled.add((child, site, tx))
-                    out += [(site, h) for h in await self._history(child, tx, targets, s.position)
-                            if h.event.site_id != site]
-            out += [(site, s) for site in sorted(targets.at(e.children, tx, e.site_id))]
+                    # The history as the site may see it now that it entered the scope (tx).
+                    for h in await self._history(child, tx, targets, s.position):
+                        if h.event.site_id != site:
+                            msg = down_message(site, h, targets.keeps(site, h.event.children, tx, h.event.site_id))
+                            out += [msg] if msg is not None else []
+            for site in sorted(targets.at(e.children, tx, e.site_id)):
+                msg = down_message(site, s, targets.keeps(site, e.children, tx, e.site_id))
+                out += [msg] if msg is not None else []
         await self._publish(out)
 
     async def _history(self, child: str, tx: int, targets: Targets, before: Position) -> list[StoredEvent]:
@@ -171,16 +258,17 @@ class FanOut:
             for h in await self.store.read_child(c):
                 if h.position < before:
                     seen[h.event.event_id] = h
+        others = {c for h in seen.values() for c in h.event.children} - set(targets.view.sites) \
+            - set(targets.view.links)
+        if others:  # the scope of the history's other children, to redact it
+            async with self.pool.acquire() as conn:
+                targets.add(await load_scope(conn, others))
         return sorted(seen.values(), key=lambda h: h.position)
 
-    async def _publish(self, out: list[tuple[str, StoredEvent]]) -> None:
+    async def _publish(self, out: list[tuple[str, bytes, dict[str, str]]]) -> None:
         for i in range(0, len(out), 1000):
             chunk = out[i:i + 1000]
-            await publish_batch(self.js, [
-                (down_subject(site), encode_event(s.event),
-                 {KIND_HEADER: KIND_EVENT, "Nats-Msg-Id": f"{s.event.event_id}@{site}"})
-                for site, s in chunk
-            ])
+            await publish_batch(self.js, chunk)
             self.sent += len(chunk)
 
     async def _load_checkpoint(self) -> Position:

@@ -27,6 +27,7 @@ from events.wire import (
     restore_request_decoder,
 )
 from runtime import log
+from service.fanout import NOW_TX, redacted, targets_for
 from service.sites import SiteError, check_site_id
 from store.postgres import EventStore, Position, StoredEvent, progress_of, read_where
 
@@ -116,11 +117,18 @@ class RestoreResponder:
                    WHERE l.until_tx IS NULL)
                AND site_id <> $1""",
             site_id, after=after, limit=_PAGE_ROWS)
-        events = _fill(stored)
-        more = bool(events) and (len(events) < len(stored) or len(stored) == _PAGE_ROWS)
+        # Redacted as the fan-out does (guarantee 10): no other child of an event naming several.
+        targets = await targets_for(conn, {c for s in stored for c in s.event.children})
+        copies = [msgspec.structs.replace(s, event=e) for s in stored
+                  if (e := redacted(s.event, targets.keeps(site_id, s.event.children, NOW_TX, s.event.site_id)))
+                  is not None]
+        events = _fill(copies)
+        if len(events) < len(copies):
+            next_after: str | None = str(copies[len(events) - 1].position)
+        else:
+            next_after = str(stored[-1].position) if len(stored) == _PAGE_ROWS else None
         self.served += len(events)
-        return RestorePage(site_id=site_id, events=events,
-                           next_after=str(stored[len(events) - 1].position) if more else None)
+        return RestorePage(site_id=site_id, events=events, next_after=next_after)
 
 
 def _fill(stored: list[StoredEvent]) -> list[msgspec.Raw]:

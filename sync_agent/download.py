@@ -3,6 +3,11 @@
 Messages are acknowledged only after what they carry is committed to the local SQLite log, so
 a crash in between makes JetStream redeliver them, and applying them twice changes nothing
 (receipts are snapshots; events are kept once by event_id).
+
+An event naming several children may arrive as a redacted copy (``Shouwang-Redacted: 1``): the
+center cut out the children outside this site's scope, so its hash is not the sender's; the
+original's hash (``Shouwang-Original-Hash``) is kept beside it in the inbox for an auditor.
+The site trusts such a copy because it came from the center on its own authenticated subject.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from sync_agent.tuning import SyncTuning
 from sync_agent.upload import TRANSIENT, raise_if_cancelling
 
 _log = log.get("sync_agent.download")
+# Set by the center's fan-out on a copy cut to this site's children (service/fanout.py).
+REDACTED_HEADER = "Shouwang-Redacted"
+ORIGINAL_HASH_HEADER = "Shouwang-Original-Hash"
 _event_decoder = msgspec.json.Decoder(Event)
 
 
@@ -98,6 +106,7 @@ class Downloader:
         latest: Receipt | None = None
         refused: list[Any] = []
         inbound: list[tuple[Event, bytes]] = []
+        redacted: dict[str, str] = {}
         for msg in msgs:
             kind = (msg.headers or {}).get(KIND_HEADER)
             try:
@@ -108,7 +117,11 @@ class Downloader:
                     refused += r.refused
                     latest = r
                 elif kind == KIND_EVENT:
-                    inbound.append((_event_decoder.decode(msg.data), bytes(msg.data)))
+                    event = _event_decoder.decode(msg.data)
+                    inbound.append((event, bytes(msg.data)))
+                    if (msg.headers or {}).get(REDACTED_HEADER) == "1":
+                        # A copy without other children (docs/SECURITY.md): keep the original's hash.
+                        redacted[event.event_id] = (msg.headers or {}).get(ORIGINAL_HASH_HEADER, "")
                 else:
                     self.unreadable += 1
                     _log.warning("unknown message kind on care.down", kind=kind, stream_seq=_seq(msg))
@@ -117,7 +130,7 @@ class Downloader:
                 self.unreadable += 1
                 _log.warning("unreadable message on care.down", kind=kind, stream_seq=_seq(msg), error=str(err))
         if inbound:
-            self.events += await asyncio.to_thread(self.log.apply_inbound, inbound)
+            self.events += await asyncio.to_thread(self.log.apply_inbound, inbound, redacted)
         if latest is not None:
             # Receipts are snapshots; the last of a batch supersedes the others, but the
             # refusals each carried are all kept.

@@ -4,6 +4,8 @@ Tables:
 * ``log``: the site's own events, the whole history, in ``site_seq`` order, each row the
   exact JSON that is published (``body``) and its hash. Rows are never updated or deleted.
 * ``inbox``: committed events of other sites received from the center (children in scope).
+* ``inbox_redacted``: which inbox rows are copies the center redacted to this site's children,
+  with the hash of the original (docs/SECURITY.md).
 * ``child_event``: which events (own or received) concern which child, for the offline view.
 * ``refused``: what the center refused and keeps in quarantine.
 * ``meta``: the HLC high-water mark, the last receipt, last contact and last error.
@@ -23,7 +25,7 @@ import dataclasses
 import datetime as dt
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,10 @@ CREATE TABLE IF NOT EXISTS inbox (
     recorded_at INTEGER NOT NULL,
     received_at TEXT NOT NULL,
     body        BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inbox_redacted (
+    event_id      TEXT PRIMARY KEY,
+    original_hash TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS child_event (
     child_id TEXT NOT NULL,
@@ -632,8 +638,9 @@ class LocalLog:
 
     # --- inbound events (fan-out from the center) ---------------------------------------
 
-    def apply_inbound(self, events: Sequence[tuple[Event, bytes]]) -> int:
-        """Keep committed events received from the center; idempotent. Returns how many were new."""
+    def apply_inbound(self, events: Sequence[tuple[Event, bytes]], redacted: Mapping[str, str] | None = None) -> int:
+        """Keep committed events received from the center; idempotent. Returns how many were new.
+        `redacted`: event id -> the original's hash, for copies the center cut to this site's children."""
         if not events:
             return 0
         new = 0
@@ -653,11 +660,20 @@ class LocalLog:
                         new += 1
                         conn.executemany("INSERT OR IGNORE INTO child_event(child_id, event_id) VALUES (?, ?)",
                                          [(c, event.event_id) for c in event.children])
+                        if redacted and event.event_id in redacted:
+                            conn.execute("INSERT OR IGNORE INTO inbox_redacted(event_id, original_hash) VALUES (?, ?)",
+                                         (event.event_id, redacted[event.event_id]))
                 # Guarantee 6's HLC promise: what we record next sorts after what we have seen.
                 self._set_meta("hlc", str(clock.last))
         except sqlite3.Error as err:
             raise _translate(err, self.path, self.busy_timeout) from None
         return new
+
+    def redacted_copies(self) -> dict[str, str]:
+        """Inbox event id -> the original's hash, for the copies the center redacted."""
+        with self._lock:
+            rows = self._conn.execute("SELECT event_id, original_hash FROM inbox_redacted").fetchall()
+        return {str(r[0]): str(r[1]) for r in rows}
 
     def inbox_count(self) -> int:
         with self._lock:
