@@ -1,6 +1,10 @@
 """Scoped reads of children: the current archive (the projections' read model), and the
 timeline and as-of views (from the log, with the projections' pure reducer).
 
+A merged archive is the record of every child of its group: a read of it is logged for each
+member (:func:`service.api.audit.record_group_reads`), and the members' ids are the only child
+ids besides those in the caller's scope that a caller is shown (:func:`shown_ids`).
+
 Every statement that returns a child's data carries the caller's scope
 (:func:`service.api.scoping.child_visible`) in its WHERE clause, or runs only after a
 statement that does, in the same transaction; reads of one child are logged in that same
@@ -21,7 +25,7 @@ import asyncpg
 from projections import archive as pa
 from projections import tables
 from projections.source import Row, book_of, group_rows
-from service.api.audit import record_read
+from service.api.audit import record_group_reads, record_read
 from service.api.auth import Caller
 from service.api.scoping import Params, child_visible
 
@@ -43,6 +47,21 @@ async def read_rows(conn: asyncpg.Connection, caller: Caller, child_id: str, *,
     column, when = ("committed_at", committed_before) if committed_before is not None else \
         ("occurred_at", occurred_before)
     return await group_rows(conn, child_id, column, when)
+
+
+async def visible_among(conn: asyncpg.Connection, caller: Caller, ids: set[str]) -> set[str]:
+    """Those of `ids` that are in the caller's scope now (one statement, the scope predicate in it)."""
+    if not ids:
+        return set()
+    p = Params(sorted(ids))
+    rows = await conn.fetch(f"SELECT x FROM unnest($1::text[]) AS x WHERE {child_visible(caller, p, 'x')}",
+                            *p.values)
+    return {r["x"] for r in rows}
+
+
+def group_of(a: pa.ChildArchive) -> set[str]:
+    """The children whose archives are one with `a`: itself, those merged into it, its root."""
+    return {a.child_id, *a.merged_from, *([a.merged_into] if a.merged_into else [])}
 
 
 def derive(child_id: str, rows: Sequence[Row]) -> pa.ChildArchive | None:
@@ -82,7 +101,8 @@ async def logged_archive(pool: asyncpg.Pool, caller: Caller, child_id: str, rout
 
     The common case is one statement: it reads the scoped row and, only if one was found,
     inserts the read-log row (a data-modifying CTE runs to completion with the statement, so
-    the row is logged iff the archive is returned). Otherwise (not projected yet, or not in
+    the row is logged iff the archive is returned); a merged archive then logs its other
+    members' reads before it is returned. Otherwise (not projected yet, or not in
     scope) a transaction reads the log and records the outcome either way."""
     p = Params(child_id, caller.username, caller.role, route, query[:500])
     async with pool.acquire() as conn:
@@ -93,11 +113,16 @@ async def logged_archive(pool: asyncpg.Pool, caller: Caller, child_id: str, rout
                                 SELECT $2, $3, $1, $4, $5, 'served' FROM found)
                 SELECT view FROM found""", *p.values)
         if view is not None:
-            return pa.decode_archive(view)
+            found = pa.decode_archive(view)
+            # A merged archive: the other members' reads too, before it is returned.
+            await record_group_reads(conn, caller, child_id, group_of(found), route, query)
+            return found
         async with conn.transaction():
             rows = await read_rows(conn, caller, child_id)
             a = derive(child_id, rows) if rows else None
             await record_read(conn, caller, child_id, route, query, served=a is not None)
+            if a is not None:
+                await record_group_reads(conn, caller, child_id, group_of(a), route, query)
     return a
 
 
@@ -108,9 +133,22 @@ async def logged_rows(pool: asyncpg.Pool, caller: Caller, child_id: str, route: 
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
         rows = await read_rows(conn, caller, child_id, committed_before=committed_before,
                                occurred_before=occurred_before)
-        found = bool(rows) and derive(child_id, rows or []) is not None
-        await record_read(conn, caller, child_id, route, query, served=found)
-    return rows if found else None
+        a = derive(child_id, rows) if rows else None
+        await record_read(conn, caller, child_id, route, query, served=a is not None)
+        if a is not None:
+            await record_group_reads(conn, caller, child_id, group_of(a), route, query)
+    return rows if a is not None else None
+
+
+async def shown_ids(pool: asyncpg.Pool, caller: Caller, child_id: str, rows: Sequence[Row]) -> set[str]:
+    """The child ids the caller may be shown beside this child's events: the child's merge group
+    and the children in the caller's scope. Any other child an event names (a condolence visit
+    of the whole township) is cut from what the caller sees."""
+    a = derive(child_id, rows)
+    group = group_of(a) if a is not None else {child_id}
+    named = {x for r in rows for x in r.event.children} - group
+    async with pool.acquire() as conn:
+        return group | await visible_among(conn, caller, named)
 
 
 def scope_hint(caller: Caller, p: Params, alias: str = "a") -> str:

@@ -32,6 +32,17 @@ async def record_read(conn: asyncpg.Connection, caller: Caller, child_id: str, r
     )
 
 
+async def record_group_reads(conn: asyncpg.Connection, caller: Caller, child_id: str, group: set[str], route: str,
+                             query: str) -> None:
+    """A merged archive is every member's record: log a served read of each member other than
+    `child_id` (whose own read the caller logs)."""
+    others = sorted(group - {child_id})
+    if others:
+        await conn.executemany(
+            "INSERT INTO read_log (username, role, child_id, route, query, outcome) VALUES ($1, $2, $3, $4, $5, $6)",
+            [(caller.username, caller.role, c, route, query[:500], "served") for c in others])
+
+
 class ReadLogEntry(msgspec.Struct, frozen=True):
     id: int
     read_at: dt.datetime

@@ -211,7 +211,8 @@ class ChildrenController(Controller):
                                           query_text(request))
         if rows is None:
             raise not_found("child", child_id, "child_id")
-        return _timeline(caller, child_id, rows)
+        return _timeline(caller, child_id, rows,
+                         await archives.shown_ids(request.app.state.pool, caller, child_id, rows))
 
     @get("/{child_id:str}/as-of", guards=[allow("township", "auditor")],
          summary="A child's archive as it stood at a past time",
@@ -250,16 +251,37 @@ def _matches(a: pa.ChildArchive, name: str | None, resident_id: str | None, guar
     return not (open_only and not a.open)
 
 
-def _timeline(caller: Caller, child_id: str, rows: list[Row]) -> TimelineView:
+_CHILD_REFS = ("child_id", "kept_child_id", "merged_child_id")
+
+
+def _scrub(value: Any, shown: set[str]) -> Any:
+    """A payload without the children the caller may not be shown: cut from `child_ids`, a
+    single reference set to null (a correction's replacement likewise)."""
+    if not isinstance(value, dict):
+        return value
+    out = dict(value)
+    if isinstance(out.get("child_ids"), list):
+        out["child_ids"] = [x for x in out["child_ids"] if x in shown]
+    for key in _CHILD_REFS:
+        if isinstance(out.get(key), str) and out[key] not in shown:
+            out[key] = None
+    if isinstance(out.get("replacement"), dict):
+        out["replacement"] = _scrub(out["replacement"], shown)
+    return out
+
+
+def _timeline(caller: Caller, child_id: str, rows: list[Row], shown: set[str]) -> TimelineView:
+    """The timeline lines, each naming only the children in `shown` (archives.shown_ids)."""
     items, by_id = archives.timeline_rows(child_id, rows)
     whole = sees_whole_resident_id(caller)
     lines = []
     for it in items:
         r = by_id[it.event_id]
-        payload = msgspec.json.decode(r.event.payload)
+        payload = _scrub(msgspec.json.decode(r.event.payload), shown)
         lines.append(TimelineLine(
             event_id=it.event_id, type=it.type, occurred_at=it.occurred_at, committed_at=r.committed_at,
             recorded_at=it.recorded_at, site_id=it.site_id, site_seq=it.site_seq, actor=it.actor,
-            children=it.children, payload=payload if whole else _mask_payload(payload), corrects=it.corrects,
+            children=[x for x in it.children if x in shown], payload=payload if whole else _mask_payload(payload),
+            corrects=it.corrects,
             corrected_by=it.corrected_by, retracted=it.retracted))
     return TimelineView(child_id=child_id, items=lines)

@@ -25,6 +25,7 @@ from store.postgres import ORIGIN, EventStore
 from sync_agent.agent import Agent
 from sync_agent.view import as_json
 from tests.agent_support import eventually, make_site
+from tests.api_world import OFFICE, V1, open_api, project
 from tests.center_kit import SiteInbox, publish
 from tests.factory import SiteWriter
 from tests.test_agent_sync import FAST
@@ -109,3 +110,57 @@ async def test_a_township_visit_reaches_each_station_with_only_its_own_child(
     # The center keeps the original, whole: its chain still verifies.
     report = await EventStore(pool).verify_chain(TOWN)
     assert report.ok
+
+
+async def test_a_stations_timeline_names_no_child_outside_its_scope(
+        database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:
+    """A township visit naming children of two villages shows in station 1's timeline of its child without the
+    other village's child, in the line's children and in its payload."""
+    async with open_api(database_url, nats_url, pool) as (client, w):
+        await w.record(OFFICE, c.CondolenceVisitMade(child_ids_list=[w.child_v1, w.child_v2],
+                                                     occasion=Occasion.CHILDRENS_DAY, gifts="文具"))
+        r = await client.get(f"/children/{w.child_v1}/timeline", headers=w.headers("station1"))
+        assert r.status_code == 200
+        body = r.text
+        assert w.child_v2 not in body and w.child_z not in body
+        visit = next(x for x in r.json()["items"] if x["type"] == "CondolenceVisitMade")
+        assert visit["children"] == [w.child_v1] and visit["payload"]["child_ids"] == [w.child_v1]
+        # The township office sees both of its children.
+        r = await client.get(f"/children/{w.child_v1}/timeline", headers=w.headers("township"))
+        visit = next(x for x in r.json()["items"] if x["type"] == "CondolenceVisitMade")
+        assert sorted(visit["children"]) == sorted([w.child_v1, w.child_v2])
+
+
+async def test_reading_a_merged_archive_logs_every_child_of_the_group(
+        database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:
+    """Station 1 reading the archive and the timeline of a child into which another village's child was merged
+    leaves a read-log row for both children."""
+    async with open_api(database_url, nats_url, pool) as (client, w):
+        await w.record(OFFICE, c.ArchivesMerged(kept_child_id=w.child_v1, merged_child_id=w.child_v2, note="同一人"))
+        await project(pool)
+        for suffix in ("", "/timeline"):
+            before = await pool.fetchval("SELECT max(id) FROM read_log") or 0
+            r = await client.get(f"/children/{w.child_v1}{suffix}", headers=w.headers("station1"))
+            assert r.status_code == 200
+            logged = await pool.fetch("SELECT child_id, outcome FROM read_log WHERE id > $1 AND username = $2",
+                                      before, "station1")
+            assert {(x["child_id"], x["outcome"]) for x in logged} == {(w.child_v1, "served"),
+                                                                       (w.child_v2, "served")}, suffix
+
+
+async def test_a_404_is_the_same_for_another_sites_child_and_no_child(
+        database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:
+    """Every child route answers station 1 the same way, but for the id it asked about, for a child of another
+    village or township and for a child that does not exist."""
+    nobody = "c-" + "e" * 32
+    async with open_api(database_url, nats_url, pool) as (client, w):
+        h = w.headers("station1")
+        for suffix in ("", "/timeline", "/followups?period=2026-03"):
+            answers = []
+            for cid in (w.child_v2, w.child_z, nobody):
+                r = await client.get(f"/children/{cid}{suffix}", headers=h)
+                answers.append((r.status_code, r.text.replace(cid, "<id>"), sorted(r.headers.keys())))
+            assert answers[0] == answers[1] == answers[2], suffix
+            assert answers[0][0] == 404
+        r = await client.get(f"/children?site_id={V1}", headers=h)
+        assert w.child_v2 not in r.text and w.child_z not in r.text
