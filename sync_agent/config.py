@@ -14,7 +14,7 @@ from typing import Annotated
 import msgspec
 
 from events.types import SiteId, SiteKind
-from events.wire import down_consumer
+from events.wire import down_consumer, inbox_prefix
 
 CONFIG_NAME = "site.json"
 LOG_NAME = "log.sqlite"
@@ -110,7 +110,9 @@ def connect_options(config: SiteConfig) -> dict[str, object]:
     """nats.connect() options for this site: its credentials (a JSON file with user and password
     from the center's site registration, or a NATS .creds file with JWT and seed) and, with
     `tls_ca`, a TLS context that trusts that CA."""
-    opts: dict[str, object] = {}
+    # Replies (fetches, restore and read uploads) always come below the site's own inbox: the
+    # center answers nothing else (events.wire.is_own_inbox), with or without NATS users.
+    opts: dict[str, object] = {"inbox_prefix": inbox_prefix(config.site_id)}
     if config.tls_ca is not None:
         try:
             opts["tls"] = ssl.create_default_context(cafile=config.tls_ca)

@@ -19,7 +19,7 @@ from events import catalogue as c
 from events.envelope import Draft, decode_event
 from events.samples import sample_registration
 from events.types import SiteKind
-from events.wire import RESTORE_PREFIX, restore_page_decoder
+from events.wire import RESTORE_PREFIX, inbox_prefix, restore_page_decoder
 from service.center import run_center
 from service.sites import register_site
 from store.postgres import EventStore
@@ -164,18 +164,24 @@ async def test_the_center_answers_bad_and_unknown_requests_with_an_error(
     site = _site(rng)
     await register_site(pool, site, "village", "测试站")
     async with run_center(database_url, nats_url):
-        nc = await nats.connect(nats_url)
-        try:
-            cases = {
-                (site, b"not json"): "bad restore request",
-                (site, b'{"from_seq": 0}'): "bad restore request",
-                (site, b'{"from_seq": 1, "extra": 1}'): "bad restore request",
-                (_site(rng), b'{"from_seq": 1}'): "is not registered",
-                ("Not.A.Site", b'{"from_seq": 1}'): "is not valid",
-            }
-            for (who, body), expected in cases.items():
+        cases = {
+            (site, b"not json"): "bad restore request",
+            (site, b'{"from_seq": 0}'): "bad restore request",
+            (site, b'{"from_seq": 1, "extra": 1}'): "bad restore request",
+            (_site(rng), b'{"from_seq": 1}'): "is not registered",
+            ("Not.A.Site", b'{"from_seq": 1}'): "is not valid",
+        }
+        # Each asks as that site's agent does: replies below the site's own inbox (the center
+        # answers nothing else).
+        for (who, body), expected in cases.items():
+            nc = await nats.connect(nats_url, inbox_prefix=inbox_prefix(who))
+            try:
                 page = restore_page_decoder.decode((await nc.request(RESTORE_PREFIX + who, body, timeout=10)).data)
-                assert page.error is not None and expected in page.error, (who, body, page.error)
+            finally:
+                await nc.close()
+            assert page.error is not None and expected in page.error, (who, body, page.error)
+        nc = await nats.connect(nats_url, inbox_prefix=inbox_prefix(site))
+        try:
             empty = restore_page_decoder.decode(
                 (await nc.request(RESTORE_PREFIX + site, b'{"from_seq": 1}', timeout=10)).data)
             assert (empty.error, empty.events, empty.max_seq, empty.next_seq) == (None, [], 0, None)
