@@ -3,12 +3,23 @@
 Every page reads through the API with the signed-in person's own token (an in-process call to
 the same Litestar app), so the pages show exactly what the API lets that role see, and each
 archive read lands in the read log like any other. The token lives in an HttpOnly, SameSite
-cookie set at log-in; logging out revokes it.
+cookie set at log-in, lasting as long as the token; logging out revokes it.
+
+Forms. Every POST (log-in, resolving a conflict, merging a pair) must come from this site
+(``Origin``, or ``Referer`` without it, names this host) and carry a CSRF token bound to the
+session (web.security): HMAC of the session cookie's value, or before log-in of a random
+``sw_csrf`` cookie, under the app's secret. Anything else is refused with 403 and changes
+nothing. The pages carry the security headers of the app (web.security; no inline scripts or
+styles) and are not kept by the browser's cache.
+
+Query parameters (``period``, ``as_of``) are checked here and a bad one is a 400 page naming it;
+those passed on to the API come back as the API's 400, shown the same way.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -21,9 +32,15 @@ from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
 from events.localtime import local_day
+from service.api.auth import client_address
 from web import STATIC_DIR, i18n, lang_of, obj, page
+from web.security import CSRF_FIELD, csrf_token, form_refusal, new_session_value
 
 COOKIE = "sw_token"
+LOGIN_COOKIE = "sw_csrf"  # before log-in: the random value the log-in form's CSRF token is bound to
+MIN_YEAR, MAX_YEAR = 1900, 2199  # as the API's (service.api.app)
+_MONTH = re.compile(r"^([0-9]{4})-(0[1-9]|1[0-2])$")
+_PERIOD = re.compile(r"^([0-9]{4})(-(0[1-9]|1[0-2]|S1|S2))?$")
 PREFIX = "/ui"
 STALE_AFTER = dt.timedelta(days=3)
 
@@ -33,7 +50,10 @@ class Api:
 
     def __init__(self, request: Request[Any, Any, Any], token: str) -> None:
         app: Any = request.app  # Litestar's ASGI signature is narrower than httpx's annotation
-        self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://center",
+        # The API sees the person's own address (for log-in throttling), not this process's.
+        peer = client_address(request.scope, request.app.state.trusted_proxies) or "127.0.0.1"
+        transport = httpx.ASGITransport(app=app, client=(peer, 0))
+        self._client = httpx.AsyncClient(transport=transport, base_url="http://center",
                                          headers={"Authorization": f"Bearer {token}"}, timeout=60)
 
     async def __aenter__(self) -> Api:
@@ -83,7 +103,10 @@ async def _me(request: Request[Any, Any, Any]) -> tuple[str, dict[str, Any]] | N
         return None
     async with Api(request, token) as api:
         status, me = await api.get("/auth/me")
-    return (token, me) if status == 200 else None
+    if status != 200:
+        return None
+    me["csrf"] = csrf_token(request.app.state.csrf_secret, token)  # the forms' token, bound to this session
+    return token, me
 
 
 def _scope(me: dict[str, Any]) -> str | None:
@@ -94,7 +117,54 @@ def _scope(me: dict[str, Any]) -> str | None:
 
 def _ctx(me: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"nav": _nav(str(me.get("role"))), "home": f"{PREFIX}/", "prefix": PREFIX, "static_prefix": "/static",
-            "site_name": f"{me.get('username')} · {me.get('role')}", "me": me, **extra}
+            "site_name": f"{me.get('username')} · {me.get('role')}", "me": me, "csrf_field": CSRF_FIELD,
+            "csrf": me.get("csrf", ""), **extra}
+
+
+def _refusal(request: Request[Any, Any, Any], session_value: str | None, token: str | None) -> str | None:
+    """None if this POST came from our own page with its session's token, else which check failed."""
+    return form_refusal(request.method, request.headers, request.app.state.csrf_secret, session_value, token)
+
+
+def _refused(request: Request[Any, Any, Any], me: dict[str, Any] | None) -> Response[str]:
+    message = i18n.text("dash.csrf_refused", lang_of(request))
+    if me is None:
+        return page(request, "dash/message.html", status_code=403, message=message, nav=[], home=f"{PREFIX}/",
+                    prefix=PREFIX, static_prefix="/static", site_name="", csrf_field=CSRF_FIELD, csrf="")
+    return page(request, "dash/message.html", status_code=403, message=message, **_ctx(me))
+
+
+def _bad_input(request: Request[Any, Any, Any], me: dict[str, Any], field: str, value: str,
+               why_key: str) -> Response[str]:
+    """A 400 page naming the query parameter at fault."""
+    lang = lang_of(request)
+    shown = value if len(value) <= 40 else value[:40] + "…"
+    message = i18n.text("dash.bad_input", lang).format(field=field, value=shown, why=i18n.text(why_key, lang))
+    return page(request, "dash/message.html", status_code=400, message=message, **_ctx(me))
+
+
+def _year_ok(match: re.Match[str] | None) -> bool:
+    return match is not None and MIN_YEAR <= int(match.group(1)) <= MAX_YEAR
+
+
+def _is_day(text: str) -> bool:
+    try:
+        day = dt.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return len(text) == 10 and MIN_YEAR <= day.year <= MAX_YEAR
+
+
+def _secure(request: Request[Any, Any, Any]) -> bool:
+    """Whether cookies are marked Secure: served over HTTPS, or the operator says it is (behind a proxy)."""
+    return bool(request.app.state.api_settings.secure_cookies) or request.url.scheme == "https"
+
+
+def _api_refused(request: Request[Any, Any, Any], me: dict[str, Any], status: int, doc: Any) -> Response[str] | None:
+    """The API's 400 (a parameter passed on was bad) as a 400 page with its message, else None."""
+    if status != 400:
+        return None
+    return page(request, "dash/message.html", status_code=400, message=(doc or {}).get("message", ""), **_ctx(me))
 
 
 def _shares(d: dict[str, Any], kind: str, lang: str) -> list[tuple[str, float]]:
@@ -133,6 +203,9 @@ async def _list_page(request: Request[Any, Any, Any], api_path: str, template: s
     token, me = who
     async with Api(request, token) as api:
         status, doc = await api.get(api_path)
+    refused = _api_refused(request, me, status, doc)
+    if refused is not None:
+        return refused
     items = (doc or {}).get("items", []) if status == 200 else []
     return page(request, template, items=obj(items), done=request.query_params.get("done"), **_ctx(me))
 
@@ -146,6 +219,8 @@ async def _post_form(request: Request[Any, Any, Any], api_path: str, fields: tup
         return _login_redirect()
     token, me = who
     form = await request.form()
+    if _refusal(request, token, str(form.get(CSRF_FIELD, ""))) is not None:
+        return _refused(request, me)
     body = {k: str(form.get(k, "")) for k in fields}
     async with Api(request, token) as api:
         status, out = await api.post(api_path, body)
@@ -158,25 +233,41 @@ async def _post_form(request: Request[Any, Any, Any], api_path: str, fields: tup
 def dashboard_routes() -> list[ControllerRouterHandler]:
     """Route handlers of the township dashboard, mounted under /ui of the center's app."""
 
+    def _login_page(request: Request[Any, Any, Any], error: str | None, status_code: int = 200) -> Response[str]:
+        """The log-in form, with a fresh pre-session value (cookie) and the CSRF token bound to it."""
+        seed = new_session_value()
+        response = page(request, "dash/login.html", status_code=status_code, nav=[], home=f"{PREFIX}/",
+                        prefix=PREFIX, static_prefix="/static", site_name="", error=error, csrf_field=CSRF_FIELD,
+                        csrf=csrf_token(request.app.state.csrf_secret, seed))
+        response.set_cookie(LOGIN_COOKIE, seed, httponly=True, samesite="strict", path=PREFIX,
+                            secure=_secure(request))
+        return response
+
     @get(f"{PREFIX}/login", include_in_schema=False, exclude_from_auth=True)
     async def login_form(request: Request[Any, Any, Any]) -> Response[str]:
-        return page(request, "dash/login.html", nav=[], home=f"{PREFIX}/", prefix=PREFIX, static_prefix="/static",
-                    site_name="", error=None)
+        return _login_page(request, None)
 
     @post(f"{PREFIX}/login", include_in_schema=False, exclude_from_auth=True, status_code=200)
     async def login(request: Request[Any, Any, Any]) -> Response[str]:
         form = await request.form()
+        refusal = _refusal(request, request.cookies.get(LOGIN_COOKIE), str(form.get(CSRF_FIELD, "")))
+        if refusal == "origin":
+            return _refused(request, None)
+        if refusal is not None:  # our own page, but its token is stale (a restart, a lost cookie): ask again
+            return _login_page(request, i18n.text("dash.login_expired", lang_of(request)), status_code=403)
         body = {"username": str(form.get("username", "")), "password": str(form.get("password", ""))}
         async with Api(request, "") as api:
             status, out = await api.post("/auth/token", body)
         if status != 201:
             lang = lang_of(request)
             message = i18n.text("dash.login_failed", lang) if status == 401 else (out or {}).get("message", "")
-            return page(request, "dash/login.html", status_code=401 if status == 401 else status, nav=[],
-                        home=f"{PREFIX}/", prefix=PREFIX, static_prefix="/static", site_name="", error=message)
+            return _login_page(request, message, status_code=401 if status == 401 else status)
+        expires = dt.datetime.fromisoformat(out["expires_at"])
+        lifetime = max(1, int((expires - dt.datetime.now(dt.UTC)).total_seconds()))
         response: Response[str] = Response("", status_code=303, headers={"Location": f"{PREFIX}/"})
-        response.set_cookie(COOKIE, out["token"], httponly=True, samesite="strict", path="/",
-                            max_age=int(dt.timedelta(hours=12).total_seconds()))
+        response.set_cookie(COOKIE, out["token"], httponly=True, samesite="strict", path="/", max_age=lifetime,
+                            secure=_secure(request))
+        response.delete_cookie(LOGIN_COOKIE, path=PREFIX)
         return response
 
     @get(f"{PREFIX}/logout", include_in_schema=False, exclude_from_auth=True)
@@ -200,7 +291,10 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
         async with Api(request, token) as api:
             _, sites_doc = await api.get("/sites")
             sites = (sites_doc or {}).get("items", [])
-            month = request.query_params.get("period") or _latest_month(sites)
+            asked = request.query_params.get("period")
+            if asked and not _year_ok(_MONTH.fullmatch(asked)):
+                return _bad_input(request, me, "period", asked, "dash.want_month")
+            month = asked or _latest_month(sites)
             rollup = None
             months: list[tuple[str, dict[str, Any]]] = []
             overdue: list[dict[str, Any]] = []
@@ -260,6 +354,9 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
         q = request.query_params
         async with Api(request, token) as api:
             status, doc = await api.get("/children", name=q.get("name"), cursor=q.get("cursor"), limit=100)
+        refused = _api_refused(request, me, status, doc)
+        if refused is not None:
+            return refused
         items = doc.get("items", []) if status == 200 else []
         return page(request, "dash/children.html", items=obj(items), next_cursor=(doc or {}).get("next_cursor"),
                     name=q.get("name", ""), **_ctx(me))
@@ -271,6 +368,8 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
             return _login_redirect()
         token, me = who
         as_of = request.query_params.get("as_of")
+        if as_of and not _is_day(as_of):
+            return _bad_input(request, me, "as_of", as_of, "dash.want_day")
         async with Api(request, token) as api:
             if as_of:
                 status, view = await api.get(f"/children/{quote(child_id)}/as-of",
@@ -320,6 +419,8 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
         lang = lang_of(request)
         scope = _scope(me)
         period = request.query_params.get("period") or str(dt.date.today().year)
+        if not _year_ok(_PERIOD.fullmatch(period)):
+            return _bad_input(request, me, "period", period, "dash.want_period")
         rollup = None
         async with Api(request, token) as api:
             if scope:

@@ -82,11 +82,14 @@ async def test_disabling_a_user_stops_their_tokens_and_logins(database_url: str,
         assert r.status_code == 401
 
 
-async def test_password_guessing_locks_the_name(database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:
-    """After five wrong passwords the name is locked: even the right password is refused with 429 and
-    Retry-After, and unknown names are locked the same way (so probing tells nothing)."""
+async def test_password_guessing_locks_the_guessing_address(database_url: str, nats_url: str,
+                                                            pool: asyncpg.Pool) -> None:
+    """After five wrong passwords from one address that address is locked: even the right password is
+    refused with 429 and Retry-After, each try while locked doubles the lock, and unknown names are
+    counted the same way (so probing tells nothing); a success clears the counts."""
     async with open_api(database_url, nats_url, pool, login_failures=5, lockout_seconds=60) as (client, _):
         for name in ("station1", "nobody"):
+            await pool.execute("DELETE FROM login_throttle")
             for _ in range(5):
                 r = await client.post("/auth/token", json={"username": name, "password": "wrong password"})
                 assert r.status_code == 401, r.text
@@ -94,27 +97,26 @@ async def test_password_guessing_locks_the_name(database_url: str, nats_url: str
             assert locked.status_code == 429 and locked.json()["code"] == "too_many_attempts"
             assert int(locked.headers["retry-after"]) >= 1
         wait = await pool.fetchval("SELECT extract(epoch FROM locked_until - now()) FROM login_throttle "
-                                   "WHERE username = 'station1'")
+                                   "WHERE username = 'addr:testclient'")
         assert wait > 60  # each try while locked doubles the lock
-        # Another name is not affected, and a success clears its own count.
-        ok = await client.post("/auth/token", json={"username": "station2", "password": PASSWORD})
-        assert ok.status_code == 201
         await pool.execute("UPDATE login_throttle SET locked_until = now() - interval '1 second'")
         ok = await client.post("/auth/token", json={"username": "station1", "password": PASSWORD})
         assert ok.status_code == 201
-        assert await pool.fetchval("SELECT count(*) FROM login_throttle WHERE username = 'station1'") == 0
+        assert await pool.fetchval("SELECT count(*) FROM login_throttle "
+                                   "WHERE username IN ('station1', 'addr:testclient')") == 0
 
 
-async def test_passwords_are_salted_scrypt(pool: asyncpg.Pool) -> None:
-    """Two users with one password get different salts and hashes, made with scrypt's stored parameters."""
+async def test_passwords_are_salted_argon2id(pool: asyncpg.Pool) -> None:
+    """Two users with one password get different Argon2id hashes (salted), each verifying that password."""
+    from runtime.passwords import verify_password
     from service.sites import register_site
 
     await register_site(pool, "gx-lp.xy.v01", "village", "v01")
     for name in ("a1", "a2"):
         await auth.add_user(pool, name, "station", "same password!", site_id="gx-lp.xy.v01")
-    rows = await pool.fetch("SELECT password_salt, password_hash, scrypt_n FROM api_users ORDER BY username")
-    assert rows[0]["password_salt"] != rows[1]["password_salt"]
-    assert rows[0]["password_hash"] != rows[1]["password_hash"]
-    assert rows[0]["scrypt_n"] >= 2**14
-    assert bytes(rows[0]["password_hash"]) == auth._scrypt("same password!", bytes(rows[0]["password_salt"]),
-                                                           2**14, 8, 1)
+    rows = await pool.fetch("SELECT password_hash, scrypt_n FROM api_users ORDER BY username")
+    hashes = [bytes(r["password_hash"]).decode() for r in rows]
+    assert hashes[0] != hashes[1]
+    assert all(h.startswith("$argon2id$") and r["scrypt_n"] == 0 for h, r in zip(hashes, rows, strict=True))
+    assert verify_password(hashes[0], "same password!") == (True, False)
+    assert verify_password(hashes[0], "other password") == (False, False)

@@ -37,7 +37,9 @@ def page(request: Request[Any, Any, Any], template: str, status_code: int = 200,
     lang = lang_of(request)
     html = _env.get_template(template).render(lang=lang, T=i18n.translations(lang), current=request.url.path,
                                               **context)
-    response: Response[str] = Response(html, media_type=MediaType.HTML, status_code=status_code)
+    # Pages show children's personal data: the browser keeps no copy (shared office computers).
+    response: Response[str] = Response(html, media_type=MediaType.HTML, status_code=status_code,
+                                       headers={"Cache-Control": "no-store"})
     if request.query_params.get("lang") in i18n.LANGS:
         response.set_cookie("lang", lang, max_age=365 * 86400, samesite="lax")
     return response

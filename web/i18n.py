@@ -122,6 +122,16 @@ _T: dict[str, tuple[str, str]] = {
     "dash.resolve": ("以此为准", "Keep this one"),
     "dash.merge": ("合并", "Merge"),
     "dash.replay": ("重新处理", "Replay"),
+    # the center's doors (service/dashboard.py: forms refused, parameters out of range)
+    "dash.csrf_refused": ("表单已过期或不是从本系统页面提交的，未做任何更改。请刷新页面后重试。",
+                          "The form expired or was not sent from this site's own page; nothing was changed. "
+                          "Reload the page and try again."),
+    "dash.login_expired": ("登录页面已过期，请重新输入。", "The log-in page expired: please enter your details again."),
+    "dash.bad_input": ("参数 {field}={value} 不对：{why}", "Parameter {field}={value} is not valid: {why}"),
+    "dash.want_month": ("应为 1900 至 2199 年间的年月，如 2026-03", "use a month between 1900 and 2199, e.g. 2026-03"),
+    "dash.want_day": ("应为 1900 至 2199 年间的日期，如 2026-03-31", "use a date between 1900 and 2199, e.g. 2026-03-31"),
+    "dash.want_period": ("应为 1900 至 2199 年间的年份、年月或学期，如 2026、2026-03、2026-S1",
+                         "use a year, month or semester between 1900 and 2199, e.g. 2026, 2026-03, 2026-S1"),
 }
 
 ENUM_LABELS: dict[str, dict[str, tuple[str, str]]] = {

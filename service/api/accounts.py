@@ -75,12 +75,14 @@ class AuthController(Controller):
     tags = ["auth"]  # noqa: RUF012 (litestar reads controller options from class attributes)
 
     @post("/token", exclude_from_auth=True, status_code=201, summary="Log in: a token for a user name and password",
-          description="Repeated failures lock the user name for a while (429 with Retry-After), known or not.")
+          description="Repeated failures lock the client address for a while, and many failures of one user name "
+                      "pause that name briefly, known or not (429 with Retry-After).")
     async def login(self, request: Request[Any, Any, Any], data: JSONBody[LoginRequest]) -> TokenOut:
         s = request.app.state.api_settings
         try:
             issued = await auth.login(request.app.state.pool, data.username, data.password, hours=s.token_hours,
-                                      max_failures=s.login_failures, lockout_seconds=s.lockout_seconds)
+                                      throttle=request.app.state.throttle, address=auth.client_address(
+                                          request.scope, request.app.state.trusted_proxies))
         except auth.LoginRefused as err:
             if err.retry_after is not None:
                 raise ApiError(429, str(err), field="username", value=data.username,

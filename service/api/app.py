@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import gc
+import re
+import secrets
+import types
+import typing
 from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
@@ -27,46 +32,141 @@ from runtime import log
 from runtime.db import create_pool
 from runtime.settings import Settings
 from service.api import accounts, audit, children, conflicts, exports, followups, health, quarantine, rollups, sites
-from service.api.auth import TokenAuthentication, callers_of_hashes
+from service.api.auth import Throttle, TokenAuthentication, callers_of_hashes
 from service.api.batch import Batched
 from service.api.config import ApiSettings
-from service.api.errors import EXCEPTION_HANDLERS, ApiError
+from service.api.errors import EXCEPTION_HANDLERS, ApiError, bad
 from service.api.openapi import document
 from service.api.rollups import RollupCache, ScopeArchives
 from service.dashboard import dashboard_routes
+from web.security import security_headers_hook
 
 _log = log.get("service.api")
 
 MAX_QUERY_BYTES = 2048
 
 
-def _bounded_input(app: ASGIApp) -> ASGIApp:
+def _bounded_input(max_json_depth: int) -> Any:
     """Refuse an over-long query string before anything parses it (parameters are bounded one
-    by one in each route too), and a NUL character anywhere in the query or the body: PostgreSQL
-    text cannot hold one, so it could only fail later, less clearly."""
+    by one in each route too); a NUL character anywhere in the path, the query or the body:
+    PostgreSQL text cannot hold one and file names cannot either, so it could only fail later,
+    less clearly; and a JSON body nested deeper than ``max_json_depth``, counted as it arrives,
+    before the decoder (which recurses) sees it."""
 
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if str(scope["type"]) != "http":
-            await app(scope, receive, send)
-            return
-        query = scope.get("query_string", b"")
-        if len(query) > MAX_QUERY_BYTES:
-            raise ApiError(414, f"the query string is {len(query)} bytes; the limit is {MAX_QUERY_BYTES}",
-                           field="query")
-        if b"%00" in query.lower() or b"\x00" in query:
-            raise ApiError(400, "the query string contains a NUL character (%00)", field="query", value="%00")
+    def factory(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if str(scope["type"]) != "http":
+                await app(scope, receive, send)
+                return
+            path = (scope.get("raw_path") or b"").split(b"?", 1)[0]  # some servers keep the query in it
+            if "\x00" in scope.get("path", "") or b"\x00" in path or b"%00" in path.lower():
+                raise ApiError(400, "the path contains a NUL character (%00)", field="path", value="%00")
+            query = scope.get("query_string", b"")
+            if len(query) > MAX_QUERY_BYTES:
+                raise ApiError(414, f"the query string is {len(query)} bytes; the limit is {MAX_QUERY_BYTES}",
+                               field="query")
+            if b"%00" in query.lower() or b"\x00" in query:
+                raise ApiError(400, "the query string contains a NUL character (%00)", field="query", value="%00")
+            content_type = next((v for k, v in scope.get("headers", ()) if k.lower() == b"content-type"), b"")
+            depth = _JsonDepth(max_json_depth) if b"json" in content_type.lower() else None
 
-        async def checked() -> Any:
-            message = await receive()
-            body = message.get("body", b"") if message["type"] == "http.request" else b""
-            if b"\\u0000" in body or b"\x00" in body:
-                raise ApiError(400, "the request body contains a NUL character (\\u0000)", field="body",
-                               value="\\u0000")
-            return message
+            async def checked() -> Any:
+                message = await receive()
+                body = message.get("body", b"") if message["type"] == "http.request" else b""
+                if b"\\u0000" in body or b"\x00" in body:
+                    raise ApiError(400, "the request body contains a NUL character (\\u0000)", field="body",
+                                   value="\\u0000")
+                if depth is not None and not depth.feed(body):
+                    raise ApiError(400, f"the JSON body is nested more than {max_json_depth} levels deep",
+                                   field="body")
+                return message
 
-        await app(scope, checked, send)
+            await app(scope, checked, send)
 
-    return middleware
+        return middleware
+
+    return factory
+
+
+class _JsonDepth:
+    """Counts the nesting of JSON text as it arrives in pieces (strings and escapes skipped)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.depth, self.in_string, self.escaped = limit, 0, False, False
+
+    def feed(self, chunk: bytes) -> bool:
+        """False once the nesting has gone past the limit."""
+        depth, in_string, escaped, limit = self.depth, self.in_string, self.escaped, self.limit
+        for byte in chunk:
+            if in_string:
+                if escaped:
+                    escaped = False
+                elif byte == 0x5C:  # backslash
+                    escaped = True
+                elif byte == 0x22:  # quote
+                    in_string = False
+            elif byte == 0x22:
+                in_string = True
+            elif byte in (0x5B, 0x7B):  # [ {
+                depth += 1
+                if depth > limit:
+                    return False
+            elif byte in (0x5D, 0x7D):  # ] }
+                depth -= 1
+        self.depth, self.in_string, self.escaped = depth, in_string, escaped
+        return True
+
+
+# Dates the API accepts: wide enough for any child's life and any record, narrow enough that no
+# local-time or interval arithmetic (here, in the projections, in PostgreSQL) can overflow.
+MIN_YEAR, MAX_YEAR = 1900, 2199
+MAX_CURSOR = 2**63 - 1
+_YEAR = re.compile(r"^([0-9]{4})")
+
+
+def _date_params(cache: dict[int, tuple[tuple[str, str], ...]], handler: Any) -> tuple[tuple[str, str], ...]:
+    """(name as sent, kind) of a handler's query parameters that carry a date or a number kept
+    as a 64-bit integer: 'date' (date or datetime), 'period' (YYYY...), 'cursor' (digits).
+    Cached per app (its handlers live as long as it does, so their ids stay theirs)."""
+    key = id(handler)
+    if key not in cache:
+        found: list[tuple[str, str]] = []
+        for name, field in handler.parsed_fn_signature.parameters.items():
+            kwarg = field.kwarg_definition
+            sent = getattr(kwarg, "query", None) or name
+            if _is_date(field.annotation):
+                found.append((sent, "date"))
+            elif name == "period":
+                found.append((sent, "period"))
+            elif name == "cursor":
+                found.append((sent, "cursor"))
+        cache[key] = tuple(found)
+    return cache[key]
+
+
+def _is_date(annotation: Any) -> bool:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_date(a) for a in typing.get_args(annotation))
+    return annotation in (dt.date, dt.datetime)
+
+
+async def _inputs_in_range(request: Request[Any, Any, Any]) -> None:
+    """Before a route parses its parameters: a date outside MIN_YEAR..MAX_YEAR, or a numeric
+    cursor beyond 64 bits, is a 400 naming the field (not a 500 from arithmetic further on)."""
+    handler = request.scope.get("route_handler")
+    if handler is None or not hasattr(handler, "parsed_fn_signature"):
+        return
+    for name, kind in _date_params(request.app.state.date_params, handler):
+        raw = request.query_params.get(name)
+        if not raw:
+            continue
+        if kind == "cursor":
+            if raw.isdigit() and int(raw) > MAX_CURSOR:
+                raise bad(name, raw, f"a cursor is at most {MAX_CURSOR}")
+            continue
+        year = _YEAR.match(raw)
+        if year and not MIN_YEAR <= int(year.group(1)) <= MAX_YEAR:
+            raise bad(name, raw, f"dates must lie between {MIN_YEAR}-01-01 and {MAX_YEAR}-12-31")
 
 
 async def _connect_nats(url: str) -> Any:
@@ -153,11 +253,17 @@ def create_app(settings: Settings, api_settings: ApiSettings | None = None) -> L
             # The township dashboard: pages over this same API, with the person's own token.
             *dashboard_routes(),
         ],
-        middleware=[_bounded_input, auth_mw],
+        middleware=[_bounded_input(api.max_json_depth), auth_mw],
+        before_request=_inputs_in_range,
+        # Security headers (CSP, nosniff, no framing, same-origin referrers) on every response.
+        before_send=[security_headers_hook],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[_lifespan],
         state=State({"settings": settings, "api_settings": api, "rollup_cache": RollupCache(),
-                     "scope_archives": ScopeArchives()}),
+                     "scope_archives": ScopeArchives(), "date_params": {}, "trusted_proxies": api.trusted_networks(),
+                     "throttle": Throttle(address_failures=api.login_failures, lockout_seconds=api.lockout_seconds,
+                                          name_failures=api.name_failures, name_lock_seconds=api.name_lock_seconds),
+                     "csrf_secret": api.csrf_secret.encode("utf-8") or secrets.token_bytes(32)}),
         openapi_config=openapi_config(),
         request_max_body_size=api.max_body_bytes,
         debug=False,

@@ -1,18 +1,28 @@
-"""People and tokens: salted scrypt passwords, random bearer tokens kept only as hashes,
-revocation, expiry, and a lockout that slows password guessing.
+"""People and tokens: Argon2id passwords, random bearer tokens kept only as hashes,
+revocation, expiry, and log-in throttling by client address and by user name.
 
-Passwords. ``hashlib.scrypt`` with a fresh 16-byte salt per user (n=2^14, r=8, p=1: about 16 MiB
-and tens of milliseconds per try); the parameters are stored with the hash so they can be
-raised later. Hashing runs in a worker thread so a login does not stall other requests.
+Passwords. Argon2id (``runtime.passwords``: RFC 9106 low-memory profile, the parameters kept
+in the hash) as a PHC string in ``password_hash``; such rows have ``scrypt_n = 0`` and an empty
+``password_salt``. Rows from before keep their salted scrypt hash (n=2^14, r=8, p=1, parameters
+per row): they still log in, and the first successful log-in replaces the hash with Argon2id.
+Hashing runs in a worker thread so a login does not stall other requests.
 
 Tokens. 32 random bytes, shown once (``sw_`` + base64url); the database keeps their SHA-256, so
 a copy of the table opens nothing. Each has an expiry and can be revoked; a disabled user's
 tokens stop working at once (the lookup joins the user).
 
-Guessing. Failures are counted per login name whether or not the name exists (so probing
-does not tell which names exist); after ``login_failures`` in a row the name is locked for
-``lockout_seconds``, doubling with each failure while locked, up to an hour. While locked even
-the right password is refused (429, with Retry-After).
+Guessing. Failures are counted twice, in ``login_throttle``:
+- per client address (key ``addr:<ip>``; the address is the TCP peer, or the ``X-Forwarded-For``
+  entry a configured trusted proxy vouches for): after ``login_failures`` in a row that address
+  is locked for ``lockout_seconds``, doubling with each failure while locked, up to an hour. A
+  stranger guessing locks the stranger's own address, not the account.
+- per login name (known or not, so probing does not tell which names exist): after
+  ``name_failures`` failures within an hour, from any addresses, the name is locked for
+  ``name_lock_seconds``. That lock is short and never grows (tries while it holds are not
+  counted), so nobody can turn it into an hour-long lock of the owner; it bounds guessing
+  spread over many addresses.
+While a lock holds even the right password is refused (429, with Retry-After). A success clears
+the name's and the address's counts.
 """
 
 from __future__ import annotations
@@ -20,10 +30,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
-import hmac
+import ipaddress
 import re
 import secrets
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -32,13 +43,13 @@ from litestar.connection import ASGIConnection
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
 from events.types import SiteId
+from runtime import passwords
 from service.api.batch import Batched
 from service.api.errors import ApiError
 from service.sites import township_of
 
 ROLES = ("station", "school", "township", "auditor", "admin")
 SITE_KIND_OF_ROLE = {"station": "village", "school": "school", "township": "township"}
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 TOKEN_PREFIX = "sw_"
 MAX_LOCK = dt.timedelta(hours=1)
 
@@ -82,13 +93,26 @@ class IssuedToken(msgspec.Struct, frozen=True):
 
 
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    """The legacy scrypt digest (rows made before Argon2id; kept to verify them)."""
     return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=64 * 1024 * 1024, dklen=32)
 
 
-async def hash_password(password: str) -> tuple[bytes, bytes]:
-    salt = secrets.token_bytes(16)
-    digest = await asyncio.to_thread(_scrypt, password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
-    return salt, digest
+async def hash_password(password: str) -> str:
+    """An Argon2id hash (PHC string), made in a worker thread."""
+    return await asyncio.to_thread(passwords.hash_password, password)
+
+
+def _stored(row: asyncpg.Record) -> str:
+    """A user row's password hash as one string for runtime.passwords.verify_password."""
+    if row["scrypt_n"] == 0:
+        return bytes(row["password_hash"]).decode("ascii", "replace")
+    return passwords.scrypt_stored(bytes(row["password_salt"]), bytes(row["password_hash"]), row["scrypt_n"],
+                                   row["scrypt_r"], row["scrypt_p"])
+
+
+async def _store_hash(conn: asyncpg.Connection, username: str, encoded: str) -> None:
+    await conn.execute("UPDATE api_users SET password_hash = $2, password_salt = '', scrypt_n = 0, scrypt_r = 0, "
+                       "scrypt_p = 0 WHERE username = $1", username, encoded.encode("ascii"))
 
 
 def check_password_rules(password: str) -> None:
@@ -133,13 +157,13 @@ async def add_user(pool: asyncpg.Pool, username: str, role: str, password: str, 
                 raise AuthError("an auditor needs --township 'region.township' (e.g. gx-lp.xy)")
         else:
             site_id = township = None
-        salt, digest = await hash_password(password)
+        encoded = await hash_password(password)
         try:
             row = await conn.fetchrow(
                 """INSERT INTO api_users (username, role, site_id, township, display_name, password_salt,
                                           password_hash, scrypt_n, scrypt_r, scrypt_p)
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *""",
-                username, role, site_id, township, display_name, salt, digest, SCRYPT_N, SCRYPT_R, SCRYPT_P,
+                username, role, site_id, township, display_name, b"", encoded.encode("ascii"), 0, 0, 0,
             )
         except asyncpg.UniqueViolationError:
             raise AuthError(f"user {username!r} exists already") from None
@@ -260,51 +284,113 @@ class LoginRefused(AuthError):
         self.retry_after = retry_after
 
 
-# A fixed salt to spend the same time on an unknown name as on a known one.
-_DUMMY_SALT = b"shouwang-no-user"
+ADDRESS_KEY = "addr:"  # login_throttle rows of client addresses; user names cannot hold ':'
+FAILURE_MEMORY = dt.timedelta(hours=1)  # failures older than this (and no lock since) are forgotten
 
 
-async def login(pool: asyncpg.Pool, username: str, password: str, *, hours: float, max_failures: int,
-                lockout_seconds: int) -> IssuedToken:
-    """Check a password and issue a token, or raise LoginRefused (wrong, locked, disabled)."""
+def client_address(scope: Any, trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()) -> str:
+    """The address a request came from: the TCP peer, unless the peer is a trusted proxy; then the
+    right-most ``X-Forwarded-For`` entry that is not itself a trusted proxy (entries further left
+    were written by the client and prove nothing). Without trusted proxies the header is ignored."""
+    client = scope.get("client")
+    peer = str(client[0]) if client else ""
+    if not trusted or not _in(peer, trusted):
+        return peer
+    forwarded: list[str] = []
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"x-forwarded-for":
+            forwarded += [p.strip() for p in value.decode("latin-1").split(",")]
+    for hop in reversed(forwarded):
+        try:
+            ip = str(ipaddress.ip_address(hop))
+        except ValueError:
+            return peer  # a malformed hop: trust nothing beyond the proxy itself
+        if not _in(ip, trusted):
+            return ip
+    return peer
+
+
+def _in(address: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip.version == n.version and ip in n for n in networks)
+
+
+class Throttle(msgspec.Struct, frozen=True, kw_only=True):
+    """How log-in failures are slowed (from ApiSettings)."""
+
+    address_failures: int = 5  # failures in a row before an address is locked
+    lockout_seconds: int = 60  # an address's first lock; doubles per failure while locked, max 1 h
+    name_failures: int = 20  # failures of one name (any addresses) within an hour before it is locked
+    name_lock_seconds: int = 60  # a name's lock: fixed, never extended
+
+
+_LOCK = ("SELECT username, failures, locked_until > now() AS locked, "
+         "ceil(extract(epoch FROM locked_until - now()))::int AS wait FROM login_throttle WHERE username = ANY($1)")
+
+
+async def login(pool: asyncpg.Pool, username: str, password: str, *, hours: float, throttle: Throttle,
+                address: str = "") -> IssuedToken:
+    """Check a password and issue a token, or raise LoginRefused (wrong, locked, disabled). An old
+    scrypt hash that matches is replaced by Argon2id."""
+    addr_key = ADDRESS_KEY + (address or "unknown")
     async with pool.acquire() as conn:
-        lock = await conn.fetchrow(
-            "SELECT failures, locked_until, locked_until > now() AS locked, "
-            "ceil(extract(epoch FROM locked_until - now()))::int AS wait FROM login_throttle WHERE username = $1",
-            username)
-        if lock is not None and lock["locked"]:
-            await _fail(conn, username, max_failures, lockout_seconds)
-            raise LoginRefused(f"too many failed logins for {username!r}; try again in {lock['wait']} s",
-                               retry_after=max(1, lock["wait"]))
+        locks = {r["username"]: r for r in await conn.fetch(_LOCK, [username, addr_key])}
+        addr_lock, name_lock = locks.get(addr_key), locks.get(username)
+        if addr_lock is not None and addr_lock["locked"]:
+            await _fail_address(conn, addr_key, throttle)  # guessing on while locked: the lock grows
+            raise LoginRefused(f"too many failed logins from this address; try again in {addr_lock['wait']} s",
+                               retry_after=max(1, addr_lock["wait"]))
+        if name_lock is not None and name_lock["locked"]:
+            raise LoginRefused(f"too many failed logins for {username!r}; try again in {name_lock['wait']} s",
+                               retry_after=max(1, name_lock["wait"]))
         row = await conn.fetchrow(
             "SELECT password_salt, password_hash, scrypt_n, scrypt_r, scrypt_p, active FROM api_users "
             "WHERE username = $1", username)
     if row is None:
-        await asyncio.to_thread(_scrypt, password, _DUMMY_SALT, SCRYPT_N, SCRYPT_R, SCRYPT_P)
-        ok = False
+        await asyncio.to_thread(passwords.dummy_verify, password)
+        ok = rehash = False
     else:
-        digest = await asyncio.to_thread(_scrypt, password, bytes(row["password_salt"]), row["scrypt_n"],
-                                         row["scrypt_r"], row["scrypt_p"])
-        ok = hmac.compare_digest(digest, bytes(row["password_hash"])) and row["active"]
+        ok, rehash = await asyncio.to_thread(passwords.verify_password, _stored(row), password)
+        ok = ok and row["active"]
     async with pool.acquire() as conn:
         if not ok:
-            await _fail(conn, username, max_failures, lockout_seconds)
+            await _fail_address(conn, addr_key, throttle)
+            await _fail_name(conn, username, throttle)
             raise LoginRefused("wrong user name or password, or the user is disabled")
-        await conn.execute("DELETE FROM login_throttle WHERE username = $1", username)
+        await conn.execute("DELETE FROM login_throttle WHERE username = ANY($1)", [username, addr_key])
+        if rehash:
+            await _store_hash(conn, username, await hash_password(password))
     return await issue_token(pool, username, hours=hours, label="login")
 
 
-async def _fail(conn: asyncpg.Connection, username: str, max_failures: int, lockout_seconds: int) -> None:
-    # Lock from the max_failures-th failure on; each failure while locked doubles the lock.
-    await conn.execute(
-        """INSERT INTO login_throttle AS t (username, failures, last_failure_at) VALUES ($1, 1, now())
-           ON CONFLICT (username) DO UPDATE SET failures = t.failures + 1, last_failure_at = now()""",
-        username)
+_FORGET = """INSERT INTO login_throttle AS t (username, failures, last_failure_at) VALUES ($1, 1, now())
+           ON CONFLICT (username) DO UPDATE SET
+               failures = CASE WHEN t.last_failure_at < now() - make_interval(secs => $2)
+                                    AND coalesce(t.locked_until < now(), true) THEN 1 ELSE t.failures + 1 END,
+               last_failure_at = now()"""
+
+
+async def _fail_address(conn: asyncpg.Connection, key: str, throttle: Throttle) -> None:
+    # Lock from the address_failures-th failure on; each failure while locked doubles the lock.
+    await conn.execute(_FORGET, key, FAILURE_MEMORY.total_seconds())
     await conn.execute(
         """UPDATE login_throttle SET locked_until = now() + least(
                make_interval(secs => $2 * power(2, failures - $3)), make_interval(secs => $4))
            WHERE username = $1 AND failures >= $3""",
-        username, float(lockout_seconds), max_failures, MAX_LOCK.total_seconds())
+        key, float(throttle.lockout_seconds), throttle.address_failures, MAX_LOCK.total_seconds())
+
+
+async def _fail_name(conn: asyncpg.Connection, username: str, throttle: Throttle) -> None:
+    # Counted only while the name is not locked (refused tries never reach here), so its lock
+    # is a fixed pause: at the name_failures-th failure, lock and start counting afresh.
+    await conn.execute(_FORGET, username, FAILURE_MEMORY.total_seconds())
+    await conn.execute(
+        """UPDATE login_throttle SET locked_until = now() + make_interval(secs => $2), failures = 0
+           WHERE username = $1 AND failures >= $3""",
+        username, float(throttle.name_lock_seconds), throttle.name_failures)
 
 
 # --- the middleware -----------------------------------------------------------------------------
