@@ -26,6 +26,7 @@ from runtime.db import create_pool
 from service.fanout import FanOut
 from service.ingest import Ingester, Outcome
 from service.quarantine import DeadLetters
+from service.reads import ReadsResponder
 from service.receipts import ReceiptPublisher
 from service.restore import RestoreResponder
 from service.streams import StreamSettings, ensure_site_consumer, ensure_streams
@@ -51,6 +52,7 @@ class Center:
     fanout: FanOut | None = None
     dead_letters: DeadLetters | None = None
     restore: RestoreResponder | None = None
+    reads: ReadsResponder | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     projection_stop: asyncio.Event | None = None
 
@@ -175,6 +177,9 @@ async def run_center(
         if "restore" in parts:
             center.restore = RestoreResponder(pool, nc)
             await center.restore.start()
+            # The stations' read logs (service/reads.py): request/reply like the restore, same part.
+            center.reads = ReadsResponder(pool, nc)
+            await center.reads.start()
         if "projections" in parts:
             from projections.runner import Runner  # the read models (issue 5), same process, own task
 
@@ -199,6 +204,8 @@ async def run_center(
                 await center.dead_letters.stop()
             if center.restore is not None:
                 await center.restore.stop()
+            if center.reads is not None:
+                await center.reads.stop()
         if nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.drain(), 5)

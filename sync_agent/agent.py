@@ -24,6 +24,7 @@ from sync_agent.backoff import Backoff
 from sync_agent.config import SiteConfig, connect_options, load_config, log_path
 from sync_agent.download import Downloader
 from sync_agent.locallog import ChainReport, LocalLog, LocalLogError
+from sync_agent.readlog import ReadLog, ReadUploader
 from sync_agent.tuning import SyncTuning
 from sync_agent.upload import Uploader, raise_if_cancelling
 
@@ -44,13 +45,17 @@ class Agent:
         self.downloader = Downloader(self.log, self.config.site_id, self.config.durable_name, self.tuning,
                                      self.uploader.on_receipt, self._error, self._rng,
                                      js_domain=self.config.js_domain)
+        # The station's read log goes up beside the events (sync_agent/readlog.py).
+        self.read_log = ReadLog(self.data_dir)
+        self.reads = ReadUploader(self.read_log, self.config.site_id, self._error, self._rng,
+                                  retry_base=self.tuning.retry_base, retry_cap=self.tuning.retry_cap)
         self.nc: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._last_error: tuple[str, float] = ("", 0.0)
 
     # --- lifecycle ----------------------------------------------------------------------
 
-    async def start(self, parts: tuple[str, ...] = ("upload", "download")) -> None:
+    async def start(self, parts: tuple[str, ...] = ("upload", "download", "reads")) -> None:
         """Verify the chain (raises LogCorrupted), then connect and sync in the background.
 
         `parts` picks the loops to run (tests run the upload alone to lose receipts on purpose)."""
@@ -61,6 +66,8 @@ class Agent:
             self._tasks.append(asyncio.create_task(self.uploader.run(), name="agent-upload"))
         if "download" in parts:
             self._tasks.append(asyncio.create_task(self.downloader.run(), name="agent-download"))
+        if "reads" in parts:
+            self._tasks.append(asyncio.create_task(self.reads.run(), name="agent-reads"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -74,6 +81,7 @@ class Agent:
                 await self.nc.close()
             self.nc = None
         self.log.close()
+        self.read_log.close()
 
     async def __aenter__(self) -> Agent:
         await self.start()
@@ -101,7 +109,9 @@ class Agent:
             self.nc = nc
             self.uploader.nc = nc
             self.downloader.nc = nc
+            self.reads.nc = nc
             self.uploader.notify()
+            self.reads.notify()
             _log.info("connected", site_id=self.config.site_id)
 
     async def _nats_error(self, err: Exception) -> None:
@@ -113,6 +123,7 @@ class Agent:
     async def _reconnected(self) -> None:
         _log.info("reconnected", site_id=self.config.site_id)
         self.uploader.notify()
+        self.reads.notify()
 
     def _error(self, message: str) -> None:
         """Remember the last error for `agent status` (written at most every few seconds)."""

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 from events.types import SiteKind
 from runtime.cli import CliError, cli_errors, emit, emit_json, run_async
 from runtime.settings import Settings
+from sync_agent import cli_users
 from sync_agent.config import ConfigError, SiteConfig, load_config, log_path, write_config
 from sync_agent.locallog import LocalLog, LocalLogError, LogCorrupted
 
@@ -43,6 +44,11 @@ def register(sub: Any) -> None:
     p.add_argument("--js-domain", help="JetStream domain of the county hub, when connecting through the "
                    "township's leaf node (deploy/nats/township-leaf.conf)")
     p.add_argument("--actor", default="station", help="staff account recorded when a draft names none")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name (besides 127.0.0.1, localhost, [::1]) under which `agent serve` answers, e.g. "
+                   "this computer's LAN name; repeatable (also SHOUWANG_AGENT_ALLOWED_HOSTS, comma-separated)")
+    p.add_argument("--session-minutes", type=int, default=8 * 60, help="how long a log-in at the station's "
+                   "pages lasts (default 480)")
     p.set_defaults(handler=_init)
 
     p = asub.add_parser("record", help="record one event or a list of events (JSON drafts) durably; "
@@ -93,6 +99,8 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=_restore)
 
+    cli_users.register(asub, data_arg)
+
 
 def _open(data: Path) -> tuple[SiteConfig, LocalLog]:
     with cli_errors(ConfigError, LocalLogError):
@@ -106,7 +114,8 @@ def _init(args: argparse.Namespace, settings: Settings) -> int:
     try:
         config = msgspec.convert({"site_id": args.site, "kind": args.kind, "name": args.name, "nats_url": args.nats,
                                   "creds": args.creds, "tls_ca": args.tls_ca, "js_domain": args.js_domain,
-                                  "default_actor": args.actor}, type=SiteConfig)
+                                  "default_actor": args.actor, "allowed_hosts": args.allowed_host,
+                                  "session_minutes": args.session_minutes}, type=SiteConfig)
     except msgspec.ValidationError as err:
         raise CliError(f"invalid site identity: {err}") from None
     with cli_errors(ConfigError, LocalLogError):
@@ -161,7 +170,17 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
+
+
 def _show(args: argparse.Namespace, settings: Settings) -> int:
+    from sync_agent.readlog import ReadLog, ReadLogError
     from sync_agent.view import as_json
 
     _, log = _open(args.data)
@@ -169,6 +188,11 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
         events = log.child_events(args.child)
     finally:
         log.close()
+    try:  # a read at the station's own machine goes into the read log too, under the login name
+        with ReadLog(args.data) as reads:
+            reads.record(f"os:{_os_user()}"[:64], "cli", args.child, "agent show", bool(events))
+    except (ReadLogError, OSError) as err:
+        raise CliError(f"nothing shown: {err}") from None
     if not events:
         raise CliError(f"this site knows no events of child {args.child}")
     doc = as_json(args.child, events)

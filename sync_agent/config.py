@@ -16,6 +16,9 @@ import msgspec
 from events.types import SiteId, SiteKind
 from events.wire import down_consumer, inbox_prefix
 
+HostName = Annotated[
+    str, msgspec.Meta(pattern=r"^(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)$")]
+
 CONFIG_NAME = "site.json"
 LOG_NAME = "log.sqlite"
 
@@ -38,6 +41,11 @@ class SiteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     js_domain: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")] | None = None
     # Staff account written into `actor` when a draft names none.
     default_actor: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._@-]{1,64}$")] = "station"
+    # Host names (besides 127.0.0.1, localhost and [::1]) under which `agent serve` answers, e.g.
+    # the station computer's name on its LAN; any other Host header is refused (sync_agent/door.py).
+    allowed_hosts: list[HostName] = msgspec.field(default_factory=list)
+    # How long a log-in at the station's pages lasts.
+    session_minutes: Annotated[int, msgspec.Meta(ge=5, le=7 * 24 * 60)] = 8 * 60
 
     @property
     def township(self) -> str:
@@ -66,7 +74,7 @@ def write_config(data_dir: Path, config: SiteConfig) -> Path:
     """Validate and write the site's configuration; refuse to overwrite another site's identity."""
     config = msgspec.convert(msgspec.to_builtins(config), type=SiteConfig)  # enforce the constraints
     data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # children's data: the site's own user only
     path = config_path(data_dir)
     if path.exists():
         existing = load_config(data_dir)

@@ -4,14 +4,21 @@ They work with no connection at all: the children list and archives are the merg
 agent holds (its own events and those the center fanned out to it), the overdue list is
 computed from those archives, and a form posts a draft that is recorded in the local log
 (durable before the page says "saved") and uploaded when the line is back.
+
+Only a logged-in person sees them (``/login``; the door, sync_agent/door.py, sends everyone
+else here). Every form carries the session's CSRF token and a post without it changes nothing;
+what a form records carries the person as its ``actor``; opening a child's page is written to
+the read log (sync_agent/readlog.py) before the page is shown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -25,13 +32,21 @@ from events.ids import mask_resident_id, new_child_id
 from events.validation import ValidationFailed
 from projections import followups
 from projections.archive import ChildArchive
+from sync_agent.accounts import Accounts
 from sync_agent.config import SiteConfig
+from sync_agent.door import cookie_name, form_csrf_ok, identity_of, session_csrf, set_cookie
 from sync_agent.forms import FORMS, draft_of, now_local, problems_by_field
 from sync_agent.locallog import LocalLog, LocalLogError
+from sync_agent.readlog import ReadLog, ReadLogError
 from sync_agent.record import record_json
 from sync_agent.status import site_status
-from sync_agent.view import build_view
+from sync_agent.view import as_json, build_view
 from web import STATIC_DIR, Obj, i18n, lang_of, page
+from web.security import CSRF_FIELD, csrf_ok, csrf_token, new_session_value
+
+# Failed log-ins per user name before it is locked for LOCK_SECONDS (a guessing program).
+MAX_FAILURES = 5
+LOCK_SECONDS = 15 * 60
 
 
 def _archives(log: LocalLog) -> list[ChildArchive]:
@@ -39,15 +54,84 @@ def _archives(log: LocalLog) -> list[ChildArchive]:
     return [v for v in views if v.registered and v.merged_into is None]
 
 
-def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], None]) -> list[ControllerRouterHandler]:
+def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], None], *, accounts: Accounts,
+                   reads: ReadLog, on_read: Callable[[], None], secret: bytes) -> list[ControllerRouterHandler]:
     """Route handlers for the station pages (mounted beside the agent's JSON endpoints)."""
     nav = [("/", "nav.children"), ("/overdue", "nav.overdue"), ("/record/HomeVisitMade", "nav.record")]
+    session_cookie = cookie_name(config.site_id)
+    login_cookie = cookie_name(config.site_id, "login")
+    failures: dict[str, list[float]] = {}
 
     def common(request: Request[Any, Any, Any]) -> dict[str, Any]:
         status = site_status(log, config)
+        who = identity_of(request)
         return {"nav": nav, "home": "/", "prefix": "", "static_prefix": "/static", "site_name": config.name,
                 "sync": {"pending": status["pending"], "last_contact": (status["last_contact"] or "")[:19]
-                         .replace("T", " ")}, "forms": list(FORMS.items())}
+                         .replace("T", " ")}, "forms": list(FORMS.items()),
+                "user": who.name, "csrf_token": session_csrf(secret, who)}
+
+    def refused(request: Request[Any, Any, Any], ctx: dict[str, Any]) -> Response[str]:
+        return page(request, "station/message.html", status_code=403,
+                    message=i18n.text("station.csrf_refused", lang_of(request)), **ctx)
+
+    # --- log-in -------------------------------------------------------------------------
+
+    def login_page(request: Request[Any, Any, Any], *, status: int = 200, error: str = "", nxt: str = "/",
+                   ) -> Response[str]:
+        pre = request.cookies.get(login_cookie) or ""
+        fresh = not pre or len(pre) > 64
+        if fresh:
+            pre = new_session_value()
+        response = page(request, "station/login.html", status_code=status, nav=[], home="/login", prefix="",
+                        static_prefix="/static", site_name=config.name, error=error, next=nxt,
+                        csrf_token=csrf_token(secret, pre))
+        if fresh:
+            set_cookie(response, login_cookie, pre, max_age=3600, secure=_tls(request))
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @get("/login", include_in_schema=False)
+    async def login_form(request: Request[Any, Any, Any]) -> Response[str]:
+        return login_page(request, nxt=_safe_next(request.query_params.get("next")))
+
+    @post("/login", include_in_schema=False, status_code=200)
+    async def login(request: Request[Any, Any, Any]) -> Response[str]:
+        form = await request.form()
+        lang = lang_of(request)
+        nxt = _safe_next(_one(form, "next"))
+        if not csrf_ok(secret, request.cookies.get(login_cookie), _one(form, CSRF_FIELD)):
+            return login_page(request, status=403, error=i18n.text("station.login_expired", lang), nxt=nxt)
+        name, password = _one(form, "username").strip()[:64], _one(form, "password")
+        now = time.monotonic()
+        recent = [t for t in failures.get(name, []) if now - t < LOCK_SECONDS]
+        if len(recent) >= MAX_FAILURES:
+            return login_page(request, status=429, nxt=nxt, error=i18n.text(
+                "station.login_locked", lang, m=int((LOCK_SECONDS - (now - recent[0])) // 60) + 1))
+        user = await asyncio.to_thread(accounts.authenticate, name, password)
+        if user is None:
+            failures[name] = [*recent, now]
+            if len(failures) > 10_000:  # bounded: a flood of made-up names forgets the oldest
+                failures.pop(next(iter(failures)))
+            return login_page(request, status=401, error=i18n.text("station.login_failed", lang), nxt=nxt)
+        failures.pop(name, None)
+        lifetime = dt.timedelta(minutes=config.session_minutes)
+        sid = await asyncio.to_thread(accounts.open_session, user, lifetime)
+        response: Response[str] = Response("", status_code=303, headers={"Location": nxt, "Cache-Control": "no-store"})
+        set_cookie(response, session_cookie, sid, max_age=int(lifetime.total_seconds()), secure=_tls(request))
+        set_cookie(response, login_cookie, "", max_age=0, secure=_tls(request))
+        return response
+
+    @post("/logout", include_in_schema=False, status_code=200)
+    async def logout(request: Request[Any, Any, Any]) -> Response[str]:
+        who = identity_of(request)
+        if not form_csrf_ok(secret, who, _one(await request.form(), CSRF_FIELD)):
+            return refused(request, await asyncio.to_thread(common, request))
+        await asyncio.to_thread(accounts.close_session, who)
+        response: Response[str] = Response("", status_code=303, headers={"Location": "/login"})
+        set_cookie(response, session_cookie, "", max_age=0, secure=_tls(request))
+        return response
+
+    # --- the pages ----------------------------------------------------------------------
 
     @get("/", include_in_schema=False)
     async def children(request: Request[Any, Any, Any]) -> Response[str]:
@@ -67,12 +151,17 @@ def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], 
             events = log.child_events(child_id)
             if not events:
                 return None
-            from sync_agent.view import as_json
-
             return as_json(child_id, events)
 
         data = await asyncio.to_thread(load)
         ctx = await asyncio.to_thread(common, request)
+        who = identity_of(request)
+        shown = data is not None and bool(data.get("registered"))
+        try:  # written down before anything is shown
+            await asyncio.to_thread(reads.record, who.name, who.role, child_id, "GET /child/{id}", shown)
+        except ReadLogError as err:
+            return page(request, "station/message.html", status_code=503, message=str(err), **ctx)
+        on_read()
         if data is None or not data.get("registered"):
             return page(request, "station/message.html", status_code=404, message=i18n.text(
                 "child.not_found", lang_of(request)), **ctx)
@@ -107,11 +196,17 @@ def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], 
         ctx = await asyncio.to_thread(common, request)
         if form is None:
             return page(request, "station/message.html", status_code=404, message=event_type, **ctx)
-        posted = _form_values(await request.form())
+        raw = await request.form()
+        who = identity_of(request)
+        if not form_csrf_ok(secret, who, _one(raw, CSRF_FIELD)):
+            return refused(request, ctx)
+        posted = _form_values(raw)
+        posted.pop(CSRF_FIELD, None)
         draft = draft_of(form, posted, child_id=new_child_id() if event_type == "ChildRegistered" else None)
+        draft.pop("actor", None)  # the logged-in person records it
         lang = lang_of(request)
         try:
-            done = await asyncio.to_thread(record_json, log, config, msgspec.json.encode(draft))
+            done = await asyncio.to_thread(record_json, log, config, msgspec.json.encode(draft), actor=who.name)
         except ValidationFailed as err:
             errors = {k: [i18n.problem_text(m, lang) for m in ms] for k, ms in problems_by_field(err.problems).items()}
             known = {f.name for f in form.fields}
@@ -128,13 +223,32 @@ def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], 
         return Response("", status_code=303, headers={"Location": target})
 
     static = create_static_files_router(path="/static", directories=[STATIC_DIR], include_in_schema=False)
-    handlers: list[HTTPRouteHandler] = [children, child, overdue, form_page, form_post]
+    handlers: list[HTTPRouteHandler] = [login_form, login, logout, children, child, overdue, form_page, form_post]
     return [*handlers, static]
 
 
 def _pickable(log: LocalLog) -> list[dict[str, Any]]:
     return [{"child_id": a.child_id, "name": a.name} for a in sorted(_archives(log), key=lambda a: a.name or "")
             if a.open]
+
+
+def _one(form: FormMultiDict, key: str) -> str:
+    value = form.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def _safe_next(target: str | None) -> str:
+    """Where to go after logging in: a path of this station only (never another site)."""
+    if not target or not target.startswith("/") or target.startswith(("//", "/\\")) or len(target) > 2000:
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or "\\" in target or any(ord(c) < 32 for c in target):
+        return "/"
+    return target
+
+
+def _tls(request: Request[Any, Any, Any]) -> bool:
+    return request.url.scheme == "https"
 
 
 def _form_values(form: FormMultiDict) -> dict[str, Any]:

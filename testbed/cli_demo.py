@@ -73,8 +73,9 @@ async def _run(args: argparse.Namespace, data: Path, progress: Any) -> int:
                      else f"MISMATCHES: {result['mismatches']}")
         if not args.once:
             print(f"\n  dashboard:  {result['dashboard']}\n  log in as supervisor, auditor, admin or director1 "
-                  f"(password {DEMO_PASSWORD})\n  station pages: " +
-                  ", ".join(f"{s.url}/ ({s.spec.name})" for s in demo.stations.values()) +
+                  f"(password {DEMO_PASSWORD})\n  station pages, each with its own account (password "
+                  f"{DEMO_PASSWORD}): " +
+                  ", ".join(f"{s.url}/ ({s.spec.name}, log in as {s.account})" for s in demo.stations.values()) +
                   "\n  Ctrl-C stops everything.", flush=True)
             await stop.wait()
         return 0 if result["ok"] else 1

@@ -90,10 +90,29 @@ class Station:
         self.proc: Proc | None = None
         self.recorded = 0
         self.refused = 0
+        # The station's own account (its pages need a log-in) and the demo recorder's token for
+        # POST /events (sync_agent/door.py); events recorded with it carry this account as actor.
+        self.account = f"staff-{spec.site_id.rsplit('.', 1)[1]}"
+        self.token = ""
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a station app sends with each request: its token, and JSON as JSON."""
+        return {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+
+
+def station_account(data: Path, name: str) -> str:
+    """The station's account (made once, password DEMO_PASSWORD) and a new token for the recorder."""
+    from sync_agent.accounts import Accounts
+
+    with Accounts(data) as accounts:
+        if name not in {u.name for u in accounts.users()}:
+            accounts.add_user(name, "director", DEMO_PASSWORD)
+        return accounts.issue_token(name, "shouwang demo recorder")[1]
 
 
 class Demo:
@@ -274,6 +293,7 @@ class Demo:
                 raise DemoError(f"agent init for {spec.site_id} failed: {init.tail()}")
         else:  # a kept data folder: a new proxy port this time, and this run's credentials file
             _set_nats_url(data, proxy.url, self.creds_file(spec.site_id))
+        station.token = await asyncio.to_thread(station_account, data, station.account)
         station.proc = await spawn(f"agent {spec.site_id}", ["agent", "serve", "--data", str(data), "--port",
                                                               str(station.port)],
                                    self.data / "logs" / f"agent-{spec.site_id}.log", self._env(agent=True))
@@ -286,7 +306,7 @@ class Demo:
                 if station.proc is not None and station.proc.proc.returncode is not None:
                     raise DemoError(f"{station.proc.name} exited: {station.proc.tail()}")
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(url, timeout=2)).status_code == 200:
+                    if (await client.get(url, timeout=2, headers=station.headers)).status_code == 200:
                         return
                 await asyncio.sleep(0.1)
         raise DemoError(f"{url} did not answer within {within}s")
@@ -321,13 +341,14 @@ class Demo:
     async def _post(self, client: httpx.AsyncClient, station: Station, plans: list[Planned]) -> None:
         good = [p.draft for p in plans if not p.refused]
         if good:
-            r = await client.post(station.url + "/events", content=msgspec.json.encode(good))
+            r = await client.post(station.url + "/events", content=msgspec.json.encode(good), headers=station.headers)
             if r.status_code != 201:
                 raise DemoError(f"{station.spec.site_id} refused good records: {r.status_code} {r.text[:500]}")
             station.recorded += len(good)
         for p in plans:
             if p.refused:  # a station app sends the mistyped ID on its own; the agent refuses it
-                r = await client.post(station.url + "/events", content=msgspec.json.encode(p.draft))
+                r = await client.post(station.url + "/events", content=msgspec.json.encode(p.draft),
+                                      headers=station.headers)
                 if r.status_code != 422:
                     raise DemoError(f"{station.spec.site_id} accepted a record it must refuse: {r.status_code}")
                 station.refused += 1
@@ -342,7 +363,7 @@ class Demo:
                 for site, station in self.stations.items():
                     if site in skip:
                         continue
-                    status = (await client.get(station.url + "/status")).json()
+                    status = (await client.get(station.url + "/status", headers=station.headers)).json()
                     pending += int(status["pending"])
                 lag = await self._projection_lag()
                 if pending == 0 and lag == 0:
@@ -378,7 +399,7 @@ class Demo:
         sites = []
         async with httpx.AsyncClient(timeout=10) as client:
             for site, station in self.stations.items():
-                st = (await client.get(station.url + "/status")).json()
+                st = (await client.get(station.url + "/status", headers=station.headers)).json()
                 sites.append({"site_id": site, "kind": station.spec.kind, "pending": st["pending"],
                               "holes": st["center_holes"], "last_contact": st["last_contact"],
                               "recorded": st["recorded"]})

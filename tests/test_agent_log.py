@@ -19,6 +19,7 @@ from litestar.testing import AsyncTestClient
 from events.envelope import GENESIS_HASH, parse_drafts
 from events.samples import SampleSite, sample_registration
 from events.validation import ValidationFailed
+from sync_agent.accounts import Accounts
 from sync_agent.agent import Agent
 from sync_agent.config import load_config, log_path
 from sync_agent.locallog import LocalLog, LogCorrupted, LogFull, LogLocked
@@ -201,10 +202,15 @@ def test_an_update_is_based_on_what_the_site_knows(data: Path) -> None:
 async def test_local_http_records_refuses_and_shows_offline(data: Path) -> None:
     """The local HTTP endpoint records drafts durably, refuses bad ones by field with nothing written, and shows
     the child's archive with no center reachable."""
+    with Accounts(data) as accounts:  # the endpoint answers only a logged-in caller (tests/security)
+        accounts.add_user("staff-01", "staff", "made-up-password-01")
+        _, token = accounts.issue_token("staff-01")
     app = create_app(data, sync=False)
     reg = msgspec.json.encode({**msgspec.to_builtins(sample_registration(random.Random(10), CHILD)),
                                "occurred_at": "2026-03-01T08:00:00Z"})
-    async with AsyncTestClient(app) as client:
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    async with AsyncTestClient(app, base_url="http://127.0.0.1:8470") as client:
+        client.headers.update(auth)
         ok = await client.post("/events", content=b"[" + reg + b"," + visit() + b"]")
         assert ok.status_code == 201, ok.text
         assert [e["site_seq"] for e in ok.json()["events"]] == [1, 2]

@@ -17,6 +17,7 @@ from service.sites import register_site
 from store.postgres import EventStore
 from testbed.embedded import EmbeddedNats, free_port
 from tests.browser import SCREENSHOTS, chromium, shouwang, stop, wait_for_port
+from tests.station_kit import add_user, login
 
 SITE = "demo.qingshi.v07"
 
@@ -37,6 +38,7 @@ def station(tmp_path: Path) -> tuple[str, int, Path]:
          "--data", str(data), "--nats", f"nats://127.0.0.1:{nats_port}", "--actor", "director-07"],
         capture_output=True, text=True, check=False)
     assert init.returncode == 0, init.stderr
+    add_user(data, "director-07", role="director")  # the pages need a log-in (tests/security/test_station_door.py)
     return str(data), nats_port, data
 
 
@@ -79,6 +81,7 @@ async def test_home_visit_recorded_offline_then_reaches_the_center(
     both show in the archive at once, and reach the center's store when the line comes back."""
     _, nats_port, _ = station
     page = await browser.new_page(locale="zh-CN", viewport={"width": 1100, "height": 900})
+    await login(page, served, "director-07")
     child_id = await _register_child(page, served, "石小朵")
     assert await page.text_content("#child-name") == "石小朵"
     await page.goto(f"{served}/record/HomeVisitMade?child={child_id}")
@@ -121,6 +124,7 @@ async def test_bad_resident_id_is_refused_beside_the_field(served: str, browser:
     """A resident ID with a wrong check digit is flagged while typing and refused on submit,
     with the message beside the field, in Chinese; nothing is recorded."""
     page = await browser.new_page(locale="zh-CN", viewport={"width": 420, "height": 900})  # a phone
+    await login(page, served, "director-07")
     await page.goto(f"{served}/record/ChildRegistered")
     await page.fill("#f-name", "云若溪")
     await page.select_option("#f-sex", "male")

@@ -122,6 +122,22 @@ _T: dict[str, tuple[str, str]] = {
     "dash.resolve": ("以此为准", "Keep this one"),
     "dash.merge": ("合并", "Merge"),
     "dash.replay": ("重新处理", "Replay"),
+    # the station's door (sync_agent/door.py, sync_agent/pages.py: log-in at the station)
+    "station.login_title": ("站点登录", "Station log-in"),
+    "station.login_hint": ("请用本站账号登录。账号由站点负责人用 shouwang agent user add 创建。",
+                           "Log in with your station account (the station's director creates it with "
+                           "shouwang agent user add)."),
+    "station.username": ("用户名", "User name"),
+    "station.password": ("密码", "Password"),
+    "station.login": ("登录", "Log in"),
+    "station.login_failed": ("用户名或密码不对，或账号已停用。", "Wrong user name or password, or the account is disabled."),
+    "station.login_locked": ("登录失败次数过多，请 {m} 分钟后再试。", "Too many failed log-ins: try again in {m} minutes."),
+    "station.login_expired": ("登录页面已过期，请重新输入。", "The log-in page expired: please enter your details again."),
+    "station.csrf_refused": ("表单已过期或来源不明，未保存。请刷新页面后重试。",
+                             "The form expired or did not come from this station; nothing was saved. Reload the "
+                             "page and try again."),
+    "station.logged_in_as": ("当前用户：{user}", "Logged in as {user}"),
+    "station.logout": ("退出登录", "Log out"),
     # the center's doors (service/dashboard.py: forms refused, parameters out of range)
     "dash.csrf_refused": ("表单已过期或不是从本系统页面提交的，未做任何更改。请刷新页面后重试。",
                           "The form expired or was not sent from this site's own page; nothing was changed. "

@@ -77,8 +77,7 @@ async def agent_http(town: Town, problems: list[str]) -> int:
             for name, body in agent_corpus():
                 n += 1
                 try:
-                    r = await client.post(station.url + "/events", content=body,
-                                          headers={"Content-Type": "application/json"})
+                    r = await client.post(station.url + "/events", content=body, headers=station.headers)
                 except httpx.HTTPError as err:
                     problems.append(f"agent {site} POST /events {name}: no answer ({err!r})")
                     continue

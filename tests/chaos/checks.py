@@ -93,7 +93,7 @@ async def _unsettled(town: Town, client: httpx.AsyncClient) -> str:
     pending = 0
     for station in town.stations.values():
         try:
-            pending += int((await client.get(station.url + "/status")).json()["pending"])
+            pending += int((await client.get(station.url + "/status", headers=station.headers)).json()["pending"])
         except (httpx.HTTPError, ValueError, KeyError):
             return f"agent {station.spec.site_id} not answering"
     try:

@@ -131,7 +131,7 @@ class Town(Demo):
         async with httpx.AsyncClient(timeout=2) as client:
             while time.monotonic() < deadline:
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(station.url + "/status")).status_code == 200:
+                    if (await client.get(station.url + "/status", headers=station.headers)).status_code == 200:
                         return
                 await asyncio.sleep(0.1)
         raise ChaosError(f"agent {site} did not answer within {within}s")
@@ -212,7 +212,7 @@ class Town(Demo):
         last: Exception | None = None
         for _ in range(300):
             try:
-                return await client.post(station.url + "/events", content=body)
+                return await client.post(station.url + "/events", content=body, headers=station.headers)
             except httpx.ConnectError as err:  # the agent is restarting
                 last = err
                 await asyncio.sleep(0.2)
