@@ -318,3 +318,12 @@ async def test_a_child_read_reaches_the_center_read_log(
             await pool.close()
     finally:
         nats.stop()
+
+
+def test_agent_show_is_written_to_the_read_log(station: Station) -> None:
+    """`shouwang agent show` on the station's machine writes the read (the login name, role cli) before printing."""
+    shown = _cli("show", CHILD, "--data", str(station.data))
+    assert shown.returncode == 0, shown.stderr
+    with sqlite3.connect(reads_path(station.data)) as local:
+        rows = local.execute("SELECT username, role, child_id, route, outcome FROM reads").fetchall()
+    assert [r[1:] for r in rows] == [("cli", CHILD, "agent show", "served")] and rows[0][0].startswith("os:")
