@@ -279,6 +279,15 @@ class ArchivesUnmerged(CareEventBase, tag=True, frozen=True):
         return (self.kept_child_id, self.merged_child_id)
 
 
+class DuplicateDismissed(CareEventBase, tag=True, frozen=True):
+    """Two archives proposed as the same child were checked: they are two different children, so
+    the pair is not proposed as a duplicate again."""
+
+    child_ids_list: Annotated[list[ChildId], msgspec.Meta(min_length=2, max_length=2)] = msgspec.field(
+        name="child_ids")
+    note: ShortText | None = None
+
+
 class EventCorrected(CareEventBase, tag=True, frozen=True):
     """An earlier entry was wrong. History is not erased: this event says which entry, why, and
     what it should have said (``replacement``, a payload of the same type, and its occurred
@@ -463,6 +472,7 @@ CareEvent = (
     | ArchiveReopened
     | ArchivesMerged
     | ArchivesUnmerged
+    | DuplicateDismissed
     | EventCorrected
     | ConflictResolved
     | PairingStarted

@@ -102,6 +102,8 @@ def samples(rng: random.Random, cid: str | None = None) -> dict[str, c.CareEvent
         "ArchiveReopened": lambda: c.ArchiveReopened(child_id=cid, reason="父母再次外出务工"),
         "ArchivesMerged": lambda: c.ArchivesMerged(kept_child_id=cid, merged_child_id=other, note="同一身份证号"),
         "ArchivesUnmerged": lambda: c.ArchivesUnmerged(merge_event_id=eid, kept_child_id=cid, merged_child_id=other),
+        "DuplicateDismissed": lambda: c.DuplicateDismissed(child_ids_list=[cid, other],
+                                                           note="同名同生日而身份证号不同"),
         "EventCorrected": lambda: c.EventCorrected(
             corrected_event_id=eid, reason="日期填错", child_ids_list=[cid],
             replacement=c.HomeVisitMade(child_id=cid, visitor=fake_name(rng)),

@@ -151,6 +151,7 @@ TRAITS: dict[type[c.CareEventBase], Traits] = {
     c.ArchiveReopened: Traits("档案重开", "archive reopened", S.MOVES, F.STRUCTURAL, A.HOLDER),
     c.ArchivesMerged: Traits("档案合并", "archives merged", S.MERGES, F.FULL, A.TOWNSHIP),
     c.ArchivesUnmerged: Traits("撤销合并", "merge undone", S.MERGES, F.FULL, A.TOWNSHIP),
+    c.DuplicateDismissed: Traits("确认非同一儿童", "not the same child", S.MERGES, F.STRUCTURAL, A.TOWNSHIP),
     c.EventCorrected: Traits("更正", "correction", S.CORRECTIONS, F.FULL, A.CORRECTION),
     c.ConflictResolved: Traits("冲突处理", "conflict resolved", S.CONFLICTS, F.STRUCTURAL, A.TOWNSHIP),
     # pairing

@@ -388,24 +388,6 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
         return page(request, "dash/child.html", a=obj(a), timeline=obj(items), resident_id=a.get("resident_id"),
                     as_of=as_of or "", can_as_of=me.get("role") in ("township", "auditor"), **_ctx(me))
 
-    @get(f"{PREFIX}/conflicts", include_in_schema=False, exclude_from_auth=True)
-    async def conflicts(request: Request[Any, Any, Any]) -> Response[str]:
-        return await _list_page(request, "/conflicts", "dash/conflicts.html")
-
-    @post(f"{PREFIX}/conflicts", include_in_schema=False, exclude_from_auth=True, status_code=200)
-    async def resolve(request: Request[Any, Any, Any]) -> Response[str]:
-        return await _post_form(request, "/conflicts/resolve", ("child_id", "field", "chosen_event_id"),
-                                f"{PREFIX}/conflicts?done=1")
-
-    @get(f"{PREFIX}/duplicates", include_in_schema=False, exclude_from_auth=True)
-    async def duplicates(request: Request[Any, Any, Any]) -> Response[str]:
-        return await _list_page(request, "/duplicates", "dash/duplicates.html")
-
-    @post(f"{PREFIX}/duplicates", include_in_schema=False, exclude_from_auth=True, status_code=200)
-    async def merge(request: Request[Any, Any, Any]) -> Response[str]:
-        return await _post_form(request, "/merges", ("kept_child_id", "merged_child_id"),
-                                f"{PREFIX}/duplicates?done=1")
-
     @get(f"{PREFIX}/quarantine", include_in_schema=False, exclude_from_auth=True)
     async def quarantine(request: Request[Any, Any, Any]) -> Response[str]:
         return await _list_page(request, "/quarantine", "dash/quarantine.html")
@@ -452,8 +434,10 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
         headers = {k: v for k, v in r.headers.items() if k.lower() in ("content-type", "content-disposition")}
         return Response(r.content, status_code=r.status_code, headers=headers)
 
-    handlers: list[HTTPRouteHandler] = [login_form, login, logout, overview, children, child, conflicts, resolve,
-                                        duplicates, merge, quarantine, summary, export]
+    from service.decisions import decision_routes  # conflicts, duplicates, merges (it imports this module)
+
+    handlers: list[HTTPRouteHandler] = [login_form, login, logout, overview, children, child, quarantine, summary,
+                                        export, *decision_routes()]
     static = create_static_files_router(path="/static", directories=[STATIC_DIR], include_in_schema=False,
                                         opt={"exclude_from_auth": True})
     return [*handlers, static]

@@ -108,6 +108,9 @@ class ChildArchive(msgspec.Struct, frozen=True, kw_only=True):
     conflicts: list[Conflict] = []
     sources: dict[str, FieldSource] = {}
     events: int = 0
+    # Children the township checked and found to be another child (`DuplicateDismissed`): never
+    # proposed as a duplicate of this one again.
+    not_same_as: list[str] = []
 
     @property
     def current_pairings(self) -> list[Pairing]:
@@ -133,8 +136,8 @@ _day = local_day  # the reporting day (UTC+8)
 class Gathered:
     """What one pass over a group's events (in stamp order) collects for `derive_full`."""
 
-    __slots__ = ("aid", "case_close", "case_open", "incidents", "last", "marks", "months", "pair_end", "pair_start",
-                 "registered_by")
+    __slots__ = ("aid", "case_close", "case_open", "incidents", "last", "marks", "months", "not_same", "pair_end",
+                 "pair_start", "registered_by")
 
     def __init__(self) -> None:
         # Open/closed history, by occurred time (then stamp), so a late-arriving closing from an
@@ -149,6 +152,7 @@ class Gathered:
         self.months: dict[int, list[int]] = {}  # year * 100 + month -> [visits, calls, letters, talks]
         self.aid: list[AidItem] = []
         self.incidents = 0
+        self.not_same: set[str] = set()
 
 
 Gatherer = Callable[[Gathered, Effective], None]
@@ -228,6 +232,11 @@ def _aid(g: Gathered, x: Effective) -> None:
 @gathers(c.SafetyIncidentReported)
 def _incident(g: Gathered, x: Effective) -> None:
     g.incidents += 1
+
+
+@gathers(c.DuplicateDismissed)
+def _not_same(g: Gathered, x: Effective) -> None:
+    g.not_same.update(x.care.child_ids())
 
 
 @gathers(
@@ -354,6 +363,7 @@ def derive_full(child_id: str, entries: Iterable[Entry], merged_from: Iterable[s
         conflicts=sorted(conflicts, key=lambda x: (x.field, x.heads, x.resolved_by or "")),
         sources=sources,
         events=len(unique),
+        not_same_as=sorted(g.not_same - members),
     ), all_effs
 
 
