@@ -31,7 +31,6 @@ from litestar.params import FromPath
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
-from events.localtime import local_day
 from service.api.auth import client_address
 from web import STATIC_DIR, i18n, lang_of, obj, page
 from web.security import CSRF_FIELD, csrf_token, form_refusal, new_session_value
@@ -85,8 +84,14 @@ def _nav(role: str) -> list[tuple[str, str]]:
     items = [(f"{PREFIX}/", "nav.overview"), (f"{PREFIX}/children", "nav.children")]
     if role in ("township", "auditor"):
         items += [(f"{PREFIX}/conflicts", "nav.conflicts"), (f"{PREFIX}/duplicates", "nav.duplicates")]
+    if role in ("township", "auditor", "admin"):
+        items.append((f"{PREFIX}/sites", "nav.sites"))
     if role in ("township", "admin"):
         items.append((f"{PREFIX}/quarantine", "nav.quarantine"))
+    if role == "auditor":
+        items += [(f"{PREFIX}/reads", "nav.reads"), (f"{PREFIX}/chains", "nav.chains"), (f"{PREFIX}/asof", "nav.asof")]
+    elif role == "admin":
+        items.append((f"{PREFIX}/chains", "nav.chains"))
     if role != "admin":
         items.append((f"{PREFIX}/summary", "nav.summary"))
     items.append((f"{PREFIX}/logout", "nav.logout"))
@@ -345,53 +350,6 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
         return page(request, "dash/overview.html", rollup=obj(rollup), month=month, charts=charts, sites=obj(sites),
                     overdue=obj(overdue[:30]), scope=scope, **_ctx(me))
 
-    @get(f"{PREFIX}/children", include_in_schema=False, exclude_from_auth=True)
-    async def children(request: Request[Any, Any, Any]) -> Response[str]:
-        who = await _me(request)
-        if who is None:
-            return _login_redirect()
-        token, me = who
-        q = request.query_params
-        async with Api(request, token) as api:
-            status, doc = await api.get("/children", name=q.get("name"), cursor=q.get("cursor"), limit=100)
-        refused = _api_refused(request, me, status, doc)
-        if refused is not None:
-            return refused
-        items = doc.get("items", []) if status == 200 else []
-        return page(request, "dash/children.html", items=obj(items), next_cursor=(doc or {}).get("next_cursor"),
-                    name=q.get("name", ""), **_ctx(me))
-
-    @get(f"{PREFIX}/child/{{child_id:str}}", include_in_schema=False, exclude_from_auth=True)
-    async def child(request: Request[Any, Any, Any], child_id: FromPath[str]) -> Response[str]:
-        who = await _me(request)
-        if who is None:
-            return _login_redirect()
-        token, me = who
-        as_of = request.query_params.get("as_of")
-        if as_of and not _is_day(as_of):
-            return _bad_input(request, me, "as_of", as_of, "dash.want_day")
-        async with Api(request, token) as api:
-            if as_of:
-                status, view = await api.get(f"/children/{quote(child_id)}/as-of",
-                                             occurred=f"{as_of}T23:59:59+08:00")
-            else:
-                status, view = await api.get(f"/children/{quote(child_id)}")
-            t_status, timeline = await api.get(f"/children/{quote(child_id)}/timeline")
-        if status != 200:
-            return page(request, "dash/message.html", status_code=status if status in (403, 404) else 502,
-                        message=(view or {}).get("message", i18n.text("child.not_found", lang_of(request))),
-                        **_ctx(me))
-        items = timeline.get("items", []) if t_status == 200 else []
-        if as_of:
-            items = [t for t in items if local_day(dt.datetime.fromisoformat(t["occurred_at"])).isoformat() <= as_of]
-        a = view["archive"]
-        return page(request, "dash/child.html", a=obj(a), timeline=obj(items), resident_id=a.get("resident_id"),
-                    as_of=as_of or "", can_as_of=me.get("role") in ("township", "auditor"), **_ctx(me))
-
-    @get(f"{PREFIX}/quarantine", include_in_schema=False, exclude_from_auth=True)
-    async def quarantine(request: Request[Any, Any, Any]) -> Response[str]:
-        return await _list_page(request, "/quarantine", "dash/quarantine.html")
-
     @get(f"{PREFIX}/summary", include_in_schema=False, exclude_from_auth=True)
     async def summary(request: Request[Any, Any, Any]) -> Response[str]:
         who = await _me(request)
@@ -400,11 +358,14 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
         token, me = who
         lang = lang_of(request)
         scope = _scope(me)
-        period = request.query_params.get("period") or str(dt.date.today().year)
-        if not _year_ok(_PERIOD.fullmatch(period)):
+        period = request.query_params.get("period") or ""
+        if period and not _year_ok(_PERIOD.fullmatch(period)):
             return _bad_input(request, me, "period", period, "dash.want_period")
         rollup = None
         async with Api(request, token) as api:
+            if not period:  # the latest year with work in it, not the calendar year of today
+                _, sites_doc = await api.get("/sites")
+                period = _latest_month((sites_doc or {}).get("items", []))[:4]
             if scope:
                 status, rollup = await api.get("/rollups", scope=scope, period=period)
                 if status != 200:
@@ -435,9 +396,10 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
         return Response(r.content, status_code=r.status_code, headers=headers)
 
     from service.decisions import decision_routes  # conflicts, duplicates, merges (it imports this module)
+    from service.township_pages import township_routes  # children, a child, sites, quarantine, the auditor's pages
 
-    handlers: list[HTTPRouteHandler] = [login_form, login, logout, overview, children, child, quarantine, summary,
-                                        export, *decision_routes()]
+    handlers: list[HTTPRouteHandler] = [login_form, login, logout, overview, summary, export, *decision_routes(),
+                                        *township_routes()]
     static = create_static_files_router(path="/static", directories=[STATIC_DIR], include_in_schema=False,
                                         opt={"exclude_from_auth": True})
     return [*handlers, static]

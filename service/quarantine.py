@@ -141,6 +141,10 @@ async def count_held(pool: asyncpg.Pool) -> int:
 # --- replay ---------------------------------------------------------------------------------
 
 
+_RETURNING = """id, received_at, subject, site_id, event_id::text AS event_id, site_seq, reason,
+                octet_length(raw) AS size, status, attempts, deliveries, resolved_at, resolution"""
+
+
 class ReplayResult(msgspec.Struct, frozen=True):
     id: int
     site_id: str | None
@@ -175,6 +179,22 @@ async def replay(pool: asyncpg.Pool, row_id: int) -> ReplayResult:
                    resolution = $2 WHERE id = $1""", row_id, outcome,
         )
         return ReplayResult(row_id, row["site_id"], outcome)
+
+
+async def dismiss(pool: asyncpg.Pool, row_id: int, by: str, note: str) -> Quarantined:
+    """Mark a held row dismissed (not to be replayed), saying who and why; the row and its bytes
+    stay, and the center's log records the decision."""
+    async with pool.acquire() as conn, conn.transaction():
+        status = await conn.fetchval("SELECT status FROM quarantine WHERE id = $1 FOR UPDATE", row_id)
+        if status is None:
+            raise QuarantineError(f"quarantine row {row_id} does not exist (see `shouwang center quarantine list`)")
+        if status != "held":
+            raise QuarantineError(f"quarantine row {row_id} was already {status}")
+        row = await conn.fetchrow(
+            f"""UPDATE quarantine SET status = 'dismissed', resolved_at = now(), resolution = $2
+                 WHERE id = $1 RETURNING {_RETURNING}""", row_id, f"dismissed by {by}: {note}"[:500])
+    _log.warning("quarantine row dismissed", quarantine_id=row_id, by=by, site_id=row["site_id"])
+    return Quarantined(**dict(row))
 
 
 async def held_ids(pool: asyncpg.Pool, site_id: str | None = None) -> list[int]:

@@ -82,3 +82,25 @@ def donut_chart(items: Sequence[tuple[str, float]], *, title: str, size: int = 2
 
 def _short(name: str, limit: int = 14) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def day_columns(days: Sequence[tuple[str, float]], *, title: str, width: int = 270, height: int = 40) -> str:
+    """One thin column per day (oldest left), height by the day's count; a day with none is a
+    grey tick. For a site's contacts over the last weeks: small enough to sit in a table cell.
+    Colours are SVG attributes, not style (the pages' CSP has no inline styles)."""
+    n = max(1, len(days))
+    step = width / n
+    top = max((v for _, v in days), default=0) or 1
+    parts = [f'<svg class="chart spark" role="img" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+             f'preserveAspectRatio="none" xmlns="http://www.w3.org/2000/svg">', f"<title>{escape(title)}</title>"]
+    for i, (day, value) in enumerate(days):
+        x = i * step
+        if value:
+            h = max(2.0, (height - 2) * value / top)
+            parts.append(f'<rect x="{x:.1f}" y="{height - h:.1f}" width="{max(1.0, step - 0.6):.1f}" height="{h:.1f}" '
+                         f'fill="{PALETTE[0]}"><title>{escape(day)}: {value:,.0f}</title></rect>')
+        else:
+            parts.append(f'<rect x="{x:.1f}" y="{height - 1}" width="{max(1.0, step - 0.6):.1f}" height="1" '
+                         f'fill="#b8c4cc"/>')
+    parts.append("</svg>")
+    return "".join(parts)

@@ -18,10 +18,13 @@ import msgspec
 from litestar import Controller, Request, get
 from litestar.params import Parameter
 
+from projections.tables import SCHEMA
 from service.api.auth import Caller
 from service.api.errors import ApiError, bad
-from service.api.scoping import Params, SiteIdPath, allow, caller_of, child_visible, may_see_site
+from service.api.scoping import Params, SiteFilter, SiteIdPath, allow, caller_of, child_visible, may_see_site
 from store.postgres import EventStore
+
+ARCHIVE = f"{SCHEMA}.archive"
 
 
 async def record_read(conn: asyncpg.Connection, caller: Caller, child_id: str, route: str, query: str,
@@ -52,6 +55,7 @@ class ReadLogEntry(msgspec.Struct, frozen=True):
     route: str
     query: str
     outcome: str
+    child_name: str | None = None  # the child's name, when the child is in the auditor's scope
 
 
 class ReadLogPage(msgspec.Struct, frozen=True):
@@ -76,13 +80,15 @@ class AuditController(Controller):
     tags = ["audit"]  # noqa: RUF012 (litestar reads controller options from class attributes)
 
     @get("/reads", guards=[allow("auditor")], summary="The read log: who read which child's archive",
-         description="Every read of an archive, timeline or as-of view, newest first, for the auditor's township.")
+         description="Every read of an archive, timeline or as-of view, newest first, for the auditor's township. "
+                     "site_id: reads of that site's children or by its people.")
     async def reads(
         self, request: Request[Any, Any, Any],
         child_id: Annotated[str | None, Parameter(pattern=r"^c-[0-9a-f]{32}$", description="only this child")] = None,
         username: Annotated[str | None, Parameter(max_length=64, pattern=r"^[A-Za-z0-9._@-]{1,64}$")] = None,
         since: Annotated[dt.datetime | None, Parameter(description="reads at or after this time")] = None,
         until: Annotated[dt.datetime | None, Parameter(description="reads before this time")] = None,
+        site_id: SiteFilter = None,
         cursor: Cursor = None, limit: Limit = 50,
     ) -> ReadLogPage:
         caller = caller_of(request)
@@ -102,10 +108,18 @@ class AuditController(Controller):
             conds.append(f"r.read_at >= {p.add(since)}")
         if until is not None:
             conds.append(f"r.read_at < {p.add(until)}")
+        if site_id is not None:  # reads of the site's children, or by the site's own people
+            site = p.add(site_id)
+            conds.append(f"""(EXISTS (SELECT 1 FROM child_scope cs WHERE cs.child_id = r.child_id
+                                        AND cs.until_tx IS NULL AND cs.site_id = {site})
+                              OR r.username IN (SELECT username FROM api_users WHERE site_id = {site}))""")
         if cursor is not None:
             conds.append(f"r.id < {p.add(int(cursor))}")
-        sql = f"""SELECT r.id, r.read_at, r.username, r.role, r.child_id, r.route, r.query, r.outcome
-                  FROM read_log r WHERE {' AND '.join(conds)}
+        name = f"CASE WHEN {child_visible(caller, p, 'r.child_id')} THEN a.name END"
+        sql = f"""SELECT r.id, r.read_at, r.username, r.role, r.child_id, r.route, r.query, r.outcome,
+                         {name} AS child_name
+                  FROM read_log r LEFT JOIN {ARCHIVE} a ON a.child_id = r.child_id
+                  WHERE {' AND '.join(conds)}
                   ORDER BY r.id DESC LIMIT {p.add(limit + 1)}"""
         async with request.app.state.pool.acquire() as conn:
             rows = await conn.fetch(sql, *p.values)

@@ -9,15 +9,16 @@ not serve the child (the auditor).
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get
-from litestar.params import Parameter
+from litestar.params import Parameter, QueryParameter
 
 from events.ids import mask_resident_id
 from events.localtime import local_today
-from events.types import GuardianshipType
+from events.types import GuardianshipType, Reason
 from projections import archive as pa
 from projections import followups as pf
 from projections.source import Row
@@ -53,11 +54,54 @@ class ChildSummary(msgspec.Struct, frozen=True, omit_defaults=True):
     open: bool = False
     merged_into: str | None = None
     last_visit: dt.date | None = None
+    grade: int | None = None
+    reasons: list[str] = []
+    registered_on: dt.date | None = None
+    closed_on: dt.date | None = None
+    last_contact: dt.date | None = None  # the latest visit, call, letter or talk
+    paired: bool = False  # has a pairing (结对帮扶) that has not ended
+    overdue_rules: list[str] = []  # the follow-up rules overdue today
 
 
 class ChildPage(msgspec.Struct, frozen=True):
+    """A page of children: by child id with `next_cursor`, or, with `sort`, by that key with
+    `offset` paging and `total` (how many children match the filters)."""
+
     items: list[ChildSummary]
     next_cursor: str | None = None
+    total: int | None = None
+    next_offset: int | None = None
+
+
+class GradeBand(enum.StrEnum):
+    """School grades: 1-3, 4-6 (primary), 7-9 (junior middle), or no grade recorded."""
+
+    LOWER = "1-3"
+    UPPER = "4-6"
+    JUNIOR = "7-9"
+    NONE = "none"
+
+
+class ArchiveState(enum.StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class FollowUpRule(enum.StrEnum):
+    VISIT = "visit"
+    CALL = "call"
+    TALK = "talk"
+    LETTER = "letter"
+
+
+class ChildSort(enum.StrEnum):
+    NAME = "name"
+    SITE = "site"
+    REGISTERED = "registered"
+    LAST_CONTACT = "last_contact"
+
+
+_BANDS = {GradeBand.LOWER: range(1, 4), GradeBand.UPPER: range(4, 7), GradeBand.JUNIOR: range(7, 10)}
 
 
 class ArchiveView(msgspec.Struct, frozen=True):
@@ -93,14 +137,63 @@ class TimelineView(msgspec.Struct, frozen=True):
     items: list[TimelineLine]
 
 
-def summary(a: pa.ChildArchive) -> ChildSummary:
+def last_contact(a: pa.ChildArchive) -> dt.date | None:
+    days = [d for d in (a.last_visit, a.last_call, a.last_letter, a.last_talk) if d is not None]
+    return max(days) if days else None
+
+
+def summary(a: pa.ChildArchive, overdue_rules: list[str] | None = None) -> ChildSummary:
     return ChildSummary(
         child_id=a.child_id, name=a.name, sex=a.sex, birth_date=a.birth_date,
         resident_id_masked=mask_resident_id(a.resident_id), household_village=a.household_village,
         village_site=a.village_site, school_site=a.school_site,
         guardianship=str(a.guardian.type) if a.guardian is not None else None, open=a.open,
-        merged_into=a.merged_into, last_visit=a.last_visit,
+        merged_into=a.merged_into, last_visit=a.last_visit, grade=a.grade, reasons=list(a.reasons),
+        registered_on=a.registered_on, closed_on=a.closed_on, last_contact=last_contact(a),
+        paired=bool(a.current_pairings), overdue_rules=overdue_rules or [],
     )
+
+
+class ArchiveFilter(msgspec.Struct, frozen=True):
+    """The filters of the children list judged on the archive itself (after the SQL ones)."""
+
+    guardianship: GuardianshipType | None = None
+    reason: Reason | None = None
+    grade_band: GradeBand | None = None
+    overdue: bool = False
+    overdue_rule: FollowUpRule | None = None
+    paired: bool | None = None
+
+    def keep(self, a: pa.ChildArchive, today: dt.date) -> list[str] | None:
+        """The child's overdue rules if it passes every filter, else None."""
+        if self.guardianship is not None and (a.guardian is None or a.guardian.type != self.guardianship):
+            return None
+        if self.reason is not None and self.reason not in a.reasons:
+            return None
+        if self.grade_band is not None:
+            if self.grade_band is GradeBand.NONE:
+                if a.grade is not None:
+                    return None
+            elif a.grade is None or a.grade not in _BANDS[self.grade_band]:
+                return None
+        if self.paired is not None and bool(a.current_pairings) != self.paired:
+            return None
+        rules = [o.rule for o in pf.overdue_of(a, today)]
+        if self.overdue and not rules:
+            return None
+        if self.overdue_rule is not None and self.overdue_rule.value not in rules:
+            return None
+        return rules
+
+
+def _sort_key(sort: ChildSort) -> Any:
+    if sort is ChildSort.NAME:
+        return lambda s: (s.name or "", s.child_id)
+    if sort is ChildSort.SITE:
+        return lambda s: (s.village_site or s.school_site or "", s.name or "", s.child_id)
+    if sort is ChildSort.REGISTERED:
+        return lambda s: (s.registered_on or dt.date.min, s.child_id)
+    return lambda s: (s.last_contact or dt.date.min, s.child_id)
 
 
 def masked_archive(caller: Caller, a: pa.ChildArchive) -> ArchiveView:
@@ -141,7 +234,9 @@ class ChildrenController(Controller):
 
     @get("/", summary="Search children in your scope",
          description="Filters combine with AND. Resident ID numbers are masked here for every role; search by the "
-                     "whole number to find one child. Ordered by child id, paged with next_cursor.")
+                     "whole number to find one child. Without `sort`: ordered by child id, paged with next_cursor. "
+                     "With `sort`: ordered by that key, paged with offset (next_offset), and `total` counts every "
+                     "child that matches. Overdue rules are judged today (China Standard Time).")
     async def search(
         self, request: Request[Any, Any, Any],
         name: Annotated[str | None, Parameter(min_length=1, max_length=40, description="name contains this")] = None,
@@ -149,12 +244,28 @@ class ChildrenController(Controller):
                                                      description="whole resident ID number")] = None,
         site_id: SiteFilter = None,
         guardianship: Annotated[GuardianshipType | None, Parameter(description="guardianship type")] = None,
+        reason: Annotated[Reason | None, Parameter(description="counted for this reason")] = None,
+        grade_band: Annotated[GradeBand | None, Parameter(description="grades 1-3, 4-6, 7-9, or none recorded")
+                              ] = None,
         open_only: Annotated[bool, Parameter(description="only open archives")] = False,
+        archive_state: Annotated[ArchiveState | None, QueryParameter(name="state", description="only open or only "
+                                                                                       "closed archives")] = None,
         overdue: Annotated[bool, Parameter(description="only children overdue for a follow-up rule today")] = False,
+        overdue_rule: Annotated[FollowUpRule | None, Parameter(description="only children overdue for this rule "
+                                                                           "today")] = None,
+        paired: Annotated[bool | None, Parameter(description="only children with (true) or without (false) a "
+                                                             "current pairing")] = None,
+        sort: Annotated[ChildSort | None, Parameter(description="order by this key (then offset paging)")] = None,
+        descending: Annotated[bool, Parameter(description="with sort: largest first")] = False,
+        offset: Annotated[int, Parameter(ge=0, le=1_000_000, description="with sort: skip this many")] = 0,
         cursor: ChildCursor = None,
         limit: Annotated[int, Parameter(ge=1, le=200, description="page size, at most 200")] = 50,
     ) -> ChildPage:
         caller = caller_of(request)
+        if cursor is not None and sort is not None:
+            raise bad("cursor", cursor, "cursor pages the list by child id; with sort, page with offset")
+        if offset and sort is None:
+            raise bad("offset", str(offset), "offset pages a sorted list; give sort, or page with cursor")
         p = Params()
         conds = []
         if name is not None:
@@ -163,26 +274,41 @@ class ChildrenController(Controller):
             conds.append(f"a.resident_id = {p.add(resident_id)}")
         if site_id is not None:
             conds.append(f"a.sites @> ARRAY[{p.add(site_id)}]::text[]")
-        if open_only:
+        if open_only or archive_state is ArchiveState.OPEN:
             conds.append("a.open")
+        if archive_state is ArchiveState.CLOSED:
+            conds.append("NOT a.open")
+        judged = ArchiveFilter(guardianship=guardianship, reason=reason, grade_band=grade_band, overdue=overdue,
+                               overdue_rule=overdue_rule, paired=paired)
+        today = local_today()
+        if sort is not None:
+            async with request.app.state.pool.acquire() as conn:
+                every = await archives.archives_where(conn, caller, p, conds)
+            matched = []
+            for a in every:
+                rules = judged.keep(a, today)
+                if rules is not None:
+                    matched.append(summary(a, rules))
+            matched.sort(key=_sort_key(sort), reverse=descending)
+            shown = matched[offset:offset + limit]
+            more = offset + limit < len(matched)
+            return ChildPage(items=shown, total=len(matched), next_offset=offset + limit if more else None)
         after = p.add(cursor or "")  # "" sorts before every child id
         conds.append(f"a.child_id > {after}")
         at = int(after[1:]) - 1
-        today = local_today()
         items: list[ChildSummary] = []
         next_cursor: str | None = None
         async with request.app.state.pool.acquire() as conn:
-            # Guardianship and overdue are judged on the archive itself; the scope and the other
-            # filters are in the statement. Keyset pages until the page is full.
+            # Guardianship, reason, grade, pairing and overdue are judged on the archive itself;
+            # the scope and the other filters are in the statement. Keyset pages until the page is full.
             for _ in range(50):
                 page = await archives.archives_where(conn, caller, Params(*p.values), conds, limit)
                 for a in page:
                     p.values[at] = a.child_id
-                    if guardianship is not None and (a.guardian is None or a.guardian.type != guardianship):
+                    rules = judged.keep(a, today)
+                    if rules is None:
                         continue
-                    if overdue and not pf.overdue_of(a, today):
-                        continue
-                    items.append(summary(a))
+                    items.append(summary(a, rules))
                     if len(items) == limit:
                         next_cursor = a.child_id
                         break

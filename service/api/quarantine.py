@@ -10,11 +10,11 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.params import Parameter
+from litestar.params import JSONBody, Parameter
 
 from service.api.errors import ApiError
 from service.api.scoping import Params, SiteFilter, allow, caller_of, site_visible
-from service.quarantine import Quarantined, QuarantineError, replay
+from service.quarantine import Quarantined, QuarantineError, dismiss, replay
 
 _SELECT = """SELECT id, received_at, subject, site_id, event_id::text AS event_id, site_seq, reason,
                     octet_length(raw) AS size, status, attempts, deliveries, resolved_at, resolution
@@ -43,6 +43,12 @@ class ReplayOutcome(msgspec.Struct, frozen=True):
     site_id: str | None
     outcome: str  # stored, duplicate or refused
     reason: str | None = None
+
+
+class Dismissal(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Why a held row is not to be replayed (kept with the row, in its resolution)."""
+
+    note: Annotated[str, msgspec.Meta(min_length=1, max_length=200, examples=["测试消息，无需处理"])]
 
 
 class QuarantineController(Controller):
@@ -101,3 +107,16 @@ class QuarantineController(Controller):
             status = 404 if "does not exist" in str(err) else 409
             raise ApiError(status, str(err), field="row_id", value=row_id) from None
         return ReplayOutcome(id=r.id, site_id=r.site_id, outcome=r.outcome, reason=r.reason)
+
+    @post("/{row_id:int}/dismiss", guards=[allow("admin")], status_code=200,
+          summary="Dismiss a held row: it is not to be replayed",
+          description="The row and its bytes stay (status 'dismissed', who and why in its resolution); the center's "
+                      "log records the decision. 409 if the row is not held.")
+    async def dismiss_row(self, request: Request[Any, Any, Any], row_id: RowId,
+                          data: JSONBody[Dismissal]) -> QuarantineRow:
+        caller = caller_of(request)
+        try:
+            return await dismiss(request.app.state.pool, row_id, caller.username, data.note)
+        except QuarantineError as err:
+            status = 404 if "does not exist" in str(err) else 409
+            raise ApiError(status, str(err), field="row_id", value=row_id) from None

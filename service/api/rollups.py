@@ -20,6 +20,7 @@ from events.localtime import local_today
 from projections import followups as pf
 from projections import queries
 from projections import rollups as pr
+from projections.asof import rollup_asof
 from projections.queries import Heads, ScopeChildren, rollup_heads
 from service.api.auth import Caller
 from service.api.batch import Batched
@@ -155,3 +156,24 @@ class RollupsController(Controller):
         area: ScopeQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
     ) -> pr.Rollup:
         return await caller_rollup(request, area, period, start, end)
+
+    @get("/as-of", guards=[allow("township", "auditor")],
+         summary="Every figure for a scope and period as the log said at a past time",
+         description="Give exactly one of committed (what the center held then) or occurred (the work done by then, "
+                     "as known now). Computed from the log up to that point with the live figures' own code.")
+    async def get_rollup_asof(
+        self, request: Request[Any, Any, Any], area: ScopeQuery,
+        period: Annotated[str, Parameter(pattern=PERIOD_PATTERN, description="YYYY, YYYY-MM, YYYY-S1 or YYYY-S2")],
+        committed: Annotated[dt.datetime | None, Parameter(description="as of this committed time")] = None,
+        occurred: Annotated[dt.datetime | None, Parameter(description="as of this occurred time")] = None,
+    ) -> pr.Rollup:
+        caller = caller_of(request)
+        check_scope(caller, area)
+        if (committed is None) == (occurred is None):
+            raise ApiError(400, "give exactly one of committed or occurred", field="committed",
+                           value=request.url.query or "")
+        for name, value in (("committed", committed), ("occurred", occurred)):
+            if value is not None and value.tzinfo is None:
+                raise bad(name, value.isoformat(), "give a time zone, e.g. 2026-06-30T23:59:59+08:00")
+        period_from(period, None, None)  # a period out of range is a 400 naming it, as for the live figures
+        return await rollup_asof(request.app.state.pool, area, period, committed_at=committed, occurred_at=occurred)

@@ -8,8 +8,9 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.params import JSONBody
+from litestar.params import JSONBody, Parameter
 
+from events.localtime import local_today
 from events.types import SiteId, SiteKind
 from service.api.errors import ApiError
 from service.api.scoping import Params, SiteIdPath, allow, caller_of, site_visible
@@ -43,6 +44,24 @@ class SiteList(msgspec.Struct, frozen=True):
     items: list[SiteView]
 
 
+class DayCount(msgspec.Struct, frozen=True):
+    day: dt.date  # a reporting day (China Standard Time)
+    events: int  # events of the site the center committed that day
+
+
+class SiteActivity(msgspec.Struct, frozen=True):
+    """How often a site reached the center: its events committed per day (days with none omitted)."""
+
+    site_id: str
+    days: list[DayCount]
+
+
+class ActivityList(msgspec.Struct, frozen=True):
+    since: dt.date
+    until: dt.date
+    items: list[SiteActivity]
+
+
 class NewSite(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     site_id: Annotated[SiteId, msgspec.Meta(examples=["gx-lp.xy.v03"])]
     kind: SiteKind
@@ -59,6 +78,8 @@ class SiteCredentials(msgspec.Struct, frozen=True):
     inbox_prefix: str
     durable: str
 
+
+CST = dt.timezone(dt.timedelta(hours=8))  # the reporting day's zone (events.localtime)
 
 _SQL = """SELECT s.site_id, s.kind, s.name, s.township, s.active, s.registered_at, s.disabled_at,
                  s.not_understood, p.last_committed_at, coalesce(p.watermark, 0) AS watermark,
@@ -95,6 +116,33 @@ class SitesController(Controller):
             rows = await conn.fetch(f"{_SQL} WHERE {site_visible(caller, p, 's.site_id')} ORDER BY s.site_id",
                                     *p.values)
         return SiteList(items=[_view(r) for r in rows])
+
+    @get("/activity", summary="Each site's contacts with the center, day by day",
+         description="For every site you may see: how many of its events the center committed on each day "
+                     "(China Standard Time) of the last `days` days, today included.")
+    async def activity(
+        self, request: Request[Any, Any, Any],
+        days: Annotated[int, Parameter(ge=1, le=366, description="how many days back, today included")] = 90,
+    ) -> ActivityList:
+        caller = caller_of(request)
+        until = local_today()
+        since = until - dt.timedelta(days=days - 1)
+        q = Params()
+        visible = site_visible(caller, q, "s.site_id")
+        async with request.app.state.pool.acquire() as conn:
+            ids = [r["site_id"] for r in await conn.fetch(
+                f"SELECT s.site_id FROM sites s WHERE {visible} ORDER BY s.site_id", *q.values)]
+            start = q.add(dt.datetime.combine(since, dt.time(), tzinfo=CST))
+            rows = await conn.fetch(
+                f"""SELECT e.site_id, (e.committed_at AT TIME ZONE INTERVAL '+08:00')::date AS day, count(*) AS n
+                    FROM events e JOIN sites s USING (site_id)
+                    WHERE e.committed_at >= {start} AND {visible}
+                    GROUP BY 1, 2 ORDER BY 1, 2""", *q.values)
+        by_site: dict[str, list[DayCount]] = {i: [] for i in ids}
+        for r in rows:
+            by_site.setdefault(r["site_id"], []).append(DayCount(day=r["day"], events=int(r["n"])))
+        return ActivityList(since=since, until=until,
+                            items=[SiteActivity(site_id=k, days=v) for k, v in by_site.items()])
 
     @get("/{site_id:str}", summary="One site and its sync state")
     async def get_site(self, request: Request[Any, Any, Any], site_id: SiteIdPath
