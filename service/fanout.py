@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import Iterable
 
 import asyncpg
@@ -97,6 +98,10 @@ def down_message(site: str, s: StoredEvent, keep: set[str]) -> tuple[str, bytes,
     if copy is not s.event:
         headers[REDACTED_HEADER] = "1"
         headers[ORIGINAL_HASH_HEADER] = s.hash
+        # A site's copy of one event can name more children later (a child entered its scope):
+        # a message id per set of children, or JetStream would drop the wider copy as a repeat.
+        digest = hashlib.sha256(",".join(sorted(copy.children)).encode()).hexdigest()[:16]
+        headers["Nats-Msg-Id"] += f"#{digest}"
     return down_subject(site), encode_event(copy), headers
 
 

@@ -663,11 +663,34 @@ class LocalLog:
                         if redacted and event.event_id in redacted:
                             conn.execute("INSERT OR IGNORE INTO inbox_redacted(event_id, original_hash) VALUES (?, ?)",
                                          (event.event_id, redacted[event.event_id]))
+                    else:
+                        self._widen_inbound(conn, event, redacted)
                 # Guarantee 6's HLC promise: what we record next sorts after what we have seen.
                 self._set_meta("hlc", str(clock.last))
         except sqlite3.Error as err:
             raise _translate(err, self.path, self.busy_timeout) from None
         return new
+
+    def _widen_inbound(self, conn: sqlite3.Connection, event: Event, redacted: Mapping[str, str] | None) -> None:
+        """A second copy of an event already in the inbox. The center cuts an event naming several
+        children to those in this site's scope when it sends it, so a later copy (a child entered
+        the scope) may name children the first did not: keep one copy naming them all."""
+        row = conn.execute("SELECT body FROM inbox WHERE event_id = ?", (event.event_id,)).fetchone()
+        if row is None:
+            return
+        old = _event_decoder.decode(bytes(row[0]))
+        extra = [c for c in event.children if c not in old.children]
+        if not extra:
+            return
+        if redacted is None or event.event_id not in redacted:
+            merged, body = event, encode_event(event)  # the whole event: nothing was cut from it
+            conn.execute("DELETE FROM inbox_redacted WHERE event_id = ?", (event.event_id,))
+        else:
+            merged = widened_copy(old, event)
+            body = encode_event(merged)
+        conn.execute("UPDATE inbox SET body = ? WHERE event_id = ?", (body, event.event_id))
+        conn.executemany("INSERT OR IGNORE INTO child_event(child_id, event_id) VALUES (?, ?)",
+                         [(c, event.event_id) for c in merged.children])
 
     def redacted_copies(self) -> dict[str, str]:
         """Inbox event id -> the original's hash, for the copies the center redacted."""
@@ -678,6 +701,30 @@ class LocalLog:
     def inbox_count(self) -> int:
         with self._lock:
             return int(self._conn.execute("SELECT count(*) FROM inbox").fetchone()[0])
+
+
+def widened_copy(old: Event, new: Event) -> Event:
+    """One copy of an event naming every child of two redacted copies of it: the envelope's
+    children and the payload's child lists (a correction's replacement too) as their union.
+    Everything else of the two copies is the same event, as the center sent it."""
+    merged = _union_children(_json.decode(old.payload), _json.decode(new.payload))
+    children = list(dict.fromkeys([*old.children, *new.children]))
+    return msgspec.structs.replace(old, children=children, payload=msgspec.Raw(_json_encoder.encode(merged)))
+
+
+def _union_children(a: Any, b: Any) -> Any:
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return a
+    out = dict(a)
+    if isinstance(a.get("child_ids"), list) and isinstance(b.get("child_ids"), list):
+        out["child_ids"] = list(dict.fromkeys([*a["child_ids"], *b["child_ids"]]))
+    if isinstance(a.get("replacement"), dict):
+        out["replacement"] = _union_children(a["replacement"], b.get("replacement"))
+    return out
+
+
+_json = msgspec.json.Decoder()
+_json_encoder = msgspec.json.Encoder()
 
 
 def _head(conn: sqlite3.Connection) -> tuple[int, str]:

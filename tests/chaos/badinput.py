@@ -174,7 +174,7 @@ async def ingest(town: Town, problems: list[str]) -> tuple[int, int]:
         async with pool.acquire() as conn:
             top = int(await conn.fetchval("SELECT coalesce(max(id), 0) FROM quarantine"))
         assert town.nats is not None
-        nc = await nats.connect(town.nats.url)
+        nc = await nats.connect(town.center_nats_url)
         try:
             js = nc.jetstream(timeout=10)
             for _, subject, data, mp in corpus:

@@ -43,7 +43,7 @@ async def settle(town: Town, within: float, progress: Any) -> tuple[bool, str]:
     last_note = 0.0
     state = ""
     assert town.nats is not None
-    nc = await nats.connect(town.nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.25)
+    nc = await nats.connect(town.center_nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.25)
     async with httpx.AsyncClient(timeout=5) as client:
         try:
             while True:

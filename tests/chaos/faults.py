@@ -208,8 +208,8 @@ class Injector:
     async def _nats(self) -> Any:
         if self._nc is None or self._nc.is_closed:
             assert self.town.nats is not None
-            self._nc = await nats.connect(self.town.nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
-                                          connect_timeout=2, allow_reconnect=True)
+            self._nc = await nats.connect(self.town.center_nats_url, max_reconnect_attempts=-1,
+                                          reconnect_time_wait=0.25, connect_timeout=2, allow_reconnect=True)
         return self._nc
 
     async def _backup(self, f: Fault) -> None:
