@@ -434,6 +434,7 @@ def township_routes() -> list[HTTPRouteHandler]:
             s["chart"] = day_columns([(d, float(per_day.get(d, 0))) for d in days],
                                      title=_t("tw.history_title", lang, site=s["name"]))
             s["ago"] = _ago(s.get("last_contact"), lang, now)
+            s["last_contact_local"] = _local(s["last_contact"]) if s.get("last_contact") else None
             s["contacts_90"] = sum(per_day.values())
         # Silent longest first: never in contact, then the oldest last contact.
         rows.sort(key=lambda s: (s.get("last_contact") is not None, s.get("last_contact") or ""))
