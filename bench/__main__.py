@@ -14,7 +14,7 @@ import time
 from bench import report
 from bench.servers import bench_servers
 
-SUITES = ("store", "projections", "api", "ingest", "catchup", "memory", "scale")
+SUITES = ("store", "projections", "api", "ingest", "catchup", "memory", "scale", "station")
 
 
 async def main(argv: list[str]) -> int:
@@ -70,6 +70,10 @@ async def _suite(suite: str, pg_url: str, nats_url: str, quick: bool) -> list[re
         from bench import scale
 
         return await scale.run(pg_url, nats_url, quick)
+    if suite == "station":
+        from bench import station
+
+        return await station.run(quick)
     raise ValueError(f"unknown suite {suite!r}")
 
 

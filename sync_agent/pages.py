@@ -39,6 +39,7 @@ from sync_agent.forms import FORMS, draft_of, now_local, problems_by_field
 from sync_agent.locallog import LocalLog, LocalLogError
 from sync_agent.readlog import ReadLog, ReadLogError
 from sync_agent.record import record_json
+from sync_agent.roster_pages import roster_routes
 from sync_agent.status import site_status
 from sync_agent.view import as_json, build_view
 from web import STATIC_DIR, Obj, i18n, lang_of, page
@@ -224,6 +225,7 @@ def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], 
 
     static = create_static_files_router(path="/static", directories=[STATIC_DIR], include_in_schema=False)
     handlers: list[HTTPRouteHandler] = [login_form, login, logout, children, child, overdue, form_page, form_post]
+    handlers += roster_routes(log, config, on_recorded, common=common, nav=nav, secret=secret)
     return [*handlers, static]
 
 

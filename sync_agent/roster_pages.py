@@ -1,0 +1,189 @@
+"""The station's roster import and its "this week" list, served by `shouwang agent serve` beside
+the other station pages (registered from `sync_agent/pages.py`, behind the same door).
+
+* ``GET /import``: how to import a roster (花名册), the template to download, the upload form.
+* ``GET /import/template.xlsx``: the empty roster in Chinese (`roster_import.template_bytes`).
+* ``POST /import``: the sheet (multipart, field ``roster``, with the session's CSRF token), at most
+  `roster_import.MAX_BYTES`; every new child registered in one `LocalLog.record`, or nobody, with
+  each problem listed by row and column (`roster_import.import_roster`).
+* ``GET /this-week``: who is overdue for a contact and whose contact falls due in the next 7
+  days, by the follow-up rules (`projections.followups.overdue_of`, as the overdue list), each
+  with a link to the form that records that contact (``/record/<EventType>?child=...``).
+  ``?day=YYYY-MM-DD`` shows the week from another day (by the rules, a monthly contact falls due
+  on a month's last day, so most weeks list nobody as due: a director plans the next one).
+
+The archives behind "this week" are built once and kept until the log changes (SQLite's
+``data_version``, read on a connection of this module's own, moves with every commit of
+another connection: a form's post, the downloader's inbound events, a receipt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from litestar import Request, Response, get, post
+from litestar.datastructures import UploadFile
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.handlers import HTTPRouteHandler
+
+from projections import followups
+from projections.archive import ChildArchive
+from sync_agent.config import SiteConfig
+from sync_agent.door import form_csrf_ok, identity_of
+from sync_agent.locallog import LocalLog, LocalLogError
+from sync_agent.roster_import import (
+    COLUMNS,
+    MAX_BYTES,
+    MAX_ROWS,
+    XLSX_TYPE,
+    BadFile,
+    Outcome,
+    import_roster,
+    template_bytes,
+)
+from sync_agent.view import build_view
+from web import i18n, lang_of, page
+from web.security import CSRF_FIELD
+
+# The form that records each rule's contact (the form engineer's /record/<EventType>).
+RULE_FORMS = {"visit": "HomeVisitMade", "call": "ParentCallMade", "talk": "TalkHeld", "letter": "LetterWritten"}
+WEEK_DAYS = 7
+TEMPLATE_NAME = "儿童花名册模板.xlsx"
+
+
+class Archives:
+    """Every registered, unmerged archive of the log, rebuilt only when the log has changed."""
+
+    def __init__(self, log: LocalLog) -> None:
+        self.log = log
+        self._lock = threading.Lock()
+        self._probe: sqlite3.Connection | None = None
+        self._version: tuple[int, int] | None = None
+        self._archives: list[ChildArchive] = []
+
+    def _state(self) -> tuple[int, int]:
+        if self._probe is None:
+            self._probe = sqlite3.connect(f"file:{Path(self.log.path).resolve()}?mode=ro", uri=True,
+                                          check_same_thread=False)
+        version = int(self._probe.execute("PRAGMA data_version").fetchone()[0])
+        return version, self.log.last_seq()  # last_seq: what the log's own connection recorded
+
+    def current(self) -> list[ChildArchive]:
+        with self._lock:
+            state = self._state()
+            if state != self._version:
+                views = [build_view(cid, self.log.child_events(cid)) for cid in self.log.children()]
+                self._archives = [v for v in views if v.registered and v.merged_into is None]
+                self._version = state
+            return self._archives
+
+    def close(self) -> None:
+        with self._lock:
+            if self._probe is not None:
+                self._probe.close()
+                self._probe = None
+
+
+def this_week(archives: list[ChildArchive], today: dt.date) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(overdue, due within WEEK_DAYS) rows by rule: overdue on `today` is `followups.overdue_of`;
+    due this week is what will be overdue `WEEK_DAYS` days later and is not yet."""
+    overdue: list[dict[str, Any]] = []
+    due: list[dict[str, Any]] = []
+    later = today + dt.timedelta(days=WEEK_DAYS)
+    for a in archives:
+        now = {o.rule: o for o in followups.overdue_of(a, today)}
+        for o in now.values():
+            overdue.append(_row(a, o, today))
+        for o in followups.overdue_of(a, later):
+            if o.rule not in now:
+                due.append(_row(a, o, today))
+    overdue.sort(key=lambda r: (-r["days_overdue"], r["name"], r["rule"]))
+    due.sort(key=lambda r: (r["due_on"], r["name"], r["rule"]))
+    return overdue, due
+
+
+def _day(raw: str | None, today: dt.date) -> dt.date:
+    """``?day=YYYY-MM-DD``: the week from another day (planning the next one), within a year of
+    today; anything else is today."""
+    try:
+        day = dt.date.fromisoformat(raw or "")
+    except ValueError:
+        return today
+    return day if abs((day - today).days) <= 366 else today
+
+
+def _row(a: ChildArchive, o: followups.Overdue, today: dt.date) -> dict[str, Any]:
+    return {"child_id": a.child_id, "name": a.name or "", "rule": o.rule, "due_on": o.due_on,
+            "last_done": o.last_done, "days_overdue": (today - o.due_on).days, "days_left": (o.due_on - today).days,
+            "form": f"/record/{RULE_FORMS[o.rule]}?child={quote(a.child_id)}"}
+
+
+def roster_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], None], *,
+                  common: Callable[[Request[Any, Any, Any]], dict[str, Any]], nav: list[tuple[str, str]],
+                  secret: bytes) -> list[HTTPRouteHandler]:
+    """The import and "this week" handlers; adds their entries to the station's `nav`."""
+    for entry in (("/this-week", "nav.this_week"), ("/import", "nav.import")):
+        if entry not in nav:
+            nav.append(entry)
+    archives = Archives(log)
+    template = template_bytes()
+    required = [c.header for c in COLUMNS if c.required]
+
+    def import_page(request: Request[Any, Any, Any], ctx: dict[str, Any], *, status: int = 200,
+                    outcome: Outcome | None = None, error: str = "") -> Response[str]:
+        return page(request, "station/import.html", status_code=status, outcome=outcome, error=error,
+                    required=required, mb=MAX_BYTES // (1024 * 1024), max_rows=MAX_ROWS, **ctx)
+
+    @get("/import", include_in_schema=False)
+    async def import_form(request: Request[Any, Any, Any]) -> Response[str]:
+        return import_page(request, await asyncio.to_thread(common, request))
+
+    @get("/import/template.xlsx", include_in_schema=False)
+    async def import_template() -> Response[bytes]:
+        disposition = f"attachment; filename=\"roster-template.xlsx\"; filename*=UTF-8''{quote(TEMPLATE_NAME)}"
+        return Response(template, media_type=XLSX_TYPE, headers={"Content-Disposition": disposition,
+                                                                 "Cache-Control": "no-store"})
+
+    @post("/import", include_in_schema=False, status_code=200, request_max_body_size=MAX_BYTES + 256 * 1024)
+    async def import_post(request: Request[Any, Any, Any]) -> Response[str]:
+        ctx = await asyncio.to_thread(common, request)
+        lang = lang_of(request)
+        try:
+            form = await request.form()
+        except RequestEntityTooLarge:
+            return import_page(request, ctx, status=413, error=i18n.text("import.too_big", lang,
+                                                                          mb=MAX_BYTES // (1024 * 1024)))
+        who = identity_of(request)
+        posted = form.get(CSRF_FIELD)
+        if not form_csrf_ok(secret, who, posted if isinstance(posted, str) else None):
+            return page(request, "station/message.html", status_code=403,
+                        message=i18n.text("station.csrf_refused", lang), **ctx)
+        upload = form.get("roster")
+        data = await upload.read(MAX_BYTES + 1) if isinstance(upload, UploadFile) else b""
+        try:
+            outcome = await asyncio.to_thread(import_roster, log, data, actor=who.name, lang=lang)
+        except BadFile as err:
+            return import_page(request, ctx, status=413 if err.key == "import.too_big" else 400,
+                               error=err.text(lang))
+        except LocalLogError as err:
+            return import_page(request, ctx, status=503, error=i18n.text("import.failed", lang, error=str(err)))
+        if outcome.registered:
+            on_recorded()
+            ctx = await asyncio.to_thread(common, request)  # the banner counts what waits to upload
+        return import_page(request, ctx, status=422 if outcome.refused else 200, outcome=outcome)
+
+    @get("/this-week", include_in_schema=False)
+    async def week(request: Request[Any, Any, Any]) -> Response[str]:
+        today = _day(request.query_params.get("day"), dt.date.today())
+        overdue, due = this_week(await asyncio.to_thread(archives.current), today)
+        return page(request, "station/this_week.html", overdue=overdue, due=due, today=today,
+                    until=today + dt.timedelta(days=WEEK_DAYS - 1), **await asyncio.to_thread(common, request))
+
+    return [import_form, import_template, import_post, week]
