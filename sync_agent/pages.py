@@ -33,16 +33,17 @@ from events.validation import ValidationFailed
 from projections import followups
 from projections.archive import ChildArchive
 from sync_agent.accounts import Accounts
+from sync_agent.child_pages import child_routes
 from sync_agent.config import SiteConfig
 from sync_agent.door import cookie_name, form_csrf_ok, identity_of, session_csrf, set_cookie
 from sync_agent.forms import FORMS, draft_of, now_local, problems_by_field
 from sync_agent.locallog import LocalLog, LocalLogError
-from sync_agent.readlog import ReadLog, ReadLogError
+from sync_agent.readlog import ReadLog
 from sync_agent.record import record_json
 from sync_agent.roster_pages import roster_routes
 from sync_agent.status import site_status
-from sync_agent.view import as_json, build_view
-from web import STATIC_DIR, Obj, i18n, lang_of, page
+from sync_agent.view import build_view
+from web import STATIC_DIR, i18n, lang_of, page
 from web.security import CSRF_FIELD, csrf_ok, csrf_token, new_session_value
 
 # Failed log-ins per user name before it is locked for LOCK_SECONDS (a guessing program).
@@ -58,7 +59,8 @@ def _archives(log: LocalLog) -> list[ChildArchive]:
 def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], None], *, accounts: Accounts,
                    reads: ReadLog, on_read: Callable[[], None], secret: bytes) -> list[ControllerRouterHandler]:
     """Route handlers for the station pages (mounted beside the agent's JSON endpoints)."""
-    nav = [("/", "nav.children"), ("/overdue", "nav.overdue"), ("/record/HomeVisitMade", "nav.record")]
+    nav = [("/", "nav.children"), ("/overdue", "nav.overdue"), ("/record/HomeVisitMade", "nav.record"),
+           ("/print/roster", "nav.roster")]
     session_cookie = cookie_name(config.site_id)
     login_cookie = cookie_name(config.site_id, "login")
     failures: dict[str, list[float]] = {}
@@ -146,30 +148,6 @@ def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], 
         } for a in sorted(archives, key=lambda a: (a.name or "", a.child_id))]
         return page(request, "station/children.html", children=rows, **await asyncio.to_thread(common, request))
 
-    @get("/child/{child_id:str}", include_in_schema=False)
-    async def child(request: Request[Any, Any, Any], child_id: FromPath[str]) -> Response[str]:
-        def load() -> dict[str, Any] | None:
-            events = log.child_events(child_id)
-            if not events:
-                return None
-            return as_json(child_id, events)
-
-        data = await asyncio.to_thread(load)
-        ctx = await asyncio.to_thread(common, request)
-        who = identity_of(request)
-        shown = data is not None and bool(data.get("registered"))
-        try:  # written down before anything is shown
-            await asyncio.to_thread(reads.record, who.name, who.role, child_id, "GET /child/{id}", shown)
-        except ReadLogError as err:
-            return page(request, "station/message.html", status_code=503, message=str(err), **ctx)
-        on_read()
-        if data is None or not data.get("registered"):
-            return page(request, "station/message.html", status_code=404, message=i18n.text(
-                "child.not_found", lang_of(request)), **ctx)
-        timeline = msgspec.to_builtins(data.pop("timeline"))
-        return page(request, "station/child.html", a=Obj(data), timeline=timeline,
-                    resident_id=data.get("resident_id"), **ctx)
-
     @get("/overdue", include_in_schema=False)
     async def overdue(request: Request[Any, Any, Any]) -> Response[str]:
         archives = await asyncio.to_thread(_archives, log)
@@ -224,7 +202,8 @@ def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], 
         return Response("", status_code=303, headers={"Location": target})
 
     static = create_static_files_router(path="/static", directories=[STATIC_DIR], include_in_schema=False)
-    handlers: list[HTTPRouteHandler] = [login_form, login, logout, children, child, overdue, form_page, form_post]
+    handlers: list[HTTPRouteHandler] = [login_form, login, logout, children, overdue, form_page, form_post]
+    handlers += child_routes(log, config, reads=reads, on_read=on_read, common=common)
     handlers += roster_routes(log, config, on_recorded, common=common, nav=nav, secret=secret)
     return [*handlers, static]
 

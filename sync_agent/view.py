@@ -9,7 +9,7 @@ arrival order and with any number of copies.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -38,3 +38,24 @@ def as_json(child_id: str, events: Iterable[Event]) -> dict[str, Any]:
     out["timeline"] = msgspec.to_builtins(archive.timeline(entries))
     out["not_understood"] = sum(1 for _, care in pairs if care is None)
     return out
+
+
+class ChildRecord(NamedTuple):
+    """Everything the site knows of one child, for its page and its paper archive: the archive,
+    every event (originals and corrections both, by occurred time then stamp), the timeline and,
+    for each corrected event, its winning correction (correction event id, retracted?)."""
+
+    archive: archive.ChildArchive
+    entries: list[archive.Entry]
+    timeline: list[archive.TimelineItem]
+    corrections: dict[str, tuple[str, bool]]
+
+
+def child_record(child_id: str, events: Iterable[Event]) -> ChildRecord:
+    """The child's archive (the center's reducer) and its events as entries, in one pass."""
+    pairs = [(e, care_of(e)) for e in events]
+    entries = list({e.event_id: archive.entry_of(e, care) for e, care in pairs if care is not None}.values())
+    view = archive.build(pairs).get(child_id) or archive.ChildArchive(child_id=child_id)
+    _, corrections = archive.effective(entries)
+    ordered = sorted(entries, key=lambda e: (e.occurred_at, e.stamp))
+    return ChildRecord(view, ordered, archive.timeline(entries), corrections)
