@@ -90,6 +90,16 @@ class Traits(NamedTuple):
 
 
 _STATION_FORMS = frozenset(SiteKind)  # every kind of site records this work on its own pages
+# Who does which work (docs/DOMAIN.md, "Who works, where"): the village rights station surveys,
+# visits, coaches guardians and takes rights cases; the school talks, tutors, pairs, counsels,
+# writes letters, holds meetings, activities and lectures; the township office matches proxy
+# parents, funds children and takes rights cases. The archive's life (updates, assessments,
+# hand-overs, closing, reopening) and corrections of a site's own entries belong to every site.
+# The township's decisions (merges, unmerges, conflicts, duplicates) are made on the center's
+# dashboard, with both sides shown, and have no station form.
+_VILLAGE, _SCHOOL, _TOWNSHIP = SiteKind.VILLAGE, SiteKind.SCHOOL, SiteKind.TOWNSHIP
+_AT_SCHOOL = frozenset({_SCHOOL})
+_VILLAGE_SCHOOL = frozenset({_VILLAGE, _SCHOOL})
 _PLAIN = Measure()
 
 
@@ -141,49 +151,53 @@ S, F, A = Section, Fold, Authority
 TRAITS: dict[type[c.CareEventBase], Traits] = {
     # registration and the archive
     c.ChildRegistered: Traits("建档登记", "registered", S.IDENTITY, F.STRUCTURAL, A.REGISTER, _STATION_FORMS),
-    c.ArchiveUpdated: Traits("档案更新", "archive updated", S.IDENTITY, F.STRUCTURAL, A.WORK),
-    c.StatusAssessed: Traits("状况评估", "status assessed", S.STATUS, F.STRUCTURAL, A.WORK),
+    c.ArchiveUpdated: Traits("档案更新", "archive updated", S.IDENTITY, F.STRUCTURAL, A.WORK, _STATION_FORMS),
+    c.StatusAssessed: Traits("状况评估", "status assessed", S.STATUS, F.STRUCTURAL, A.WORK, _STATION_FORMS),
     c.GuardianChanged: Traits("监护人变更", "guardian changed", S.GUARDIAN, F.STRUCTURAL, A.WORK, _STATION_FORMS),
     c.ContactCardUpdated: Traits("联系卡更新", "contact card updated", S.GUARDIAN, F.STRUCTURAL, A.WORK,
                                  _STATION_FORMS),
-    c.ChildTransferred: Traits("转学/迁移交接", "transferred", S.MOVES, F.STRUCTURAL, A.HOLDER),
-    c.ArchiveClosed: Traits("档案关闭", "archive closed", S.MOVES, F.STRUCTURAL, A.HOLDER),
-    c.ArchiveReopened: Traits("档案重开", "archive reopened", S.MOVES, F.STRUCTURAL, A.HOLDER),
+    c.ChildTransferred: Traits("转学/迁移交接", "transferred", S.MOVES, F.STRUCTURAL, A.HOLDER, _STATION_FORMS),
+    c.ArchiveClosed: Traits("档案关闭", "archive closed", S.MOVES, F.STRUCTURAL, A.HOLDER, _STATION_FORMS),
+    c.ArchiveReopened: Traits("档案重开", "archive reopened", S.MOVES, F.STRUCTURAL, A.HOLDER, _STATION_FORMS),
     c.ArchivesMerged: Traits("档案合并", "archives merged", S.MERGES, F.FULL, A.TOWNSHIP),
     c.ArchivesUnmerged: Traits("撤销合并", "merge undone", S.MERGES, F.FULL, A.TOWNSHIP),
     c.DuplicateDismissed: Traits("确认非同一儿童", "not the same child", S.MERGES, F.STRUCTURAL, A.TOWNSHIP),
-    c.EventCorrected: Traits("更正", "correction", S.CORRECTIONS, F.FULL, A.CORRECTION),
+    c.EventCorrected: Traits("更正", "correction", S.CORRECTIONS, F.FULL, A.CORRECTION, _STATION_FORMS),
     c.ConflictResolved: Traits("冲突处理", "conflict resolved", S.CONFLICTS, F.STRUCTURAL, A.TOWNSHIP),
     # pairing
     c.PairingStarted: Traits("结对帮扶", "pairing started", S.PAIRINGS, F.STRUCTURAL, A.WORK,
-                             fact="pairing_started", measure=_pairing),
-    c.PairingEnded: Traits("结对结束", "pairing ended", S.PAIRINGS, F.STRUCTURAL, A.WORK, fact="pairing_ended"),
+                             frozenset({_SCHOOL, _TOWNSHIP}), fact="pairing_started", measure=_pairing),
+    c.PairingEnded: Traits("结对结束", "pairing ended", S.PAIRINGS, F.STRUCTURAL, A.WORK,
+                           frozenset({_SCHOOL, _TOWNSHIP}), fact="pairing_ended"),
     # contact with the child and the family
     c.HomeVisitMade: Traits("家访", "home visit", S.CONTACTS, F.ADDITIVE, A.WORK, _STATION_FORMS,
                             fact="visit", contact="visit"),
     c.ParentCallMade: Traits("与父母通话", "call with parents", S.CONTACTS, F.ADDITIVE, A.WORK, _STATION_FORMS,
                              fact="call", contact="call"),
-    c.LetterWritten: Traits("书信", "letter", S.CONTACTS, F.ADDITIVE, A.WORK, fact="letter", contact="letter"),
+    c.LetterWritten: Traits("书信", "letter", S.CONTACTS, F.ADDITIVE, A.WORK, _AT_SCHOOL, fact="letter",
+                            contact="letter"),
     c.TalkHeld: Traits("谈心", "talk", S.CONTACTS, F.ADDITIVE, A.WORK, _STATION_FORMS, fact="talk",
                        contact="talk"),
-    c.TutoringGiven: Traits("辅导", "tutoring", S.SUPPORT, F.ADDITIVE, A.WORK, fact="tutoring", measure=_tutoring),
-    c.CounsellingGiven: Traits("心理辅导", "counselling", S.SUPPORT, F.ADDITIVE, A.WORK, fact="counselling",
+    c.TutoringGiven: Traits("辅导", "tutoring", S.SUPPORT, F.ADDITIVE, A.WORK, _AT_SCHOOL, fact="tutoring",
+                            measure=_tutoring),
+    c.CounsellingGiven: Traits("心理辅导", "counselling", S.SUPPORT, F.ADDITIVE, A.WORK, _AT_SCHOOL, fact="counselling",
                                measure=_counselling),
     c.GuardianTrained: Traits("监护人培训", "guardian training", S.SUPPORT, F.ADDITIVE, A.WORK,
-                              fact="guardian_training", measure=_training),
-    c.MeetingHeld: Traits("座谈会", "meeting", S.SUPPORT, F.ADDITIVE, A.WORK, fact="meeting", measure=_meeting),
+                              _VILLAGE_SCHOOL, fact="guardian_training", measure=_training),
+    c.MeetingHeld: Traits("座谈会", "meeting", S.SUPPORT, F.ADDITIVE, A.WORK, _VILLAGE_SCHOOL, fact="meeting",
+                          measure=_meeting),
     # aid, condolence, activities
     c.AidGiven: Traits("资助", "aid", S.AID, F.ADDITIVE, A.WORK, _STATION_FORMS, fact="aid", measure=_aid),
     c.CondolenceVisitMade: Traits("慰问", "condolence visit", S.AID, F.ADDITIVE, A.WORK, _STATION_FORMS,
                                   fact="condolence", measure=_condolence),
-    c.ActivityHeld: Traits("活动", "activity", S.ACTIVITIES, F.ADDITIVE, A.WORK, fact="activity",
+    c.ActivityHeld: Traits("活动", "activity", S.ACTIVITIES, F.ADDITIVE, A.WORK, _VILLAGE_SCHOOL, fact="activity",
                            measure=_activity),
     c.SafetyIncidentReported: Traits("安全事件", "safety incident", S.INCIDENTS, F.ADDITIVE, A.WORK,
-                                     fact="incident", measure=_incident),
+                                     _STATION_FORMS, fact="incident", measure=_incident),
     c.RightsCaseOpened: Traits("维权立案", "rights case opened", S.RIGHTS_CASES, F.STRUCTURAL, A.WORK,
-                               fact="case_opened", measure=_case_opened),
+                               frozenset({_VILLAGE, _TOWNSHIP}), fact="case_opened", measure=_case_opened),
     c.RightsCaseClosed: Traits("维权结案", "rights case closed", S.RIGHTS_CASES, F.STRUCTURAL, A.WORK,
-                               fact="case_closed", measure=_case_closed),
+                               frozenset({_VILLAGE, _TOWNSHIP}), fact="case_closed", measure=_case_closed),
 }
 del S, F, A
 

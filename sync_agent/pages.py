@@ -20,26 +20,23 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import FormMultiDict
 from litestar.handlers import HTTPRouteHandler
-from litestar.params import FromPath
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
-from events.ids import mask_resident_id, new_child_id
-from events.validation import ValidationFailed
+from events.ids import mask_resident_id
 from projections import followups
 from projections.archive import ChildArchive
 from sync_agent.accounts import Accounts
 from sync_agent.child_pages import child_routes
 from sync_agent.config import SiteConfig
 from sync_agent.door import cookie_name, form_csrf_ok, identity_of, session_csrf, set_cookie
-from sync_agent.forms import FORMS, draft_of, now_local, problems_by_field
-from sync_agent.locallog import LocalLog, LocalLogError
+from sync_agent.forms import forms_for
+from sync_agent.locallog import LocalLog
 from sync_agent.readlog import ReadLog
-from sync_agent.record import record_json
+from sync_agent.record_pages import record_routes
 from sync_agent.roster_pages import roster_routes
 from sync_agent.status import site_status
 from sync_agent.view import build_view
@@ -59,18 +56,19 @@ def _archives(log: LocalLog) -> list[ChildArchive]:
 def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], None], *, accounts: Accounts,
                    reads: ReadLog, on_read: Callable[[], None], secret: bytes) -> list[ControllerRouterHandler]:
     """Route handlers for the station pages (mounted beside the agent's JSON endpoints)."""
-    nav = [("/", "nav.children"), ("/overdue", "nav.overdue"), ("/record/HomeVisitMade", "nav.record"),
+    nav = [("/", "nav.children"), ("/overdue", "nav.overdue"), ("/record", "nav.record"),
            ("/print/roster", "nav.roster")]
     session_cookie = cookie_name(config.site_id)
     login_cookie = cookie_name(config.site_id, "login")
     failures: dict[str, list[float]] = {}
+    listed = [(t, f) for t, f in forms_for(config.kind).items() if f.listed]  # this kind of site's forms
 
     def common(request: Request[Any, Any, Any]) -> dict[str, Any]:
         status = site_status(log, config)
         who = identity_of(request)
         return {"nav": nav, "home": "/", "prefix": "", "static_prefix": "/static", "site_name": config.name,
                 "sync": {"pending": status["pending"], "last_contact": (status["last_contact"] or "")[:19]
-                         .replace("T", " ")}, "forms": list(FORMS.items()),
+                         .replace("T", " ")}, "forms": listed,
                 "user": who.name, "csrf_token": session_csrf(secret, who)}
 
     def refused(request: Request[Any, Any, Any], ctx: dict[str, Any]) -> Response[str]:
@@ -156,61 +154,12 @@ def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], 
         return page(request, "station/overdue.html", overdue=items, names=names,
                     **await asyncio.to_thread(common, request))
 
-    @get("/record/{event_type:str}", include_in_schema=False)
-    async def form_page(request: Request[Any, Any, Any], event_type: FromPath[str]) -> Response[str]:
-        form = FORMS.get(event_type)
-        ctx = await asyncio.to_thread(common, request)
-        if form is None:
-            return page(request, "station/message.html", status_code=404, message=event_type, **ctx)
-        values: dict[str, Any] = {"occurred_at": now_local()}
-        if request.query_params.get("child"):
-            values["child_id"] = request.query_params["child"]
-        saved = [s for s in request.query_params.get("saved", "").split(",") if s]
-        return page(request, "station/record.html", form=form, values=values, errors={}, general_errors=[],
-                    children=await asyncio.to_thread(_pickable, log), saved=saved, **ctx)
-
-    @post("/record/{event_type:str}", include_in_schema=False, status_code=200)
-    async def form_post(request: Request[Any, Any, Any], event_type: FromPath[str]) -> Response[str]:
-        form = FORMS.get(event_type)
-        ctx = await asyncio.to_thread(common, request)
-        if form is None:
-            return page(request, "station/message.html", status_code=404, message=event_type, **ctx)
-        raw = await request.form()
-        who = identity_of(request)
-        if not form_csrf_ok(secret, who, _one(raw, CSRF_FIELD)):
-            return refused(request, ctx)
-        posted = _form_values(raw)
-        posted.pop(CSRF_FIELD, None)
-        draft = draft_of(form, posted, child_id=new_child_id() if event_type == "ChildRegistered" else None)
-        draft.pop("actor", None)  # the logged-in person records it
-        lang = lang_of(request)
-        try:
-            done = await asyncio.to_thread(record_json, log, config, msgspec.json.encode(draft), actor=who.name)
-        except ValidationFailed as err:
-            errors = {k: [i18n.problem_text(m, lang) for m in ms] for k, ms in problems_by_field(err.problems).items()}
-            known = {f.name for f in form.fields}
-            general = [f"{k}: {m}" for k, ms in errors.items() if k not in known for m in ms]
-            return page(request, "station/record.html", status_code=422, form=form, values=posted, errors=errors,
-                        general_errors=general, children=await asyncio.to_thread(_pickable, log), saved=[], **ctx)
-        except LocalLogError as err:
-            return page(request, "station/record.html", status_code=503, form=form, values=posted, errors={},
-                        general_errors=[str(err)], children=await asyncio.to_thread(_pickable, log), saved=[], **ctx)
-        on_recorded()
-        ids = [r.event_id for r in done]
-        target = f"/child/{draft['child_id']}" if event_type == "ChildRegistered" else \
-            f"/record/{event_type}?saved={','.join(ids)}"
-        return Response("", status_code=303, headers={"Location": target})
-
     static = create_static_files_router(path="/static", directories=[STATIC_DIR], include_in_schema=False)
-    handlers: list[HTTPRouteHandler] = [login_form, login, logout, children, overdue, form_page, form_post]
+    handlers: list[HTTPRouteHandler] = [login_form, login, logout, children, overdue]
+    handlers += record_routes(log, config, on_recorded, secret=secret, common=common)
     handlers += child_routes(log, config, reads=reads, on_read=on_read, common=common)
     handlers += roster_routes(log, config, on_recorded, common=common, nav=nav, secret=secret)
     return [*handlers, static]
-
-
-def _pickable(log: LocalLog) -> list[dict[str, Any]]:
-    return [{"child_id": a.child_id, "name": a.name} for a in sorted(_archives(log), key=lambda a: a.name or "")
-            if a.open]
 
 
 def _one(form: FormMultiDict, key: str) -> str:
@@ -230,14 +179,3 @@ def _safe_next(target: str | None) -> str:
 
 def _tls(request: Request[Any, Any, Any]) -> bool:
     return request.url.scheme == "https"
-
-
-def _form_values(form: FormMultiDict) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in form:
-        values = [v for v in form.getall(key) if isinstance(v, str)]
-        out[key] = values if len(values) > 1 or key in _MULTI else (values[0] if values else "")
-    return out
-
-
-_MULTI = {f.name for form in FORMS.values() for f in form.fields if f.kind in ("multi", "children")}

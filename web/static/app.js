@@ -34,3 +34,62 @@
     });
   });
 })();
+// The station's forms (sync_agent/record_pages.py): a searchable picker of the station's children
+// and parents' rows added and removed in place; without JavaScript the same buttons post the form
+// back to the server, which shows it again with a row more or less.
+(function () {
+  "use strict";
+  document.querySelectorAll("input.picker-search[data-picker]").forEach(function (box) {
+    var list = document.getElementById(box.getAttribute("data-picker"));
+    if (!list) return;
+    var count = document.querySelector("[data-count-for='" + list.id + "']");
+    box.hidden = false;
+    function recount() {
+      if (!count) return;
+      var n = list.querySelectorAll("input[type=checkbox]:checked").length;
+      count.textContent = count.getAttribute("data-template").replace("{n}", n);
+      count.hidden = false;
+    }
+    box.addEventListener("input", function () {
+      var q = box.value.trim();
+      list.querySelectorAll("label.pick").forEach(function (label) {
+        var checked = label.querySelector("input").checked;
+        label.hidden = !!q && !checked && label.textContent.indexOf(q) < 0;
+      });
+    });
+    box.addEventListener("keydown", function (ev) {  // Enter picks the only match instead of posting
+      if (ev.key !== "Enter") return;
+      ev.preventDefault();
+      var shown = Array.prototype.filter.call(list.querySelectorAll("label.pick"), function (l) { return !l.hidden; });
+      var open = shown.filter(function (l) { return !l.querySelector("input").checked; });
+      if (open.length === 1) { open[0].querySelector("input").checked = true; box.value = ""; box.dispatchEvent(new Event("input")); recount(); }
+    });
+    list.addEventListener("change", recount);
+    recount();
+  });
+  document.querySelectorAll("[data-rows]").forEach(function (rows) {
+    var form = rows.closest("form");
+    var add = form.querySelector("[data-add-row='" + rows.getAttribute("data-rows") + "']");
+    var tpl = document.getElementById("tpl-" + rows.getAttribute("data-rows"));
+    var max = parseInt(rows.getAttribute("data-max"), 10) || 4;
+    function refresh() { if (add) add.hidden = rows.children.length >= max; }
+    rows.addEventListener("click", function (ev) {
+      var drop = ev.target.closest("button.drop-row");
+      if (!drop) return;
+      ev.preventDefault();
+      drop.closest(".parent-row").remove();
+      refresh();
+    });
+    if (add && tpl) add.addEventListener("click", function (ev) {
+      ev.preventDefault();
+      var next = 0;
+      rows.querySelectorAll(".parent-row").forEach(function (r) { next = Math.max(next, parseInt(r.getAttribute("data-index"), 10) + 1); });
+      var html = tpl.innerHTML.replace(/__i__/g, String(next));
+      rows.insertAdjacentHTML("beforeend", html);
+      var first = rows.lastElementChild.querySelector("input");
+      if (first) first.focus();
+      refresh();
+    });
+    refresh();
+  });
+})();
