@@ -148,3 +148,28 @@ class RestorePage(msgspec.Struct, frozen=True, kw_only=True):
 
 restore_request_decoder = msgspec.json.Decoder(RestoreRequest)
 restore_page_decoder = msgspec.json.Decoder(RestorePage)
+
+
+# --- a fresh receipt on request (a station that has just connected) -----------------------
+
+RECEIPT_PREFIX = "care.receipt."
+
+
+def receipt_subject(site_id: str) -> str:
+    """Core NATS request subject on which a site asks the center for a receipt read from its
+    store now (no stream, no body). The agent asks on every connection, so a receipt it kept
+    from before a center's restore never counts as "synced" (guarantee 2); the center answers
+    only below the asking site's own inbox (``is_own_inbox``)."""
+    return RECEIPT_PREFIX + site_id
+
+
+class ReceiptReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer on ``care.receipt.<site>``: the site's receipt as committed when the center
+    read it, or ``error`` saying why it could not read it (the agent asks again later)."""
+
+    receipt: Receipt | None = None
+    error: str | None = None
+
+
+receipt_reply_encoder = msgspec.json.Encoder()
+receipt_reply_decoder = msgspec.json.Decoder(ReceiptReply)

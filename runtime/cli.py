@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import sys
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any
 
@@ -21,6 +22,11 @@ from runtime.settings import Settings
 
 class CliError(Exception):
     """A command failed in a way the user can fix; printed without a traceback, exit 2."""
+
+
+class Unreachable(Exception):
+    """A server (NATS, PostgreSQL, the center) could not be reached or did not answer in time;
+    printed as one line without a traceback, exit 1 (running the command again later may work)."""
 
 
 def positive_int(text: str) -> int:
@@ -34,8 +40,39 @@ def positive_int(text: str) -> int:
     return value
 
 
-def run_async(coro: Coroutine[Any, Any, int | None]) -> int:
-    return int(asyncio.run(coro) or 0)
+def run_async(coro: Coroutine[Any, Any, int | None], *, shutdown_within: float = 5.0) -> int:
+    """Run a command's coroutine; then cancel what it left running, waiting at most
+    `shutdown_within` seconds, so a command always exits (asyncio.run waits for ever for a task
+    that ignores its cancellation, e.g. one inside a NATS connect). Ctrl-C raises
+    KeyboardInterrupt (exit 130 in `shouwang.cli`)."""
+    runner = asyncio.Runner()
+    try:
+        return int(runner.run(coro) or 0)
+    finally:
+        loop = runner.get_loop()
+        if _cancel_leftovers(loop, shutdown_within):
+            runner.close()
+        else:  # a task would not stop: close the loop without waiting for it (or the executor) again
+            loop.close()
+            asyncio.set_event_loop(None)
+
+
+def _cancel_leftovers(loop: asyncio.AbstractEventLoop, within: float) -> bool:
+    """Cancel every task still on `loop`, again each half second, for at most `within` seconds;
+    True when none is left."""
+    if loop.is_closed():
+        return True
+    left = {t for t in asyncio.all_tasks(loop) if not t.done()}
+    for _ in range(max(1, int(within / 0.5))):
+        if not left:
+            return True
+        for task in left:
+            task.cancel()
+        _done, left = loop.run_until_complete(asyncio.wait(left, timeout=0.5))
+    if left:
+        names = ", ".join(sorted(t.get_name() for t in left))
+        print(f"shouwang: left {len(left)} task(s) that did not stop when cancelled: {names}", file=sys.stderr)
+    return not left
 
 
 @contextlib.contextmanager

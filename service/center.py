@@ -27,7 +27,7 @@ from service.fanout import FanOut
 from service.ingest import Ingester, Outcome
 from service.quarantine import DeadLetters
 from service.reads import ReadsResponder
-from service.receipts import ReceiptPublisher
+from service.receipts import ReceiptPublisher, ReceiptResponder
 from service.restore import RestoreResponder
 from service.streams import StreamSettings, ensure_site_consumer, ensure_streams
 from store import migrate
@@ -49,6 +49,7 @@ class Center:
     settings: StreamSettings
     ingesters: list[Ingester] = field(default_factory=list)
     receipts: ReceiptPublisher | None = None
+    receipt_requests: ReceiptResponder | None = None
     fanout: FanOut | None = None
     dead_letters: DeadLetters | None = None
     restore: RestoreResponder | None = None
@@ -168,6 +169,10 @@ async def run_center(
             # more rewinds and sends again (sync_agent/upload.py, "watermark went back").
             center.receipts.notify(active)
             center.tasks.append(asyncio.create_task(center.receipts.run(), name="receipts"))
+            # ... and an agent that connects asks for its receipt (care.receipt.<site>) before it
+            # reports "synced", so an older receipt of its own never passes for the store's.
+            center.receipt_requests = ReceiptResponder(pool, nc)
+            await center.receipt_requests.start()
         if "fanout" in parts:
             center.fanout = FanOut(pool, js, resend_window=settings.fanout_resend_window)
             center.tasks.append(asyncio.create_task(center.fanout.run(), name="fanout"))
@@ -202,6 +207,8 @@ async def run_center(
             await stop_tasks(center.tasks)
             if center.dead_letters is not None:
                 await center.dead_letters.stop()
+            if center.receipt_requests is not None:
+                await center.receipt_requests.stop()
             if center.restore is not None:
                 await center.restore.stop()
             if center.reads is not None:

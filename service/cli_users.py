@@ -59,7 +59,7 @@ def register(csub: Any) -> None:
 
     api = csub.add_parser("api", help="serve the HTTP API (SHOUWANG_API_HOST, SHOUWANG_API_PORT)")
     api.add_argument("--host", help="listen address (default SHOUWANG_API_HOST or 127.0.0.1)")
-    api.add_argument("--port", type=int, help="port (default SHOUWANG_API_PORT or 8300)")
+    api.add_argument("--port", type=int, help="port (default SHOUWANG_API_PORT or 8800)")
     api.set_defaults(handler=_serve)
 
 
@@ -171,6 +171,7 @@ def _token_revoke(args: argparse.Namespace, settings: Settings) -> int:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from runtime.log import route_libraries, uvicorn_log_config
     from service.api.app import create_app
     from service.api.config import ApiSettings
 
@@ -185,6 +186,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     run_async(migrated())
     api = ApiSettings.from_env()
     app = create_app(settings, api)
-    uvicorn.run(app, host=args.host or api.host, port=args.port or api.port, log_level="warning",
-                proxy_headers=False, server_header=False)
+    route_libraries()  # litestar's own logging configuration replaced the root logger's handler
+    # Logs through structlog, with an access log (path without its query string, no headers).
+    uvicorn.run(app, host=args.host or api.host, port=args.port or api.port, log_config=uvicorn_log_config(),
+                log_level="info", proxy_headers=False, server_header=False)
     return 0

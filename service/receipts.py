@@ -5,6 +5,11 @@ A receipt (:class:`events.wire.Receipt`, JSON, header ``Shouwang-Kind: receipt``
 highest committed site_seq, read from ``site_progress`` *after* the commit, so a receipt never
 claims more than PostgreSQL holds; plus the refusals (quarantine rows) made by that commit.
 Commits are coalesced per site: under load one receipt covers many batches.
+
+A site may also ask for its receipt (``care.receipt.<site>``, core NATS request/reply,
+:class:`ReceiptResponder`): the agent does on every connection and before it reports "synced",
+so a receipt it kept from before the center was restored from an older backup never passes for
+one of the store as it is now; a lower watermark in the answer makes it resend what the store lacks.
 """
 
 from __future__ import annotations
@@ -13,10 +18,25 @@ import asyncio
 import datetime as dt
 
 import asyncpg
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
-from events.wire import KIND_HEADER, KIND_RECEIPT, Receipt, Refusal, down_subject, receipt_encoder
+from events.wire import (
+    KIND_HEADER,
+    KIND_RECEIPT,
+    RECEIPT_PREFIX,
+    Receipt,
+    ReceiptReply,
+    Refusal,
+    down_subject,
+    is_own_inbox,
+    receipt_encoder,
+    receipt_reply_encoder,
+)
 from runtime import log
+from service.sites import SiteError, check_site_id
 from service.streams import publish_batch
 from store.postgres import holes_of
 
@@ -89,3 +109,57 @@ class ReceiptPublisher:
                     for s, refs in self._pending.items():  # merge what arrived meanwhile
                         pending.setdefault(s, []).extend(refs)
                     self._pending = {}
+
+
+class ReceiptResponder:
+    """Answers ``care.receipt.<site>`` with the site's receipt read from the store now (queue group
+    ``center-receipts``: any center process may answer). Only replies below the asking site's own
+    inbox are answered; a site that is not registered and active gets an error, not a receipt."""
+
+    def __init__(self, pool: asyncpg.Pool, nc: NATS) -> None:
+        self.pool = pool
+        self.nc = nc
+        self._sub: Subscription | None = None
+        self.answered = 0
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(RECEIPT_PREFIX + ">", queue="center-receipts", cb=self._on_msg)
+        await self.nc.flush()  # subscribed at the server before the center counts as started
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception as err:  # the connection is already gone: nothing to undo
+                _log.debug("receipt responder unsubscribe failed", error=type(err).__name__)
+            self._sub = None
+
+    async def _on_msg(self, msg: Msg) -> None:
+        site_id = msg.subject[len(RECEIPT_PREFIX):]
+        if not is_own_inbox(site_id, msg.reply):
+            _log.warning("receipt request with a reply subject outside the site's inbox; not answered",
+                         site_id=site_id[:80])
+            return
+        try:
+            reply = await self.answer(site_id)
+        except Exception as err:  # the database is away: say so, the agent asks again
+            _log.warning("receipt request failed", site_id=site_id, error=type(err).__name__)
+            reply = ReceiptReply(error=f"the center cannot read its store now ({type(err).__name__}); try again later")
+        try:
+            await self.nc.publish(msg.reply, receipt_reply_encoder.encode(reply))
+            self.answered += 1
+        except Exception as err:
+            _log.warning("receipt reply not sent", site_id=site_id, error=type(err).__name__)
+
+    async def answer(self, site_id: str) -> ReceiptReply:
+        """The reply for one site: its receipt as committed now, or why there is none."""
+        try:
+            check_site_id(site_id)
+        except SiteError as err:
+            return ReceiptReply(error=str(err))
+        async with self.pool.acquire() as conn:
+            active = await conn.fetchval("SELECT active FROM sites WHERE site_id = $1", site_id)
+            if not active:
+                return ReceiptReply(error=f"site {site_id} is not registered or not active at this center")
+            (receipt,) = await receipts_for(conn, [site_id])
+        return ReceiptReply(receipt=receipt)

@@ -25,6 +25,7 @@ from events.wire import (
     down_subject,
     inbox_prefix,
     reads_subject,
+    receipt_subject,
     restore_subject,
     up_subject,
 )
@@ -159,8 +160,9 @@ def site_permissions(site_id: str) -> str:
     """The NATS permissions block of one site: its own subjects and its own consumer, nothing else."""
     durable = down_consumer(site_id)
     down = down_subject(site_id)
-    # its events; asking for them back; its users' reads of children's data, for the read log
-    publish = [up_subject(site_id), restore_subject(site_id), reads_subject(site_id)]
+    # its events; asking for them back; its users' reads of children's data, for the read log;
+    # asking for its receipt as the store holds it now
+    publish = [up_subject(site_id), restore_subject(site_id), reads_subject(site_id), receipt_subject(site_id)]
     # Create (or look up) its own durable consumer; the filter is part of the subject, so the
     # server refuses a consumer of this name that filters on another site's subject.
     publish += down_consumer_permissions(durable, down)

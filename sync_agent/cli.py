@@ -6,19 +6,42 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from events.types import SiteKind
-from runtime.cli import CliError, cli_errors, emit, emit_json, run_async
+from runtime.cli import CliError, Unreachable, cli_errors, emit, emit_json, run_async
 from runtime.settings import Settings
 from sync_agent import cli_users
-from sync_agent.config import ConfigError, SiteConfig, load_config, log_path, write_config
+from sync_agent.config import ConfigError, SiteConfig, check_nats_url, load_config, log_path, write_config
 from sync_agent.locallog import LocalLog, LocalLogError, LogCorrupted
 
 DEFAULT_PORT = 8470
+DATA_ENV = "SHOUWANG_DATA"  # the site's data directory when --data is not given
+
+
+def nats_url_arg(text: str) -> str:
+    """An argparse type: a NATS URL (nats://, tls://, ws://, wss:// with a host); a bad one is
+    refused naming the flag, before anything is written or connected."""
+    try:
+        return check_nats_url(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def seconds_arg(text: str) -> float:
+    """An argparse type: a number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds above 0")
+    return value
 
 
 def register(sub: Any) -> None:
@@ -29,15 +52,20 @@ def register(sub: Any) -> None:
         "says it is committed; the children's archives are kept locally for offline use.")
     asub = agent.add_subparsers(dest="agent_command", metavar="ACTION", required=True)
 
+    from_env = os.environ.get(DATA_ENV) or None
+
     def data_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data", required=True, type=Path, help="the site's data directory (config and local log)")
+        p.add_argument("--data", required=from_env is None, default=from_env, type=Path,
+                       help=f"the site's data directory (config and local log); default: ${DATA_ENV}"
+                       + (f" ({from_env})" if from_env else ", which is not set"))
 
     p = asub.add_parser("init", help="create a site's data directory with its identity and an empty local log")
     data_arg(p)
     p.add_argument("--site", required=True, help="site id region.township.site, e.g. gx-lp.xy.v03")
     p.add_argument("--kind", required=True, choices=[k.value for k in SiteKind], help="what kind of site")
     p.add_argument("--name", required=True, help="the site's name, e.g. 青石村留守儿童之家")
-    p.add_argument("--nats", required=True, help="NATS URL of the center, e.g. nats://center.example:4222")
+    p.add_argument("--nats", required=True, type=nats_url_arg, help="NATS URL of the center: nats://, tls://, "
+                   "ws:// or wss:// with a host, e.g. nats://center.example:4222")
     p.add_argument("--creds", help="credentials file: JSON from the center's site registration, or a NATS .creds")
     p.add_argument("--tls-ca", help="CA certificate (PEM) of a tls:// server whose certificate the county's own "
                    "CA signed")
@@ -62,17 +90,21 @@ def register(sub: Any) -> None:
     p = asub.add_parser("serve", help="local HTTP endpoint for station apps (POST /events, GET /status, "
                         "GET /children/ID) with the sync loop running")
     data_arg(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer "
+                   "only; the station's LAN address to serve its other computers)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port to listen on (default {DEFAULT_PORT})")
+    p.add_argument("--no-access-log", action="store_true", help="do not log each HTTP request (method, path "
+                   "without its query, status, time)")
     p.add_argument("--no-sync", action="store_true", help="record only; do not connect to the center")
     p.set_defaults(handler=_serve)
 
     p = asub.add_parser("sync", help="sync with the center (until stopped, or with --once until nothing is pending)")
     data_arg(p)
-    p.add_argument("--once", action="store_true", help="exit when every event is receipted (0) or at the "
-                   "timeout with events still pending (1)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds --once waits at most (default 600)")
-    p.add_argument("--nats", help="override the NATS URL of the site's config")
+    p.add_argument("--once", action="store_true", help="exit 0 when the center, asked on this connection, "
+                   "confirms every event (a receipt from its store as it is now), or 1 at the timeout")
+    p.add_argument("--timeout", type=seconds_arg, default=600.0, help="seconds --once runs at most, connecting "
+                   "included; it exits within a few seconds more, also with the center unreachable (default 600)")
+    p.add_argument("--nats", type=nats_url_arg, help="override the NATS URL of the site's config")
     p.set_defaults(handler=_sync)
 
     p = asub.add_parser("status", help="pending events, oldest pending age, last contact, the center's "
@@ -94,8 +126,8 @@ def register(sub: Any) -> None:
     p = asub.add_parser("restore", help="fill a new, empty local log with this site's events from the center "
                         "(a station whose disk died); run it before recording anything")
     data_arg(p)
-    p.add_argument("--nats", help="override the NATS URL of the site's config")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each answer (default 30)")
+    p.add_argument("--nats", type=nats_url_arg, help="override the NATS URL of the site's config")
+    p.add_argument("--timeout", type=seconds_arg, default=30.0, help="seconds to wait for each answer (default 30)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=_restore)
 
@@ -239,7 +271,7 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _restore(args: argparse.Namespace, settings: Settings) -> int:
-    from sync_agent.restore import RestoreError, restore
+    from sync_agent.restore import CenterUnreachable, RestoreError, restore
 
     def show(done: int, total: int) -> None:
         if sys.stderr.isatty():
@@ -249,6 +281,9 @@ def _restore(args: argparse.Namespace, settings: Settings) -> int:
     async def go() -> int:
         try:
             report = await restore(args.data, nats_url=args.nats, answer_within=args.timeout, on_page=show)
+        except CenterUnreachable as err:
+            raise Unreachable(f"{err} (this station records nothing until a restore has finished; run it again "
+                              "when the line is back)") from None
         except RestoreError as err:
             raise CliError(f"{err} (this station records nothing until a restore has finished: its next "
                              "event would take a sequence number the center already holds)") from None
@@ -273,11 +308,15 @@ def _restore(args: argparse.Namespace, settings: Settings) -> int:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from runtime.log import route_libraries, uvicorn_log_config
     from sync_agent.serve import create_app
 
     with cli_errors(ConfigError, LocalLogError):
         app = create_app(args.data, sync=not args.no_sync)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    route_libraries()  # litestar's own logging configuration replaced the root logger's handler
+    # Logs through structlog; the access log without query strings, cookies or tokens.
+    uvicorn.run(app, host=args.host, port=args.port, log_config=uvicorn_log_config(), log_level="info",
+                access_log=not args.no_access_log)
     return 0
 
 
@@ -316,36 +355,50 @@ def _sync(args: argparse.Namespace, settings: Settings) -> int:
     from sync_agent.agent import Agent
 
     async def go() -> int:
+        started = time.monotonic()
         with cli_errors(ConfigError, LocalLogError):
             agent = Agent(args.data, nats_url=args.nats)
         bar = ProgressBar()
         try:
             await agent.start()
-        except LocalLogError as err:
-            agent.log.close()
+        except (ConfigError, LocalLogError) as err:
+            await agent.stop()
             raise CliError(str(err)) from None
         try:
             if args.once:
-                ok = await agent.wait_synced(args.timeout, on_progress=bar)
+                ok = await agent.wait_synced(max(0.0, args.timeout - (time.monotonic() - started)), on_progress=bar)
                 bar.close()
                 if not ok:
-                    print(f"shouwang: {agent.pending()} events still not receipted by the center after "
-                          f"{args.timeout:g} s; they stay in the local log and will be sent next time "
-                          f"(last error: {agent.log.meta('last_error') or '-'})", file=sys.stderr)
+                    pending = agent.pending()
+                    why = (f"{pending} events still not receipted by the center" if pending else
+                           "the center has not confirmed this station's events since it connected (a receipt "
+                           "from before would not show what a restored center lacks)")
+                    print(f"shouwang: not synced after {args.timeout:g} s: {why}; they stay in the local log and "
+                          f"will be sent next time (last error: {agent.log.meta('last_error') or '-'})",
+                          file=sys.stderr)
                     return 1
-                print(f"in sync: all {agent.log.last_seq()} events of {agent.config.site_id} are receipted")
+                print(f"in sync: all {agent.log.last_seq()} events of {agent.config.site_id} are receipted by the "
+                      "center, confirmed on this connection")
                 return 0
             stop = asyncio.Event()
+            stopped_by: list[int] = []
+
+            def on_signal(sig: int) -> None:
+                stopped_by.append(sig)
+                stop.set()
+
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError):
-                    loop.add_signal_handler(sig, stop.set)
+                    loop.add_signal_handler(sig, on_signal, sig)
             while not stop.is_set():
                 bar(agent.pending(), agent.log.last_seq())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.5)
+                    async with asyncio.timeout(0.5):
+                        await stop.wait()
             bar.close()
-            return 0
+            # SIGTERM (systemd stopping the unit) is a normal end; Ctrl-C is an interruption.
+            return 130 if stopped_by[:1] == [signal.SIGINT] else 0
         finally:
             await agent.stop()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import urllib.parse
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +26,30 @@ LOG_NAME = "log.sqlite"
 
 class ConfigError(Exception):
     """The data directory has no usable site configuration; the message says what to do."""
+
+
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def check_nats_url(url: str) -> str:
+    """`url` if it is a NATS server URL nats-py can use: nats://, tls://, ws:// or wss:// with a
+    host (and a port from 1 to 65535 if one is given); else ValueError saying what is wrong (a
+    typo like htp://nowhere would otherwise be retried for ever)."""
+    example = "give one like nats://center.example:4222"
+    if not url.strip() or "," in url or any(c.isspace() for c in url):
+        raise ValueError(f"{url!r} is not a NATS URL: {example} (one URL, no spaces)")
+    try:
+        u = urllib.parse.urlsplit(url)
+        port = u.port
+    except ValueError as err:
+        raise ValueError(f"{url!r} is not a valid NATS URL ({err}); {example}") from None
+    if u.scheme.lower() not in NATS_SCHEMES:
+        raise ValueError(f"{url!r} is not a NATS URL: it must start with nats://, tls://, ws:// or wss://; {example}")
+    if not u.hostname:
+        raise ValueError(f"{url!r} names no host; {example}")
+    if port == 0:
+        raise ValueError(f"{url!r}: port 0 is not a port a server listens on; {example}")
+    return url
 
 
 class SiteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -46,6 +71,9 @@ class SiteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     allowed_hosts: list[HostName] = msgspec.field(default_factory=list)
     # How long a log-in at the station's pages lasts.
     session_minutes: Annotated[int, msgspec.Meta(ge=5, le=7 * 24 * 60)] = 8 * 60
+
+    def __post_init__(self) -> None:
+        check_nats_url(self.nats_url)  # a ValueError is reported as a ValidationError naming it
 
     @property
     def township(self) -> str:

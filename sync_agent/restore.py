@@ -18,6 +18,8 @@ refuses to record (a new event would take a sequence number the center already h
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +49,10 @@ class RestoreError(Exception):
     """The restore did not finish; the message says why and what to do."""
 
 
+class CenterUnreachable(RestoreError):
+    """The center's NATS server could not be reached; run the restore again later (exit 1)."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class RestoreReport:
     site_id: str
@@ -71,11 +77,20 @@ async def restore(data: Path, *, nats_url: str | None = None, answer_within: flo
             raise RestoreError(f"the local log {log.path} already holds {have} events: a restore only fills a new, "
                                "empty log (run `shouwang agent init` into a new data directory first)")
         log.set_meta(**{RESTORING: "1"})
+        failures: list[Exception] = []
+
+        async def on_error(err: Exception) -> None:  # nats-py's default prints a traceback per attempt
+            failures.append(err)
+
         try:
-            nc = await nats.connect(url, connect_timeout=min(answer_within, 10.0), max_reconnect_attempts=3,
+            # One connection, no reconnecting: a cut line fails the restore, which resumes when run again.
+            nc = await nats.connect(url, connect_timeout=min(answer_within, 10.0), allow_reconnect=False,
+                                    max_reconnect_attempts=1, reconnect_time_wait=0.5, error_cb=on_error,
                                     name=f"shouwang-agent-restore {config.site_id}", **connect_options(config))
         except (TimeoutError, OSError, nats.errors.Error) as err:
-            raise RestoreError(f"cannot reach the center's NATS at {url}: {type(err).__name__}: {err}") from None
+            cause = failures[-1] if failures and isinstance(err, nats.errors.NoServersError) else err
+            raise CenterUnreachable(f"cannot reach the center's NATS at {_redact(url)}: "
+                               f"{type(cause).__name__}: {cause}".rstrip(": ")) from None
         try:
             seq = have + 1
             head_seq, head_hash = have, log.verify().head_hash
@@ -121,7 +136,19 @@ async def restore(data: Path, *, nats_url: str | None = None, answer_within: flo
             return RestoreReport(config.site_id, head_seq - have, head_seq, head_hash, own.watermark, own.max_seq,
                                  received)
         finally:
-            await nc.close()
+            with contextlib.suppress(Exception):  # bounded: a vanished peer must not hold the command
+                await asyncio.wait_for(nc.close(), 5)
+
+
+def _redact(url: str) -> str:
+    """The URL without a password it may carry."""
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(url)
+    if u.password is None:
+        return url
+    netloc = f"{u.username}:***@{u.hostname}" + (f":{u.port}" if u.port else "")
+    return urllib.parse.urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
 
 
 async def _ask(nc: Any, site_id: str, request: RestoreRequest, answer_within: float) -> RestorePage:

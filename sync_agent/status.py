@@ -1,5 +1,11 @@
 """What `shouwang agent status` reports, read from the local log alone (works offline, and
-while another process runs the agent: SQLite WAL lets readers in beside the writer)."""
+while another process runs the agent: SQLite WAL lets readers in beside the writer).
+
+"Synced" needs more than no pending events by the last receipt kept: that receipt may be from
+before the center was restored from an older backup. The agent asks the center for a fresh
+receipt on every connection (sync_agent/agent.py); the station counts as synced only when
+nothing is pending and that answer came after the latest connection began.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,27 @@ from typing import Any
 
 from sync_agent.config import SiteConfig
 from sync_agent.locallog import LocalLog
+
+# meta keys the agent writes (sync_agent.agent CONNECTED_AT, CONFIRMED_AT; the agent imports
+# this module's readers, not the other way round)
+CONNECTED_AT = "connected_at"
+CONFIRMED_AT = "receipt_confirmed_at"
+
+
+def _time(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def confirmed(pending: int, connected_at: str | None, confirmed_at: str | None) -> bool:
+    """Synced by a fresh receipt: nothing pending, and the center answered a receipt request
+    after the latest connection began (a receipt kept from before proves nothing)."""
+    answered, connected = _time(confirmed_at), _time(connected_at)
+    return pending == 0 and answered is not None and (connected is None or answered >= connected)
 
 
 def site_status(log: LocalLog, config: SiteConfig, now: dt.datetime | None = None) -> dict[str, Any]:
@@ -30,6 +57,9 @@ def site_status(log: LocalLog, config: SiteConfig, now: dt.datetime | None = Non
         "center_holes": [list(h) for h in state.holes],
         "refused": len(log.refusals()),
         "received_events": log.inbox_count(),
+        "synced": confirmed(pending, log.meta(CONNECTED_AT), log.meta(CONFIRMED_AT)),
+        "confirmed_at": log.meta(CONFIRMED_AT),
+        "connected_at": log.meta(CONNECTED_AT),
         "last_contact": log.meta("last_contact"),
         "last_error": log.meta("last_error"),
         "last_error_at": log.meta("last_error_at"),
@@ -48,9 +78,22 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
+def _synced_line(status: dict[str, Any]) -> str:
+    if status["synced"]:
+        return f"yes: the center confirmed every event at {status['confirmed_at']}"
+    if status["pending"]:
+        return f"no: {status['pending']} events not yet receipted"
+    if status.get("confirmed_at"):
+        return (f"not confirmed: the center last confirmed at {status['confirmed_at']}, before the latest "
+                f"connection ({status['connected_at']}); run `shouwang agent sync --once`")
+    return "not confirmed: the center has never answered this station's receipt request; " \
+        "run `shouwang agent sync --once`"
+
+
 def render(status: dict[str, Any]) -> str:
     lines = [
         f"site            {status['site_id']} ({status['kind']}, {status['name']})",
+        f"synced          {_synced_line(status)}",
         f"recorded        {status['recorded']} events",
         f"pending         {status['pending']} not yet receipted by the center",
         f"oldest pending  {_age(status['oldest_pending_age_s'])}",

@@ -19,3 +19,11 @@ class SyncTuning:
     fetch_batch: int = 256
     fetch_timeout: float = 1.0
     connect_timeout: float = 2.0
+    # While the center cannot be reached, connection attempts back off (with jitter) up to this;
+    # None: twice retry_cap (a minute by default), so a station without a line makes a few
+    # attempts an hour rather than two a second.
+    connect_retry_cap: float | None = None
+
+    @property
+    def connect_cap(self) -> float:
+        return self.connect_retry_cap if self.connect_retry_cap is not None else 2 * self.retry_cap

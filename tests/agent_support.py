@@ -30,11 +30,15 @@ from events.wire import (
     KIND_EVENT,
     KIND_HEADER,
     KIND_RECEIPT,
+    RECEIPT_PREFIX,
     UP_PREFIX,
     UP_STREAM,
     Receipt,
+    ReceiptReply,
     down_subject,
+    is_own_inbox,
     receipt_encoder,
+    receipt_reply_encoder,
     site_of_subject,
 )
 from store.postgres import EventStore
@@ -73,6 +77,8 @@ class TestCenter:
         await js.add_consumer(UP_STREAM, api.ConsumerConfig(durable_name="test_center", ack_policy=api.AckPolicy.ALL,
                                                             max_ack_pending=20_000))
         self._task = asyncio.create_task(self._run(), name="test-center")
+        # An agent asks for its receipt on connecting (care.receipt.<site>), as of the store now.
+        await self.nc.subscribe(RECEIPT_PREFIX + ">", cb=self._answer_receipt)
         return self
 
     async def stop(self) -> None:
@@ -120,12 +126,24 @@ class TestCenter:
             await self.send_receipt(site)
         await msgs[-1].ack()
 
-    async def send_receipt(self, site: str) -> None:
+    async def _receipt(self, site: str) -> Receipt:
         p = await self.store.progress(site)
         receipt = Receipt(site_id=site, watermark=p.watermark, max_seq=p.max_seq,
                           holes=[[lo, hi] for lo, hi in p.holes], center_time=dt.datetime.now(dt.UTC))
         if self.watermark_override is not None:
             receipt = self.watermark_override(receipt)
+        return receipt
+
+    async def _answer_receipt(self, msg: Any) -> None:
+        site = msg.subject[len(RECEIPT_PREFIX):]
+        if self.drop_receipts or not is_own_inbox(site, msg.reply):
+            return
+        reply = ReceiptReply(receipt=await self._receipt(site))
+        with contextlib.suppress(nats.errors.Error):
+            await self.nc.publish(msg.reply, receipt_reply_encoder.encode(reply))
+
+    async def send_receipt(self, site: str) -> None:
+        receipt = await self._receipt(site)
         if self.drop_receipts:
             return
         await self.nc.jetstream().publish(down_subject(site), receipt_encoder.encode(receipt),

@@ -1,0 +1,169 @@
+"""A station is "synced" only on a receipt the center gave on this connection, from its store as it
+is now: a center restored from an older pg_dump gets back what it lost (guarantee 2)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import msgspec
+from nats.aio.client import Client as NATS
+
+from events.wire import RECEIPT_PREFIX, inbox_prefix, receipt_reply_decoder, receipt_subject
+from service.center import run_center
+from service.leafs import leaf_user_entry
+from service.sites import register_site, site_permissions
+from store.postgres import EventStore
+from sync_agent.config import log_path
+from sync_agent.locallog import LocalLog
+from testbed.embedded import EmbeddedNats, pg_bin
+from tests import servers
+from tests.agent_support import drafts, make_site
+from tests.center_kit import client, own_nats
+
+__all__ = ["client", "own_nats"]
+SHOUWANG = [sys.executable, "-m", "shouwang"]
+PARTS = ("ingest", "receipts", "deadletters")
+
+
+async def shouwang(*args: str, within: float = 180) -> tuple[int, str, str]:
+    """Run the `shouwang` command beside the event loop (the center runs on it)."""
+    proc = await asyncio.create_subprocess_exec(*SHOUWANG, *args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), within)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def record(data: Path, site: str, n: int, seed: int) -> None:
+    with LocalLog(log_path(data), site) as log:
+        log.record(drafts(n, random.Random(seed)), default_actor="station")
+
+
+async def pg(tool: str, *args: str) -> None:
+    proc = await asyncio.create_subprocess_exec(str(pg_bin() / tool), *args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 300)
+    assert proc.returncode == 0, err.decode()[-2000:]
+
+
+async def test_sync_once_after_the_center_is_restored_from_an_older_dump_resends_what_it_lost(
+        tmp_path: Path, database_url: str, template: servers.TestServers, own_nats: EmbeddedNats) -> None:
+    """The runbook's restore (pg_dump, later pg_restore, center started again): `agent sync --once`
+    no longer says "in sync" on the receipt it kept from before; it asks the center, sees the
+    watermark went back, resends, and every event is in the restored store."""
+    site = "gx-lp.xy.v61"
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        await register_site(pool, site, "village", "青石村")
+    finally:
+        await pool.close()
+    data = make_site(tmp_path, site, own_nats.url)
+    record(data, site, 30, seed=1)
+    dump = tmp_path / "center.dump"
+    async with run_center(database_url, own_nats.url, parts=PARTS):
+        code, out, err = await shouwang("agent", "sync", "--data", str(data), "--once", "--timeout", "120")
+        assert code == 0, err[-2000:]
+        await pg("pg_dump", "-Fc", "-f", str(dump), "-d", database_url)  # the nightly backup
+        record(data, site, 20, seed=2)
+        code, out, err = await shouwang("agent", "sync", "--data", str(data), "--once", "--timeout", "120")
+        assert code == 0, err[-2000:]
+    restored = template.url_for(f"shouwang_t_restored_{random.getrandbits(32):08x}")
+    admin = await asyncpg.connect(template.admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{restored.rpartition("/")[2]}"')
+        template.databases.append(restored.rpartition("/")[2])
+    finally:
+        await admin.close()
+    await pg("pg_restore", "--no-owner", "-d", restored, str(dump))  # the disk died; the backup is back
+    async with run_center(restored, own_nats.url, parts=PARTS):
+        code, out, err = await shouwang("agent", "sync", "--data", str(data), "--once", "--timeout", "120")
+        assert code == 0, err[-2000:]
+        assert "in sync" in out
+        pool = await asyncpg.create_pool(restored, min_size=1, max_size=2)
+        try:
+            store = EventStore(pool)
+            progress = await store.progress(site)
+            assert (progress.watermark, progress.max_seq, progress.holes) == (50, 50, [])
+            assert [s.event.site_seq for s in await store.read_site(site, 1, 100)] == list(range(1, 51))
+            assert (await store.verify_chain(site)).ok
+        finally:
+            await pool.close()
+    code, out, _ = await shouwang("agent", "status", "--data", str(data), "--json")
+    status = json.loads(out)
+    assert (code, status["pending"], status["synced"]) == (0, 0, True)
+
+
+async def test_status_is_not_synced_until_the_center_confirms_on_the_latest_connection(
+        tmp_path: Path, database_url: str, own_nats: EmbeddedNats) -> None:
+    """`agent status` says synced after a confirmed `sync --once`, and no longer once a later
+    connection began without the center's answer (its receipt may predate a restore)."""
+    site = "gx-lp.xy.v62"
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        await register_site(pool, site, "village", "柳湾村")
+    finally:
+        await pool.close()
+    data = make_site(tmp_path, site, own_nats.url)
+    record(data, site, 5, seed=3)
+    async with run_center(database_url, own_nats.url, parts=PARTS):
+        code, _, err = await shouwang("agent", "sync", "--data", str(data), "--once", "--timeout", "120")
+        assert code == 0, err[-2000:]
+    code, out, _ = await shouwang("agent", "status", "--data", str(data), "--json")
+    assert json.loads(out)["synced"] is True
+    with LocalLog(log_path(data), site) as log:  # what the agent writes when it connects again
+        log.set_meta(connected_at="2999-01-01T00:00:00+00:00")
+    code, out, _ = await shouwang("agent", "status", "--data", str(data))
+    assert code == 0 and "synced          not confirmed" in out
+
+
+async def test_the_center_answers_receipt_requests_only_below_the_sites_inbox(
+        database_url: str, own_nats: EmbeddedNats, client: NATS) -> None:
+    """care.receipt.<site> is answered with the site's receipt as committed now, an unregistered
+    site with an error, and a reply subject outside the asking site's inbox not at all."""
+    site = "gx-lp.xy.v63"
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        await register_site(pool, site, "village", "云岭村")
+    finally:
+        await pool.close()
+    async with run_center(database_url, own_nats.url, parts=("receipts",)):
+        sub = await client.subscribe(f"{inbox_prefix(site)}.t.>")
+        await client.publish(receipt_subject(site), b"", reply=f"{inbox_prefix(site)}.t.1")
+        reply = receipt_reply_decoder.decode((await sub.next_msg(timeout=30)).data)
+        assert reply.error is None and reply.receipt is not None
+        assert (reply.receipt.site_id, reply.receipt.watermark, reply.receipt.max_seq) == (site, 0, 0)
+        other = "gx-lp.xy.v99"
+        stray = await client.subscribe(f"{inbox_prefix(other)}.t.>")
+        await client.publish(receipt_subject(other), b"", reply=f"{inbox_prefix(other)}.t.3")
+        answer = receipt_reply_decoder.decode((await stray.next_msg(timeout=30)).data)
+        assert answer.receipt is None and answer.error is not None and "not registered" in answer.error
+        # Another site's inbox as the reply: never answered (it would publish into its subjects).
+        await client.publish(RECEIPT_PREFIX + site, b"", reply=f"{inbox_prefix(other)}.t.4")
+        try:
+            got = await stray.next_msg(timeout=2)
+            raise AssertionError(f"answered into another site's inbox: {msgspec.json.decode(got.data)}")
+        except TimeoutError:
+            pass
+
+
+def test_a_site_may_ask_for_its_own_receipt_and_a_leaf_for_its_townships() -> None:
+    """The site's NATS permissions allow care.receipt.<own id>, the township leaf's its township's."""
+    assert '"care.receipt.gx-lp.xy.v03"' in site_permissions("gx-lp.xy.v03")
+    assert "care.receipt.gx-lp.xy.v04" not in site_permissions("gx-lp.xy.v03")
+    assert '"care.receipt.gx-lp.xy.>"' in leaf_user_entry("gx-lp.xy", "pw")
+
+
+def test_init_refuses_a_nats_url_that_is_not_one_naming_the_flag(tmp_path: Path) -> None:
+    """`agent init --nats htp://nowhere` is refused (exit 2) naming --nats, and nothing is written."""
+    done = subprocess.run([*SHOUWANG, "agent", "init", "--data", str(tmp_path / "s"), "--site", "gx-lp.xy.v01",
+                           "--kind", "village", "--name", "站", "--nats", "htp://nowhere"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert "--nats" in done.stderr and "nats://" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "s").exists()
