@@ -239,7 +239,8 @@ async def test_every_page_passes_axe_in_chinese_and_english(
     pool: asyncpg.Pool, database_url: str, nats_url: str, browser: Browser
 ) -> None:
     """axe-core finds no serious or critical violation on any of these pages, in Chinese and in
-    English; the year-end summary opens on the latest year with work in it."""
+    English; none scrolls sideways on a 1366x768 screen or a tablet; the year-end summary opens on
+    the latest year with work in it."""
     scenario, township = await _township(pool)
     await _refused_messages(pool, scenario, township)
     axe = Axe()
@@ -251,7 +252,7 @@ async def test_every_page_passes_axe_in_chinese_and_english(
         newest = day[:4]
         pages = {
             "supervisor": ["/ui/", "/ui/children", "/ui/children?overdue=1&sort=site", f"/ui/child/{child_id}",
-                           "/ui/sites", "/ui/quarantine", "/ui/summary"],
+                           "/ui/sites", "/ui/quarantine", "/ui/summary", "/ui/conflicts", "/ui/duplicates"],
             "auditor": ["/ui/reads", "/ui/chains", f"/ui/asof?day={day}&clock=occurred",
                         f"/ui/child/{child_id}?as_of={day}&clock=occurred"],
             "admin": ["/ui/quarantine"],
@@ -270,5 +271,13 @@ async def test_every_page_passes_axe_in_chinese_and_english(
                         if v["impact"] in ("serious", "critical"):
                             failures.append(f"{lang} {path}: {v['id']} ({v['impact']}): "
                                             f"{[n['target'] for n in v['nodes'][:3]]}")
+                    # Usable on a 1366x768 screen and on a tablet: the page itself never scrolls
+                    # sideways (wide tables scroll inside their own box).
+                    for width, height in ((1366, 768), (768, 1024)):
+                        await page.set_viewport_size({"width": width, "height": height})
+                        wide = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+                        if wide > 1:
+                            failures.append(f"{lang} {path} at {width}x{height}: {wide}px of sideways scrolling")
+                    await page.set_viewport_size(VIEW)
                 await page.close()
         assert not failures, "\n".join(failures)
