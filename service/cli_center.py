@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -14,21 +15,39 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from runtime import log
 from runtime.cli import CliError, cli_errors, database_url, emit, emit_json, run_async
 from runtime.db import pool_for
-from runtime.settings import Settings
+from runtime.settings import Settings, SettingsError
 from service import cli_users
 from store import migrate
+
+_log = log.get("service.cli_center")
+
+# `center run`'s parts: those of service.center.run_center in this process, and two children.
+# The projector (`shouwang projections run`) and the HTTP API with the dashboard (`shouwang
+# center api`) each get a process of their own, so neither folding nor rendering pages holds up
+# ingest on the event loop; `center run` starts them after the schema is checked, stops them
+# on SIGTERM/SIGINT before its own parts, and stops everything if one of them exits.
+CHILD_PARTS = ("projections", "api")
+RUN_PARTS = ("ingest", "receipts", "fanout", "deadletters", "restore", *CHILD_PARTS)
+API_PORT = 8800  # service.api.config.ApiSettings.port
+CHILD_STOP_SECONDS = 30.0
 
 
 def register(sub: Any) -> None:
     center = sub.add_parser("center", help="the township center: ingest, receipts, fan-out, sites, quarantine")
     csub = center.add_subparsers(dest="center_command", metavar="ACTION", required=True)
 
-    run = csub.add_parser("run", help="run ingest, receipts, dead letters and fan-out until SIGTERM/SIGINT")
+    run = csub.add_parser("run", help="run the whole center (every part, the HTTP API and dashboard included) "
+                                      "until SIGTERM/SIGINT")
     run.add_argument("--ingesters", type=int, default=1, help="ingest loops in this process (default 1)")
-    run.add_argument("--parts", default="ingest,receipts,fanout,deadletters,restore,projections",
-                     help="comma-separated parts to run here (to scale ingest out to several processes)")
+    run.add_argument("--parts", default=",".join(RUN_PARTS),
+                     help=f"comma-separated parts to run here (default all: {','.join(RUN_PARTS)}); "
+                          f"{' and '.join(CHILD_PARTS)} run as child processes of this one "
+                          f"(`shouwang projections run`, `shouwang center api`)")
+    run.add_argument("--host", help="the HTTP API's listen address (default SHOUWANG_API_HOST or 127.0.0.1)")
+    run.add_argument("--port", type=int, help=f"the HTTP API's port (default SHOUWANG_API_PORT or {API_PORT})")
     run.add_argument("--max-deliver", type=int, default=None, help="ingest consumer MaxDeliver (default 6)")
     run.add_argument("--backoff", default=None,
                      help="ingest redelivery delays in seconds, comma-separated (default 30,60,120,300,600)")
@@ -95,15 +114,17 @@ def _pool(args: argparse.Namespace, settings: Settings) -> contextlib.AbstractAs
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from service.center import PARTS, run_center
+    from service.center import CORE_PARTS, run_center
     from service.streams import StreamSettings
 
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    bad = set(parts) - set(PARTS)
-    if bad:
-        raise CliError(f"--parts {args.parts!r}: unknown {sorted(bad)}; use {', '.join(PARTS)}")
+    bad = set(parts) - set(RUN_PARTS)
+    if bad or not parts:
+        raise CliError(f"--parts {args.parts!r}: unknown {sorted(bad)}; use {', '.join(RUN_PARTS)}")
     if args.ingesters < 1:
         raise CliError(f"--ingesters {args.ingesters}: must be at least 1")
+    if args.port is not None and not 0 < args.port < 65536:
+        raise CliError(f"--port {args.port}: not a TCP port")
     options: dict[str, Any] = {"batch": settings.ingest_batch}
     if args.backoff is not None:
         try:
@@ -118,6 +139,16 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if stream_settings.max_deliver <= len(stream_settings.backoff):
         raise CliError(f"--max-deliver {stream_settings.max_deliver}: must exceed the number of --backoff delays "
                        f"({len(stream_settings.backoff)})")
+    here = [p for p in parts if p in CORE_PARTS]
+    children = [p for p in CHILD_PARTS if p in parts]
+    url = database_url(args, settings)
+    if "api" in children:
+        from service.api.config import ApiSettings
+
+        try:
+            ApiSettings.from_env()  # a bad SHOUWANG_API_* is refused here, naming the key, not in the child
+        except SettingsError as err:
+            raise CliError(str(err)) from None
 
     async def go() -> int:
         stop = asyncio.Event()
@@ -134,22 +165,107 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
-        try:
-            async with run_center(database_url(args, settings), settings.nats_url, ingesters=args.ingesters,
-                                  parts=parts, settings=stream_settings) as center:
+
+        async def serve(check: Any) -> None:
+            nonlocal started
+            running: list[_Child] = []
+            try:
+                for name in children:
+                    running.append(await _Child.start(name, _child_argv(name, args), url))
                 started = True
+                _log.info("center run started", parts=parts, children={c.name: c.pid for c in running})
                 while not stop.is_set():
-                    center.check()
+                    check()
+                    for child in running:
+                        child.check()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 1.0)
+            finally:
+                # The children first (the API takes writes; the projector finishes its batch),
+                # then this process's own parts as run_center's block exits.
+                await asyncio.gather(*(c.stop() for c in running))
+
+        try:
+            if here:
+                async with run_center(url, settings.nats_url, ingesters=args.ingesters,
+                                      parts=here, settings=stream_settings) as center:
+                    await serve(center.check)
+            else:
+                await serve(lambda: None)
         except asyncio.CancelledError:
             if stop.is_set() and not started:
                 print("shouwang: stopped while starting", file=sys.stderr)
                 return 0
             raise
+        except _PartExited as err:
+            print(f"shouwang: {err}", file=sys.stderr)
+            return 1
         return 0
 
     return run_async(go())
+
+
+class _PartExited(Exception):
+    """A child part of `center run` exited by itself; the center stops (exit 1) and its unit restarts it."""
+
+
+def _child_argv(part: str, args: argparse.Namespace) -> list[str]:
+    if part == "projections":
+        return ["projections", "run"]
+    argv = ["center", "api"]
+    if args.host:
+        argv += ["--host", args.host]
+    if args.port:
+        argv += ["--port", str(args.port)]
+    return argv
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when `center run` dies, even by SIGKILL (Linux)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class _Child:
+    """One part of `center run` in a process of its own: `python -m shouwang ARGV`, the same
+    environment with the database URL that `center run` uses, stdout and stderr shared."""
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process) -> None:
+        self.name, self.proc = name, proc
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @classmethod
+    async def start(cls, name: str, argv: list[str], database_url: str) -> _Child:
+        env = {**os.environ, "SHOUWANG_DATABASE_URL": database_url}  # not on the command line (ps shows it)
+        preexec = _die_with_parent if sys.platform.startswith("linux") else None
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "shouwang", *argv, env=env,
+                                                    stdin=asyncio.subprocess.DEVNULL, preexec_fn=preexec)
+        _log.info("center part started", part=name, pid=proc.pid)
+        return cls(name, proc)
+
+    def check(self) -> None:
+        """Raise if the child has exited: `center run` then stops (its unit restarts it)."""
+        if self.proc.returncode is not None:
+            raise _PartExited(f"center part {self.name} (pid {self.proc.pid}) exited with {self.proc.returncode}; "
+                           f"its log is above; stopping the center")
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(self.proc.wait()), CHILD_STOP_SECONDS)
+            except TimeoutError:
+                _log.error("center part did not stop in time; killing it", part=self.name, pid=self.proc.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                await self.proc.wait()
+        _log.info("center part stopped", part=self.name, pid=self.proc.pid, code=self.proc.returncode)
 
 
 def _site_add(args: argparse.Namespace, settings: Settings) -> int:

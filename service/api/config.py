@@ -14,7 +14,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
-    port: Positive = 8300
+    port: Positive = 8800  # the center's HTTP: API and dashboard (deploy/ files, README.md)
     token_hours: Positive = 12  # a token made by logging in lasts this long (and so does the dashboard's cookie)
     max_projection_lag: int = 60  # seconds; readiness fails beyond this
     login_failures: Positive = 5  # failures in a row from one client address before that address is locked
