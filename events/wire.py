@@ -157,10 +157,22 @@ RECEIPT_PREFIX = "care.receipt."
 
 def receipt_subject(site_id: str) -> str:
     """Core NATS request subject on which a site asks the center for a receipt read from its
-    store now (no stream, no body). The agent asks on every connection, so a receipt it kept
-    from before a center's restore never counts as "synced" (guarantee 2); the center answers
-    only below the asking site's own inbox (``is_own_inbox``)."""
+    store now (no stream; the body, a ``ReceiptRequest``, reports the site's backlog). The agent
+    asks on every connection, so a receipt it kept from before a center's restore never counts
+    as "synced" (guarantee 2); the center answers only below the asking site's own inbox
+    (``is_own_inbox``)."""
     return RECEIPT_PREFIX + site_id
+
+
+class ReceiptRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a site says of itself when it asks for a fresh receipt (the body may be empty, as
+    older agents send it): how many of its own events it still holds unreceipted."""
+
+    pending: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] | None = None
+
+
+receipt_request_encoder = msgspec.json.Encoder()
+receipt_request_decoder = msgspec.json.Decoder(ReceiptRequest)
 
 
 class ReceiptReply(msgspec.Struct, frozen=True, kw_only=True):

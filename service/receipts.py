@@ -18,6 +18,7 @@ import asyncio
 import datetime as dt
 
 import asyncpg
+import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -29,11 +30,13 @@ from events.wire import (
     RECEIPT_PREFIX,
     Receipt,
     ReceiptReply,
+    ReceiptRequest,
     Refusal,
     down_subject,
     is_own_inbox,
     receipt_encoder,
     receipt_reply_encoder,
+    receipt_request_decoder,
 )
 from runtime import log
 from service.sites import SiteError, check_site_id
@@ -141,7 +144,7 @@ class ReceiptResponder:
                          site_id=site_id[:80])
             return
         try:
-            reply = await self.answer(site_id)
+            reply = await self.answer(site_id, msg.data)
         except Exception as err:  # the database is away: say so, the agent asks again
             _log.warning("receipt request failed", site_id=site_id, error=type(err).__name__)
             reply = ReceiptReply(error=f"the center cannot read its store now ({type(err).__name__}); try again later")
@@ -151,15 +154,23 @@ class ReceiptResponder:
         except Exception as err:
             _log.warning("receipt reply not sent", site_id=site_id, error=type(err).__name__)
 
-    async def answer(self, site_id: str) -> ReceiptReply:
-        """The reply for one site: its receipt as committed now, or why there is none."""
+    async def answer(self, site_id: str, body: bytes = b"") -> ReceiptReply:
+        """The reply for one site: its receipt as committed now, or why there is none. What the
+        site reports of its backlog (the request's body) is kept for the dashboard."""
         try:
             check_site_id(site_id)
         except SiteError as err:
             return ReceiptReply(error=str(err))
+        try:
+            request = receipt_request_decoder.decode(body) if body.strip() else ReceiptRequest()
+        except msgspec.DecodeError as err:
+            return ReceiptReply(error=f"bad receipt request: {err}")
         async with self.pool.acquire() as conn:
             active = await conn.fetchval("SELECT active FROM sites WHERE site_id = $1", site_id)
             if not active:
                 return ReceiptReply(error=f"site {site_id} is not registered or not active at this center")
+            if request.pending is not None:
+                await conn.execute("UPDATE sites SET reported_pending = $2, reported_at = now() WHERE site_id = $1",
+                                   site_id, request.pending)
             (receipt,) = await receipts_for(conn, [site_id])
         return ReceiptReply(receipt=receipt)

@@ -435,6 +435,7 @@ def township_routes() -> list[HTTPRouteHandler]:
                                      title=_t("tw.history_title", lang, site=s["name"]))
             s["ago"] = _ago(s.get("last_contact"), lang, now)
             s["last_contact_local"] = _local(s["last_contact"]) if s.get("last_contact") else None
+            s["reported_local"] = _local(s["reported_at"]) if s.get("reported_at") else ""
             s["contacts_90"] = sum(per_day.values())
         # Silent longest first: never in contact, then the oldest last contact.
         rows.sort(key=lambda s: (s.get("last_contact") is not None, s.get("last_contact") or ""))

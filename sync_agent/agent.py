@@ -30,7 +30,14 @@ import msgspec
 import nats
 import nats.errors
 
-from events.wire import Receipt, ReceiptReply, receipt_reply_decoder, receipt_subject
+from events.wire import (
+    Receipt,
+    ReceiptReply,
+    ReceiptRequest,
+    receipt_reply_decoder,
+    receipt_request_encoder,
+    receipt_subject,
+)
 from runtime import log
 from sync_agent.backoff import Backoff
 from sync_agent.config import SiteConfig, connect_options, load_config, log_path
@@ -264,7 +271,9 @@ class Agent:
             raise ReceiptUnavailable("not connected")
         connection = self.connections
         try:
-            msg = await nc.request(receipt_subject(self.config.site_id), b"", timeout=within)
+            pending, _ = await asyncio.to_thread(self.log.pending)
+            body = receipt_request_encoder.encode(ReceiptRequest(pending=pending))
+            msg = await nc.request(receipt_subject(self.config.site_id), body, timeout=within)
         except nats.errors.NoRespondersError:
             raise ReceiptUnavailable("no center answers receipt requests (care.receipt): is `shouwang center "
                                      "run` up with its 'receipts' part, and may this site's NATS user ask?") from None

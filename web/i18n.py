@@ -254,6 +254,7 @@ _T: dict[str, tuple[str, str]] = {
     "tw.sites_hint": ("按沉默时间排序：最久没有联系镇中心的站点在最前。", "Silent longest first."),
     "tw.kind": ("类型", "Kind"),
     "tw.reported": ("已上报至（序号）", "Sent up to (seq)"),
+    "tw.site_pending": ("站点报告待上传", "Pending, as the site reported"),
     "tw.committed": ("已入库至（序号）", "Committed up to (seq)"),
     "tw.holes": ("缺漏待补传", "Holes to resend"),
     "tw.quarantined": ("隔离中", "Quarantined"),

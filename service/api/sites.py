@@ -38,6 +38,10 @@ class SiteView(msgspec.Struct, frozen=True):
     stale_seconds: float | None  # since last contact
     quarantine_held: int
     not_understood: int
+    # What the site's agent last reported of its backlog (own events it holds unreceipted) and
+    # when: the center cannot see a station's backlog otherwise.
+    reported_pending: int | None = None
+    reported_at: dt.datetime | None = None
 
 
 class SiteList(msgspec.Struct, frozen=True):
@@ -82,7 +86,8 @@ class SiteCredentials(msgspec.Struct, frozen=True):
 CST = dt.timezone(dt.timedelta(hours=8))  # the reporting day's zone (events.localtime)
 
 _SQL = """SELECT s.site_id, s.kind, s.name, s.township, s.active, s.registered_at, s.disabled_at,
-                 s.not_understood, p.last_committed_at, coalesce(p.watermark, 0) AS watermark,
+                 s.not_understood, s.reported_pending, s.reported_at, p.last_committed_at,
+                 coalesce(p.watermark, 0) AS watermark,
                  coalesce(p.max_seq, 0) AS max_seq, coalesce(p.pending, '{}') AS pending,
                  coalesce(p.events_stored, 0) AS events_stored, p.newest_occurred_at,
                  extract(epoch FROM now() - p.last_committed_at)::float8 AS stale,
@@ -98,7 +103,8 @@ def _view(row: Any) -> SiteView:
         watermark=row["watermark"], max_seq=row["max_seq"], holes=[[lo, hi] for lo, hi in holes],
         pending_resend=sum(hi - lo + 1 for lo, hi in holes), events_stored=row["events_stored"],
         newest_occurred_at=row["newest_occurred_at"], stale_seconds=row["stale"], quarantine_held=row["held"],
-        not_understood=row["not_understood"],
+        not_understood=row["not_understood"], reported_pending=row["reported_pending"],
+        reported_at=row["reported_at"],
     )
 
 
