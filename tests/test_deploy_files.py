@@ -2,8 +2,9 @@
 caddy, systemd-analyze and systemd-sysusers, and the `shouwang` command for every command the
 units and compose.yaml declare. Docker itself is not on these machines (a client without the
 compose plugin, no daemon): compose.yaml is parsed and each service's command, env and files are
-checked instead; `docker compose config` runs where the plugin is installed. nginx and caddy come
-from Debian (.ci/run installs them); a check skips only when its program is truly absent."""
+checked instead (Debian's docker-compose 1.29 does not read the current compose format, so it
+cannot stand in). nginx, caddy and systemd come from Debian (.ci/run installs them); a check
+skips only when its program is truly absent."""
 
 from __future__ import annotations
 
@@ -415,23 +416,6 @@ def test_compose_services_run_real_commands_with_the_right_hosts() -> None:
     assert any(str(v).startswith("./nats:/etc/shouwang/nats") for v in services["center"]["volumes"])  # type: ignore[attr-defined]
     compose_head = (compose_dir / "compose.yaml").read_text(encoding="utf-8")
     assert "cp ../nats/center.conf ../nats/users.conf nats/" in compose_head
-
-
-def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
-    """`docker compose config` accepts compose.yaml with the env files made from their examples."""
-    docker = shutil.which("docker")
-    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True,
-                                        check=False).returncode != 0:
-        pytest.skip("docker compose is not installed on this machine (at most a docker client without the "
-                    "compose plugin): compose.yaml is checked by test_compose_services_run_real_commands_...")
-    folder = tmp_path / "compose"
-    shutil.copytree(DEPLOY / "compose", folder)
-    for example in folder.glob("*.env.example"):
-        shutil.copy(example, folder / example.name.removesuffix(".example"))
-    (folder / "pg_password.txt").write_text("x\n")
-    checked = subprocess.run([docker, "compose", "-f", str(folder / "compose.yaml"), "config", "--quiet"],
-                             capture_output=True, text=True, timeout=60, check=False, cwd=folder)
-    assert checked.returncode == 0, checked.stderr
 
 
 # --- one port per server -------------------------------------------------------------------------
