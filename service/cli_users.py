@@ -1,4 +1,4 @@
-"""`shouwang center user add|list|disable`, `shouwang center token issue|revoke` and
+"""`shouwang center user add|list|disable|enable|reset`, `shouwang center token issue|revoke` and
 `shouwang center api`: the people who use the HTTP API, their tokens, and the API server.
 
 Hooked into the `center` command group by service/cli_center.py (``cli_users.register(csub)``).
@@ -24,14 +24,18 @@ from store import migrate
 
 def register(csub: Any) -> None:
     """Add `user`, `token` and `api` to the subparsers of `shouwang center`."""
-    user = csub.add_parser("user", help="people who use the HTTP API: add, list, disable")
+    user = csub.add_parser("user", help="people who use the HTTP API: add, list, disable, enable, reset")
     usub = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
-    add = usub.add_parser("add", help="add a user (the password is read from SHOUWANG_NEW_PASSWORD or asked)")
+    add = usub.add_parser("add", help="add a user (the password is read from SHOUWANG_NEW_PASSWORD or asked, "
+                                      "or --code: a one-time code with which they set their own)")
     add.add_argument("username")
     add.add_argument("--role", required=True, choices=["station", "school", "township", "auditor", "admin"])
     add.add_argument("--site", help="the user's site (station, school, township users)")
     add.add_argument("--township", help="region.township an auditor sees, e.g. gx-lp.xy")
     add.add_argument("--name", default="", help="display name")
+    add.add_argument("--code", action="store_true",
+                     help="no password: print a one-time code with which the person sets their own")
+    add.add_argument("--hours", type=float, default=72, help="how long the one-time code lasts (default 72)")
     _common(add)
     add.set_defaults(handler=_user_add)
     ls = usub.add_parser("list", help="every user")
@@ -42,6 +46,16 @@ def register(csub: Any) -> None:
     dis.add_argument("username")
     _common(dis)
     dis.set_defaults(handler=_user_disable)
+    ena = usub.add_parser("enable", help="enable a disabled user again")
+    ena.add_argument("username")
+    _common(ena)
+    ena.set_defaults(handler=_user_enable)
+    rst = usub.add_parser("reset", help="reset a password: the old one stops working, the user's tokens are "
+                                        "revoked, and a one-time code is printed (once) for them to set their own")
+    rst.add_argument("username")
+    rst.add_argument("--hours", type=float, default=72, help="how long the code lasts (default 72)")
+    _common(rst)
+    rst.set_defaults(handler=_user_reset)
 
     token = csub.add_parser("token", help="API tokens: issue, revoke")
     tsub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
@@ -72,6 +86,21 @@ def _pool(args: argparse.Namespace, settings: Settings) -> contextlib.AbstractAs
     return pool_for(database_url(args, settings), max_size=2, prepare=migrate.migrate)
 
 
+def _actor() -> str:
+    """Who acts from the command line, for the log of account actions."""
+    try:
+        return "cli:" + getpass.getuser()
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _print_code(code: Any) -> None:
+    print(code.code)
+    print(f"one-time code for {code.username}, valid until {code.expires_at:%Y-%m-%d %H:%M} UTC: they type it at "
+          "the log-in form in place of a password, or open /ui/password?code=<code>, and choose their own",
+          file=sys.stderr)
+
+
 def _password() -> str:
     env = os.environ.get("SHOUWANG_NEW_PASSWORD")
     if env:
@@ -85,17 +114,20 @@ def _password() -> str:
 
 
 def _user_add(args: argparse.Namespace, settings: Settings) -> int:
-    from service.api.auth import AuthError, add_user
+    from service.api.auth import AuthError, add_user, issue_code
 
-    password = _password()
+    password = None if args.code else _password()
 
     async def go() -> int:
         async with _pool(args, settings) as pool:
             with cli_errors(AuthError):
                 u = await add_user(pool, args.username, args.role, password, site_id=args.site,
-                                   township=args.township, display_name=args.name)
+                                   township=args.township, display_name=args.name, actor=_actor())
+                code = await issue_code(pool, u.username, actor=_actor(), hours=args.hours) if args.code else None
         where = u.site_id or u.township or "all sites"
-        print(f"added {u.username} ({u.role}, {where})")
+        print(f"added {u.username} ({u.role}, {where})", file=sys.stderr if code else sys.stdout)
+        if code is not None:
+            _print_code(code)
         return 0
 
     return run_async(go())
@@ -111,6 +143,8 @@ def _user_list(args: argparse.Namespace, settings: Settings) -> int:
         def lines() -> Iterator[str]:
             for u in users:
                 state = "active" if u.active else f"disabled {u.disabled_at:%Y-%m-%d}"
+                if u.code_expires_at is not None:
+                    state += f", one-time code until {u.code_expires_at:%Y-%m-%d %H:%M}"
                 yield f"{u.username:24} {u.role:9} {u.site_id or u.township or '-':28} {state}"
 
         emit(users, args.json, lines)
@@ -125,8 +159,34 @@ def _user_disable(args: argparse.Namespace, settings: Settings) -> int:
     async def go() -> int:
         async with _pool(args, settings) as pool:
             with cli_errors(AuthError):
-                await disable_user(pool, args.username)
+                await disable_user(pool, args.username, actor=_actor())
         print(f"disabled {args.username}; their tokens no longer work")
+        return 0
+
+    return run_async(go())
+
+
+def _user_enable(args: argparse.Namespace, settings: Settings) -> int:
+    from service.api.auth import AuthError, enable_user
+
+    async def go() -> int:
+        async with _pool(args, settings) as pool:
+            with cli_errors(AuthError):
+                await enable_user(pool, args.username, actor=_actor())
+        print(f"enabled {args.username}; they log in with their password again")
+        return 0
+
+    return run_async(go())
+
+
+def _user_reset(args: argparse.Namespace, settings: Settings) -> int:
+    from service.api.auth import AuthError, issue_code
+
+    async def go() -> int:
+        async with _pool(args, settings) as pool:
+            with cli_errors(AuthError):
+                code = await issue_code(pool, args.username, actor=_actor(), hours=args.hours)
+        _print_code(code)
         return 0
 
     return run_async(go())

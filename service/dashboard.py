@@ -94,7 +94,9 @@ def _nav(role: str) -> list[tuple[str, str]]:
         items.append((f"{PREFIX}/chains", "nav.chains"))
     if role != "admin":
         items.append((f"{PREFIX}/summary", "nav.summary"))
-    items.append((f"{PREFIX}/logout", "nav.logout"))
+    if role in ("admin", "auditor"):
+        items.append((f"{PREFIX}/users", "nav.users"))  # service.admin_pages
+    items += [(f"{PREFIX}/password", "nav.password"), (f"{PREFIX}/logout", "nav.logout")]
     return items
 
 
@@ -263,6 +265,10 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
         body = {"username": str(form.get("username", "")), "password": str(form.get("password", ""))}
         async with Api(request, "") as api:
             status, out = await api.post("/auth/token", body)
+        if status == 403 and (out or {}).get("code") == "one_time_code":  # a one-time code typed as password
+            from service.admin_pages import code_form
+
+            return code_form(request, body["password"])
         if status != 201:
             lang = lang_of(request)
             message = i18n.text("dash.login_failed", lang) if status == 401 else (out or {}).get("message", "")
@@ -395,11 +401,12 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
         headers = {k: v for k, v in r.headers.items() if k.lower() in ("content-type", "content-disposition")}
         return Response(r.content, status_code=r.status_code, headers=headers)
 
+    from service.admin_pages import admin_routes  # users (admins), passwords (everyone)
     from service.decisions import decision_routes  # conflicts, duplicates, merges (it imports this module)
     from service.township_pages import township_routes  # children, a child, sites, quarantine, the auditor's pages
 
     handlers: list[HTTPRouteHandler] = [login_form, login, logout, overview, summary, export, *decision_routes(),
-                                        *township_routes()]
+                                        *township_routes(), *admin_routes()]
     static = create_static_files_router(path="/static", directories=[STATIC_DIR], include_in_schema=False,
                                         opt={"exclude_from_auth": True})
     return [*handlers, static]

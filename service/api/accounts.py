@@ -1,4 +1,10 @@
-"""Routes for logging in and out, and the admin's user management."""
+"""Routes for logging in and out, passwords, and the admin's user management.
+
+Admins (``/users``) list, add, disable, enable users and reset a password with a one-time code;
+everyone changes their own password (``POST /auth/password``); a person with a one-time code sets
+their password without a token (``POST /auth/password/code``); admins and auditors read the log of
+account actions (``GET /account-log``). service.api.auth does the work and writes the log.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
+from litestar.openapi.spec import Example
 from litestar.params import JSONBody, Parameter
 
 from service.api import auth
@@ -41,11 +48,19 @@ class Me(msgspec.Struct, frozen=True):
     token_id: str
 
 
+NewPassword = Annotated[str, msgspec.Meta(min_length=10, max_length=256, examples=["a long made-up passphrase"],
+                                          description="the new password: " + auth.PASSWORD_RULE)]
+CodeField = Annotated[str, msgspec.Meta(min_length=1, max_length=64, examples=["ABCDE-FGHJK-MNPQR-STVWX"],
+                                        description="the one-time code an admin issued")]
+
+
 class NewUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     username: UsernameField
     role: Annotated[str, msgspec.Meta(pattern=r"^(station|school|township|auditor|admin)$",
                                       description="station, school, township, auditor or admin")]
-    password: Annotated[str, msgspec.Meta(min_length=10, max_length=256)]
+    password: Annotated[str, msgspec.Meta(min_length=10, max_length=256, description=(
+        "omit it to add the user without a password, then issue a one-time code "
+        "(POST /users/{username}/reset)"))] | None = None
     site_id: Annotated[str, msgspec.Meta(max_length=74, examples=["gx-lp.xy.v03"])] | None = None
     township: Annotated[str, msgspec.Meta(max_length=49, examples=["gx-lp.xy"])] | None = None
     display_name: Annotated[str, msgspec.Meta(max_length=40)] = ""
@@ -63,6 +78,52 @@ class UserList(msgspec.Struct, frozen=True):
 
 def _user_out(u: auth.User) -> UserOut:
     return UserOut(**msgspec.structs.asdict(u))
+
+
+class OneTimeCodeOut(msgspec.Struct, frozen=True):
+    """A one-time code, shown once: the person sets their own password with it (it is kept only as a hash)."""
+
+    username: str
+    code: str
+    expires_at: dt.datetime
+
+
+class ChangePassword(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    old_password: Password
+    new_password: NewPassword
+
+
+class CodePassword(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    code: CodeField
+    new_password: NewPassword
+
+
+class PasswordSet(msgspec.Struct, frozen=True):
+    username: str
+    password_set: bool
+
+
+class AccountLogEntry(msgspec.Struct, frozen=True):
+    """Who (actor) did what (action) to whom (target), when; never a password or a code."""
+
+    id: int
+    at: dt.datetime
+    actor: str
+    action: Annotated[str, msgspec.Meta(examples=["code_issued"], description=", ".join(auth.ACTIONS))]
+    target: str
+    detail: str
+
+
+class AccountLog(msgspec.Struct, frozen=True):
+    items: list[AccountLogEntry]
+
+
+UsernamePath = Annotated[str, Parameter(pattern=r"^[A-Za-z0-9._@-]{1,64}$", description="login name",
+                                        examples=[Example(value="zhang.v03")])]
+
+
+def _field_error(err: auth.FieldError, value: str | None = None) -> ApiError:
+    return ApiError(400, str(err), field=err.field, value=value)
 
 
 class Revoked(msgspec.Struct, frozen=True):
@@ -87,8 +148,33 @@ class AuthController(Controller):
             if err.retry_after is not None:
                 raise ApiError(429, str(err), field="username", value=data.username,
                                headers={"Retry-After": str(err.retry_after)}) from None
+            if isinstance(err, auth.CodeGiven):
+                raise ApiError(403, str(err), code="one_time_code", field="password") from None
             raise ApiError(401, str(err), field="password") from None
         return TokenOut(**msgspec.structs.asdict(issued))
+
+    @post("/password", status_code=200, summary="Change your own password (the old one, then the new)",
+          description="The new password must have " + auth.PASSWORD_RULE + ". Your other tokens are revoked; "
+                      "this one keeps working.")
+    async def change_password(self, request: Request[Any, Any, Any], data: JSONBody[ChangePassword]) -> PasswordSet:
+        c = caller_of(request)
+        try:
+            await auth.change_password(request.app.state.pool, c.username, data.old_password, data.new_password,
+                                       keep_token_id=c.token_id)
+        except auth.FieldError as err:
+            raise _field_error(err) from None
+        return PasswordSet(username=c.username, password_set=True)
+
+    @post("/password/code", exclude_from_auth=True, status_code=200,
+          summary="Set your password with a one-time code an admin issued (no token needed)",
+          description="The code is used up; then log in with POST /auth/token. The new password must have "
+                      + auth.PASSWORD_RULE + ".")
+    async def set_with_code(self, request: Request[Any, Any, Any], data: JSONBody[CodePassword]) -> PasswordSet:
+        try:
+            username = await auth.set_password_with_code(request.app.state.pool, data.code, data.new_password)
+        except auth.FieldError as err:
+            raise _field_error(err) from None
+        return PasswordSet(username=username, password_set=True)
 
     @get("/me", summary="Who this token belongs to")
     async def me(self, request: Request[Any, Any, Any]) -> Me:
@@ -130,19 +216,69 @@ class UsersController(Controller):
     async def add(self, request: Request[Any, Any, Any], data: JSONBody[NewUser]) -> UserOut:
         try:
             u = await auth.add_user(request.app.state.pool, data.username, data.role, data.password,
-                                    site_id=data.site_id, township=data.township, display_name=data.display_name)
+                                    site_id=data.site_id, township=data.township, display_name=data.display_name,
+                                    actor=caller_of(request).username)
         except auth.AuthError as err:
-            status = 409 if "exists already" in str(err) else 400
-            raise ApiError(status, str(err), field="username" if status == 409 else "role",
-                           value=data.username if status == 409 else data.role) from None
+            message = str(err)
+            if "exists already" in message:
+                raise ApiError(409, message, field="username", value=data.username) from None
+            if "password" in message:
+                raise ApiError(400, message, field="password") from None
+            if "--site" in message or "site " in message:
+                raise ApiError(400, message, field="site_id", value=data.site_id) from None
+            if "--township" in message:
+                raise ApiError(400, message, field="township", value=data.township) from None
+            raise ApiError(400, message, field="role", value=data.role) from None
         return _user_out(u)
 
     @post("/{username:str}/disable", status_code=200, summary="Disable a user; their tokens stop working")
-    async def disable(self, request: Request[Any, Any, Any],
-                      username: Annotated[str, Parameter(pattern=r"^[A-Za-z0-9._@-]{1,64}$")]) -> UserOut:
+    async def disable(self, request: Request[Any, Any, Any], username: UsernamePath) -> UserOut:
         try:
-            return _user_out(await auth.disable_user(request.app.state.pool, username))
+            return _user_out(await auth.disable_user(request.app.state.pool, username,
+                                                     actor=caller_of(request).username))
         except auth.AuthError as err:
             raise ApiError(404, str(err), field="username", value=username) from None
+
+    @post("/{username:str}/enable", status_code=200, summary="Enable a disabled user again")
+    async def enable(self, request: Request[Any, Any, Any], username: UsernamePath) -> UserOut:
+        try:
+            return _user_out(await auth.enable_user(request.app.state.pool, username,
+                                                    actor=caller_of(request).username))
+        except auth.AuthError as err:
+            raise ApiError(404, str(err), field="username", value=username) from None
+
+    @post("/{username:str}/reset", status_code=201, summary="Reset a password: a one-time code, shown once",
+          description="The old password stops working and the user's tokens are revoked; the person sets their "
+                      "own password with the code (POST /auth/password/code, the dashboard's /ui/password?code=..., "
+                      "or by typing it at the log-in form). Your own password you change with POST /auth/password.")
+    async def reset(self, request: Request[Any, Any, Any], username: UsernamePath,
+                    hours: Annotated[float, Parameter(gt=0, le=720, description="how long the code lasts",
+                                                      examples=[Example(value=72)])] = auth.CODE_HOURS
+                    ) -> OneTimeCodeOut:
+        c = caller_of(request)
+        if username == c.username:
+            raise ApiError(400, "change your own password with POST /auth/password (an admin resets only "
+                           "other users')", field="username", value=username)
+        try:
+            out = await auth.issue_code(request.app.state.pool, username, actor=c.username, hours=hours)
+        except auth.AuthError as err:
+            raise ApiError(404, str(err), field="username", value=username) from None
+        return OneTimeCodeOut(**msgspec.structs.asdict(out))
+
+
+class AccountLogController(Controller):
+    path = "/account-log"
+    tags = ["users"]  # noqa: RUF012 (litestar reads controller options from class attributes)
+    guards = [allow("admin", "auditor")]  # noqa: RUF012 (as above)
+
+    @get("/", summary="The log of account actions: who added, disabled, enabled or reset whom, and password "
+                      "changes; newest first")
+    async def account_log(self, request: Request[Any, Any, Any],
+                          limit: Annotated[int, Parameter(ge=1, le=1000, examples=[Example(value=200)])] = 200,
+                          before: Annotated[int | None, Parameter(ge=1, le=2**63 - 1, description=(
+                              "only entries older than this id (paging)"), examples=[Example(value=1000)])] = None
+                          ) -> AccountLog:
+        rows = await auth.user_log(request.app.state.pool, limit=limit, before=before)
+        return AccountLog(items=[AccountLogEntry(**msgspec.structs.asdict(r)) for r in rows])
 
 

@@ -241,7 +241,7 @@ def create_app(settings: Settings, api_settings: ApiSettings | None = None) -> L
     app = Litestar(
         route_handlers=[
             health.health, health.ready,
-            accounts.AuthController, accounts.UsersController,
+            accounts.AuthController, accounts.UsersController, accounts.AccountLogController,
             children.ChildrenController,
             followups.FollowUpsController,
             rollups.RollupsController,

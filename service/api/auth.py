@@ -11,6 +11,15 @@ Tokens. 32 random bytes, shown once (``sw_`` + base64url); the database keeps th
 a copy of the table opens nothing. Each has an expiry and can be revoked; a disabled user's
 tokens stop working at once (the lookup joins the user).
 
+Accounts (admins, service.api.accounts and service.admin_pages; ``shouwang center user``). A
+user is added with a password, or without one and then given a one-time code; an admin may
+disable, enable, or reset a password: resetting issues a one-time code (shown once, kept as its
+SHA-256 with an expiry, default 72 h), makes the old password stop working and revokes the
+user's tokens. The person sets their own password with the code (``set_password_with_code``;
+the code typed at the log-in form in place of a password is recognised and leads there), and
+anyone changes their own password with the old one (``change_password``). Every such action is
+written to ``api_user_log`` (append-only: who, what, to whom, when; never a password or code).
+
 Guessing. Failures are counted twice, in ``login_throttle``:
 - per client address (key ``addr:<ip>``; the address is the TCP peer, or the ``X-Forwarded-For``
   entry a configured trusted proxy vouches for): after ``login_failures`` in a row that address
@@ -30,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import hmac
 import ipaddress
 import re
 import secrets
@@ -59,6 +69,14 @@ class AuthError(Exception):
     """A user or token operation was refused; the message says why and what to do."""
 
 
+class FieldError(AuthError):
+    """Refused for one input field (named), for a 400 naming it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class Caller(msgspec.Struct, frozen=True):
     """Who is asking: the user behind a valid token."""
 
@@ -80,6 +98,28 @@ class User(msgspec.Struct, frozen=True):
     active: bool
     created_at: dt.datetime
     disabled_at: dt.datetime | None
+    last_login_at: dt.datetime | None  # the last successful log-in (None: never)
+    code_expires_at: dt.datetime | None  # a one-time code is pending until then (None: none)
+
+
+class OneTimeCode(msgspec.Struct, frozen=True):
+    """A one-time code for setting a password, shown once: the person uses it at
+    /ui/password?code=... or types it at the log-in form in place of a password."""
+
+    username: str
+    code: str
+    expires_at: dt.datetime
+
+
+class LogEntry(msgspec.Struct, frozen=True):
+    """One line of the center's log of account actions: who did what to whom, when."""
+
+    id: int
+    at: dt.datetime
+    actor: str
+    action: str
+    target: str
+    detail: str
 
 
 class IssuedToken(msgspec.Struct, frozen=True):
@@ -115,11 +155,52 @@ async def _store_hash(conn: asyncpg.Connection, username: str, encoded: str) -> 
                        "scrypt_p = 0 WHERE username = $1", username, encoded.encode("ascii"))
 
 
-def check_password_rules(password: str) -> None:
+NO_PASSWORD = b"!"  # password_hash of a user without a usable password (added without one, or reset)
+CODE_HOURS = 72.0  # a one-time code's default lifetime
+_CODE_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ23456789"  # no 0/O, 1/I/L, U: read aloud and typed by hand
+_CODE_GROUPS, _CODE_GROUP = 4, 5  # 20 characters, about 98 bits
+ACTIONS = ("added", "disabled", "enabled", "code_issued", "password_changed", "password_set_with_code")
+PASSWORD_RULE = ("at least 10 characters (at most 256), at least 5 different characters, not only digits, "
+                 "and not containing the user name")
+
+
+def check_password_rules(password: str, username: str = "") -> None:
+    """The strength rule for a password someone chooses (PASSWORD_RULE); AuthError saying what is wrong."""
     if len(password) < 10:
         raise AuthError("the password is too short: use at least 10 characters")
     if len(password) > 256:
         raise AuthError("the password is too long: use at most 256 characters")
+    if len(set(password)) < 5:
+        raise AuthError("the password repeats too few characters: use at least 5 different ones")
+    if password.isdigit():
+        raise AuthError("the password is only digits: add letters or other characters")
+    if username and username.lower() in password.lower():
+        raise AuthError("the password contains the user name: choose another")
+
+
+def _normal_code(text: str) -> str:
+    return "".join(text.split()).replace("-", "").upper()
+
+
+def _code_hash(text: str) -> bytes:
+    return hashlib.sha256(b"shouwang-one-time-code\x00" + _normal_code(text).encode("utf-8")).digest()
+
+
+def _looks_like_code(text: str) -> bool:
+    n = _normal_code(text)
+    return len(n) == _CODE_GROUPS * _CODE_GROUP and all(ch in _CODE_ALPHABET for ch in n)
+
+
+def _new_code() -> str:
+    chars = [secrets.choice(_CODE_ALPHABET) for _ in range(_CODE_GROUPS * _CODE_GROUP)]
+    return "-".join("".join(chars[i:i + _CODE_GROUP]) for i in range(0, len(chars), _CODE_GROUP))
+
+
+async def _log(conn: asyncpg.Connection, actor: str, action: str, target: str, detail: str = "") -> None:
+    """One line of the log of account actions (no password, no code)."""
+    assert action in ACTIONS, action
+    await conn.execute("INSERT INTO api_user_log (actor, action, target, detail) VALUES ($1, $2, $3, $4)",
+                       actor, action, target, detail)
 
 
 # --- users ----------------------------------------------------------------------------------
@@ -130,14 +211,17 @@ def _check_username(username: str) -> None:
         raise AuthError(f"user name {username!r} is not valid: 1-64 letters, digits and . _ @ -")
 
 
-async def add_user(pool: asyncpg.Pool, username: str, role: str, password: str, *, site_id: str | None = None,
-                   township: str | None = None, display_name: str = "") -> User:
+async def add_user(pool: asyncpg.Pool, username: str, role: str, password: str | None, *,
+                   site_id: str | None = None, township: str | None = None, display_name: str = "",
+                   actor: str = "system") -> User:
     """Create a user. Station, school and township users name their site (registered, of the
-    matching kind); an auditor names a township ('region.township') or a site in it."""
+    matching kind); an auditor names a township ('region.township') or a site in it. Without a
+    password nobody can log in as them until a one-time code is issued (``issue_code``)."""
     _check_username(username)
     if role not in ROLES:
         raise AuthError(f"role {role!r} is not known: use one of {', '.join(ROLES)}")
-    check_password_rules(password)
+    if password is not None:
+        check_password_rules(password, username)
     async with pool.acquire() as conn:
         if role in SITE_KIND_OF_ROLE:
             if not site_id:
@@ -157,14 +241,19 @@ async def add_user(pool: asyncpg.Pool, username: str, role: str, password: str, 
                 raise AuthError("an auditor needs --township 'region.township' (e.g. gx-lp.xy)")
         else:
             site_id = township = None
-        encoded = await hash_password(password)
+        stored = (await hash_password(password)).encode("ascii") if password is not None else NO_PASSWORD
         try:
-            row = await conn.fetchrow(
-                """INSERT INTO api_users (username, role, site_id, township, display_name, password_salt,
-                                          password_hash, scrypt_n, scrypt_r, scrypt_p)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *""",
-                username, role, site_id, township, display_name, b"", encoded.encode("ascii"), 0, 0, 0,
-            )
+            async with conn.transaction():
+                row = await conn.fetchrow(
+                    """INSERT INTO api_users (username, role, site_id, township, display_name, password_salt,
+                                              password_hash, scrypt_n, scrypt_r, scrypt_p, password_set_at)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                               CASE WHEN $11 THEN now() END) RETURNING *""",
+                    username, role, site_id, township, display_name, b"", stored, 0, 0, 0, password is not None,
+                )
+                where = site_id or township or "all sites"
+                await _log(conn, actor, "added", username,
+                           f"{role}, {where}" + ("" if password is not None else ", no password yet"))
         except asyncpg.UniqueViolationError:
             raise AuthError(f"user {username!r} exists already") from None
     return _user(row)
@@ -181,7 +270,8 @@ def _is_township(text: str) -> bool:
 def _user(row: asyncpg.Record) -> User:
     return User(username=row["username"], role=row["role"], site_id=row["site_id"], township=row["township"],
                 display_name=row["display_name"], active=row["active"], created_at=row["created_at"],
-                disabled_at=row["disabled_at"])
+                disabled_at=row["disabled_at"], last_login_at=row["last_login_at"],
+                code_expires_at=row["reset_expires_at"] if row["reset_code_hash"] is not None else None)
 
 
 async def list_users(pool: asyncpg.Pool) -> list[User]:
@@ -190,15 +280,124 @@ async def list_users(pool: asyncpg.Pool) -> list[User]:
     return [_user(r) for r in rows]
 
 
-async def disable_user(pool: asyncpg.Pool, username: str) -> User:
+def _no_such_user(username: str) -> AuthError:
+    return AuthError(f"user {username!r} does not exist (see `shouwang center user list`)")
+
+
+async def disable_user(pool: asyncpg.Pool, username: str, *, actor: str = "system") -> User:
     """Disable a user: their tokens stop working at once and they cannot log in."""
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             """UPDATE api_users SET active = false, disabled_at = coalesce(disabled_at, now())
                WHERE username = $1 RETURNING *""", username)
-    if row is None:
-        raise AuthError(f"user {username!r} does not exist (see `shouwang center user list`)")
+        if row is None:
+            raise _no_such_user(username)
+        await _log(conn, actor, "disabled", username)
     return _user(row)
+
+
+async def enable_user(pool: asyncpg.Pool, username: str, *, actor: str = "system") -> User:
+    """Enable a disabled user again: they log in with their password (tokens revoked before stay revoked;
+    those that were only stopped by the disabling work again until they expire)."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "UPDATE api_users SET active = true, disabled_at = NULL WHERE username = $1 RETURNING *", username)
+        if row is None:
+            raise _no_such_user(username)
+        await _log(conn, actor, "enabled", username)
+    return _user(row)
+
+
+async def issue_code(pool: asyncpg.Pool, username: str, *, actor: str = "system",
+                     hours: float = CODE_HOURS) -> OneTimeCode:
+    """Reset a password: a one-time code (returned once, kept as a hash) with which the person
+    sets their own password; the old password stops working and the user's tokens are revoked."""
+    if not 0 < hours <= 24 * 30:
+        raise AuthError(f"code lifetime {hours} h is out of range: 0 < hours <= 720 (30 days)")
+    code = _new_code()
+    async with pool.acquire() as conn, conn.transaction():
+        expires = await conn.fetchval(
+            """UPDATE api_users SET password_hash = $2, password_salt = '', scrypt_n = 0, scrypt_r = 0, scrypt_p = 0,
+                      reset_code_hash = $3, reset_expires_at = now() + make_interval(secs => $4)
+               WHERE username = $1 RETURNING reset_expires_at""",
+            username, NO_PASSWORD, _code_hash(code), float(hours) * 3600)
+        if expires is None:
+            raise _no_such_user(username)
+        await conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE username = $1 AND revoked_at IS NULL",
+                           username)
+        await _log(conn, actor, "code_issued", username, f"valid {hours:g} h")
+    return OneTimeCode(username=username, code=code, expires_at=expires)
+
+
+async def _set_password(conn: asyncpg.Connection, username: str, password: str) -> None:
+    encoded = await hash_password(password)
+    await conn.execute(
+        """UPDATE api_users SET password_hash = $2, password_salt = '', scrypt_n = 0, scrypt_r = 0, scrypt_p = 0,
+                  reset_code_hash = NULL, reset_expires_at = NULL, password_set_at = now()
+           WHERE username = $1""", username, encoded.encode("ascii"))
+
+
+async def change_password(pool: asyncpg.Pool, username: str, old: str, new: str, *,
+                          keep_token_id: str | None = None) -> None:
+    """A person changes their own password, proving the old one; their other tokens are revoked
+    (``keep_token_id``, the one asking, stays). AuthError names what is wrong (``field``)."""
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT password_salt, password_hash, scrypt_n, scrypt_r, scrypt_p FROM api_users "
+            "WHERE username = $1 AND active", username)
+    if row is None:
+        raise FieldError("username", f"user {username!r} does not exist or is disabled")
+    ok, _ = await asyncio.to_thread(passwords.verify_password, _stored(row), old)
+    if not ok:
+        raise FieldError("old_password", "the current password is wrong")
+    try:
+        check_password_rules(new, username)
+    except AuthError as err:
+        raise FieldError("new_password", str(err)) from None
+    if new == old:
+        raise FieldError("new_password", "the new password is the current one: choose another")
+    async with pool.acquire() as conn, conn.transaction():
+        await _set_password(conn, username, new)
+        await conn.execute(
+            """UPDATE api_tokens SET revoked_at = now() WHERE username = $1 AND revoked_at IS NULL
+               AND ($2::uuid IS NULL OR token_id <> $2::uuid)""", username, keep_token_id)
+        await _log(conn, username, "password_changed", username)
+
+
+async def set_password_with_code(pool: asyncpg.Pool, code: str, new: str) -> str:
+    """The person sets their own password with a live one-time code (used up by it); their user
+    name is returned. FieldError ``code`` for an unknown, used or expired code (or a disabled
+    user), ``new_password`` for a password the strength rule refuses."""
+    async with pool.acquire() as conn:
+        username = await conn.fetchval(
+            "SELECT username FROM api_users WHERE reset_code_hash = $1 AND reset_expires_at > now() AND active",
+            _code_hash(code))
+    if username is None:
+        raise FieldError("code", "the one-time code is unknown, used or expired: ask an admin for a new one")
+    try:
+        check_password_rules(new, username)
+    except AuthError as err:
+        raise FieldError("new_password", str(err)) from None
+    async with pool.acquire() as conn, conn.transaction():
+        done = await conn.fetchval(  # used once: a second use at the same moment finds it gone
+            """UPDATE api_users SET reset_code_hash = NULL, reset_expires_at = NULL
+               WHERE username = $1 AND reset_code_hash = $2 AND reset_expires_at > now() RETURNING username""",
+            username, _code_hash(code))
+        if done is None:
+            raise FieldError("code", "the one-time code is unknown, used or expired: ask an admin for a new one")
+        await _set_password(conn, username, new)
+        await _log(conn, username, "password_set_with_code", username)
+    return str(username)
+
+
+async def user_log(pool: asyncpg.Pool, *, limit: int = 200, before: int | None = None) -> list[LogEntry]:
+    """The log of account actions, newest first."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT * FROM api_user_log WHERE ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $1",
+            limit, before)
+    return [LogEntry(id=r["id"], at=r["at"], actor=r["actor"], action=r["action"], target=r["target"],
+                     detail=r["detail"]) for r in rows]
 
 
 # --- tokens ---------------------------------------------------------------------------------
@@ -284,6 +483,11 @@ class LoginRefused(AuthError):
         self.retry_after = retry_after
 
 
+class CodeGiven(LoginRefused):
+    """The 'password' given at log-in is the user's live one-time code: no token; the person sets
+    their own password with it (a 403 naming ``password``)."""
+
+
 ADDRESS_KEY = "addr:"  # login_throttle rows of client addresses; user names cannot hold ':'
 FAILURE_MEMORY = dt.timedelta(hours=1)  # failures older than this (and no lock since) are forgotten
 
@@ -347,20 +551,25 @@ async def login(pool: asyncpg.Pool, username: str, password: str, *, hours: floa
             raise LoginRefused(f"too many failed logins for {username!r}; try again in {name_lock['wait']} s",
                                retry_after=max(1, name_lock["wait"]))
         row = await conn.fetchrow(
-            "SELECT password_salt, password_hash, scrypt_n, scrypt_r, scrypt_p, active FROM api_users "
-            "WHERE username = $1", username)
+            "SELECT password_salt, password_hash, scrypt_n, scrypt_r, scrypt_p, active, reset_code_hash, "
+            "reset_expires_at > now() AS code_live FROM api_users WHERE username = $1", username)
     if row is None:
         await asyncio.to_thread(passwords.dummy_verify, password)
         ok = rehash = False
     else:
         ok, rehash = await asyncio.to_thread(passwords.verify_password, _stored(row), password)
         ok = ok and row["active"]
+        if (not ok and row["active"] and row["code_live"] and _looks_like_code(password)
+                and hmac.compare_digest(bytes(row["reset_code_hash"]), _code_hash(password))):
+            raise CodeGiven("this is a one-time code: set your own password with it "
+                            "(POST /auth/password/code, or the dashboard's password page)")
     async with pool.acquire() as conn:
         if not ok:
             await _fail_address(conn, addr_key, throttle)
             await _fail_name(conn, username, throttle)
             raise LoginRefused("wrong user name or password, or the user is disabled")
         await conn.execute("DELETE FROM login_throttle WHERE username = ANY($1)", [username, addr_key])
+        await conn.execute("UPDATE api_users SET last_login_at = now() WHERE username = $1", username)
         if rehash:
             await _store_hash(conn, username, await hash_password(password))
     return await issue_token(pool, username, hours=hours, label="login")

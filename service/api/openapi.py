@@ -15,7 +15,7 @@ from litestar._openapi.plugin import OpenAPIPlugin
 
 from service.api.errors import ERROR_EXAMPLE, ErrorBody
 
-PUBLIC = {("/health", "get"), ("/ready", "get"), ("/auth/token", "post")}
+PUBLIC = {("/health", "get"), ("/ready", "get"), ("/auth/token", "post"), ("/auth/password/code", "post")}
 METHODS = ("get", "post", "put", "patch", "delete")
 
 _PATTERN_SAMPLES = {
