@@ -42,9 +42,10 @@ from projections.archive import ChildArchive, Entry
 from sync_agent.accounts import Identity
 from sync_agent.config import SiteConfig
 from sync_agent.door import identity_of
+from sync_agent.forms import FORMS
 from sync_agent.locallog import LocalLog
 from sync_agent.readlog import ReadLog, ReadLogError
-from sync_agent.view import ChildRecord, build_view, child_record
+from sync_agent.view import ChildRecord, child_record, station_archives
 from web import i18n, lang_of, obj, page
 
 FULL_ID_ROLES = frozenset({"director"})  # roles that see the whole resident ID (see the module's text)
@@ -198,15 +199,23 @@ def site_names(config: SiteConfig, entries: list[Entry]) -> dict[str, str]:
     return names
 
 
-def _line(e: Entry, rec: ChildRecord, by_id: dict[str, Entry], s: Shown) -> dict[str, Any]:
+def correctable(e: Entry, site_id: str) -> bool:
+    """Whether the station may correct or retract the entry at ``/correct/<id>``
+    (sync_agent/record_pages.py): its own entries of a type it has a form for, not a correction."""
+    return e.site_id == site_id and e.type != "EventCorrected" and e.type in FORMS
+
+
+def _line(e: Entry, rec: ChildRecord, by_id: dict[str, Entry], s: Shown, site_id: str) -> dict[str, Any]:
     """One event as the page shows it: when, what, details, who, where; a corrected one struck
-    through with the correction's reason and what it should have said."""
+    through with the correction's reason and what it should have said; the station's own entries
+    with the link that corrects or retracts them."""
     short, texts = s.details(e.care)
     line: dict[str, Any] = {
         "event_id": e.event_id, "type": e.type, "what": enum_label("event", e.type, s.lang),
         "when": local_time(e.occurred_at), "details": short, "texts": texts, "actor": e.actor,
         "site": s.site(e.site_id), "struck": False, "note": "", "fixed": None,
-        "section": str(traits_of(e.type).section)}
+        "section": str(traits_of(e.type).section),
+        "correct": f"/correct/{e.event_id}" if correctable(e, site_id) else None}
     if isinstance(e.care, c.EventCorrected):
         target = by_id.get(e.care.corrected_event_id)
         day = local_time(target.occurred_at)[:10] if target else ""
@@ -257,12 +266,14 @@ def _cases(rec: ChildRecord, s: Shown) -> list[dict[str, Any]]:
     return out
 
 
-def child_context(rec: ChildRecord, config: SiteConfig, who: Identity, lang: str) -> dict[str, Any]:
-    """What the child's page and its print views show (names and words; the resident ID as the role may see it)."""
+def child_context(rec: ChildRecord, config: SiteConfig, who: Identity, lang: str, *, links: bool = False
+                  ) -> dict[str, Any]:
+    """What the child's page and its print views show (names and words; the resident ID as the role
+    may see it); `links`: the station's own entries link to their correction (the page, not paper)."""
     s = Shown(lang, site_names(config, rec.entries), who.role in FULL_ID_ROLES)
     a = rec.archive
     by_id = {e.event_id: e for e in rec.entries}
-    lines = [_line(e, rec, by_id, s) for e in rec.entries]
+    lines = [_line(e, rec, by_id, s, config.site_id) for e in rec.entries]
     sections = {str(k): [ln for ln in lines if ln["section"] == str(k)] for k in SECTION_ORDER}
     conflicts = [{"field": s.value("ConflictResolved", "field", x.field), "n": len(x.heads)}
                  for x in a.open_conflicts]
@@ -286,6 +297,7 @@ def child_context(rec: ChildRecord, config: SiteConfig, who: Identity, lang: str
         "timeline": lines,
         "conflicts": conflicts,
         "counts": {str(k): len(sections[str(k)]) for k in SECTION_ORDER},
+        "correct_links": links,
     }
 
 
@@ -320,13 +332,7 @@ def roster_rows(archives: list[ChildArchive], s: Shown) -> list[list[Any]]:
 
 def _roster_archives(log: LocalLog) -> list[ChildArchive]:
     """The station's children (open ones first, by name), as the children list shows them."""
-    archives = []
-    for cid in log.children():
-        a = build_view(cid, log.child_events(cid))
-        if a.registered and a.merged_into is None:
-            archives.append(a)
-    archives.sort(key=lambda a: (not a.open, a.name or "", a.child_id))
-    return archives
+    return sorted(station_archives(log).listed(), key=lambda a: (not a.open, a.name or "", a.child_id))
 
 
 # --- the routes ----------------------------------------------------------------------------------
@@ -362,7 +368,7 @@ def child_routes(log: LocalLog, config: SiteConfig, *, reads: ReadLog, on_read: 
         rec, ctx, answer = await read_child(request, child_id, "GET /child/{id}")
         if answer is not None or rec is None:
             return answer  # type: ignore[return-value]
-        view = child_context(rec, config, identity_of(request), lang_of(request))
+        view = child_context(rec, config, identity_of(request), lang_of(request), links=True)
         return page(request, "station/child.html", **view, **ctx)
 
     @get("/child/{child_id:str}/print", include_in_schema=False)

@@ -516,6 +516,22 @@ class LocalLog:
         with self._lock:
             return [str(r[0]) for r in self._conn.execute("SELECT DISTINCT child_id FROM child_event ORDER BY 1")]
 
+    def change_mark(self) -> tuple[int, int]:
+        """A mark that moves whenever the log may have changed: SQLite's ``data_version`` of this
+        connection (it moves with every commit of any other connection: the agent's downloader,
+        the CLI) and this connection's own count of rows written (``total_changes``)."""
+        with self._lock:
+            version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+            return version, self._conn.total_changes
+
+    def child_event_counts(self) -> dict[str, int]:
+        """Child id -> how many events (own and received) the site holds of it. Rows of
+        ``child_event`` are only ever added, so a child whose events changed has a new count (an
+        inbox copy widened by `_widen_inbound` adds rows for the children it newly names)."""
+        with self._lock:
+            return {str(r[0]): int(r[1]) for r in self._conn.execute(
+                "SELECT child_id, count(*) FROM child_event GROUP BY child_id")}
+
     # --- the hash chain ----------------------------------------------------------------
 
     def verify(self) -> ChainReport:

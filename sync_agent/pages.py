@@ -27,8 +27,6 @@ from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
 from events.ids import mask_resident_id
-from projections import followups
-from projections.archive import ChildArchive
 from sync_agent.accounts import Accounts
 from sync_agent.child_pages import child_routes
 from sync_agent.config import SiteConfig
@@ -39,18 +37,13 @@ from sync_agent.readlog import ReadLog
 from sync_agent.record_pages import record_routes
 from sync_agent.roster_pages import roster_routes
 from sync_agent.status import site_status
-from sync_agent.view import build_view
+from sync_agent.view import station_archives
 from web import STATIC_DIR, i18n, lang_of, page
 from web.security import CSRF_FIELD, csrf_ok, csrf_token, new_session_value
 
 # Failed log-ins per user name before it is locked for LOCK_SECONDS (a guessing program).
 MAX_FAILURES = 5
 LOCK_SECONDS = 15 * 60
-
-
-def _archives(log: LocalLog) -> list[ChildArchive]:
-    views = [build_view(cid, log.child_events(cid)) for cid in log.children()]
-    return [v for v in views if v.registered and v.merged_into is None]
 
 
 def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], None], *, accounts: Accounts,
@@ -62,6 +55,7 @@ def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], 
     login_cookie = cookie_name(config.site_id, "login")
     failures: dict[str, list[float]] = {}
     listed = [(t, f) for t, f in forms_for(config.kind).items() if f.listed]  # this kind of site's forms
+    archives = station_archives(log)  # every page's archives, rebuilt per child as events change
 
     def common(request: Request[Any, Any, Any]) -> dict[str, Any]:
         status = site_status(log, config)
@@ -136,21 +130,28 @@ def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], 
 
     @get("/", include_in_schema=False)
     async def children(request: Request[Any, Any, Any]) -> Response[str]:
-        archives = await asyncio.to_thread(_archives, log)
         today = dt.date.today()
-        rows = [{
-            "child_id": a.child_id, "name": a.name, "sex": a.sex, "grade": a.grade, "open": a.open,
-            "guardianship": a.guardian.type if a.guardian else None,
-            "resident_id_masked": mask_resident_id(a.resident_id),
-            "overdue": [o.rule for o in followups.overdue_of(a, today)],
-        } for a in sorted(archives, key=lambda a: (a.name or "", a.child_id))]
-        return page(request, "station/children.html", children=rows, **await asyncio.to_thread(common, request))
+
+        def rows() -> list[dict[str, Any]]:
+            listed = archives.listed()
+            return [{
+                "child_id": a.child_id, "name": a.name, "sex": a.sex, "grade": a.grade, "open": a.open,
+                "guardianship": a.guardian.type if a.guardian else None,
+                "resident_id_masked": mask_resident_id(a.resident_id),
+                "overdue": [o.rule for o in archives.overdue_of(a, today)],
+            } for a in sorted(listed, key=lambda a: (a.name or "", a.child_id))]
+
+        return page(request, "station/children.html", children=await asyncio.to_thread(rows),
+                    **await asyncio.to_thread(common, request))
 
     @get("/overdue", include_in_schema=False)
     async def overdue(request: Request[Any, Any, Any]) -> Response[str]:
-        archives = await asyncio.to_thread(_archives, log)
-        items = followups.overdue_list(archives, dt.date.today())
-        names = {a.child_id: a.name or a.child_id for a in archives}
+        today = dt.date.today()
+        listed = await asyncio.to_thread(archives.listed)
+        # followups.overdue_list over every site (scope ""), each child's rules kept for the day
+        items = sorted((o for a in listed if a.sites for o in archives.overdue_of(a, today)),
+                       key=lambda o: (-o.days_overdue, o.rule, o.child_id))
+        names = {a.child_id: a.name or a.child_id for a in listed}
         return page(request, "station/overdue.html", overdue=items, names=names,
                     **await asyncio.to_thread(common, request))
 

@@ -53,7 +53,7 @@ from sync_agent.forms import (
 )
 from sync_agent.locallog import LocalLog, LocalLogError
 from sync_agent.record import record_json
-from sync_agent.view import build_view
+from sync_agent.view import station_archives
 from web import i18n, lang_of, page
 from web.security import CSRF_FIELD
 
@@ -129,7 +129,7 @@ class Lookups(msgspec.Struct):
 
 
 def _lookups(log: LocalLog, config: SiteConfig, lang: str) -> Lookups:
-    views: list[ChildArchive] = [build_view(cid, log.child_events(cid)) for cid in log.children()]
+    views: list[ChildArchive] = station_archives(log).listed()  # the station's one cache of archives
     archives = sorted((v for v in views if v.registered and v.merged_into is None),
                       key=lambda a: (a.name or "", a.child_id))
 

@@ -12,19 +12,15 @@ the other station pages (registered from `sync_agent/pages.py`, behind the same 
   ``?day=YYYY-MM-DD`` shows the week from another day (by the rules, a monthly contact falls due
   on a month's last day, so most weeks list nobody as due: a director plans the next one).
 
-The archives behind "this week" are built once and kept until the log changes (SQLite's
-``data_version``, read on a connection of this module's own, moves with every commit of
-another connection: a form's post, the downloader's inbound events, a receipt).
+The archives behind "this week" are the station's one cache (`sync_agent.view.station_archives`),
+rebuilt only for the children whose events changed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import sqlite3
-import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -48,7 +44,7 @@ from sync_agent.roster_import import (
     import_roster,
     template_bytes,
 )
-from sync_agent.view import build_view
+from sync_agent.view import station_archives
 from web import i18n, lang_of, page
 from web.security import CSRF_FIELD
 
@@ -56,39 +52,6 @@ from web.security import CSRF_FIELD
 RULE_FORMS = {"visit": "HomeVisitMade", "call": "ParentCallMade", "talk": "TalkHeld", "letter": "LetterWritten"}
 WEEK_DAYS = 7
 TEMPLATE_NAME = "儿童花名册模板.xlsx"
-
-
-class Archives:
-    """Every registered, unmerged archive of the log, rebuilt only when the log has changed."""
-
-    def __init__(self, log: LocalLog) -> None:
-        self.log = log
-        self._lock = threading.Lock()
-        self._probe: sqlite3.Connection | None = None
-        self._version: tuple[int, int] | None = None
-        self._archives: list[ChildArchive] = []
-
-    def _state(self) -> tuple[int, int]:
-        if self._probe is None:
-            self._probe = sqlite3.connect(f"file:{Path(self.log.path).resolve()}?mode=ro", uri=True,
-                                          check_same_thread=False)
-        version = int(self._probe.execute("PRAGMA data_version").fetchone()[0])
-        return version, self.log.last_seq()  # last_seq: what the log's own connection recorded
-
-    def current(self) -> list[ChildArchive]:
-        with self._lock:
-            state = self._state()
-            if state != self._version:
-                views = [build_view(cid, self.log.child_events(cid)) for cid in self.log.children()]
-                self._archives = [v for v in views if v.registered and v.merged_into is None]
-                self._version = state
-            return self._archives
-
-    def close(self) -> None:
-        with self._lock:
-            if self._probe is not None:
-                self._probe.close()
-                self._probe = None
 
 
 def this_week(archives: list[ChildArchive], today: dt.date) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -132,7 +95,7 @@ def roster_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], N
     for entry in (("/this-week", "nav.this_week"), ("/import", "nav.import")):
         if entry not in nav:
             nav.append(entry)
-    archives = Archives(log)
+    archives = station_archives(log)  # the station's one cache of archives (sync_agent/view.py)
     template = template_bytes()
     required = [c.header for c in COLUMNS if c.required]
 
@@ -182,7 +145,7 @@ def roster_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], N
     @get("/this-week", include_in_schema=False)
     async def week(request: Request[Any, Any, Any]) -> Response[str]:
         today = _day(request.query_params.get("day"), dt.date.today())
-        overdue, due = this_week(await asyncio.to_thread(archives.current), today)
+        overdue, due = this_week(await asyncio.to_thread(archives.listed), today)
         return page(request, "station/this_week.html", overdue=overdue, due=due, today=today,
                     until=today + dt.timedelta(days=WEEK_DAYS - 1), **await asyncio.to_thread(common, request))
 

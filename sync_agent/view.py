@@ -8,13 +8,19 @@ arrival order and with any number of copies.
 
 from __future__ import annotations
 
+import datetime as dt
+import threading
+import weakref
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
 from events.envelope import Event, care_of
-from projections import archive
+from projections import archive, followups
+
+if TYPE_CHECKING:
+    from sync_agent.locallog import LocalLog
 
 
 def build_view(child_id: str, events: Iterable[Event]) -> archive.ChildArchive:
@@ -59,3 +65,90 @@ def child_record(child_id: str, events: Iterable[Event]) -> ChildRecord:
     _, corrections = archive.effective(entries)
     ordered = sorted(entries, key=lambda e: (e.occurred_at, e.stamp))
     return ChildRecord(view, ordered, archive.timeline(entries), corrections)
+
+
+class StationArchives:
+    """Every child's archive at this station (`build_view` of its events), kept in the serving
+    process and rebuilt only for the children whose events changed since the last look.
+
+    What changed: `LocalLog.change_mark` says whether anything was committed at all (nothing: the
+    archives kept are current); then `LocalLog.child_event_counts` names the children whose count
+    of events moved (rows are only ever added). A received copy that `LocalLog._widen_inbound`
+    widens changes the body of an event other children already held: it adds rows for the
+    children it newly names, and an event naming several children that is new to a rebuilt child
+    rebuilds the others it names too. The children list, overdue, "this week", the roster and the
+    record pages' pickers all read this one cache (`station_archives(log)`).
+    """
+
+    def __init__(self, log: LocalLog) -> None:
+        self.log = log
+        self._lock = threading.Lock()
+        self._mark: tuple[int, int] | None = None
+        self._counts: dict[str, int] = {}
+        self._views: dict[str, archive.ChildArchive] = {}
+        self._shared: dict[str, frozenset[str]] = {}  # child -> its events that name other children too
+        self._listed: list[archive.ChildArchive] = []
+        self._overdue: dict[str, tuple[dt.date, archive.ChildArchive, list[followups.Overdue]]] = {}
+        self.rebuilt = 0  # children rebuilt since the process started (what the tests count)
+
+    def _refresh(self) -> None:
+        mark = self.log.change_mark()  # before the counts: a commit in between is seen next time
+        if mark == self._mark:
+            return
+        counts = self.log.child_event_counts()
+        first = self._mark is None
+        queue = [cid for cid, n in counts.items() if self._counts.get(cid) != n]
+        done: set[str] = set()
+        while queue:
+            cid = queue.pop()
+            if cid in done:
+                continue
+            done.add(cid)
+            events = self.log.child_events(cid)
+            shared = frozenset(e.event_id for e in events if len(e.children) > 1)
+            if not first:  # an event naming others, new to this child: a copy may have been widened
+                known = self._shared.get(cid, frozenset())
+                queue += [o for e in events if len(e.children) > 1 and e.event_id not in known
+                          for o in e.children if o not in done]
+            self._views[cid] = build_view(cid, events)
+            self._shared[cid] = shared
+            self._overdue.pop(cid, None)
+            self.rebuilt += 1
+        if done:
+            self._listed = [v for _, v in sorted(self._views.items()) if v.registered and v.merged_into is None]
+        self._counts = counts
+        self._mark = mark
+
+    def all(self) -> dict[str, archive.ChildArchive]:
+        """Child id -> archive, for every child the site holds an event of (registered or not)."""
+        with self._lock:
+            self._refresh()
+            return dict(self._views)
+
+    def listed(self) -> list[archive.ChildArchive]:
+        """The registered, unmerged archives (what the lists show), by child id."""
+        with self._lock:
+            self._refresh()
+            return list(self._listed)
+
+    def overdue_of(self, a: archive.ChildArchive, today: dt.date) -> list[followups.Overdue]:
+        """`followups.overdue_of`, kept per child for the day until the child's archive changes."""
+        kept = self._overdue.get(a.child_id)
+        if kept is not None and kept[0] == today and kept[1] is a:
+            return kept[2]
+        out = followups.overdue_of(a, today)
+        self._overdue[a.child_id] = (today, a, out)
+        return out
+
+
+_caches: weakref.WeakKeyDictionary[LocalLog, StationArchives] = weakref.WeakKeyDictionary()
+_caches_lock = threading.Lock()
+
+
+def station_archives(log: LocalLog) -> StationArchives:
+    """The one cache of archives of this log connection (one per serving process)."""
+    with _caches_lock:
+        cache = _caches.get(log)
+        if cache is None:
+            cache = _caches[log] = StationArchives(log)
+        return cache
