@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from runtime import log
 from runtime.db import create_pool
 from service.fanout import FanOut
 from service.ingest import Ingester, Outcome
+from service.metrics import CenterMetricsServer, MetricsSettings, serve_center_metrics
 from service.quarantine import DeadLetters
 from service.reads import ReadsResponder
 from service.receipts import ReceiptPublisher, ReceiptResponder
@@ -56,6 +58,7 @@ class Center:
     reads: ReadsResponder | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     projection_stop: asyncio.Event | None = None
+    metrics: CenterMetricsServer | None = None  # its own /metrics (SHOUWANG_METRICS_PORT; service/metrics.py)
 
     @property
     def store(self) -> EventStore:
@@ -63,7 +66,7 @@ class Center:
 
     def on_commit(self, outcome: Outcome) -> None:
         if self.receipts is not None and outcome.sites:
-            self.receipts.notify(outcome.sites, outcome.refusals)
+            self.receipts.notify(outcome.sites, outcome.refusals, committed=time.monotonic())
         if self.fanout is not None and outcome.stored:
             self.fanout.wake()
 
@@ -138,12 +141,15 @@ async def run_center(
     settings: StreamSettings | None = None,
     pool_size: int | None = None,
     nats_options: dict[str, Any] | None = None,
+    metrics: MetricsSettings | None = None,
 ) -> AsyncIterator[Center]:
-    """Run the center's parts until the block exits; then stop them cleanly."""
+    """Run the center's parts until the block exits; then stop them cleanly. ``metrics`` (default:
+    from SHOUWANG_METRICS_*) says where the process serves its counters, if anywhere."""
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise ValueError(f"unknown center parts {sorted(unknown)}; use {', '.join(PARTS)}")
     settings = settings or StreamSettings()
+    metrics = metrics or MetricsSettings.for_command()
     conn = await asyncpg.connect(database_url)
     try:
         await migrate.migrate(conn)
@@ -161,6 +167,7 @@ async def run_center(
         for site_id in active:  # so a site's messages wait for it even before its agent first connects
             await ensure_site_consumer(js, site_id)
         center = Center(pool, nc, js, settings)
+        center.metrics = serve_center_metrics(metrics)
         if "receipts" in parts:
             center.receipts = ReceiptPublisher(pool, js)
             # Guarantee 2 after a restore from a backup: the center has forgotten events it once
@@ -213,6 +220,8 @@ async def run_center(
                 await center.restore.stop()
             if center.reads is not None:
                 await center.reads.stop()
+            if center.metrics is not None:
+                await asyncio.to_thread(center.metrics.stop)
         if nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.drain(), 5)

@@ -55,6 +55,7 @@ from events.types import SiteId
 from events.validation import ValidationFailed, problem_from_msgspec
 from events.wire import CONTENT_TYPE_HEADER, KIND_HEADER, MSGPACK, UP_STREAM, Refusal, site_of_subject, up_subject
 from runtime import log
+from service import metrics
 from service.authority import already_stored, authorize, load_facts, lock_scope_changes
 from service.quarantine import NewRow, insert_rows, refusal
 from service.scope import apply_scope
@@ -148,6 +149,7 @@ class Outcome:
     quarantined: int = 0
     sites: set[str] = field(default_factory=set)  # sites to send a receipt to
     rejected: list[Rejected] = field(default_factory=list)  # when not quarantined by commit_in
+    refused_kinds: dict[str, int] = field(default_factory=dict)  # quarantined, by RefusalKind (service/metrics.py)
 
 
 def _valid_site(text: str | None) -> str | None:
@@ -332,6 +334,8 @@ async def commit_in(conn: asyncpg.Connection, items: Sequence[Triaged], *, quara
         rows = [r.row() for r in rejected]
         ids = await insert_rows(conn, rows)
         out.quarantined = len(ids)
+        for rej in rejected:
+            out.refused_kinds[rej.kind.value] = out.refused_kinds.get(rej.kind.value, 0) + 1
         for row_id, row in zip(ids, rows, strict=True):
             if row.site_id is not None:
                 out.refusals.setdefault(row.site_id, []).append(refusal(row_id, row))
@@ -656,6 +660,8 @@ class Ingester:
         s.duplicates += o.duplicates
         s.quarantined += o.quarantined
         s.not_understood += o.not_understood
+        metrics.ingested(stored=len(o.stored), duplicates=o.duplicates, not_understood=o.not_understood,
+                         refused=o.refused_kinds)
 
 
 def _merge(a: Outcome, b: Outcome) -> Outcome:
@@ -665,6 +671,9 @@ def _merge(a: Outcome, b: Outcome) -> Outcome:
     for src in (a.refusals, b.refusals):
         for site, refs in src.items():
             out.refusals.setdefault(site, []).extend(refs)
+    for kinds in (a.refused_kinds, b.refused_kinds):
+        for kind, n in kinds.items():
+            out.refused_kinds[kind] = out.refused_kinds.get(kind, 0) + n
     return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 
 import asyncpg
 import msgspec
@@ -39,6 +40,7 @@ from events.wire import (
     receipt_request_decoder,
 )
 from runtime import log
+from service import metrics
 from service.sites import SiteError, check_site_id
 from service.streams import publish_batch
 from store.postgres import holes_of
@@ -76,13 +78,18 @@ class ReceiptPublisher:
         self.pool = pool
         self.js = js
         self._pending: dict[str, list[Refusal]] = {}
+        self._since: dict[str, float] = {}  # site -> monotonic time of the first commit not yet receipted
         self._wake = asyncio.Event()
         self.published = 0
 
-    def notify(self, sites: set[str] | list[str], refusals: dict[str, list[Refusal]] | None = None) -> None:
-        """Ask for a receipt to each site (non-blocking; called right after a commit)."""
+    def notify(self, sites: set[str] | list[str], refusals: dict[str, list[Refusal]] | None = None, *,
+               committed: float | None = None) -> None:
+        """Ask for a receipt to each site (non-blocking; called right after a commit, whose
+        ``time.monotonic()`` is ``committed``: the receipt latency is measured from it)."""
         for s in sites:
             self._pending.setdefault(s, [])
+            if committed is not None:
+                self._since.setdefault(s, committed)
         for s, refs in (refusals or {}).items():
             self._pending.setdefault(s, []).extend(refs)
         if self._pending:
@@ -93,6 +100,7 @@ class ReceiptPublisher:
             await self._wake.wait()
             self._wake.clear()
             pending, self._pending = self._pending, {}
+            since, self._since = self._since, {}
             if not pending:
                 continue
             delay = 0.1
@@ -102,6 +110,9 @@ class ReceiptPublisher:
                         receipts = await receipts_for(conn, list(pending), pending)
                     await publish_receipts(self.js, receipts)
                     self.published += len(receipts)
+                    now = time.monotonic()
+                    metrics.receipts_published(len(receipts),
+                                               [now - since[r.site_id] for r in receipts if r.site_id in since])
                     break
                 except asyncio.CancelledError:
                     raise
@@ -112,6 +123,9 @@ class ReceiptPublisher:
                     for s, refs in self._pending.items():  # merge what arrived meanwhile
                         pending.setdefault(s, []).extend(refs)
                     self._pending = {}
+                    for s, t in self._since.items():
+                        since[s] = min(t, since.get(s, t))
+                    self._since = {}
 
 
 class ReceiptResponder:

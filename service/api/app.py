@@ -19,13 +19,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
-from litestar import Litestar, Request
+from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme, Tag
 from litestar.types import ASGIApp, Receive, Scope, Send
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from projections.queries import rollup_heads
 from runtime import log
@@ -39,6 +41,7 @@ from service.api.errors import EXCEPTION_HANDLERS, ApiError, bad
 from service.api.openapi import document
 from service.api.rollups import RollupCache, ScopeArchives
 from service.dashboard import dashboard_routes
+from service.metrics import MetricsSettings, StoreMetrics, api_registry, request_timer
 from web.security import security_headers_hook
 
 _log = log.get("service.api")
@@ -235,12 +238,28 @@ def openapi_config() -> OpenAPIConfig:
     )
 
 
-def create_app(settings: Settings, api_settings: ApiSettings | None = None) -> Litestar:
+@get("/metrics", include_in_schema=False, exclude_from_auth=True)
+async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus text format (service/metrics.py): with the metrics token only, never a person's;
+    404 while SHOUWANG_API_METRICS_TOKEN is unset."""
+    state = request.app.state
+    if not state.metrics_settings.api_metrics_token:
+        return Response(b"metrics are off: set SHOUWANG_API_METRICS_TOKEN\n", status_code=404, media_type="text/plain")
+    if not state.metrics_settings.allows(request.headers.get("authorization")):
+        return Response(b"the metrics token is required (SHOUWANG_API_METRICS_TOKEN)\n", status_code=401,
+                        media_type="text/plain", headers={"WWW-Authenticate": "Bearer"})
+    await state.store_metrics.refresh(state.pool)
+    return Response(generate_latest(state.metrics_registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+
+def create_app(settings: Settings, api_settings: ApiSettings | None = None,
+               metrics_settings: MetricsSettings | None = None) -> Litestar:
     api = api_settings or ApiSettings.from_env()
+    store_metrics = StoreMetrics()
     auth_mw = DefineMiddleware(TokenAuthentication, exclude=["^/schema"], exclude_from_auth_key="exclude_from_auth")
     app = Litestar(
         route_handlers=[
-            health.health, health.ready,
+            health.health, health.ready, metrics,
             accounts.AuthController, accounts.UsersController, accounts.AccountLogController,
             children.ChildrenController,
             followups.FollowUpsController,
@@ -253,7 +272,7 @@ def create_app(settings: Settings, api_settings: ApiSettings | None = None) -> L
             # The township dashboard: pages over this same API, with the person's own token.
             *dashboard_routes(),
         ],
-        middleware=[_bounded_input(api.max_json_depth), auth_mw],
+        middleware=[request_timer, _bounded_input(api.max_json_depth), auth_mw],
         before_request=_inputs_in_range,
         # Security headers (CSP, nosniff, no framing, same-origin referrers) on every response.
         before_send=[security_headers_hook],
@@ -263,7 +282,9 @@ def create_app(settings: Settings, api_settings: ApiSettings | None = None) -> L
                      "scope_archives": ScopeArchives(), "date_params": {}, "trusted_proxies": api.trusted_networks(),
                      "throttle": Throttle(address_failures=api.login_failures, lockout_seconds=api.lockout_seconds,
                                           name_failures=api.name_failures, name_lock_seconds=api.name_lock_seconds),
-                     "csrf_secret": api.csrf_secret.encode("utf-8") or secrets.token_bytes(32)}),
+                     "csrf_secret": api.csrf_secret.encode("utf-8") or secrets.token_bytes(32),
+                     "metrics_settings": metrics_settings or MetricsSettings.from_env(),
+                     "store_metrics": store_metrics, "metrics_registry": api_registry(store_metrics)}),
         openapi_config=openapi_config(),
         request_max_body_size=api.max_body_bytes,
         debug=False,
