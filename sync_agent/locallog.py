@@ -502,13 +502,28 @@ class LocalLog:
 
     def _child_events(self, child_id: str) -> list[Event]:
         rows = self._conn.execute(
-            "SELECT l.body FROM child_event c JOIN log l ON l.event_id = c.event_id WHERE c.child_id = ? "
-            "UNION ALL SELECT i.body FROM child_event c JOIN inbox i ON i.event_id = c.event_id "
+            "SELECT l.body, l.event_id FROM child_event c JOIN log l ON l.event_id = c.event_id WHERE c.child_id = ? "
+            "UNION ALL SELECT i.body, NULL FROM child_event c JOIN inbox i ON i.event_id = c.event_id "
             "WHERE c.child_id = ?", (child_id, child_id)).fetchall()
-        return [_event_decoder.decode(r[0]) for r in rows]
+        refused = self._refused_ids()
+        return [_event_decoder.decode(r[0]) for r in rows if r[1] is None or r[1] not in refused]
+
+    def _refused_ids(self) -> set[str]:
+        """Ids of own events the center refused and has not stored since (a refusal the center
+        later overtook: a replay, or a resend after its restore, is covered by a receipt). Call
+        with the lock held."""
+        rows = self._conn.execute("SELECT l.site_seq, l.event_id FROM refused r JOIN log l "
+                                  "ON l.site_seq = r.site_seq AND l.event_id = r.event_id").fetchall()
+        if not rows:
+            return set()
+        raw = self._meta("receipt")
+        state = ReceiptState() if raw is None else _state_of(receipt_decoder.decode(raw))
+        return {str(eid) for seq, eid in rows if not state.committed(int(seq))}
 
     def child_events(self, child_id: str) -> list[Event]:
-        """Every event this site knows of the child: its own and those received from the center."""
+        """Every event this site knows of the child: its own and those received from the center.
+        Its own events the center refused (kept in quarantine there, listed as refused here) are
+        left out, so the station shows the child as the center does (they were never counted)."""
         with self._lock:
             return self._child_events(child_id)
 
@@ -525,12 +540,20 @@ class LocalLog:
             return version, self._conn.total_changes
 
     def child_event_counts(self) -> dict[str, int]:
-        """Child id -> how many events (own and received) the site holds of it. Rows of
-        ``child_event`` are only ever added, so a child whose events changed has a new count (an
-        inbox copy widened by `_widen_inbound` adds rows for the children it newly names)."""
+        """Child id -> how many events (own and received) the site holds of it, its own events the
+        center refused left out. Rows of ``child_event`` are only ever added, so a child whose
+        events changed has a new count (an inbox copy widened by `_widen_inbound` adds rows for the
+        children it newly names; a refusal takes one away)."""
         with self._lock:
-            return {str(r[0]): int(r[1]) for r in self._conn.execute(
+            counts = {str(r[0]): int(r[1]) for r in self._conn.execute(
                 "SELECT child_id, count(*) FROM child_event GROUP BY child_id")}
+            refused = sorted(self._refused_ids())
+            for i in range(0, len(refused), 500):
+                chunk = refused[i:i + 500]
+                for (child,) in self._conn.execute(
+                        f"SELECT child_id FROM child_event WHERE event_id IN ({','.join('?' * len(chunk))})", chunk):
+                    counts[str(child)] -= 1
+            return counts
 
     # --- the hash chain ----------------------------------------------------------------
 
@@ -584,8 +607,7 @@ class LocalLog:
             raw = self._meta("receipt")
         if raw is None:
             return ReceiptState()
-        r = receipt_decoder.decode(raw)
-        return ReceiptState(r.watermark, r.max_seq, tuple((h[0], h[1]) for h in r.holes))
+        return _state_of(receipt_decoder.decode(raw))
 
     def apply_receipt(self, receipt: Receipt) -> ReceiptEffect:
         """Store the center's latest receipt for this site (and its refusals) in one transaction."""
@@ -717,6 +739,10 @@ class LocalLog:
     def inbox_count(self) -> int:
         with self._lock:
             return int(self._conn.execute("SELECT count(*) FROM inbox").fetchone()[0])
+
+
+def _state_of(r: Receipt) -> ReceiptState:
+    return ReceiptState(r.watermark, r.max_seq, tuple((h[0], h[1]) for h in r.holes))
 
 
 def widened_copy(old: Event, new: Event) -> Event:
