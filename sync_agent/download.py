@@ -54,6 +54,7 @@ class Downloader:
         self.receipts = 0
         self.events = 0
         self.unreadable = 0
+        self.foreign = 0  # other sites' messages JetStream put on this subject (a reply-subject trick)
 
     async def run(self) -> None:
         backoff = Backoff(self.tuning.retry_base, self.tuning.retry_cap, self._rng)
@@ -117,6 +118,16 @@ class Downloader:
                     refused += r.refused
                     latest = r
                 elif kind == KIND_EVENT:
+                    addressed = addressee((msg.headers or {}).get("Nats-Msg-Id"))
+                    if addressed is not None and addressed != self.site_id:
+                        # Another site's copy (the fan-out names the site it sends to): JetStream
+                        # put it on this subject because that site asked for its own messages
+                        # "on care.down.<this site>" (NATS does not check reply subjects). It is
+                        # not for this site: acked and dropped, never kept or shown.
+                        self.foreign += 1
+                        _log.warning("another site's care.down message on this site's subject; dropped",
+                                     addressed=addressed, stream_seq=_seq(msg))
+                        continue
                     event = _event_decoder.decode(msg.data)
                     inbound.append((event, bytes(msg.data)))
                     if (msg.headers or {}).get(REDACTED_HEADER) == "1":
@@ -141,6 +152,14 @@ class Downloader:
             self._on_receipt(effect)
         for msg in msgs:  # only now that SQLite has committed what they carried
             await msg.ack()
+
+
+def addressee(msg_id: str | None) -> str | None:
+    """The site a fan-out message was sent to: its Nats-Msg-Id is ``<event id>@<site>`` (and
+    ``#<digest>`` for a redacted copy). None when the message says nothing of it."""
+    if not msg_id or "@" not in msg_id:
+        return None
+    return msg_id.split("#", 1)[0].rpartition("@")[2] or None
 
 
 def _seq(msg: Any) -> int | None:
