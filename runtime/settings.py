@@ -29,7 +29,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/shouwang"
     # The owner role's URL, for `shouwang db migrate` only (store/roles.py); unset: database_url.
     database_owner_url: str | None = None
+    # One URL, or the servers of a JetStream cluster separated by commas (runtime/natsurl.py).
     nats_url: str = "nats://127.0.0.1:4222"
+    # How many servers keep a copy of CARE_UP and CARE_DOWN (service/streams.py): 1 on a single
+    # server, 3 on a three-server cluster (deploy/nats/cluster-*.conf), so that losing one loses
+    # nothing and stops nothing. `center run --replicas` overrides it.
+    nats_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool | None = None  # None: JSON when stderr is not a terminal
     ingest_batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500

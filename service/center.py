@@ -22,7 +22,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from runtime import log
+from runtime import log, natsurl
 from runtime.db import create_pool
 from service.fanout import FanOut
 from service.ingest import Ingester, Outcome
@@ -88,7 +88,9 @@ class Center:
 
 
 async def connect_nats(nats_url: str, *, name: str = "shouwang-center", **options: Any) -> NATS:
-    """A NATS connection that keeps reconnecting for as long as the center runs."""
+    """A NATS connection that keeps reconnecting for as long as the center runs. `nats_url` may
+    list several servers, separated by commas (a JetStream cluster): nats-py then reconnects to
+    another of them when the one it uses goes away."""
     async def _error(err: Exception) -> None:
         _log.warning("nats error", error=type(err).__name__, detail=str(err)[:200])
 
@@ -106,7 +108,7 @@ async def connect_nats(nats_url: str, *, name: str = "shouwang-center", **option
         "allow_reconnect": True,
         **options,
     }
-    return await nats.connect(nats_url, **opts)
+    return await nats.connect(natsurl.servers(nats_url), **opts)
 
 
 async def stop_tasks(tasks: list[asyncio.Task[Any]], *, rounds: int = 20, wait: float = 0.5) -> None:

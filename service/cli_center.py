@@ -51,6 +51,10 @@ def register(sub: Any) -> None:
     run.add_argument("--max-deliver", type=int, default=None, help="ingest consumer MaxDeliver (default 6)")
     run.add_argument("--backoff", default=None,
                      help="ingest redelivery delays in seconds, comma-separated (default 30,60,120,300,600)")
+    run.add_argument("--replicas", type=int, default=None,
+                     help="copies of CARE_UP and CARE_DOWN kept by the NATS servers: 1 on one server, 3 on a "
+                          "three-server cluster (default SHOUWANG_NATS_REPLICAS or 1); SHOUWANG_NATS_URL then "
+                          "lists every server, separated by commas")
     _common(run)
     run.set_defaults(handler=_run)
 
@@ -135,6 +139,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             raise CliError(f"--backoff {args.backoff!r}: each delay must be above 0")
     if args.max_deliver is not None:
         options["max_deliver"] = args.max_deliver
+    options["replicas"] = settings.nats_replicas if args.replicas is None else args.replicas
+    if not 1 <= options["replicas"] <= 5:
+        raise CliError(f"--replicas {args.replicas}: JetStream keeps 1 to 5 copies of a stream")
     stream_settings = StreamSettings(**options)
     if stream_settings.max_deliver <= len(stream_settings.backoff):
         raise CliError(f"--max-deliver {stream_settings.max_deliver}: must exceed the number of --backoff delays "

@@ -43,6 +43,10 @@ class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
     down_max_age: float = 90 * DAY  # how long a site may stay offline and still get its messages
     up_max_age: float = 365 * DAY
     duplicate_window: float = 120.0
+    # Copies of each stream (and of its consumers, which follow the stream) on a JetStream
+    # cluster: 3 on the three-server cluster of deploy/nats/cluster-*.conf, where a stream's
+    # leader can die and another takes over with every acknowledged message; 1 on one server.
+    # An existing stream is brought to this count at the next start (update_stream).
     replicas: int = 1
     # On start, the fan-out resends what it sent in this many seconds before its checkpoint:
     # CARE_DOWN is not fsynced per message (deploy/nats/README.md), so a power cut at the center

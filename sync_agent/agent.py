@@ -21,7 +21,6 @@ import contextlib
 import datetime as dt
 import random
 import time
-import urllib.parse
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from events.wire import (
     receipt_request_encoder,
     receipt_subject,
 )
-from runtime import log
+from runtime import log, natsurl
 from sync_agent.backoff import Backoff
 from sync_agent.config import SiteConfig, connect_options, load_config, log_path
 from sync_agent.download import Downloader
@@ -179,7 +178,7 @@ class Agent:
                 # it would try for ever.)
                 self._connect_error = None
                 nc = await nats.connect(
-                    self.nats_url, name=f"shouwang-agent {self.config.site_id}",
+                    natsurl.servers(self.nats_url), name=f"shouwang-agent {self.config.site_id}",
                     connect_timeout=self.tuning.connect_timeout, allow_reconnect=False,
                     max_reconnect_attempts=1, reconnect_time_wait=0.1,
                     **self._options, error_cb=self._nats_error, closed_cb=on_closed,
@@ -361,13 +360,5 @@ def _receipt_of(data: bytes, site_id: str) -> Receipt:
 
 
 def redact_url(url: str) -> str:
-    """A NATS URL without the password it may carry (nats://user:password@host)."""
-    parts = []
-    for one in url.split(","):
-        u = urllib.parse.urlsplit(one.strip())
-        if u.password is not None:
-            host = u.hostname or ""
-            netloc = f"{u.username}:***@{host}" + (f":{u.port}" if u.port else "")
-            one = urllib.parse.urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
-        parts.append(one)
-    return ",".join(parts)
+    """A NATS URL (or list) without the password it may carry (nats://user:password@host)."""
+    return natsurl.redact(url)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import ssl
-import urllib.parse
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +15,7 @@ import msgspec
 
 from events.types import SiteId, SiteKind
 from events.wire import down_consumer, inbox_prefix
+from runtime import natsurl
 
 HostName = Annotated[
     str, msgspec.Meta(pattern=r"^(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)$")]
@@ -28,28 +28,11 @@ class ConfigError(Exception):
     """The data directory has no usable site configuration; the message says what to do."""
 
 
-NATS_SCHEMES = ("nats", "tls", "ws", "wss")
-
-
 def check_nats_url(url: str) -> str:
-    """`url` if it is a NATS server URL nats-py can use: nats://, tls://, ws:// or wss:// with a
-    host (and a port from 1 to 65535 if one is given); else ValueError saying what is wrong (a
-    typo like htp://nowhere would otherwise be retried for ever)."""
-    example = "give one like nats://center.example:4222"
-    if not url.strip() or "," in url or any(c.isspace() for c in url):
-        raise ValueError(f"{url!r} is not a NATS URL: {example} (one URL, no spaces)")
-    try:
-        u = urllib.parse.urlsplit(url)
-        port = u.port
-    except ValueError as err:
-        raise ValueError(f"{url!r} is not a valid NATS URL ({err}); {example}") from None
-    if u.scheme.lower() not in NATS_SCHEMES:
-        raise ValueError(f"{url!r} is not a NATS URL: it must start with nats://, tls://, ws:// or wss://; {example}")
-    if not u.hostname:
-        raise ValueError(f"{url!r} names no host; {example}")
-    if port == 0:
-        raise ValueError(f"{url!r}: port 0 is not a port a server listens on; {example}")
-    return url
+    """`url` if it is a NATS server URL nats-py can use, or a comma-separated list of them (the
+    servers of a center's JetStream cluster, runtime/natsurl.py); else ValueError saying what is
+    wrong."""
+    return natsurl.check(url)
 
 
 class SiteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -37,6 +37,7 @@ from events.wire import (
     restore_page_decoder,
     restore_subject,
 )
+from runtime import natsurl
 from sync_agent.config import connect_options, load_config, log_path
 from sync_agent.locallog import RESTORING, LocalLog
 
@@ -84,12 +85,13 @@ async def restore(data: Path, *, nats_url: str | None = None, answer_within: flo
 
         try:
             # One connection, no reconnecting: a cut line fails the restore, which resumes when run again.
-            nc = await nats.connect(url, connect_timeout=min(answer_within, 10.0), allow_reconnect=False,
+            nc = await nats.connect(natsurl.servers(url), connect_timeout=min(answer_within, 10.0),
+                                    allow_reconnect=False,
                                     max_reconnect_attempts=1, reconnect_time_wait=0.5, error_cb=on_error,
                                     name=f"shouwang-agent-restore {config.site_id}", **connect_options(config))
         except (TimeoutError, OSError, nats.errors.Error) as err:
             cause = failures[-1] if failures and isinstance(err, nats.errors.NoServersError) else err
-            raise CenterUnreachable(f"cannot reach the center's NATS at {_redact(url)}: "
+            raise CenterUnreachable(f"cannot reach the center's NATS at {natsurl.redact(url)}: "
                                f"{type(cause).__name__}: {cause}".rstrip(": ")) from None
         try:
             seq = have + 1
@@ -138,17 +140,6 @@ async def restore(data: Path, *, nats_url: str | None = None, answer_within: flo
         finally:
             with contextlib.suppress(Exception):  # bounded: a vanished peer must not hold the command
                 await asyncio.wait_for(nc.close(), 5)
-
-
-def _redact(url: str) -> str:
-    """The URL without a password it may carry."""
-    import urllib.parse
-
-    u = urllib.parse.urlsplit(url)
-    if u.password is None:
-        return url
-    netloc = f"{u.username}:***@{u.hostname}" + (f":{u.port}" if u.port else "")
-    return urllib.parse.urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
 
 
 async def _ask(nc: Any, site_id: str, request: RestoreRequest, answer_within: float) -> RestorePage:

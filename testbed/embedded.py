@@ -26,6 +26,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 PG_USER = "embedded_postgres"
 
@@ -300,3 +301,132 @@ class EmbeddedNats:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+class NatsCluster:
+    """A JetStream cluster of `size` nats-servers on 127.0.0.1, each with its own client,
+    route and monitoring port and its own store under `base_dir/n<i>`, as
+    deploy/nats/cluster-*.conf runs one in production: every server routes to every other, and
+    none advertises its address to clients (`no_advertise`), so a client uses the list it was
+    given (`url`), never a discovered one that would bypass a test's line or credentials.
+
+    `start()` returns once a meta leader is elected and every server is current with it (a
+    stream with 3 replicas can be created); `stop()` stops every server, each even if another
+    fails, and runs at interpreter exit too. `kill(i)` is kill -9 of one server; `start_node(i)`
+    brings it back on the same ports and store. Users work as with EmbeddedNats: one users file
+    per server, `set_users` rewrites and reloads them all.
+    """
+
+    NAME = "shouwang"
+
+    def __init__(self, base_dir: Path, size: int = 3, users: str | None = None) -> None:
+        self.base_dir = Path(base_dir).resolve()
+        self.route_ports = [free_port() for _ in range(size)]
+        routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.route_ports)
+        self.nodes = [
+            EmbeddedNats(self.base_dir / f"n{i + 1}", users=users, extra_config=(
+                f"server_name: n{i + 1}\n"
+                f"cluster {{\n  name: {self.NAME}\n  listen: 127.0.0.1:{self.route_ports[i]}\n"
+                f"  routes: [{routes}]\n  no_advertise: true\n}}\n"))
+            for i in range(size)
+        ]
+        self._started = False
+
+    @property
+    def ports(self) -> list[int]:
+        return [n.port for n in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """Every server's URL, separated by commas (what SHOUWANG_NATS_URL takes)."""
+        return ",".join(n.url for n in self.nodes)
+
+    def url_for(self, user: str, password: str) -> str:
+        return ",".join(n.url_for(user, password) for n in self.nodes)
+
+    def name_of(self, i: int) -> str:
+        return f"n{i + 1}"
+
+    def index_of(self, server_name: str) -> int:
+        return int(server_name.removeprefix("n")) - 1
+
+    def start(self, timeout: float = 60) -> NatsCluster:
+        atexit.register(self.stop)
+        self._started = True
+        try:
+            for node in self.nodes:
+                node.start(timeout)
+            self.wait_formed(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_formed(self, timeout: float = 60) -> None:
+        """Until every running server names the same meta leader and the leader sees every
+        server current."""
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            metas = [self._jsz(n) for n in self.nodes if n.proc is not None]
+            leaders = {(m or {}).get("meta_cluster", {}).get("leader") for m in metas}
+            last = leaders
+            if len(leaders) == 1 and None not in leaders and "" not in leaders:
+                leader = self.nodes[self.index_of(str(next(iter(leaders))))]
+                meta = (self._jsz(leader) or {}).get("meta_cluster", {})
+                peers = meta.get("replicas") or []
+                if len(peers) == len(self.nodes) - 1 and all(p.get("current") for p in peers):
+                    return
+                last = peers
+            time.sleep(0.05)
+        raise EmbeddedError(f"the NATS cluster did not form within {timeout}s (last seen {last}); "
+                            f"logs in {self.base_dir}/n*/nats.log")
+
+    def wait_healthy(self, i: int, timeout: float = 60) -> None:
+        """Until server `i` says it is healthy: JetStream on and current with the meta group and
+        with every stream and consumer it holds a copy of (GET /healthz)."""
+        node = self.nodes[i]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), urllib.request.urlopen(
+                    f"http://127.0.0.1:{node.http_port}/healthz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+            time.sleep(0.05)
+        raise EmbeddedError(f"NATS server {self.name_of(i)} not healthy within {timeout}s")
+
+    @staticmethod
+    def _jsz(node: EmbeddedNats) -> dict[str, Any] | None:
+        with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(
+                f"http://127.0.0.1:{node.http_port}/jsz", timeout=2) as resp:
+            doc = json.loads(resp.read())
+            return doc if isinstance(doc, dict) else None
+        return None
+
+    def kill(self, i: int) -> None:
+        """kill -9 server `i` (its store stays, as after a power cut of that machine)."""
+        self.nodes[i].kill()
+
+    def start_node(self, i: int, timeout: float = 60) -> None:
+        self.nodes[i].start(timeout)
+
+    def running(self) -> list[int]:
+        return [i for i, n in enumerate(self.nodes) if n.proc is not None and n.proc.poll() is None]
+
+    def set_users(self, users: str, timeout: float = 10) -> None:
+        for node in self.nodes:
+            node.set_users(users, timeout)
+
+    def stop(self) -> None:
+        """Stop every server; an error stopping one is raised after the others were stopped."""
+        if not self._started:
+            return
+        errors: list[BaseException] = []
+        for node in self.nodes:
+            try:
+                node.stop()
+            except BaseException as err:  # stop the others first
+                errors.append(err)
+        self._started = False
+        if errors:
+            raise EmbeddedError(f"stopping the NATS cluster: {errors!r}")

@@ -30,7 +30,7 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from projections.queries import rollup_heads
-from runtime import log
+from runtime import log, natsurl
 from runtime.db import create_pool
 from runtime.settings import Settings
 from service.api import accounts, audit, children, conflicts, exports, followups, health, quarantine, rollups, sites
@@ -173,7 +173,7 @@ async def _inputs_in_range(request: Request[Any, Any, Any]) -> None:
 
 
 async def _connect_nats(url: str) -> Any:
-    return await nats.connect(url, name="shouwang-api", connect_timeout=2, allow_reconnect=True,
+    return await nats.connect(natsurl.servers(url), name="shouwang-api", connect_timeout=2, allow_reconnect=True,
                               max_reconnect_attempts=-1, reconnect_time_wait=1)
 
 
