@@ -11,7 +11,10 @@ On every connection the agent asks the center for a fresh receipt (`care.receipt
 service/receipts.py): a receipt kept from before a center's restore must never pass for one of
 the store as it is now (guarantee 2). A lower watermark in the answer makes the uploader resend
 what the restored store lacks; `wait_synced` reports "synced" only when the newest receipt it
-applied is such a fresh one and nothing is pending.
+applied is such a fresh one and nothing is pending. The local log keeps the same fact for `agent
+status` (the connection's token beside the receipt, sync_agent/status.py); when a receipt from
+care.down leaves nothing pending, the running agent asks once more, so a station that syncs
+through `agent serve` is shown synced on the center's word about its store now.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import contextlib
 import datetime as dt
 import random
 import time
+import uuid
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
@@ -41,7 +45,7 @@ from runtime import log, natsurl
 from sync_agent.backoff import Backoff
 from sync_agent.config import SiteConfig, connect_options, load_config, log_path
 from sync_agent.download import Downloader
-from sync_agent.locallog import ChainReport, LocalLog, LocalLogError, ReceiptEffect
+from sync_agent.locallog import CONNECTION, ChainReport, LocalLog, LocalLogError, ReceiptEffect
 from sync_agent.readlog import ReadLog, ReadUploader
 from sync_agent.status import CONFIRMED_AT, CONNECTED_AT  # when connected; when the center last confirmed
 from sync_agent.tuning import SyncTuning
@@ -101,7 +105,7 @@ class Agent:
         self.chain: ChainReport | None = None
         self.uploader = Uploader(self.log, self.config.site_id, self.tuning, self._error, self._rng)
         self.downloader = Downloader(self.log, self.config.site_id, self.config.durable_name, self.tuning,
-                                     self._on_receipt, self._error, self._rng,
+                                     self._on_down_receipt, self._error, self._rng,
                                      js_domain=self.config.js_domain)
         # The station's read log goes up beside the events (sync_agent/readlog.py).
         self.read_log = ReadLog(self.data_dir)
@@ -119,6 +123,7 @@ class Agent:
         self.reachable: bool | None = None
         self._offline_since: float | None = None
         self.connections = 0  # connections made by this process (each one asks for a fresh receipt)
+        self._token = ""  # the current connection's token in the local log (meta CONNECTION)
         self._receipts_applied = 0  # receipts applied by this process, from care.down or asked for
         # (connection, receipts applied) when the last fresh receipt was applied: synced only if
         # nothing has been applied since, on this connection
@@ -201,12 +206,13 @@ class Agent:
 
     def _attach(self, nc: Any) -> None:
         self.connections += 1
+        self._token = uuid.uuid4().hex
         self.nc = nc
         self.uploader.nc = nc
         self.downloader.nc = nc
         self.reads.nc = nc
         with contextlib.suppress(LocalLogError):
-            self.log.set_meta(**{CONNECTED_AT: dt.datetime.now(dt.UTC).isoformat()})
+            self.log.set_meta(**{CONNECTED_AT: dt.datetime.now(dt.UTC).isoformat(), CONNECTION: self._token})
         if self.reachable is False and self._offline_since is not None:
             _log.info("center reachable again", site_id=self.config.site_id,
                       offline_s=round(time.monotonic() - self._offline_since, 1))
@@ -219,6 +225,21 @@ class Agent:
         if self._confirm_task is not None:
             self._confirm_task.cancel()
         self._confirm_task = asyncio.create_task(self._confirm_on_connect(self.connections), name="agent-confirm")
+
+    def _on_down_receipt(self, effect: ReceiptEffect) -> None:
+        """A receipt from care.down (it cleared the log's fresh mark). Once it leaves nothing
+        pending, ask the center again, so the station is shown synced on a fresh answer."""
+        self._on_receipt(effect)
+        if self.nc is None or (self._confirm_task is not None and not self._confirm_task.done()):
+            return
+        try:
+            pending = self.pending()
+        except LocalLogError as err:
+            self._error(f"receipt: {type(err).__name__}: {err}")
+            return
+        if pending == 0:
+            self._confirm_task = asyncio.create_task(self._confirm_on_connect(self.connections),
+                                                     name="agent-confirm")
 
     def _detach(self) -> None:
         self.nc = self.uploader.nc = self.downloader.nc = self.reads.nc = None
@@ -279,7 +300,8 @@ class Agent:
         except nats.errors.TimeoutError:
             raise ReceiptUnavailable(f"the center did not answer a receipt request within {within:g} s") from None
         receipt = _receipt_of(msg.data, self.config.site_id)
-        effect = await asyncio.to_thread(self.log.apply_receipt, receipt)
+        fresh_for = self._token if connection == self.connections else None
+        effect = await asyncio.to_thread(self.log.apply_receipt, receipt, fresh_for=fresh_for)
         self._on_receipt(effect)
         if connection == self.connections:
             self._fresh_mark = (connection, self._receipts_applied)

@@ -77,6 +77,11 @@ CREATE TABLE IF NOT EXISTS refused (
 _event_decoder = msgspec.json.Decoder(Event)
 # Set in meta while `agent restore` fills the log from the center; recording waits until it ends.
 RESTORING = "restoring"
+# meta: the token of the agent's current connection to the center (a new one per connection), and
+# the token of the connection on which the last receipt applied was asked for (absent when the
+# last receipt came any other way). Tokens, not times: a station's clock may jump.
+CONNECTION = "connection"
+RECEIPT_FRESH_FOR = "receipt_fresh_for"
 
 
 class LocalLogError(Exception):
@@ -609,13 +614,23 @@ class LocalLog:
             return ReceiptState()
         return _state_of(receipt_decoder.decode(raw))
 
-    def apply_receipt(self, receipt: Receipt) -> ReceiptEffect:
-        """Store the center's latest receipt for this site (and its refusals) in one transaction."""
+    def apply_receipt(self, receipt: Receipt, *, fresh_for: str | None = None) -> ReceiptEffect:
+        """Store the center's latest receipt for this site (and its refusals) in one transaction.
+
+        `fresh_for`: the connection (its token, meta ``connection``) on which the center gave this
+        receipt when asked (`Agent.confirm`). It is kept with the receipt, in the same
+        transaction, and any other receipt applied after it (one from care.down, which may have
+        waited there since before a center's restore) clears it: `agent status` counts a station
+        as synced only while the last receipt applied is a fresh one of the current connection."""
         try:
             with self._write() as conn:
                 before_raw = self._meta("receipt")
                 before = receipt_decoder.decode(before_raw) if before_raw else None
                 self._set_meta("receipt", receipt_encoder.encode(receipt).decode())
+                if fresh_for is None:
+                    conn.execute("DELETE FROM meta WHERE key = ?", (RECEIPT_FRESH_FOR,))
+                else:
+                    self._set_meta(RECEIPT_FRESH_FOR, fresh_for)
                 self._set_meta("last_contact", _now().isoformat())
                 for r in receipt.refused:
                     conn.execute("INSERT OR REPLACE INTO refused(quarantine_id, event_id, site_seq, reason, "

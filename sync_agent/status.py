@@ -3,8 +3,11 @@ while another process runs the agent: SQLite WAL lets readers in beside the writ
 
 "Synced" needs more than no pending events by the last receipt kept: that receipt may be from
 before the center was restored from an older backup. The agent asks the center for a fresh
-receipt on every connection (sync_agent/agent.py); the station counts as synced only when
-nothing is pending and that answer came after the latest connection began.
+receipt on every connection (sync_agent/agent.py) and marks it with the connection's token in
+the same transaction (`LocalLog.apply_receipt`); any receipt applied later (from care.down)
+clears the mark, and the agent asks again once nothing is pending. The station counts as synced
+only when nothing is pending and the last receipt applied is one the center gave, asked, on the
+latest connection. Tokens, not times: a station's clock may jump either way.
 """
 
 from __future__ import annotations
@@ -13,28 +16,20 @@ import datetime as dt
 from typing import Any
 
 from sync_agent.config import SiteConfig
-from sync_agent.locallog import LocalLog
+from sync_agent.locallog import CONNECTION, RECEIPT_FRESH_FOR, LocalLog
 
 # meta keys the agent writes (sync_agent.agent CONNECTED_AT, CONFIRMED_AT; the agent imports
-# this module's readers, not the other way round)
+# this module's readers, not the other way round): when it last connected, when the center
+# last answered its receipt request (shown; what decides is the tokens above)
 CONNECTED_AT = "connected_at"
 CONFIRMED_AT = "receipt_confirmed_at"
 
 
-def _time(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    try:
-        return dt.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-
-
-def confirmed(pending: int, connected_at: str | None, confirmed_at: str | None) -> bool:
-    """Synced by a fresh receipt: nothing pending, and the center answered a receipt request
-    after the latest connection began (a receipt kept from before proves nothing)."""
-    answered, connected = _time(confirmed_at), _time(connected_at)
-    return pending == 0 and answered is not None and (connected is None or answered >= connected)
+def confirmed(pending: int, connection: str | None, fresh_for: str | None) -> bool:
+    """Synced by a fresh receipt: nothing pending, and the last receipt applied is the center's
+    answer to a receipt request on the latest connection (a receipt kept from before proves
+    nothing, nor does one from care.down applied after the answer)."""
+    return pending == 0 and fresh_for is not None and fresh_for == connection
 
 
 def site_status(log: LocalLog, config: SiteConfig, now: dt.datetime | None = None) -> dict[str, Any]:
@@ -57,7 +52,7 @@ def site_status(log: LocalLog, config: SiteConfig, now: dt.datetime | None = Non
         "center_holes": [list(h) for h in state.holes],
         "refused": len(log.refusals()),
         "received_events": log.inbox_count(),
-        "synced": confirmed(pending, log.meta(CONNECTED_AT), log.meta(CONFIRMED_AT)),
+        "synced": confirmed(pending, log.meta(CONNECTION), log.meta(RECEIPT_FRESH_FOR)),
         "confirmed_at": log.meta(CONFIRMED_AT),
         "connected_at": log.meta(CONNECTED_AT),
         "last_contact": log.meta("last_contact"),
@@ -84,8 +79,9 @@ def _synced_line(status: dict[str, Any]) -> str:
     if status["pending"]:
         return f"no: {status['pending']} events not yet receipted"
     if status.get("confirmed_at"):
-        return (f"not confirmed: the center last confirmed at {status['confirmed_at']}, before the latest "
-                f"connection ({status['connected_at']}); run `shouwang agent sync --once`")
+        return (f"not confirmed: the center last answered a receipt request at {status['confirmed_at']}, but "
+                f"not on the latest connection (begun {status['connected_at']}) or a receipt came since; run "
+                "`shouwang agent sync --once`")
     return "not confirmed: the center has never answered this station's receipt request; " \
         "run `shouwang agent sync --once`"
 

@@ -8,19 +8,33 @@ import json
 import random
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import msgspec
 from nats.aio.client import Client as NATS
 
-from events.wire import RECEIPT_PREFIX, inbox_prefix, receipt_reply_decoder, receipt_subject
+from events.wire import (
+    KIND_HEADER,
+    KIND_RECEIPT,
+    RECEIPT_PREFIX,
+    Receipt,
+    down_subject,
+    inbox_prefix,
+    receipt_encoder,
+    receipt_reply_decoder,
+    receipt_subject,
+)
 from service.center import run_center
 from service.leafs import leaf_user_entry
 from service.sites import register_site, site_permissions
 from store.postgres import EventStore
-from sync_agent.config import log_path
+from sync_agent.agent import Agent
+from sync_agent.config import load_config, log_path
 from sync_agent.locallog import LocalLog
+from sync_agent.status import site_status
 from testbed.embedded import EmbeddedNats, pg_bin
 from tests import servers
 from tests.agent_support import drafts, make_site
@@ -117,9 +131,78 @@ async def test_status_is_not_synced_until_the_center_confirms_on_the_latest_conn
     code, out, _ = await shouwang("agent", "status", "--data", str(data), "--json")
     assert json.loads(out)["synced"] is True
     with LocalLog(log_path(data), site) as log:  # what the agent writes when it connects again
-        log.set_meta(connected_at="2999-01-01T00:00:00+00:00")
+        log.set_meta(connection="a-later-connection", connected_at="1999-01-01T00:00:00+00:00")
     code, out, _ = await shouwang("agent", "status", "--data", str(data))
     assert code == 0 and "synced          not confirmed" in out
+
+
+async def test_a_receipt_from_care_down_after_the_answer_is_not_synced_until_the_agent_asks_again(
+        tmp_path: Path, database_url: str, own_nats: EmbeddedNats, client: NATS) -> None:
+    """A receipt that waited on care.down since before a center's restore, applied after the fresh
+    answer, claims everything: `agent status` no longer says synced on it; the running agent asks
+    the center again, rewinds to what the store holds, resends, and only then is synced."""
+    site = "gx-lp.xy.v64"
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        await register_site(pool, site, "village", "石门村")
+    finally:
+        await pool.close()
+    data = make_site(tmp_path, site, own_nats.url)
+    record(data, site, 4, seed=5)
+    async with run_center(database_url, own_nats.url, parts=PARTS):
+        agent = Agent(data)
+        await agent.start(parts=("download",))  # nothing is uploaded: the center holds none of them
+        try:
+            first = await wait_for_status(data, lambda st: st["confirmed_at"] is not None)
+            applied = agent.downloader.receipts
+            stale = Receipt(site_id=site, watermark=4, max_seq=4)  # "all four are committed": not so
+            await client.jetstream().publish(down_subject(site), receipt_encoder.encode(stale),
+                                             headers={KIND_HEADER: KIND_RECEIPT})
+            # The agent applies it (nothing pending by it), then asks again: the store has none.
+            status = await wait_for_status(data, lambda st: agent.downloader.receipts > applied
+                                           and st["confirmed_at"] != first["confirmed_at"]
+                                           and st["center_watermark"] == 0)
+            assert (status["pending"], status["synced"]) == (4, False)
+        finally:
+            await agent.stop()
+        code, out, err = await shouwang("agent", "sync", "--data", str(data), "--once", "--timeout", "120")
+        assert code == 0, err[-2000:]
+    code, out, _ = await shouwang("agent", "status", "--data", str(data), "--json")
+    status = json.loads(out)
+    assert (status["pending"], status["center_watermark"], status["synced"]) == (0, 4, True)
+
+
+def test_a_receipt_applied_after_the_fresh_answer_takes_synced_away(tmp_path: Path) -> None:
+    """The log keeps "fresh on this connection" with the receipt: the same receipt applied again
+    from care.down (not asked for) clears it, and a later connection's token does not match it."""
+    site = "gx-lp.xy.v65"
+    data = make_site(tmp_path, site, "nats://127.0.0.1:4222")
+    record(data, site, 3, seed=6)
+    config = load_config(data)
+    receipt = Receipt(site_id=site, watermark=3, max_seq=3)
+    with LocalLog(log_path(data), site) as log:
+        log.set_meta(connection="c1")
+        log.apply_receipt(receipt, fresh_for="c1")
+        assert site_status(log, config)["synced"] is True
+        log.apply_receipt(receipt)
+        assert site_status(log, config)["synced"] is False
+        log.apply_receipt(receipt, fresh_for="c1")
+        log.set_meta(connection="c2")
+        assert site_status(log, config)["synced"] is False
+
+
+async def wait_for_status(data: Path, ok: Callable[[dict[str, Any]], bool], within: float = 60) -> dict[str, Any]:
+    """The site's status (read as `agent status` reads it) once `ok` holds; fails after `within` s."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        config = load_config(data)
+        with LocalLog(log_path(data), config.site_id) as log:
+            status = site_status(log, config)
+        if ok(status):
+            return status
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"status never as wanted: {status}")
+        await asyncio.sleep(0.2)
 
 
 async def test_the_center_answers_receipt_requests_only_below_the_sites_inbox(
