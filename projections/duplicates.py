@@ -15,6 +15,7 @@ import msgspec
 
 from projections import tables
 from projections.archive import decode_archive
+from store.conn import Conn
 
 
 class DuplicatePair(msgspec.Struct, frozen=True, kw_only=True):
@@ -36,7 +37,7 @@ async def duplicates(pool: asyncpg.Pool, scope: str = "") -> list[DuplicatePair]
             if (r["child_a"], r["child_b"]) not in dismissed]
 
 
-async def dismissed_pairs(conn: asyncpg.Connection, pairs: set[tuple[str, str]],
+async def dismissed_pairs(conn: Conn, pairs: set[tuple[str, str]],
                           schema: str = tables.SCHEMA) -> set[tuple[str, str]]:
     """Those of `pairs` a person recorded as two different children (`DuplicateDismissed`)."""
     if not pairs:

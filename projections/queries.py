@@ -18,6 +18,7 @@ from projections.facts import Fact, township_of
 from projections.followups import MonthCheck, Overdue, Period, month_checks, overdue_list, parse_period
 from projections.rollups import Freshness, Rollup, compute
 from projections.runner import NAME as CHECKPOINT
+from store.conn import Conn
 
 ScopeChildren = tuple[list[ChildArchive], frozenset[str]]
 """The current archives of a scope's children (merged stubs left out) and their ids."""
@@ -53,7 +54,7 @@ async def archives_in(pool: asyncpg.Pool, scope: str, *, include_merged: bool = 
     return [decode_archive(r["view"]) for r in rows]
 
 
-async def _scope_children(conn: asyncpg.Connection, scope: str) -> ScopeChildren:
+async def _scope_children(conn: Conn, scope: str) -> ScopeChildren:
     rows = await conn.fetch(
         f"SELECT view FROM {tables.SCHEMA}.archive WHERE ({_scope_clause(scope)}) AND root_id = child_id",
         *([scope] if scope else []))

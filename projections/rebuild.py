@@ -47,6 +47,7 @@ from projections.runner import LOCK_KEY, Checkpoint, Runner, advance, write_chec
 from projections.source import Page, scan_page
 from runtime import log as service_log
 from runtime.db import connect
+from store.conn import Conn
 from store.postgres import ORIGIN
 
 Progress = Callable[[int, int], None]
@@ -164,7 +165,7 @@ async def _fill(pool: asyncpg.Pool, schema: str, *, page: int, progress: Progres
                          seconds=seconds, events_per_second=n / seconds if seconds else 0.0)
 
 
-async def _derive_and_write(conn: asyncpg.Connection, schema: str, book: ArchiveBook, merge_entries: list[Entry],
+async def _derive_and_write(conn: Conn, schema: str, book: ArchiveBook, merge_entries: list[Entry],
                             upcast: set[str], plain: asyncio.Future[str], n: int, database_url: str | None,
                             workers: int, parallel_from: int) -> tuple[list[MergeEdge], int, int]:
     """Derive every archive and the facts Python writes, in this process or shared by forked
@@ -197,6 +198,7 @@ async def _derive_and_write(conn: asyncpg.Connection, schema: str, book: Archive
     if shares > 1:
         counts = await conn.fetchrow(f"SELECT (SELECT count(*) FROM {schema}.archive) AS a, "
                                      f"(SELECT count(*) FROM {schema}.fact) AS f")
+        assert counts is not None  # scalar subqueries return one row
         return edges, int(counts["a"]), int(counts["f"])
     return edges, archives_written, fact_count + inserted
 
@@ -234,7 +236,7 @@ def _share_process(database_url: str, schema: str, book: ArchiveBook, edges: lis
     asyncio.run(run())
 
 
-async def _write_share(conn: asyncpg.Connection, schema: str, book: ArchiveBook, edges: list[MergeEdge],
+async def _write_share(conn: Conn, schema: str, book: ArchiveBook, edges: list[MergeEdge],
                        upcast: set[str], share: int, shares: int) -> tuple[int, int]:
     """Derive the archives of the groups in this share, their facts that this share owns, and
     COPY them. Returns (archive rows, fact rows)."""

@@ -46,6 +46,7 @@ from projections.archive import (
 from projections.facts import Fact, fact_of, facts_from
 from projections.source import Row, book_of, family_members, history
 from runtime import log as service_log
+from store.conn import Conn
 from store.postgres import ORIGIN, Position, read_all_in
 
 LOCK_KEY = 0x5052_4F4A_4543_54  # "PROJECT"
@@ -71,7 +72,7 @@ class Lag(msgspec.Struct, frozen=True):
     seconds_behind: float
 
 
-async def read_checkpoint(conn: asyncpg.Connection, schema: str) -> Checkpoint:
+async def read_checkpoint(conn: Conn, schema: str) -> Checkpoint:
     row = await conn.fetchrow(
         f"SELECT tx, pos, applied, skipped, last_committed_at FROM {schema}.checkpoint WHERE name = $1", NAME)
     if row is None:
@@ -88,7 +89,7 @@ FOLD_VERSION = 2
 _VERSION_ROW = "fold_version"  # a row of the checkpoint table whose `tx` holds the version
 
 
-async def read_fold_version(conn: asyncpg.Connection, schema: str) -> int | None:
+async def read_fold_version(conn: Conn, schema: str) -> int | None:
     """The fold version the models in `schema` were built with; None when nothing was applied yet."""
     rows = {r["name"]: r["tx"] for r in await conn.fetch(
         f"SELECT name, tx FROM {schema}.checkpoint WHERE name = ANY($1)", [_VERSION_ROW, NAME])}
@@ -97,13 +98,13 @@ async def read_fold_version(conn: asyncpg.Connection, schema: str) -> int | None
     return 1 if NAME in rows else None  # built before versions were recorded
 
 
-async def write_fold_version(conn: asyncpg.Connection, schema: str, version: int = FOLD_VERSION) -> None:
+async def write_fold_version(conn: Conn, schema: str, version: int = FOLD_VERSION) -> None:
     await conn.execute(
         f"""INSERT INTO {schema}.checkpoint (name, tx, pos, applied, skipped) VALUES ($1, $2, 0, 0, 0)
             ON CONFLICT (name) DO UPDATE SET tx = $2""", _VERSION_ROW, version)
 
 
-async def write_checkpoint(conn: asyncpg.Connection, schema: str, cp: Checkpoint) -> None:
+async def write_checkpoint(conn: Conn, schema: str, cp: Checkpoint) -> None:
     await conn.execute(
         f"""INSERT INTO {schema}.checkpoint (name, tx, pos, applied, skipped, last_committed_at)
             VALUES ($1, $2, $3, $4, $5, $6)
@@ -123,7 +124,7 @@ STRUCTURAL = traits.types_where(lambda t: t.fold is traits.Fold.STRUCTURAL)
 _ADDITIVE_PARTS = ("last_visit", "last_call", "last_letter", "last_talk", "months", "aid", "incidents")
 
 
-async def project(conn: asyncpg.Connection, schema: str, batch: list[Row], upto: Position) -> None:
+async def project(conn: Conn, schema: str, batch: list[Row], upto: Position) -> None:
     """Bring the read models in `schema` up to `upto` for everything `batch` touches.
 
     Three paths with one result (tests compare them with a rebuild from zero):
@@ -161,7 +162,7 @@ async def project(conn: asyncpg.Connection, schema: str, batch: list[Row], upto:
         await _project_additive(conn, schema, fast, derived)
 
 
-async def _project_structural(conn: asyncpg.Connection, schema: str, batch: list[Row], derived: set[str],
+async def _project_structural(conn: Conn, schema: str, batch: list[Row], derived: set[str],
                               upto: Position) -> None:
     """Re-derive the structural part of the archives these events touch (not those re-derived in
     full in this batch) from their children's structural events; keep the additive part."""
@@ -197,7 +198,7 @@ async def _project_structural(conn: asyncpg.Connection, schema: str, batch: list
     await _structural_facts(conn, schema, batch)
 
 
-async def _structural_facts(conn: asyncpg.Connection, schema: str, batch: list[Row]) -> None:
+async def _structural_facts(conn: Conn, schema: str, batch: list[Row]) -> None:
     facts: dict[str, Fact | None] = {}
     for r in batch:
         assert r.care is not None
@@ -205,7 +206,7 @@ async def _structural_facts(conn: asyncpg.Connection, schema: str, batch: list[R
     await tables.write_facts(conn, schema, facts)
 
 
-async def _project_additive(conn: asyncpg.Connection, schema: str, fast: list[Row], derived: set[str]) -> None:
+async def _project_additive(conn: Conn, schema: str, fast: list[Row], derived: set[str]) -> None:
     """Add uncorrected work to stored archives (those not re-derived in this batch), and its facts."""
     children = sorted({k for r in fast for k in r.event.children})
     root_of = {rec["child_id"]: rec["root_id"] for rec in await conn.fetch(
@@ -227,7 +228,7 @@ async def _project_additive(conn: asyncpg.Connection, schema: str, fast: list[Ro
     await tables.write_facts(conn, schema, facts)
 
 
-async def _project_full(conn: asyncpg.Connection, schema: str, understood: list[Row], members: list[Row],
+async def _project_full(conn: Conn, schema: str, understood: list[Row], members: list[Row],
                         upto: Position) -> set[str]:
     """Re-derive every archive these events touch; returns the child ids re-derived."""
     keys: set[str] = set()
@@ -293,7 +294,7 @@ async def _project_full(conn: asyncpg.Connection, schema: str, understood: list[
     return {m for group in groups.values() for m in group}
 
 
-async def advance(conn: asyncpg.Connection, schema: str, limit: int) -> int:
+async def advance(conn: Conn, schema: str, limit: int) -> int:
     """Inside the caller's transaction (holding LOCK_KEY): project the next `limit` events after
     the checkpoint and move it. Returns how many events it read."""
     cp = await read_checkpoint(conn, schema)
@@ -420,5 +421,6 @@ async def lag(pool: asyncpg.Pool, schema: str = tables.SCHEMA) -> Lag:
         row = await conn.fetchrow(
             """SELECT count(*) AS n, extract(epoch FROM now() - min(committed_at)) AS s
                  FROM events WHERE (tx_id, position) > ($1, $2)""", cp.position.tx, cp.position.pos)
+    assert row is not None  # an aggregate returns one row
     return Lag(str(cp.position), cp.applied, cp.skipped, int(row["n"]), float(row["s"] or 0.0))
 

@@ -8,7 +8,8 @@ up to its checkpoint says, never more.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -17,6 +18,7 @@ from events import EVENT_TYPES
 from events import catalogue as c
 from events.envelope import Event, care_of
 from projections.archive import ArchiveBook, Entry, family_of
+from store.conn import Conn
 from store.postgres import Position
 
 COLS = """tx_id, position, committed_at, event_id::text AS event_id, type, schema_version, site_id, site_seq,
@@ -49,7 +51,7 @@ def to_row(r: asyncpg.Record) -> Row:
     return Row(Position(r["tx_id"], r["position"]), r["committed_at"], event, care)
 
 
-async def history(conn: asyncpg.Connection, child_ids: Sequence[str], pseudo: Iterable[str], upto: Position,
+async def history(conn: Conn, child_ids: Sequence[str], pseudo: Iterable[str], upto: Position,
                   types: Sequence[str] | None = None) -> list[Row]:
     """Every event up to `upto` that concerns these children (only of `types`, if given), plus
     every member of the correction families of those events and of the pseudo-keys ('ev:<id>')."""
@@ -67,7 +69,7 @@ async def history(conn: asyncpg.Connection, child_ids: Sequence[str], pseudo: It
     return list(out.values())
 
 
-async def group_rows(conn: asyncpg.Connection, child_id: str, column: str, when: dt.datetime | None) -> list[Row]:
+async def group_rows(conn: Conn, child_id: str, column: str, when: dt.datetime | None) -> list[Row]:
     """Every event of the child's merged group up to `when` on the clock `column` ('committed_at'
     or 'occurred_at'; None: everything committed), with whole correction families: follows
     merges transitively (a merge names both children)."""
@@ -96,7 +98,7 @@ async def group_rows(conn: asyncpg.Connection, child_id: str, column: str, when:
     return list(rows.values())
 
 
-async def family_members(conn: asyncpg.Connection, families: Iterable[str], upto: Position,
+async def family_members(conn: Conn, families: Iterable[str], upto: Position,
                          known: Iterable[str] = ()) -> list[Row]:
     """The members of these correction families (the original and every correction of it) up
     to `upto`, except the events in `known` (already in hand)."""
@@ -128,7 +130,7 @@ _care_decoders = {name: msgspec.json.Decoder(cls) for name, cls in EVENT_TYPES.i
 _current = {(name, cls.SCHEMA_VERSION): _care_decoders[name].decode for name, cls in EVENT_TYPES.items()}
 
 
-def _care(r: asyncpg.Record) -> c.CareEventBase | None:
+def _care(r: Mapping[str, Any]) -> c.CareEventBase | None:
     """The typed payload of a stored row, decoded once (upcast through care_of when older)."""
     if not r["understood"]:
         return None
@@ -139,7 +141,7 @@ def _care(r: asyncpg.Record) -> c.CareEventBase | None:
     return _slow_care(r)
 
 
-def _slow_care(r: asyncpg.Record) -> c.CareEventBase | None:
+def _slow_care(r: Mapping[str, Any]) -> c.CareEventBase | None:
     event = Event(event_id=r["event_id"], type=r["type"], schema_version=r["schema_version"], site_id=r["site_id"],
                   site_seq=r["site_seq"], actor=r["actor"], occurred_at=r["occurred_at"],
                   recorded_at=r["recorded_at"], prev_hash="0" * 64, payload=msgspec.Raw(r["payload"]))
@@ -155,7 +157,7 @@ class Page(msgspec.Struct):
     upcast: list[str] = []  # understood events not stored at the version this code reads directly
 
 
-async def scan_page(conn: asyncpg.Connection, after: Position, limit: int) -> Page | None:
+async def scan_page(conn: Conn, after: Position, limit: int) -> Page | None:
     """The next page of the global order (never skipping a late commit), straight to entries."""
     rows = await conn.fetch(_SCAN, after.tx, after.pos, limit)
     if not rows:

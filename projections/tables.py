@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import asyncpg
-
 from projections.archive import ChildArchive, MergeEdge, encode_archive
 from projections.facts import Fact, township_of
+from store.conn import Conn
 
 SCHEMA = "proj"
 SHADOW = "proj_shadow"
@@ -63,7 +62,7 @@ def _upsert(schema: str, table: str, cols: tuple[str, ...], key: tuple[str, ...]
 _BULK_FROM = 64  # rows: below this executemany, from here COPY into a temp table and one upsert
 
 
-async def upsert(conn: asyncpg.Connection, schema: str, table: str, cols: tuple[str, ...], key: tuple[str, ...],
+async def upsert(conn: Conn, schema: str, table: str, cols: tuple[str, ...], key: tuple[str, ...],
                  rows: list[tuple[Any, ...]]) -> None:
     """Insert or update rows by key: executemany for a few, COPY + one INSERT ... ON CONFLICT for many."""
     if not rows:
@@ -81,7 +80,7 @@ async def upsert(conn: asyncpg.Connection, schema: str, table: str, cols: tuple[
     await conn.execute(f"DELETE FROM pg_temp.{staging}")  # a second upsert in this transaction starts empty
 
 
-async def write_archives(conn: asyncpg.Connection, schema: str, archives: Iterable[ChildArchive], *,
+async def write_archives(conn: Conn, schema: str, archives: Iterable[ChildArchive], *,
                          months: dict[str, set[str]] | None = None, conflicts: bool = True) -> None:
     """Replace the rows of these children in archive, followup and conflict. With `months`
     (child -> months changed; the others are unchanged) only those followup rows are
@@ -106,14 +105,14 @@ async def write_archives(conn: asyncpg.Connection, schema: str, archives: Iterab
             await conn.copy_records_to_table("conflict", schema_name=schema, records=confl, columns=CONFLICT_COLS)
 
 
-async def write_facts(conn: asyncpg.Connection, schema: str, facts: dict[str, Fact | None]) -> None:
+async def write_facts(conn: Conn, schema: str, facts: dict[str, Fact | None]) -> None:
     gone = [eid for eid, f in facts.items() if f is None]
     if gone:
         await conn.execute(f"DELETE FROM {schema}.fact WHERE event_id = ANY($1::text[])", gone)
     await upsert(conn, schema, "fact", FACT_COLS, ("event_id",), [fact_row(f) for f in facts.values() if f is not None])
 
 
-async def write_edges(conn: asyncpg.Connection, schema: str, touching: list[str], edges: list[MergeEdge]) -> None:
+async def write_edges(conn: Conn, schema: str, touching: list[str], edges: list[MergeEdge]) -> None:
     """Replace the merge edges that touch these children by `edges` (recomputed from their events)."""
     await conn.execute(f"DELETE FROM {schema}.merge_edge WHERE kept = ANY($1::text[]) OR merged = ANY($1::text[])",
                        touching)
@@ -122,7 +121,7 @@ async def write_edges(conn: asyncpg.Connection, schema: str, touching: list[str]
                                [edge_row(e) for e in edges])
 
 
-async def read_edges(conn: asyncpg.Connection, schema: str) -> list[MergeEdge]:
+async def read_edges(conn: Conn, schema: str) -> list[MergeEdge]:
     rows = await conn.fetch(f"SELECT {', '.join(EDGE_COLS)} FROM {schema}.merge_edge")
     return [MergeEdge(merge_event_id=r["merge_event_id"], kept=r["kept"], merged=r["merged"],
                       stamp=(r["recorded_at"], r["site_id"], r["site_seq"]), undone=r["undone"]) for r in rows]

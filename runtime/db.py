@@ -22,7 +22,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
-    conn = await asyncpg.connect(url, **kwargs)
+    conn: asyncpg.Connection = await asyncpg.connect(url, **kwargs)
     await _init_connection(conn)
     return conn
 

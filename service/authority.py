@@ -38,12 +38,11 @@ from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
-import asyncpg
-
 from events import catalogue as c
 from events import traits
 from events.envelope import DecodedEvent
 from events.traits import Authority
+from store.conn import Conn
 
 # Scope-changing types: their decisions take a per-child lock (see the module docstring).
 _SCOPE_TYPES = (c.ChildRegistered, c.ChildTransferred, c.ArchivesMerged, c.ArchivesUnmerged)
@@ -97,7 +96,7 @@ def _children_named(care: c.CareEventBase) -> set[str]:
     return ids
 
 
-async def lock_scope_changes(conn: asyncpg.Connection, batch: Sequence[DecodedEvent]) -> None:
+async def lock_scope_changes(conn: Conn, batch: Sequence[DecodedEvent]) -> None:
     """Serialize decisions about the scope of the children whose scope this batch may change
     (locks in sorted order, so two batches never wait for each other in a cycle)."""
     keys = sorted({zlib.crc32(child.encode()) for d in batch if isinstance(d.care, _SCOPE_TYPES)
@@ -106,7 +105,7 @@ async def lock_scope_changes(conn: asyncpg.Connection, batch: Sequence[DecodedEv
         await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", _LOCK_SPACE, key - 2**31)
 
 
-async def load_facts(conn: asyncpg.Connection, batch: Sequence[DecodedEvent]) -> Facts:
+async def load_facts(conn: Conn, batch: Sequence[DecodedEvent]) -> Facts:
     children: set[str] = set()
     sites: set[str] = set()
     targets: dict[str, set[str]] = {}  # corrected event id -> children to look for it by
@@ -160,7 +159,7 @@ async def load_facts(conn: asyncpg.Connection, batch: Sequence[DecodedEvent]) ->
     return facts
 
 
-async def already_stored(conn: asyncpg.Connection, batch: Sequence[DecodedEvent]) -> set[str]:
+async def already_stored(conn: Conn, batch: Sequence[DecodedEvent]) -> set[str]:
     """Ids of the events of `batch` the store holds already with the same content: a resend,
     which the store keeps once; it was authorized when it was first stored (and a decision taken
     now, on a scope that moved since, must not refuse the copy)."""

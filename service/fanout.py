@@ -34,6 +34,7 @@ from collections.abc import Iterable
 
 import asyncpg
 import msgspec
+from asyncpg.pool import PoolConnectionProxy
 from nats.js import JetStreamContext
 
 from events.envelope import Event, care_of, encode_event
@@ -42,6 +43,7 @@ from runtime import log
 from service.scope import ScopeView, load_scope
 from service.sites import township_of
 from service.streams import publish_batch
+from store.conn import Conn
 from store.postgres import ORIGIN, EventStore, Position, StoredEvent, read_all_in
 
 _log = log.get("service.fanout")
@@ -150,7 +152,7 @@ class Targets:
                 - self.at([child], tx, origin, before=True, with_origin=True))
 
 
-async def targets_for(conn: asyncpg.Connection, children: Iterable[str]) -> Targets:
+async def targets_for(conn: Conn, children: Iterable[str]) -> Targets:
     """The scope history of these children and the active sites, for Targets' questions."""
     view = await load_scope(conn, children)
     rows = await conn.fetch("SELECT site_id, kind FROM sites WHERE active")
@@ -180,11 +182,11 @@ class FanOut:
     def wake(self) -> None:
         self._wake.set()
 
-    async def _listen(self) -> asyncpg.Connection | None:
+    async def _listen(self) -> PoolConnectionProxy[asyncpg.Record] | None:
         """Wake on the store's NOTIFY (migration 0003, when present) so a fan-out running in
         another process than the ingester follows commits without waiting for its poll."""
         try:
-            conn: asyncpg.Connection = await self.pool.acquire()
+            conn = await self.pool.acquire()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             return None
         try:

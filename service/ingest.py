@@ -60,6 +60,7 @@ from service.authority import already_stored, authorize, load_facts, lock_scope_
 from service.quarantine import NewRow, insert_rows, refusal
 from service.scope import apply_scope
 from service.streams import INGEST_CONSUMER, StreamSettings
+from store.conn import Conn
 from store.postgres import append_in
 
 _log = log.get("service.ingest")
@@ -265,7 +266,7 @@ def admit(sub: Submitted, now: dt.datetime | None = None) -> Triaged:
     return _from_sender(sub, site_id, decoded)
 
 
-async def commit_in(conn: asyncpg.Connection, items: Sequence[Triaged], *, quarantine: bool = True) -> Outcome:
+async def commit_in(conn: Conn, items: Sequence[Triaged], *, quarantine: bool = True) -> Outcome:
     """Authorize and store a triaged batch inside the caller's transaction. Refused items are
     quarantined, or with ``quarantine=False`` returned in ``Outcome.rejected`` (a replay)."""
     out = Outcome()
@@ -343,7 +344,7 @@ async def commit_in(conn: asyncpg.Connection, items: Sequence[Triaged], *, quara
     return out
 
 
-async def commit_events(conn: asyncpg.Connection, site_id: str, events: Sequence[Event], *,
+async def commit_events(conn: Conn, site_id: str, events: Sequence[Event], *,
                         quarantine: bool = True, now: dt.datetime | None = None) -> Outcome:
     """Check, authorize and store events that are values (sealed in this process), sent as
     ``site_id``, inside the caller's transaction: :func:`admit` each, then :func:`commit_in`, as

@@ -26,6 +26,7 @@ from nats.js.errors import NotFoundError
 from events.types import SiteId
 from events.wire import Refusal
 from runtime import log
+from store.conn import Conn
 
 _log = log.get("service.quarantine")
 
@@ -69,7 +70,7 @@ class NewRow(msgspec.Struct, frozen=True):
 _COLUMNS = ("subject", "site_id", "event_id", "site_seq", "reason", "raw", "msgpack", "stream_seq", "deliveries")
 
 
-async def insert_rows(conn: asyncpg.Connection, rows: Sequence[NewRow]) -> list[int]:
+async def insert_rows(conn: Conn, rows: Sequence[NewRow]) -> list[int]:
     """Insert quarantine rows inside the caller's transaction; returns their ids in order."""
     if not rows:
         return []
@@ -193,6 +194,7 @@ async def dismiss(pool: asyncpg.Pool, row_id: int, by: str, note: str) -> Quaran
         row = await conn.fetchrow(
             f"""UPDATE quarantine SET status = 'dismissed', resolved_at = now(), resolution = $2
                  WHERE id = $1 RETURNING {_RETURNING}""", row_id, f"dismissed by {by}: {note}"[:500])
+    assert row is not None  # the row was locked above
     _log.warning("quarantine row dismissed", quarantine_id=row_id, by=by, site_id=row["site_id"])
     return Quarantined(**dict(row))
 

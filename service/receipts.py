@@ -43,12 +43,13 @@ from runtime import log
 from service import metrics
 from service.sites import SiteError, check_site_id
 from service.streams import publish_batch
+from store.conn import Conn
 from store.postgres import holes_of
 
 _log = log.get("service.receipts")
 
 
-async def receipts_for(conn: asyncpg.Connection, sites: list[str],
+async def receipts_for(conn: Conn, sites: list[str],
                        refusals: dict[str, list[Refusal]] | None = None) -> list[Receipt]:
     """The receipts of these sites as committed now (one query for all of them)."""
     refusals = refusals or {}

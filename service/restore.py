@@ -29,6 +29,7 @@ from events.wire import (
 from runtime import log
 from service.fanout import NOW_TX, redacted, targets_for
 from service.sites import SiteError, check_site_id
+from store.conn import Conn
 from store.postgres import EventStore, Position, StoredEvent, progress_of, read_where
 
 _log = log.get("service.restore")
@@ -103,7 +104,7 @@ class RestoreResponder:
         return RestorePage(site_id=site_id, watermark=progress.watermark, max_seq=progress.max_seq,
                            holes=[[lo, hi] for lo, hi in progress.holes], events=events, next_seq=next_seq)
 
-    async def _inbox_page(self, conn: asyncpg.Connection, site_id: str, after: Position) -> RestorePage:
+    async def _inbox_page(self, conn: Conn, site_id: str, after: Position) -> RestorePage:
         """Committed events of other sites about the children in this site's scope now (and the
         children merged with them), in the global order after `after`: what the site's care.down
         consumer had brought it before its disk died. A child's whole history, as the fan-out

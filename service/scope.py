@@ -18,15 +18,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-import asyncpg
-
 from events.catalogue import ArchivesMerged, ArchivesUnmerged, ChildRegistered, ChildTransferred
 from events.envelope import DecodedEvent
+from store.conn import Conn
 
 ROLES = ("village", "school")
 
 
-async def apply_scope(conn: asyncpg.Connection, stored: Sequence[DecodedEvent], kinds: dict[str, str]) -> int:
+async def apply_scope(conn: Conn, stored: Sequence[DecodedEvent], kinds: dict[str, str]) -> int:
     """Update the scope for the events just stored in this transaction (in batch order);
     `kinds` maps each sending site to its kind. Returns how many changes were made."""
     changes = 0
@@ -51,7 +50,7 @@ async def apply_scope(conn: asyncpg.Connection, stored: Sequence[DecodedEvent], 
     return changes
 
 
-async def _set_role(conn: asyncpg.Connection, child_id: str, role: str, site_id: str, event_id: str) -> int:
+async def _set_role(conn: Conn, child_id: str, role: str, site_id: str, event_id: str) -> int:
     current = await conn.fetchval(
         "SELECT site_id FROM child_scope WHERE child_id = $1 AND role = $2 AND until_tx IS NULL", child_id, role
     )
@@ -68,7 +67,7 @@ async def _set_role(conn: asyncpg.Connection, child_id: str, role: str, site_id:
     return 1
 
 
-async def _link(conn: asyncpg.Connection, a: str, b: str, event_id: str) -> int:
+async def _link(conn: Conn, a: str, b: str, event_id: str) -> int:
     if a == b:
         return 0
     await conn.execute(
@@ -81,7 +80,7 @@ async def _link(conn: asyncpg.Connection, a: str, b: str, event_id: str) -> int:
     return 1
 
 
-async def _unlink(conn: asyncpg.Connection, a: str, b: str) -> int:
+async def _unlink(conn: Conn, a: str, b: str) -> int:
     await conn.execute(
         """UPDATE child_links SET until_tx = pg_current_xact_id()::text::bigint
            WHERE until_tx IS NULL
@@ -123,7 +122,7 @@ class ScopeView:
         return out
 
 
-async def load_scope(conn: asyncpg.Connection, children: Iterable[str]) -> ScopeView:
+async def load_scope(conn: Conn, children: Iterable[str]) -> ScopeView:
     """Scope rows of these children and of every child ever linked to them."""
     ids = sorted(set(children))
     view = ScopeView()

@@ -363,7 +363,7 @@ def township_routes() -> list[HTTPRouteHandler]:
         from openpyxl.styles import Font
 
         wb = Workbook()
-        ws = wb.active
+        ws = wb.worksheets[0]  # a new workbook has one sheet; .active may be a chartsheet or none to the type checker
         ws.title = "儿童花名册"
         ws.append(list(ROSTER_HEADER))
         for cell in ws[1]:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from store.conn import Conn
+
 _LOCK_KEY = 0x5348_4F55_5741_4E47 & 0x7FFF_FFFF_FFFF_FFFF  # "SHOUWANG"
 _NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -49,11 +51,11 @@ def available() -> list[Migration]:
     return out
 
 
-async def migrate(conn: asyncpg.Connection) -> list[int]:
+async def migrate(conn: Conn) -> list[int]:
     """Apply every pending migration; returns the versions applied now."""
     applied_now: list[int] = []
     # current_user names the role in a refusal
-    user = str((await conn.fetchrow("SELECT pg_advisory_lock($1), current_user AS who", _LOCK_KEY))["who"])
+    user = str(await conn.fetchval("SELECT current_user FROM pg_advisory_lock($1)", _LOCK_KEY))
     try:
         # Checked first: CREATE ... IF NOT EXISTS needs the CREATE privilege even when the table
         # is there, which the service role has not.
@@ -77,7 +79,7 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
     return applied_now
 
 
-async def _as_owner(conn: asyncpg.Connection, user: str, pending: list[int], sql: str) -> None:
+async def _as_owner(conn: Conn, user: str, pending: list[int], sql: str) -> None:
     try:
         await conn.execute(sql)
     except asyncpg.InsufficientPrivilegeError as err:
@@ -87,7 +89,7 @@ async def _as_owner(conn: asyncpg.Connection, user: str, pending: list[int], sql
             "database's owner role (SHOUWANG_DATABASE_OWNER_URL or --database-url), then start again") from None
 
 
-async def grant_services(conn: asyncpg.Connection) -> list[str]:
+async def grant_services(conn: Conn) -> list[str]:
     """Give every service role recorded by `shouwang db roles` its exact privileges again
     (migration 0007's `shouwang_grant_service`); nothing before 0007 or with one role. Returns
     the roles granted."""
@@ -99,7 +101,7 @@ async def grant_services(conn: asyncpg.Connection) -> list[str]:
     return roles
 
 
-async def current_version(conn: asyncpg.Connection) -> int:
+async def current_version(conn: Conn) -> int:
     exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     if not exists:
         return 0

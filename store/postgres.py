@@ -74,6 +74,7 @@ import asyncpg
 import msgspec
 
 from events.envelope import GENESIS_HASH, DecodedEvent, Event, event_hash
+from store.conn import Conn
 from store.contract import EventLog
 
 
@@ -220,7 +221,7 @@ class EventStore:
                 await self._announce(conn)
             return result
 
-    async def _announce(self, conn: asyncpg.Connection) -> None:
+    async def _announce(self, conn: Conn) -> None:
         """Wake the store's listeners (projections, fan-out) after a commit. Appends that commit
         while a notification is being sent share the next one; the notifying transaction
         commits without waiting for its fsync (a lost wake-up only costs a listener its poll
@@ -342,7 +343,7 @@ class ChainReport(msgspec.Struct):
 _keeps_the_contract: type[EventLog] = EventStore
 
 
-async def read_all_in(conn: asyncpg.Connection, after: Position, limit: int) -> list[StoredEvent]:
+async def read_all_in(conn: Conn, after: Position, limit: int) -> list[StoredEvent]:
     rows = await conn.fetch(
         f"""{_SELECT} WHERE (tx_id, position) > ($1, $2) AND tx_id < {_HORIZON}
             ORDER BY tx_id, position LIMIT $3""",
@@ -352,7 +353,7 @@ async def read_all_in(conn: asyncpg.Connection, after: Position, limit: int) -> 
 
 
 async def read_where(
-    conn: asyncpg.Connection, condition: str, *args: Any, after: Position = ORIGIN, limit: int = 1000
+    conn: Conn, condition: str, *args: Any, after: Position = ORIGIN, limit: int = 1000
 ) -> list[StoredEvent]:
     """The events matching `condition` that a reader may see now, in the global order after
     `after`, at most `limit`: the order and the visibility horizon of `read_all_in`, so a page
@@ -367,7 +368,7 @@ async def read_where(
     return [_row_to_stored(r) for r in rows]
 
 
-async def read_one_where(conn: asyncpg.Connection, condition: str, *args: Any) -> StoredEvent | None:
+async def read_one_where(conn: Conn, condition: str, *args: Any) -> StoredEvent | None:
     """The committed event matching `condition` (which names one, by its event_id), or None. A
     look-up by id needs no horizon: a row is there or not, it never appears behind a reader.
     `condition` is SQL over the columns of `events` with `args` numbered from $1."""
@@ -375,7 +376,7 @@ async def read_one_where(conn: asyncpg.Connection, condition: str, *args: Any) -
     return _row_to_stored(row) if row else None
 
 
-async def progress_of(conn: asyncpg.Connection, site_id: str) -> SiteProgress:
+async def progress_of(conn: Conn, site_id: str) -> SiteProgress:
     row = await conn.fetchrow("SELECT * FROM site_progress WHERE site_id = $1", site_id)
     if row is None:
         return SiteProgress(site_id, 0, 0, [], 0, 0, None, None)
@@ -389,7 +390,7 @@ def _progress(row: asyncpg.Record) -> SiteProgress:
     )
 
 
-async def append_in(conn: asyncpg.Connection, batch: Sequence[DecodedEvent]) -> AppendResult:
+async def append_in(conn: Conn, batch: Sequence[DecodedEvent]) -> AppendResult:
     """Append inside the caller's transaction (the ingester also writes quarantine rows in it),
     or, on a connection outside a transaction, in a transaction of its own."""
     result, _ = await _append(conn, batch, notify_in_tx=True)
@@ -403,7 +404,7 @@ CALL_THRESHOLD = 128
 
 
 async def _append(
-    conn: asyncpg.Connection, batch: Sequence[DecodedEvent], *, notify_in_tx: bool
+    conn: Conn, batch: Sequence[DecodedEvent], *, notify_in_tx: bool
 ) -> tuple[AppendResult, bool]:
     """A batch smaller than CALL_THRESHOLD whose event ids and (site, site_seq) pairs are unique
     (every batch a site sends) is appended by one call of the server-side `shouwang_append`
@@ -432,7 +433,7 @@ _APPEND_CALL = """SELECT outcome, holders FROM shouwang_append($1::text[], $2::b
     $13::jsonb[], $14::jsonb[], $15::bool)"""
 
 
-async def _append_call(conn: asyncpg.Connection, batch: Sequence[DecodedEvent], notify: bool) -> AppendResult:
+async def _append_call(conn: Conn, batch: Sequence[DecodedEvent], notify: bool) -> AppendResult:
     evs = [d.event for d in batch]
     row = await conn.fetchrow(
         _APPEND_CALL,
@@ -444,6 +445,7 @@ async def _append_call(conn: asyncpg.Connection, batch: Sequence[DecodedEvent], 
         [_json.encode(e.based_on) if e.based_on else b"{}" for e in evs], [bytes(e.payload) for e in evs],
         notify,
     )
+    assert row is not None  # the function returns one row
     outcome: str = row[0]
     result = AppendResult(sites=sorted({e.site_id for e in evs}))
     if outcome.count("s") == len(evs):
@@ -473,7 +475,7 @@ def _seq_taken(e: Event, holder: object) -> str:
             "a site's sequence numbers must be unique")
 
 
-async def _append_general(conn: asyncpg.Connection, batch: Sequence[DecodedEvent]) -> AppendResult:
+async def _append_general(conn: Conn, batch: Sequence[DecodedEvent]) -> AppendResult:
     """Any batch, repeats inside it included, in the caller's transaction.
 
     Fast path, for a batch of new events: two COPYs, no per-row lookups. If the COPY into
@@ -521,7 +523,7 @@ async def _append_general(conn: asyncpg.Connection, batch: Sequence[DecodedEvent
 COPY_THRESHOLD = 64
 
 
-async def _insert_index(conn: asyncpg.Connection, fresh: list[DecodedEvent]) -> set[str]:
+async def _insert_index(conn: Conn, fresh: list[DecodedEvent]) -> set[str]:
     """Insert the ids into event_index; returns the ids that were not there yet."""
     if not fresh:
         return set()
@@ -542,7 +544,7 @@ async def _insert_index(conn: asyncpg.Connection, fresh: list[DecodedEvent]) -> 
     return {str(r["event_id"]) for r in rows}
 
 
-async def _insert_events(conn: asyncpg.Connection, fresh: list[DecodedEvent]) -> None:
+async def _insert_events(conn: Conn, fresh: list[DecodedEvent]) -> None:
     records = [event_record(d) for d in fresh]
     if len(records) >= COPY_THRESHOLD:
         await conn.copy_records_to_table("events", records=records, columns=EVENT_COLUMNS)
@@ -592,7 +594,7 @@ def _split_by_sequence(
     return fresh, rest
 
 
-async def _existing(conn: asyncpg.Connection, event_ids: list[str]) -> dict[str, asyncpg.Record]:
+async def _existing(conn: Conn, event_ids: list[str]) -> dict[str, asyncpg.Record]:
     rows = await conn.fetch(
         "SELECT event_id, hash FROM event_index WHERE event_id = ANY($1::uuid[])",
         [uuid.UUID(e) for e in event_ids],
@@ -617,7 +619,7 @@ def event_record(d: DecodedEvent) -> tuple[Any, ...]:
     )
 
 
-async def _classify(conn: asyncpg.Connection, others: list[DecodedEvent], result: AppendResult) -> None:
+async def _classify(conn: Conn, others: list[DecodedEvent], result: AppendResult) -> None:
     """Each event that was not stored is a duplicate (same id, same content) or refused."""
     by_id = await _existing(conn, [d.event.event_id for d in others])
     stored_now = set(result.stored)
@@ -639,7 +641,7 @@ async def _classify(conn: asyncpg.Connection, others: list[DecodedEvent], result
 
 
 async def _advance_progress(
-    conn: asyncpg.Connection, committed: dict[str, tuple[int, Sequence[int]]], fresh: list[DecodedEvent],
+    conn: Conn, committed: dict[str, tuple[int, Sequence[int]]], fresh: list[DecodedEvent],
     duplicates_by_site: dict[str, int],
 ) -> None:
     by_site: dict[str, list[DecodedEvent]] = {}

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from store import migrate
+from store.conn import Conn
 
 _ROLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 APP_SCHEMAS = ("public", "proj", "proj_shadow")
@@ -51,14 +52,14 @@ class RolesReport:
     reassigned: int = 0  # objects whose ownership moved to the owner
 
 
-async def _run(conn: asyncpg.Connection, template: str, *args: str) -> None:
+async def _run(conn: Conn, template: str, *args: str) -> None:
     """Execute a utility statement whose identifiers (%I) and literals (%L) PostgreSQL quotes."""
     params = ", ".join(f"${i}::text" for i in range(2, len(args) + 2))
     sql = await conn.fetchval(f"SELECT format($1{', ' + params if args else ''})", template, *args)
     await conn.execute(sql)
 
 
-async def _ensure_role(conn: asyncpg.Connection, role: str, password: str | None, report: RolesReport) -> None:
+async def _ensure_role(conn: Conn, role: str, password: str | None, report: RolesReport) -> None:
     row = await conn.fetchrow("SELECT rolsuper FROM pg_roles WHERE rolname = $1", role)
     if row is not None and row["rolsuper"]:
         raise RoleError(f"role {role!r} is a superuser: the owner and the service role must be ordinary roles")
@@ -98,7 +99,7 @@ SELECT format('ALTER ROUTINE %s OWNER TO %I', p.oid::regprocedure, $1::text)
 """
 
 
-async def _hand_over(conn: asyncpg.Connection, owner: str, service: str) -> int:
+async def _hand_over(conn: Conn, owner: str, service: str) -> int:
     """Make `owner` the owner of the database and of every object of the application's schemas
     (an install of one role, or objects a superuser made); leave the service owning nothing."""
     database = await conn.fetchval("SELECT current_database()")
@@ -111,7 +112,7 @@ async def _hand_over(conn: asyncpg.Connection, owner: str, service: str) -> int:
     return len(statements)
 
 
-async def setup_roles(conn: asyncpg.Connection, *, owner: str = DEFAULT_OWNER, service: str = DEFAULT_SERVICE,
+async def setup_roles(conn: Conn, *, owner: str = DEFAULT_OWNER, service: str = DEFAULT_SERVICE,
                       owner_password: str | None = None, service_password: str | None = None) -> RolesReport:
     """Create or update both roles for the connected database, hand everything to the owner,
     migrate as the owner and grant the service exactly what it needs (see the module's steps).
@@ -123,6 +124,7 @@ async def setup_roles(conn: asyncpg.Connection, *, owner: str = DEFAULT_OWNER, s
         raise RoleError("the owner and the service role must be two roles")
     me = await conn.fetchrow("SELECT current_user AS name, rolsuper, rolcreaterole FROM pg_roles "
                              "WHERE rolname = current_user")
+    assert me is not None  # current_user is a role
     if me["name"] in (owner, service):
         raise RoleError(f"connect as a superuser (e.g. postgres), not as {me['name']!r}, to set up the roles")
     if not (me["rolsuper"] or me["rolcreaterole"]):
@@ -154,7 +156,7 @@ async def setup_roles(conn: asyncpg.Connection, *, owner: str = DEFAULT_OWNER, s
     return report
 
 
-async def service_privileges(conn: asyncpg.Connection, role: str, table: str) -> set[str]:
+async def service_privileges(conn: Conn, role: str, table: str) -> set[str]:
     """The privileges `role` holds on `table` (for tests and `db roles --check`)."""
     kinds = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
     held = set()

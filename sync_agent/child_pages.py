@@ -442,7 +442,7 @@ def _xlsx(header: list[str], rows: list[list[Any]], site_name: str, printed_at: 
     from openpyxl.utils import get_column_letter
 
     wb = Workbook()
-    ws = wb.active
+    ws = wb.worksheets[0]  # a new workbook has one sheet; .active may be a chartsheet or none to the type checker
     assert ws is not None
     ws.title = "花名册"
     ws.append(list(header))
@@ -458,8 +458,10 @@ def _xlsx(header: list[str], rows: list[list[Any]], site_name: str, printed_at: 
     ws.page_setup.orientation = "landscape"
     ws.page_setup.paperSize = ws.PAPERSIZE_A4
     ws.print_title_rows = "1:1"
-    ws.oddHeader.center.text = f"{site_name} 留守儿童花名册"
-    ws.oddFooter.right.text = f"{printed_at} · 第 &P 页 / 共 &N 页"
+    page_head, page_foot = ws.oddHeader, ws.oddFooter
+    assert page_head is not None and page_foot is not None  # a new sheet has both
+    page_head.center.text = f"{site_name} 留守儿童花名册"
+    page_foot.right.text = f"{printed_at} · 第 &P 页 / 共 &N 页"
     out = io.BytesIO()
     wb.save(out)
     return out.getvalue()

@@ -28,16 +28,17 @@ from projections.source import Row, book_of, group_rows
 from service.api.audit import record_group_reads, record_read
 from service.api.auth import Caller
 from service.api.scoping import Params, child_visible
+from store.conn import Conn
 
 ARCHIVE = f"{tables.SCHEMA}.archive"
 
 
-async def visible(conn: asyncpg.Connection, caller: Caller, child_id: str) -> bool:
+async def visible(conn: Conn, caller: Caller, child_id: str) -> bool:
     p = Params(child_id)
     return bool(await conn.fetchval(f"SELECT {child_visible(caller, p, '$1')}", *p.values))
 
 
-async def read_rows(conn: asyncpg.Connection, caller: Caller, child_id: str, *,
+async def read_rows(conn: Conn, caller: Caller, child_id: str, *,
                     committed_before: dt.datetime | None = None,
                     occurred_before: dt.datetime | None = None) -> list[Row] | None:
     """The events of a child's merged group (whole correction families) up to a time, if the
@@ -49,7 +50,7 @@ async def read_rows(conn: asyncpg.Connection, caller: Caller, child_id: str, *,
     return await group_rows(conn, child_id, column, when)
 
 
-async def visible_among(conn: asyncpg.Connection, caller: Caller, ids: set[str]) -> set[str]:
+async def visible_among(conn: Conn, caller: Caller, ids: set[str]) -> set[str]:
     """Those of `ids` that are in the caller's scope now (one statement, the scope predicate in it)."""
     if not ids:
         return set()
@@ -83,7 +84,7 @@ def timeline_rows(child_id: str, rows: Sequence[Row]) -> tuple[list[pa.TimelineI
     return pa.timeline(entries), {r.event.event_id: r for r in rows}
 
 
-async def read_archive(conn: asyncpg.Connection, caller: Caller, child_id: str) -> pa.ChildArchive | None:
+async def read_archive(conn: Conn, caller: Caller, child_id: str) -> pa.ChildArchive | None:
     """The child's current archive, if in scope: the read model's row, or the log's if not projected yet."""
     p = Params(child_id)
     view = await conn.fetchval(
@@ -162,7 +163,7 @@ def scope_hint(caller: Caller, p: Params, alias: str = "a") -> str:
     return "false"
 
 
-async def archives_where(conn: asyncpg.Connection, caller: Caller, p: Params, conds: list[str],
+async def archives_where(conn: Conn, caller: Caller, p: Params, conds: list[str],
                          limit: int | None = None) -> list[pa.ChildArchive]:
     """Current archives (not merged stubs) in the caller's scope that meet `conds`, by child id."""
     where = " AND ".join(["a.root_id = a.child_id", "a.registered", scope_hint(caller, p),

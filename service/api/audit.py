@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-import asyncpg
 import msgspec
 from litestar import Controller, Request, get
 from litestar.params import Parameter
@@ -22,12 +21,13 @@ from projections.tables import SCHEMA
 from service.api.auth import Caller
 from service.api.errors import ApiError, bad
 from service.api.scoping import Params, SiteFilter, SiteIdPath, allow, caller_of, child_visible, may_see_site
+from store.conn import Conn
 from store.postgres import EventStore
 
 ARCHIVE = f"{SCHEMA}.archive"
 
 
-async def record_read(conn: asyncpg.Connection, caller: Caller, child_id: str, route: str, query: str,
+async def record_read(conn: Conn, caller: Caller, child_id: str, route: str, query: str,
                       served: bool) -> None:
     await conn.execute(
         "INSERT INTO read_log (username, role, child_id, route, query, outcome) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -35,7 +35,7 @@ async def record_read(conn: asyncpg.Connection, caller: Caller, child_id: str, r
     )
 
 
-async def record_group_reads(conn: asyncpg.Connection, caller: Caller, child_id: str, group: set[str], route: str,
+async def record_group_reads(conn: Conn, caller: Caller, child_id: str, group: set[str], route: str,
                              query: str) -> None:
     """A merged archive is every member's record: log a served read of each member other than
     `child_id` (whose own read the caller logs)."""

@@ -57,6 +57,7 @@ from runtime import passwords
 from service.api.batch import Batched
 from service.api.errors import ApiError
 from service.sites import township_of
+from store.conn import Conn
 
 ROLES = ("station", "school", "township", "auditor", "admin")
 SITE_KIND_OF_ROLE = {"station": "village", "school": "school", "township": "township"}
@@ -150,7 +151,7 @@ def _stored(row: asyncpg.Record) -> str:
                                    row["scrypt_r"], row["scrypt_p"])
 
 
-async def _store_hash(conn: asyncpg.Connection, username: str, encoded: str) -> None:
+async def _store_hash(conn: Conn, username: str, encoded: str) -> None:
     await conn.execute("UPDATE api_users SET password_hash = $2, password_salt = '', scrypt_n = 0, scrypt_r = 0, "
                        "scrypt_p = 0 WHERE username = $1", username, encoded.encode("ascii"))
 
@@ -196,7 +197,7 @@ def _new_code() -> str:
     return "-".join("".join(chars[i:i + _CODE_GROUP]) for i in range(0, len(chars), _CODE_GROUP))
 
 
-async def _log(conn: asyncpg.Connection, actor: str, action: str, target: str, detail: str = "") -> None:
+async def _log(conn: Conn, actor: str, action: str, target: str, detail: str = "") -> None:
     """One line of the log of account actions (no password, no code)."""
     assert action in ACTIONS, action
     await conn.execute("INSERT INTO api_user_log (actor, action, target, detail) VALUES ($1, $2, $3, $4)",
@@ -256,6 +257,7 @@ async def add_user(pool: asyncpg.Pool, username: str, role: str, password: str |
                            f"{role}, {where}" + ("" if password is not None else ", no password yet"))
         except asyncpg.UniqueViolationError:
             raise AuthError(f"user {username!r} exists already") from None
+    assert row is not None  # INSERT ... RETURNING
     return _user(row)
 
 
@@ -329,7 +331,7 @@ async def issue_code(pool: asyncpg.Pool, username: str, *, actor: str = "system"
     return OneTimeCode(username=username, code=code, expires_at=expires)
 
 
-async def _set_password(conn: asyncpg.Connection, username: str, password: str) -> None:
+async def _set_password(conn: Conn, username: str, password: str) -> None:
     encoded = await hash_password(password)
     await conn.execute(
         """UPDATE api_users SET password_hash = $2, password_salt = '', scrypt_n = 0, scrypt_r = 0, scrypt_p = 0,
@@ -582,7 +584,7 @@ _FORGET = """INSERT INTO login_throttle AS t (username, failures, last_failure_a
                last_failure_at = now()"""
 
 
-async def _fail_address(conn: asyncpg.Connection, key: str, throttle: Throttle) -> None:
+async def _fail_address(conn: Conn, key: str, throttle: Throttle) -> None:
     # Lock from the address_failures-th failure on; each failure while locked doubles the lock.
     await conn.execute(_FORGET, key, FAILURE_MEMORY.total_seconds())
     await conn.execute(
@@ -592,7 +594,7 @@ async def _fail_address(conn: asyncpg.Connection, key: str, throttle: Throttle) 
         key, float(throttle.lockout_seconds), throttle.address_failures, MAX_LOCK.total_seconds())
 
 
-async def _fail_name(conn: asyncpg.Connection, username: str, throttle: Throttle) -> None:
+async def _fail_name(conn: Conn, username: str, throttle: Throttle) -> None:
     # Counted only while the name is not locked (refused tries never reach here), so its lock
     # is a fixed pause: at the name_failures-th failure, lock and start counting afresh.
     await conn.execute(_FORGET, username, FAILURE_MEMORY.total_seconds())

@@ -153,7 +153,7 @@ def to_csv(r: pr.Rollup) -> bytes:
 
 def to_xlsx(r: pr.Rollup) -> bytes:
     wb = Workbook()
-    ws = wb.active
+    ws = wb.worksheets[0]  # a new workbook has one sheet; .active may be a chartsheet or none to the type checker
     ws.title = "年终工作总结"
     ws.append(["守望 年终工作总结 汇总表"])
     ws["A1"].font = Font(bold=True, size=14)

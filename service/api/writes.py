@@ -27,7 +27,6 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-import asyncpg
 import msgspec
 
 from events.catalogue import CareEventBase
@@ -37,6 +36,7 @@ from events.ids import new_event_id
 from service.api.auth import Caller
 from service.api.errors import ApiError
 from service.ingest import commit_events
+from store.conn import Conn
 
 
 class Recorded(msgspec.Struct, frozen=True):
@@ -50,7 +50,7 @@ class Recorded(msgspec.Struct, frozen=True):
     occurred_at: dt.datetime
 
 
-async def record(conn: asyncpg.Connection, caller: Caller, care: CareEventBase, *,
+async def record(conn: Conn, caller: Caller, care: CareEventBase, *,
                  based_on: dict[str, str] | None = None, occurred_at: dt.datetime | None = None) -> Recorded:
     """Seal and store one event as the caller's township site, inside the caller's transaction."""
     site_id = caller.site_id
