@@ -128,6 +128,7 @@ class ClosingReason(enum.StrEnum):
     MOVED_AWAY = "moved_away"
     DECEASED = "deceased"
     REGISTERED_IN_ERROR = "registered_in_error"
+    DROPPED_OUT = "dropped_out"  # left school (辍学); the year-end summary counts these by the child's reasons
     OTHER = "other"
 
 

@@ -94,6 +94,29 @@ class Rollup(msgspec.Struct, frozen=True, kw_only=True):
     rights_cases_closed: int
     rights_cases_open: int
     freshness: list[Freshness] = []
+    # The figures the seed's summaries count that the list above did not (issue 17): children who
+    # have a proxy parent (代理妈妈、代管家长、爱心妈妈) rather than pairings, closings by reason and
+    # drop-outs by the child's reasons ("no child drops out because of poverty"), households as
+    # well as children reached by condolence visits (the seed counts 户), open conflicts.
+    proxy_parent_children: Share = Share(0, 0.0)
+    proxy_parent_children_new: int = 0
+    closed_by_reason: dict[str, int] = {}
+    dropped_out: int = 0
+    dropped_out_by_reason: dict[str, int] = {}
+    dropped_out_poverty: int = 0  # the headline: dropped-out children registered for poverty
+    condolence_households: int = 0
+    conflicts_open: int = 0
+
+
+def household_of(a: ChildArchive | None, child_id: str) -> str:
+    """Which household (户) a child belongs to, for counting households a visit reached: children
+    whose archives name the same guardian (name and phone as recorded) in the same household
+    village are one household, as siblings living with one grandmother are. A child with no
+    guardian's name or phone on record, or no archive at hand, is a household of its own."""
+    g = a.guardian if a is not None else None
+    if a is None or g is None or not (g.name or a.guardian_phone):
+        return child_id
+    return "\x1f".join((a.household_village or "", g.name or "", a.guardian_phone or ""))
 
 
 def _band(grade: int | None) -> str:
@@ -121,7 +144,7 @@ def compute(
     bands: dict[str, int] = {}
     reasons: dict[str, int] = {}
     paired_by: dict[str, int] = {}
-    paired = plan = proxies = open_cases = 0
+    paired = plan = proxies = proxy_kids = open_cases = 0
     for a in archived:
         for s in a.sites:
             if in_scope(s, scope):
@@ -138,7 +161,9 @@ def compute(
             paired += 1
         for k in sorted({p.partner_kind for p in active}):
             paired_by[k] = paired_by.get(k, 0) + 1
-        proxies += sum(1 for p in active if p.partner_kind in PROXY_KINDS)
+        proxy_now = sum(1 for p in active if p.partner_kind in PROXY_KINDS)
+        proxies += proxy_now
+        proxy_kids += proxy_now > 0
         open_cases += sum(1 for x in a.rights_cases if x.opened_on <= as_of and (x.closed_on is None
                                                                                   or x.closed_on > as_of))
 
@@ -181,6 +206,19 @@ def compute(
     for f in incidents:
         by_severity[f.detail or "unknown"] = by_severity.get(f.detail or "unknown", 0) + 1
     started = of("pairing_started")
+    closed_by_reason: dict[str, int] = {}
+    dropped_reasons: dict[str, int] = {}
+    dropped = 0
+    for a in kids:
+        left = [why for day, why in a.closings if period.contains(day)]
+        for why in left:
+            closed_by_reason[why] = closed_by_reason.get(why, 0) + 1
+        if "dropped_out" in left:
+            dropped += 1
+            for r in a.reasons:
+                dropped_reasons[r] = dropped_reasons.get(r, 0) + 1
+    by_id = {a.child_id: a for a in archives}
+    households = {household_of(by_id.get(root.get(c, c)), root.get(c, c)) for f in cond for c in f.children}
     return Rollup(
         scope=scope, period=period.label, start=period.start, end=period.end, as_of=as_of,
         children_archived=n,
@@ -222,4 +260,12 @@ def compute(
         rights_cases_closed=len(of("case_closed")),
         rights_cases_open=open_cases,
         freshness=sorted((f for f in freshness if in_scope(f.site_id, scope)), key=lambda f: f.site_id),
+        proxy_parent_children=share(proxy_kids, n),
+        proxy_parent_children_new=len({root.get(c, c) for f in started if f.detail in PROXY_KINDS for c in f.children}),
+        closed_by_reason=dict(sorted(closed_by_reason.items())),
+        dropped_out=dropped,
+        dropped_out_by_reason=dict(sorted(dropped_reasons.items())),
+        dropped_out_poverty=dropped_reasons.get("poverty", 0),
+        condolence_households=len(households),
+        conflicts_open=sum(len(a.open_conflicts) for a in kids),
     )

@@ -84,8 +84,9 @@ async def read_checkpoint(conn: Conn, schema: str) -> Checkpoint:
 # models (a rule, a field, how a day is counted). A live runner that finds models of another
 # version rebuilds them (in the shadow schema, while the old ones keep serving) before it
 # follows the log, so an upgrade needs no manual step. 1: days counted in UTC; 2: reporting days
-# on China Standard Time (events.localtime).
-FOLD_VERSION = 2
+# on China Standard Time (events.localtime); 3: every closing of an archive with its reason
+# (`ChildArchive.closings`, for the drop-out figures).
+FOLD_VERSION = 3
 _VERSION_ROW = "fold_version"  # a row of the checkpoint table whose `tx` holds the version
 
 

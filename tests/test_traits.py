@@ -89,3 +89,23 @@ def test_station_forms_are_the_station_form_trait() -> None:
 
 
 _T0 = dt.datetime(2026, 3, 1, 9, tzinfo=dt.UTC)
+
+
+def test_every_enumeration_value_has_one_label() -> None:
+    """Each value of the catalogue's enumerations that pages, exports and figures name has exactly one label
+    (events.labels), in both languages, and the web reads the same table (a new value without a label, like a
+    closing reason or a site kind added to events.types, fails here)."""
+    from events import labels
+    from events import types as et
+
+    kinds = {"sex": et.Sex, "guardianship": et.GuardianshipType, "reason": et.Reason, "level": et.StatusLevel,
+             "partner": et.PartnerKind, "channel": et.CallChannel, "aid_source": et.AidSource, "aid_kind": et.AidKind,
+             "occasion": et.Occasion, "site_kind": et.SiteKind, "closing_reason": et.ClosingReason,
+             "activity": et.ActivityKind, "severity": et.Severity}
+    for kind, enum in kinds.items():
+        assert set(labels.ENUM_LABELS[kind]) == {str(v) for v in enum}, kind
+        for value, (zh, en) in labels.ENUM_LABELS[kind].items():
+            assert zh and en and i18n.label(kind, value, "zh") == zh and i18n.label(kind, value, "en") == en
+    assert i18n.ENUM_LABELS is labels.ENUM_LABELS
+    for value in et.ClosingReason:  # the station's closing form offers every reason, in words
+        assert i18n.text(f"opt.closing_reason.{value}", "zh") != f"opt.closing_reason.{value}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from events import traits
+from events import labels
 
 LANGS = ("zh", "en")
 DEFAULT_LANG = "zh"
@@ -680,6 +680,7 @@ _T: dict[str, tuple[str, str]] = {
     "cp.e.closing.moved_away": ("迁出", "moved away"),
     "cp.e.closing.deceased": ("死亡", "deceased"),
     "cp.e.closing.registered_in_error": ("误登记", "registered in error"),
+    "cp.e.closing.dropped_out": ("辍学", "dropped out of school"),
     "cp.e.closing.other": ("其他", "other"),
     "cp.e.meeting.teachers": ("教师座谈", "teachers"),
     "cp.e.meeting.children": ("儿童座谈", "children"),
@@ -779,6 +780,7 @@ _T: dict[str, tuple[str, str]] = {
     "opt.closing_reason.moved_away": ("迁出本镇", "moved away"),
     "opt.closing_reason.deceased": ("死亡", "deceased"),
     "opt.closing_reason.registered_in_error": ("误登记", "registered in error"),
+    "opt.closing_reason.dropped_out": ("辍学（离开学校）", "dropped out of school"),
     "opt.closing_reason.other": ("其他", "other"),
     "opt.activity_kind.performance": ("文艺演出", "performance"),
     "opt.activity_kind.contest": ("比赛", "contest"),
@@ -908,49 +910,9 @@ _T: dict[str, tuple[str, str]] = {
     "users.code_at_login": ("您输入的是一次性验证码：请现在设置自己的密码。", "That was a one-time code: choose your own password now."),
 }
 
-ENUM_LABELS: dict[str, dict[str, tuple[str, str]]] = {
-    "sex": {"male": ("男", "male"), "female": ("女", "female")},
-    "guardianship": {
-        "grandparents": ("隔代监护（祖辈）", "grandparents"),
-        "one_parent": ("单亲监护", "one parent"),
-        "relatives": ("亲朋监护", "relatives or friends"),
-        "teacher_or_institution": ("教师或机构", "teacher or institution"),
-        "none": ("无人监护", "none"),
-    },
-    "reason": {
-        "both_parents_away": ("父母均外出", "both parents away"),
-        "one_parent_away": ("父母一方外出", "one parent away"),
-        "single_parent": ("单亲", "single parent"),
-        "orphan": ("孤儿", "orphan"),
-        "poverty": ("贫困", "poverty"),
-        "disability": ("残疾", "disability"),
-        "other_difficulty": ("其他困境", "other difficulty"),
-    },
-    "level": {
-        "good": ("良好", "good"), "fair": ("一般", "fair"),
-        "needs_attention": ("需关注", "needs attention"), "serious": ("严重", "serious"),
-    },
-    "partner": {
-        "teacher": ("教师", "teacher"), "classmate": ("同学（一帮一）", "classmate"),
-        "proxy_parent": ("代理家长", "proxy parent"), "volunteer": ("志愿者", "volunteer"),
-        "loving_mother": ("爱心妈妈", "loving mother"),
-    },
-    "channel": {"phone": ("电话", "phone"), "video": ("视频", "video"), "family_phone": ("亲情电话", "family phone")},
-    "aid_source": {
-        "government": ("政府", "government"), "township": ("镇", "township"), "school": ("学校", "school"),
-        "charity": ("慈善组织", "charity"), "enterprise": ("企业", "enterprise"), "individual": ("个人", "individual"),
-    },
-    "aid_kind": {"money": ("现金", "money"), "goods": ("物资", "goods"), "tuition": ("学费", "tuition"),
-                 "service": ("服务", "service")},
-    "occasion": {
-        "spring_festival": ("春节", "Spring Festival"), "childrens_day": ("六一儿童节", "Children's Day"),
-        "mid_autumn": ("中秋", "Mid-Autumn"), "new_school_year": ("开学", "new school year"), "other": ("其他", "other"),
-    },
-    "site_kind": {"village": ("村维权站", "village station"), "school": ("学校", "school"),
-                  "township": ("镇", "township office")},
-    # Event types: their labels are the `zh`/`en` traits (events.traits), one place per type.
-    "event": {name: (t.zh, t.en) for name, t in traits.BY_NAME.items()},
-}
+# The labels of enumeration values live with the catalogue (events.labels), so the dashboard, the
+# exports, the API and the station pages name a value the same way.
+ENUM_LABELS: dict[str, dict[str, tuple[str, str]]] = labels.ENUM_LABELS
 
 
 def pick(lang: str | None) -> str:

@@ -111,6 +111,10 @@ class ChildArchive(msgspec.Struct, frozen=True, kw_only=True):
     # Children the township checked and found to be another child (`DuplicateDismissed`): never
     # proposed as a duplicate of this one again.
     not_same_as: list[str] = []
+    # Every closing of the archive (occurred day, ClosingReason), oldest first: the year-end
+    # figures count closings of a period by reason (drop-outs above all), and `closing_reason`
+    # keeps only the last one. (Fold version 3: read models built before it are rebuilt.)
+    closings: list[tuple[dt.date, str]] = []
 
     @property
     def current_pairings(self) -> list[Pairing]:
@@ -283,6 +287,7 @@ def derive_full(child_id: str, entries: Iterable[Entry], merged_from: Iterable[s
     registered_on: dt.date | None = None
     closed_on: dt.date | None = None
     closing_reason: str | None = None
+    closings: list[tuple[dt.date, str]] = []
     for when, _, opens, x in marks:
         day = _day(when)
         if opens and isinstance(x.care, c.ChildRegistered) and registered_on is None:
@@ -296,6 +301,7 @@ def derive_full(child_id: str, entries: Iterable[Entry], merged_from: Iterable[s
             closed_on = day
             assert isinstance(x.care, c.ArchiveClosed)
             closing_reason = str(x.care.reason)
+            closings.append((day, closing_reason))
 
     pairings = []
     for pid in sorted(pair_start):
@@ -332,6 +338,7 @@ def derive_full(child_id: str, entries: Iterable[Entry], merged_from: Iterable[s
         registered_by=registered_by,
         closed_on=closed_on,
         closing_reason=closing_reason,
+        closings=closings,
         intervals=intervals,
         name=v.get("name"),
         sex=str(v["sex"]) if v.get("sex") is not None else None,

@@ -21,12 +21,14 @@ from projections import followups as pf
 from projections import queries
 from projections import rollups as pr
 from projections.asof import rollup_asof
+from projections.figures import LabelledFigure, labelled
 from projections.queries import Heads, ScopeChildren, rollup_heads
 from service.api.auth import Caller
 from service.api.batch import Batched
 from service.api.errors import ApiError, bad
 from service.api.scoping import READERS, allow, caller_of, may_see_site
 
+LangQuery = Annotated[str, Parameter(pattern=r"^(zh|en)$", description="label language: zh (default) or en")]
 SCOPE_PATTERN = r"^[a-z0-9-]{1,24}\.[a-z0-9-]{1,24}(\.[a-z0-9-]{1,24})?$"
 PERIOD_PATTERN = r"^[0-9]{4}(-(0[1-9]|1[0-2]|S1|S2))?$"
 MAX_RANGE_DAYS = 3 * 366
@@ -156,6 +158,18 @@ class RollupsController(Controller):
         area: ScopeQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
     ) -> pr.Rollup:
         return await caller_rollup(request, area, period, start, end)
+
+    @get("/figures", summary="Every figure for a site or the township and a period, labelled",
+         description="The figures of GET /rollups as a list in the order of the year-end summary, each with its "
+                     "key, its label (projections/figures.py, the catalogue the dashboard and the exports use), "
+                     "its unit and, for shares, its percentage. Money in yuan.")
+    async def get_figures(
+        self, request: Request[Any, Any, Any],
+        area: ScopeQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
+        lang: LangQuery = "zh",
+    ) -> list[LabelledFigure]:
+        r = await caller_rollup(request, area, period, start, end)
+        return labelled(r, lang, now=dt.datetime.now(dt.UTC))
 
     @get("/as-of", guards=[allow("township", "auditor")],
          summary="Every figure for a scope and period as the log said at a past time",
