@@ -23,6 +23,7 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
+from events.rules import FollowUpRule, RuleId, SchoolCalendar, TownshipId
 from events.types import (
     ActivityKind,
     AidKind,
@@ -461,6 +462,36 @@ class RightsCaseClosed(CareEventBase, tag=True, frozen=True):
     summary: LongText = ""
 
 
+# --- the township's rules ---------------------------------------------------------------
+
+
+class FollowUpRuleSet(CareEventBase, tag=True, frozen=True):
+    """A township office set one of its follow-up rules (a new one, or a new version of one) from
+    a day on: every period starting on or after `effective_from` is judged by it (events.rules)."""
+
+    township: TownshipId
+    rule: FollowUpRule
+    effective_from: dt.date
+    note: ShortText | None = None
+
+
+class FollowUpRuleRetired(CareEventBase, tag=True, frozen=True):
+    """A township office stopped holding its sites to a rule (a default one included) from a day on."""
+
+    township: TownshipId
+    rule_id: RuleId
+    effective_from: dt.date
+    note: ShortText | None = None
+
+
+class SchoolCalendarSet(CareEventBase, tag=True, frozen=True):
+    """A township office set the terms of a school year; school-month rules skip the holidays."""
+
+    township: TownshipId
+    calendar: SchoolCalendar
+    note: ShortText | None = None
+
+
 CareEvent = (
     ChildRegistered
     | ArchiveUpdated
@@ -491,6 +522,9 @@ CareEvent = (
     | SafetyIncidentReported
     | RightsCaseOpened
     | RightsCaseClosed
+    | FollowUpRuleSet
+    | FollowUpRuleRetired
+    | SchoolCalendarSet
 )
 
 EVENT_TYPES: dict[str, type[CareEventBase]] = {

@@ -11,7 +11,10 @@ import datetime as dt
 import random
 from collections.abc import Callable
 
+import msgspec
+
 from events import catalogue as c
+from events import rules
 from events.envelope import GENESIS_HASH, DecodedEvent, seal
 from events.hlc import HybridClock
 from events.ids import new_event_id, resident_id_check_char
@@ -134,6 +137,17 @@ def samples(rng: random.Random, cid: str | None = None) -> dict[str, c.CareEvent
         "RightsCaseClosed": lambda: c.RightsCaseClosed(case_id="rc-" + hex_id(rng), child_id=cid,
                                                        outcome=CaseOutcome.RESOLVED),
     }
+    makers["FollowUpRuleSet"] = lambda: c.FollowUpRuleSet(
+        township="gx-lp.xy", rule=msgspec.structs.replace(
+            rules.DEFAULT_RULES[0], zh="代管家长每月家访两次",
+            counts=rules.Counts(event_types=["HomeVisitMade"], at_least=2)),
+        effective_from=dt.date(2026, 9, 1), note="秋季学期起加密家访")
+    makers["FollowUpRuleRetired"] = lambda: c.FollowUpRuleRetired(
+        township="gx-lp.xy", rule_id="year_end_handover", effective_from=dt.date(2026, 9, 1))
+    makers["SchoolCalendarSet"] = lambda: c.SchoolCalendarSet(
+        township="gx-lp.xy", calendar=rules.SchoolCalendar(school_year=2026, terms=[
+            rules.Term(dt.date(2026, 9, 1), dt.date(2027, 1, 22)),
+            rules.Term(dt.date(2027, 2, 22), dt.date(2027, 7, 9))]))
     missing = set(c.EVENT_TYPES) - set(makers)
     if missing:
         raise AssertionError(f"samples lack types {sorted(missing)}")

@@ -53,6 +53,7 @@ class Section(enum.StrEnum):
     ACTIVITIES = "activities"
     INCIDENTS = "incidents"
     RIGHTS_CASES = "rights_cases"
+    RULES = "rules"  # the township's follow-up rules and school calendar: on no child's archive
 
 
 class Authority(enum.StrEnum):
@@ -63,6 +64,7 @@ class Authority(enum.StrEnum):
     HOLDER = "holder"  # the site that holds the child (hand-over to a site of its township), or the township office
     TOWNSHIP = "township"  # the township office of the children's township only
     CORRECTION = "correction"  # the site that recorded the corrected event; another site's: the township office
+    RULES = "rules"  # the township office of the township the rule or calendar is for, only
 
 
 class Measure(NamedTuple):
@@ -198,6 +200,10 @@ TRAITS: dict[type[c.CareEventBase], Traits] = {
                                frozenset({_VILLAGE, _TOWNSHIP}), fact="case_opened", measure=_case_opened),
     c.RightsCaseClosed: Traits("维权结案", "rights case closed", S.RIGHTS_CASES, F.STRUCTURAL, A.WORK,
                                frozenset({_VILLAGE, _TOWNSHIP}), fact="case_closed", measure=_case_closed),
+    # the township's rules (set on the center's dashboard or by the API; about no child)
+    c.FollowUpRuleSet: Traits("设定工作规则", "follow-up rule set", S.RULES, F.STRUCTURAL, A.RULES),
+    c.FollowUpRuleRetired: Traits("停用工作规则", "follow-up rule retired", S.RULES, F.STRUCTURAL, A.RULES),
+    c.SchoolCalendarSet: Traits("设定校历", "school calendar set", S.RULES, F.STRUCTURAL, A.RULES),
 }
 del S, F, A
 

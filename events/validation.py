@@ -17,9 +17,17 @@ from typing import Any
 
 import msgspec
 
-from events.catalogue import ARCHIVE_FIELDS, EVENT_TYPES, CareEventBase, EventCorrected
+from events.catalogue import (
+    ARCHIVE_FIELDS,
+    EVENT_TYPES,
+    CareEventBase,
+    EventCorrected,
+    FollowUpRuleSet,
+    SchoolCalendarSet,
+)
 from events.ids import resident_id_problem
 from events.localtime import local_day
+from events.rules import calendar_problems, rule_problems
 
 # A person enters `occurred_at`; clocks at stations drift. Beyond this it is a typo.
 FUTURE_TOLERANCE = dt.timedelta(days=1)
@@ -135,6 +143,10 @@ def semantic_problems(
         problems.append(Problem(join_path(prefix, "birth_date"), "is in the future", birth.isoformat()))
     if occurred_at is not None:
         problems += future_problems(join_path(prefix, "occurred_at"), occurred_at, now, tolerance)
+    if isinstance(care, FollowUpRuleSet):
+        problems += [Problem(join_path(prefix, "rule"), why) for why in rule_problems(care.rule)]
+    if isinstance(care, SchoolCalendarSet):
+        problems += [Problem(join_path(prefix, "calendar"), why) for why in calendar_problems(care.calendar)]
     if isinstance(care, EventCorrected) and care.replacement is not None:
         if type(care.replacement) is EventCorrected:
             problems.append(Problem(join_path(prefix, "replacement.type"), "a correction cannot replace a correction"))

@@ -16,6 +16,8 @@ module enforces it, inside the ingest transaction, from the store's state in com
   township office may move or close any child of its township. Nobody else.
 * ``TOWNSHIP`` (merges, unmerges, conflict resolutions): the township office of the township of
   every child named, only.
+* ``RULES`` (`FollowUpRuleSet`, `FollowUpRuleRetired`, `SchoolCalendarSet`): the township office
+  of the township the rule or calendar is for, only (a station cannot loosen what it is held to).
 * ``CORRECTION`` (`EventCorrected`): the site that recorded the corrected event; another site's
   event only by the township office of its township. The replacement is authorized by its own
   type's rule, as if the sender recorded it.
@@ -208,6 +210,8 @@ def _rule(care: c.CareEventBase, sender: str, facts: Facts) -> str | None:
         return _holder(care, sender, facts, name)
     if authority is Authority.TOWNSHIP:
         return _township(care.child_ids(), sender, facts, name)
+    if authority is Authority.RULES:
+        return _rules(care, sender, facts, name)
     assert authority is Authority.CORRECTION and isinstance(care, c.EventCorrected)
     return _correction(care, sender, facts)
 
@@ -297,6 +301,16 @@ def _township(children: Iterable[str], sender: str, facts: Facts, name: str) -> 
             return f"{name} from site {sender}: child {child} is not registered at the center"
         if f.township() != office:
             return f"{name} from site {sender}: child {child} is not of township {office}"
+    return None
+
+
+def _rules(care: c.CareEventBase, sender: str, facts: Facts, name: str) -> str | None:
+    township = care.township  # type: ignore[attr-defined]
+    office = _office_of(sender, facts)
+    if office is None:
+        return f"{name} from site {sender}: only a township office sets its township's rules"
+    if office != township:
+        return f"{name} from site {sender}: township {township} is not this office's township {office}"
     return None
 
 

@@ -251,6 +251,8 @@ def _not_same(g: Gathered, x: Effective) -> None:
     c.ArchivesMerged, c.ArchivesUnmerged, c.EventCorrected,
     # Work the archive counts only in `events` (the township counts it from facts).
     c.TutoringGiven, c.CounsellingGiven, c.GuardianTrained, c.MeetingHeld, c.ActivityHeld,
+    # The township's rules: about no child (projections/rules.py reads them).
+    c.FollowUpRuleSet, c.FollowUpRuleRetired, c.SchoolCalendarSet,
 )
 def _nothing_to_gather(g: Gathered, x: Effective) -> None:
     pass
