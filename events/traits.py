@@ -73,7 +73,9 @@ class Measure(NamedTuple):
     amount_fen: int = 0  # aid: the amount; condolence: the money for all children covered
     quantity: int = 0  # the fact's count: attendees, participants, guardians, minutes of tutoring or counselling
     source: str | None = None  # aid source
-    detail: str | None = None  # aid kind, occasion, activity or meeting kind, severity, case kind or outcome, partner
+    # aid kind, occasion, activity or meeting kind, severity, case kind or outcome, partner, a
+    # call's channel, a letter's direction
+    detail: str | None = None
 
 
 class Traits(NamedTuple):
@@ -115,6 +117,14 @@ def _counselling(e: c.CounsellingGiven) -> Measure:
 
 def _training(e: c.GuardianTrained) -> Measure:
     return Measure(quantity=e.guardians_attended)
+
+
+def _call(e: c.ParentCallMade) -> Measure:
+    return Measure(detail=str(e.channel))  # a rule counts calls by channel (亲情电话 is the child's own)
+
+
+def _letter(e: c.LetterWritten) -> Measure:
+    return Measure(detail=str(e.direction))  # a rule counts letters to the parents, not from them
 
 
 def _meeting(e: c.MeetingHeld) -> Measure:
@@ -175,9 +185,9 @@ TRAITS: dict[type[c.CareEventBase], Traits] = {
     c.HomeVisitMade: Traits("家访", "home visit", S.CONTACTS, F.ADDITIVE, A.WORK, _STATION_FORMS,
                             fact="visit", contact="visit"),
     c.ParentCallMade: Traits("与父母通话", "call with parents", S.CONTACTS, F.ADDITIVE, A.WORK, _STATION_FORMS,
-                             fact="call", contact="call"),
+                             fact="call", measure=_call, contact="call"),
     c.LetterWritten: Traits("书信", "letter", S.CONTACTS, F.ADDITIVE, A.WORK, _AT_SCHOOL, fact="letter",
-                            contact="letter"),
+                            measure=_letter, contact="letter"),
     c.TalkHeld: Traits("谈心", "talk", S.CONTACTS, F.ADDITIVE, A.WORK, _STATION_FORMS, fact="talk",
                        contact="talk"),
     c.TutoringGiven: Traits("辅导", "tutoring", S.SUPPORT, F.ADDITIVE, A.WORK, _AT_SCHOOL, fact="tutoring",

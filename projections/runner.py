@@ -85,8 +85,10 @@ async def read_checkpoint(conn: Conn, schema: str) -> Checkpoint:
 # version rebuilds them (in the shadow schema, while the old ones keep serving) before it
 # follows the log, so an upgrade needs no manual step. 1: days counted in UTC; 2: reporting days
 # on China Standard Time (events.localtime); 3: every closing of an archive with its reason
-# (`ChildArchive.closings`, for the drop-out figures).
-FOLD_VERSION = 3
+# (`ChildArchive.closings`, for the drop-out figures); 4: a call's channel and a letter's
+# direction in their facts' detail (the follow-up rules count calls with a parent and letters to
+# the parents).
+FOLD_VERSION = 4
 _VERSION_ROW = "fold_version"  # a row of the checkpoint table whose `tx` holds the version
 
 

@@ -276,3 +276,21 @@ def test_the_default_rules_are_valid(rule: object) -> None:
     """Every default rule passes the checks a township's own rule must pass."""
     from events.rules import rule_problems
     assert rule_problems(rule) == []  # type: ignore[arg-type]
+
+
+def test_facts_carry_what_the_rules_filter_on() -> None:
+    """The center's facts give a call's channel and a letter's direction, so a rule counts from
+    them what it counts from the events (the child's 亲情电话 call and a letter from the parents apart)."""
+    from projections.facts import fact_of
+
+    when = at(2026, 3, 5)
+    for care, detail in ((c.ParentCallMade(child_id=kid(1), parent="母亲", channel=CallChannel.FAMILY_PHONE),
+                          "family_phone"),
+                         (c.LetterWritten(child_id=kid(1), direction=LetterDirection.FROM_PARENTS), "from_parents"),
+                         (c.ActivityHeld(activity_id="a-" + "9" * 32, kind=ActivityKind.CHILDRENS_HOME, title="读书会"),
+                          "childrens_home")):
+        fact = fact_of(care, "e1", S1, when)
+        assert fact is not None
+        w = rules.work_of_fact(fact)
+        assert w is not None and w == rules.work_of(care, "e1", S1, when)
+        assert w.detail == detail
