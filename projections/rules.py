@@ -43,7 +43,7 @@ from events.envelope import Event
 from events.localtime import local_day
 from events.rules import COUNTABLE, DEFAULT_RULES, FollowUpRule, PeriodKind, SchoolCalendar, Target
 from events.types import SiteKind
-from projections.archive import ChildArchive, Effective
+from projections.archive import ChildArchive, ChildState, Effective
 from projections.archive.book import build_states, derive_all
 from projections.facts import Fact, in_scope, township_of
 from projections.followups import Period
@@ -517,7 +517,12 @@ def inputs_from(events: Iterable[tuple[Event, c.CareEventBase | None]], sites: M
                 defaults: Sequence[FollowUpRule] = DEFAULT_RULES) -> Inputs:
     """Archives, the rule book and the work of a set of events, after corrections (an event counts
     as its effective payload; a retracted one not at all), rules taken in stamp order."""
-    states, _ = build_states(events)
+    return inputs_from_states(build_states(events)[0], sites, defaults)
+
+
+def inputs_from_states(states: Mapping[str, ChildState], sites: Mapping[str, SiteInfo],
+                       defaults: Sequence[FollowUpRule] = DEFAULT_RULES) -> Inputs:
+    """`inputs_from` for states already built (an ArchiveBook's: a station's view, an "as of" scan)."""
     groups: list[list[Effective]] = []
     archives = derive_all(states, groups)
     seen: dict[str, Effective] = {}

@@ -1,0 +1,165 @@
+"""The follow-up rules' figures at the center: `projections.rules.rule_figures` fed from the live
+read models (archives, facts), the store's registrations and transfers, and the townships' rule
+events, for any scope ('' everything, a region, a township, a site).
+
+The rules and calendars come from the store itself (events `FollowUpRuleSet`,
+`FollowUpRuleRetired`, `SchoolCalendarSet`, through the partial index of migration 0015), read
+up to the readers' horizon, so a rule a township office set is in force for the next figures
+without waiting for the projections. `committed_before` answers "as of": with the rules the
+center held at that time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+import asyncpg
+
+from events.localtime import day_start, local_day, local_today
+from projections import tables
+from projections.archive import ArchiveBook, ChildArchive, decode_archive
+from projections.facts import Fact
+from projections.followups import Period, parse_period
+from projections.rules import (
+    RuleBook,
+    RuleFigures,
+    SiteInfo,
+    Work,
+    inputs_from_states,
+    rule_figures,
+    work_of,
+    work_of_fact,
+)
+from projections.source import COLS, HORIZON, book_of, to_row
+from store.conn import Conn
+
+RULE_TYPES = ("FollowUpRuleSet", "FollowUpRuleRetired", "SchoolCalendarSet")
+_WORK_KINDS = ("visit", "call", "letter", "talk", "tutoring", "counselling", "guardian_training", "meeting", "aid",
+               "condolence", "activity")
+
+
+def townships_clause(scope: str, column: str) -> tuple[str, list[str]]:
+    """SQL (with $1 when it takes an argument) for the rows of `column` ('region.township') in the
+    townships `scope` touches: a site's township, a township, a region's townships, or all."""
+    if not scope:
+        return "true", []
+    if scope.count(".") == 2:
+        return f"{column} = $1", [scope.rsplit(".", 1)[0]]
+    if scope.count(".") == 1:
+        return f"{column} = $1", [scope]
+    return f"starts_with({column}, $1 || '.')", [scope]
+
+
+async def sites_of(conn: Conn, scope: str) -> dict[str, SiteInfo]:
+    """Every active site of the townships `scope` touches, with its kind and registration day."""
+    where, args = townships_clause(scope, "regexp_replace(site_id, '\\.[^.]*$', '')")
+    rows = await conn.fetch(f"SELECT site_id, kind, registered_at FROM sites WHERE active AND {where}", *args)
+    return {r["site_id"]: SiteInfo(r["kind"], local_day(r["registered_at"])) for r in rows}
+
+
+async def rule_book(conn: Conn, scope: str, committed_before: dt.datetime | None = None) -> RuleBook:
+    """The rules and calendars of the townships `scope` touches, in the store's order."""
+    where, args = townships_clause(scope, "(payload->>'township')")
+    n = len(args)
+    rows = await conn.fetch(
+        f"""SELECT {COLS} FROM events
+             WHERE type IN ('FollowUpRuleSet', 'FollowUpRuleRetired', 'SchoolCalendarSet') AND understood
+               AND {HORIZON} AND {where} AND (${n + 1}::timestamptz IS NULL OR committed_at <= ${n + 1})
+             ORDER BY tx_id, position""", *args, committed_before)
+    book = RuleBook()
+    for r in rows:
+        row = to_row(r)
+        if row.care is not None:
+            book.add(row.care, row.event.event_id, row.event.occurred_at)
+    return book
+
+
+async def _moves(conn: Conn, children: Iterable[str], kinds: dict[str, SiteInfo]) -> list[Work]:
+    """Registrations and transfers of these children (which site held each child when)."""
+    rows = await conn.fetch(
+        f"""SELECT {COLS} FROM events
+             WHERE children && $1::text[] AND type IN ('ChildRegistered', 'ChildTransferred') AND understood
+               AND {HORIZON} ORDER BY tx_id, position""", sorted(children))
+    out = []
+    for r in rows:
+        row = to_row(r)
+        if row.care is None:
+            continue
+        info = kinds.get(row.event.site_id)
+        w = work_of(row.care, row.event.event_id, row.event.site_id, row.event.occurred_at,
+                    info.kind if info else None)
+        if w is not None:
+            out.append(w)
+    return out
+
+
+async def _work(conn: Conn, scope: str, end: dt.date) -> list[Work]:
+    """The countable work of the townships `scope` touches, from their first fact to `end`."""
+    where, args = townships_clause(scope, "township")
+    n = len(args)
+    rows = await conn.fetch(
+        f"""SELECT {', '.join(tables.FACT_COLS)} FROM {tables.SCHEMA}.fact
+             WHERE {where} AND kind = ANY(${n + 1}::text[]) AND occurred_at < ${n + 2}""",
+        *args, list(_WORK_KINDS), day_start(end))
+    out = []
+    for r in rows:
+        w = work_of_fact(Fact(event_id=r["event_id"], kind=r["kind"], site_id=r["site_id"],
+                              occurred_at=r["occurred_at"], children=list(r["children"]), detail=r["detail"]))
+        if w is not None:
+            out.append(w)
+    return out
+
+
+async def _archives(conn: Conn, scope: str) -> list[ChildArchive]:
+    """The archives of the children of the townships `scope` touches (merged stubs included:
+    work may name a merged child)."""
+    where, args = townships_clause(scope, "t")
+    rows = await conn.fetch(
+        f"""SELECT view FROM {tables.SCHEMA}.archive
+             WHERE EXISTS (SELECT 1 FROM unnest(townships) t WHERE {where})""", *args)
+    return [decode_archive(r["view"]) for r in rows]
+
+
+async def rule_figures_live(pool: asyncpg.Pool, scope: str, period: str | Period, as_of: dt.date | None = None
+                            ) -> list[RuleFigures]:
+    """Per rule of each township in `scope`: whom it applies to, due, met and who is overdue in
+    `period`, judged on `as_of` (today by default); see projections/rules.py. Children and sites
+    outside `scope` are never named."""
+    p = parse_period(period) if isinstance(period, str) else period
+    as_of = as_of or local_today()
+    async with pool.acquire() as conn:
+        sites = await sites_of(conn, scope)
+        book = await rule_book(conn, scope)
+        archives = await _archives(conn, scope)
+        work = await _work(conn, scope, min(p.end, as_of + dt.timedelta(days=1)))
+        work += await _moves(conn, [m for a in archives if a.merged_into is None
+                                    for m in (a.child_id, *a.merged_from)], sites)
+    return rule_figures(book, archives, work, sites, scope, p, as_of)
+
+
+async def rule_figures_asof(pool: asyncpg.Pool, scope: str, period: str | Period, as_of: dt.date | None = None, *,
+                            committed_at: dt.datetime, page: int = 5000) -> list[RuleFigures]:
+    """`rule_figures_live` as the center could have answered at `committed_at`: from the log up
+    to that time (the region's events), with the rules it held then, judged on `as_of` (by
+    default the day of `committed_at`)."""
+    if committed_at.tzinfo is None:
+        raise ValueError(f"committed_at must carry a time zone, got {committed_at.isoformat()}")
+    p = parse_period(period) if isinstance(period, str) else period
+    region = scope.split(".", 1)[0] if scope else None
+    book = ArchiveBook()
+    async with pool.acquire() as conn:
+        sites = await sites_of(conn, scope)
+        after = (0, 0)
+        while True:
+            found = await conn.fetch(
+                f"""SELECT {COLS} FROM events
+                     WHERE (tx_id, position) > ($1, $2) AND {HORIZON} AND committed_at <= $3
+                       AND ($4::text IS NULL OR region = $4)
+                     ORDER BY tx_id, position LIMIT $5""", after[0], after[1], committed_at, region, page)
+            if not found:
+                break
+            book_of((to_row(r) for r in found), book)
+            after = (found[-1]["tx_id"], found[-1]["position"])
+    inputs = inputs_from_states(book.states, sites)
+    return rule_figures(inputs.book, inputs.archives, inputs.work, sites, scope, p, as_of or local_day(committed_at))
