@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 import nats
 import pytest
 
-from testbed.proxy import TcpProxy
+from testbed.proxy import LineShape, TcpProxy
 
 
 async def test_cut_and_restore_a_nats_line(nats_url: str) -> None:
@@ -73,3 +73,36 @@ async def test_a_cut_line_keeps_its_port(nats_url: str) -> None:
         writer.close()
     finally:
         await proxy.close()
+
+
+async def _echo_server() -> tuple[asyncio.Server, int]:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize("shape", [None, LineShape(bandwidth=2_000_000, rtt=0.02, buffer=4096)])
+async def test_the_line_counts_bytes_each_way_and_keeps_them_in_order(shape: LineShape | None) -> None:
+    """What the link benchmark measures: every byte a client sends is counted up, every byte it
+    receives counted down; a shaped line (bandwidth, round trip, a small buffer the sender waits
+    on) delivers the same bytes in the same order."""
+    server, port = await _echo_server()
+    proxy = await TcpProxy("127.0.0.1", port, shape=shape).start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        payload = bytes(range(256)) * 200  # 51,200 bytes: many segments, more than the buffer
+        writer.write(payload)
+        await writer.drain()
+        got = await reader.readexactly(len(payload))
+        assert got == payload
+        assert (proxy.bytes_up, proxy.bytes_down, proxy.connections) == (len(payload), len(payload), 1)
+        writer.close()
+    finally:
+        await proxy.close()
+        server.close()
+        await server.wait_closed()
