@@ -185,3 +185,62 @@ class ReceiptReply(msgspec.Struct, frozen=True, kw_only=True):
 
 receipt_reply_encoder = msgspec.json.Encoder()
 receipt_reply_decoder = msgspec.json.Decoder(ReceiptReply)
+
+
+# --- the township office relays what a restored center lacks ------------------------------
+
+RELAY_PREFIX = "care.relay."
+# On a fan-out copy that is the event as its site sealed it (never on a redacted copy): the
+# center's HMAC of the event's hash with its relay key (service/seals.py). Only the center can
+# make one; a township office keeps it with its copy and hands it back when it relays the event.
+SEAL_HEADER = "Shouwang-Seal"
+RELAY_PAGE_BYTES = 512 * 1024  # bytes of events per relay request, as for restore pages
+
+
+def relay_subject(site_id: str) -> str:
+    """Core NATS request subject on which a township office asks the center what it holds of
+    the township's sites, and hands it the sealed copies of their events it lacks."""
+    return RELAY_PREFIX + site_id
+
+
+class RelayRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """No events: "what do you hold of my township's sites?". Events (each the wire JSON the
+    fan-out sent) with their seals, one for one: "take these copies back"."""
+
+    events: list[msgspec.Raw] = []
+    seals: list[str] = []
+
+
+class SiteProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """What the center holds of one site: as a receipt says it."""
+
+    site_id: str
+    watermark: int
+    max_seq: int
+    holes: list[SeqRange] = []
+
+
+class RelayRefusal(msgspec.Struct, frozen=True, kw_only=True):
+    """A relayed copy the center did not take (``index``: its place in the request), and why."""
+
+    index: int
+    reason: str
+
+
+class RelayReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer on ``care.relay.<office>``: the township's sites' progress (to a question), or
+    what became of the copies offered; ``error`` when the center could not answer."""
+
+    progress: list[SiteProgress] = []
+    stored: int = 0
+    duplicates: int = 0
+    refused: list[RelayRefusal] = []
+    # The center has no relay key (SHOUWANG_RELAY_KEY): it makes no seals and takes no copies.
+    no_key: bool = False
+    error: str | None = None
+
+
+relay_request_encoder = msgspec.json.Encoder()
+relay_request_decoder = msgspec.json.Decoder(RelayRequest)
+relay_reply_encoder = msgspec.json.Encoder()
+relay_reply_decoder = msgspec.json.Decoder(RelayReply)

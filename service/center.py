@@ -30,7 +30,9 @@ from service.metrics import CenterMetricsServer, MetricsSettings, serve_center_m
 from service.quarantine import DeadLetters
 from service.reads import ReadsResponder
 from service.receipts import ReceiptPublisher, ReceiptResponder
+from service.relay import RelayResponder
 from service.restore import RestoreResponder
+from service.seals import RelaySettings
 from service.streams import StreamSettings, ensure_site_consumer, ensure_streams
 from store import migrate
 from store.postgres import EventStore
@@ -56,6 +58,7 @@ class Center:
     dead_letters: DeadLetters | None = None
     restore: RestoreResponder | None = None
     reads: ReadsResponder | None = None
+    relay: RelayResponder | None = None  # township offices hand back what a restored store lacks
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     projection_stop: asyncio.Event | None = None
     metrics: CenterMetricsServer | None = None  # its own /metrics (SHOUWANG_METRICS_PORT; service/metrics.py)
@@ -144,14 +147,17 @@ async def run_center(
     pool_size: int | None = None,
     nats_options: dict[str, Any] | None = None,
     metrics: MetricsSettings | None = None,
+    relay: RelaySettings | None = None,
 ) -> AsyncIterator[Center]:
     """Run the center's parts until the block exits; then stop them cleanly. ``metrics`` (default:
-    from SHOUWANG_METRICS_*) says where the process serves its counters, if anywhere."""
+    from SHOUWANG_METRICS_*) says where the process serves its counters, if anywhere; ``relay``
+    (default: SHOUWANG_RELAY_KEY) the key of the fan-out's seals and of relayed copies."""
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise ValueError(f"unknown center parts {sorted(unknown)}; use {', '.join(PARTS)}")
     settings = settings or StreamSettings()
     metrics = metrics or MetricsSettings.for_command()
+    sealer = (relay or RelaySettings.for_command()).sealer()
     conn = await asyncpg.connect(database_url)
     try:
         await migrate.migrate(conn)
@@ -183,7 +189,7 @@ async def run_center(
             center.receipt_requests = ReceiptResponder(pool, nc)
             await center.receipt_requests.start()
         if "fanout" in parts:
-            center.fanout = FanOut(pool, js, resend_window=settings.fanout_resend_window)
+            center.fanout = FanOut(pool, js, resend_window=settings.fanout_resend_window, sealer=sealer)
             center.tasks.append(asyncio.create_task(center.fanout.run(), name="fanout"))
         if "deadletters" in parts:
             center.dead_letters = DeadLetters(pool, nc, js)
@@ -200,6 +206,9 @@ async def run_center(
             center.projection_stop = asyncio.Event()
             center.tasks.append(asyncio.create_task(Runner(pool).run(center.projection_stop), name="projections"))
         if "ingest" in parts:
+            # A township office's relayed copies are written like ingest's batches (service/relay.py).
+            center.relay = RelayResponder(pool, nc, sealer, on_commit=center.on_commit)
+            await center.relay.start()
             for i in range(ingesters):
                 ing = Ingester(pool, nc, settings, on_commit=center.on_commit, name=f"ingest-{i + 1}")
                 center.ingesters.append(ing)
@@ -220,6 +229,8 @@ async def run_center(
                 await center.receipt_requests.stop()
             if center.restore is not None:
                 await center.restore.stop()
+            if center.relay is not None:
+                await center.relay.stop()
             if center.reads is not None:
                 await center.reads.stop()
             if center.metrics is not None:

@@ -19,6 +19,11 @@ cut from the envelope's ``children`` and the payload's ``child_ids`` (and a corr
 auditor can match it with the original. An event whose other children cannot be cut out (a type
 this center does not understand, a single-child reference) is withheld from that site.
 
+Seals (service/seals.py): with a relay key set, a copy that is the event as its site sealed it
+carries ``Shouwang-Seal``, the center's HMAC of its hash, which a township office hands back when
+it relays the event to a center restored from an older backup (service/relay.py). A redacted
+copy has none: it is not the site's event.
+
 Delivery is at least once: the checkpoint (``fanout_checkpoint``) is saved after JetStream
 acked a page's publishes, so a crash resends that page. Each message carries
 ``Nats-Msg-Id: <event_id>@<site>`` (JetStream drops repeats within its window) and agents
@@ -38,9 +43,10 @@ from asyncpg.pool import PoolConnectionProxy
 from nats.js import JetStreamContext
 
 from events.envelope import Event, care_of, encode_event
-from events.wire import KIND_EVENT, KIND_HEADER, down_subject
+from events.wire import KIND_EVENT, KIND_HEADER, SEAL_HEADER, down_subject
 from runtime import log
 from service.scope import ScopeView, load_scope
+from service.seals import Sealer
 from service.sites import township_of
 from service.streams import publish_batch
 from store.conn import Conn
@@ -91,12 +97,16 @@ def redacted(event: Event, keep: set[str]) -> Event | None:
     return copy
 
 
-def down_message(site: str, s: StoredEvent, keep: set[str]) -> tuple[str, bytes, dict[str, str]] | None:
-    """The care.down message carrying `s` to `site`, redacted to `keep` (None: send nothing)."""
+def down_message(site: str, s: StoredEvent, keep: set[str], sealer: Sealer | None = None
+                 ) -> tuple[str, bytes, dict[str, str]] | None:
+    """The care.down message carrying `s` to `site`, redacted to `keep` (None: send nothing);
+    sealed when `sealer` is given and the copy is the whole event."""
     copy = redacted(s.event, keep)
     if copy is None:
         return None
     headers = {KIND_HEADER: KIND_EVENT, "Nats-Msg-Id": f"{s.event.event_id}@{site}"}
+    if copy is s.event and sealer is not None:
+        headers[SEAL_HEADER] = sealer.seal(s.hash)
     if copy is not s.event:
         headers[REDACTED_HEADER] = "1"
         headers[ORIGINAL_HASH_HEADER] = s.hash
@@ -167,8 +177,9 @@ class FanOut:
     """The fan-out loop; one per center (a second one would only send duplicates)."""
 
     def __init__(self, pool: asyncpg.Pool, js: JetStreamContext, *, name: str = "fanout", page: int = 1000,
-                 poll: float = 1.0, resend_window: float = 150.0) -> None:
+                 poll: float = 1.0, resend_window: float = 150.0, sealer: Sealer | None = None) -> None:
         self.pool = pool
+        self.sealer = sealer
         self.js = js
         self.name = name
         self.page = page
@@ -250,10 +261,11 @@ class FanOut:
                     # The history as the site may see it now that it entered the scope (tx).
                     for h in await self._history(child, tx, targets, s.position):
                         if h.event.site_id != site:
-                            msg = down_message(site, h, targets.keeps(site, h.event.children, tx, h.event.site_id))
+                            msg = down_message(site, h, targets.keeps(site, h.event.children, tx, h.event.site_id),
+                                               self.sealer)
                             out += [msg] if msg is not None else []
             for site in sorted(targets.at(e.children, tx, e.site_id)):
-                msg = down_message(site, s, targets.keeps(site, e.children, tx, e.site_id))
+                msg = down_message(site, s, targets.keeps(site, e.children, tx, e.site_id), self.sealer)
                 out += [msg] if msg is not None else []
         await self._publish(out)
 

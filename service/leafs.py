@@ -14,7 +14,7 @@ from __future__ import annotations
 import secrets
 import sys
 
-from events.wire import DOWN_PREFIX, READS_PREFIX, RECEIPT_PREFIX, RESTORE_PREFIX, UP_PREFIX
+from events.wire import DOWN_PREFIX, READS_PREFIX, RECEIPT_PREFIX, RELAY_PREFIX, RESTORE_PREFIX, UP_PREFIX
 from service.sites import down_consumer_permissions
 
 
@@ -26,7 +26,7 @@ def leaf_user_entry(township: str, password: str) -> str:
     if township.count(".") != 1:
         raise ValueError(f"township must look like REGION.TOWNSHIP (e.g. gx-lp.xy), got {township!r}")
     publish = [f"{UP_PREFIX}{township}.>", f"{RESTORE_PREFIX}{township}.>", f"{READS_PREFIX}{township}.>",
-               f"{RECEIPT_PREFIX}{township}.>"]
+               f"{RECEIPT_PREFIX}{township}.>", f"{RELAY_PREFIX}{township}.>"]
     # The township's sites reach the hub's JetStream through its domain (the leaf has none);
     # the plain $JS.API form is kept for agents not yet configured with --js-domain.
     publish += down_consumer_permissions("*", f"{DOWN_PREFIX}{township}.>")

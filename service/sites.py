@@ -26,6 +26,7 @@ from events.wire import (
     inbox_prefix,
     reads_subject,
     receipt_subject,
+    relay_subject,
     restore_subject,
     up_subject,
 )
@@ -161,8 +162,10 @@ def site_permissions(site_id: str) -> str:
     durable = down_consumer(site_id)
     down = down_subject(site_id)
     # its events; asking for them back; its users' reads of children's data, for the read log;
-    # asking for its receipt as the store holds it now
-    publish = [up_subject(site_id), restore_subject(site_id), reads_subject(site_id), receipt_subject(site_id)]
+    # asking for its receipt as the store holds it now; relaying its township's sealed copies (the
+    # center takes them only from a township office: service/relay.py)
+    publish = [up_subject(site_id), restore_subject(site_id), reads_subject(site_id), receipt_subject(site_id),
+               relay_subject(site_id)]
     # Create (or look up) its own durable consumer; the filter is part of the subject, so the
     # server refuses a consumer of this name that filters on another site's subject.
     publish += down_consumer_permissions(durable, down)

@@ -15,12 +15,18 @@ applied is such a fresh one and nothing is pending. The local log keeps the same
 status` (the connection's token beside the receipt, sync_agent/status.py); when a receipt from
 care.down leaves nothing pending, the running agent asks once more, so a station that syncs
 through `agent serve` is shown synced on the center's word about its store now.
+
+A township office's agent also relays (sync_agent/relay.py): once its own events are confirmed
+on a connection, and then every `SyncTuning.relay_every`, it asks the center what it holds of
+the township's sites and hands back the sealed copies of what it lacks (a center restored from an
+older backup). For an office, "synced" also needs such a round finished on this connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import random
 import time
@@ -33,6 +39,7 @@ import msgspec
 import nats
 import nats.errors
 
+from events.types import SiteKind
 from events.wire import (
     Receipt,
     ReceiptReply,
@@ -47,6 +54,7 @@ from sync_agent.config import SiteConfig, connect_options, load_config, log_path
 from sync_agent.download import Downloader
 from sync_agent.locallog import CONNECTION, ChainReport, LocalLog, LocalLogError, ReceiptEffect
 from sync_agent.readlog import ReadLog, ReadUploader
+from sync_agent.relay import RelayReport, RelayUnavailable, relay_round
 from sync_agent.status import CONFIRMED_AT, CONNECTED_AT  # when connected; when the center last confirmed
 from sync_agent.tuning import SyncTuning
 from sync_agent.upload import Uploader, raise_if_cancelling
@@ -61,6 +69,7 @@ class ReceiptUnavailable(Exception):
 
 
 CONFIRM_ERRORS: tuple[type[Exception], ...] = (ReceiptUnavailable, *CONNECT_ERRORS, LocalLogError)
+RELAY_ERRORS: tuple[type[Exception], ...] = (RelayUnavailable, *CONNECT_ERRORS, LocalLogError)
 
 
 async def stop_tasks(tasks: Collection[asyncio.Task[Any]], *, rounds: int = 10, wait: float = 0.5) -> None:
@@ -128,6 +137,12 @@ class Agent:
         # (connection, receipts applied) when the last fresh receipt was applied: synced only if
         # nothing has been applied since, on this connection
         self._fresh_mark: tuple[int, int] | None = None
+        # A township office relays (sync_agent/relay.py): the connection on which a round last
+        # finished, and what the rounds of this process did.
+        self.relays = self.config.kind is SiteKind.TOWNSHIP
+        self._relayed_on: int | None = None
+        self._relay_wake = asyncio.Event()
+        self.relayed = RelayReport()
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -146,6 +161,8 @@ class Agent:
             self._tasks.append(asyncio.create_task(self.downloader.run(), name="agent-download"))
         if "reads" in parts:
             self._tasks.append(asyncio.create_task(self.reads.run(), name="agent-reads"))
+        if self.relays and "upload" in parts:
+            self._tasks.append(asyncio.create_task(self._relay_loop(), name="agent-relay"))
 
     async def stop(self) -> None:
         """Stop every loop and close the connection, in bounded time whatever the line does."""
@@ -230,6 +247,10 @@ class Agent:
         """A receipt from care.down (it cleared the log's fresh mark). Once it leaves nothing
         pending, ask the center again, so the station is shown synced on a fresh answer."""
         self._on_receipt(effect)
+        if self.relays and not effect.progressed:
+            # A receipt that moves nothing of ours: the center's start-up receipt (service/center.py)
+            # among them, so an office connected through a center's restore relays at once.
+            self._relay_wake.set()
         if self.nc is None or (self._confirm_task is not None and not self._confirm_task.done()):
             return
         try:
@@ -267,6 +288,8 @@ class Agent:
     def _on_receipt(self, effect: ReceiptEffect) -> None:
         self._receipts_applied += 1
         self.uploader.on_receipt(effect)
+        if effect.went_back:  # the center was restored: it may lack other sites' events too
+            self._relay_wake.set()
 
     async def _confirm_on_connect(self, connection: int) -> None:
         """Ask for a fresh receipt once per connection, again with backoff until one comes."""
@@ -276,6 +299,7 @@ class Agent:
             try:
                 await self.confirm(self.tuning.ack_timeout)
                 self._connect_backoff.reset()  # a whole round trip to the center: the line works
+                self._relay_wake.set()
                 return
             except CONFIRM_ERRORS as err:
                 raise_if_cancelling()
@@ -314,6 +338,44 @@ class Agent:
         """The newest receipt applied is one the center gave on this connection, from its store now."""
         return self.nc is not None and self._fresh_mark == (self.connections, self._receipts_applied)
 
+    # --- relaying (a township office) ---------------------------------------------------
+
+    def relayed_here(self) -> bool:
+        """Not an office, or a relay round finished on this connection."""
+        return not self.relays or (self.nc is not None and self._relayed_on == self.connections)
+
+    async def _relay_loop(self) -> None:
+        """Rounds when woken (a connection's fresh receipt, a receipt that went back) and every
+        relay_every; only once the office's own events are confirmed, so that what it recorded
+        itself (a transfer, say) is back at the center before other sites' events that need it."""
+        backoff = Backoff(self.tuning.retry_base, self.tuning.retry_cap, self._rng)
+        while True:
+            raise_if_cancelling()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.tuning.relay_every):
+                    await self._relay_wake.wait()
+            self._relay_wake.clear()
+            connection, nc = self.connections, self.nc
+            if nc is None or not nc.is_connected:
+                continue
+            try:
+                if self.pending() != 0 or not self.confirmed():
+                    await asyncio.sleep(self.tuning.idle_poll)
+                    self._relay_wake.set()  # look again soon
+                    continue
+                report = await relay_round(nc, self.log, self.config.site_id, self.tuning.ack_timeout)
+            except RELAY_ERRORS as err:
+                raise_if_cancelling()
+                self._error(f"relay: {type(err).__name__}: {err}")
+                await asyncio.sleep(backoff.next())
+                self._relay_wake.set()
+                continue
+            backoff.reset()
+            for f in dataclasses.fields(report):
+                setattr(self.relayed, f.name, getattr(self.relayed, f.name) + getattr(report, f.name))
+            if connection == self.connections:
+                self._relayed_on = connection
+
     # --- errors ---------------------------------------------------------------------------
 
     def _error(self, message: str) -> None:
@@ -347,19 +409,22 @@ class Agent:
 
         Synced means: every event is receipted or refused, and the newest receipt applied is one
         the center gave on this connection when asked (`confirm`), so a receipt from before a
-        center's restore never counts. When the receipts say nothing is pending but the newest
-        was not asked for, the agent asks (at most until the deadline)."""
+        center's restore never counts; at a township office, a relay round finished on this
+        connection too. When the receipts say nothing is pending but the newest was not asked
+        for, the agent asks (at most until the deadline)."""
         deadline = time.monotonic() + seconds
         while True:
             pending = self.pending()
             if on_progress is not None:
                 on_progress(pending, self.log.last_seq())
-            if pending == 0 and self.confirmed():
+            if pending == 0 and self.confirmed() and self.relayed_here():
                 return True
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            if pending == 0 and self.nc is not None and self.nc.is_connected:
+            if pending == 0 and self.confirmed():  # an office's relay round is still to finish
+                self._relay_wake.set()
+            elif pending == 0 and self.nc is not None and self.nc.is_connected:
                 try:
                     await self.confirm(max(0.5, min(self.tuning.ack_timeout, left)))
                     continue

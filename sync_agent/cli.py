@@ -371,6 +371,8 @@ def _sync(args: argparse.Namespace, settings: Settings) -> int:
                 if not ok:
                     pending = agent.pending()
                     why = (f"{pending} events still not receipted by the center" if pending else
+                           "the township's relay round has not finished (the center may lack other sites' "
+                           "events this office holds)" if agent.confirmed() else
                            "the center has not confirmed this station's events since it connected (a receipt "
                            "from before would not show what a restored center lacks)")
                     print(f"shouwang: not synced after {args.timeout:g} s: {why}; they stay in the local log and "
@@ -379,6 +381,10 @@ def _sync(args: argparse.Namespace, settings: Settings) -> int:
                     return 1
                 print(f"in sync: all {agent.log.last_seq()} events of {agent.config.site_id} are receipted by the "
                       "center, confirmed on this connection")
+                if agent.relays and agent.relayed.offered:
+                    r = agent.relayed
+                    print(f"relayed {r.offered} events of the township's sites that the center lacked: {r.stored} "
+                          f"taken back, {r.duplicates} it had meanwhile, {r.refused} refused")
                 return 0
             stop = asyncio.Event()
             stopped_by: list[int] = []

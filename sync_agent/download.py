@@ -8,6 +8,9 @@ An event naming several children may arrive as a redacted copy (``Shouwang-Redac
 center cut out the children outside this site's scope, so its hash is not the sender's; the
 original's hash (``Shouwang-Original-Hash``) is kept beside it in the inbox for an auditor.
 The site trusts such a copy because it came from the center on its own authenticated subject.
+A whole copy may carry the center's seal (``Shouwang-Seal``, service/seals.py), kept beside it: a
+township office hands sealed copies back to a center restored from an older backup
+(sync_agent/relay.py).
 """
 
 from __future__ import annotations
@@ -24,7 +27,16 @@ import nats.js.errors
 from nats.js import api
 
 from events.envelope import Event
-from events.wire import DOWN_STREAM, KIND_EVENT, KIND_HEADER, KIND_RECEIPT, Receipt, down_subject, receipt_decoder
+from events.wire import (
+    DOWN_STREAM,
+    KIND_EVENT,
+    KIND_HEADER,
+    KIND_RECEIPT,
+    SEAL_HEADER,
+    Receipt,
+    down_subject,
+    receipt_decoder,
+)
 from runtime import log
 from sync_agent.backoff import Backoff
 from sync_agent.locallog import LocalLog, ReceiptEffect
@@ -108,6 +120,7 @@ class Downloader:
         refused: list[Any] = []
         inbound: list[tuple[Event, bytes]] = []
         redacted: dict[str, str] = {}
+        seals: dict[str, str] = {}
         for msg in msgs:
             kind = (msg.headers or {}).get(KIND_HEADER)
             try:
@@ -133,6 +146,8 @@ class Downloader:
                     if (msg.headers or {}).get(REDACTED_HEADER) == "1":
                         # A copy without other children (docs/SECURITY.md): keep the original's hash.
                         redacted[event.event_id] = (msg.headers or {}).get(ORIGINAL_HASH_HEADER, "")
+                    elif (seal := (msg.headers or {}).get(SEAL_HEADER)) is not None:
+                        seals[event.event_id] = seal
                 else:
                     self.unreadable += 1
                     _log.warning("unknown message kind on care.down", kind=kind, stream_seq=_seq(msg))
@@ -141,7 +156,7 @@ class Downloader:
                 self.unreadable += 1
                 _log.warning("unreadable message on care.down", kind=kind, stream_seq=_seq(msg), error=str(err))
         if inbound:
-            self.events += await asyncio.to_thread(self.log.apply_inbound, inbound, redacted)
+            self.events += await asyncio.to_thread(self.log.apply_inbound, inbound, redacted, seals)
         if latest is not None:
             # Receipts are snapshots; the last of a batch supersedes the others, but the
             # refusals each carried are all kept.

@@ -6,6 +6,9 @@ Tables:
 * ``inbox``: committed events of other sites received from the center (children in scope).
 * ``inbox_redacted``: which inbox rows are copies the center redacted to this site's children,
   with the hash of the original (docs/SECURITY.md).
+* ``inbox_seal``: the center's seal of each whole copy (a township office relays those to a
+  restored center, sync_agent/relay.py), in the order they arrived; ``relay_refused``: copies the
+  center would not take back, never offered again.
 * ``child_event``: which events (own or received) concern which child, for the offline view.
 * ``refused``: what the center refused and keeps in quarantine.
 * ``meta``: the HLC high-water mark, the last receipt, last contact and last error.
@@ -59,6 +62,16 @@ CREATE TABLE IF NOT EXISTS inbox (
 CREATE TABLE IF NOT EXISTS inbox_redacted (
     event_id      TEXT PRIMARY KEY,
     original_hash TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inbox_seal (
+    n        INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    seal     TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS relay_refused (
+    event_id TEXT PRIMARY KEY,
+    reason   TEXT NOT NULL,
+    at       TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS child_event (
     child_id TEXT NOT NULL,
@@ -691,9 +704,11 @@ class LocalLog:
 
     # --- inbound events (fan-out from the center) ---------------------------------------
 
-    def apply_inbound(self, events: Sequence[tuple[Event, bytes]], redacted: Mapping[str, str] | None = None) -> int:
+    def apply_inbound(self, events: Sequence[tuple[Event, bytes]], redacted: Mapping[str, str] | None = None,
+                      seals: Mapping[str, str] | None = None) -> int:
         """Keep committed events received from the center; idempotent. Returns how many were new.
-        `redacted`: event id -> the original's hash, for copies the center cut to this site's children."""
+        `redacted`: event id -> the original's hash, for copies the center cut to this site's children;
+        `seals`: event id -> the center's seal of a whole copy (service/seals.py)."""
         if not events:
             return 0
         new = 0
@@ -718,6 +733,9 @@ class LocalLog:
                                          (event.event_id, redacted[event.event_id]))
                     else:
                         self._widen_inbound(conn, event, redacted)
+                    if seals and event.event_id in seals and not (redacted and event.event_id in redacted):
+                        conn.execute("INSERT OR IGNORE INTO inbox_seal(event_id, seal) VALUES (?, ?)",
+                                     (event.event_id, seals[event.event_id]))
                 # Guarantee 6's HLC promise: what we record next sorts after what we have seen.
                 self._set_meta("hlc", str(clock.last))
         except sqlite3.Error as err:
@@ -744,6 +762,43 @@ class LocalLog:
         conn.execute("UPDATE inbox SET body = ? WHERE event_id = ?", (body, event.event_id))
         conn.executemany("INSERT OR IGNORE INTO child_event(child_id, event_id) VALUES (?, ?)",
                          [(c, event.event_id) for c in merged.children])
+
+    def relay_candidates(self, lacking: Callable[[str, int], bool], after: int, max_bytes: int,
+                         max_events: int) -> tuple[list[tuple[str, bytes, str]], int]:
+        """Sealed whole copies of other sites' events that the center lacks by `lacking(site,
+        site_seq)`, in the order they arrived, after arrival number `after`: (event_id, body,
+        seal) up to `max_bytes` and `max_events`, and the arrival number to continue after
+        (`after` itself when none is left). Copies the center refused before are left out."""
+        out: list[tuple[str, bytes, str]] = []
+        size = 0
+        with self._lock:
+            while True:
+                rows = self._conn.execute(
+                    "SELECT s.n, i.event_id, i.site_id, i.site_seq, i.body, s.seal FROM inbox_seal s "
+                    "JOIN inbox i ON i.event_id = s.event_id WHERE s.n > ? "
+                    "AND s.event_id NOT IN (SELECT event_id FROM inbox_redacted) "
+                    "AND s.event_id NOT IN (SELECT event_id FROM relay_refused) ORDER BY s.n LIMIT 2000",
+                    (after,)).fetchall()
+                if not rows:
+                    return out, after
+                for n, event_id, site_id, site_seq, body, seal in rows:
+                    if lacking(str(site_id), int(site_seq)):
+                        if out and (size + len(body) > max_bytes or len(out) >= max_events):
+                            return out, after
+                        out.append((str(event_id), bytes(body), str(seal)))
+                        size += len(body)
+                    after = int(n)
+
+    def note_relay_refused(self, refused: Sequence[tuple[str, str]]) -> None:
+        """Copies the center would not take back (event_id, reason): never offered again."""
+        if not refused:
+            return
+        try:
+            with self._write() as conn:
+                conn.executemany("INSERT OR REPLACE INTO relay_refused(event_id, reason, at) VALUES (?, ?, ?)",
+                                 [(eid, why, _now().isoformat()) for eid, why in refused])
+        except sqlite3.Error as err:
+            raise _translate(err, self.path, self.busy_timeout) from None
 
     def redacted_copies(self) -> dict[str, str]:
         """Inbox event id -> the original's hash, for the copies the center redacted."""

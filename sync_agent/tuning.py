@@ -23,6 +23,9 @@ class SyncTuning:
     # None: twice retry_cap (a minute by default), so a station without a line makes a few
     # attempts an hour rather than two a second.
     connect_retry_cap: float | None = None
+    # A township office asks the center this often whether it lacks events the office holds
+    # (sync_agent/relay.py), besides at every connection and whenever a receipt went back.
+    relay_every: float = 600.0
 
     @property
     def connect_cap(self) -> float:
