@@ -86,8 +86,9 @@ async def overdue(pool: asyncpg.Pool, scope: str, today: dt.date | None = None) 
 async def facts_in(pool: asyncpg.Pool, scope: str, start: dt.date, end: dt.date) -> list[Fact]:
     if scope.count(".") >= 1:
         where, args = "township = $3", [township_of(scope) if scope.count(".") == 2 else scope]
-    elif scope:
-        where, args = "township LIKE $3 || '.%'", [scope]
+    elif scope:  # a region: its townships from the registry, so the (township, occurred_at) index serves
+        where, args = ("township = ANY(ARRAY(SELECT DISTINCT substring(s.site_id FROM '^[^.]+[.][^.]+') FROM sites s "
+                       "WHERE starts_with(s.site_id, $3 || '.')))"), [scope]
     else:
         where, args = "true", []
     async with pool.acquire() as conn:

@@ -36,8 +36,8 @@ def _message(request: Request[Any, Any, Any], me: dict[str, Any], status: int, m
     return page(request, "dash/message.html", status_code=status, message=message, **d._ctx(me))
 
 
-_FIELDS = ("username", "display_name", "role", "site_id", "township", "password", "old_password", "new_password",
-           "code")
+_FIELDS = ("username", "display_name", "role", "site_id", "township", "region", "password", "old_password",
+           "new_password", "code")
 
 
 def _problem(out: Any, lang: str, default_field: str = "username") -> str:
@@ -64,7 +64,7 @@ def _forbidden(request: Request[Any, Any, Any], me: dict[str, Any]) -> Response[
 
 def _user_row(u: dict[str, Any], lang: str) -> dict[str, Any]:
     return {**u, "role_label": i18n.text(f"users.role.{u['role']}", lang), "where": u.get("site_id") or
-            u.get("township") or i18n.text("users.all_sites", lang),
+            u.get("township") or u.get("region") or i18n.text("users.all_sites", lang),
             "last_login": local_time(u.get("last_login_at")) or i18n.text("users.never", lang),
             "code_until": local_time(u.get("code_expires_at"))}
 
@@ -89,11 +89,13 @@ async def _users_page(request: Request[Any, Any, Any], token: str, me: dict[str,
         _, log_doc = await api.get("/account-log", limit=200)
     log = [_log_row(e, lang) for e in (log_doc or {}).get("items", [])]
     townships = sorted({s["site_id"].rsplit(".", 1)[0] for s in sites})
+    regions = sorted({s["site_id"].split(".", 1)[0] for s in sites})
     link = None
     if code is not None:
         link = f"{request.base_url}".rstrip("/") + f"{PREFIX}/password?code={quote(code['code'])}"
     return page(request, "dash/users.html", status_code=status_code, users=obj(users), sites=obj(sites),
-                townships=townships, log=obj(log), is_admin=is_admin, roles=ROLES, code=obj(code), code_link=link,
+                townships=townships, regions=regions, log=obj(log), is_admin=is_admin, roles=ROLES, code=obj(code),
+                code_link=link,
                 code_until=local_time(code["expires_at"]) if code else "", error=error, form=form or {},
                 done=request.query_params.get("done"), **d._ctx(me))
 
@@ -157,7 +159,7 @@ def admin_routes() -> list[HTTPRouteHandler]:
         token, me, form = got
         lang = lang_of(request)
         fields = {k: str(form.get(k, "")).strip() for k in ("username", "display_name", "role", "site_id",
-                                                              "township", "how")}
+                                                              "township", "region", "how")}
         role = fields["role"]
         body: dict[str, Any] = {"username": fields["username"], "role": role,
                                 "display_name": fields["display_name"][:40]}
@@ -165,6 +167,8 @@ def admin_routes() -> list[HTTPRouteHandler]:
             body["site_id"] = fields["site_id"]
         elif role == "auditor":
             body["township"] = fields["township"]
+        elif role == "county":
+            body["region"] = fields["region"] or None
         if fields["how"] == "password":
             password, again = str(form.get("password", "")), str(form.get("password2", ""))
             if password != again:

@@ -29,9 +29,11 @@ def register(csub: Any) -> None:
     add = usub.add_parser("add", help="add a user (the password is read from SHOUWANG_NEW_PASSWORD or asked, "
                                       "or --code: a one-time code with which they set their own)")
     add.add_argument("username")
-    add.add_argument("--role", required=True, choices=["station", "school", "township", "auditor", "admin"])
+    add.add_argument("--role", required=True, choices=["station", "school", "township", "auditor", "admin",
+                                                             "county"])
     add.add_argument("--site", help="the user's site (station, school, township users)")
     add.add_argument("--township", help="region.township an auditor sees, e.g. gx-lp.xy")
+    add.add_argument("--region", help="the region a county user sees (figures and masked lists), e.g. gx-lp")
     add.add_argument("--name", default="", help="display name")
     add.add_argument("--code", action="store_true",
                      help="no password: print a one-time code with which the person sets their own")
@@ -122,9 +124,10 @@ def _user_add(args: argparse.Namespace, settings: Settings) -> int:
         async with _pool(args, settings) as pool:
             with cli_errors(AuthError):
                 u = await add_user(pool, args.username, args.role, password, site_id=args.site,
-                                   township=args.township, display_name=args.name, actor=_actor())
+                                   township=args.township, display_name=args.name, actor=_actor(),
+                                   region=args.region)
                 code = await issue_code(pool, u.username, actor=_actor(), hours=args.hours) if args.code else None
-        where = u.site_id or u.township or "all sites"
+        where = u.site_id or u.township or (f"region {u.region}" if u.region else "all sites")
         print(f"added {u.username} ({u.role}, {where})", file=sys.stderr if code else sys.stdout)
         if code is not None:
             _print_code(code)
@@ -145,7 +148,7 @@ def _user_list(args: argparse.Namespace, settings: Settings) -> int:
                 state = "active" if u.active else f"disabled {u.disabled_at:%Y-%m-%d}"
                 if u.code_expires_at is not None:
                     state += f", one-time code until {u.code_expires_at:%Y-%m-%d %H:%M}"
-                yield f"{u.username:24} {u.role:9} {u.site_id or u.township or '-':28} {state}"
+                yield f"{u.username:24} {u.role:9} {u.site_id or u.township or u.region or '-':28} {state}"
 
         emit(users, args.json, lines)
         return 0

@@ -46,6 +46,7 @@ class Me(msgspec.Struct, frozen=True):
     site_id: str | None
     township: str | None
     token_id: str
+    region: str | None = None  # a county user's region
 
 
 NewPassword = Annotated[str, msgspec.Meta(min_length=10, max_length=256, examples=["a long made-up passphrase"],
@@ -56,14 +57,17 @@ CodeField = Annotated[str, msgspec.Meta(min_length=1, max_length=64, examples=["
 
 class NewUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     username: UsernameField
-    role: Annotated[str, msgspec.Meta(pattern=r"^(station|school|township|auditor|admin)$",
-                                      description="station, school, township, auditor or admin")]
+    role: Annotated[str, msgspec.Meta(pattern=r"^(station|school|township|auditor|admin|county)$",
+                                      description="station, school, township, auditor, admin or county")]
     password: Annotated[str, msgspec.Meta(min_length=10, max_length=256, description=(
         "omit it to add the user without a password, then issue a one-time code "
         "(POST /users/{username}/reset)"))] | None = None
     site_id: Annotated[str, msgspec.Meta(max_length=74, examples=["gx-lp.xy.v03"])] | None = None
     township: Annotated[str, msgspec.Meta(max_length=49, examples=["gx-lp.xy"])] | None = None
     display_name: Annotated[str, msgspec.Meta(max_length=40)] = ""
+    region: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9-]{1,24}$", examples=["gx-lp"],
+                                        description="a county user's region: the first part of its site ids")
+                      ] | None = None
 
 
 class UserOut(auth.User, frozen=True):
@@ -179,7 +183,8 @@ class AuthController(Controller):
     @get("/me", summary="Who this token belongs to")
     async def me(self, request: Request[Any, Any, Any]) -> Me:
         c = caller_of(request)
-        return Me(username=c.username, role=c.role, site_id=c.site_id, township=c.township, token_id=c.token_id)
+        return Me(username=c.username, role=c.role, site_id=c.site_id, township=c.township, token_id=c.token_id,
+                  region=c.region)
 
     @delete("/token", status_code=200, summary="Log out: revoke the token of this request")
     async def logout(self, request: Request[Any, Any, Any]) -> Revoked:
@@ -212,18 +217,21 @@ class UsersController(Controller):
         return UserList(items=[_user_out(u) for u in await auth.list_users(request.app.state.pool)])
 
     @post("/", status_code=201, summary="Add a user",
-          description="Station, school and township users name their registered site; an auditor names a township.")
+          description="Station, school and township users name their registered site; an auditor names a township; "
+                      "a county user names a region.")
     async def add(self, request: Request[Any, Any, Any], data: JSONBody[NewUser]) -> UserOut:
         try:
             u = await auth.add_user(request.app.state.pool, data.username, data.role, data.password,
                                     site_id=data.site_id, township=data.township, display_name=data.display_name,
-                                    actor=caller_of(request).username)
+                                    actor=caller_of(request).username, region=data.region)
         except auth.AuthError as err:
             message = str(err)
             if "exists already" in message:
                 raise ApiError(409, message, field="username", value=data.username) from None
             if "password" in message:
                 raise ApiError(400, message, field="password") from None
+            if "--region" in message:
+                raise ApiError(400, message, field="region", value=data.region) from None
             if "--site" in message or "site " in message:
                 raise ApiError(400, message, field="site_id", value=data.site_id) from None
             if "--township" in message:

@@ -33,7 +33,19 @@ from projections.queries import rollup_heads
 from runtime import log, natsurl
 from runtime.db import create_pool
 from runtime.settings import Settings
-from service.api import accounts, audit, children, conflicts, exports, followups, health, quarantine, rollups, sites
+from service.api import (
+    accounts,
+    audit,
+    children,
+    conflicts,
+    county,
+    exports,
+    followups,
+    health,
+    quarantine,
+    rollups,
+    sites,
+)
 from service.api.auth import Throttle, TokenAuthentication, callers_of_hashes
 from service.api.batch import Batched
 from service.api.config import ApiSettings
@@ -233,7 +245,7 @@ def openapi_config() -> OpenAPIConfig:
                                      "or `shouwang center token issue`"),
         }),
         security=[{"bearer": []}],
-        tags=[Tag(name=n) for n in ("children", "follow-ups", "rollups", "exports", "sites", "conflicts",
+        tags=[Tag(name=n) for n in ("children", "follow-ups", "rollups", "county", "exports", "sites", "conflicts",
                                      "quarantine", "audit", "auth", "users", "health")],
     )
 
@@ -264,6 +276,7 @@ def create_app(settings: Settings, api_settings: ApiSettings | None = None,
             children.ChildrenController,
             followups.FollowUpsController,
             rollups.RollupsController,
+            county.CountyController,
             exports.ExportsController,
             sites.SitesController,
             conflicts.ConflictsController,
@@ -279,7 +292,8 @@ def create_app(settings: Settings, api_settings: ApiSettings | None = None,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[_lifespan],
         state=State({"settings": settings, "api_settings": api, "rollup_cache": RollupCache(),
-                     "scope_archives": ScopeArchives(), "date_params": {}, "trusted_proxies": api.trusted_networks(),
+                     "county_cache": county.CountyCache(), "scope_archives": ScopeArchives(), "date_params": {},
+                     "trusted_proxies": api.trusted_networks(),
                      "throttle": Throttle(address_failures=api.login_failures, lockout_seconds=api.lockout_seconds,
                                           name_failures=api.name_failures, name_lock_seconds=api.name_lock_seconds),
                      "csrf_secret": api.csrf_secret.encode("utf-8") or secrets.token_bytes(32),

@@ -59,7 +59,7 @@ from service.api.errors import ApiError
 from service.sites import township_of
 from store.conn import Conn
 
-ROLES = ("station", "school", "township", "auditor", "admin")
+ROLES = ("station", "school", "township", "auditor", "admin", "county")
 SITE_KIND_OF_ROLE = {"station": "village", "school": "school", "township": "township"}
 TOKEN_PREFIX = "sw_"
 MAX_LOCK = dt.timedelta(hours=1)
@@ -86,6 +86,7 @@ class Caller(msgspec.Struct, frozen=True):
     site_id: str | None
     township: str | None
     token_id: str
+    region: str | None = None  # a county user's region (the first part of region.township.site)
 
 
 class User(msgspec.Struct, frozen=True):
@@ -101,6 +102,7 @@ class User(msgspec.Struct, frozen=True):
     disabled_at: dt.datetime | None
     last_login_at: dt.datetime | None  # the last successful log-in (None: never)
     code_expires_at: dt.datetime | None  # a one-time code is pending until then (None: none)
+    region: str | None  # a county user's region
 
 
 class OneTimeCode(msgspec.Struct, frozen=True):
@@ -214,9 +216,10 @@ def _check_username(username: str) -> None:
 
 async def add_user(pool: asyncpg.Pool, username: str, role: str, password: str | None, *,
                    site_id: str | None = None, township: str | None = None, display_name: str = "",
-                   actor: str = "system") -> User:
+                   actor: str = "system", region: str | None = None) -> User:
     """Create a user. Station, school and township users name their site (registered, of the
-    matching kind); an auditor names a township ('region.township') or a site in it. Without a
+    matching kind); an auditor names a township ('region.township') or a site in it; a county
+    user names a region (the first part of every site id of the county). Without a
     password nobody can log in as them until a one-time code is issued (``issue_code``)."""
     _check_username(username)
     if role not in ROLES:
@@ -240,25 +243,40 @@ async def add_user(pool: asyncpg.Pool, username: str, role: str, password: str |
                 township, site_id = township_of(site_id), None
             if not township or not _is_township(township):
                 raise AuthError("an auditor needs --township 'region.township' (e.g. gx-lp.xy)")
+        elif role == "county":
+            if not region or not _is_region(region):
+                raise AuthError("a county user needs --region, the first part of its site ids (e.g. gx-lp)")
+            site_id = township = None
         else:
             site_id = township = None
+        if role != "county":
+            region = None
         stored = (await hash_password(password)).encode("ascii") if password is not None else NO_PASSWORD
         try:
             async with conn.transaction():
                 row = await conn.fetchrow(
                     """INSERT INTO api_users (username, role, site_id, township, display_name, password_salt,
-                                              password_hash, scrypt_n, scrypt_r, scrypt_p, password_set_at)
+                                              password_hash, scrypt_n, scrypt_r, scrypt_p, password_set_at, region)
                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
-                               CASE WHEN $11 THEN now() END) RETURNING *""",
+                               CASE WHEN $11 THEN now() END, $12) RETURNING *""",
                     username, role, site_id, township, display_name, b"", stored, 0, 0, 0, password is not None,
+                    region,
                 )
-                where = site_id or township or "all sites"
+                where = site_id or township or (f"region {region}" if region else "all sites")
                 await _log(conn, actor, "added", username,
                            f"{role}, {where}" + ("" if password is not None else ", no password yet"))
         except asyncpg.UniqueViolationError:
             raise AuthError(f"user {username!r} exists already") from None
     assert row is not None  # INSERT ... RETURNING
     return _user(row)
+
+
+def _is_region(text: str) -> bool:
+    try:
+        msgspec.convert(text + ".x.x", type=SiteId)
+    except msgspec.ValidationError:
+        return False
+    return "." not in text
 
 
 def _is_township(text: str) -> bool:
@@ -273,7 +291,8 @@ def _user(row: asyncpg.Record) -> User:
     return User(username=row["username"], role=row["role"], site_id=row["site_id"], township=row["township"],
                 display_name=row["display_name"], active=row["active"], created_at=row["created_at"],
                 disabled_at=row["disabled_at"], last_login_at=row["last_login_at"],
-                code_expires_at=row["reset_expires_at"] if row["reset_code_hash"] is not None else None)
+                code_expires_at=row["reset_expires_at"] if row["reset_code_hash"] is not None else None,
+                region=row["region"])
 
 
 async def list_users(pool: asyncpg.Pool) -> list[User]:
@@ -450,7 +469,7 @@ async def revoke_all(pool: asyncpg.Pool, username: str) -> int:
     return len(rows)
 
 
-_CALLERS = """SELECT t.token_hash, u.username, u.role, u.site_id, u.township, t.token_id::text AS token_id
+_CALLERS = """SELECT t.token_hash, u.username, u.role, u.site_id, u.township, u.region, t.token_id::text AS token_id
                FROM api_tokens t JOIN api_users u USING (username)
                WHERE t.token_hash = ANY($1::bytea[]) AND t.revoked_at IS NULL AND t.expires_at > now() AND u.active"""
 
@@ -465,7 +484,8 @@ async def callers_of_hashes(pool: asyncpg.Pool, hashes: list[bytes]) -> dict[byt
     async with pool.acquire() as conn:
         rows = await conn.fetch(_CALLERS, hashes)
     return {bytes(r["token_hash"]): Caller(username=r["username"], role=r["role"], site_id=r["site_id"],
-                                            township=r["township"], token_id=r["token_id"]) for r in rows}
+                                            township=r["township"], token_id=r["token_id"], region=r["region"])
+            for r in rows}
 
 
 async def caller_of_token(pool: asyncpg.Pool, token: str) -> Caller | None:

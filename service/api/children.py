@@ -26,6 +26,7 @@ from service.api import archives
 from service.api.auth import Caller
 from service.api.errors import ApiError, bad, not_found
 from service.api.scoping import (
+    LISTERS,
     READERS,
     ChildCursor,
     ChildIdPath,
@@ -230,7 +231,8 @@ def route_of(request: Request[Any, Any, Any]) -> str:
 class ChildrenController(Controller):
     path = "/children"
     tags = ["children"]  # noqa: RUF012 (litestar reads controller options from class attributes)
-    guards = [allow(*READERS)]  # noqa: RUF012 (as above)
+    # The search is a masked list (the county's too); one child's records are for READERS only.
+    guards = [allow(*LISTERS)]  # noqa: RUF012 (as above)
 
     @get("/", summary="Search children in your scope",
          description="Filters combine with AND. Resident ID numbers are masked here for every role; search by the "
@@ -316,7 +318,7 @@ class ChildrenController(Controller):
                     break
         return ChildPage(items=items, next_cursor=next_cursor)
 
-    @get("/{child_id:str}", summary="A child's merged, current archive",
+    @get("/{child_id:str}", guards=[allow(*READERS)], summary="A child's merged, current archive",
          description="Logged in the read log. 404 when the child is not in your scope. The resident ID number is "
                      "whole for station, school and township staff and masked for auditors.")
     async def archive(self, request: Request[Any, Any, Any], child_id: ChildIdPath
@@ -328,7 +330,8 @@ class ChildrenController(Controller):
             raise not_found("child", child_id, "child_id")
         return masked_archive(caller, a)
 
-    @get("/{child_id:str}/timeline", summary="A child's growth record: every event, originals and corrections",
+    @get("/{child_id:str}/timeline", guards=[allow(*READERS)],
+         summary="A child's growth record: every event, originals and corrections",
          description="Logged in the read log. Ordered by occurred time. 404 outside your scope.")
     async def timeline(self, request: Request[Any, Any, Any], child_id: ChildIdPath
                        ) -> TimelineView:

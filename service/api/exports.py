@@ -20,7 +20,7 @@ from openpyxl.styles import Font
 from projections import rollups as pr
 from projections.figures import LabelledFigure, labelled
 from service.api.rollups import EndQuery, PeriodQuery, ScopeQuery, StartQuery, caller_rollup
-from service.api.scoping import READERS, allow
+from service.api.scoping import LISTERS, allow
 
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
@@ -91,7 +91,7 @@ def _filename(r: pr.Rollup, ext: str) -> str:
 class ExportsController(Controller):
     path = "/exports"
     tags = ["exports"]  # noqa: RUF012 (litestar reads controller options from class attributes)
-    guards = [allow(*READERS)]  # noqa: RUF012 (as above)
+    guards = [allow(*LISTERS)]  # noqa: RUF012 (as above)
 
     @get("/summary.xlsx", media_type=XLSX, summary="Year-end summary as an Excel workbook (labels in Chinese)")
     async def xlsx(

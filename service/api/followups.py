@@ -19,7 +19,7 @@ from projections import followups as pf
 from service.api import archives
 from service.api.children import query_text, route_of
 from service.api.errors import ApiError, bad, not_found
-from service.api.scoping import READERS, ChildIdPath, Params, SiteIdPath, allow, caller_of, may_see_site
+from service.api.scoping import LISTERS, READERS, ChildIdPath, Params, SiteIdPath, allow, caller_of, may_see_site
 
 
 class FollowUpView(msgspec.Struct, frozen=True):
@@ -55,9 +55,10 @@ def period_of(label: str) -> pf.Period:
 class FollowUpsController(Controller):
     path = "/"
     tags = ["follow-ups"]  # noqa: RUF012 (litestar reads controller options from class attributes)
-    guards = [allow(*READERS)]  # noqa: RUF012 (as above)
+    guards = [allow(*LISTERS)]  # noqa: RUF012 (as above; a child's follow-ups narrow it to READERS)
 
-    @get("/children/{child_id:str}/followups", summary="A child's follow-ups: each month against the rules",
+    @get("/children/{child_id:str}/followups", guards=[allow(*READERS)],
+         summary="A child's follow-ups: each month against the rules",
          description="A home visit, a call with the parents and a talk every month; a letter every semester. "
                      "Logged in the read log.")
     async def child_followups(

@@ -26,16 +26,16 @@ from projections.queries import Heads, ScopeChildren, rollup_heads
 from service.api.auth import Caller
 from service.api.batch import Batched
 from service.api.errors import ApiError, bad
-from service.api.scoping import READERS, allow, caller_of, may_see_site
+from service.api.scoping import LISTERS, allow, caller_of, may_see_region, may_see_site, may_see_township
 
 LangQuery = Annotated[str, Parameter(pattern=r"^(zh|en)$", description="label language: zh (default) or en")]
-SCOPE_PATTERN = r"^[a-z0-9-]{1,24}\.[a-z0-9-]{1,24}(\.[a-z0-9-]{1,24})?$"
+SCOPE_PATTERN = r"^[a-z0-9-]{1,24}(\.[a-z0-9-]{1,24}){0,2}$"
 PERIOD_PATTERN = r"^[0-9]{4}(-(0[1-9]|1[0-2]|S1|S2))?$"
 MAX_RANGE_DAYS = 3 * 366
 
 ScopeQuery = Annotated[str, QueryParameter(name="scope", pattern=SCOPE_PATTERN,
-                                           description="a site id (region.township.site) or a township "
-                                           "(region.township)")]
+                                           description="a site id (region.township.site), a township "
+                                           "(region.township) or, for the county, its region")]
 PeriodQuery = Annotated[str | None, Parameter(pattern=PERIOD_PATTERN, description="YYYY, YYYY-MM, YYYY-S1 (Feb-Jul) "
                                               "or YYYY-S2 (Aug-Jan); or give start and end")]
 StartQuery = Annotated[dt.date | None, Parameter(description="first day of a date range")]
@@ -45,9 +45,11 @@ EndQuery = Annotated[dt.date | None, Parameter(description="last day of a date r
 
 
 def check_scope(caller: Caller, scope: str) -> None:
-    """A site the caller may see, or the caller's own township (township staff and auditors)."""
-    allowed = may_see_site(caller, scope) if scope.count(".") == 2 else (
-        caller.role in ("township", "auditor") and caller.township == scope)
+    """A site the caller may see, the caller's own township (township staff and auditors), or for
+    the county its region and every township and site in it."""
+    dots = scope.count(".")
+    allowed = (may_see_site(caller, scope) if dots == 2 else may_see_township(caller, scope) if dots == 1
+               else may_see_region(caller, scope))
     if not allowed:
         raise ApiError(404, f"scope {scope} was not found among the sites and townships you may see",
                        field="scope", value=scope)
@@ -149,9 +151,9 @@ async def caller_rollup(request: Request[Any, Any, Any], scope: str, period: str
 class RollupsController(Controller):
     path = "/rollups"
     tags = ["rollups"]  # noqa: RUF012 (litestar reads controller options from class attributes)
-    guards = [allow(*READERS)]  # noqa: RUF012 (as above)
+    guards = [allow(*LISTERS)]  # noqa: RUF012 (as above)
 
-    @get("/", summary="Every figure the township counts, for a site or the township and a period",
+    @get("/", summary="Every figure the township counts, for a site, a township or a region and a period",
          description="Children are counted for the sites they belong to, work for the site that recorded it.")
     async def get_rollup(
         self, request: Request[Any, Any, Any],

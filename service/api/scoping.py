@@ -7,6 +7,11 @@ Roles (docs/ARCHITECTURE.md, guarantee 9):
   writes (conflict resolutions, merges, corrections) as the township office's site;
 * ``auditor`` reads history, as-of views, the read log and the hash chains of one township,
   and writes nothing;
+* ``county`` staff compare the townships of their region (the first part of
+  ``region.township.site``): figures, exports and masked lists (the children search, the overdue
+  lists) of every site of the region, never an archive, timeline, follow-ups or as-of view of a
+  child; a person at the county who must read an archive is given a township role that may
+  (an auditor of that township), so every such read is logged under that role;
 * ``admin`` manages sites and users and the quarantine, and reads no child.
 
 Scope is enforced inside each query, never by filtering rows afterwards: every statement that
@@ -44,6 +49,9 @@ SiteFilter = Annotated[str | None, Parameter(pattern=SITE_ID_PATTERN, descriptio
 ChildCursor = Annotated[str | None, Parameter(pattern=CHILD_ID_PATTERN,
                                               description="next_cursor of the previous page (a child id)")]
 READERS = ("station", "school", "township", "auditor")
+"""Roles that may read a child's archive, timeline and follow-ups (each read logged)."""
+LISTERS = (*READERS, "county")
+"""Roles that may read figures, exports and masked lists (no archive): the readers and the county."""
 
 
 def caller_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:
@@ -85,6 +93,9 @@ def _scope_site_predicate(caller: Caller, params: Params, column: str) -> str:
     if caller.role in ("township", "auditor"):
         assert caller.township is not None
         return f"starts_with({column}, {params.add(caller.township + '.')})"
+    if caller.role == "county":
+        assert caller.region is not None
+        return f"starts_with({column}, {params.add(caller.region + '.')})"
     return "false"  # admin: no child
 
 
@@ -115,11 +126,21 @@ def may_see_site(caller: Caller, site_id: str) -> bool:
         return True
     if caller.role in ("station", "school"):
         return site_id == caller.site_id
+    if caller.role == "county":
+        return caller.region is not None and site_id.startswith(caller.region + ".")
     return caller.township is not None and site_id.startswith(caller.township + ".")
 
 
 def may_see_township(caller: Caller, township: str) -> bool:
+    """Township staff and auditors see their own township; the county every township of its region."""
+    if caller.role == "county":
+        return caller.region is not None and township.startswith(caller.region + ".")
     return caller.role in ("township", "auditor") and caller.township == township
+
+
+def may_see_region(caller: Caller, region: str) -> bool:
+    """Only the county sees a whole region, its own."""
+    return caller.role == "county" and caller.region == region
 
 
 def sees_whole_resident_id(caller: Caller) -> bool:

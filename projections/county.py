@@ -1,0 +1,186 @@
+"""County figures: every township of a region side by side, and the region's own figures.
+
+A county is the same software with more sites: a **region** is the first part of every site id
+(``region.township.site``, e.g. ``gx-lp`` in ``gx-lp.xy.v03``), so the county's figures are the
+township figures of :func:`projections.rollups.compute` with the region as the scope. This
+module adds the comparison: one :class:`~projections.rollups.Rollup` per township of the region,
+computed by the same function from the same inputs, and each township's freshness (how recently
+the center heard from its sites).
+
+Use :func:`county_rollup` (live read models) for a whole comparison, or :func:`split` (pure) with
+archives and facts in hand. ``total`` is computed over the region directly, not added up from
+the townships: ``tests/test_county.py`` checks that every count of it equals the sum of the
+townships' own rollups, each read on its own through the API. Percentages are of each scope's
+own whole, so they are not sums.
+
+Which townships: every township with a registered site in the region (the ``sites`` registry),
+so a township that has sent nothing yet shows as zeros beside the others, not as a gap. A
+township's name is the ``township`` display name its sites were registered with (its office's
+first), else its office's site name, else its id.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+
+import asyncpg
+import msgspec
+
+from events.localtime import local_today
+from projections.archive import ChildArchive
+from projections.facts import Fact, township_of
+from projections.followups import Period, parse_period
+from projections.queries import ScopeChildren, rollup_inputs
+from projections.rollups import Rollup, compute
+from projections.runner import NAME as CHECKPOINT
+from projections.tables import SCHEMA
+
+REGION_PATTERN = r"^[a-z0-9-]{1,24}$"
+
+
+class SiteOfRegion(msgspec.Struct, frozen=True, kw_only=True):
+    """A registered site of the region and when the center last heard from it."""
+
+    site_id: str
+    kind: str
+    name: str
+    township_name: str | None  # the township's display name given at registration, if any
+    active: bool
+    last_committed_at: dt.datetime | None
+    newest_occurred_at: dt.datetime | None
+
+
+class TownshipFreshness(msgspec.Struct, frozen=True, kw_only=True):
+    """How fresh a township's figures are: its sites, how many the center has heard from, and
+    the oldest and newest last contact among them (the oldest is the one to chase)."""
+
+    sites: int  # active registered sites
+    sites_heard: int  # of those, sites with at least one committed event
+    oldest_contact: dt.datetime | None  # the least recent last commit among the sites heard from
+    newest_contact: dt.datetime | None
+    newest_occurred_at: dt.datetime | None  # the newest work any of its sites has sent
+
+
+class TownshipFigures(msgspec.Struct, frozen=True, kw_only=True):
+    township: str  # region.township
+    name: str
+    freshness: TownshipFreshness
+    rollup: Rollup  # its figures, as /rollups?scope=<township> gives them (per-site freshness left out)
+
+
+class CountyRollup(msgspec.Struct, frozen=True, kw_only=True):
+    region: str
+    period: str
+    start: dt.date
+    end: dt.date  # exclusive
+    as_of: dt.date
+    total: Rollup  # the region's own figures (per-site freshness left out: see each township's)
+    townships: list[TownshipFigures]  # by township id
+
+
+def township_names(sites: Sequence[SiteOfRegion]) -> dict[str, str]:
+    """Each township of `sites` and the name it is shown by (module docstring)."""
+    names: dict[str, str] = {}
+    for s in sorted(sites, key=lambda s: (s.kind != "township", s.site_id)):  # offices first
+        t = township_of(s.site_id)
+        if t not in names and s.township_name:
+            names[t] = s.township_name
+    for s in sites:
+        t = township_of(s.site_id)
+        if t not in names and s.kind == "township":
+            names[t] = s.name
+    for s in sites:
+        names.setdefault(township_of(s.site_id), township_of(s.site_id))
+    return dict(sorted(names.items()))
+
+
+def freshness_of(sites: Iterable[SiteOfRegion]) -> TownshipFreshness:
+    active = [s for s in sites if s.active]
+    heard = [s.last_committed_at for s in active if s.last_committed_at is not None]
+    newest = [s.newest_occurred_at for s in active if s.newest_occurred_at is not None]
+    return TownshipFreshness(sites=len(active), sites_heard=len(heard), oldest_contact=min(heard, default=None),
+                             newest_contact=max(heard, default=None), newest_occurred_at=max(newest, default=None))
+
+
+def split(region: str, period: Period, archives: Sequence[ChildArchive], facts: Sequence[Fact],
+          townships: Iterable[str], *, today: dt.date | None = None) -> tuple[Rollup, dict[str, Rollup]]:
+    """The region's figures and each township's (pure): `compute` over the region, then over each
+    township with the archives and facts that belong to it (a child goes to the townships of its
+    sites, a fact to its recording site's township; merged stubs, which only map a merged child to
+    its kept archive, go to every township)."""
+    total = compute(region, period, archives, facts, today=today)
+    kids: dict[str, list[ChildArchive]] = {t: [] for t in townships}
+    stubs = [a for a in archives if a.merged_into is not None]
+    for a in archives:
+        if a.merged_into is None:
+            for t in {township_of(s) for s in a.sites}:
+                if t in kids:
+                    kids[t].append(a)
+    work: dict[str, list[Fact]] = {t: [] for t in kids}
+    for f in facts:
+        bucket = work.get(f.township)
+        if bucket is not None:
+            bucket.append(f)
+    return total, {t: compute(t, period, [*kids[t], *stubs], work[t], today=today) for t in kids}
+
+
+async def sites_of_region(pool: asyncpg.Pool, region: str) -> tuple[tuple[int, int], list[SiteOfRegion]]:
+    """The projections' checkpoint and the region's registered sites with their last contact,
+    in one statement (one snapshot)."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            f"""SELECT (SELECT c.tx FROM {SCHEMA}.checkpoint c WHERE c.name = $2) AS tx,
+                       (SELECT c.pos FROM {SCHEMA}.checkpoint c WHERE c.name = $2) AS pos,
+                       s.site_id, s.kind, s.name, s.township, s.active, p.last_committed_at, p.newest_occurred_at
+                FROM (SELECT 1) one
+                LEFT JOIN sites s ON starts_with(s.site_id, $1 || '.')
+                LEFT JOIN site_progress p USING (site_id)
+                ORDER BY s.site_id""", region, CHECKPOINT)
+    checkpoint = (rows[0]["tx"] or 0, rows[0]["pos"] or 0) if rows else (0, 0)
+    return checkpoint, [SiteOfRegion(site_id=r["site_id"], kind=r["kind"], name=r["name"],
+                                     township_name=r["township"], active=r["active"],
+                                     last_committed_at=r["last_committed_at"],
+                                     newest_occurred_at=r["newest_occurred_at"])
+                        for r in rows if r["site_id"] is not None]
+
+
+async def county_figures(pool: asyncpg.Pool, region: str, period: Period, townships: Iterable[str],
+                         today: dt.date, *, children: ScopeChildren | None = None
+                         ) -> tuple[Rollup, dict[str, Rollup]]:
+    """The region's and each township's figures from the live read models, without freshness
+    (which moves with ingest, not with the read models; the API keeps these per checkpoint)."""
+    archives, facts = await rollup_inputs(pool, region, period, children)
+    return split(region, period, archives, facts, townships, today=today)
+
+
+def assemble(region: str, total: Rollup, figures: dict[str, Rollup], sites: Sequence[SiteOfRegion]
+             ) -> CountyRollup:
+    """The comparison as served: figures with each township's name and freshness read now."""
+    names = township_names(sites)
+    by_township: dict[str, list[SiteOfRegion]] = {}
+    for s in sites:
+        by_township.setdefault(township_of(s.site_id), []).append(s)
+    return CountyRollup(
+        region=region, period=total.period, start=total.start, end=total.end, as_of=total.as_of, total=total,
+        townships=[TownshipFigures(township=t, name=names.get(t, t), freshness=freshness_of(by_township.get(t, [])),
+                                   rollup=figures[t]) for t in sorted(figures)])
+
+
+async def county_rollup(pool: asyncpg.Pool, region: str, period: str | Period, today: dt.date | None = None
+                        ) -> CountyRollup:
+    """Every figure of `region` (e.g. 'gx-lp') and of each of its townships for `period` ('2026',
+    '2026-S1', '2026-03' or a Period), judged on `today` (default: today in China Standard Time),
+    from the live read models, with each township's name and freshness. The scope is not checked
+    here: the API checks the caller may see the region (service.api.scoping.may_see_region)."""
+    if not region or "." in region:
+        raise ValueError(f"region {region!r} is not a region: give the first part of a site id, e.g. gx-lp")
+    p = parse_period(period) if isinstance(period, str) else period
+    _, sites = await sites_of_region(pool, region)
+    townships = sorted({township_of(s.site_id) for s in sites})
+    total, figures = await county_figures(pool, region, p, townships, today or local_today())
+    return assemble(region, total, figures, sites)
+
+
+__all__ = ["CountyRollup", "SiteOfRegion", "TownshipFigures", "TownshipFreshness", "assemble",
+           "county_figures", "county_rollup", "freshness_of", "sites_of_region", "split", "township_names"]

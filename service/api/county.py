@@ -1,0 +1,76 @@
+"""The county's comparison of its townships: every figure per township side by side, the region's
+own figures, and each township's freshness (projections.county).
+
+Only the ``county`` role asks for it, for its own region; any other region is a 404, the same as
+a region that does not exist. Figures are kept per projections checkpoint (as the township
+rollups are, service.api.rollups.Checkpointed); the townships, their names and their freshness
+are read live on every request.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Controller, Request, get
+from litestar.openapi.spec import Example
+from litestar.params import QueryParameter
+
+from events.localtime import local_today
+from projections import county as pc
+from projections import rollups as pr
+from projections.facts import township_of
+from service.api.errors import ApiError
+from service.api.rollups import Checkpointed, EndQuery, PeriodQuery, StartQuery, period_from
+from service.api.scoping import allow, caller_of, may_see_region
+
+RegionQuery = Annotated[str, QueryParameter(
+    name="region", pattern=pc.REGION_PATTERN, min_length=1, max_length=24,
+    description="the county's region: the first part of its site ids (region.township.site)",
+    examples=[Example(value="gx-lp")])]
+
+
+class CountyCache(Checkpointed[tuple[pr.Rollup, dict[str, pr.Rollup]]]):
+    """Computed county figures, keyed by region, period, the day they are judged on, the set of
+    townships and the projections' checkpoint."""
+
+    def __init__(self, size: int = 32) -> None:
+        super().__init__(size)
+
+
+async def county_rollup(request: Request[Any, Any, Any], region: str, period: str | None, start: Any,
+                        end: Any) -> pc.CountyRollup:
+    """The comparison a request asks for, once the caller may see the region."""
+    caller = caller_of(request)
+    if not may_see_region(caller, region):
+        raise ApiError(404, f"region {region} was not found among the regions you may see", field="region",
+                       value=region)
+    p = period_from(period, start, end)
+    pool = request.app.state.pool
+    checkpoint, sites = await pc.sites_of_region(pool, region)
+    townships = sorted({township_of(s.site_id) for s in sites})
+    today = local_today()
+    cache: CountyCache = request.app.state.county_cache
+    key = (region, p.label, p.start, p.end, today, tuple(townships), checkpoint)
+    hit = cache.get(key)
+    if hit is None:
+        hit = await pc.county_figures(pool, region, p, townships, today)
+        cache.put(key, hit)
+    total, figures = hit
+    return pc.assemble(region, total, figures, sites)
+
+
+class CountyController(Controller):
+    path = "/county"
+    tags = ["county"]  # noqa: RUF012 (litestar reads controller options from class attributes)
+    guards = [allow("county")]  # noqa: RUF012 (as above)
+
+    @get("/rollups", summary="Every figure of the county's region and of each of its townships, side by side",
+         description="For the county role, its own region only (any other is a 404). `total` is the region's own "
+                     "rollup; `townships` holds each township's rollup (as /rollups?scope=<township> gives it, "
+                     "without per-site freshness), its name and freshness: its active sites, how many the center "
+                     "has heard from, and the oldest and newest last contact. Give period, or start and end.")
+    async def rollups(
+        self, request: Request[Any, Any, Any], region: RegionQuery, period: PeriodQuery = None,
+        start: StartQuery = None, end: EndQuery = None,
+    ) -> pc.CountyRollup:
+        return await county_rollup(request, region, period, start, end)
