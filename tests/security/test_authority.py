@@ -9,6 +9,7 @@ import datetime as dt
 import random
 
 import asyncpg
+import msgspec
 import pytest
 
 from events import catalogue as c
@@ -232,3 +233,39 @@ async def test_two_sites_registering_one_child_at_once_get_one_registration(
         out2 = await task
     assert out1.stored and not out2.stored and out2.quarantined == 1
     assert await holders(pool, new) == {"village": A}
+
+
+def _looser_rule(township: str) -> c.FollowUpRuleSet:
+    from events.rules import DEFAULT_RULES, Counts, PeriodKind
+
+    old = DEFAULT_RULES[3]  # the class teacher's monthly talk
+    return c.FollowUpRuleSet(township=township, effective_from=dt.date(2026, 3, 1), rule=msgspec.structs.replace(
+        old, zh="班主任每学年谈心一次", counts=Counts(event_types=["TalkHeld"], period=PeriodKind.SCHOOL_YEAR)))
+
+
+async def test_a_station_cannot_set_or_retire_its_townships_rules(pool: asyncpg.Pool,
+                                                                  town: dict[str, SampleSite]) -> None:
+    """A dishonest school loosens the talk rule it is held to, retires it, moves the holidays:
+    each is quarantined with its reason, and the figures keep the township's rules."""
+    from events.rules import SchoolCalendar, Term
+    from projections import rule_queries
+
+    await assert_refused(pool, town[SCHOOL].write(_looser_rule(T), LATER), "only a township office")
+    await assert_refused(pool, town[SCHOOL].write(c.FollowUpRuleRetired(
+        township=T, rule_id="teacher_talk", effective_from=dt.date(2026, 3, 1)), LATER), "only a township office")
+    await assert_refused(pool, town[A].write(c.SchoolCalendarSet(township=T, calendar=SchoolCalendar(
+        school_year=2025, terms=[Term(dt.date(2025, 9, 1), dt.date(2025, 9, 30))])), LATER), "only a township office")
+    async with pool.acquire() as conn:
+        book = await rule_queries.rule_book(conn, T)
+    assert book.in_force(T, "teacher_talk", dt.date(2026, 6, 1)).rule.zh == "班主任每月与留守儿童谈心一次"  # type: ignore[union-attr]
+    assert book.calendars == {}
+
+
+async def test_a_township_office_sets_only_its_own_townships_rules(pool: asyncpg.Pool,
+                                                                   town: dict[str, SampleSite]) -> None:
+    """Another township's office is refused; the township's own office is not."""
+    await assert_refused(pool, town[FAR_OFFICE].write(_looser_rule(T), LATER), f"township {T} is not this office's")
+    mine = town[OFFICE].write(_looser_rule(T), LATER)
+    out = await send(pool, mine)
+    assert len(out.stored) == 1 and not out.quarantined
+    assert await stored(pool, mine)
