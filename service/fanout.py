@@ -5,8 +5,9 @@ The fan-out reads the store in its global order (which never skips a late commit
 each committed event once, in an order consistent with the scope rows written by the same
 ingest transactions (service/scope.py). For an event at (tx, position) the targets are the
 child's village and school sites in scope at tx, those of children merged with it, and the
-township office sites of their townships (and of the sending site's township); never the
-sending site itself, never a disabled site. A site that entered the scope in tx (a transfer, a
+township office sites of their townships (and of the sending site's township); for the
+township's rules and calendar, every site of the township; never the sending site itself, never
+a disabled site. A site that entered the scope in tx (a transfer, a
 registration naming it, a merge) first receives the child's history up to that event.
 
 Redaction (guarantee 10, docs/SECURITY.md "Redacted copies and the API's scope"): an event
@@ -53,6 +54,7 @@ from store.conn import Conn
 from store.postgres import ORIGIN, EventStore, Position, StoredEvent, read_all_in
 
 _log = log.get("service.fanout")
+RULE_TYPES = frozenset({"FollowUpRuleSet", "FollowUpRuleRetired", "SchoolCalendarSet"})
 NOTIFY_CHANNEL = "shouwang_events"
 REDACTED_HEADER = "Shouwang-Redacted"
 ORIGINAL_HASH_HEADER = "Shouwang-Original-Hash"
@@ -139,6 +141,16 @@ class Targets:
             sites |= self.view.sites_of(c, tx, before=before)
         found = self._with_townships(sites, origin) & self.active
         return found if with_origin else found - {origin}
+
+    def township_wide(self, event: Event) -> set[str]:
+        """Every active site of the sender's township, but the sender, for the township's rules and
+        calendar (`RULE_TYPES`): each station's own follow-up pages judge by the rules in force.
+        Only the township's office may send them (service/authority.py), so the sender's township
+        is the rule's."""
+        if event.type not in RULE_TYPES:
+            return set()
+        town = township_of(event.site_id)
+        return {s for s in self.active if township_of(s) == town} - {event.site_id}
 
     def keeps(self, site: str, children: Iterable[str], tx: int, origin: str) -> set[str]:
         """The children (of `children`) whose events `site` receives at tx: those it would get an
@@ -264,7 +276,7 @@ class FanOut:
                             msg = down_message(site, h, targets.keeps(site, h.event.children, tx, h.event.site_id),
                                                self.sealer)
                             out += [msg] if msg is not None else []
-            for site in sorted(targets.at(e.children, tx, e.site_id)):
+            for site in sorted(targets.at(e.children, tx, e.site_id) | targets.township_wide(e)):
                 msg = down_message(site, s, targets.keeps(site, e.children, tx, e.site_id), self.sealer)
                 out += [msg] if msg is not None else []
         await self._publish(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 
 import asyncpg
@@ -126,3 +127,27 @@ async def test_disabled_site_gets_nothing_and_fanout_resumes(database_url: str, 
 
 async def _fanned_out(center: Center, n: int) -> bool:
     return center.stats()["fanned_out"] == n
+
+
+async def test_a_townships_rules_reach_every_site_of_the_township(database_url: str, pool: asyncpg.Pool,
+                                                                  own_nats: EmbeddedNats, client: NATS) -> None:
+    """A rule and a calendar the township office sets reach each of its villages and schools (their
+    follow-up pages judge by it), never another township's sites."""
+    from events.catalogue import FollowUpRuleRetired
+
+    for site, kind in KINDS.items():
+        await register_site(pool, site, kind, site)
+    js = client.jetstream()
+    inbox = {s: SiteInbox(js, s) for s in KINDS}
+    office = SiteWriter(OFFICE)
+    retired = office.write(FollowUpRuleRetired(township="gx-lp.xy", rule_id="childrens_home",
+                                               effective_from=dt.date(2026, 3, 1)))
+    async with run_center(database_url, own_nats.url):
+        await publish(js, [retired])
+        await wait_for(lambda: _stored(pool, 1))
+        for site in (V1, V2, S1, S2):
+            await inbox[site].wait_events(1)
+            assert inbox[site].event_ids() == {retired.event.event_id}
+    for site in (FAR_OFFICE, FAR_VILLAGE, OFFICE):
+        await inbox[site].drain()
+        assert inbox[site].events == [], site
