@@ -212,6 +212,7 @@ class RuleFigures(msgspec.Struct, frozen=True, kw_only=True):
     applies_zh: str  # whom it applies to, in words
     applies_en: str
     target: str  # "child" or "site"
+    event_types: list[str]  # what counts (the first one is the form a station offers to record it)
     period_kind: str
     at_least: int
     effective_from: dt.date | None  # the day the version shown came into force (None: the default)
@@ -419,7 +420,8 @@ def _figures(town: str, v: RuleVersion, applies_to: int, due: int, met: int, ove
     zh, en = applies_text(rule)
     return RuleFigures(
         township=town, rule_id=rule.rule_id, zh=rule.zh, en=rule.en, applies_zh=zh, applies_en=en,
-        target=str(rule.applies.target), period_kind=str(rule.counts.period), at_least=rule.counts.at_least,
+        target=str(rule.applies.target), event_types=list(rule.counts.event_types),
+        period_kind=str(rule.counts.period), at_least=rule.counts.at_least,
         effective_from=v.effective_from if v.event_id is not None else None, applies_to=applies_to, due=due,
         met=met, pct_met=round(100.0 * met / due, 1) if due else 0.0,
         overdue=sorted(overdue, key=lambda o: (-o.days_overdue, o.subject)), on=on)

@@ -88,6 +88,7 @@ CREATE TABLE IF NOT EXISTS refused (
 """
 
 _event_decoder = msgspec.json.Decoder(Event)
+RULE_TYPES = ("FollowUpRuleSet", "FollowUpRuleRetired", "SchoolCalendarSet")  # the township's rules (events.rules)
 # Set in meta while `agent restore` fills the log from the center; recording waits until it ends.
 RESTORING = "restoring"
 # meta: the token of the agent's current connection to the center (a new one per connection), and
@@ -544,6 +545,19 @@ class LocalLog:
         left out, so the station shows the child as the center does (they were never counted)."""
         with self._lock:
             return self._child_events(child_id)
+
+    def rule_events(self) -> list[Event]:
+        """The township's rules and calendars this site holds (its own, at a township office, and
+        those the center fanned out), in no particular order. They name no child, so a match on
+        the body's bytes finds them without an index (JSON bodies carry `"type":"<name>"`)."""
+        marks = [f'"type":"{t}"'.encode() for t in RULE_TYPES]
+        match = " OR ".join("instr(body, ?) > 0" for _ in marks)
+        with self._lock:
+            refused = self._refused_ids()
+            rows = self._conn.execute(f"SELECT body, event_id FROM log WHERE {match} "
+                                      f"UNION ALL SELECT body, NULL FROM inbox WHERE {match}", marks + marks).fetchall()
+        events = [_event_decoder.decode(r[0]) for r in rows if r[1] is None or r[1] not in refused]
+        return [e for e in events if e.type in RULE_TYPES]
 
     def children(self) -> list[str]:
         with self._lock:

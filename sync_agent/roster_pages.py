@@ -7,8 +7,9 @@ the other station pages (registered from `sync_agent/pages.py`, behind the same 
   `roster_import.MAX_BYTES`; every new child registered in one `LocalLog.record`, or nobody, with
   each problem listed by row and column (`roster_import.import_roster`).
 * ``GET /this-week``: who is overdue for a contact and whose contact falls due in the next 7
-  days, by the follow-up rules (`projections.followups.overdue_of`, as the overdue list), each
-  with a link to the form that records that contact (``/record/<EventType>?child=...``).
+  days, by the township's follow-up rules in force (`projections.rules`: the defaults, or what
+  the township office set and the center fanned out), each with a link to the form that records
+  that contact (``/record/<EventType>?child=...``).
   ``?day=YYYY-MM-DD`` shows the week from another day (by the rules, a monthly contact falls due
   on a month's last day, so most weeks list nobody as due: a director plans the next one).
 
@@ -29,8 +30,8 @@ from litestar.datastructures import UploadFile
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.handlers import HTTPRouteHandler
 
-from projections import followups
-from projections.archive import ChildArchive
+from projections import rules
+from projections.followups import month_of
 from sync_agent.config import SiteConfig
 from sync_agent.door import form_csrf_ok, identity_of
 from sync_agent.locallog import LocalLog, LocalLogError
@@ -48,25 +49,25 @@ from sync_agent.view import station_archives
 from web import i18n, lang_of, page
 from web.security import CSRF_FIELD
 
-# The form that records each rule's contact (the form engineer's /record/<EventType>).
-RULE_FORMS = {"visit": "HomeVisitMade", "call": "ParentCallMade", "talk": "TalkHeld", "letter": "LetterWritten"}
 WEEK_DAYS = 7
 TEMPLATE_NAME = "儿童花名册模板.xlsx"
 
 
-def this_week(archives: list[ChildArchive], today: dt.date) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(overdue, due within WEEK_DAYS) rows by rule: overdue on `today` is `followups.overdue_of`;
-    due this week is what will be overdue `WEEK_DAYS` days later and is not yet."""
-    overdue: list[dict[str, Any]] = []
-    due: list[dict[str, Any]] = []
-    later = today + dt.timedelta(days=WEEK_DAYS)
-    for a in archives:
-        now = {o.rule: o for o in followups.overdue_of(a, today)}
-        for o in now.values():
-            overdue.append(_row(a, o, today))
-        for o in followups.overdue_of(a, later):
-            if o.rule not in now:
-                due.append(_row(a, o, today))
+def this_week(inputs: rules.Inputs, site: str, kind: str, today: dt.date, lang: str = i18n.DEFAULT_LANG
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(overdue, due within WEEK_DAYS) rows by child rule of the township's rules in force
+    (projections.rules): overdue on `today`; due this week is what will be overdue `WEEK_DAYS`
+    days later and is not yet."""
+    sites = {site: rules.SiteInfo(kind)}
+
+    def late(day: dt.date) -> dict[tuple[str, str], tuple[rules.RuleFigures, rules.OverdueEntry]]:
+        figures = rules.rule_figures(inputs.book, inputs.archives, inputs.work, sites, site, month_of(day), day)
+        return {(f.rule_id, o.subject): (f, o) for f in figures if f.target == "child" for o in f.overdue}
+
+    names = {a.child_id: a.name or "" for a in inputs.archives}
+    now, then = late(today), late(today + dt.timedelta(days=WEEK_DAYS))
+    overdue = [_row(names, f, o, today, lang) for f, o in now.values()]
+    due = [_row(names, f, o, today, lang) for key, (f, o) in then.items() if key not in now]
     overdue.sort(key=lambda r: (-r["days_overdue"], r["name"], r["rule"]))
     due.sort(key=lambda r: (r["due_on"], r["name"], r["rule"]))
     return overdue, due
@@ -82,10 +83,14 @@ def _day(raw: str | None, today: dt.date) -> dt.date:
     return day if abs((day - today).days) <= 366 else today
 
 
-def _row(a: ChildArchive, o: followups.Overdue, today: dt.date) -> dict[str, Any]:
-    return {"child_id": a.child_id, "name": a.name or "", "rule": o.rule, "due_on": o.due_on,
-            "last_done": o.last_done, "days_overdue": (today - o.due_on).days, "days_left": (o.due_on - today).days,
-            "form": f"/record/{RULE_FORMS[o.rule]}?child={quote(a.child_id)}"}
+def _row(names: dict[str, str], f: rules.RuleFigures, o: rules.OverdueEntry, today: dt.date, lang: str
+         ) -> dict[str, Any]:
+    form = f.event_types[0]
+    return {"child_id": o.subject, "name": names.get(o.subject, ""), "rule": f.rule_id,
+            "label": f.en if lang == "en" else f.zh, "due_on": o.due_on, "last_done": o.last_done,
+            "days_overdue": (today - o.due_on).days, "days_left": (o.due_on - today).days,
+            "form": f"/record/{form}?child={quote(o.subject)}",
+            "do": i18n.text("week.record", lang, what=i18n.label("event", form, lang))}
 
 
 def roster_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], None], *,
@@ -145,7 +150,9 @@ def roster_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], N
     @get("/this-week", include_in_schema=False)
     async def week(request: Request[Any, Any, Any]) -> Response[str]:
         today = _day(request.query_params.get("day"), dt.date.today())
-        overdue, due = this_week(await asyncio.to_thread(archives.listed), today)
+        inputs = await asyncio.to_thread(archives.rule_inputs, config.site_id, str(config.kind))
+        overdue, due = await asyncio.to_thread(this_week, inputs, config.site_id, str(config.kind), today,
+                                               lang_of(request))
         return page(request, "station/this_week.html", overdue=overdue, due=due, today=today,
                     until=today + dt.timedelta(days=WEEK_DAYS - 1), **await asyncio.to_thread(common, request))
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import msgspec
 
 from events.envelope import Event, care_of
-from projections import archive, followups
+from projections import archive, followups, rules
 
 if TYPE_CHECKING:
     from sync_agent.locallog import LocalLog
@@ -90,6 +90,7 @@ class StationArchives:
         self._listed: list[archive.ChildArchive] = []
         self._overdue: dict[str, tuple[dt.date, archive.ChildArchive, list[followups.Overdue]]] = {}
         self.rebuilt = 0  # children rebuilt since the process started (what the tests count)
+        self._rules: tuple[tuple[int, int] | None, str, rules.Inputs] | None = None
 
     def _refresh(self) -> None:
         mark = self.log.change_mark()  # before the counts: a commit in between is seen next time
@@ -130,6 +131,25 @@ class StationArchives:
         with self._lock:
             self._refresh()
             return list(self._listed)
+
+    def rule_inputs(self, site: str, kind: str) -> rules.Inputs:
+        """What the follow-up rules need (projections.rules): every event of the site's children,
+        and the township's rules and calendars it holds, kept until the log changes."""
+        with self._lock:
+            self._refresh()
+            mark = self._mark
+            kept = self._rules
+            if kept is not None and kept[0] == mark and kept[1] == site:
+                return kept[2]
+            children = list(self._views)
+        events: dict[str, Event] = {}
+        for cid in children:
+            events.update((e.event_id, e) for e in self.log.child_events(cid))
+        events.update((e.event_id, e) for e in self.log.rule_events())
+        inputs = rules.inputs_from(((e, care_of(e)) for e in events.values()), {site: rules.SiteInfo(kind)})
+        with self._lock:
+            self._rules = (mark, site, inputs)
+        return inputs
 
     def overdue_of(self, a: archive.ChildArchive, today: dt.date) -> list[followups.Overdue]:
         """`followups.overdue_of`, kept per child for the day until the child's archive changes."""

@@ -231,18 +231,27 @@ def _registration(child_id: str, name: str, when: dt.date) -> dict[str, object]:
             "guardian": {"type": "grandparents", "name": "石奶奶"}, "occurred_at": f"{when.isoformat()}T09:00:00+08:00"}
 
 
+def _pairing(child_id: str, pairing_id: str, when: dt.date) -> dict[str, object]:
+    return {"type": "PairingStarted", "child_id": child_id, "pairing_id": pairing_id, "partner_kind": "proxy_parent",
+            "partner_name": "云晓", "occurred_at": f"{when.isoformat()}T10:00:00+08:00"}
+
+
 async def test_this_week_lists_a_due_and_an_overdue_child_with_links(data: Path, tmp_path: Path,
                                                                     browser: Browser) -> None:
-    """"This week" lists a child overdue for its visits (registered months ago, never visited) and
-    one whose visit falls due within the week (registered last month, viewed in the month's last
-    days), each with a link that opens the home-visit form for that child."""
+    """"This week" lists a child overdue for its visits (registered and paired with a proxy parent
+    months ago, never visited) and one whose visit falls due within the week (registered and
+    paired last month, viewed in the month's last days), each with a link that opens the
+    home-visit form for that child; a child without a proxy parent owes no monthly visit."""
     today = dt.date.today()
     first = today.replace(day=1)
     last_month = (first - dt.timedelta(days=1)).replace(day=1)
     long_ago = (last_month - dt.timedelta(days=70)).replace(day=1)
     day = first.replace(day=calendar.monthrange(first.year, first.month)[1] - 2)  # three days before due
     due_id, late_id = "c-" + "d" * 32, "c-" + "a" * 32
-    _record(data, [_registration(due_id, "石小满", last_month), _registration(late_id, "林小溪", long_ago)])
+    free_id = "c-" + "f" * 32
+    _record(data, [_registration(due_id, "石小满", last_month), _registration(late_id, "林小溪", long_ago),
+                   _registration(free_id, "林小禾", long_ago),
+                   _pairing(due_id, "p-" + "d" * 32, last_month), _pairing(late_id, "p-" + "a" * 32, long_ago)])
     port = free_port()
     proc = shouwang("agent", "serve", "--data", str(data), "--port", str(port), "--no-sync",
                     log=tmp_path / "serve.log")
@@ -251,9 +260,10 @@ async def test_this_week_lists_a_due_and_an_overdue_child_with_links(data: Path,
         base = f"http://127.0.0.1:{port}"
         page = await _page(browser, base)
         await page.goto(f"{base}/this-week?day={day.isoformat()}")
-        overdue = page.locator("#week-overdue tr[data-child='林小溪'][data-rule=visit]")
-        due = page.locator("#week-due tr[data-child='石小满'][data-rule=visit]")
+        overdue = page.locator("#week-overdue tr[data-child='林小溪'][data-rule=proxy_visit]")
+        due = page.locator("#week-due tr[data-child='石小满'][data-rule=proxy_visit]")
         assert await overdue.count() == 1 and await due.count() == 1
+        assert await page.locator("tr[data-child='林小禾'][data-rule=proxy_visit]").count() == 0
         assert await page.locator("#week-overdue tr[data-child='石小满']").count() == 0
         assert "逾期" in (await overdue.text_content() or "")
         assert "还剩 2 天" in (await due.text_content() or "")

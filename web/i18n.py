@@ -546,6 +546,7 @@ _T: dict[str, tuple[str, str]] = {
     "week.days_left": ("还剩 {n} 天", "{n} days left"),
     "week.today": ("今天到期", "due today"),
     "week.action": ("登记", "Record"),
+    "week.record": ("登记{what}", "Record: {what}"),
     "week.do.visit": ("登记家访", "Record a home visit"),
     "week.do.call": ("登记与父母通话", "Record a call with the parents"),
     "week.do.talk": ("登记谈心", "Record a talk"),

@@ -1,0 +1,48 @@
+"""A station's "this week" judges by the township's rules it holds: the defaults until the
+township office's rule reaches it from the center, that rule from its day on."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import msgspec
+
+from events import catalogue as c
+from events.envelope import encode_event, parse_drafts
+from events.samples import SampleSite
+from sync_agent.locallog import LocalLog
+from sync_agent.roster_pages import this_week
+from sync_agent.view import station_archives
+
+SITE, OFFICE = "gx.xy.v07", "gx.xy.office"
+KID = "c-" + "e" * 32
+
+
+def _drafts(*items: dict[str, object]) -> list:  # type: ignore[type-arg]
+    return parse_drafts(msgspec.json.encode(list(items)))
+
+
+def test_a_retired_rule_leaves_this_week_and_a_fanned_out_rule_counts(tmp_path: Path) -> None:
+    """Paired with a proxy parent in January and never visited: overdue for the monthly visit on
+    10 April; once the office's retirement of that rule (from 1 April) arrives, it is not."""
+    with LocalLog(tmp_path / "log.sqlite", SITE) as log:
+        log.record(_drafts(
+            {"type": "ChildRegistered", "child_id": KID, "name": "林小溪", "sex": "female",
+             "birth_date": "2016-05-17", "household_village": "青石村", "reasons": ["both_parents_away"],
+             "guardian": {"type": "grandparents"}, "occurred_at": "2026-01-05T09:00:00+08:00"},
+            {"type": "PairingStarted", "child_id": KID, "pairing_id": "p-" + "e" * 32, "partner_kind": "proxy_parent",
+             "partner_name": "云晓", "occurred_at": "2026-01-05T10:00:00+08:00"}), default_actor="director-07")
+        archives = station_archives(log)
+        day = dt.date(2026, 4, 10)
+        overdue, _ = this_week(archives.rule_inputs(SITE, "village"), SITE, "village", day)
+        # due by 28 February (January's registration month not due): 41 days overdue on 10 April
+        assert {(r["rule"], r["days_overdue"]) for r in overdue} >= {("proxy_visit", 41), ("proxy_call", 41)}
+        assert all(r["label"] for r in overdue)
+        office = SampleSite(OFFICE)
+        retired = office.write(c.FollowUpRuleRetired(township="gx.xy", rule_id="proxy_visit",
+                                                     effective_from=dt.date(2026, 4, 1)),
+                               dt.datetime(2026, 3, 30, 2, tzinfo=dt.UTC))
+        log.apply_inbound([(retired.event, encode_event(retired.event))])
+        overdue, _ = this_week(archives.rule_inputs(SITE, "village"), SITE, "village", day)
+        assert {r["rule"] for r in overdue} == {"proxy_call"}
