@@ -44,6 +44,7 @@ from service.api import (
     health,
     quarantine,
     rollups,
+    rules,
     sites,
 )
 from service.api.auth import Throttle, TokenAuthentication, callers_of_hashes
@@ -276,6 +277,7 @@ def create_app(settings: Settings, api_settings: ApiSettings | None = None,
             children.ChildrenController,
             followups.FollowUpsController,
             rollups.RollupsController,
+            rules.RulesController,
             county.CountyController,
             exports.ExportsController,
             sites.SitesController,
