@@ -44,7 +44,7 @@ def register_audit(asub: Any) -> None:
     what.add_argument("--child", help="child id: its archive and timeline")
     what.add_argument("--rollup", metavar="SCOPE", help="rollup scope: site id, township 'region.township', "
                       "region, or 'all'")
-    a.add_argument("--period", help="for --rollup: YYYY, YYYY-S1, YYYY-S2 or YYYY-MM")
+    a.add_argument("--period", help="for --rollup: YYYY, YYYY-S1, YYYY-S2, YYYY-SY or YYYY-MM")
     clock = a.add_mutually_exclusive_group(required=True)
     clock.add_argument("--committed", metavar="TIME", help="as the center had committed it by TIME (ISO 8601)")
     clock.add_argument("--occurred", metavar="TIME", help="as things had happened by TIME (ISO 8601)")
@@ -130,7 +130,7 @@ def _asof(args: argparse.Namespace, settings: Settings) -> int:
     committed = _time(args.committed, "--committed") if args.committed else None
     occurred = _time(args.occurred, "--occurred") if args.occurred else None
     if args.rollup and not args.period:
-        raise CliError("--rollup needs --period (YYYY, YYYY-S1, YYYY-S2 or YYYY-MM)")
+        raise CliError("--rollup needs --period (YYYY, YYYY-S1, YYYY-S2, YYYY-SY or YYYY-MM)")
 
     async def go() -> int:
         async with pool_for(database_url(args, settings), max_size=2) as pool:

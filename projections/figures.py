@@ -141,7 +141,10 @@ def yuan(fen: int) -> float:
 
 
 def label_of(key: str, lang: str = "zh") -> str:
-    """The label of any figure key (a scalar, a family's member, a rule's part) in `lang`."""
+    """The label of any figure key (a scalar, a family's member, a rule's part) in `lang`; a share's
+    percentage is its key and `.pct`."""
+    if key.endswith(".pct"):
+        return label_of(key.removesuffix(".pct"), lang) + (" (%)" if lang == "en" else "（占比）")
     if key in FIGURES:
         return FIGURES[key].text(lang)
     head, _, rest = key.partition(".")
@@ -161,6 +164,8 @@ def label_of(key: str, lang: str = "zh") -> str:
 
 
 def unit_of(key: str, lang: str = "zh") -> str:
+    if key.endswith(".pct"):
+        return "%"
     if key in FIGURES:
         return FIGURES[key].unit(lang)
     head, _, rest = key.partition(".")
@@ -196,7 +201,7 @@ def value_of(r: Rollup, key: str, now: dt.datetime | None = None) -> int | float
         value = value.get(rest, 0)
     else:
         for part in rest.split(".") if rest else ():
-            value = value.get(part, 0) if isinstance(value, dict) else getattr(value, part)
+            value = value.get(part, 0) if isinstance(value, dict) else getattr(value, part, 0)
     if isinstance(value, Share):
         return value.pct if pct else value.count
     assert isinstance(value, int | float), key

@@ -13,7 +13,9 @@ count from that day. So a child visited in January is due by the end of February
 1 day overdue on 1 March.
 
 Semesters: spring = February to July ("YYYY-S1"), autumn = August to January ("YYYY-S2", named
-by the year it starts in).
+by the year it starts in). A school year ("YYYY-SY") is an autumn semester and the spring one
+after it: August to July, named by the year it starts in, the period schools write their year-end
+summaries for.
 """
 
 from __future__ import annotations
@@ -62,21 +64,29 @@ def semester_of(day: dt.date) -> Period:
     return Period(f"{year:04d}-S2", dt.date(year, 8, 1), dt.date(year + 1, 2, 1))
 
 
+def school_year_of(day: dt.date) -> Period:
+    """The school year (August to July) a day falls in, e.g. '2025-SY' for 2025-08-01 .. 2026-07-31."""
+    year = day.year if day.month >= 8 else day.year - 1
+    return Period(f"{year:04d}-SY", dt.date(year, 8, 1), dt.date(year + 1, 8, 1))
+
+
 def year_of(day: dt.date) -> Period:
     return Period(f"{day.year:04d}", dt.date(day.year, 1, 1), dt.date(day.year + 1, 1, 1))
 
 
 def parse_period(label: str) -> Period:
-    """'2026-03' (month), '2026-S1' / '2026-S2' (semester) or '2026' (year)."""
+    """'2026-03' (month), '2026-S1' / '2026-S2' (semester), '2025-SY' (school year) or '2026' (year)."""
     try:
         if len(label) == 4:
             return year_of(dt.date(int(label), 1, 1))
         year, rest = label.split("-")
+        if rest == "SY":
+            return school_year_of(dt.date(int(year), 9, 1))
         if rest in ("S1", "S2"):
             return semester_of(dt.date(int(year), 3 if rest == "S1" else 9, 1))
         return month_of(dt.date(int(year), int(rest), 1))
     except ValueError:
-        raise ValueError(f"period must be YYYY, YYYY-MM, YYYY-S1 or YYYY-S2, got {label!r}") from None
+        raise ValueError(f"period must be YYYY, YYYY-MM, YYYY-S1, YYYY-S2 or YYYY-SY, got {label!r}") from None
 
 
 def months_in(period: Period) -> list[Period]:

@@ -11,7 +11,7 @@ import datetime as dt
 import asyncpg
 import msgspec
 
-from events.localtime import day_start, local_today
+from events.localtime import day_start, local_day, local_today
 from projections import tables
 from projections.archive import ChildArchive, TimelineItem, decode_archive
 from projections.facts import Fact, township_of
@@ -99,6 +99,24 @@ async def facts_in(pool: asyncpg.Pool, scope: str, start: dt.date, end: dt.date)
     return [Fact(event_id=r["event_id"], kind=r["kind"], site_id=r["site_id"], occurred_at=r["occurred_at"],
                  children=list(r["children"]), amount_fen=r["amount_fen"], count=r["count"], source=r["source"],
                  detail=r["detail"]) for r in rows]
+
+
+async def latest_work_day(pool: asyncpg.Pool, scope: str) -> dt.date | None:
+    """The reporting day of the newest work (a counted fact) recorded by the sites of `scope`, or
+    None: the year-end summary opens on the period holding it, not on today's (a summary of a
+    school year that has not started yet is all zeros). Registrations, merges and decisions are not
+    work, so a supervisor settling a conflict today does not move it."""
+    if scope.count(".") == 2:
+        where, args = "site_id = $1", [scope]
+    elif scope.count(".") == 1:
+        where, args = "township = $1", [scope]
+    elif scope:
+        where, args = "township LIKE $1 || '.%'", [scope]
+    else:
+        where, args = "true", []
+    async with pool.acquire() as conn:
+        newest = await conn.fetchval(f"SELECT max(occurred_at) FROM {tables.SCHEMA}.fact WHERE {where}", *args)
+    return local_day(newest) if newest is not None else None
 
 
 class Heads(msgspec.Struct, frozen=True):

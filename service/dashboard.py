@@ -31,6 +31,8 @@ from litestar.params import FromPath
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
+from projections import followups as pf
+from projections.summary import period_name
 from service.api.auth import client_address
 from web import STATIC_DIR, i18n, lang_of, obj, page
 from web.security import CSRF_FIELD, csrf_token, form_refusal, new_session_value
@@ -39,7 +41,7 @@ COOKIE = "sw_token"
 LOGIN_COOKIE = "sw_csrf"  # before log-in: the random value the log-in form's CSRF token is bound to
 MIN_YEAR, MAX_YEAR = 1900, 2199  # as the API's (service.api.app)
 _MONTH = re.compile(r"^([0-9]{4})-(0[1-9]|1[0-2])$")
-_PERIOD = re.compile(r"^([0-9]{4})(-(0[1-9]|1[0-2]|S1|S2))?$")
+_PERIOD = re.compile(r"^([0-9]{4})(-(0[1-9]|1[0-2]|S1|S2|SY))?$")
 PREFIX = "/ui"
 STALE_AFTER = dt.timedelta(days=3)
 
@@ -358,46 +360,61 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
 
     @get(f"{PREFIX}/summary", include_in_schema=False, exclude_from_auth=True)
     async def summary(request: Request[Any, Any, Any]) -> Response[str]:
+        """The year-end summary drafted from the figures (projections/summary.py), every number
+        with its figure on hover and in a footnote; `print=1` is the A4 print view. It opens on the
+        school year of the newest work in the scope, not on today's period."""
         who = await _me(request)
         if who is None:
             return _login_redirect()
         token, me = who
         lang = lang_of(request)
-        scope = _scope(me)
+        scope = request.query_params.get("scope") or _scope(me) or ""
         period = request.query_params.get("period") or ""
         if period and not _year_ok(_PERIOD.fullmatch(period)):
             return _bad_input(request, me, "period", period, "dash.want_period")
-        rollup = None
+        doc = figures = None
+        scopes: list[tuple[str, str]] = []
         async with Api(request, token) as api:
-            if not period:  # the latest year with work in it, not the calendar year of today
-                _, sites_doc = await api.get("/sites")
-                period = _latest_month((sites_doc or {}).get("items", []))[:4]
+            if scope and not period:
+                status, latest = await api.get("/summary/latest", scope=scope)
+                period = latest["school_year"] if status == 200 else pf.school_year_of(dt.date.today()).label
             if scope:
-                status, rollup = await api.get("/rollups", scope=scope, period=period)
+                status, doc = await api.get("/summary/draft", scope=scope, period=period, lang=lang)
+                refused = _api_refused(request, me, status, doc)
+                if refused is not None:
+                    return refused
                 if status != 200:
-                    rollup = None
-        charts: dict[str, str] = {}
-        if rollup:
-            from web.charts import bar_chart, donut_chart
-
-            charts["guardianship"] = donut_chart(_shares(rollup["by_guardianship"], "guardianship", lang),
-                                                 title=i18n.text("dash.by_guardianship", lang))
-            charts["work"] = bar_chart([(i18n.label("event", t, lang), float(rollup["rules"].get(r, {}).get("done", 0)))
-                                        for t, r in (("HomeVisitMade", "visit"), ("ParentCallMade", "call"),
-                                                     ("LetterWritten", "letter"), ("TalkHeld", "talk"))],
-                                       title=i18n.text("dash.rules", lang))
-        query = urlencode({"scope": scope or "", "period": period})
-        return page(request, "dash/summary.html", rollup=obj(rollup), period=period, charts=charts, query=query,
-                    **_ctx(me))
+                    doc = None
+                status, figures = await api.get("/rollups/figures", scope=scope, period=period, lang=lang)
+                if status != 200:
+                    figures = None
+            _, sites_doc = await api.get("/sites")
+        own = _scope(me)
+        if own and own.count(".") < 2:  # township staff and auditors: the township or one of its sites
+            scopes = [(own, i18n.text("sum.whole_township", lang))] + [
+                (str(x["site_id"]), str(x.get("name") or x["site_id"])) for x in (sites_doc or {}).get("items", [])
+                if x.get("kind") != "township"]
+        start = pf.parse_period(period).start if period else dt.date.today()
+        sy = pf.school_year_of(start)
+        choices = [pf.school_year_of(sy.start - dt.timedelta(days=1)), sy, pf.semester_of(sy.start),
+                   pf.semester_of(sy.last_day), pf.year_of(start)]
+        periods = [(p.label, period_name(p.label, lang)) for p in dict.fromkeys(choices)]
+        query = urlencode({"scope": scope, "period": period})
+        context = dict(draft=obj(doc), figures=obj(figures), period=period, period_title=period_name(period, lang)
+                       if period else "", periods=periods, scope=scope, scopes=scopes, query=query)
+        if request.query_params.get("print") == "1":
+            return page(request, "dash/summary_print.html", back=f"{PREFIX}/summary?{query}", **context, **_ctx(me))
+        return page(request, "dash/summary.html", **context, **_ctx(me))
 
     @get(f"{PREFIX}/export/{{fmt:str}}", include_in_schema=False, exclude_from_auth=True)
     async def export(request: Request[Any, Any, Any], fmt: FromPath[str]) -> Response[bytes]:
         who = await _me(request)
-        if who is None or fmt not in ("xlsx", "csv", "json"):
+        if who is None or fmt not in ("xlsx", "csv", "json", "docx"):
             return Response(b"", status_code=303 if who is None else 404, headers={"Location": f"{PREFIX}/login"})
         token, _ = who
+        path = "/summary/draft.docx" if fmt == "docx" else f"/exports/summary.{fmt}"  # the draft, to edit in Word
         async with Api(request, token) as api:
-            r = await api.raw(f"/exports/summary.{fmt}", **dict(request.query_params))
+            r = await api.raw(path, **dict(request.query_params))
         headers = {k: v for k, v in r.headers.items() if k.lower() in ("content-type", "content-disposition")}
         return Response(r.content, status_code=r.status_code, headers=headers)
 

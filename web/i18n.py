@@ -119,6 +119,19 @@ _T: dict[str, tuple[str, str]] = {
     "dash.rules": ("规定动作完成情况（本月）", "Rules met this month"),
     "dash.export_xlsx": ("导出 Excel", "Export XLSX"),
     "dash.export_csv": ("导出 CSV", "Export CSV"),
+    # the drafted year-end summary (service/dashboard.py summary, dash/summary*.html)
+    "sum.scope": ("范围", "Scope"),
+    "sum.whole_township": ("全镇", "the whole township"),
+    "sum.word": ("下载 Word 文档（可修改后上报）", "Word document (edit, then submit)"),
+    "sum.print": ("打印版", "Print view"),
+    "sum.hint": ("以下总结由系统根据记录起草。鼠标停在数字上可看到它来自哪个指标，文末注释列出每个数字的来源。",
+                 "Drafted from the records. Hover over a number to see the figure it came from; the notes at the end "
+                 "list every number's source."),
+    "sum.notes": ("数字来源（供审核）", "Where each number comes from"),
+    "sum.figures": ("全部指标", "Every figure"),
+    "sum.figure": ("指标", "Figure"),
+    "sum.value": ("数值", "Value"),
+    "sum.key": ("指标代码", "Key"),
     "dash.resolve": ("以此为准", "Keep this one"),
     "dash.merge": ("合并", "Merge"),
     "dash.replay": ("重新处理", "Replay"),
@@ -146,7 +159,7 @@ _T: dict[str, tuple[str, str]] = {
     "dash.bad_input": ("参数 {field}={value} 不对：{why}", "Parameter {field}={value} is not valid: {why}"),
     "dash.want_month": ("应为 1900 至 2199 年间的年月，如 2026-03", "use a month between 1900 and 2199, e.g. 2026-03"),
     "dash.want_day": ("应为 1900 至 2199 年间的日期，如 2026-03-31", "use a date between 1900 and 2199, e.g. 2026-03-31"),
-    "dash.want_period": ("应为 1900 至 2199 年间的年份、年月或学期，如 2026、2026-03、2026-S1",
+    "dash.want_period": ("应为 1900 至 2199 年间的年份、年月、学期或学年，如 2026、2026-03、2026-S1、2025-SY（2025—2026 学年）",
                          "use a year, month or semester between 1900 and 2199, e.g. 2026, 2026-03, 2026-S1"),
     # the township's and the auditor's pages (service/township_pages.py, templates dash/*)
     "nav.sites": ("站点同步", "Sites"),

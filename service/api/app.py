@@ -46,6 +46,7 @@ from service.api import (
     rollups,
     rules,
     sites,
+    summary,
 )
 from service.api.auth import Throttle, TokenAuthentication, callers_of_hashes
 from service.api.batch import Batched
@@ -280,6 +281,7 @@ def create_app(settings: Settings, api_settings: ApiSettings | None = None,
             rules.RulesController,
             county.CountyController,
             exports.ExportsController,
+            summary.SummaryController,
             sites.SitesController,
             conflicts.ConflictsController,
             quarantine.QuarantineController,

@@ -63,8 +63,9 @@ class FollowUpsController(Controller):
                      "Logged in the read log.")
     async def child_followups(
         self, request: Request[Any, Any, Any], child_id: ChildIdPath,
-        period: Annotated[str, Parameter(pattern=r"^[0-9]{4}(-(0[1-9]|1[0-2]|S1|S2))?$",
-                                         description="YYYY, YYYY-MM, YYYY-S1 (Feb-Jul) or YYYY-S2 (Aug-Jan)")],
+        period: Annotated[str, Parameter(pattern=r"^[0-9]{4}(-(0[1-9]|1[0-2]|S1|S2|SY))?$",
+                                         description="YYYY, YYYY-MM, YYYY-S1 (Feb-Jul), YYYY-S2 (Aug-Jan) or "
+                                                     "YYYY-SY (Aug-Jul)")],
     ) -> FollowUpView:
         caller = caller_of(request)
         p = period_of(period)

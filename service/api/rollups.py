@@ -30,14 +30,15 @@ from service.api.scoping import LISTERS, allow, caller_of, may_see_region, may_s
 
 LangQuery = Annotated[str, Parameter(pattern=r"^(zh|en)$", description="label language: zh (default) or en")]
 SCOPE_PATTERN = r"^[a-z0-9-]{1,24}(\.[a-z0-9-]{1,24}){0,2}$"
-PERIOD_PATTERN = r"^[0-9]{4}(-(0[1-9]|1[0-2]|S1|S2))?$"
+PERIOD_PATTERN = r"^[0-9]{4}(-(0[1-9]|1[0-2]|S1|S2|SY))?$"
 MAX_RANGE_DAYS = 3 * 366
 
 ScopeQuery = Annotated[str, QueryParameter(name="scope", pattern=SCOPE_PATTERN,
                                            description="a site id (region.township.site), a township "
                                            "(region.township) or, for the county, its region")]
-PeriodQuery = Annotated[str | None, Parameter(pattern=PERIOD_PATTERN, description="YYYY, YYYY-MM, YYYY-S1 (Feb-Jul) "
-                                              "or YYYY-S2 (Aug-Jan); or give start and end")]
+PeriodQuery = Annotated[str | None, Parameter(pattern=PERIOD_PATTERN, description="YYYY, YYYY-MM, YYYY-S1 (Feb-Jul), "
+                                              "YYYY-S2 (Aug-Jan) or YYYY-SY (the school year, Aug-Jul); or give "
+                                              "start and end")]
 StartQuery = Annotated[dt.date | None, Parameter(description="first day of a date range")]
 EndQuery = Annotated[dt.date | None, Parameter(description="last day of a date range (inclusive)")]
 
@@ -65,7 +66,7 @@ def period_from(period: str | None, start: dt.date | None, end: dt.date | None) 
         except ValueError as err:
             raise bad("period", period, str(err)) from None
     if start is None or end is None:
-        raise ApiError(400, "give period (YYYY, YYYY-MM, YYYY-S1, YYYY-S2) or both start and end",
+        raise ApiError(400, "give period (YYYY, YYYY-MM, YYYY-S1, YYYY-S2, YYYY-SY) or both start and end",
                        field="period", value="")
     if end < start:
         raise bad("end", end.isoformat(), f"is before start {start.isoformat()}")
@@ -179,7 +180,8 @@ class RollupsController(Controller):
                      "as known now). Computed from the log up to that point with the live figures' own code.")
     async def get_rollup_asof(
         self, request: Request[Any, Any, Any], area: ScopeQuery,
-        period: Annotated[str, Parameter(pattern=PERIOD_PATTERN, description="YYYY, YYYY-MM, YYYY-S1 or YYYY-S2")],
+        period: Annotated[str, Parameter(pattern=PERIOD_PATTERN,
+                                         description="YYYY, YYYY-MM, YYYY-S1, YYYY-S2 or YYYY-SY")],
         committed: Annotated[dt.datetime | None, Parameter(description="as of this committed time")] = None,
         occurred: Annotated[dt.datetime | None, Parameter(description="as of this occurred time")] = None,
     ) -> pr.Rollup:

@@ -1,0 +1,165 @@
+"""The year-end summary drafted from the figures: every number in the draft (the API's JSON, the
+dashboard's page and the Word document read back with python-docx) equals its figure in GET /rollups,
+and the summary page opens on the school year that has the work, not on today's."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import re
+from html.parser import HTMLParser
+from typing import Any
+
+import asyncpg
+import docx
+
+from projections.summary import SECTIONS
+from tests.api_world import TOWNSHIP, V2, open_api
+from tests.test_figures_seed import MARCH, seed_work
+
+_MONEY = {"aid_amount": "aid_amount_fen", "condolence_amount": "condolence_amount_fen"}
+
+
+def expected(rollup: dict[str, Any], key: str, now: dt.datetime) -> float:
+    """A figure's value read straight from the rollup's JSON, by the key's own grammar (not projections.figures)."""
+    if key in _MONEY:
+        return float(rollup[_MONEY[key]]) / 100
+    if key == "stale_sites":
+        return float(sum(1 for f in rollup["freshness"] if f["last_committed_at"] is None
+                         or now - dt.datetime.fromisoformat(f["last_committed_at"]) > dt.timedelta(days=3)))
+    head, _, rest = key.partition(".")
+    value = rollup[head]
+    want_pct = rest == "pct" or rest.endswith(".pct")
+    rest = rest.removesuffix("pct").removesuffix(".") if want_pct else rest
+    if head == "rules":
+        rule, part = rest.split(".")
+        value = value[rule][part]
+    elif isinstance(value, dict):
+        value = value.get(rest, 0)
+        if head == "aid_by_source":
+            value = value / 100
+    if isinstance(value, list):  # a share: [count, pct]
+        value = value[1] if want_pct else value[0]
+    return float(value)
+
+
+class _Figures(HTMLParser):
+    """The drafted figures of the dashboard's page: (key, data-value, text shown) of each span.fig."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[list[str]] = []
+        self._in: list[str] | None = None
+        self._depth = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "span" and a.get("class") == "fig":
+            self._in = [a["data-key"] or "", a["data-value"] or "", ""]
+            self._depth = 0
+        elif self._in is not None and tag == "sup":
+            self._depth += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._in is not None and tag == "sup":
+            self._depth -= 1
+        elif self._in is not None and tag == "span":
+            self.found.append(self._in)
+            self._in = None
+
+    def handle_data(self, data: str) -> None:
+        if self._in is not None and self._depth == 0:
+            self._in[2] += data
+
+
+async def test_every_number_of_the_draft_is_its_figure(database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:
+    """In the draft's JSON, the dashboard's page, its print view and the Word document, each number is the value
+    of the figure it names (read from GET /rollups by the key), the sections come in the seed documents' order,
+    the plans are left to write, and no other number is printed in the sentences (the as-of date, the
+    three days of 'stale' and the grade bands' names apart)."""
+    async with open_api(database_url, nats_url, pool) as (client, w):
+        await seed_work(w)
+        h = w.headers("township")
+        rollup = (await client.get(f"/rollups?{MARCH}", headers=h)).json()
+        now = dt.datetime.now(dt.UTC)
+        answer = await client.get(f"/summary/draft?{MARCH}", headers=h)
+        assert answer.status_code == 200, answer.text
+        d = answer.json()
+        assert [s["key"] for s in d["sections"]] == list(SECTIONS)
+        assert [s["to_write"] for s in d["sections"]] == [False, False, False, False, True]
+        nums = [p for s in d["sections"] for para in s["paragraphs"] for p in para["parts"] if isinstance(p, dict)]
+        assert len(nums) == len(d["notes"]) > 30
+        keys = {n["key"] for n in nums}
+        for must in ("children_archived", "by_guardianship.grandparents", "by_reason.both_parents_away",
+                     "rules.visit.done", "proxy_parent_children", "condolence_households", "aid_amount",
+                     "safety_incidents",
+                     "dropped_out_poverty", "overdue_children", "stale_sites", "conflicts_open",
+                     "activities_by_kind.safety_lecture", "rights_cases_opened"):
+            assert must in keys, must
+        for n in nums:
+            assert float(n["value"]) == expected(rollup, n["key"], now), n
+            assert abs(float(n["text"]) - expected(rollup, n["key"], now)) < 0.006, n
+            assert d["notes"][n["note"] - 1]["key"] == n["key"]
+        by_key = {n["key"]: n for n in nums}
+        assert by_key["proxy_parent_children"]["value"] == 2 and by_key["condolence_households"]["value"] == 4
+        assert by_key["dropped_out_poverty"]["value"] == 1 and by_key["aid_amount"]["text"] == "0.00"
+        words = "".join(p for s in d["sections"] for para in s["paragraphs"] for p in para["parts"]
+                        if isinstance(p, str))
+        for label in (d["as_of"], "3 天", "1—3年级", "4—6年级", "7—9年级"):  # a date, the rule of 'stale', grade bands
+            words = words.replace(label, "")
+        assert not re.search(r"[0-9]", words), words
+
+        client.cookies.set("sw_token", w.tokens["township"])
+        for path in (f"/ui/summary?{MARCH}", f"/ui/summary?{MARCH}&print=1"):
+            page = await client.get(path)
+            assert page.status_code == 200, page.text[:300]
+            parser = _Figures()
+            parser.feed(page.text)
+            assert [f[0] for f in parser.found] == [n["key"] for n in nums], path
+            for key, value, text in parser.found:
+                assert float(value) == expected(rollup, key, now) and float(text) == float(by_key[key]["text"]), key
+            proxy_label = d["notes"][by_key["proxy_parent_children"]["note"] - 1]["label"]
+            assert f'title="proxy_parent_children · {proxy_label}"' in page.text
+        # The figures table under the draft is the catalogue's (the same labels as the exports).
+        assert "有代理家长（代理妈妈、代管家长、爱心妈妈）的儿童" in (await client.get(f"/ui/summary?{MARCH}")).text
+
+        word = await client.get(f"/ui/export/docx?{MARCH}")
+        assert word.status_code == 200 and word.headers["content-type"].startswith(
+            "application/vnd.openxmlformats-officedocument.wordprocessingml")
+        document = docx.Document(io.BytesIO(word.content))
+        notes = {int(r.cells[0].text): r.cells[1].text for r in document.tables[-1].rows[1:]}
+        assert notes == {n["note"]: n["key"] for n in nums}
+        marks = 0
+        for para in document.paragraphs:
+            runs = para.runs
+            for i, run in enumerate(runs):
+                m = re.fullmatch(r"\[(\d+)\]", run.text)
+                if m and run.font.superscript:
+                    marks += 1
+                    key = notes[int(m[1])]
+                    assert abs(float(runs[i - 1].text) - expected(rollup, key, now)) < 0.006, key
+        assert marks == len(nums)
+        headings = [p.text for p in document.paragraphs if p.style is not None and p.style.name == "Heading 1"]
+        assert headings[:5] == [s["title"] for s in d["sections"]]
+        assert headings[:5] == ["一、基本情况", "二、主要做法", "三、取得的成效", "四、存在的问题", "五、下一步打算"]
+
+
+async def test_the_summary_opens_on_the_latest_school_year_with_work(database_url: str, nats_url: str,
+                                                                    pool: asyncpg.Pool) -> None:
+    """The world's work happened in March 2026 (school year 2025-SY); today is later. Without a period the page
+    shows 2025-SY with its children, not today's school year with zeros; a station opens on its own latest."""
+    async with open_api(database_url, nats_url, pool) as (client, w):
+        h = w.headers("township")
+        latest = (await client.get(f"/summary/latest?scope={TOWNSHIP}", headers=h)).json()
+        assert latest["newest_work"] == "2026-03-06" and latest["school_year"] == "2025-SY"
+        assert latest["semester"] == "2026-S1" and latest["year"] == "2026"
+        client.cookies.set("sw_token", w.tokens["township"])
+        page = (await client.get("/ui/summary")).text
+        assert 'data-period="2025-SY"' in page and "2025—2026学年" in page
+        children = _Figures()
+        children.feed(page)
+        shown = {key: float(value) for key, value, _ in children.found}
+        assert shown["children_archived"] == 2.0 and shown["rules.visit.done"] == 2.0
+        client.cookies.set("sw_token", w.tokens["station2"])
+        mine = (await client.get("/ui/summary")).text
+        assert f'data-scope="{V2}"' in mine and 'data-period="2025-SY"' in mine
