@@ -95,6 +95,7 @@ def _nav(role: str) -> list[tuple[str, str]]:
     elif role == "admin":
         items.append((f"{PREFIX}/chains", "nav.chains"))
     if role != "admin":
+        items.append((f"{PREFIX}/rules", "nav.rules"))  # service.rule_pages
         items.append((f"{PREFIX}/summary", "nav.summary"))
     if role in ("admin", "auditor"):
         items.append((f"{PREFIX}/users", "nav.users"))  # service.admin_pages
@@ -420,10 +421,11 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
 
     from service.admin_pages import admin_routes  # users (admins), passwords (everyone)
     from service.decisions import decision_routes  # conflicts, duplicates, merges (it imports this module)
+    from service.rule_pages import rule_routes  # the township's follow-up rules (it imports this module)
     from service.township_pages import township_routes  # children, a child, sites, quarantine, the auditor's pages
 
     handlers: list[HTTPRouteHandler] = [login_form, login, logout, overview, summary, export, *decision_routes(),
-                                        *township_routes(), *admin_routes()]
+                                        *township_routes(), *admin_routes(), *rule_routes()]
     static = create_static_files_router(path="/static", directories=[STATIC_DIR], include_in_schema=False,
                                         opt={"exclude_from_auth": True})
     return [*handlers, static]

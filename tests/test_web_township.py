@@ -252,7 +252,8 @@ async def test_every_page_passes_axe_in_chinese_and_english(
         newest = day[:4]
         pages = {
             "supervisor": ["/ui/", "/ui/children", "/ui/children?overdue=1&sort=site", f"/ui/child/{child_id}",
-                           "/ui/sites", "/ui/quarantine", "/ui/summary", "/ui/conflicts", "/ui/duplicates"],
+                           "/ui/sites", "/ui/quarantine", "/ui/summary", "/ui/conflicts", "/ui/duplicates",
+                           "/ui/rules"],
             "auditor": ["/ui/reads", "/ui/chains", f"/ui/asof?day={day}&clock=occurred",
                         f"/ui/child/{child_id}?as_of={day}&clock=occurred"],
             "admin": ["/ui/quarantine"],
