@@ -14,7 +14,7 @@ import time
 from bench import report
 from bench.servers import bench_servers
 
-SUITES = ("store", "projections", "api", "ingest", "catchup", "memory", "scale", "station", "link")
+SUITES = ("store", "projections", "api", "ingest", "catchup", "memory", "scale", "station", "link", "rules")
 
 
 async def main(argv: list[str]) -> int:
@@ -74,6 +74,10 @@ async def _suite(suite: str, pg_url: str, nats_url: str, quick: bool) -> list[re
         from bench import station
 
         return await station.run(quick)
+    if suite == "rules":
+        from bench import rules
+
+        return await rules.run(pg_url, quick)
     if suite == "link":
         from bench import link
 
