@@ -30,6 +30,7 @@ import msgspec
 from events.localtime import local_today
 from projections.archive import ChildArchive
 from projections.facts import Fact, township_of
+from projections.figures import label_of, labelled, unit_of, value_of
 from projections.followups import Period, parse_period
 from projections.queries import ScopeChildren, rollup_inputs
 from projections.rollups import Rollup, compute
@@ -182,5 +183,56 @@ async def county_rollup(pool: asyncpg.Pool, region: str, period: str | Period, t
     return assemble(region, total, figures, sites)
 
 
-__all__ = ["CountyRollup", "SiteOfRegion", "TownshipFigures", "TownshipFreshness", "assemble",
-           "county_figures", "county_rollup", "freshness_of", "sites_of_region", "split", "township_names"]
+
+class ComparisonRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One figure of the comparison: its key and label, then its value in each township (in the
+    order of CountyRollup.townships) and in the whole region."""
+
+    key: str
+    label: str
+    unit: str
+    values: list[int | float | str]
+    total: int | float | str
+
+
+def comparison(cr: CountyRollup, lang: str = "zh") -> list[ComparisonRow]:
+    """Every figure of the county side by side, labelled by the figure catalogue
+    (projections.figures), in the order of the year-end summary, then each township's freshness.
+    Per-site figures (children by site, each site's freshness) are left out: they name sites, and
+    the drill-down to a township shows them by name."""
+    keys: list[str] = []
+    seen: set[str] = set()
+    for r in (cr.total, *(t.rollup for t in cr.townships)):
+        for f in labelled(r, lang):
+            if f.key not in seen and not f.key.startswith(("by_site.", "freshness.")):
+                seen.add(f.key)
+                keys.append(f.key)
+
+    def value(r: Rollup, key: str) -> int | float:
+        try:
+            return value_of(r, key)
+        except (AttributeError, KeyError):  # a rule or member this scope has none of
+            return 0
+
+    rows = [ComparisonRow(key=k, label=label_of(k, lang), unit=unit_of(k, lang),
+                          values=[value(t.rollup, k) for t in cr.townships], total=value(cr.total, k))
+            for k in keys]
+    never = "从未同步" if lang != "en" else "never"
+
+    def when(d: dt.datetime | None) -> str:
+        return d.astimezone(dt.timezone(dt.timedelta(hours=8))).strftime("%Y-%m-%d %H:%M") if d else never
+
+    fresh = [t.freshness for t in cr.townships]
+    for key, zh, en, unit, get, total in (
+        ("freshness.sites", "站点数", "sites", "个", [f.sites for f in fresh], sum(f.sites for f in fresh)),
+        ("freshness.sites_heard", "已有数据的站点数", "sites heard from", "个", [f.sites_heard for f in fresh],
+         sum(f.sites_heard for f in fresh)),
+        ("freshness.oldest_contact", "最久未同步站点的最近同步时间", "oldest last contact of a site", "",
+         [when(f.oldest_contact) for f in fresh],
+         when(min((f.oldest_contact for f in fresh if f.oldest_contact), default=None))),
+        ("freshness.newest_contact", "最近一次同步时间", "newest contact", "", [when(f.newest_contact) for f in fresh],
+         when(max((f.newest_contact for f in fresh if f.newest_contact), default=None))),
+    ):
+        rows.append(ComparisonRow(key=key, label=en if lang == "en" else zh, unit="" if lang == "en" else unit,
+                                  values=list(get), total=total))
+    return rows

@@ -83,6 +83,9 @@ def _json(r: httpx.Response) -> Any:
 
 
 def _nav(role: str) -> list[tuple[str, str]]:
+    if role == "county":  # figures of its townships, no child's page (service.county_pages)
+        return [(f"{PREFIX}/county", "nav.county"), (f"{PREFIX}/summary", "nav.summary"),
+                (f"{PREFIX}/password", "nav.password"), (f"{PREFIX}/logout", "nav.logout")]
     items = [(f"{PREFIX}/", "nav.overview"), (f"{PREFIX}/children", "nav.children")]
     if role in ("township", "auditor"):
         items += [(f"{PREFIX}/conflicts", "nav.conflicts"), (f"{PREFIX}/duplicates", "nav.duplicates")]
@@ -122,6 +125,8 @@ async def _me(request: Request[Any, Any, Any]) -> tuple[str, dict[str, Any]] | N
 def _scope(me: dict[str, Any]) -> str | None:
     if me.get("role") in ("station", "school"):
         return str(me["site_id"])
+    if me.get("role") == "county":
+        return me.get("region")
     return me.get("township")
 
 
@@ -300,6 +305,8 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
         if who is None:
             return _login_redirect()
         token, me = who
+        if me.get("role") == "county":  # the county's overview compares its townships
+            return Response("", status_code=303, headers={"Location": f"{PREFIX}/county"})
         lang = lang_of(request)
         scope = _scope(me)
         async with Api(request, token) as api:
@@ -420,12 +427,13 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
         return Response(r.content, status_code=r.status_code, headers=headers)
 
     from service.admin_pages import admin_routes  # users (admins), passwords (everyone)
+    from service.county_pages import county_routes  # the county's townships side by side, drill-down
     from service.decisions import decision_routes  # conflicts, duplicates, merges (it imports this module)
     from service.rule_pages import rule_routes  # the township's follow-up rules (it imports this module)
     from service.township_pages import township_routes  # children, a child, sites, quarantine, the auditor's pages
 
     handlers: list[HTTPRouteHandler] = [login_form, login, logout, overview, summary, export, *decision_routes(),
-                                        *township_routes(), *admin_routes(), *rule_routes()]
+                                        *township_routes(), *admin_routes(), *rule_routes(), *county_routes()]
     static = create_static_files_router(path="/static", directories=[STATIC_DIR], include_in_schema=False,
                                         opt={"exclude_from_auth": True})
     return [*handlers, static]

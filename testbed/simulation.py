@@ -107,16 +107,21 @@ def _at(start: dt.date, day: int, rng: random.Random) -> str:
 
 
 def generate(*, children: int = 120, villages: int = 4, schools: int = 2, days: int = 120, seed: int = 2026,
-             region: str = "demo", township: str = "qingshi", start: dt.date = dt.date(2025, 9, 1)) -> Scenario:
-    """A township's school year (or part of it) of care work. Deterministic for a seed."""
+             region: str = "demo", township: str = "qingshi", start: dt.date = dt.date(2025, 9, 1),
+             township_name: str | None = None, first_village: int = 0) -> Scenario:
+    """A township's school year (or part of it) of care work. Deterministic for a seed. With
+    `township_name` (a county of several townships) the office and schools carry it, and the
+    villages' names start at `first_village` of the list, so two townships' sites differ by name."""
     rng = random.Random(seed)
     truth = Truth(children_by_guardianship={}, children_by_reason={}, children_by_grade_band={},
                   children_by_site={})
     prefix = f"{region}.{township}"
-    office = SiteSpec(f"{prefix}.office", "township", "镇儿童督导办公室")
-    village_sites = [SiteSpec(f"{prefix}.v{i + 1:02d}", "village", f"{VILLAGE_NAMES[i % 10]}村维权站")
+    office = SiteSpec(f"{prefix}.office", "township", f"{township_name or '镇'}儿童督导办公室")
+    village_sites = [SiteSpec(f"{prefix}.v{i + 1:02d}", "village",
+                              f"{VILLAGE_NAMES[(first_village + i) % len(VILLAGE_NAMES)]}村维权站")
                      for i in range(villages)]
-    school_sites = [SiteSpec(f"{prefix}.s{i + 1:02d}", "school", f"第{i + 1}中心小学") for i in range(schools)]
+    school_sites = [SiteSpec(f"{prefix}.s{i + 1:02d}", "school", f"{township_name or ''}第{i + 1}中心小学")
+                    for i in range(schools)]
     sites = [office, *village_sites, *school_sites]
     records: list[Planned] = []
 

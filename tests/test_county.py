@@ -211,3 +211,36 @@ async def test_adding_a_county_user_names_the_region(database_url: str, nats_url
         token = (await auth.issue_token(pool, "c1", hours=1)).token
         me = await _get(client, "/auth/me", {"Authorization": f"Bearer {token}"})
         assert (me["role"], me["region"], me["township"], me["site_id"]) == ("county", REGION, None, None)
+
+
+async def test_the_county_comparison_exports(database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:
+    """The comparison as XLSX and CSV: a column per township by name and the total, each figure's row equal
+    to the county rollup; township staff get a 403, another region a 404."""
+    import csv
+    import io
+
+    import openpyxl
+
+    async with open_api(database_url, nats_url, pool) as (client, w):
+        await county_world(w)
+        h = w.headers("county")
+        doc = await _get(client, f"/county/rollups?region={REGION}&period=2026", h)
+        names = [t["name"] for t in doc["townships"]]
+        assert names == ["site gx-lp.xy.office", "柳湾乡", "site gx-lp.zz.office"]  # world offices: no township name
+        x = await client.get(f"/exports/county.xlsx?region={REGION}&period=2026", headers=h)
+        assert x.status_code == 200 and "attachment" in x.headers["content-disposition"]
+        rows = [r for r in openpyxl.load_workbook(io.BytesIO(x.content)).worksheets[0].iter_rows(values_only=True)]
+        v = await client.get(f"/exports/county.csv?region={REGION}&period=2026", headers=h)
+        lines = list(csv.reader(io.StringIO(v.content.decode("utf-8-sig"))))
+        for table in ([list(r) for r in rows], lines):
+            head = next(r for r in table if r and r[0] == "项目")
+            assert head[2:6] == [*names, "全县合计"]
+            by_key = {r[-1]: r for r in table if r and len(r) == len(head)}
+            want = [t["rollup"]["children_archived"] for t in doc["townships"]]
+            assert [int(x) for x in by_key["children_archived"][2:5]] == want
+            assert int(by_key["children_archived"][5]) == doc["total"]["children_archived"] == sum(want)
+            assert float(by_key["aid_amount"][5]) == doc["total"]["aid_amount_fen"] / 100
+        assert (await client.get(f"/exports/county.csv?region={REGION}&period=2026",
+                                 headers=w.headers("township"))).status_code == 403
+        assert (await client.get(f"/exports/county.csv?region={OTHER_REGION}&period=2026",
+                                 headers=h)).status_code == 404

@@ -17,8 +17,10 @@ from litestar import Controller, Request, Response, get
 from openpyxl import Workbook
 from openpyxl.styles import Font
 
+from projections import county as pc
 from projections import rollups as pr
 from projections.figures import LabelledFigure, labelled
+from service.api.county import RegionQuery, county_rollup
 from service.api.rollups import EndQuery, PeriodQuery, ScopeQuery, StartQuery, caller_rollup
 from service.api.scoping import LISTERS, allow
 
@@ -84,6 +86,42 @@ def to_xlsx(r: pr.Rollup) -> bytes:
     return out.getvalue()
 
 
+COUNTY_TITLE = "守望 全县各乡镇对比表"
+
+
+def _county_table(cr: pc.CountyRollup) -> list[list[Any]]:
+    """The county comparison as rows: a title, the period, a header of township names, then one row
+    per figure (projections.county.comparison), values in the townships' order and the total."""
+    head = ["项目", "单位", *(t.name for t in cr.townships), "全县合计", "代码"]
+    out: list[list[Any]] = [[COUNTY_TITLE], ["范围", cr.region], ["统计期", cr.period],
+                            ["起始日", cr.start.isoformat()], ["截止日", (cr.end - dt.timedelta(days=1)).isoformat()],
+                            ["在册状态截至", cr.as_of.isoformat()], [], head]
+    out += [[row.label, row.unit, *row.values, row.total, row.key] for row in pc.comparison(cr, "zh")]
+    return out
+
+
+def county_csv(cr: pc.CountyRollup) -> bytes:
+    buf = io.StringIO()
+    csv.writer(buf).writerows(_county_table(cr))
+    return ("\ufeff" + buf.getvalue()).encode("utf-8")
+
+
+def county_xlsx(cr: pc.CountyRollup) -> bytes:
+    wb = Workbook()
+    ws = wb.worksheets[0]
+    ws.title = "各乡镇对比"
+    rows = _county_table(cr)
+    for row in rows:
+        ws.append(row)
+    ws["A1"].font = Font(bold=True, size=14)
+    for cell in ws[rows.index(next(r for r in rows if r and r[0] == "项目")) + 1]:
+        cell.font = Font(bold=True)
+    ws.column_dimensions["A"].width = 44
+    out = io.BytesIO()
+    wb.save(out)
+    return out.getvalue()
+
+
 def _filename(r: pr.Rollup, ext: str) -> str:
     return f"summary-{r.scope}-{r.period.replace('..', '_')}.{ext}"
 
@@ -120,3 +158,28 @@ class ExportsController(Controller):
         r = await caller_rollup(request, area, period, start, end)
         return SummaryJson(scope=r.scope, period=r.period, start=r.start, end=r.end, as_of=r.as_of,
                            figures=figures(r), rollup=r)
+
+    @get("/county.xlsx", media_type=XLSX, guards=[allow("county")],
+         summary="The county's townships side by side as an Excel workbook (labels in Chinese)",
+         description="One row per figure, one column per township of the region (by name) and the region's total, "
+                     "then each township's freshness. The county role, its own region only (else 404).")
+    async def xlsx_county(
+        self, request: Request[Any, Any, Any],
+        region: RegionQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
+    ) -> Response[bytes]:
+        cr = await county_rollup(request, region, period, start, end)
+        name = f"county-{cr.region}-{cr.period.replace('..', '_')}.xlsx"
+        return Response(county_xlsx(cr), media_type=XLSX,
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    @get("/county.csv", media_type="text/csv; charset=utf-8", guards=[allow("county")],
+         summary="The county's townships side by side as CSV (UTF-8 with BOM, labels in Chinese)",
+         description="As /exports/county.xlsx.")
+    async def csv_county(
+        self, request: Request[Any, Any, Any],
+        region: RegionQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
+    ) -> Response[bytes]:
+        cr = await county_rollup(request, region, period, start, end)
+        name = f"county-{cr.region}-{cr.period.replace('..', '_')}.csv"
+        return Response(county_csv(cr), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
