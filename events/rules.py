@@ -17,7 +17,7 @@ A rule says:
 - how many per period (`at_least`) and the period (`PeriodKind`): a week (Monday to Sunday), a
   calendar month, a school month (a month at least half in term: the summer and winter breaks
   are not due), a semester (February-July, August-January), a half year (January-June,
-  July-December) or a school year (September-August).
+  July-December) or a school year (August-July).
 
 Nothing here imports anything of the project but the types: the catalogue carries these Structs
 in its payloads, the projections evaluate them (projections/rules.py).
@@ -46,7 +46,7 @@ class PeriodKind(enum.StrEnum):
     SCHOOL_MONTH = "school_month"  # a calendar month at least half in term (the calendar's)
     SEMESTER = "semester"  # February-July ("YYYY-S1"), August-January ("YYYY-S2")
     HALF_YEAR = "half_year"  # January-June ("YYYY-H1"), July-December ("YYYY-H2")
-    SCHOOL_YEAR = "school_year"  # September-August ("YYYY-SY", named by the year it starts in)
+    SCHOOL_YEAR = "school_year"  # August-July ("YYYY-SY", named by the year it starts in)
 
 
 class Target(enum.StrEnum):
@@ -124,8 +124,8 @@ class Term(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=T
 
 
 class SchoolCalendar(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """The terms of one school year (September to August, named by the year it starts in);
-    everything outside a term is a holiday."""
+    """The terms of one school year (August to July, named by the year it starts in: terms may
+    run from 1 August to 31 August of the next year); everything outside a term is a holiday."""
 
     school_year: Annotated[int, msgspec.Meta(ge=2000, le=2100)]
     terms: Annotated[list[Term], msgspec.Meta(min_length=1, max_length=4)]

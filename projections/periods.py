@@ -3,7 +3,8 @@
 Every period is a half-open date range with a label (projections.followups.Period). Weeks run
 Monday to Sunday ("2026-W10", ISO numbering); semesters February-July and August-January
 ("2026-S1", "2026-S2"); half years January-June and July-December ("2026-H1", "2026-H2"); school
-years September-August ("2026-SY"). A school month is a calendar month at least half of whose
+years August-July ("2025-SY", an autumn semester and the spring one after it, as the rollups'
+periods). A school month is a calendar month at least half of whose
 days are in a term of the township's calendar, so the summer break (July, August under the
 national pattern) and the month of the winter break (February) are never due.
 
@@ -19,7 +20,7 @@ import functools
 from collections.abc import Callable, Mapping
 
 from events.rules import PeriodKind, SchoolCalendar, national_calendar
-from projections.followups import Period, month_of, semester_of
+from projections.followups import Period, month_of, school_year_of, semester_of
 
 Calendars = Mapping[int, SchoolCalendar]  # school year -> its calendar (absent: the national pattern)
 
@@ -39,11 +40,6 @@ def half_year_of(day: dt.date) -> Period:
     if day.month <= 6:
         return Period(f"{day.year:04d}-H1", dt.date(day.year, 1, 1), dt.date(day.year, 7, 1))
     return Period(f"{day.year:04d}-H2", dt.date(day.year, 7, 1), dt.date(day.year + 1, 1, 1))
-
-
-def school_year_of(day: dt.date) -> Period:
-    y = day.year if day.month >= 9 else day.year - 1
-    return Period(f"{y:04d}-SY", dt.date(y, 9, 1), dt.date(y + 1, 9, 1))
 
 
 def calendar_for(cals: Calendars, school_year: int) -> SchoolCalendar:

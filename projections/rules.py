@@ -41,7 +41,7 @@ import msgspec
 from events import catalogue as c
 from events.envelope import Event
 from events.localtime import local_day
-from events.rules import COUNTABLE, DEFAULT_RULES, FollowUpRule, PeriodKind, SchoolCalendar, Target
+from events.rules import COUNTABLE, DEFAULT_RULES, FollowUpRule, SchoolCalendar, Target
 from events.types import SiteKind
 from projections.archive import ChildArchive, ChildState, Effective
 from projections.archive.book import build_states, derive_all
@@ -289,7 +289,27 @@ class _Child:
     def __init__(self, a: ChildArchive, held: list[tuple[str, str, dt.date, dt.date | None]], work: list[Work]):
         self.a = a
         self.held = held
-        self.work = work
+        self.by_type: dict[str, list[Work]] = {}
+        for w in work:
+            self.by_type.setdefault(w.type, []).append(w)
+
+    def days(self, rule: FollowUpRule, reasons_of: Mapping[str, list[str]]) -> list[dt.date]:
+        """The days of the child's work that counts for `rule`, sorted."""
+        return sorted(w.day for t in rule.counts.event_types for w in self.by_type.get(t, ())
+                      if _counts(rule, w, reasons_of))
+
+    def may_apply(self, rule: FollowUpRule) -> bool:
+        """Whether the rule can apply to the child on some day (what does not change with the day:
+        grade, reasons, a pairing of the kinds ever, a holder of the kinds ever)."""
+        a, ap = self.a, rule.applies
+        grade = a.grade or 0
+        if (ap.grade_min is not None and grade < ap.grade_min) or (ap.grade_max is not None and grade > ap.grade_max):
+            return False
+        if ap.reasons and not set(map(str, ap.reasons)) & set(a.reasons):
+            return False
+        if ap.pairing_kinds and not set(map(str, ap.pairing_kinds)) & {p.partner_kind for p in a.pairings}:
+            return False
+        return not ap.site_kinds or bool({str(k) for k in ap.site_kinds} & {role for role, *_ in self.held})
 
     def holders_on(self, day: dt.date, scope: str, kinds: Sequence[str]) -> list[tuple[str, dt.date]]:
         """(site, since) of the holders in scope, of the given kinds, on `day`."""
@@ -377,9 +397,9 @@ def rule_figures(book: RuleBook, archives: Iterable[ChildArchive], work: Iterabl
     root = {m: a.child_id for a in arch for m in (a.child_id, *a.merged_from)}
     reasons_of = {m: a.reasons for a in arch for m in (a.child_id, *a.merged_from)}
     by_child: dict[str, list[Work]] = {}
-    by_site: dict[str, list[Work]] = {}
+    by_site: dict[str, dict[str, list[Work]]] = {}  # site -> event type -> its work
     for w in work:
-        by_site.setdefault(w.site_id, []).append(w)
+        by_site.setdefault(w.site_id, {}).setdefault(w.type, []).append(w)
         for ch in w.children:
             by_child.setdefault(root.get(ch, ch), []).append(w)
     children = []
@@ -431,27 +451,33 @@ def _child_rule(book: RuleBook, town: str, rid: str, shown: RuleVersion, childre
                 reasons_of: Mapping[str, list[str]], scope: str, period: Period, on: dt.date, as_of: dt.date
                 ) -> RuleFigures:
     cals = book.calendars.get(town, {})
-    periods: dict[PeriodKind, Periods] = {}
     due = met = applies = 0
     overdue = []
     window_rules = {id(v.rule): v.rule for v in book.versions(town, rid) if v.rule is not None}
+    now = book.in_force(town, rid, on)
+    periods = {k: Periods(k, cals) for k in {r.counts.period for r in window_rules.values()}}
+    # The periods of the window each version judges: those starting while it is in force, ended by as_of.
+    judged: dict[int, list[Period]] = {key: [] for key in window_rules}
+    for key, rule in window_rules.items():
+        for p in periods[rule.counts.period].starting_in(period):
+            v = book.in_force(town, rid, p.start)
+            if v is not None and v.rule is rule and p.last_day <= as_of:
+                judged[key].append(p)
     for ch in children:
-        days_of = {key: sorted(w.day for w in ch.work if _counts(rule, w, reasons_of))
-                   for key, rule in window_rules.items()}
-        for key, rule in window_rules.items():
-            ps = periods.setdefault(rule.counts.period, Periods(rule.counts.period, cals))
-            for p in ps.starting_in(period):
-                v = book.in_force(town, rid, p.start)
-                if v is None or v.rule is not rule or p.last_day > as_of or not ch.applies_on(rule, p.start, scope):
-                    continue
-                due += 1
-                met += _in(days_of[key], p) >= rule.counts.at_least
-        now = book.in_force(town, rid, on)
-        if now is None or now.rule is None or not ch.applies_on(now.rule, on, scope):
+        possible = {key: rule for key, rule in window_rules.items() if ch.may_apply(rule)}
+        if not possible:
+            continue
+        days_of = {key: ch.days(rule, reasons_of) for key, rule in possible.items()}
+        for key, rule in possible.items():
+            for p in judged[key]:
+                if ch.applies_on(rule, p.start, scope):
+                    due += 1
+                    met += _in(days_of[key], p) >= rule.counts.at_least
+        if now is None or now.rule is None or id(now.rule) not in possible or not ch.applies_on(now.rule, on, scope):
             continue
         applies += 1
         rule = now.rule
-        ps = periods.setdefault(rule.counts.period, Periods(rule.counts.period, cals))
+        ps = periods[rule.counts.period]
         start = ch.clock_start(rule, on, scope, book.since(town, rid, on))
         late = _overdue(days_of[id(rule)], ps, rule.counts.at_least, start, on)
         if late is not None:
@@ -462,7 +488,7 @@ def _child_rule(book: RuleBook, town: str, rid: str, shown: RuleVersion, childre
 
 
 def _site_rule(book: RuleBook, town: str, rid: str, shown: RuleVersion, sites: Mapping[str, SiteInfo],
-               by_site: Mapping[str, list[Work]], reasons_of: Mapping[str, list[str]], period: Period,
+               by_site: Mapping[str, Mapping[str, list[Work]]], reasons_of: Mapping[str, list[str]], period: Period,
                on: dt.date, as_of: dt.date) -> RuleFigures:
     cals = book.calendars.get(town, {})
     due = met = applies = 0
@@ -473,13 +499,22 @@ def _site_rule(book: RuleBook, town: str, rid: str, shown: RuleVersion, sites: M
         return site in ap.sites if ap.sites else info.kind in {str(k) for k in ap.site_kinds}
 
     window_rules = {id(v.rule): v.rule for v in book.versions(town, rid) if v.rule is not None}
+    periods = {k: Periods(k, cals) for k in {r.counts.period for r in window_rules.values()}}
+    in_window = {key: periods[r.counts.period].starting_in(period) for key, r in window_rules.items()}
+    version_at = {p.start: book.in_force(town, rid, p.start) for ps in in_window.values() for p in ps}
+
+    def days_of(rule: FollowUpRule, site: str) -> list[dt.date]:
+        work = by_site.get(site, {})
+        return sorted(w.day for t in rule.counts.event_types for w in work.get(t, ()) if _counts(rule, w, reasons_of))
+
     for site, info in sorted(sites.items()):
-        for rule in window_rules.values():
+        days_by: dict[int, list[dt.date]] = {}
+        for key, rule in window_rules.items():
             if not held(rule, site, info):
                 continue
-            days = sorted(w.day for w in by_site.get(site, ()) if _counts(rule, w, reasons_of))
-            for p in Periods(rule.counts.period, cals).starting_in(period):
-                v = book.in_force(town, rid, p.start)
+            days = days_by[key] = days_of(rule, site)
+            for p in in_window[key]:
+                v = version_at[p.start]
                 if v is None or v.rule is not rule or p.last_day > as_of:
                     continue
                 if info.since is not None and p.start < info.since:
@@ -491,13 +526,14 @@ def _site_rule(book: RuleBook, town: str, rid: str, shown: RuleVersion, sites: M
             continue
         applies += 1
         rule = now.rule
-        days = sorted(w.day for w in by_site.get(site, ()) if _counts(rule, w, reasons_of))
+        days = days_by.get(id(rule)) or days_of(rule, site)
         # A site's clock starts when the rule came into force or the site was registered; with
         # neither known, the first period of the window is its first due one.
         start = max(book.since(town, rid, on), info.since or _FAR_PAST)
         if start == _FAR_PAST:
             start = period.start - dt.timedelta(days=1)
-        late = _overdue(days, Periods(rule.counts.period, cals), rule.counts.at_least, start, on)
+        ps = periods.get(rule.counts.period) or Periods(rule.counts.period, cals)
+        late = _overdue(days, ps, rule.counts.at_least, start, on)
         if late is not None:
             overdue.append(OverdueEntry(subject=site, sites=[site], last_done=late[0], due_on=late[1],
                                         days_overdue=(on - late[1]).days))

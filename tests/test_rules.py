@@ -218,6 +218,13 @@ def test_site_obligations() -> None:
             at(2026, 6, 1))
     f = t.figures(TOWNSHIP, "2026", dt.date(2026, 8, 15))["poor_children_visit"]
     assert (f.due, f.met, late(f)) == (1, 1, {})
+    # the hand-over: s01 hands a pupil over to s02 on 2 July, in school year 2025-SY (August 2025 -
+    # July 2026); s02 handed nobody over (due by 31 July: judged on the year's last day, not overdue yet)
+    pupil = kid(11)
+    t.register(S1, pupil, at(2025, 9, 1), school=S1, grade=6)
+    t.write(S1, c.ChildTransferred(child_id=pupil, to_school_site=S2), at(2026, 7, 2))
+    f = t.figures(TOWNSHIP, "2025-SY", dt.date(2026, 8, 15))["year_end_handover"]
+    assert (f.applies_to, f.due, f.met, late(f), f.on) == (2, 2, 1, {}, dt.date(2026, 7, 31))
     # a site sees its own obligations only
     assert late(t.figures(S1, "2026", dt.date(2026, 8, 15))["guardian_meeting"]) == {}
     assert "poor_children_visit" in t.figures(S1, "2026", dt.date(2026, 8, 15))
