@@ -18,7 +18,7 @@ import asyncpg
 
 from events.localtime import day_start, local_day, local_today
 from projections import tables
-from projections.archive import ArchiveBook, ChildArchive, decode_archive
+from projections.archive import ArchiveBook, ChildArchive, decode_archive, effective, entry_of
 from projections.facts import Fact
 from projections.followups import Period, parse_period
 from projections.rules import (
@@ -59,7 +59,8 @@ async def sites_of(conn: Conn, scope: str) -> dict[str, SiteInfo]:
 
 
 async def rule_book(conn: Conn, scope: str, committed_before: dt.datetime | None = None) -> RuleBook:
-    """The rules and calendars of the townships `scope` touches, in the store's order."""
+    """The rules and calendars of the townships `scope` touches, as they count after corrections
+    (an `EventCorrected` by the office replaces or retracts one), in stamp order."""
     where, args = townships_clause(scope, "(payload->>'township')")
     n = len(args)
     rows = await conn.fetch(
@@ -67,11 +68,15 @@ async def rule_book(conn: Conn, scope: str, committed_before: dt.datetime | None
              WHERE type IN ('FollowUpRuleSet', 'FollowUpRuleRetired', 'SchoolCalendarSet') AND understood
                AND {HORIZON} AND {where} AND (${n + 1}::timestamptz IS NULL OR committed_at <= ${n + 1})
              ORDER BY tx_id, position""", *args, committed_before)
+    ids = [r["event_id"] for r in rows]
+    fixes = await conn.fetch(
+        f"""SELECT {COLS} FROM events
+             WHERE type = 'EventCorrected' AND payload->>'corrected_event_id' = ANY($1::text[]) AND understood
+               AND {HORIZON} AND ($2::timestamptz IS NULL OR committed_at <= $2)""", ids, committed_before) if ids else []
+    entries = [entry_of(row.event, row.care) for row in map(to_row, [*rows, *fixes]) if row.care is not None]
     book = RuleBook()
-    for r in rows:
-        row = to_row(r)
-        if row.care is not None:
-            book.add(row.care, row.event.event_id, row.event.occurred_at)
+    for x in effective(entries)[0]:  # a corrected rule counts as its replacement; a retracted one not at all
+        book.add(x.care, x.counts_as, x.occurred_at)
     return book
 
 

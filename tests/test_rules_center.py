@@ -105,3 +105,32 @@ async def test_a_rule_set_at_the_center_counts_from_its_day_and_as_of_before_it_
                                                                       committed_at=before_rule)}
     assert (then["proxy_visit"].due, then["proxy_visit"].met, then["proxy_visit"].at_least) == (4, 4, 1)
     assert then["proxy_visit"].zh == old.zh
+
+
+async def test_a_corrected_rule_counts_as_corrected(pool: asyncpg.Pool) -> None:
+    """The office set two visits a month by mistake and corrected it to one from 1 May; then
+    retracted the correction's target altogether: the figures follow each time."""
+    await _sites(pool)
+    t, paired, _ = _town()
+    store = EventStore(pool)
+    old = DEFAULT_RULES[0]
+    two = rules.FollowUpRule(rule_id=old.rule_id, zh="代管家长每月家访两次", en="proxy parent: two home visits a month",
+                             applies=old.applies, counts=Counts(event_types=["HomeVisitMade"], at_least=2))
+    t.write(OFFICE, c.FollowUpRuleSet(township=TOWNSHIP, effective_from=dt.date(2026, 4, 1), rule=two), at(2026, 3, 20))
+    await store.append(t.events)
+    await Runner(pool).catch_up()
+    june = dt.date(2026, 6, 15)
+    f = {x.rule_id: x for x in await rule_queries.rule_figures_live(pool, S1, "2026", june)}["proxy_visit"]
+    assert (f.due, f.met, f.at_least) == (4, 3, 2)
+    set_event = t.events[-1].event.event_id
+    t.events.clear()
+    t.write(OFFICE, c.EventCorrected(corrected_event_id=set_event, reason="填错了", replacement=c.FollowUpRuleSet(
+        township=TOWNSHIP, effective_from=dt.date(2026, 5, 1), rule=two)), at(2026, 3, 21))
+    await store.append(t.events)
+    f = {x.rule_id: x for x in await rule_queries.rule_figures_live(pool, S1, "2026", june)}["proxy_visit"]
+    assert (f.due, f.met, f.effective_from) == (4, 3, dt.date(2026, 5, 1))  # April met under the old rule now
+    t.events.clear()
+    t.write(OFFICE, c.EventCorrected(corrected_event_id=set_event, reason="不该设"), at(2026, 3, 22))
+    await store.append(t.events)
+    f = {x.rule_id: x for x in await rule_queries.rule_figures_live(pool, S1, "2026", june)}["proxy_visit"]
+    assert (f.due, f.met, f.at_least, f.effective_from) == (4, 4, 1, None)
