@@ -72,7 +72,8 @@ async def rule_book(conn: Conn, scope: str, committed_before: dt.datetime | None
     fixes = await conn.fetch(
         f"""SELECT {COLS} FROM events
              WHERE type = 'EventCorrected' AND payload->>'corrected_event_id' = ANY($1::text[]) AND understood
-               AND {HORIZON} AND ($2::timestamptz IS NULL OR committed_at <= $2)""", ids, committed_before) if ids else []
+               AND {HORIZON} AND ($2::timestamptz IS NULL OR committed_at <= $2)""",
+        ids, committed_before) if ids else []
     entries = [entry_of(row.event, row.care) for row in map(to_row, [*rows, *fixes]) if row.care is not None]
     book = RuleBook()
     for x in effective(entries)[0]:  # a corrected rule counts as its replacement; a retracted one not at all

@@ -111,7 +111,7 @@ async def test_a_corrected_rule_counts_as_corrected(pool: asyncpg.Pool) -> None:
     """The office set two visits a month by mistake and corrected it to one from 1 May; then
     retracted the correction's target altogether: the figures follow each time."""
     await _sites(pool)
-    t, paired, _ = _town()
+    t, _, _ = _town()
     store = EventStore(pool)
     old = DEFAULT_RULES[0]
     two = rules.FollowUpRule(rule_id=old.rule_id, zh="代管家长每月家访两次", en="proxy parent: two home visits a month",
