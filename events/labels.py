@@ -54,7 +54,7 @@ ENUM_LABELS: dict[str, dict[str, tuple[str, str]]] = {
         "other": ("其他", "other"),
     },
     "site_kind": {"village": ("村维权站", "village station"), "school": ("学校", "school"),
-                  "township": ("镇", "township office")},
+                  "township": ("镇", "township office"), "community": ("社区", "community")},
     "closing_reason": {
         "parents_returned": ("父母返乡", "parents came home"), "aged_out": ("年龄超出", "aged out"),
         "moved_away": ("迁出", "moved away"), "deceased": ("死亡", "deceased"),

@@ -101,9 +101,10 @@ _STATION_FORMS = frozenset(SiteKind)  # every kind of site records this work on 
 # hand-overs, closing, reopening) and corrections of a site's own entries belong to every site.
 # The township's decisions (merges, unmerges, conflicts, duplicates) are made on the center's
 # dashboard, with both sides shown, and have no station form.
-_VILLAGE, _SCHOOL, _TOWNSHIP = SiteKind.VILLAGE, SiteKind.SCHOOL, SiteKind.TOWNSHIP
+# A community (社区) does a village station's work for the children living in it.
+_VILLAGE, _SCHOOL, _TOWNSHIP, _COMMUNITY = SiteKind.VILLAGE, SiteKind.SCHOOL, SiteKind.TOWNSHIP, SiteKind.COMMUNITY
 _AT_SCHOOL = frozenset({_SCHOOL})
-_VILLAGE_SCHOOL = frozenset({_VILLAGE, _SCHOOL})
+_VILLAGE_SCHOOL = frozenset({_VILLAGE, _COMMUNITY, _SCHOOL})
 _PLAIN = Measure()
 
 
@@ -207,9 +208,11 @@ TRAITS: dict[type[c.CareEventBase], Traits] = {
     c.SafetyIncidentReported: Traits("安全事件", "safety incident", S.INCIDENTS, F.ADDITIVE, A.WORK,
                                      _STATION_FORMS, fact="incident", measure=_incident),
     c.RightsCaseOpened: Traits("维权立案", "rights case opened", S.RIGHTS_CASES, F.STRUCTURAL, A.WORK,
-                               frozenset({_VILLAGE, _TOWNSHIP}), fact="case_opened", measure=_case_opened),
+                               frozenset({_VILLAGE, _COMMUNITY, _TOWNSHIP}), fact="case_opened",
+                               measure=_case_opened),
     c.RightsCaseClosed: Traits("维权结案", "rights case closed", S.RIGHTS_CASES, F.STRUCTURAL, A.WORK,
-                               frozenset({_VILLAGE, _TOWNSHIP}), fact="case_closed", measure=_case_closed),
+                               frozenset({_VILLAGE, _COMMUNITY, _TOWNSHIP}), fact="case_closed",
+                               measure=_case_closed),
     # the township's rules (set on the center's dashboard or by the API; about no child)
     c.FollowUpRuleSet: Traits("设定工作规则", "follow-up rule set", S.RULES, F.STRUCTURAL, A.RULES),
     c.FollowUpRuleRetired: Traits("停用工作规则", "follow-up rule retired", S.RULES, F.STRUCTURAL, A.RULES),

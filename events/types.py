@@ -207,3 +207,17 @@ class SiteKind(enum.StrEnum):
     VILLAGE = "village"
     SCHOOL = "school"
     TOWNSHIP = "township"
+    # A community or subdistrict committee (社区、街道) in a town: it surveys, visits and makes the
+    # holiday condolence visits for the children who live in it, as a village station does.
+    COMMUNITY = "community"
+
+
+# The part a site takes in a child's scope (service/scope.py): where the child lives (a village
+# station or a community) or where it goes to school. A township office takes none.
+_SCOPE_ROLE = {"village": "village", "community": "village", "school": "school"}
+
+
+def scope_role(kind: str | None) -> str | None:
+    """'village' for the sites a child lives at (village stations, communities), 'school' for
+    schools, None for a township office or an unknown kind."""
+    return _SCOPE_ROLE.get(str(kind)) if kind is not None else None

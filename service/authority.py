@@ -44,6 +44,7 @@ from events import catalogue as c
 from events import traits
 from events.envelope import DecodedEvent
 from events.traits import Authority
+from events.types import scope_role
 from store.conn import Conn
 
 # Scope-changing types: their decisions take a per-child lock (see the module docstring).
@@ -253,10 +254,15 @@ def _register(care: c.ChildRegistered, sender: str, facts: Facts) -> str | None:
         if site is None or site == sender:
             continue
         info = facts.sites.get(site)
-        if info is None or not info.active or info.kind != kind or township_of(site) != township_of(sender):
-            return (f"ChildRegistered from site {sender}: {field_name} {site!r} is not an active {kind} site of "
-                    f"township {township_of(sender)}")
+        if info is None or not info.active or scope_role(info.kind) != kind or township_of(site) != township_of(sender):
+            return (f"ChildRegistered from site {sender}: {field_name} {site!r} is not an active {_KIND_WORDS[kind]} "
+                    f"site{_KIND_NOTE[kind]} of township {township_of(sender)}")
     return None
+
+
+# How a refusal names the kinds of site a role takes (events.types.scope_role).
+_KIND_WORDS = {"village": "village", "school": "school"}
+_KIND_NOTE = {"village": " (a village station or a community)", "school": ""}
 
 
 def _roles(care: c.ChildRegistered, sender: str, facts: Facts) -> dict[str, str]:
@@ -264,8 +270,9 @@ def _roles(care: c.ChildRegistered, sender: str, facts: Facts) -> dict[str, str]
     the sender itself in the role of its own kind when it names no site of that kind."""
     named = {"village": care.village_site, "school": care.school_site}
     info = facts.sites.get(sender)
-    if info is not None and info.kind in named and named[info.kind] is None:
-        named[info.kind] = sender
+    role = scope_role(info.kind) if info is not None else None
+    if role is not None and named[role] is None:
+        named[role] = sender
     return {role: site for role, site in named.items() if site is not None}
 
 
@@ -285,9 +292,9 @@ def _holder(care: c.CareEventBase, sender: str, facts: Facts, name: str) -> str 
             if site is None:
                 continue
             info = facts.sites.get(site)
-            if info is None or not info.active or info.kind != kind or township_of(site) != township:
-                return (f"ChildTransferred from site {sender}: {field_name} {site!r} is not an active {kind} site "
-                        f"of the child's township {township}")
+            if info is None or not info.active or scope_role(info.kind) != kind or township_of(site) != township:
+                return (f"ChildTransferred from site {sender}: {field_name} {site!r} is not an active "
+                        f"{_KIND_WORDS[kind]} site{_KIND_NOTE[kind]} of the child's township {township}")
     return None
 
 

@@ -62,7 +62,7 @@ def register(sub: Any) -> None:
     ssub = site.add_subparsers(dest="site_command", metavar="ACTION", required=True)
     add = ssub.add_parser("add", help="register a site (or re-enable it) and print its NATS credentials")
     add.add_argument("site_id", help="region.township.site, e.g. gx-lp.xy.v03")
-    add.add_argument("--kind", required=True, choices=["village", "school", "township"])
+    add.add_argument("--kind", required=True, choices=["village", "school", "township", "community"])
     add.add_argument("--name", required=True, help="display name of the site")
     add.add_argument("--township", help="display name of its township")
     add.add_argument("--users-file", type=Path, help="rewrite this NATS users file (deploy/nats/users.conf)")

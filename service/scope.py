@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from events.catalogue import ArchivesMerged, ArchivesUnmerged, ChildRegistered, ChildTransferred
 from events.envelope import DecodedEvent
+from events.types import scope_role
 from store.conn import Conn
 
 ROLES = ("village", "school")
@@ -33,9 +34,9 @@ async def apply_scope(conn: Conn, stored: Sequence[DecodedEvent], kinds: dict[st
         care = d.care
         if isinstance(care, ChildRegistered):
             named = {"village": care.village_site, "school": care.school_site}
-            origin_kind = kinds.get(d.event.site_id)
-            if origin_kind in named and named[origin_kind] is None:
-                named[origin_kind] = d.event.site_id
+            origin_role = scope_role(kinds.get(d.event.site_id))  # a community lives-in as a village does
+            if origin_role is not None and named[origin_role] is None:
+                named[origin_role] = d.event.site_id
             for role, site in named.items():
                 if site is not None:
                     changes += await _set_role(conn, care.child_id, role, site, d.event.event_id)

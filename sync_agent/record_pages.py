@@ -99,7 +99,7 @@ def _site_defaults(config: SiteConfig) -> dict[str, str]:
     """A new registration starts from the site's own village (a village station) or school."""
     if config.kind == et.SiteKind.SCHOOL:
         return {"school": config.name}
-    if config.kind == et.SiteKind.VILLAGE:
+    if config.kind in (et.SiteKind.VILLAGE, et.SiteKind.COMMUNITY):
         name = config.name
         cut = name.rfind("村")
         if cut > 0:

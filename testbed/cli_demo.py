@@ -24,6 +24,8 @@ def register(sub: Any) -> None:
     p.add_argument("--children", type=positive_int, default=120, help="children in the township (default 120)")
     p.add_argument("--villages", type=positive_int, default=4, help="village stations (default 4)")
     p.add_argument("--schools", type=positive_int, default=2, help="schools (default 2)")
+    p.add_argument("--communities", type=int, default=1, choices=range(0, 4), metavar="N",
+                   help="communities (社区), 0 to 3 (default 1)")
     p.add_argument("--days", type=positive_int, default=120, help="days of care work to simulate (default 120)")
     p.add_argument("--seed", type=int, default=2026, help="seed of the simulated township (same seed, same township)")
     p.add_argument("--port", type=int, default=8800, help="the center's HTTP port for the dashboard (default 8800)")
@@ -44,7 +46,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _run(args: argparse.Namespace, data: Path, progress: Any) -> int:
     demo = Demo(data, children=args.children, villages=args.villages, schools=args.schools, days=args.days,
-                seed=args.seed, progress=progress, http_port=args.port)
+                seed=args.seed, progress=progress, http_port=args.port, communities=args.communities)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

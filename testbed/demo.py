@@ -117,10 +117,10 @@ def station_account(data: Path, name: str) -> str:
 
 class Demo:
     def __init__(self, data: Path, *, children: int, villages: int, schools: int, days: int, seed: int,
-                 progress: Callable[[str], None], http_port: int | None = None) -> None:
+                 progress: Callable[[str], None], http_port: int | None = None, communities: int = 1) -> None:
         self.data = data
         self.scenario: Scenario = generate(children=children, villages=villages, schools=schools, days=days,
-                                           seed=seed)
+                                           seed=seed, communities=communities)
         self.progress = progress
         self.http_port = http_port or free_port()
         self.timings: dict[str, float] = {}
@@ -468,14 +468,18 @@ def township_figures(rollup: dict[str, Any]) -> dict[str, Any]:
         "safety_incidents": rollup["safety_incidents"],
         "rights_cases_opened": rollup["rights_cases_opened"],
         "rights_cases_closed": rollup["rights_cases_closed"],
+        "proxy_parent_children": rollup["proxy_parent_children"][0],
+        "dropped_out": rollup["dropped_out"],
+        "dropped_out_poverty": rollup["dropped_out_poverty"],
+        "condolence_households": rollup["condolence_households"],
     }
 
 
 def truth_figures(t: Truth) -> dict[str, Any]:
     return {
         "children_archived": t.children_archived,
-        "children_by_guardianship": dict(sorted(t.children_by_guardianship.items())),
-        "children_by_reason": dict(sorted(t.children_by_reason.items())),
+        "children_by_guardianship": {k: v for k, v in sorted(t.children_by_guardianship.items()) if v},
+        "children_by_reason": {k: v for k, v in sorted(t.children_by_reason.items()) if v},
         "home_visits": t.home_visits, "parent_calls": t.parent_calls, "letters": t.letters, "talks": t.talks,
         "pairings_started": t.pairings_started, "proxy_parents_matched": t.proxy_parents_matched,
         "aid_children": t.aid_children, "aid_amount_fen": t.aid_amount_fen,
@@ -483,6 +487,8 @@ def truth_figures(t: Truth) -> dict[str, Any]:
         "activities": t.activities, "activity_participants": t.activity_participants,
         "safety_incidents": t.safety_incidents, "rights_cases_opened": t.rights_cases_opened,
         "rights_cases_closed": t.rights_cases_closed,
+        "proxy_parent_children": t.proxy_parent_children, "dropped_out": t.dropped_out,
+        "dropped_out_poverty": t.dropped_out_poverty, "condolence_households": t.condolence_households,
     }
 
 

@@ -34,7 +34,7 @@ VILLAGE_NAMES = ["青石", "柳湾", "桃源", "云岭", "竹溪", "杏花", "�
 
 class SiteSpec(msgspec.Struct, frozen=True):
     site_id: str
-    kind: str  # village | school | township
+    kind: str  # village | school | township | community
     name: str
 
 
@@ -75,6 +75,11 @@ class Truth(msgspec.Struct):
     duplicate_pairs: int = 0
     conflicts: int = 0
     refused_at_station: int = 0
+    # The seed's headline figures (issue 17): children with a proxy parent, drop-outs and households visited.
+    proxy_parent_children: int = 0
+    dropped_out: int = 0
+    dropped_out_poverty: int = 0
+    condolence_households: int = 0
 
 
 class Scenario(msgspec.Struct):
@@ -108,10 +113,12 @@ def _at(start: dt.date, day: int, rng: random.Random) -> str:
 
 def generate(*, children: int = 120, villages: int = 4, schools: int = 2, days: int = 120, seed: int = 2026,
              region: str = "demo", township: str = "qingshi", start: dt.date = dt.date(2025, 9, 1),
-             township_name: str | None = None, first_village: int = 0) -> Scenario:
+             township_name: str | None = None, first_village: int = 0, communities: int = 0) -> Scenario:
     """A township's school year (or part of it) of care work. Deterministic for a seed. With
     `township_name` (a county of several townships) the office and schools carry it, and the
-    villages' names start at `first_village` of the list, so two townships' sites differ by name."""
+    villages' names start at `first_village` of the list, so two townships' sites differ by name.
+    The communities (社区) and their work come after everything else, so a scenario without them is
+    the same as before they existed."""
     rng = random.Random(seed)
     truth = Truth(children_by_guardianship={}, children_by_reason={}, children_by_grade_band={},
                   children_by_site={})
@@ -231,8 +238,10 @@ def generate(*, children: int = 120, villages: int = 4, schools: int = 2, days: 
                            "pairing_id": f"p-{rng.getrandbits(128):032x}", "child_id": kid["child_id"],
                            "partner_kind": kind, "partner_name": fake_name(rng)})
             truth.pairings_started += 1
+            kid["partner"] = kind
             if kind in ("proxy_parent", "loving_mother"):
                 truth.proxy_parents_matched += 1
+                truth.proxy_parent_children += 1  # one pairing per child here
 
     # aid for poor children, from the township office
     for kid in kids:
@@ -257,8 +266,10 @@ def generate(*, children: int = 120, villages: int = 4, schools: int = 2, days: 
                 truth.condolence_visits += 1
                 covered_by_any.update(part)
     # Distinct children, as projections/FIGURES.md defines the figure: a child visited at both
-    # holidays counts once.
+    # holidays counts once. Every made-up child has a guardian of its own (name and phone), so
+    # each is a household of its own (projections.rollups.household_of).
     truth.condolence_children_covered = len(covered_by_any)
+    truth.condolence_households = len(covered_by_any)
 
     # the children's home (留守儿童之家) at each village, every other week
     for village in village_sites:
@@ -319,11 +330,75 @@ def generate(*, children: int = 120, villages: int = 4, schools: int = 2, days: 
         # Until a person settles it, the archive shows the update recorded last (the school's,
         # a day later): the highest hybrid-logical-clock stamp wins.
         conflict_kid["guardianship"] = "one_parent"
+    # a pupil who leaves school (辍学) near the end: the village station closes the archive, and
+    # the summary's "no child drops out because of poverty" counts it by the child's reasons. Last,
+    # so that every record above stays what it was for a seed.
+    leaver = next((k for k in kids[2:] if k is not conflict_kid and k.get("partner") not in
+                   ("proxy_parent", "loving_mother") and k["registered_day"] + 30 < days - 1), None)
+    if leaver is not None:
+        d = days - 1
+        plan(leaver["village"], d, {"type": "ArchiveClosed", "occurred_at": _at(start, d, rng),
+                                    "child_id": leaver["child_id"], "reason": "dropped_out",
+                                    "note": "随父母外出后未再返校"}, note="drop-out")
+        truth.dropped_out += 1
+        truth.dropped_out_poverty += leaver["reason"] == "poverty"
+        truth.children_archived -= 1
+        for counts, key in ((truth.children_by_reason, leaver["reason"]),
+                            (truth.children_by_grade_band, grade_band(leaver["grade"])),
+                            (truth.children_by_site, leaver["village"].site_id)):
+            counts[key] -= 1
+        leaver["closed"] = True
     for kid in kids:
-        _bump(truth.children_by_guardianship, kid["guardianship"])
+        if not kid.get("closed"):
+            _bump(truth.children_by_guardianship, kid["guardianship"])
+    for i in range(communities):
+        _community(i, prefix, start, days, rng, truth, sites, school_sites, plan)
     records.sort(key=lambda p: (p.day, p.site_id))
     return Scenario(township_id=prefix, sites=sites, start=start, days=days, records=records,
                     offline={offline_site.site_id: [off_first, off_last]}, truth=truth)
+
+
+def _community(i: int, prefix: str, start: dt.date, days: int, rng: random.Random, truth: Truth,
+               sites: list[SiteSpec], school_sites: list[SiteSpec], plan: Any) -> None:
+    """A community (社区) in the township's town: it registers a few children who live in it
+    (schooled at the township's schools), visits them, and makes a holiday condolence visit to
+    them with money and gifts."""
+    community = SiteSpec(f"{prefix}.c{i + 1:02d}", "community", f"{['高山街', '府坪', '锣鼓塔'][i % 3]}社区居委会")
+    sites.append(community)
+    mine = []
+    for n in range(3):
+        school = school_sites[n % len(school_sites)] if school_sites else None
+        birth = dt.date(rng.randint(2014, 2018), rng.randint(1, 12), rng.randint(1, 28))
+        grade = max(1, min(6, start.year - birth.year - 6 + (1 if start.month >= 9 else 0)))
+        cid = f"c-{rng.getrandbits(128):032x}"
+        day = min(days - 1, rng.randint(0, 10))
+        plan(community, day, {
+            "type": "ChildRegistered", "occurred_at": _at(start, day, rng), "child_id": cid, "name": fake_name(rng),
+            "sex": rng.choice(["male", "female"]), "birth_date": birth.isoformat(),
+            "resident_id": fake_resident_id(rng, birth), "household_village": community.name[:-3],
+            "village_site": community.site_id,  # where the child lives: the community takes a village's part
+            **({"school_site": school.site_id, "school": school.name} if school else {}), "grade": grade,
+            "reasons": ["both_parents_away"],
+            "guardian": {"type": "grandparents", "name": fake_name(rng), "relation": "外婆", "phone": fake_phone(rng)},
+        }, note="registration at a community")
+        mine.append((cid, day))
+        truth.children_archived += 1
+        _bump(truth.children_by_guardianship, "grandparents")
+        _bump(truth.children_by_reason, "both_parents_away")
+        _bump(truth.children_by_grade_band, grade_band(grade))
+        _bump(truth.children_by_site, community.site_id)
+        if day + 1 < days:
+            d = rng.randint(day + 1, days - 1)
+            plan(community, d, {"type": "HomeVisitMade", "occurred_at": _at(start, d, rng), "child_id": cid,
+                                "visitor": fake_name(rng), "findings": "外婆照看，生活规律"})
+            truth.home_visits += 1
+    d = min(days - 1, max(day for _, day in mine) + 1)
+    plan(community, d, {"type": "CondolenceVisitMade", "occurred_at": _at(start, d, rng),
+                        "child_ids": [cid for cid, _ in mine], "occasion": "other", "gifts": "书包、牛奶",
+                        "money_fen_each": 10_000, "source": "individual"}, note="community condolence visit")
+    truth.condolence_visits += 1
+    truth.condolence_children_covered += len(mine)  # none of them is covered by the township's visits
+    truth.condolence_households += len(mine)
 
 
 def _bump(counts: dict[str, int], key: str) -> None:

@@ -56,3 +56,25 @@ def test_records_are_in_day_order_and_inside_the_period() -> None:
     days = [p.day for p in sc.records]
     assert days == sorted(days)
     assert days[0] >= 0 and days[-1] < 60
+
+
+def test_scenario_with_a_community_and_a_drop_out() -> None:
+    """With a community the township has a site of that kind registering, visiting and condoling its own
+    children (every draft valid); one pupil drops out near the end and leaves the archived figures; a scenario
+    without communities keeps every record it had before they existed."""
+    plain = generate(seed=1, children=80, days=160)
+    sc = generate(seed=1, children=80, days=160, communities=1)
+    assert {s.kind for s in sc.sites} == {"village", "school", "township", "community"}
+    community = next(s.site_id for s in sc.sites if s.kind == "community")
+    mine = [p for p in sc.records if p.site_id == community]
+    assert {p.draft["type"] for p in mine} == {"ChildRegistered", "HomeVisitMade", "CondolenceVisitMade"}
+    for p in mine:
+        parse_drafts(msgspec.json.encode(p.draft), now=NOW)
+    assert all(p.draft["village_site"] == community for p in mine if p.draft["type"] == "ChildRegistered")
+    t = sc.truth
+    assert t.dropped_out == 1 and t.dropped_out_poverty in (0, 1)
+    [closing] = [p for p in sc.records if p.draft["type"] == "ArchiveClosed"]
+    assert closing.draft["reason"] == "dropped_out"
+    assert sum(t.children_by_guardianship.values()) == t.children_archived == plain.truth.children_archived + 3
+    assert t.condolence_households == t.condolence_children_covered
+    assert [p for p in sc.records if p.site_id != community] == plain.records

@@ -60,7 +60,8 @@ from service.sites import township_of
 from store.conn import Conn
 
 ROLES = ("station", "school", "township", "auditor", "admin", "county")
-SITE_KIND_OF_ROLE = {"station": "village", "school": "school", "township": "township"}
+# The kinds of site a site-bound role works at: station staff at a village station or a community.
+SITE_KIND_OF_ROLE = {"station": ("village", "community"), "school": ("school",), "township": ("township",)}
 TOKEN_PREFIX = "sw_"
 MAX_LOCK = dt.timedelta(hours=1)
 
@@ -234,9 +235,9 @@ async def add_user(pool: asyncpg.Pool, username: str, role: str, password: str |
             if kind is None:
                 raise AuthError(f"site {site_id!r} is not registered; register it first "
                                 "(`shouwang center site add`)")
-            if kind != SITE_KIND_OF_ROLE[role]:
+            if kind not in SITE_KIND_OF_ROLE[role]:
                 raise AuthError(f"site {site_id} is a {kind} site; a {role} user needs a "
-                                f"{SITE_KIND_OF_ROLE[role]} site")
+                                f"{' or '.join(SITE_KIND_OF_ROLE[role])} site")
             township = township_of(site_id)
         elif role == "auditor":
             if site_id:
