@@ -55,12 +55,13 @@ def test_demo_once_json_matches_the_ground_truth(tmp_path: Path) -> None:
     assert events["refused_at_station"] == 1
     assert events["quarantined"] == 0
     assert all(s["pending"] == 0 and not s["holes"] for s in doc["sites"])
-    assert {s["kind"] for s in doc["sites"]} == {"village", "school", "township"}
+    assert {s["kind"] for s in doc["sites"]} == {"village", "school", "township", "community"}
     assert doc["detected"]["duplicate_pairs"] >= 1
     assert doc["detected"]["open_conflicts"] >= 1
     assert doc["mismatches"] == {}
     assert doc["rollup"] == doc["truth"]
     assert doc["rollup"]["home_visits"] > 0
+    assert doc["rollup"]["dropped_out"] == 1 and doc["rollup"]["condolence_households"] > 0
     assert set(doc["timings"]) >= {"servers", "center", "agents", "record", "settle"}
     assert _wait_gone(str(data)) == []
 
