@@ -18,13 +18,14 @@ Pure: the API (service/api/summary.py) feeds it the rollup and names, and render
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 
 from events.labels import enum_label
 from projections.figures import MONEY, label_of, value_of
 from projections.rollups import Rollup
+from projections.rules import RuleFigures
 
 SECTIONS = ("basics", "work", "results", "problems", "plans")
 
@@ -101,20 +102,45 @@ def fmt(key: str, value: float | int) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
+RULE_PARTS = {"applies_to": ("适用", "applies to"), "due": ("应做", "due"), "met": ("达标", "met"),
+              "pct_met": ("达标率", "% met"), "overdue": ("逾期", "overdue")}
+
+
+def rule_key(f: RuleFigures, part: str) -> str:
+    """The key of a township rule's figure (GET /rules): township_rules.<township>.<rule id>.<part>."""
+    return f"township_rules.{f.township}.{f.rule_id}.{part}"
+
+
+def rule_values(rules: Sequence[RuleFigures], lang: str) -> dict[str, tuple[float | int, str]]:
+    """Each figure of the townships' rules by its key: (value, label); `overdue` is how many are overdue."""
+    out: dict[str, tuple[float | int, str]] = {}
+    for f in rules:
+        name = f.en if lang == "en" else f.zh
+        for part, (zh, en) in RULE_PARTS.items():
+            value = len(f.overdue) if part == "overdue" else getattr(f, part)
+            out[rule_key(f, part)] = (value, f"{name}: {en}" if lang == "en" else f"{name}：{zh}")
+    return out
+
+
 class _Writer:
     """Builds paragraphs whose numbers are figures, numbering a footnote for each."""
 
-    def __init__(self, r: Rollup, lang: str, now: dt.datetime) -> None:
+    def __init__(self, r: Rollup, lang: str, now: dt.datetime,
+                 extra: dict[str, tuple[float | int, str]] | None = None) -> None:
         self.r, self.lang, self.now = r, lang, now
+        self.extra = extra or {}
         self.notes: list[Note] = []
 
     def t(self, zh: str, en: str) -> str:
         return en if self.lang == "en" else zh
 
     def n(self, key: str) -> Num:
-        value = value_of(self.r, key, self.now)
+        if key in self.extra:
+            value, label = self.extra[key]
+        else:
+            value, label = value_of(self.r, key, self.now), label_of(key, self.lang)
         note = len(self.notes) + 1
-        self.notes.append(Note(note=note, key=key, label=label_of(key, self.lang), value=value))
+        self.notes.append(Note(note=note, key=key, label=label, value=value))
         return Num(key=key, value=value, text=fmt(key, value), note=note)
 
     def v(self, key: str) -> float | int:
@@ -136,17 +162,21 @@ def _count(v: object) -> float:
     return float(v.count) if hasattr(v, "count") else float(v)  # type: ignore[arg-type]
 
 
-def draft(r: Rollup, *, scope_name: str, now: dt.datetime, lang: str = "zh") -> Draft:
-    """The year-end summary of `r` drafted in `lang` ('zh' or 'en'), judged at `now` (stale sites)."""
-    w = _Writer(r, lang, now)
+def draft(r: Rollup, *, scope_name: str, now: dt.datetime, lang: str = "zh",
+          rules: Sequence[RuleFigures] | None = None) -> Draft:
+    """The year-end summary of `r` drafted in `lang` ('zh' or 'en'), judged at `now` (stale sites).
+    With `rules` (the scope's townships' own rules and their figures, projections.rule_queries),
+    what was achieved and who is overdue are told by those rules; without, by the four rules every
+    township starts with (the rollup's `rules`)."""
+    w = _Writer(r, lang, now, rule_values(rules, lang) if rules is not None else None)
     t = w.t
     pname = period_name(r.period, lang)
     as_of = r.as_of.isoformat()
     sections = [
         Section("basics", t("一、基本情况", "1. The situation"), _basics(w, scope_name, as_of)),
         Section("work", t("二、主要做法", "2. What was done"), _work(w)),
-        Section("results", t("三、取得的成效", "3. What it achieved"), _results(w)),
-        Section("problems", t("四、存在的问题", "4. Problems"), _problems(w, as_of)),
+        Section("results", t("三、取得的成效", "3. What it achieved"), _results(w, rules)),
+        Section("problems", t("四、存在的问题", "4. Problems"), _problems(w, as_of, rules)),
         Section("plans", t("五、下一步打算", "5. Plans for next year"),
                 [Paragraph([t("（请填写下一年度的工作打算。）", "(Write the plans for the next year here.)")])],
                 to_write=True),
@@ -257,8 +287,32 @@ _RULE_WORDS = {"visit": ("每月家访", "a home visit every month"), "call": ("
                "talk": ("每月班主任谈心", "a monthly talk"), "letter": ("每学期给父母写信", "a letter each semester")}
 
 
-def _results(w: _Writer) -> list[Paragraph]:
+def _township_rules(w: _Writer, rules: Sequence[RuleFigures]) -> list[str | Num]:
+    """'规则（适用于…）应做 n，达标 m，达标率 p%' for each township rule that fell due."""
+    t, n = w.t, w.n
+    out: list[str | Num] = [t("规定动作落实情况（按本镇规则）：", "Rules met (the township's own): ")]
+    several = len({f.township for f in rules}) > 1
+    first = True
+    for f in rules:
+        if not f.due:
+            continue
+        name, applies = (f.en, f.applies_en) if w.lang == "en" else (f.zh, f.applies_zh)
+        unit = t("个站点", " sites") if f.target == "site" else t("人次", "")
+        out += [t("；" if not first else "", "; " if not first else ""), f"{f.township} " if several else "",
+                t(f"{name}（{applies}）应做", f"{name} ({applies}): due "), n(rule_key(f, "due")),
+                t(f"{unit}，已达标", f"{unit}, met "), n(rule_key(f, "met")), t(f"{unit}，达标率", " ("),
+                n(rule_key(f, "pct_met")), t("%", "%)")]
+        first = False
+    if first:
+        out.append(t("本期尚无到期的规定动作", "nothing fell due in this period"))
+    out.append(t("。", "."))
+    return out
+
+
+def _results(w: _Writer, township_rules: Sequence[RuleFigures] | None = None) -> list[Paragraph]:
     t, n, r = w.t, w.n, w.r
+    if township_rules is not None:
+        return [Paragraph(_township_rules(w, township_rules)), *_headlines(w)]
     rules: list[str | Num] = [t("规定动作落实情况：", "Rules met: ")]
     first = True
     for rule in ("visit", "call", "talk", "letter"):
@@ -273,7 +327,13 @@ def _results(w: _Writer) -> list[Paragraph]:
     if first:
         rules.append(t("本期尚无到期的规定动作", "nothing fell due in this period"))
     rules.append(t("。", "."))
-    out = [Paragraph(rules)]
+    return [Paragraph(rules), *_headlines(w)]
+
+
+def _headlines(w: _Writer) -> list[Paragraph]:
+    """No safety incident, no child out of school for poverty: the two headline figures."""
+    t, n = w.t, w.n
+    out = []
     if w.v("safety_incidents") == 0:
         out.append(Paragraph([t("在册儿童无一例安全事故发生（安全事故 ", "No safety incident among the children ("),
                               n("safety_incidents"), t(" 起）。", ").")]))
@@ -297,7 +357,29 @@ def _results(w: _Writer) -> list[Paragraph]:
     return out
 
 
-def _problems(w: _Writer, as_of: str) -> list[Paragraph]:
+def _problems(w: _Writer, as_of: str, township_rules: Sequence[RuleFigures] | None = None) -> list[Paragraph]:
+    first = _overdue_by_rules(w, as_of, township_rules) if township_rules is not None else _overdue(w, as_of)
+    return [first, *_waiting(w)]
+
+
+def _overdue_by_rules(w: _Writer, as_of: str, township_rules: Sequence[RuleFigures]) -> Paragraph:
+    t, n = w.t, w.n
+    late = [f for f in township_rules if f.overdue]
+    words: list[str | Num] = [t(f"截至{as_of}，", f"On {as_of}, ")]
+    if not late:
+        words.append(t("本镇规定的各项动作均无逾期。", "nothing is overdue under the township's rules."))
+        return Paragraph(words)
+    words.append(t("按本镇规则仍有逾期未完成的：", "overdue under the township's rules: "))
+    for i, f in enumerate(late):
+        name = f.en if w.lang == "en" else f.zh
+        unit = t("个站点", " sites") if f.target == "site" else t("人", " children")
+        words += [t("；" if i else "", "; " if i else ""), t(f"{name}逾期", f"{name}: "), n(rule_key(f, "overdue")),
+                  unit]
+    words.append(t("。", "."))
+    return Paragraph(words)
+
+
+def _overdue(w: _Writer, as_of: str) -> Paragraph:
     t, n, r = w.t, w.n, w.r
     overdue: list[str | Num] = [t(f"截至{as_of}，仍有", f"On {as_of}, "), n("overdue_children"),
                                 t("名儿童有规定动作逾期未完成", " children are overdue for a rule")]
@@ -309,8 +391,13 @@ def _problems(w: _Writer, as_of: str) -> list[Paragraph]:
             overdue += [t("、" if i else "", ", " if i else ""), t(f"{zh}逾期", f"{en} "), n(f"rules.{rule}.overdue"),
                         t("人", "")]
     overdue.append(t("。", "."))
+    return Paragraph(overdue)
+
+
+def _waiting(w: _Writer) -> list[Paragraph]:
+    """Sites the center has not heard from, conflicts nobody has settled."""
+    t, n = w.t, w.n
     return [
-        Paragraph(overdue),
         Paragraph([n("stale_sites"), t("个站点超过 3 天未与中心同步，这些站点的数字可能还会增加。",
                                        " sites have not synced for over three days: their figures may still grow.")]),
         Paragraph([t("尚有", "Open archive conflicts to settle: "), n("conflicts_open"),

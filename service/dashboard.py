@@ -123,6 +123,7 @@ async def _me(request: Request[Any, Any, Any]) -> tuple[str, dict[str, Any]] | N
 
 
 def _scope(me: dict[str, Any]) -> str | None:
+    """The widest scope the person's figures are read for: a site, a township or (the county) a region."""
     if me.get("role") in ("station", "school"):
         return str(me["site_id"])
     if me.get("role") == "county":
@@ -398,7 +399,11 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
                     figures = None
             _, sites_doc = await api.get("/sites")
         own = _scope(me)
-        if own and own.count(".") < 2:  # township staff and auditors: the township or one of its sites
+        if own and own.count(".") == 0:  # the county: its region (townships and sites by the scope parameter)
+            scopes = [(own, i18n.text("sum.whole_county", lang))]
+            if scope != own:
+                scopes.append((scope, scope))
+        elif own and own.count(".") == 1:  # township staff and auditors: the township or one of its sites
             scopes = [(own, i18n.text("sum.whole_township", lang))] + [
                 (str(x["site_id"]), str(x.get("name") or x["site_id"])) for x in (sites_doc or {}).get("items", [])
                 if x.get("kind") != "township"]

@@ -14,14 +14,20 @@ import asyncpg
 import docx
 
 from projections.summary import SECTIONS
-from tests.api_world import TOWNSHIP, V2, open_api
+from tests.api_world import PASSWORD, TOWNSHIP, V2, open_api
 from tests.test_figures_seed import MARCH, seed_work
 
 _MONEY = {"aid_amount": "aid_amount_fen", "condolence_amount": "condolence_amount_fen"}
 
 
-def expected(rollup: dict[str, Any], key: str, now: dt.datetime) -> float:
-    """A figure's value read straight from the rollup's JSON, by the key's own grammar (not projections.figures)."""
+def expected(rollup: dict[str, Any], key: str, now: dt.datetime, rules: list[dict[str, Any]] | None = None) -> float:
+    """A figure's value read straight from the rollup's JSON (or, for a township's own rule, from GET /rules), by
+    the key's own grammar (not projections.figures)."""
+    if key.startswith("township_rules."):
+        parts = key.split(".")
+        township, rule_id, part = ".".join(parts[1:3]), ".".join(parts[3:-1]), parts[-1]
+        [f] = [f for f in rules or [] if f["township"] == township and f["rule_id"] == rule_id]
+        return float(len(f["overdue"]) if part == "overdue" else f[part])
     if key in _MONEY:
         return float(rollup[_MONEY[key]]) / 100
     if key == "stale_sites":
@@ -81,6 +87,8 @@ async def test_every_number_of_the_draft_is_its_figure(database_url: str, nats_u
         await seed_work(w)
         h = w.headers("township")
         rollup = (await client.get(f"/rollups?{MARCH}", headers=h)).json()
+        rules = (await client.get(f"/rules?{MARCH}", headers=h)).json()
+        assert rules, "every township has rules (its own, or the four it starts with)"
         now = dt.datetime.now(dt.UTC)
         answer = await client.get(f"/summary/draft?{MARCH}", headers=h)
         assert answer.status_code == 200, answer.text
@@ -93,19 +101,32 @@ async def test_every_number_of_the_draft_is_its_figure(database_url: str, nats_u
         for must in ("children_archived", "by_guardianship.grandparents", "by_reason.both_parents_away",
                      "rules.visit.done", "proxy_parent_children", "condolence_households", "aid_amount",
                      "safety_incidents",
-                     "dropped_out_poverty", "overdue_children", "stale_sites", "conflicts_open",
+                     "dropped_out_poverty", "stale_sites", "conflicts_open",
                      "activities_by_kind.safety_lecture", "rights_cases_opened"):
             assert must in keys, must
         for n in nums:
-            assert float(n["value"]) == expected(rollup, n["key"], now), n
-            assert abs(float(n["text"]) - expected(rollup, n["key"], now)) < 0.006, n
+            assert float(n["value"]) == expected(rollup, n["key"], now, rules), n
+            assert abs(float(n["text"]) - expected(rollup, n["key"], now, rules)) < 0.006, n
             assert d["notes"][n["note"] - 1]["key"] == n["key"]
+        # What was met and who is overdue are told by the township's rules (GET /rules), each figure by its key:
+        # nothing fell due in March (the children were registered on 2 March); in the year, months did.
+        year = f"scope={TOWNSHIP}&period=2026"
+        whole = (await client.get(f"/summary/draft?{year}", headers=h)).json()
+        year_rollup = (await client.get(f"/rollups?{year}", headers=h)).json()
+        year_rules = (await client.get(f"/rules?{year}", headers=h)).json()
+        year_nums = [p for s in whole["sections"] for para in s["paragraphs"] for p in para["parts"]
+                     if isinstance(p, dict)]
+        ruled = [n for n in year_nums if n["key"].startswith(f"township_rules.{TOWNSHIP}.")]
+        assert {n["key"].rsplit(".", 1)[1] for n in ruled} >= {"due", "met", "pct_met", "overdue"}, ruled
+        for n in year_nums:
+            assert float(n["value"]) == expected(year_rollup, n["key"], now, year_rules), n
         by_key = {n["key"]: n for n in nums}
         assert by_key["proxy_parent_children"]["value"] == 2 and by_key["condolence_households"]["value"] == 4
         assert by_key["dropped_out_poverty"]["value"] == 1 and by_key["aid_amount"]["text"] == "0.00"
         words = "".join(p for s in d["sections"] for para in s["paragraphs"] for p in para["parts"]
                         if isinstance(p, str))
-        for label in (d["as_of"], "3 天", "1—3年级", "4—6年级", "7—9年级"):  # a date, the rule of 'stale', grade bands
+        names = [x for f in rules for x in (f["zh"], f["applies_zh"])]  # the township's words for its rules
+        for label in (d["as_of"], "3 天", "1—3年级", "4—6年级", "7—9年级", *names):  # a date, 'stale', grade bands
             words = words.replace(label, "")
         assert not re.search(r"[0-9]", words), words
 
@@ -117,7 +138,8 @@ async def test_every_number_of_the_draft_is_its_figure(database_url: str, nats_u
             parser.feed(page.text)
             assert [f[0] for f in parser.found] == [n["key"] for n in nums], path
             for key, value, text in parser.found:
-                assert float(value) == expected(rollup, key, now) and float(text) == float(by_key[key]["text"]), key
+                assert float(value) == expected(rollup, key, now, rules), key
+                assert float(text) == float(by_key[key]["text"]), key
             proxy_label = d["notes"][by_key["proxy_parent_children"]["note"] - 1]["label"]
             assert f'title="proxy_parent_children · {proxy_label}"' in page.text
         # The figures table under the draft is the catalogue's (the same labels as the exports).
@@ -137,7 +159,7 @@ async def test_every_number_of_the_draft_is_its_figure(database_url: str, nats_u
                 if m and run.font.superscript:
                     marks += 1
                     key = notes[int(m[1])]
-                    assert abs(float(runs[i - 1].text) - expected(rollup, key, now)) < 0.006, key
+                    assert abs(float(runs[i - 1].text) - expected(rollup, key, now, rules)) < 0.006, key
         assert marks == len(nums)
         headings = [p.text for p in document.paragraphs if p.style is not None and p.style.name == "Heading 1"]
         assert headings[:5] == [s["title"] for s in d["sections"]]
@@ -163,3 +185,31 @@ async def test_the_summary_opens_on_the_latest_school_year_with_work(database_ur
         client.cookies.set("sw_token", w.tokens["station2"])
         mine = (await client.get("/ui/summary")).text
         assert f'data-scope="{V2}"' in mine and 'data-period="2025-SY"' in mine
+
+
+async def test_a_county_drafts_the_summary_of_its_region(database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:
+    """A county user's summary page opens on its region (both of the world's townships, side by side in one
+    draft), every number its region's figure; the region's rules are told township by township; another
+    region is not found."""
+    from service.api import auth
+
+    async with open_api(database_url, nats_url, pool) as (client, _):
+        await auth.add_user(pool, "county1", "county", PASSWORD, region="gx-lp")
+        token = (await auth.issue_token(pool, "county1", hours=1)).token
+        h = {"Authorization": f"Bearer {token}"}
+        region = "scope=gx-lp&period=2026"
+        d = (await client.get(f"/summary/draft?{region}", headers=h)).json()
+        rollup = (await client.get(f"/rollups?{region}", headers=h)).json()
+        rules = (await client.get(f"/rules?{region}", headers=h)).json()
+        assert rollup["children_archived"] == 3  # two in gx-lp.xy, one in gx-lp.zz
+        nums = [p for s in d["sections"] for para in s["paragraphs"] for p in para["parts"] if isinstance(p, dict)]
+        now = dt.datetime.now(dt.UTC)
+        for n in nums:
+            assert float(n["value"]) == expected(rollup, n["key"], now, rules), n
+        assert {f["township"] for f in rules} == {"gx-lp.xy", "gx-lp.zz"}  # every township's rules are asked
+        fell_due = {f["township"].split(".")[1] for f in rules if f["due"] or f["overdue"]}
+        assert {n["key"].split(".")[2] for n in nums if n["key"].startswith("township_rules.")} == fell_due == {"xy"}
+        assert (await client.get("/summary/draft?scope=gx-zz&period=2026", headers=h)).status_code == 404
+        client.cookies.set("sw_token", token)
+        page = (await client.get("/ui/summary")).text
+        assert 'data-scope="gx-lp"' in page and 'data-period="2025-SY"' in page

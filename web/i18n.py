@@ -166,6 +166,7 @@ _T: dict[str, tuple[str, str]] = {
     # the drafted year-end summary (service/dashboard.py summary, dash/summary*.html)
     "sum.scope": ("范围", "Scope"),
     "sum.whole_township": ("全镇", "the whole township"),
+    "sum.whole_county": ("全县（各乡镇合计）", "the whole county (every township)"),
     "sum.word": ("下载 Word 文档（可修改后上报）", "Word document (edit, then submit)"),
     "sum.print": ("打印版", "Print view"),
     "sum.hint": ("以下总结由系统根据记录起草。鼠标停在数字上可看到它来自哪个指标，文末注释列出每个数字的来源。",

@@ -18,7 +18,7 @@ from litestar.params import Parameter
 
 from events.localtime import local_today
 from projections import followups as pf
-from projections import queries
+from projections import queries, rule_queries
 from projections.summary import Draft, draft
 from service.api.rollups import EndQuery, LangQuery, PeriodQuery, ScopeQuery, StartQuery, caller_rollup, check_scope
 from service.api.scoping import LISTERS, allow, caller_of
@@ -58,8 +58,12 @@ async def scope_name(pool: asyncpg.Pool, scope: str) -> str:
 async def caller_draft(request: Request[Any, Any, Any], scope: str, period: str | None, start: dt.date | None,
                        end: dt.date | None, lang: str) -> Draft:
     r = await caller_rollup(request, scope, period, start, end)
-    return draft(r, scope_name=await scope_name(request.app.state.pool, scope), now=dt.datetime.now(dt.UTC),
-                 lang=lang)
+    pool = request.app.state.pool
+    # The townships' own rules (GET /rules) tell what was met and who is overdue, judged on the
+    # rollup's day; the rollup's four default rules only where a township has none of its own.
+    rules = await rule_queries.rule_figures_live(pool, scope, pf.Period(r.period, r.start, r.end), r.as_of)
+    return draft(r, scope_name=await scope_name(pool, scope), now=dt.datetime.now(dt.UTC), lang=lang,
+                 rules=rules or None)
 
 
 class SummaryController(Controller):
