@@ -131,14 +131,16 @@ def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], 
     @get("/", include_in_schema=False)
     async def children(request: Request[Any, Any, Any]) -> Response[str]:
         today = dt.date.today()
+        lang = lang_of(request)
 
         def rows() -> list[dict[str, Any]]:
             listed = archives.listed()
+            late = archives.rule_overdue(config.site_id, str(config.kind), today)
             return [{
                 "child_id": a.child_id, "name": a.name, "sex": a.sex, "grade": a.grade, "open": a.open,
                 "guardianship": a.guardian.type if a.guardian else None,
                 "resident_id_masked": mask_resident_id(a.resident_id),
-                "overdue": [o.rule for o in archives.overdue_of(a, today)],
+                "overdue": [f.en if lang == "en" else f.zh for f, _ in late.get(a.child_id, [])],
             } for a in sorted(listed, key=lambda a: (a.name or "", a.child_id))]
 
         return page(request, "station/children.html", children=await asyncio.to_thread(rows),
@@ -147,10 +149,14 @@ def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], 
     @get("/overdue", include_in_schema=False)
     async def overdue(request: Request[Any, Any, Any]) -> Response[str]:
         today = dt.date.today()
+        lang = lang_of(request)
         listed = await asyncio.to_thread(archives.listed)
-        # followups.overdue_list over every site (scope ""), each child's rules kept for the day
-        items = sorted((o for a in listed if a.sites for o in archives.overdue_of(a, today)),
-                       key=lambda o: (-o.days_overdue, o.rule, o.child_id))
+        # the township's rules in force (projections.rules), kept until the log changes
+        late = await asyncio.to_thread(archives.rule_overdue, config.site_id, str(config.kind), today)
+        items: list[dict[str, Any]] = sorted(
+            ({"child_id": child, "rule": f.rule_id, "label": f.en if lang == "en" else f.zh,
+              "days_overdue": o.days_overdue} for child, found in late.items() for f, o in found),
+            key=lambda o: (-o["days_overdue"], o["rule"], o["child_id"]))
         names = {a.child_id: a.name or a.child_id for a in listed}
         return page(request, "station/overdue.html", overdue=items, names=names,
                     **await asyncio.to_thread(common, request))

@@ -31,7 +31,6 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.handlers import HTTPRouteHandler
 
 from projections import rules
-from projections.followups import month_of
 from sync_agent.config import SiteConfig
 from sync_agent.door import form_csrf_ok, identity_of
 from sync_agent.locallog import LocalLog, LocalLogError
@@ -45,7 +44,7 @@ from sync_agent.roster_import import (
     import_roster,
     template_bytes,
 )
-from sync_agent.view import station_archives
+from sync_agent.view import StationArchives, station_archives
 from web import i18n, lang_of, page
 from web.security import CSRF_FIELD
 
@@ -53,18 +52,17 @@ WEEK_DAYS = 7
 TEMPLATE_NAME = "儿童花名册模板.xlsx"
 
 
-def this_week(inputs: rules.Inputs, site: str, kind: str, today: dt.date, lang: str = i18n.DEFAULT_LANG
+def this_week(archives: StationArchives, site: str, kind: str, today: dt.date, lang: str = i18n.DEFAULT_LANG
               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(overdue, due within WEEK_DAYS) rows by child rule of the township's rules in force
-    (projections.rules): overdue on `today`; due this week is what will be overdue `WEEK_DAYS`
-    days later and is not yet."""
-    sites = {site: rules.SiteInfo(kind)}
+    (projections.rules, `StationArchives.rule_overdue`): overdue on `today`; due this week is what
+    will be overdue `WEEK_DAYS` days later and is not yet."""
+    names = {a.child_id: a.name or "" for a in archives.rule_inputs(site, kind).archives}
 
     def late(day: dt.date) -> dict[tuple[str, str], tuple[rules.RuleFigures, rules.OverdueEntry]]:
-        figures = rules.rule_figures(inputs.book, inputs.archives, inputs.work, sites, site, month_of(day), day)
-        return {(f.rule_id, o.subject): (f, o) for f in figures if f.target == "child" for o in f.overdue}
+        return {(f.rule_id, child): (f, o) for child, found in archives.rule_overdue(site, kind, day).items()
+                for f, o in found}
 
-    names = {a.child_id: a.name or "" for a in inputs.archives}
     now, then = late(today), late(today + dt.timedelta(days=WEEK_DAYS))
     overdue = [_row(names, f, o, today, lang) for f, o in now.values()]
     due = [_row(names, f, o, today, lang) for key, (f, o) in then.items() if key not in now]
@@ -150,8 +148,7 @@ def roster_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], N
     @get("/this-week", include_in_schema=False)
     async def week(request: Request[Any, Any, Any]) -> Response[str]:
         today = _day(request.query_params.get("day"), dt.date.today())
-        inputs = await asyncio.to_thread(archives.rule_inputs, config.site_id, str(config.kind))
-        overdue, due = await asyncio.to_thread(this_week, inputs, config.site_id, str(config.kind), today,
+        overdue, due = await asyncio.to_thread(this_week, archives, config.site_id, str(config.kind), today,
                                                lang_of(request))
         return page(request, "station/this_week.html", overdue=overdue, due=due, today=today,
                     until=today + dt.timedelta(days=WEEK_DAYS - 1), **await asyncio.to_thread(common, request))

@@ -91,6 +91,7 @@ class StationArchives:
         self._overdue: dict[str, tuple[dt.date, archive.ChildArchive, list[followups.Overdue]]] = {}
         self.rebuilt = 0  # children rebuilt since the process started (what the tests count)
         self._rules: tuple[tuple[int, int] | None, str, rules.Inputs] | None = None
+        self._late: dict[tuple[str, dt.date], tuple[rules.Inputs, list[rules.RuleFigures]]] = {}
 
     def _refresh(self) -> None:
         mark = self.log.change_mark()  # before the counts: a commit in between is seen next time
@@ -150,6 +151,31 @@ class StationArchives:
         with self._lock:
             self._rules = (mark, site, inputs)
         return inputs
+
+    def rule_figures(self, site: str, kind: str, day: dt.date) -> list[rules.RuleFigures]:
+        """The township's rules in force judged on `day` for this site's children (projections.rules:
+        who is overdue on `day`), kept until the log changes."""
+        inputs = self.rule_inputs(site, kind)
+        kept = self._late.get((site, day))
+        if kept is not None and kept[0] is inputs:
+            return kept[1]
+        out = rules.rule_figures(inputs.book, inputs.archives, inputs.work, {site: rules.SiteInfo(kind)}, site,
+                                 followups.month_of(day), day)
+        with self._lock:
+            if len(self._late) > 16:
+                self._late.clear()
+            self._late[(site, day)] = (inputs, out)
+        return out
+
+    def rule_overdue(self, site: str, kind: str, day: dt.date
+                     ) -> dict[str, list[tuple[rules.RuleFigures, rules.OverdueEntry]]]:
+        """Child id -> (rule, its overdue entry) for each child rule the child is overdue for on `day`."""
+        out: dict[str, list[tuple[rules.RuleFigures, rules.OverdueEntry]]] = {}
+        for f in self.rule_figures(site, kind, day):
+            if f.target == "child":
+                for o in f.overdue:
+                    out.setdefault(o.subject, []).append((f, o))
+        return out
 
     def overdue_of(self, a: archive.ChildArchive, today: dt.date) -> list[followups.Overdue]:
         """`followups.overdue_of`, kept per child for the day until the child's archive changes."""

@@ -35,7 +35,7 @@ def test_a_retired_rule_leaves_this_week_and_a_fanned_out_rule_counts(tmp_path: 
              "partner_name": "云晓", "occurred_at": "2026-01-05T10:00:00+08:00"}), default_actor="director-07")
         archives = station_archives(log)
         day = dt.date(2026, 4, 10)
-        overdue, _ = this_week(archives.rule_inputs(SITE, "village"), SITE, "village", day)
+        overdue, _ = this_week(archives, SITE, "village", day)
         # due by 28 February (January's registration month not due): 41 days overdue on 10 April
         assert {(r["rule"], r["days_overdue"]) for r in overdue} >= {("proxy_visit", 41), ("proxy_call", 41)}
         assert all(r["label"] for r in overdue)
@@ -44,5 +44,5 @@ def test_a_retired_rule_leaves_this_week_and_a_fanned_out_rule_counts(tmp_path: 
                                                      effective_from=dt.date(2026, 4, 1)),
                                dt.datetime(2026, 3, 30, 2, tzinfo=dt.UTC))
         log.apply_inbound([(retired.event, encode_event(retired.event))])
-        overdue, _ = this_week(archives.rule_inputs(SITE, "village"), SITE, "village", day)
+        overdue, _ = this_week(archives, SITE, "village", day)
         assert {r["rule"] for r in overdue} == {"proxy_call"}
