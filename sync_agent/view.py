@@ -67,6 +67,18 @@ def child_record(child_id: str, events: Iterable[Event]) -> ChildRecord:
     return ChildRecord(view, ordered, archive.timeline(entries), corrections)
 
 
+def child_work(events: Iterable[Event]) -> list[rules.Work]:
+    """The child's work as the follow-up rules count it (after corrections), with its registrations
+    and transfers (projections.rules.work_of)."""
+    entries = [archive.entry_of(e, c) for e in events if (c := care_of(e)) is not None]
+    out = []
+    for x in archive.effective(entries)[0]:
+        w = rules.work_of(x.care, x.counts_as, x.entry.site_id, x.occurred_at)
+        if w is not None:
+            out.append(w)
+    return out
+
+
 class StationArchives:
     """Every child's archive at this station (`build_view` of its events), kept in the serving
     process and rebuilt only for the children whose events changed since the last look.
@@ -88,10 +100,11 @@ class StationArchives:
         self._views: dict[str, archive.ChildArchive] = {}
         self._shared: dict[str, frozenset[str]] = {}  # child -> its events that name other children too
         self._listed: list[archive.ChildArchive] = []
-        self._overdue: dict[str, tuple[dt.date, archive.ChildArchive, list[followups.Overdue]]] = {}
         self.rebuilt = 0  # children rebuilt since the process started (what the tests count)
         self._rules: tuple[tuple[int, int] | None, str, rules.Inputs] | None = None
         self._late: dict[tuple[str, dt.date], tuple[rules.Inputs, list[rules.RuleFigures]]] = {}
+        self._work: dict[str, list[rules.Work]] = {}  # child -> its work as it counts (projections.rules)
+        self._work_stale: set[str] = set()  # children rebuilt since their work was last read
 
     def _refresh(self) -> None:
         mark = self.log.change_mark()  # before the counts: a commit in between is seen next time
@@ -113,8 +126,8 @@ class StationArchives:
                 queue += [o for e in events if len(e.children) > 1 and e.event_id not in known
                           for o in e.children if o not in done]
             self._views[cid] = build_view(cid, events)
+            self._work_stale.add(cid)
             self._shared[cid] = shared
-            self._overdue.pop(cid, None)
             self.rebuilt += 1
         if done:
             self._listed = [v for _, v in sorted(self._views.items()) if v.registered and v.merged_into is None]
@@ -134,8 +147,9 @@ class StationArchives:
             return list(self._listed)
 
     def rule_inputs(self, site: str, kind: str) -> rules.Inputs:
-        """What the follow-up rules need (projections.rules): every event of the site's children,
-        and the township's rules and calendars it holds, kept until the log changes."""
+        """What the follow-up rules need (projections.rules): the cached archives, the work of the
+        site's children (read again only for the children rebuilt since), and the township's rules
+        and calendars it holds (after corrections); kept until the log changes."""
         with self._lock:
             self._refresh()
             mark = self._mark
@@ -143,11 +157,23 @@ class StationArchives:
             if kept is not None and kept[0] == mark and kept[1] == site:
                 return kept[2]
             children = list(self._views)
-        events: dict[str, Event] = {}
+            views = list(self._views.values())
+            for cid in sorted(self._work_stale):  # only the children rebuilt since: a change costs what it touched
+                self._work[cid] = child_work(self.log.child_events(cid))
+            self._work_stale.clear()
+            known = {cid: self._work.get(cid, []) for cid in children}
+        work: dict[str, rules.Work] = {}
         for cid in children:
-            events.update((e.event_id, e) for e in self.log.child_events(cid))
-        events.update((e.event_id, e) for e in self.log.rule_events())
-        inputs = rules.inputs_from(((e, care_of(e)) for e in events.values()), {site: rules.SiteInfo(kind)})
+            for w in known[cid]:
+                if w.type == "ChildRegistered" and w.site_id == site and kind in ("village", "school") \
+                        and kind not in w.roles:  # the site registered a child for itself
+                    w = msgspec.structs.replace(w, roles={**w.roles, kind: site})
+                work.setdefault(w.event_id, w)
+        book = rules.RuleBook()
+        entries = [archive.entry_of(e, c) for e in self.log.rule_events() if (c := care_of(e)) is not None]
+        for x in archive.effective(entries)[0]:
+            book.add(x.care, x.counts_as, x.occurred_at)
+        inputs = rules.Inputs(archives=views, book=book, work=list(work.values()))
         with self._lock:
             self._rules = (mark, site, inputs)
         return inputs
@@ -175,15 +201,6 @@ class StationArchives:
             if f.target == "child":
                 for o in f.overdue:
                     out.setdefault(o.subject, []).append((f, o))
-        return out
-
-    def overdue_of(self, a: archive.ChildArchive, today: dt.date) -> list[followups.Overdue]:
-        """`followups.overdue_of`, kept per child for the day until the child's archive changes."""
-        kept = self._overdue.get(a.child_id)
-        if kept is not None and kept[0] == today and kept[1] is a:
-            return kept[2]
-        out = followups.overdue_of(a, today)
-        self._overdue[a.child_id] = (today, a, out)
         return out
 
 

@@ -46,3 +46,44 @@ def test_a_retired_rule_leaves_this_week_and_a_fanned_out_rule_counts(tmp_path: 
         log.apply_inbound([(retired.event, encode_event(retired.event))])
         overdue, _ = this_week(archives, SITE, "village", day)
         assert {r["rule"] for r in overdue} == {"proxy_call"}
+
+
+def test_the_stations_rules_are_the_pure_evaluation_of_its_events(tmp_path: Path) -> None:
+    """The station's cached inputs (archives kept, work read again only for changed children) give
+    the figures `projections.rules.inputs_from` gives over the same events, before and after a
+    change and a correction."""
+    from projections import rules
+    from projections.followups import month_of
+    from sync_agent.view import station_archives as cache_of
+
+    with LocalLog(tmp_path / "log.sqlite", SITE) as log:
+        log.record(_drafts(*[
+            {"type": "ChildRegistered", "child_id": f"c-{i:032x}", "name": "林小溪", "sex": "female",
+             "birth_date": "2016-05-17", "household_village": "青石村", "reasons": ["both_parents_away"],
+             "guardian": {"type": "grandparents"}, "grade": 3, "occurred_at": "2026-01-05T09:00:00+08:00"}
+            for i in range(1, 4)],
+            {"type": "PairingStarted", "child_id": f"c-{1:032x}", "pairing_id": "p-" + "e" * 32,
+             "partner_kind": "proxy_parent", "partner_name": "云晓", "occurred_at": "2026-01-05T10:00:00+08:00"},
+            {"type": "HomeVisitMade", "child_id": f"c-{1:032x}", "visitor": "云晓",
+             "occurred_at": "2026-03-05T10:00:00+08:00"}), default_actor="director-07")
+        cache = cache_of(log)
+        sites = {SITE: rules.SiteInfo("village")}
+        day = dt.date(2026, 6, 10)
+
+        def both() -> tuple[object, object]:
+            mine = cache.rule_figures(SITE, "village", day)
+            events = {e.event_id: e for cid in log.children() for e in log.child_events(cid)}
+            from events.envelope import care_of
+            pure = rules.inputs_from(((e, care_of(e)) for e in events.values()), sites)
+            return mine, rules.rule_figures(pure.book, pure.archives, pure.work, sites, SITE, month_of(day), day)
+
+        mine, pure = both()
+        assert mine == pure and any(f.overdue for f in mine)
+        visit = next(e for e in log.own_events() if e.type == "HomeVisitMade")
+        log.record(_drafts({"type": "HomeVisitMade", "child_id": f"c-{1:032x}", "visitor": "云晓",
+                            "occurred_at": "2026-05-05T10:00:00+08:00"},
+                           {"type": "EventCorrected", "corrected_event_id": visit.event_id, "reason": "没有去",
+                            "child_ids": [f"c-{1:032x}"], "occurred_at": "2026-05-06T10:00:00+08:00"}),
+                   default_actor="director-07")
+        mine, pure = both()
+        assert mine == pure
