@@ -12,11 +12,12 @@ import asyncpg
 import msgspec
 
 from events.localtime import day_start, local_day, local_today
-from projections import tables
+from projections import daily, tables
 from projections.archive import ChildArchive, TimelineItem, decode_archive
+from projections.daily import WorkRow
 from projections.facts import Fact, township_of
 from projections.followups import MonthCheck, Overdue, Period, month_checks, overdue_list, parse_period
-from projections.rollups import Freshness, Rollup, compute
+from projections.rollups import Freshness, Rollup, compute_from_rows
 from projections.runner import NAME as CHECKPOINT
 from store.conn import Conn
 
@@ -167,17 +168,36 @@ async def rollup_inputs(pool: asyncpg.Pool, scope: str, period: Period, children
     """The archives and facts a rollup of `scope` needs, read through indexes on the scope, so the
     cost follows the township's size, not the store's: its children (`children`, if already in
     hand), its work in the period, and the stubs of children merged away that this work names
-    (to count each child once)."""
+    (to count each child once). The reference the daily rows are checked against
+    (tests/test_projections_daily.py); the live figures read :func:`rollup_work`."""
     facts = await facts_in(pool, scope, period.start, period.end)
     async with pool.acquire() as conn:
         kids, ids = children if children is not None else await _scope_children(conn, scope)
         # Children the work names that are not the scope's own: stubs of merged children (others
         # belong to other scopes and are not counted; compute() leaves them out either way).
-        named = sorted({c for f in facts for c in f.children} - ids)
-        stubs = [decode_archive(r["view"]) for r in await conn.fetch(
-            f"""SELECT view FROM {tables.SCHEMA}.archive
-                 WHERE child_id = ANY($1::text[]) AND root_id <> child_id""", named)] if named else []
+        stubs = await _stubs(conn, {c for f in facts for c in f.children} - ids)
     return [*kids, *stubs], facts
+
+
+async def _stubs(conn: Conn, named: set[str]) -> list[ChildArchive]:
+    """The archives of the children among `named` that are merged into another (they name it)."""
+    if not named:
+        return []
+    return [decode_archive(r["view"]) for r in await conn.fetch(
+        f"""SELECT view FROM {tables.SCHEMA}.archive
+             WHERE child_id = ANY($1::text[]) AND root_id <> child_id""", sorted(named))]
+
+
+async def rollup_work(pool: asyncpg.Pool, scope: str, period: Period, children: ScopeChildren | None = None
+                      ) -> tuple[list[ChildArchive], list[WorkRow]]:
+    """What a rollup of `scope` reads live: its children (`children`, if already in hand), its
+    work in the period summed from the daily rows (`projections.daily`: a few rows per site and
+    day, whatever the range), and the stubs of merged children the work names."""
+    async with pool.acquire() as conn:
+        work = await daily.work_rows(conn, tables.SCHEMA, scope, period.start, period.end)
+        kids, ids = children if children is not None else await _scope_children(conn, scope)
+        stubs = await _stubs(conn, {c for r in work for c in r.children} - ids)
+    return [*kids, *stubs], work
 
 
 async def rollup_figures(pool: asyncpg.Pool, scope: str, period: str | Period, today: dt.date | None = None, *,
@@ -185,8 +205,8 @@ async def rollup_figures(pool: asyncpg.Pool, scope: str, period: str | Period, t
     """Every township figure for `scope` and `period` from the live read models, judged on `today`,
     without the freshness (which moves with ingest, not with the read models: see :func:`rollup`)."""
     p = parse_period(period) if isinstance(period, str) else period
-    kids, facts = await rollup_inputs(pool, scope, p, children)
-    return compute(scope, p, kids, facts, today=today or local_today())
+    kids, work = await rollup_work(pool, scope, p, children)
+    return compute_from_rows(scope, p, kids, work, today=today or local_today())
 
 
 def with_freshness(figures: Rollup, heads: Heads) -> Rollup:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import asyncpg
 import msgspec
 
-from projections import tables
+from projections import daily, tables
 from projections.archive import (
     ArchiveBook,
     ChildArchive,
@@ -154,6 +154,7 @@ async def _fill(pool: asyncpg.Pool, schema: str, *, page: int, progress: Progres
                                              records=[tables.edge_row(e) for e in edges])
             # Room to sort a big log's keys in memory (the default 64MB spills a million facts to disk).
             await conn.execute(f"SET LOCAL maintenance_work_mem = '{INDEX_MEMORY}'")
+            await daily.refresh(conn, schema, None)  # every day's sums, by the runner's own aggregate
             await conn.execute("SELECT shouwang_projection_keys($1)", schema)
             await write_checkpoint(conn, schema, cp)
             await write_fold_version(conn, schema)

@@ -12,12 +12,13 @@ child belongs to.
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 import msgspec
 
-from events.localtime import local_day
 from projections.archive import PROXY_KINDS, ChildArchive
+from projections.daily import WorkRow, rows_of_facts
 from projections.facts import Fact, in_scope
 from projections.followups import MONTHLY_RULES, Period, letters_in, month_checks, overdue_of, semesters_in
 
@@ -126,16 +127,55 @@ def _band(grade: int | None) -> str:
     return "other"
 
 
+class _Totals:
+    """The sums a rollup's work figures read, by kind (and source or detail where a figure splits)."""
+
+    def __init__(self, rows: Iterable[WorkRow]) -> None:
+        self.facts: Counter[str] = Counter()
+        self.amount: Counter[str] = Counter()
+        self.count: Counter[str] = Counter()
+        self.amount_by_source: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.by_detail: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.children: dict[str, set[str]] = {}
+        self.children_by_detail: dict[tuple[str, str], set[str]] = {}
+        for r in rows:
+            self.facts[r.kind] += r.facts
+            self.amount[r.kind] += r.amount_fen
+            self.count[r.kind] += r.count
+            self.amount_by_source[r.kind][r.source or "unknown"] += r.amount_fen
+            self.by_detail[r.kind][r.detail] += r.facts
+            if r.children:
+                self.children.setdefault(r.kind, set()).update(r.children)
+                self.children_by_detail.setdefault((r.kind, r.detail), set()).update(r.children)
+
+    def by_detail_or(self, kind: str, missing: str) -> dict[str, int]:
+        out: Counter[str] = Counter()
+        for detail, n in self.by_detail[kind].items():
+            out[detail or missing] += n
+        return dict(out)
+
+
 def compute(
     scope: str, period: Period, archives: Iterable[ChildArchive], facts: Iterable[Fact], *,
     today: dt.date | None = None, freshness: Iterable[Freshness] = (),
 ) -> Rollup:
     """Every figure for `scope` and `period` from archives (children) and facts (work)."""
+    return compute_from_rows(scope, period, archives, rows_of_facts(facts, scope, period.start, period.end),
+                             today=today, freshness=freshness)
+
+
+def compute_from_rows(
+    scope: str, period: Period, archives: Iterable[ChildArchive], work: Iterable[WorkRow], *,
+    today: dt.date | None = None, freshness: Iterable[Freshness] = (),
+) -> Rollup:
+    """Every figure for `scope` and `period` from archives (children) and the scope's work in the
+    period summed by kind, source and detail (`projections.daily`: from the daily rows, or from
+    facts one by one; the same sums give the same figures)."""
     as_of = min(period.last_day, today) if today is not None else period.last_day
     archives = list(archives)
     root = {a.child_id: a.merged_into for a in archives if a.merged_into is not None}
     kids = [a for a in archives if a.merged_into is None and a.registered and any(in_scope(s, scope) for s in a.sites)]
-    work = [f for f in facts if in_scope(f.site_id, scope) and period.contains(local_day(f.occurred_at))]
+    totals = _Totals(work)
 
     archived = [a for a in kids if a.open_on(as_of)]
     n = len(archived)
@@ -178,7 +218,7 @@ def compute(
     for rule in MONTHLY_RULES:
         due = [m for m in checks if m.due]
         met = sum(1 for m in due if getattr(m, f"{rule}_met"))
-        rules[rule] = RuleFigure(done=sum(1 for f in work if f.kind == rule), due=len(due), met=met,
+        rules[rule] = RuleFigure(done=totals.facts[rule], due=len(due), met=met,
                                  pct_met=share(met, len(due)).pct, overdue=len(overdue_by_rule.get(rule, ())))
     sem_due = sem_met = 0
     for sem in semesters_in(period):
@@ -188,24 +228,14 @@ def compute(
             if a.open_on(sem.start):
                 sem_due += 1
                 sem_met += letters_in(a, sem) > 0
-    rules["letter"] = RuleFigure(done=sum(1 for f in work if f.kind == "letter"), due=sem_due, met=sem_met,
+    rules["letter"] = RuleFigure(done=totals.facts["letter"], due=sem_due, met=sem_met,
                                  pct_met=share(sem_met, sem_due).pct, overdue=len(overdue_by_rule.get("letter", ())))
 
-    def of(kind: str) -> list[Fact]:
-        return [f for f in work if f.kind == kind]
+    t = totals
 
-    aid, cond, acts = of("aid"), of("condolence"), of("activity")
-    aid_by_source: dict[str, int] = {}
-    for f in aid:
-        aid_by_source[f.source or "unknown"] = aid_by_source.get(f.source or "unknown", 0) + f.amount_fen
-    acts_by_kind: dict[str, int] = {}
-    for f in acts:
-        acts_by_kind[f.detail or "other"] = acts_by_kind.get(f.detail or "other", 0) + 1
-    incidents = of("incident")
-    by_severity: dict[str, int] = {}
-    for f in incidents:
-        by_severity[f.detail or "unknown"] = by_severity.get(f.detail or "unknown", 0) + 1
-    started = of("pairing_started")
+    def children_of(kind: str) -> int:
+        return len({root.get(c, c) for c in t.children.get(kind, ())})
+
     closed_by_reason: dict[str, int] = {}
     dropped_reasons: dict[str, int] = {}
     dropped = 0
@@ -218,7 +248,7 @@ def compute(
             for r in a.reasons:
                 dropped_reasons[r] = dropped_reasons.get(r, 0) + 1
     by_id = {a.child_id: a for a in archives}
-    households = {household_of(by_id.get(root.get(c, c)), root.get(c, c)) for f in cond for c in f.children}
+    households = {household_of(by_id.get(root.get(c, c)), root.get(c, c)) for c in t.children.get("condolence", ())}
     return Rollup(
         scope=scope, period=period.label, start=period.start, end=period.end, as_of=as_of,
         children_archived=n,
@@ -232,36 +262,37 @@ def compute(
         children_paired=share(paired, n),
         paired_by=dict(sorted(paired_by.items())),
         proxy_parents_matched=proxies,
-        proxy_parents_new=sum(1 for f in started if f.detail in PROXY_KINDS),
-        pairings_started=len(started),
-        pairings_ended=len(of("pairing_ended")),
+        proxy_parents_new=sum(t.by_detail["pairing_started"].get(k, 0) for k in PROXY_KINDS),
+        pairings_started=t.facts["pairing_started"],
+        pairings_ended=t.facts["pairing_ended"],
         rules=rules,
         overdue_children=len(overdue_any),
-        aid_children=len({root.get(c, c) for f in aid for c in f.children}),
-        aid_events=len(aid),
-        aid_amount_fen=sum(f.amount_fen for f in aid),
-        aid_by_source=dict(sorted(aid_by_source.items())),
-        condolence_visits=len(cond),
-        condolence_children=len({root.get(c, c) for f in cond for c in f.children}),
-        condolence_amount_fen=sum(f.amount_fen for f in cond),
-        activities=len(acts),
-        activities_by_kind=dict(sorted(acts_by_kind.items())),
-        activity_participants=sum(f.count for f in acts),
-        activity_children=len({root.get(c, c) for f in acts for c in f.children}),
-        tutoring_sessions=len(of("tutoring")),
-        counselling_sessions=len(of("counselling")),
-        guardian_trainings=len(of("guardian_training")),
-        guardians_trained=sum(f.count for f in of("guardian_training")),
-        meetings=len(of("meeting")),
-        meeting_attendees=sum(f.count for f in of("meeting")),
-        safety_incidents=len(incidents),
-        incidents_by_severity=dict(sorted(by_severity.items())),
-        rights_cases_opened=len(of("case_opened")),
-        rights_cases_closed=len(of("case_closed")),
+        aid_children=children_of("aid"),
+        aid_events=t.facts["aid"],
+        aid_amount_fen=t.amount["aid"],
+        aid_by_source=dict(sorted(t.amount_by_source["aid"].items())),
+        condolence_visits=t.facts["condolence"],
+        condolence_children=children_of("condolence"),
+        condolence_amount_fen=t.amount["condolence"],
+        activities=t.facts["activity"],
+        activities_by_kind=dict(sorted(t.by_detail_or("activity", "other").items())),
+        activity_participants=t.count["activity"],
+        activity_children=children_of("activity"),
+        tutoring_sessions=t.facts["tutoring"],
+        counselling_sessions=t.facts["counselling"],
+        guardian_trainings=t.facts["guardian_training"],
+        guardians_trained=t.count["guardian_training"],
+        meetings=t.facts["meeting"],
+        meeting_attendees=t.count["meeting"],
+        safety_incidents=t.facts["incident"],
+        incidents_by_severity=dict(sorted(t.by_detail_or("incident", "unknown").items())),
+        rights_cases_opened=t.facts["case_opened"],
+        rights_cases_closed=t.facts["case_closed"],
         rights_cases_open=open_cases,
         freshness=sorted((f for f in freshness if in_scope(f.site_id, scope)), key=lambda f: f.site_id),
         proxy_parent_children=share(proxy_kids, n),
-        proxy_parent_children_new=len({root.get(c, c) for f in started if f.detail in PROXY_KINDS for c in f.children}),
+        proxy_parent_children_new=len({root.get(c, c) for k in PROXY_KINDS
+                                       for c in t.children_by_detail.get(("pairing_started", k), ())}),
         closed_by_reason=dict(sorted(closed_by_reason.items())),
         dropped_out=dropped,
         dropped_out_by_reason=dict(sorted(dropped_reasons.items())),

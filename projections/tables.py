@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from projections import daily
 from projections.archive import ChildArchive, MergeEdge, encode_archive
 from projections.facts import Fact, township_of
 from store.conn import Conn
 
 SCHEMA = "proj"
 SHADOW = "proj_shadow"
-TABLES = ("checkpoint", "archive", "followup", "conflict", "fact", "merge_edge")
+TABLES = ("checkpoint", "archive", "followup", "conflict", "fact", "merge_edge", "daily")
 ARCHIVE_COLS = ("child_id", "root_id", "registered", "open", "sites", "townships", "name", "birth_date",
                 "household_village", "resident_id", "open_conflicts", "events", "view")
 FOLLOWUP_COLS = ("child_id", "month", "visits", "calls", "letters", "talks")
@@ -106,10 +107,17 @@ async def write_archives(conn: Conn, schema: str, archives: Iterable[ChildArchiv
 
 
 async def write_facts(conn: Conn, schema: str, facts: dict[str, Fact | None]) -> None:
+    """Replace the facts of these events (None: the event counts no more), and the daily rows of
+    every (township, site, day) they were or are now counted on (`projections.daily`)."""
+    if not facts:
+        return
+    keys = await daily.keys_of_stored(conn, schema, list(facts))
+    keys.update(daily.key_of(f.site_id, f.occurred_at) for f in facts.values() if f is not None)
     gone = [eid for eid, f in facts.items() if f is None]
     if gone:
         await conn.execute(f"DELETE FROM {schema}.fact WHERE event_id = ANY($1::text[])", gone)
     await upsert(conn, schema, "fact", FACT_COLS, ("event_id",), [fact_row(f) for f in facts.values() if f is not None])
+    await daily.refresh(conn, schema, keys)
 
 
 async def write_edges(conn: Conn, schema: str, touching: list[str], edges: list[MergeEdge]) -> None:

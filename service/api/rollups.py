@@ -39,8 +39,10 @@ ScopeQuery = Annotated[str, QueryParameter(name="scope", pattern=SCOPE_PATTERN,
 PeriodQuery = Annotated[str | None, Parameter(pattern=PERIOD_PATTERN, description="YYYY, YYYY-MM, YYYY-S1 (Feb-Jul), "
                                               "YYYY-S2 (Aug-Jan) or YYYY-SY (the school year, Aug-Jul); or give "
                                               "start and end")]
-StartQuery = Annotated[dt.date | None, Parameter(description="first day of a date range")]
-EndQuery = Annotated[dt.date | None, Parameter(description="last day of a date range (inclusive)")]
+StartQuery = Annotated[dt.date | None, Parameter(description="first day of a date range (give end too, and no "
+                                                "period); reporting days are China Standard Time")]
+EndQuery = Annotated[dt.date | None, Parameter(description="last day of a date range, inclusive: on or after start "
+                                              f"and at most {MAX_RANGE_DAYS} days after it (else 400 naming end)")]
 
 
 
@@ -155,7 +157,10 @@ class RollupsController(Controller):
     guards = [allow(*LISTERS)]  # noqa: RUF012 (as above)
 
     @get("/", summary="Every figure the township counts, for a site, a township or a region and a period",
-         description="Children are counted for the sites they belong to, work for the site that recorded it.")
+         description="Children are counted for the sites they belong to, work for the site that recorded it. "
+                     "Give period, or start and end (any range of days, end inclusive, at most "
+                     f"{MAX_RANGE_DAYS} days): work is summed from the projections' daily per-site totals, so a "
+                     "range costs about what a month does.")
     async def get_rollup(
         self, request: Request[Any, Any, Any],
         area: ScopeQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,

@@ -1,0 +1,116 @@
+"""Daily per-site aggregates of counted work (`proj.daily`, migration 0023): what a rollup of any
+date range sums instead of reading every fact of the range.
+
+Why: a rollup's work figures (visits done, aid given, activities held...) are sums over the facts
+of the period; read fact by fact, a 30-day range of a township is a thousand rows fetched and
+built into Python objects on every request. The same figures are sums over one row per site, day,
+kind, source and detail, which PostgreSQL adds up before anything reaches Python.
+
+One row per (township, day, site, kind, source, detail): `facts` (how many), `amount_fen` and
+`count` (sums), and for the kinds whose *distinct* children a rollup counts
+(`DISTINCT_CHILDREN`: aid, condolence, activity, pairings started) the sorted child ids they name, so "children who
+got aid in the range" is a union, not a sum. `day` is the reporting day (China Standard Time,
+`events.localtime`). Child ids are stored as recorded; a rollup maps merged children to the
+archive they joined when it reads them, as it does with facts.
+
+Kept in the read models' transaction (guarantee 5): every write of facts (`tables.write_facts`)
+recomputes the rows of the (township, site, day) keys whose facts it touched, before and after,
+with the one aggregate a rebuild runs over all facts (`shouwang_daily_refresh`, migration 0023).
+So a rebuild equals the incremental result byte for byte (tests/test_projections_runner.py
+compares every table), and a range read from these rows equals the rollup computed from the
+facts (tests/test_projections_daily.py).
+
+Other read models may use these rows (a county's figures are the sums of its townships' rows);
+a change of meaning needs a FOLD_VERSION bump like any read model (projections/runner.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+
+import msgspec
+
+from events.localtime import local_day
+from projections.facts import Fact, in_scope, township_of
+from store.conn import Conn
+
+DISTINCT_CHILDREN = frozenset(("aid", "condolence", "activity", "pairing_started"))
+"""Kinds whose rows keep the child ids they name (a rollup counts their distinct children, or
+their households); the aggregate in migration 0023 names the same kinds."""
+
+
+class WorkRow(msgspec.Struct, frozen=True):
+    """Work of one kind, source and detail, summed over some sites and days."""
+
+    kind: str
+    source: str  # '' when none
+    detail: str  # '' when none
+    facts: int
+    amount_fen: int
+    count: int
+    children: frozenset[str] = frozenset()
+
+
+def rows_of_facts(facts: Iterable[Fact], scope: str, start: dt.date, end: dt.date) -> list[WorkRow]:
+    """The rows a rollup of [start, end) reads, made from facts one by one (what `compute` gives a
+    list of facts: the as-of rollups and the reference the daily rows are tested against)."""
+    return [WorkRow(f.kind, f.source or "", f.detail or "", 1, f.amount_fen, f.count,
+                    frozenset(f.children) if f.kind in DISTINCT_CHILDREN else frozenset())
+            for f in facts if in_scope(f.site_id, scope) and start <= local_day(f.occurred_at) < end]
+
+
+def _scope_where(scope: str, first: int) -> tuple[str, list[str]]:
+    if not scope:
+        return "true", []
+    dots = scope.count(".")
+    if dots == 2:
+        return f"township = ${first} AND site_id = ${first + 1}", [township_of(scope), scope]
+    if dots == 1:
+        return f"township = ${first}", [scope]
+    return f"township LIKE ${first} || '.%'", [scope]
+
+
+async def work_rows(conn: Conn, schema: str, scope: str, start: dt.date, end: dt.date) -> list[WorkRow]:
+    """The work of `scope` with reporting days in [start, end), summed by kind, source and detail
+    in PostgreSQL from the daily rows (a few per site and day, whatever the range)."""
+    where, args = _scope_where(scope, 3)
+    rows = await conn.fetch(
+        f"""SELECT kind, source, detail, sum(facts)::bigint AS facts, sum(amount_fen)::bigint AS amount_fen,
+                   sum(count)::bigint AS count,
+                   string_agg(array_to_string(children, ' '), ' ') FILTER (WHERE children <> '{{}}') AS children
+              FROM {schema}.daily WHERE day >= $1 AND day < $2 AND {where}
+             GROUP BY kind, source, detail""", start, end, *args)
+    return [WorkRow(r["kind"], r["source"], r["detail"], int(r["facts"]), int(r["amount_fen"]), int(r["count"]),
+                    frozenset(r["children"].split()) if r["children"] else frozenset()) for r in rows]
+
+
+Key = tuple[str, str, dt.date]
+"""(township, site, reporting day): the rows of `daily` one refresh recomputes."""
+
+
+def key_of(site_id: str, occurred_at: dt.datetime) -> Key:
+    return township_of(site_id), site_id, local_day(occurred_at)
+
+
+async def keys_of_stored(conn: Conn, schema: str, event_ids: Sequence[str]) -> set[Key]:
+    """The keys of the facts of these events as stored now (before a write replaces or deletes them)."""
+    if not event_ids:
+        return set()
+    rows = await conn.fetch(
+        f"""SELECT township, site_id, ((occurred_at AT TIME ZONE 'UTC') + interval '8 hours')::date AS day
+              FROM {schema}.fact WHERE event_id = ANY($1::text[])""", list(event_ids))
+    return {(r["township"], r["site_id"], r["day"]) for r in rows}
+
+
+async def refresh(conn: Conn, schema: str, keys: Iterable[Key] | None) -> None:
+    """Recompute the daily rows of `keys` from the facts (None: every row, as a rebuild does)."""
+    if keys is None:
+        await conn.execute("SELECT shouwang_daily_refresh($1, NULL, NULL, NULL)", schema)
+        return
+    ordered = sorted(set(keys))
+    if not ordered:
+        return
+    await conn.execute("SELECT shouwang_daily_refresh($1, $2::text[], $3::text[], $4::date[])", schema,
+                       [k[0] for k in ordered], [k[1] for k in ordered], [k[2] for k in ordered])
+
