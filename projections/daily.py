@@ -68,7 +68,9 @@ def _scope_where(scope: str, first: int) -> tuple[str, list[str]]:
         return f"township = ${first} AND site_id = ${first + 1}", [township_of(scope), scope]
     if dots == 1:
         return f"township = ${first}", [scope]
-    return f"township LIKE ${first} || '.%'", [scope]
+    # a region: its townships from the registry, as `queries.facts_in` reads the facts
+    return (f"township = ANY(ARRAY(SELECT DISTINCT substring(s.site_id FROM '^[^.]+[.][^.]+') FROM sites s "
+            f"WHERE starts_with(s.site_id, ${first} || '.')))"), [scope]
 
 
 async def work_rows(conn: Conn, schema: str, scope: str, start: dt.date, end: dt.date) -> list[WorkRow]:

@@ -18,6 +18,7 @@ from projections import queries, tables
 from projections.followups import Period
 from projections.rollups import compute
 from projections.runner import Runner
+from service.sites import register_site
 from store.postgres import EventStore
 from tests.factory import SiteWriter
 from tests.test_projections_runner import deliver, dump, shadow_rebuild
@@ -90,6 +91,8 @@ async def _same_figures(pool: asyncpg.Pool, rng: random.Random, today: dt.date) 
 
 
 async def test_any_range_from_daily_rows_equals_the_rollup_from_facts(store: EventStore, pool: asyncpg.Pool) -> None:
+    for site in SITES:
+        await register_site(pool, site, "village" if ".v" in site else "school", site)
     events = world(3, 400)
     runner = Runner(pool, batch_size=7)
     await deliver(store, events, random.Random(3), runner)
