@@ -51,7 +51,7 @@ from service.seals import Sealer
 from service.sites import township_of
 from service.streams import publish_batch
 from store.conn import Conn
-from store.postgres import ORIGIN, EventStore, Position, StoredEvent, read_all_in
+from store.postgres import ORIGIN, EventStore, Position, StoredEvent, read_all_in, read_where
 
 _log = log.get("service.fanout")
 RULE_TYPES = frozenset({"FollowUpRuleSet", "FollowUpRuleRetired", "SchoolCalendarSet"})
@@ -192,6 +192,7 @@ class FanOut:
                  poll: float = 1.0, resend_window: float = 150.0, sealer: Sealer | None = None) -> None:
         self.pool = pool
         self.sealer = sealer
+        self._rules_sent: set[str] = set()  # active sites sent their township's rules since this loop started
         self.js = js
         self.name = name
         self.page = page
@@ -261,7 +262,7 @@ class FanOut:
 
     async def _send(self, page: list[StoredEvent]) -> None:
         targets = await self._targets(page)
-        out: list[tuple[str, bytes, dict[str, str]]] = []
+        out = await self._rules_for_new_sites(targets, page[0].position)
         backfilled: set[tuple[str, str, int]] = set()
         for s in page:
             e, tx = s.event, s.position.tx
@@ -280,6 +281,31 @@ class FanOut:
                 msg = down_message(site, s, targets.keeps(site, e.children, tx, e.site_id), self.sealer)
                 out += [msg] if msg is not None else []
         await self._publish(out)
+
+    async def _rules_for_new_sites(self, targets: Targets, before: Position) -> list[tuple[str, bytes, dict[str, str]]]:
+        """Every rule and calendar event of its township committed before this page, for each active
+        site not sent them since this loop started: a site registered after its township set its
+        rules gets them with the next page (and, after a restart, every site gets them again; a
+        repeat is harmless: the agent keeps each event once)."""
+        new = sorted(targets.active - self._rules_sent)
+        if not new:
+            return []
+        self._rules_sent.update(new)
+        towns = sorted({township_of(s) for s in new})
+        async with self.pool.acquire() as conn:
+            found = await read_where(
+                conn, "type IN ('FollowUpRuleSet', 'FollowUpRuleRetired', 'SchoolCalendarSet') "
+                      "AND regexp_replace(site_id, '\\.[^.]*$', '') = ANY($1::text[])", towns, limit=100_000)
+        out = []
+        for s in found:
+            if s.position >= before:
+                break  # this page sends it the ordinary way
+            town = township_of(s.event.site_id)
+            for site in new:
+                if township_of(site) == town and site != s.event.site_id:
+                    msg = down_message(site, s, set(), self.sealer)
+                    out += [msg] if msg is not None else []
+        return out
 
     async def _history(self, child: str, tx: int, targets: Targets, before: Position) -> list[StoredEvent]:
         """The child's events (and those of children merged with it) committed before `before`."""

@@ -151,3 +151,27 @@ async def test_a_townships_rules_reach_every_site_of_the_township(database_url: 
     for site in (FAR_OFFICE, FAR_VILLAGE, OFFICE):
         await inbox[site].drain()
         assert inbox[site].events == [], site
+
+
+async def test_a_site_registered_after_the_rules_gets_them(database_url: str, pool: asyncpg.Pool,
+                                                           own_nats: EmbeddedNats, client: NATS) -> None:
+    """A village station registered after its township office set a rule receives that rule with
+    the next events the fan-out sends (it would otherwise judge its children by the defaults)."""
+    from events.catalogue import FollowUpRuleRetired
+
+    for site in (V1, OFFICE):
+        await register_site(pool, site, KINDS[site], site)
+    js = client.jetstream()
+    office = SiteWriter(OFFICE)
+    retired = office.write(FollowUpRuleRetired(township="gx-lp.xy", rule_id="childrens_home",
+                                               effective_from=dt.date(2026, 3, 1)))
+    async with run_center(database_url, own_nats.url):
+        await publish(js, [retired])
+        await SiteInbox(js, V1).wait_events(1)
+        await register_site(pool, V2, "village", V2)
+        late = SiteInbox(js, V2)
+        w = SiteWriter(V1)
+        await publish(js, [w.write(sample_registration(random.Random(9), A))])
+        await wait_for(lambda: _stored(pool, 2))
+        await late.wait_events(1)
+        assert late.event_ids() == {retired.event.event_id}
