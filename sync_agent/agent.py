@@ -123,6 +123,7 @@ class Agent:
         self.nc: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._confirm_task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._options: dict[str, object] = {}
         self._connect_error: Exception | None = None  # why the last connect attempt failed
         self._connect_backoff = Backoff(self.tuning.retry_base, self.tuning.connect_cap, self._rng)
@@ -166,8 +167,11 @@ class Agent:
 
     async def stop(self) -> None:
         """Stop every loop and close the connection, in bounded time whatever the line does."""
+        self._stopping = True  # no loop starts a receipt request any more (it would outlive the log)
         tasks = [*self._tasks, *([self._confirm_task] if self._confirm_task is not None else [])]
         await stop_tasks(tasks)
+        if self._confirm_task is not None and self._confirm_task not in tasks:  # started while stopping
+            await stop_tasks([self._confirm_task])
         self._tasks = []
         self._confirm_task = None
         nc, self.nc = self.nc, None
@@ -241,7 +245,9 @@ class Agent:
         self.reads.notify()
         if self._confirm_task is not None:
             self._confirm_task.cancel()
-        self._confirm_task = asyncio.create_task(self._confirm_on_connect(self.connections), name="agent-confirm")
+        if not self._stopping:
+            self._confirm_task = asyncio.create_task(self._confirm_on_connect(self.connections),
+                                                     name="agent-confirm")
 
     def _on_down_receipt(self, effect: ReceiptEffect) -> None:
         """A receipt from care.down (it cleared the log's fresh mark). Once it leaves nothing
@@ -251,7 +257,7 @@ class Agent:
             # A receipt that moves nothing of ours: the center's start-up receipt (service/center.py)
             # among them, so an office connected through a center's restore relays at once.
             self._relay_wake.set()
-        if self.nc is None or (self._confirm_task is not None and not self._confirm_task.done()):
+        if self._stopping or self.nc is None or (self._confirm_task is not None and not self._confirm_task.done()):
             return
         try:
             pending = self.pending()
