@@ -14,7 +14,8 @@ import time
 from bench import report
 from bench.servers import bench_servers
 
-SUITES = ("store", "projections", "api", "ingest", "catchup", "memory", "scale", "station", "link", "rules")
+SUITES = ("store", "projections", "api", "ingest", "catchup", "relay", "memory", "scale", "station", "link",
+          "rules")
 
 
 async def main(argv: list[str]) -> int:
@@ -62,6 +63,10 @@ async def _suite(suite: str, pg_url: str, nats_url: str, quick: bool) -> list[re
         from bench import catchup
 
         return await catchup.run(pg_url, nats_url, quick)
+    if suite == "relay":
+        from bench import relay
+
+        return await relay.run(pg_url, nats_url, quick)
     if suite == "memory":
         from bench import memory
 
