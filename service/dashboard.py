@@ -32,6 +32,7 @@ from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
 from projections import followups as pf
+from projections.figures import label_of
 from projections.summary import period_name
 from service.api.auth import client_address
 from web import STATIC_DIR, i18n, lang_of, obj, page
@@ -364,7 +365,11 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
                         rules_rows.append((f"{m} {i18n.text('rule.' + rule, lang)}", float(fig.get("pct_met", 0))))
             charts["rules"] = bar_chart(rules_rows, title=i18n.text("dash.rules", lang), unit="%")
             charts["freshness"] = ""
+        kpis = ("children_archived", "overdue_children", "rules.visit.done", "rules.call.done", "rules.talk.done",
+                "aid_children", "condolence_households", "condolence_children", "proxy_parent_children",
+                "safety_incidents")
         return page(request, "dash/overview.html", rollup=obj(rollup), month=month, charts=charts, sites=obj(sites),
+                    F={k: label_of(k, lang) for k in kpis},
                     overdue=obj(overdue[:30]), scope=scope, **_ctx(me))
 
     @get(f"{PREFIX}/summary", include_in_schema=False, exclude_from_auth=True)

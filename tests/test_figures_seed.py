@@ -137,6 +137,12 @@ async def test_api_and_exports_label_figures_from_one_catalogue(database_url: st
         assert by_key["dropped_out_poverty"]["value"] == 1
         # The dashboard's chart of guardianship and the export say the same words.
         assert by_key["by_guardianship.grandparents"]["label"] == "监护类型：隔代监护（祖辈）"
+        # The overview's headline figures are named by the catalogue too, and show the same values.
+        client.cookies.set("sw_token", w.tokens["township"])
+        overview = (await client.get("/ui/?period=2026-03")).text
+        for key in ("children_archived", "proxy_parent_children", "condolence_households", "safety_incidents"):
+            assert f'title="{key}">{by_key[key]["value"]}</b><span>{pf.label_of(key, "zh")}' in overview, key
+        assert "监护类型" in overview and "隔代监护（祖辈）" in overview
 
 
 def test_the_catalogue_labels_every_figure_of_a_rollup() -> None:
