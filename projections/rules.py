@@ -224,7 +224,7 @@ class RuleFigures(msgspec.Struct, frozen=True, kw_only=True):
     on: dt.date  # the day "applies to" and "overdue" are taken on: the period's last day, or as_of if earlier
 
 
-_KIND_ZH = {"village": "村维权站", "school": "学校", "township": "乡镇"}
+_KIND_ZH = {"village": "村维权站", "school": "学校", "township": "乡镇", "community": "社区"}  # every SiteKind
 _PARTNER_ZH = {"teacher": "教师", "classmate": "同学", "proxy_parent": "代管家长", "volunteer": "志愿者",
                "loving_mother": "爱心妈妈"}
 _REASON_ZH = {"both_parents_away": "父母均外出", "one_parent_away": "单亲外出", "single_parent": "单亲家庭",

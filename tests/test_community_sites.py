@@ -70,3 +70,15 @@ async def test_a_community_registers_visits_and_is_counted(database_url: str, na
         assert out.quarantined == 1 and not out.stored
         [reason] = [r.reason for r in out.refusals[V1]]
         assert "is not an active school site" in reason, reason
+
+
+def test_a_township_rule_may_name_communities() -> None:
+    """A site rule that applies to communities is described in words, as one for village stations is."""
+    from events.rules import DEFAULT_RULES, Target
+    from projections.rules import applies_text
+
+    rule = next(r for r in DEFAULT_RULES if r.applies.target is Target.SITE)
+    ours = msgspec.structs.replace(rule, applies=msgspec.structs.replace(rule.applies,
+                                                                          site_kinds=[SiteKind.COMMUNITY]))
+    zh, en = applies_text(ours)
+    assert "社区" in zh and "community" in en
