@@ -108,6 +108,11 @@ async def test_every_number_of_the_draft_is_its_figure(database_url: str, nats_u
             assert float(n["value"]) == expected(rollup, n["key"], now, rules), n
             assert abs(float(n["text"]) - expected(rollup, n["key"], now, rules)) < 0.006, n
             assert d["notes"][n["note"] - 1]["key"] == n["key"]
+        # In English the same numbers stand for the same figures, in the same order.
+        en = (await client.get(f"/summary/draft?{MARCH}&lang=en", headers=h)).json()
+        assert [s["title"] for s in en["sections"]][:2] == ["1. The situation", "2. What was done"]
+        assert [(p["key"], p["value"]) for s in en["sections"] for para in s["paragraphs"] for p in para["parts"]
+                if isinstance(p, dict)] == [(n["key"], n["value"]) for n in nums]
         # What was met and who is overdue are told by the township's rules (GET /rules), each figure by its key:
         # nothing fell due in March (the children were registered on 2 March); in the year, months did.
         year = f"scope={TOWNSHIP}&period=2026"
