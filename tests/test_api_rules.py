@@ -48,6 +48,8 @@ async def test_rules_figures_and_a_supervisors_change(database_url: str, nats_ur
         bad = await client.post("/rules", json={**body, "rule": {**rule, "counts": {"event_types": ["Nope"]}}},
                                 headers=w.headers("township"))
         assert bad.status_code == 400 and bad.json()["field"] == "rule" and "'Nope'" in bad.json()["message"], bad.text
+        async with pool.acquire() as conn:
+            before = await conn.fetchval("SELECT max(committed_at) FROM events")
         made = await client.post("/rules", json=body, headers=w.headers("township"))
         assert made.status_code == 201, made.text
         assert made.json()["type"] == "FollowUpRuleSet" and made.json()["site_id"] == OFFICE
@@ -56,6 +58,14 @@ async def test_rules_figures_and_a_supervisors_change(database_url: str, nats_ur
         await project(pool)
         visit = _by_id((await client.get("/rules", params=query, headers=w.headers("township"))).json())["proxy_visit"]
         assert (visit["zh"], visit["at_least"], visit["due"], visit["met"]) == ("代管家长每月家访两次", 2, 2, 0)
+        # as the center held it before the change: the default rule
+        then = await client.get("/rules/as-of", params={**query, "committed": before.isoformat()},
+                                headers=w.headers("auditor"))
+        assert then.status_code == 200, then.text
+        visit = _by_id(then.json())["proxy_visit"]
+        assert (visit["at_least"], visit["due"], visit["met"]) == (1, 2, 1)
+        assert (await client.get("/rules/as-of", params={**query, "committed": before.isoformat()},
+                                 headers=w.headers("station1"))).status_code == 403
         # as of 31 March the rule in force was the default
         early = {**query, "as_of": "2026-03-31"}
         visit = _by_id((await client.get("/rules", params=early, headers=w.headers("township"))).json())["proxy_visit"]
