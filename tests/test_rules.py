@@ -14,7 +14,7 @@ import pytest
 
 from events import catalogue as c
 from events.envelope import DecodedEvent
-from events.rules import DEFAULT_RULES, Counts, SchoolCalendar, Term
+from events.rules import DEFAULT_RULES, Applies, Counts, FollowUpRule, SchoolCalendar, Target, Term
 from events.types import (
     ActivityKind,
     CallChannel,
@@ -301,3 +301,19 @@ def test_facts_carry_what_the_rules_filter_on() -> None:
         w = rules.work_of_fact(fact)
         assert w is not None and w == rules.work_of(care, "e1", S1, when)
         assert w.detail == detail
+
+
+def test_a_township_names_the_site_of_its_childrens_home() -> None:
+    """Set with `sites`, the children's home rule holds s01 only (where the home is), not every school."""
+    t = Town()
+    home = DEFAULT_RULES[7]
+    assert home.rule_id == "childrens_home"
+    t.write(OFFICE, c.FollowUpRuleSet(township=TOWNSHIP, effective_from=dt.date(2026, 3, 1), rule=FollowUpRule(
+        rule_id=home.rule_id, zh=home.zh, en=home.en, applies=Applies(target=Target.SITE, sites=[S1]),
+        counts=home.counts)), at(2026, 2, 20))
+    for i, d in enumerate((3, 5)):
+        t.write(S1, c.ActivityHeld(activity_id=f"a-{i + 20:032x}", kind=ActivityKind.CHILDRENS_HOME, title="读书会"),
+                at(2026, 3, d))
+    f = t.figures(TOWNSHIP, "2026-03", dt.date(2026, 3, 31))["childrens_home"]
+    # weeks of 2, 9, 16 and 23 March at s01 only; the first met; due again by 15 March
+    assert (f.applies_to, f.due, f.met, late(f), f.applies_zh) == (1, 4, 1, {S1: 16}, "指定站点：" + S1)
