@@ -16,6 +16,11 @@ endpoint, exactly as a station app would; one village station loses its line for
 catches up when it returns. `--once --json` waits until every site has nothing pending and the
 projections have caught up, then prints one JSON document comparing the township's figures
 with the generator's own ground truth.
+
+`--townships N` (1 to MAX_TOWNSHIPS) runs N townships of one region (`demo`), each its own
+scenario with its own seed, sites and names, so the county's pages have townships to compare:
+every township's figures are checked against its own ground truth, and the county's total
+(GET /county/rollups, read as the demo's county user) against the sum of them.
 """
 
 from __future__ import annotations
@@ -45,6 +50,12 @@ from testbed.proxy import TcpProxy
 from testbed.simulation import Planned, Scenario, SiteSpec, Truth, generate
 
 DEMO_PASSWORD = "shouwang-demo"  # made-up demo accounts on a local machine; printed at start
+REGION = "demo"  # testbed.simulation.generate's default region
+# The demo's townships (made-up names): the first is the single township's when --townships is 1.
+TOWNSHIPS = (("qingshi", "青石镇"), ("liuwan", "柳湾乡"), ("taoyuan", "桃源镇"), ("yunling", "云岭乡"),
+             ("zhuxi", "竹溪镇"), ("xinghua", "杏花乡"), ("songtao", "松涛镇"), ("liantang", "莲塘乡"),
+             ("meigang", "梅岗镇"), ("shiqiao", "石桥乡"))
+MAX_TOWNSHIPS = len(TOWNSHIPS)
 BARRIER_EVERY_DAYS = 10
 
 
@@ -117,10 +128,19 @@ def station_account(data: Path, name: str) -> str:
 
 class Demo:
     def __init__(self, data: Path, *, children: int, villages: int, schools: int, days: int, seed: int,
-                 progress: Callable[[str], None], http_port: int | None = None, communities: int = 1) -> None:
+                 progress: Callable[[str], None], http_port: int | None = None, townships: int = 1,
+                 communities: int = 1) -> None:
+        if not 1 <= townships <= MAX_TOWNSHIPS:
+            raise DemoError(f"--townships {townships}: give 1 to {MAX_TOWNSHIPS}")
         self.data = data
-        self.scenario: Scenario = generate(children=children, villages=villages, schools=schools, days=days,
-                                           seed=seed, communities=communities)
+        # One scenario per township; a single township is exactly the demo's township as before.
+        self.scenarios: list[Scenario] = [
+            generate(children=children, villages=villages, schools=schools, days=days, seed=seed + i,
+                     township=TOWNSHIPS[i][0], township_name=TOWNSHIPS[i][1] if townships > 1 else None,
+                     first_village=i * villages, communities=communities)
+            for i in range(townships)]
+        self.scenario: Scenario = self.scenarios[0]
+        self.names = {sc.township_id: TOWNSHIPS[i][1] for i, sc in enumerate(self.scenarios)}
         self.progress = progress
         self.http_port = http_port or free_port()
         self.timings: dict[str, float] = {}
@@ -171,8 +191,8 @@ class Demo:
             self.procs.append(await spawn("center", ["center", "run"], logs / "center.log", env))
             self.procs.append(await spawn("projections", ["projections", "run"], logs / "projections.log", env))
             await self._serve_http()
-        async with self.phase("agents", f"starting {len(self.scenario.sites)} site agents"):
-            for spec in self.scenario.sites:
+        async with self.phase("agents", f"starting {len(self.sites)} site agents"):
+            for spec in self.sites:
                 await self._start_station(spec)
             await asyncio.gather(*(self._wait_http(s.url + "/status", s) for s in self.stations.values()))
 
@@ -203,6 +223,11 @@ class Demo:
             await attempt("PostgreSQL", asyncio.to_thread(self.pg.stop))
         if errors:
             self.progress("while stopping: " + "; ".join(errors))
+
+    @property
+    def sites(self) -> list[SiteSpec]:
+        """Every site of every township."""
+        return [s for sc in self.scenarios for s in sc.sites]
 
     def _env(self, *, agent: bool = False) -> dict[str, str]:
         """Environment of a child process: the center's carries the center's NATS user; an agent's
@@ -245,17 +270,23 @@ class Demo:
 
         pool = await asyncpg.create_pool(self.db_url, min_size=1, max_size=2)
         try:
-            for spec in self.scenario.sites:
-                await register_site(pool, spec.site_id, spec.kind, spec.name)
-            office = next(s.site_id for s in self.scenario.sites if s.kind == "township")
+            several = len(self.scenarios) > 1
+            for sc in self.scenarios:
+                for spec in sc.sites:
+                    await register_site(pool, spec.site_id, spec.kind, spec.name,
+                                        self.names[sc.township_id] if several else None)
+            offices = [next(s.site_id for s in sc.sites if s.kind == "township") for sc in self.scenarios]
             township = self.scenario.township_id
             first_village = next(s.site_id for s in self.scenario.sites if s.kind == "village")
-            accounts = (("supervisor", "township", office, None), ("auditor", "auditor", None, township),
-                        ("admin", "admin", None, None), ("director1", "station", first_village, None))
-            for user, role, site, tw in accounts:
+            accounts = [("supervisor", "township", offices[0], None, None),
+                        ("auditor", "auditor", None, township, None), ("admin", "admin", None, None, None),
+                        ("director1", "station", first_village, None, None), ("county", "county", None, None, REGION),
+                        *((f"supervisor{i + 1}", "township", office, None, None)
+                          for i, office in enumerate(offices) if i > 0)]
+            for user, role, site, tw, region in accounts:
                 existing = {u.username for u in await auth.list_users(pool)}
                 if user not in existing:
-                    await auth.add_user(pool, user, role, DEMO_PASSWORD, site_id=site, township=tw)
+                    await auth.add_user(pool, user, role, DEMO_PASSWORD, site_id=site, township=tw, region=region)
         finally:
             await pool.close()
 
@@ -315,12 +346,13 @@ class Demo:
 
     async def record_all(self) -> None:
         sc = self.scenario
+        records = [p for x in self.scenarios for p in x.records]
         by_day: dict[int, dict[str, list[Planned]]] = {}
-        for p in sc.records:
+        for p in records:
             by_day.setdefault(p.day, {}).setdefault(p.site_id, []).append(p)
-        offline = {site: (lo, hi) for site, (lo, hi) in sc.offline.items()}
-        async with self.phase("record", f"recording {len(sc.records)} events of {sc.days} days at "
-                                        f"{len(sc.sites)} sites"), httpx.AsyncClient(timeout=60) as client:
+        offline = {site: (lo, hi) for x in self.scenarios for site, (lo, hi) in x.offline.items()}
+        async with self.phase("record", f"recording {len(records)} events of {sc.days} days at "
+                                        f"{len(self.sites)} sites"), httpx.AsyncClient(timeout=60) as client:
             for day in range(sc.days):
                 for site, (lo, hi) in offline.items():
                     if day == lo:
@@ -415,11 +447,15 @@ class Demo:
             rollup = r.json()
             dup_doc = (await client.get(f"{api}/duplicates", headers=headers)).json()
             conflict_doc = (await client.get(f"{api}/conflicts", headers=headers)).json()
+            townships, county = await self._county_result(client, api, start, end)
         recorded = sum(int(s["recorded"]) for s in sites)  # each station's own log
         refused = self.refused_at_station
         figures = township_figures(rollup)
         truth = truth_figures(sc.truth)
         mismatches = {k: {"rollup": figures.get(k), "truth": v} for k, v in truth.items() if figures.get(k) != v}
+        for t in townships[1:]:
+            mismatches.update({f"{t['township']}.{k}": v for k, v in t["mismatches"].items()})
+        mismatches.update({f"county.{k}": v for k, v in county["mismatches"].items()})
         return {
             "events": {"recorded": recorded, "stored": stored, "duplicates_refused": dups,
                        "quarantined": quarantined, "refused_at_station": refused},
@@ -429,10 +465,39 @@ class Demo:
             "rollup": figures,
             "truth": truth,
             "mismatches": mismatches,
+            "townships": townships,
+            "county": county,
             "ok": stored == recorded and not mismatches and all(s["pending"] == 0 for s in sites),
             "timings": self.timings,
             "dashboard": f"http://127.0.0.1:{self.http_port}/ui/",
         }
+
+    async def _county_result(self, client: httpx.AsyncClient, api: str, start: dt.date, end: dt.date
+                             ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Each township's figures (read by the county user) against its own ground truth, and the
+        county's total (GET /county/rollups) against the sum of the townships' ground truths."""
+        headers = {"Authorization": f"Bearer {await self._token(client, 'county')}"}
+        span = {"start": start.isoformat(), "end": end.isoformat()}
+        townships: list[dict[str, Any]] = []
+        for sc in self.scenarios:
+            r = await client.get(f"{api}/rollups", params={"scope": sc.township_id, **span}, headers=headers,
+                                 timeout=120)
+            if r.status_code != 200:
+                raise DemoError(f"rollup of {sc.township_id} failed: {r.status_code} {r.text[:400]}")
+            figures, truth = township_figures(r.json()), truth_figures(sc.truth)
+            townships.append({"township": sc.township_id, "name": self.names[sc.township_id], "rollup": figures,
+                              "truth": truth, "mismatches": _differences(figures, truth)})
+        r = await client.get(f"{api}/county/rollups", params={"region": REGION, **span}, headers=headers, timeout=300)
+        if r.status_code != 200:
+            raise DemoError(f"county rollup failed: {r.status_code} {r.text[:400]}")
+        doc = r.json()
+        listed = [t["township"] for t in doc["townships"]]
+        if listed != sorted(sc.township_id for sc in self.scenarios):
+            raise DemoError(f"the county lists townships {listed}")
+        figures = township_figures(doc["total"])
+        truth = _added([t["truth"] for t in townships])
+        return townships, {"region": REGION, "rollup": figures, "truth": truth,
+                           "mismatches": _differences(figures, truth)}
 
     async def _token(self, client: httpx.AsyncClient, user: str) -> str:
         r = await client.post(f"http://127.0.0.1:{self.http_port}/auth/token",
@@ -490,6 +555,26 @@ def truth_figures(t: Truth) -> dict[str, Any]:
         "proxy_parent_children": t.proxy_parent_children, "dropped_out": t.dropped_out,
         "dropped_out_poverty": t.dropped_out_poverty, "condolence_households": t.condolence_households,
     }
+
+
+def _differences(figures: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any]:
+    return {k: {"rollup": figures.get(k), "truth": v} for k, v in truth.items() if figures.get(k) != v}
+
+
+def _added(truths: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sum of several townships' ground truths: counts add, counts by key add key by key. Every
+    figure the demo checks is additive across townships (each child and each piece of work belongs
+    to one township)."""
+    out: dict[str, Any] = {}
+    for t in truths:
+        for k, v in t.items():
+            if isinstance(v, dict):
+                merged = out.setdefault(k, {})
+                for kk, vv in v.items():
+                    merged[kk] = merged.get(kk, 0) + vv
+            else:
+                out[k] = out.get(k, 0) + v
+    return {k: dict(sorted(v.items())) if isinstance(v, dict) else v for k, v in out.items()}
 
 
 def _set_nats_url(data: Path, url: str, creds: Path) -> None:

@@ -92,3 +92,39 @@ def test_demo_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
         if proc.stdout is not None:
             proc.stdout.close()
     assert _wait_gone(str(data)) == []
+
+
+def test_demo_townships_is_checked(tmp_path: Path) -> None:
+    """--townships takes 1 to 10; anything else is a one-line error naming the option and the value."""
+    for bad, why in (("0", "must be at least 1"), ("11", "more than 10"), ("two", "not a whole number")):
+        out = subprocess.run([sys.executable, "-m", "shouwang", "demo", "--once", "--json", "--data",
+                              str(tmp_path / "demo"), "--townships", bad], capture_output=True, text=True,
+                             timeout=120, check=False)
+        assert out.returncode == 2, out.stderr
+        assert "--townships" in out.stderr and bad in out.stderr and why in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr and not (tmp_path / "demo").exists()
+
+
+def test_demo_of_two_townships_checks_each_and_the_county(tmp_path: Path) -> None:
+    """Two townships of one county run to the end: each township's figures equal its own ground truth, the
+    county's total equals the sum of them, and the first township's figures are still `rollup`."""
+    data = tmp_path / "demo"
+    out = subprocess.run(
+        [sys.executable, "-m", "shouwang", "demo", "--fresh", "--once", "--json", "--data", str(data),
+         "--townships", "2", "--children", "12", "--villages", "2", "--schools", "1", "--days", "35",
+         "--port", str(free_port())],
+        capture_output=True, text=True, timeout=900, check=False)
+    assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
+    doc = json.loads(out.stdout)
+    assert doc["mismatches"] == {} and doc["ok"]
+    assert [t["township"] for t in doc["townships"]] == ["demo.qingshi", "demo.liuwan"]
+    assert [t["name"] for t in doc["townships"]] == ["青石镇", "柳湾乡"]
+    for t in doc["townships"]:
+        assert t["mismatches"] == {} and t["rollup"] == t["truth"] and t["rollup"]["children_archived"] > 0
+    assert doc["rollup"] == doc["townships"][0]["rollup"]
+    county = doc["county"]
+    assert county["mismatches"] == {} and county["rollup"] == county["truth"]
+    assert county["rollup"]["children_archived"] == sum(t["truth"]["children_archived"] for t in doc["townships"])
+    assert {s["site_id"].rsplit(".", 1)[0] for s in doc["sites"]} == {"demo.qingshi", "demo.liuwan"}
+    assert doc["events"]["recorded"] == doc["events"]["stored"]
+    assert _wait_gone(str(data)) == []
