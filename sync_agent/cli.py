@@ -379,8 +379,11 @@ def _sync(args: argparse.Namespace, settings: Settings) -> int:
                           f"will be sent next time (last error: {agent.log.meta('last_error') or '-'})",
                           file=sys.stderr)
                     return 1
-                print(f"in sync: all {agent.log.last_seq()} events of {agent.config.site_id} are receipted by the "
-                      "center, confirmed on this connection")
+                refused = len(agent.log.refused_seqs())
+                print(f"in sync: all {agent.log.last_seq() - refused} events of {agent.config.site_id} are receipted "
+                      "by the center, confirmed on this connection"
+                      + (f"; {refused} refused, kept in its quarantine (`shouwang agent status` lists them)"
+                         if refused else ""))
                 if agent.relays and agent.relayed.offered:
                     r = agent.relayed
                     print(f"relayed {r.offered} events of the township's sites that the center lacked: {r.stored} "

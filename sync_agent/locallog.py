@@ -659,6 +659,11 @@ class LocalLog:
                 else:
                     self._set_meta(RECEIPT_FRESH_FOR, fresh_for)
                 self._set_meta("last_contact", _now().isoformat())
+                if before is not None and receipt.watermark < before.watermark:
+                    # The center was restored from an older backup: it lost the quarantine rows of
+                    # what it refused since (and may give their ids to new rows). Every refused
+                    # event goes once more, to be decided afresh and kept in its quarantine again.
+                    conn.execute("DELETE FROM refused")
                 for r in receipt.refused:
                     conn.execute("INSERT OR REPLACE INTO refused(quarantine_id, event_id, site_seq, reason, "
                                  "received_at) VALUES (?,?,?,?,?)",

@@ -35,3 +35,20 @@ def test_a_refusal_naming_another_events_id_does_not_drop_an_own_event(tmp_path:
         log.apply_receipt(receipt(Refusal(quarantine_id=9, reason="bad", event_id=done[1].event_id, site_seq=2)))
         assert log.refused_seqs() == {2}
         assert log.pending() == (1, 3)
+
+
+def test_a_center_restored_from_an_older_backup_gets_the_refused_events_again(tmp_path: Path) -> None:
+    """Refusals kept at the station from before a center's restore (the restored quarantine may
+    lack their rows, and reuse their ids): once a receipt's watermark goes back, every refused
+    event is pending again, to be decided afresh and quarantined there again."""
+    with LocalLog(tmp_path / "log.sqlite", SITE) as log:
+        done = log.record(parse_drafts(json.dumps([DRAFT] * 3).encode()), default_actor="station")
+        log.apply_receipt(Receipt(site_id=SITE, watermark=1, max_seq=3, holes=[[2, 2]], refused=[
+            Refusal(quarantine_id=4, reason="not authorized", event_id=done[1].event_id, site_seq=2)]))
+        assert (log.refused_seqs(), log.pending()) == ({2}, (0, None))
+        log.apply_receipt(Receipt(site_id=SITE, watermark=3, max_seq=3))  # an admin replayed it
+        log.apply_receipt(Receipt(site_id=SITE, watermark=1, max_seq=1))  # the center's restore
+        assert (log.refused_seqs(), log.pending()) == (set(), (2, 2))
+        log.apply_receipt(Receipt(site_id=SITE, watermark=1, max_seq=3, holes=[[2, 2]], refused=[
+            Refusal(quarantine_id=4, reason="not authorized", event_id=done[1].event_id, site_seq=2)]))
+        assert (log.refused_seqs(), log.pending()) == ({2}, (0, None))
