@@ -225,6 +225,9 @@ class RelayRefusal(msgspec.Struct, frozen=True, kw_only=True):
 
     index: int
     reason: str
+    # Refused for its seal alone (not this center's key): offered again once the center's key
+    # changes (an operator who restored the center with another key and then found the right one).
+    seal: bool = False
 
 
 class RelayReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -237,6 +240,7 @@ class RelayReply(msgspec.Struct, frozen=True, kw_only=True):
     refused: list[RelayRefusal] = []
     # The center has no relay key (SHOUWANG_RELAY_KEY): it makes no seals and takes no copies.
     no_key: bool = False
+    key_id: str | None = None  # which key the center checks seals with (a digest, never the key)
     error: str | None = None
 
 

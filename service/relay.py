@@ -58,6 +58,7 @@ from service.sites import SiteError, check_site_id, township_of
 from store.postgres import holes_of
 
 _log = log.get("service.relay")
+_SEAL_REFUSED = "its seal is not this center's seal of its hash (not a copy the center fanned out, or changed since)"
 MAX_RELAY_EVENTS = 1000  # events per request (the office sends at most RELAY_PAGE_BYTES a request)
 
 
@@ -125,7 +126,7 @@ class RelayResponder:
                 return RelayReply(error=f"site {office} is not an active township office at this center; only a "
                                         "township office relays its sites' events")
             if not request.events:
-                return RelayReply(progress=await township_progress(conn, office))
+                return RelayReply(progress=await township_progress(conn, office), key_id=self.sealer.key_id)
         return await self._take(office, [bytes(e) for e in request.events], request.seals)
 
     async def _take(self, office: str, bodies: Sequence[bytes], seals: Sequence[str]) -> RelayReply:
@@ -138,7 +139,7 @@ class RelayResponder:
         for i, (body, seal) in enumerate(zip(bodies, seals, strict=True)):
             why, item = self._check(office, township, body, seal)
             if item is None:
-                refused.append(RelayRefusal(index=i, reason=why))
+                refused.append(RelayRefusal(index=i, reason=why, seal=why.endswith(_SEAL_REFUSED)))
                 rows.append(NewRow(subject=relay_subject(office), site_id=office, reason=f"relayed by {office}: {why}",
                                    raw=body))
             else:
@@ -163,7 +164,8 @@ class RelayResponder:
         self.stored += len(out.stored)
         _log.info("relayed copies taken", office=office, offered=len(bodies), stored=len(out.stored),
                   duplicates=out.duplicates, refused=len(refused))
-        return RelayReply(stored=len(out.stored), duplicates=out.duplicates, refused=refused)
+        return RelayReply(stored=len(out.stored), duplicates=out.duplicates, refused=refused,
+                          key_id=self.sealer.key_id)
 
     def _check(self, office: str, township: str, body: bytes, seal: str) -> tuple[str, Accepted | None]:
         """Why a copy is refused before the store is asked (and None), or ("", the item)."""
@@ -181,8 +183,7 @@ class RelayResponder:
             return (f"event {e.event_id} is of site {e.site_id}: an office relays only the other sites of its "
                     f"township {township}"), None
         if not self.sealer.verify(decoded.hash, seal):
-            return (f"event {e.event_id}: its seal is not this center's seal of its hash (not a copy the center "
-                    "fanned out, or changed since)"), None
+            return f"event {e.event_id}: {_SEAL_REFUSED}", None
         return "", Accepted(Submitted(e.site_id, e), e.site_id, decoded)
 
 

@@ -62,6 +62,11 @@ class Sealer:
             raise ValueError("a relay key needs at least 32 bytes")
         self._key = key
 
+    @property
+    def key_id(self) -> str:
+        """Which key this is, for the offices (a digest that gives nothing of the key away)."""
+        return hashlib.sha256(b"shouwang relay key id\x00" + self._key).hexdigest()[:16]
+
     def seal(self, event_hash: str) -> str:
         """The seal of an event whose hash (events.envelope.event_hash, hex) is `event_hash`."""
         mac = hmac.new(self._key, _CONTEXT + event_hash.encode("ascii"), hashlib.sha256).hexdigest()

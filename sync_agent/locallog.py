@@ -8,7 +8,8 @@ Tables:
   with the hash of the original (docs/SECURITY.md).
 * ``inbox_seal``: the center's seal of each whole copy (a township office relays those to a
   restored center, sync_agent/relay.py), in the order they arrived; ``relay_refused``: copies the
-  center would not take back, never offered again.
+  center would not take back, never offered again; ``relay_seal_refused``: copies refused for their
+  seal alone, offered again only to a center with another key.
 * ``child_event``: which events (own or received) concern which child, for the offline view.
 * ``refused``: what the center refused and keeps in quarantine.
 * ``meta``: the HLC high-water mark, the last receipt, last contact and last error.
@@ -72,6 +73,10 @@ CREATE TABLE IF NOT EXISTS relay_refused (
     event_id TEXT PRIMARY KEY,
     reason   TEXT NOT NULL,
     at       TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS relay_seal_refused (
+    event_id TEXT PRIMARY KEY,
+    key_id   TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS child_event (
     child_id TEXT NOT NULL,
@@ -783,11 +788,12 @@ class LocalLog:
                          [(c, event.event_id) for c in merged.children])
 
     def relay_candidates(self, lacking: Callable[[str, int], bool], after: int, max_bytes: int,
-                         max_events: int) -> tuple[list[tuple[str, bytes, str]], int]:
+                         max_events: int, key_id: str = "") -> tuple[list[tuple[str, bytes, str]], int]:
         """Sealed whole copies of other sites' events that the center lacks by `lacking(site,
         site_seq)`, in the order they arrived, after arrival number `after`: (event_id, body,
         seal) up to `max_bytes` and `max_events`, and the arrival number to continue after
-        (`after` itself when none is left). Copies the center refused before are left out."""
+        (`after` itself when none is left). Copies the center refused before are left out, those
+        refused for their seal only while the center's key is `key_id`."""
         out: list[tuple[str, bytes, str]] = []
         size = 0
         with self._lock:
@@ -796,8 +802,9 @@ class LocalLog:
                     "SELECT s.n, i.event_id, i.site_id, i.site_seq, i.body, s.seal FROM inbox_seal s "
                     "JOIN inbox i ON i.event_id = s.event_id WHERE s.n > ? "
                     "AND s.event_id NOT IN (SELECT event_id FROM inbox_redacted) "
-                    "AND s.event_id NOT IN (SELECT event_id FROM relay_refused) ORDER BY s.n LIMIT 2000",
-                    (after,)).fetchall()
+                    "AND s.event_id NOT IN (SELECT event_id FROM relay_refused) "
+                    "AND s.event_id NOT IN (SELECT event_id FROM relay_seal_refused WHERE key_id = ?) "
+                    "ORDER BY s.n LIMIT 2000", (after, key_id)).fetchall()
                 if not rows:
                     return out, after
                 for n, event_id, site_id, site_seq, body, seal in rows:
@@ -808,14 +815,18 @@ class LocalLog:
                         size += len(body)
                     after = int(n)
 
-    def note_relay_refused(self, refused: Sequence[tuple[str, str]]) -> None:
-        """Copies the center would not take back (event_id, reason): never offered again."""
-        if not refused:
+    def note_relay_refused(self, refused: Sequence[tuple[str, str]], seal_refused: Sequence[str] = (),
+                           key_id: str = "") -> None:
+        """Copies the center would not take back (event_id, reason): never offered again; and
+        those it refused for their seal alone under the key `key_id`: not offered again to it."""
+        if not refused and not seal_refused:
             return
         try:
             with self._write() as conn:
                 conn.executemany("INSERT OR REPLACE INTO relay_refused(event_id, reason, at) VALUES (?, ?, ?)",
                                  [(eid, why, _now().isoformat()) for eid, why in refused])
+                conn.executemany("INSERT OR REPLACE INTO relay_seal_refused(event_id, key_id) VALUES (?, ?)",
+                                 [(eid, key_id) for eid in seal_refused])
         except sqlite3.Error as err:
             raise _translate(err, self.path, self.busy_timeout) from None
 

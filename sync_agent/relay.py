@@ -68,9 +68,10 @@ async def relay_round(nc: Any, log_: LocalLog, site_id: str, within: float) -> R
         state = held.get(site)
         return state is not None and not state.committed(seq)
 
+    key_id = answer.key_id or ""
     after = 0
     while True:
-        batch, after = log_.relay_candidates(lacking, after, RELAY_PAGE_BYTES, MAX_EVENTS)
+        batch, after = log_.relay_candidates(lacking, after, RELAY_PAGE_BYTES, MAX_EVENTS, key_id)
         if not batch:
             break
         request = RelayRequest(events=[msgspec.Raw(body) for _, body, _ in batch], seals=[s for _, _, s in batch])
@@ -79,8 +80,10 @@ async def relay_round(nc: Any, log_: LocalLog, site_id: str, within: float) -> R
         report.stored += answer.stored
         report.duplicates += answer.duplicates
         report.refused += len(answer.refused)
-        refused = [(batch[r.index][0], r.reason) for r in answer.refused if 0 <= r.index < len(batch)]
-        log_.note_relay_refused(refused)
+        known = [r for r in answer.refused if 0 <= r.index < len(batch)]
+        refused = [(batch[r.index][0], r.reason) for r in known]
+        log_.note_relay_refused([x for x, r in zip(refused, known, strict=True) if not r.seal],
+                                [batch[r.index][0] for r in known if r.seal], key_id)
         for eid, why in refused[:5]:
             _log.warning("relayed copy refused by the center", event_id=eid, reason=why[:200])
     if report.offered:

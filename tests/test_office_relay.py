@@ -179,12 +179,12 @@ async def test_the_center_takes_back_only_its_own_seals_of_the_offices_township(
     reply = await relay.answer(work.office, offer((first, other_key.seal(event_hash(first))),
                                                   (changed, sealer.seal(event_hash(second)))))
     assert (reply.error, reply.stored, [r.index for r in reply.refused]) == (None, 0, [0, 1])
-    assert all("seal" in r.reason for r in reply.refused)
+    assert all("seal" in r.reason and r.seal for r in reply.refused) and reply.key_id == sealer.key_id
     foreign = msgspec.structs.replace(first, site_id="gx-lp.zz.v01")
     own = msgspec.structs.replace(first, site_id=work.office)
     reply = await relay.answer(work.office, offer((foreign, sealer.seal(event_hash(foreign))),
                                                   (own, sealer.seal(event_hash(own)))))
-    assert reply.stored == 0 and all("other sites of its township" in r.reason for r in reply.refused)
+    assert reply.stored == 0 and all("other sites of its township" in r.reason and not r.seal for r in reply.refused)
     async with pool.acquire() as conn:
         rows = await conn.fetch("SELECT subject, site_id, reason FROM quarantine ORDER BY id")
     assert len(rows) == 4
@@ -206,3 +206,24 @@ def test_a_relay_key_too_short_is_refused_naming_it() -> None:
     with pytest.raises(SettingsError, match="SHOUWANG_RELAY_KEY must be at least 32 characters"):
         RelaySettings.from_env({"SHOUWANG_RELAY_KEY": "short"})
     assert RelaySettings.from_env({}).sealer() is None
+
+
+def test_a_copy_refused_for_its_seal_is_offered_again_only_to_another_key(tmp_path: Path) -> None:
+    """The office never offers again a copy the center refused, except one refused for its seal
+    alone: that one goes again once the center's key is another (the right key put back)."""
+    work = TownshipWork("gx-lp.rs", seed=20)
+    school = make_site(tmp_path, work.school, "nats://127.0.0.1:4222", SiteKind.SCHOOL)
+    record(school, work.registrations(3))
+    with LocalLog(log_path(school), work.school) as log:
+        events = list(log.own_events())
+    office = make_site(tmp_path, work.office, "nats://127.0.0.1:4222", SiteKind.TOWNSHIP)
+    with LocalLog(log_path(office), work.office) as log:
+        log.apply_inbound([(e, encode_event(e)) for e in events], seals={e.event_id: "v1.x" for e in events})
+
+        def offered(key_id: str) -> list[str]:
+            return [eid for eid, _, _ in log.relay_candidates(lambda site, seq: True, 0, 10**6, 100, key_id)[0]]
+
+        assert offered("k1") == [e.event_id for e in events]
+        log.note_relay_refused([(events[0].event_id, "not authorized")], [events[1].event_id], "k1")
+        assert offered("k1") == [events[2].event_id]
+        assert offered("k2") == [events[1].event_id, events[2].event_id]
