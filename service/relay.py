@@ -55,6 +55,7 @@ from service.ingest import Accepted, Outcome, Submitted, commit_in
 from service.quarantine import NewRow, insert_rows
 from service.seals import Sealer
 from service.sites import SiteError, check_site_id, township_of
+from store.conn import Conn
 from store.postgres import holes_of
 
 _log = log.get("service.relay")
@@ -187,7 +188,7 @@ class RelayResponder:
         return "", Accepted(Submitted(e.site_id, e), e.site_id, decoded)
 
 
-async def township_progress(conn: asyncpg.Connection, office: str) -> list[SiteProgress]:
+async def township_progress(conn: Conn, office: str) -> list[SiteProgress]:
     """What the store holds of each active site of the office's township (the office excepted)."""
     rows = await conn.fetch(
         """SELECT s.site_id, coalesce(p.watermark, 0) AS watermark, coalesce(p.max_seq, 0) AS max_seq,
