@@ -58,8 +58,10 @@ def rule_routes() -> list[HTTPRouteHandler]:
         as_of = request.query_params.get("as_of") or ""
         if as_of and not _is_day(as_of):
             return _bad_input(request, me, "as_of", as_of, "dash.want_day")
+        school_year = today.year if today.month >= 8 else today.year - 1
         async with Api(request, token) as api:
             status, doc = await api.get("/rules", scope=scope, period=period, as_of=as_of)
+            cal_status, cal = await api.get("/rules/calendar", scope=scope, school_year=school_year)
         refused = _api_refused(request, me, status, doc)
         if refused is not None:
             return refused
@@ -71,6 +73,7 @@ def rule_routes() -> list[HTTPRouteHandler]:
                                     period=i18n.text("rules.period." + r["period_kind"], lang))}
                 for r in (doc or [])] if status == 200 else []
         return page(request, "dash/rules.html", rules=obj(rows), period=period, as_of=as_of, scope=scope,
+                    calendar=obj(cal) if cal_status == 200 else None, school_year=school_year,
                     can_change=me.get("role") == "township", kinds=PERIOD_KINDS, today=today.isoformat(),
                     done=request.query_params.get("done"), **_ctx(me))
 
@@ -135,4 +138,29 @@ def rule_routes() -> list[HTTPRouteHandler]:
         done = quote(i18n.text("rules.retired", lang_of(request), day=day))
         return Response("", status_code=303, headers={"Location": f"{PREFIX}/rules?done={done}"})
 
-    return [rules_page, change, retire]
+    @post(f"{PREFIX}/rules-calendar", include_in_schema=False, exclude_from_auth=True, status_code=200)
+    async def set_calendar(request: Request[Any, Any, Any]) -> Response[str]:
+        got = await _form(request)
+        if isinstance(got, Response):
+            return got
+        token, me, form = got
+        days = {}
+        for field in ("autumn_first", "autumn_last", "spring_first", "spring_last"):
+            value = form.get(field, "")
+            if not _is_day(value):
+                return _bad_input(request, me, field, value, "dash.want_day")
+            days[field] = value
+        year = form.get("school_year", "")
+        if not year.isdigit() or not 2000 <= int(year) <= 2100:
+            return _bad_input(request, me, "school_year", year, "rules.want_school_year")
+        body = {"calendar": {"school_year": int(year), "terms": [[days["autumn_first"], days["autumn_last"]],
+                                                                 [days["spring_first"], days["spring_last"]]]},
+                "note": form.get("note") or None}
+        async with Api(request, token) as api:
+            status, out = await api.post("/rules/calendar", body)
+        if status != 201:
+            return _failed(request, me, status, out)
+        done = quote(i18n.text("rules.calendar_set", lang_of(request), year=year))
+        return Response("", status_code=303, headers={"Location": f"{PREFIX}/rules?done={done}"})
+
+    return [rules_page, change, retire, set_calendar]

@@ -41,6 +41,10 @@ async def test_rules_figures_and_a_supervisors_change(database_url: str, nats_ur
         assert (await client.get("/rules", params={**query, "scope": "gx-lp.zz"},
                                  headers=w.headers("township"))).status_code == 404
 
+        cal = (await client.get("/rules/calendar", params={"scope": V1, "school_year": 2026},
+                                headers=w.headers("station1"))).json()
+        assert cal == {"township": TOWNSHIP, "set_by_township": False, "calendar": {
+            "school_year": 2026, "terms": [["2026-09-01", "2027-01-20"], ["2027-02-20", "2027-07-10"]]}}
         rule = {**__import__("msgspec").to_builtins(DEFAULT_RULES[0]), "zh": "代管家长每月家访两次"}
         rule["counts"] = {"event_types": ["HomeVisitMade"], "at_least": 2}
         body = {"rule": rule, "effective_from": "2026-04-01", "note": "加密家访"}

@@ -68,6 +68,21 @@ async def test_a_supervisor_changes_a_rule_on_the_dashboard(pool: asyncpg.Pool, 
         heading = await visit.locator("h2").text_content() or ""
         assert "代管家长每月家访两次" in heading and "自 2026-04-01 起施行" in heading
 
+        # the school calendar: the national pattern until the supervisor sets the township's own
+        assert "全国通行安排" in (await page.text_content("#calendar") or "")
+        await page.locator("#calendar details.calendar-change summary").click()
+        cal = page.locator("form.calendar-form")
+        await cal.locator("input[name=school_year]").fill("2025")
+        for name, day in (("autumn_first", "2025-09-01"), ("autumn_last", "2026-01-16"),
+                          ("spring_first", "2026-02-02"), ("spring_last", "2026-07-03")):
+            await cal.locator(f"input[name={name}]").fill(day)
+        await cal.locator("button").click()
+        await page.wait_for_url(f"{base}/ui/rules?done=*")
+        assert "2025 学年校历已设定" in (await page.text_content("#rules-done") or "")
+        async with pool.acquire() as conn:
+            kept = await conn.fetchval("SELECT payload->'calendar' FROM events WHERE type = 'SchoolCalendarSet'")
+        assert b'"2026-02-02"' in kept
+
         station = await browser.new_page(locale="zh-CN")
         await _login(station, base, "station1")
         await station.goto(url)

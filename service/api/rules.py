@@ -20,7 +20,14 @@ from litestar.params import JSONBody, Parameter
 
 from events import catalogue as c
 from events.localtime import local_today
-from events.rules import FollowUpRule, RuleId, SchoolCalendar, calendar_problems, rule_problems
+from events.rules import (
+    FollowUpRule,
+    RuleId,
+    SchoolCalendar,
+    calendar_problems,
+    national_calendar,
+    rule_problems,
+)
 from events.types import ShortText
 from projections import rule_queries
 from projections.rules import RuleFigures, RuleVersion
@@ -46,6 +53,14 @@ class RetireRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
 class SetCalendar(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     calendar: SchoolCalendar
     note: ShortText | None = None
+
+
+class CalendarView(msgspec.Struct, frozen=True, kw_only=True):
+    """The terms of a township's school year: as the township set them, or the national pattern."""
+
+    township: str
+    calendar: SchoolCalendar
+    set_by_township: bool
 
 
 class RuleHistory(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,6 +140,22 @@ class RulesController(Controller):
             out.append(RuleHistory(township=town, rule_id=rid, day=on, in_force=v.rule if v else None,
                                    versions=book.versions(town, rid)))
         return out
+
+    @get("/calendar", summary="The terms of a school year of a township (set, or the national pattern)")
+    async def calendar(
+        self, request: Request[Any, Any, Any], area: ScopeQuery,
+        school_year: Annotated[int, Parameter(ge=2000, le=2100, description="the year the school year starts in")],
+    ) -> CalendarView:
+        caller = caller_of(request)
+        check_scope(caller, area)
+        if area.count(".") == 0:
+            raise bad("scope", area, "give a township (region.township) or a site")
+        town = area if area.count(".") == 1 else area.rsplit(".", 1)[0]
+        async with request.app.state.pool.acquire() as conn:
+            book = await rule_queries.rule_book(conn, town)
+        found = book.calendars.get(town, {}).get(school_year)
+        return CalendarView(township=town, calendar=found or national_calendar(school_year),
+                            set_by_township=found is not None)
 
     @post("/", guards=[allow("township")], status_code=201,
           summary="Set a rule of your township (a FollowUpRuleSet event), from a day on")
