@@ -179,13 +179,16 @@ class StationArchives:
         return inputs
 
     def rule_figures(self, site: str, kind: str, day: dt.date) -> list[rules.RuleFigures]:
-        """The township's rules in force judged on `day` for this site's children (projections.rules:
-        who is overdue on `day`), kept until the log changes."""
+        """The township's rules in force judged on `day` for this site's children, or a township
+        office's whole township (projections.rules: who is overdue on `day`), kept until the log
+        changes."""
         inputs = self.rule_inputs(site, kind)
         kept = self._late.get((site, day))
         if kept is not None and kept[0] is inputs:
             return kept[1]
-        out = rules.rule_figures(inputs.book, inputs.archives, inputs.work, {site: rules.SiteInfo(kind)}, site,
+        # A township office looks after its whole township (its agent holds every site's children).
+        scope = site.rsplit(".", 1)[0] if kind == "township" else site
+        out = rules.rule_figures(inputs.book, inputs.archives, inputs.work, {site: rules.SiteInfo(kind)}, scope,
                                  followups.month_of(day), day)
         with self._lock:
             if len(self._late) > 16:

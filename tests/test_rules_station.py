@@ -11,6 +11,7 @@ import msgspec
 from events import catalogue as c
 from events.envelope import encode_event, parse_drafts
 from events.samples import SampleSite
+from events.types import GuardianshipType, PartnerKind, Reason, Sex
 from sync_agent.locallog import LocalLog
 from sync_agent.roster_pages import this_week
 from sync_agent.view import station_archives
@@ -87,3 +88,20 @@ def test_the_stations_rules_are_the_pure_evaluation_of_its_events(tmp_path: Path
                    default_actor="director-07")
         mine, pure = both()
         assert mine == pure
+
+
+def test_a_township_offices_this_week_covers_its_township(tmp_path: Path) -> None:
+    """The office's agent holds the villages' children (fanned out to it): its "this week" lists
+    them, though the office itself holds none."""
+    village = SampleSite("gx.xy.v01")
+    reg = village.write(c.ChildRegistered(
+        child_id=KID, name="林小溪", sex=Sex.FEMALE, birth_date=dt.date(2016, 5, 17), household_village="青石村",
+        reasons=[Reason.BOTH_PARENTS_AWAY], guardian=c.Guardian(type=GuardianshipType.GRANDPARENTS)),
+        dt.datetime(2026, 1, 5, 1, tzinfo=dt.UTC))
+    paired = village.write(c.PairingStarted(pairing_id="p-" + "e" * 32, child_id=KID,
+                                            partner_kind=PartnerKind.PROXY_PARENT, partner_name="云晓"),
+                           dt.datetime(2026, 1, 5, 2, tzinfo=dt.UTC))
+    with LocalLog(tmp_path / "log.sqlite", OFFICE) as log:
+        log.apply_inbound([(d.event, encode_event(d.event)) for d in (reg, paired)])
+        overdue, _ = this_week(station_archives(log), OFFICE, "township", dt.date(2026, 4, 10))
+        assert {(r["child_id"], r["rule"], r["days_overdue"]) for r in overdue} >= {(KID, "proxy_visit", 41)}
