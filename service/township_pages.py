@@ -19,11 +19,14 @@ import re
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import msgspec
 from litestar import Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath
 
 from events.localtime import local_day
+from projections.figures import labelled
+from projections.rollups import Rollup
 from service.dashboard import (
     PREFIX,
     Api,
@@ -628,7 +631,11 @@ def township_routes() -> list[HTTPRouteHandler]:
             if status != 200:
                 return page(request, "dash/message.html", status_code=status,
                             message=(rollup or {}).get("message", ""), **_ctx(me))
-        return page(request, "dash/asof.html", rollup=obj(rollup), day=day, clock=clock, period=period,
-                    scope=scope, today=dt.datetime.now(CST).date().isoformat(), **_ctx(me))
+        # Every figure as it stood, named by the one catalogue (projections/figures.py) the live
+        # summary, the exports and the API use; freshness is not kept in the log, so none here.
+        figures = [f for f in labelled(msgspec.convert(rollup, Rollup), lang_of(request))
+                   if not f.key.startswith("freshness.")] if rollup else []
+        return page(request, "dash/asof.html", rollup=obj(rollup), figures=figures, day=day, clock=clock,
+                    period=period, scope=scope, today=dt.datetime.now(CST).date().isoformat(), **_ctx(me))
 
     return [children, roster, child, sites, quarantine, replay, dismiss, reads, reads_csv, chains, asof]

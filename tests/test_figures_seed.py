@@ -143,6 +143,14 @@ async def test_api_and_exports_label_figures_from_one_catalogue(database_url: st
         for key in ("children_archived", "proxy_parent_children", "condolence_households", "safety_incidents"):
             assert f'title="{key}">{by_key[key]["value"]}</b><span>{pf.label_of(key, "zh")}' in overview, key
         assert "监护类型" in overview and "隔代监护（祖辈）" in overview
+        # The auditor's figures as of a past day: every figure, named by the catalogue, values as they stood.
+        client.cookies.set("sw_token", w.tokens["auditor"])
+        asof = await client.get("/ui/asof?day=2026-03-31&clock=occurred&period=2026-03")
+        assert asof.status_code == 200, asof.text[:300]
+        for key in ("proxy_parent_children", "condolence_households", "dropped_out_poverty"):
+            row = f'<td>{pf.label_of(key, "zh")}</td><td class="num" title="{key}">{by_key[key]["value"]} '
+            assert row in asof.text, key
+        assert 'title="proxy_parent_children">2 人 (50.0%)' in asof.text
 
 
 def test_the_catalogue_labels_every_figure_of_a_rollup() -> None:
