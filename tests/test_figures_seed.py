@@ -148,9 +148,9 @@ async def test_api_and_exports_label_figures_from_one_catalogue(database_url: st
         asof = await client.get("/ui/asof?day=2026-03-31&clock=occurred&period=2026-03")
         assert asof.status_code == 200, asof.text[:300]
         for key in ("proxy_parent_children", "condolence_households", "dropped_out_poverty"):
-            row = f'<td>{pf.label_of(key, "zh")}</td><td class="num" title="{key}">{by_key[key]["value"]} '
+            row = f'<td>{pf.label_of(key, "zh")}</td><td class="num" title="{key}"><span>{by_key[key]["value"]}</span> '
             assert row in asof.text, key
-        assert 'title="proxy_parent_children">2 人 (50.0%)' in asof.text
+        assert 'title="proxy_parent_children"><span>2</span> 人 (50.0%)' in asof.text
 
 
 def test_the_catalogue_labels_every_figure_of_a_rollup() -> None:
