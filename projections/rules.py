@@ -50,6 +50,7 @@ from projections.followups import Period
 from projections.periods import Periods
 
 _FAR_PAST = dt.date(1970, 1, 1)
+_MOVES = frozenset({"ChildRegistered", "ChildTransferred"})
 
 
 class Work(msgspec.Struct, frozen=True, kw_only=True):
@@ -397,16 +398,18 @@ def rule_figures(book: RuleBook, archives: Iterable[ChildArchive], work: Iterabl
     root = {m: a.child_id for a in arch for m in (a.child_id, *a.merged_from)}
     reasons_of = {m: a.reasons for a in arch for m in (a.child_id, *a.merged_from)}
     by_child: dict[str, list[Work]] = {}
+    moves: dict[str, list[Work]] = {}  # registrations and transfers only (holdings reads them)
     by_site: dict[str, dict[str, list[Work]]] = {}  # site -> event type -> its work
     for w in work:
         by_site.setdefault(w.site_id, {}).setdefault(w.type, []).append(w)
+        into = moves if w.type in _MOVES else by_child
         for ch in w.children:
-            by_child.setdefault(root.get(ch, ch), []).append(w)
+            into.setdefault(root.get(ch, ch), []).append(w)
     children = []
     for a in arch:
-        held = holdings(by_child, a, sites)
+        held = holdings(moves, a, sites)
         if any(in_scope(s, scope) for _, s, _, _ in held):
-            children.append(_Child(a, held, by_child.get(a.child_id, [])))
+            children.append(_Child(a, held, [*by_child.get(a.child_id, []), *moves.get(a.child_id, [])]))
     towns = sorted({township_of(s) for s in sites if in_scope(s, scope) or in_scope(township_of(s), scope)}
                    | {township_of(s) for ch in children for _, s, _, _ in ch.held})
     out = []
