@@ -19,8 +19,10 @@ from typing import Any
 
 import asyncpg
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.errors import ServiceUnavailableError
 
 from runtime import log, natsurl
 from runtime.db import create_pool
@@ -136,6 +138,34 @@ async def stop_tasks(tasks: list[asyncio.Task[Any]], *, rounds: int = 20, wait: 
             _log.warning("task had failed before stopping", task=t.get_name(), error=type(t.exception()).__name__)
 
 
+# What the JetStream API answers while it cannot decide yet: no server took the request, or a
+# cluster is electing the leader of its meta group or of a stream (a server just died).
+_NOT_YET = (nats.errors.TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError)
+
+
+async def _ensure_jetstream(js: JetStreamContext, settings: StreamSettings, active: list[str],
+                            within: float = 120.0) -> None:
+    """The streams, the ingest consumer and each active site's consumer (so a site's messages
+    wait for it even before its agent first connects), retried for up to `within` seconds while
+    JetStream answers "not yet": on a cluster whose server just died, the API is silent until a
+    new leader is elected, and a center that exited on that would only be restarted into it. A
+    refusal (e.g. 3 replicas asked of a single server) is raised at once."""
+    deadline = time.monotonic() + within
+    wait = 0.25
+    while True:
+        try:
+            await ensure_streams(js, settings)
+            for site_id in active:
+                await ensure_site_consumer(js, site_id)
+            return
+        except _NOT_YET as err:
+            if time.monotonic() > deadline:
+                raise
+            _log.warning("JetStream not answering yet; retrying", error=type(err).__name__, retry_s=wait)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 5.0)
+
+
 @contextlib.asynccontextmanager
 async def run_center(
     database_url: str,
@@ -169,11 +199,9 @@ async def run_center(
     try:
         nc = await connect_nats(nats_url, **(nats_options or {}))
         js = nc.jetstream(timeout=5)
-        await ensure_streams(js, settings)
         async with pool.acquire() as c:
             active = [r["site_id"] for r in await c.fetch("SELECT site_id FROM sites WHERE active")]
-        for site_id in active:  # so a site's messages wait for it even before its agent first connects
-            await ensure_site_consumer(js, site_id)
+        await _ensure_jetstream(js, settings, active)
         center = Center(pool, nc, js, settings)
         center.metrics = serve_center_metrics(metrics)
         if "receipts" in parts:

@@ -217,7 +217,7 @@ class Agent:
                 await asyncio.sleep(self._connect_backoff.next())
                 continue
             self._attach(nc)
-            await closed.wait()
+            await _until_closed(nc, closed)
             raise_if_cancelling()
             why = nc.last_error
             self._detach()
@@ -450,6 +450,19 @@ def _receipt_of(data: bytes, site_id: str) -> Receipt:
     if reply.receipt.site_id != site_id:
         raise ReceiptUnavailable(f"the center answered for site {reply.receipt.site_id}, not {site_id}")
     return reply.receipt
+
+
+async def _until_closed(nc: Any, closed: asyncio.Event, every: float = 1.0) -> None:
+    """Until the connection is closed: its closed callback has run, or nats-py says it is closed.
+
+    The callback alone is not enough. When the socket dies with data still queued to send,
+    nats-py marks the connection closed and then raises on the final flush before it calls the
+    callback, so a loop that waits only for the callback keeps a dead connection for ever: the
+    chaos run on a NATS cluster (tests/test_chaos_cluster.py) found an agent "not connected"
+    for minutes after the server behind its line was killed, its events never sent."""
+    while not closed.is_set() and not nc.is_closed:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(closed.wait(), every)
 
 
 def redact_url(url: str) -> str:
