@@ -10,6 +10,9 @@ What runs, each a real part of the system:
   as processes, and the HTTP API with the township dashboard, served here;
 * one agent process per site (`shouwang agent serve`, which also serves the station's pages),
   each talking to NATS through a line the demo can cut (testbed.proxy.TcpProxy).
+* with ``nats_nodes=3``, NATS is a JetStream cluster of three servers (testbed.embedded.NatsCluster)
+  with the streams kept 3 times (SHOUWANG_NATS_REPLICAS); every process is given the list of
+  servers, and each station's line is one proxy per server (testbed.proxy.LineToCluster).
 
 The scenario (testbed.simulation) is recorded day by day through each station's local HTTP
 endpoint, exactly as a station app would; one village station loses its line for weeks and
@@ -45,8 +48,8 @@ import msgspec
 from runtime.db import connect
 from service.sites import credentials_for, nats_users_conf, site_passwords
 from store import migrate
-from testbed.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from testbed.proxy import TcpProxy
+from testbed.embedded import EmbeddedNats, EmbeddedPostgres, NatsCluster, free_port
+from testbed.proxy import LineToCluster, TcpProxy
 from testbed.simulation import Planned, Scenario, SiteSpec, Truth, generate
 
 DEMO_PASSWORD = "shouwang-demo"  # made-up demo accounts on a local machine; printed at start
@@ -96,7 +99,7 @@ async def spawn(name: str, args: list[str], log: Path, env: dict[str, str]) -> P
 
 
 class Station:
-    def __init__(self, spec: SiteSpec, data: Path, port: int, proxy: TcpProxy) -> None:
+    def __init__(self, spec: SiteSpec, data: Path, port: int, proxy: TcpProxy | LineToCluster) -> None:
         self.spec, self.data, self.port, self.proxy = spec, data, port, proxy
         self.proc: Proc | None = None
         self.recorded = 0
@@ -129,10 +132,11 @@ def station_account(data: Path, name: str) -> str:
 class Demo:
     def __init__(self, data: Path, *, children: int, villages: int, schools: int, days: int, seed: int,
                  progress: Callable[[str], None], http_port: int | None = None, townships: int = 1,
-                 communities: int = 1) -> None:
+                 communities: int = 1, nats_nodes: int = 1) -> None:
         if not 1 <= townships <= MAX_TOWNSHIPS:
             raise DemoError(f"--townships {townships}: give 1 to {MAX_TOWNSHIPS}")
         self.data = data
+        self.nats_nodes = nats_nodes
         # One scenario per township; a single township is exactly the demo's township as before.
         self.scenarios: list[Scenario] = [
             generate(children=children, villages=villages, schools=schools, days=days, seed=seed + i,
@@ -143,11 +147,14 @@ class Demo:
         self.names = {sc.township_id: TOWNSHIPS[i][1] for i, sc in enumerate(self.scenarios)}
         self.progress = progress
         self.http_port = http_port or free_port()
+        # `center run` also serves the API as a child process: on a port of this demo's own, not
+        # the default 8800 that another center (or demo, or test) on the machine may hold.
+        self.center_api_port = free_port()
         self.timings: dict[str, float] = {}
         self.procs: list[Proc] = []
         self.stations: dict[str, Station] = {}
         self.pg: EmbeddedPostgres | None = None
-        self.nats: EmbeddedNats | None = None
+        self.nats: EmbeddedNats | NatsCluster | None = None
         self.server: Any = None
         self.server_task: asyncio.Task[None] | None = None
         self.db_url = ""
@@ -167,7 +174,9 @@ class Demo:
         async with self.phase("servers", "starting PostgreSQL and NATS with JetStream (embedded wheels)"):
             self.pg = EmbeddedPostgres(self.data / "pg")
             # Only the center's user until the sites are registered (_nats_users reloads).
-            self.nats = EmbeddedNats(self.data / "nats", users=nats_users_conf({}, self.nats_center_password))
+            users = nats_users_conf({}, self.nats_center_password)
+            self.nats = (EmbeddedNats(self.data / "nats", users=users) if self.nats_nodes == 1
+                         else NatsCluster(self.data / "nats", size=self.nats_nodes, users=users))
             await asyncio.to_thread(self.pg.start)
             await asyncio.to_thread(self.nats.start)
             self.db_url = self.pg.url_for("shouwang")
@@ -235,7 +244,8 @@ class Demo:
         assert self.nats is not None
         nats_url = self.nats.url if agent else self.center_nats_url
         return {"SHOUWANG_DATABASE_URL": self.db_url, "SHOUWANG_NATS_URL": nats_url, "SHOUWANG_LOG_JSON": "true",
-                "SHOUWANG_LOG_LEVEL": "warning"}
+                "SHOUWANG_LOG_LEVEL": "warning", "SHOUWANG_NATS_REPLICAS": str(min(self.nats_nodes, 3)),
+                "SHOUWANG_API_PORT": str(self.center_api_port)}
 
     @property
     def center_nats_url(self) -> str:
@@ -312,7 +322,9 @@ class Demo:
     async def _start_station(self, spec: SiteSpec) -> None:
         assert self.nats is not None
         data = self.data / "sites" / spec.site_id
-        proxy = await TcpProxy("127.0.0.1", self.nats.port).start()
+        proxy: TcpProxy | LineToCluster = (
+            await TcpProxy("127.0.0.1", self.nats.port).start() if isinstance(self.nats, EmbeddedNats)
+            else await LineToCluster("127.0.0.1", self.nats.ports).start())
         station = Station(spec, data, free_port(), proxy)
         if not (data / "site.json").exists():
             init = await spawn(f"init {spec.site_id}", [

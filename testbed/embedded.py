@@ -210,6 +210,11 @@ class EmbeddedNats:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
+    @property
+    def ports(self) -> list[int]:
+        """The client ports (one; NatsCluster has one per server)."""
+        return [self.port]
+
     def url_for(self, user: str, password: str) -> str:
         """The server's URL carrying a user's credentials (a server with `users` needs one)."""
         quote = urllib.parse.quote
@@ -399,17 +404,37 @@ class NatsCluster:
             time.sleep(0.05)
         raise EmbeddedError(f"NATS server {self.name_of(i)} not healthy within {timeout}s")
 
+    def stored_on(self, i: int, stream: str) -> int | None:
+        """How many messages server `i`'s own copy of `stream` holds (None: it has none, or
+        does not answer); from its monitoring port, so no other server is asked."""
+        doc = self._jsz(self.nodes[i], "?streams=true") or {}
+        for account in doc.get("account_details") or []:
+            for detail in account.get("stream_detail") or []:
+                if detail.get("name") == stream:
+                    return int(detail.get("state", {}).get("messages", 0))
+        return None
+
     @staticmethod
-    def _jsz(node: EmbeddedNats) -> dict[str, Any] | None:
+    def _jsz(node: EmbeddedNats, query: str = "") -> dict[str, Any] | None:
         with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(
-                f"http://127.0.0.1:{node.http_port}/jsz", timeout=2) as resp:
+                f"http://127.0.0.1:{node.http_port}/jsz{query}", timeout=2) as resp:
             doc = json.loads(resp.read())
             return doc if isinstance(doc, dict) else None
         return None
 
-    def kill(self, i: int) -> None:
-        """kill -9 server `i` (its store stays, as after a power cut of that machine)."""
-        self.nodes[i].kill()
+    def meta_leader(self) -> str | None:
+        """The server name of the meta group's leader, as the first running server sees it."""
+        for node in self.nodes:
+            if node.proc is not None:
+                leader = (self._jsz(node) or {}).get("meta_cluster", {}).get("leader")
+                if leader:
+                    return str(leader)
+        return None
+
+    def kill(self, i: int | None = None) -> None:
+        """kill -9 server `i`, or every server (their stores stay, as after a power cut)."""
+        for node in self.nodes if i is None else [self.nodes[i]]:
+            node.kill()
 
     def start_node(self, i: int, timeout: float = 60) -> None:
         self.nodes[i].start(timeout)

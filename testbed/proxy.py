@@ -224,3 +224,38 @@ class TcpProxy:
                 await carrier
             with contextlib.suppress(Exception):
                 writer.close()
+
+class LineToCluster:
+    """A station's line to a NATS cluster: one TcpProxy per server, cut and restored together
+    (the station's line is down, whichever server it would reach). `url` lists the proxies,
+    separated by commas, as the agent's nats_url lists a cluster's servers."""
+
+    def __init__(self, target_host: str, target_ports: list[int]) -> None:
+        self.proxies = [TcpProxy(target_host, port) for port in target_ports]
+
+    @property
+    def url(self) -> str:
+        return ",".join(p.url for p in self.proxies)
+
+    @property
+    def is_up(self) -> bool:
+        return all(p.is_up for p in self.proxies)
+
+    @property
+    def cut_count(self) -> int:
+        return max(p.cut_count for p in self.proxies)
+
+    async def start(self) -> LineToCluster:
+        for p in self.proxies:
+            await p.start()
+        return self
+
+    async def cut(self) -> None:
+        await asyncio.gather(*(p.cut() for p in self.proxies))
+
+    async def restore(self) -> None:
+        for p in self.proxies:
+            await p.restore()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(p.close() for p in self.proxies), return_exceptions=True)

@@ -6,6 +6,7 @@ everything else the chaos harness does, is tests/test_chaos_cluster.py."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig
+from nats.js.errors import APIError, ServiceUnavailableError
 
 from events.catalogue import HomeVisitMade
 from events.envelope import DecodedEvent
@@ -25,7 +27,7 @@ from service.sites import register_site
 from service.streams import INGEST_CONSUMER, PublishTimeout, StreamSettings
 from store.postgres import EventStore
 from sync_agent.config import check_nats_url
-from testbed.embedded import NatsCluster
+from testbed.embedded import EmbeddedNats, NatsCluster
 from tests.center_kit import connect, publish, wait_for
 from tests.factory import SiteWriter
 
@@ -79,6 +81,10 @@ async def _publish_until_acked(js: object, subject: str, n: int, prefix: str, wi
                 await asyncio.sleep(0.1)
 
 
+async def _holds(cluster: NatsCluster, i: int, n: int) -> bool:
+    return await asyncio.to_thread(cluster.stored_on, i, "T") == n
+
+
 async def _leader(nc: NATS, stream: str) -> str:
     info = await nc.jetstream(timeout=5).stream_info(stream)
     assert info.cluster is not None and info.cluster.leader
@@ -112,6 +118,7 @@ async def test_a_killed_stream_leader_loses_nothing_and_its_copy_catches_up(clus
         assert await _messages(nc, "T") == 400
         cluster.start_node(first)
         await asyncio.to_thread(cluster.wait_healthy, first)
+        await wait_for(lambda: _holds(cluster, first, 400), within=30, what="the restarted server's own copy")
         second = cluster.index_of(await _leader(nc, "T"))
         assert second != first
         cluster.kill(second)  # now the restarted server must hold its copy
@@ -120,6 +127,31 @@ async def test_a_killed_stream_leader_loses_nothing_and_its_copy_catches_up(clus
         cluster.start_node(second)
         await asyncio.to_thread(cluster.wait_healthy, second)
         assert sorted(cluster.running()) == [0, 1, 2]
+    finally:
+        await nc.close()
+
+
+async def test_a_server_replaced_with_an_empty_store_copies_every_stream_back(cluster: NatsCluster) -> None:
+    """The runbook's "replace a machine": a server whose disk died comes back under its old name
+    with an empty store, copies the stream from the other two, and once it says it is healthy
+    the other copies can be lost in turn without losing a message."""
+    nc = await connect(cluster.url.split(","))  # type: ignore[arg-type]
+    try:
+        js = nc.jetstream(timeout=5)
+        await js.add_stream(StreamConfig(name="T", subjects=["t.>"], num_replicas=3))
+        await _publish_until_acked(js, "t.a", 300, "m")
+        dead = cluster.index_of(await _leader(nc, "T"))
+        cluster.kill(dead)
+        shutil.rmtree(cluster.nodes[dead].store_dir / "js")  # the disk died
+        await _publish_until_acked(js, "t.a", 100, "meanwhile")
+        cluster.start_node(dead)
+        await asyncio.to_thread(cluster.wait_healthy, dead)
+        await wait_for(lambda: _holds(cluster, dead, 400), within=30, what="the new server's own copy")
+        for other in [i for i in range(3) if i != dead]:  # each old copy lost in turn, one at a time
+            cluster.kill(other)
+            assert await _messages(nc, "T") == 400
+            cluster.start_node(other)
+            await asyncio.to_thread(cluster.wait_healthy, other)
     finally:
         await nc.close()
 
@@ -185,3 +217,16 @@ async def _up_empty(nc: NATS) -> bool:
         return (await nc.jetstream(timeout=5).stream_info(UP_STREAM)).state.messages == 0
     except (nats.errors.Error, TimeoutError):
         return False
+
+
+async def test_three_replicas_asked_of_a_single_server_is_refused_at_once(tmp_path: Path, database_url: str) -> None:
+    """A center set up for a cluster (SHOUWANG_NATS_REPLICAS=3) but pointed at one server stops at
+    start with JetStream's refusal; it does not wait for an answer that will never change."""
+    single = EmbeddedNats(tmp_path / "nats").start()
+    try:
+        with pytest.raises(APIError) as refused:
+            async with run_center(database_url, single.url, settings=R3, parts=("ingest",)):
+                pass
+        assert not isinstance(refused.value, ServiceUnavailableError)
+    finally:
+        single.stop()

@@ -33,6 +33,7 @@ import msgspec
 import nats
 
 from events.wire import CONTENT_TYPE_HEADER, MSGPACK, up_subject
+from runtime import natsurl
 from tests.chaos.town import Town, local_events, open_pool
 
 INJECTIONS = ["'; DROP TABLE events; --", "<script>alert(1)</script>", "${jndi:ldap://x/a}", "../../etc/passwd",
@@ -174,7 +175,7 @@ async def ingest(town: Town, problems: list[str]) -> tuple[int, int]:
         async with pool.acquire() as conn:
             top = int(await conn.fetchval("SELECT coalesce(max(id), 0) FROM quarantine"))
         assert town.nats is not None
-        nc = await nats.connect(town.center_nats_url)
+        nc = await nats.connect(natsurl.servers(town.center_nats_url))
         try:
             js = nc.jetstream(timeout=10)
             for _, subject, data, mp in corpus:

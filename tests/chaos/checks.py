@@ -27,6 +27,7 @@ from events.wire import DOWN_STREAM, down_consumer
 from projections import queries, tables
 from projections.rebuild import fill
 from projections.runner import lag
+from runtime import natsurl
 from store.postgres import EventStore
 from sync_agent import view
 from sync_agent.config import log_path
@@ -43,7 +44,7 @@ async def settle(town: Town, within: float, progress: Any) -> tuple[bool, str]:
     last_note = 0.0
     state = ""
     assert town.nats is not None
-    nc = await nats.connect(town.center_nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.25)
+    nc = await nats.connect(natsurl.servers(town.center_nats_url), max_reconnect_attempts=-1, reconnect_time_wait=0.25)
     async with httpx.AsyncClient(timeout=5) as client:
         try:
             while True:

@@ -14,6 +14,16 @@ Kinds:
 * ``backup`` then ``restore``: pg_dump the center, and later (center and projections held down)
   drop its database and restore the dump, so it forgets what it committed in between and the
   sites must send it again.
+
+On a NATS cluster (``python -m tests.chaos --cluster``: three servers, streams kept 3 times),
+also (``restart_nats`` then stops or kills all three at once):
+* ``kill_nats_node``: kill -9 one server while the sites record and the center ingests (the
+  leader of CARE_UP, of CARE_DOWN or of the cluster's meta group, or any one), start it again
+  after a pause and wait until it says it is current (GET /healthz) before another server may
+  be touched: a three-server cluster survives the loss of one at a time;
+* ``kill_nats_node_catchup``: cut a site's line long enough for a backlog to build up, restore
+  it, and kill -9 the leader of CARE_UP while the site is sending its backlog (how many events
+  the site still held when the server died is kept: `Injector.catchup_backlogs`).
 """
 
 from __future__ import annotations
@@ -26,11 +36,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import nats
+import nats.errors
 
 from events.wire import up_subject
-from testbed.embedded import EmbeddedError
+from runtime import natsurl
+from testbed.embedded import EmbeddedError, NatsCluster
 from tests.chaos.town import Town
 
 DAY = 86400
@@ -38,6 +51,11 @@ WEIGHTS = {
     "kill_agent": 4, "skew_clock": 2, "kill_center": 3, "kill_projections": 2, "restart_nats": 1,
     "restart_pg": 1, "cut_line": 4, "duplicate": 3,
 }
+
+
+CLUSTER_KINDS = ("kill_nats_node", "kill_nats_node_catchup")
+# Which server kill_nats_node kills: the leader of a stream, of the meta group, or one at random.
+NODE_TARGETS = ("leader:CARE_UP", "leader:CARE_DOWN", "leader:meta", "any")
 
 
 class Fault(msgspec.Struct, frozen=True):
@@ -51,8 +69,11 @@ class Fault(msgspec.Struct, frozen=True):
     seed: int = 0  # duplicate: which events, in which order
 
 
-def schedule(seed: int, seconds: float, sites: list[str], *, mean_gap: float = 2.5) -> list[Fault]:
-    """Faults for a fault phase of `seconds`, all drawn from `seed` (nothing else)."""
+def schedule(seed: int, seconds: float, sites: list[str], *, mean_gap: float = 2.5,
+             cluster: bool = False) -> list[Fault]:
+    """Faults for a fault phase of `seconds`, all drawn from `seed` (nothing else); with
+    `cluster`, the cluster's faults are added from a draw of their own, so a seed's other faults
+    are the same with or without them."""
     rng = random.Random(f"chaos-schedule-{seed}")
     kinds = list(WEIGHTS)
     weights = [WEIGHTS[k] for k in kinds]
@@ -89,7 +110,24 @@ def schedule(seed: int, seconds: float, sites: list[str], *, mean_gap: float = 2
         restore_at = lo + rng.uniform(0.6, 0.85) * span
         out.append(Fault(backup_at, "backup", None))
         out.append(Fault(restore_at, "restore", None, pause=rng.uniform(0.5, 3.0)))
+    if cluster:
+        out += _cluster_faults(seed, seconds, sites)
     return sorted(out, key=lambda f: f.at)
+
+
+def _cluster_faults(seed: int, seconds: float, sites: list[str]) -> list[Fault]:
+    rng = random.Random(f"chaos-cluster-schedule-{seed}")
+    out = [Fault(rng.uniform(1.0, seconds * 0.3), "kill_nats_node", "leader:CARE_UP", pause=rng.uniform(0.2, 4.0))]
+    t = rng.uniform(2.0, 6.0)
+    while t < seconds * 0.9:
+        out.append(Fault(t, "kill_nats_node", rng.choice(NODE_TARGETS), pause=rng.uniform(0.2, 5.0)))
+        t += rng.expovariate(1.0 / 8.0)
+    for _ in range(max(1, int(seconds // 30))):
+        # pause: how long the line stays cut (the backlog); count: ms after the restore at which
+        # the server dies (the site is then sending its backlog)
+        out.append(Fault(rng.uniform(1.0, seconds * 0.7), "kill_nats_node_catchup", rng.choice(sites),
+                         pause=rng.uniform(4.0, 10.0), count=rng.randint(100, 800)))
+    return out
 
 
 class Injector:
@@ -103,6 +141,8 @@ class Injector:
         self.duplicates_sent = 0
         self.backup_path: Path | None = None
         self.errors: list[str] = []
+        self.catchup_backlogs: list[int] = []  # a site's unreceipted events when its catch-up lost a server
+        self.node_kills: dict[str, int] = {}  # kill_nats_node by the role of the server killed
         self._nc: Any = None
 
     async def run(self, faults: list[Fault], started: float) -> None:
@@ -157,7 +197,9 @@ class Injector:
     async def _restart_nats(self, f: Fault) -> None:
         nats_server = self.town.nats
         assert nats_server is not None
-        async with self.town.lock("infra"):
+        # "nats": never while a cluster fault has one server down. Taken before "infra" (never
+        # the other way), so a backup of the database waits for no server to catch up.
+        async with self.town.lock("nats"), self.town.lock("infra"):
             await asyncio.to_thread(nats_server.kill if f.hard else nats_server.stop)
             await asyncio.sleep(f.pause)
             await asyncio.to_thread(nats_server.start)
@@ -179,6 +221,69 @@ class Injector:
                     if attempt == 19:
                         raise
                     await asyncio.sleep(0.5)
+
+    def _cluster(self) -> NatsCluster:
+        if not isinstance(self.town.nats, NatsCluster):
+            raise RuntimeError("a cluster fault on a single NATS server")
+        return self.town.nats
+
+    async def _kill_nats_node(self, f: Fault) -> None:
+        cluster = self._cluster()
+        async with self.town.lock("nats"):
+            i = await self._server_of(f.target or "any", f)
+            role = f.target or "any"
+            self.node_kills[role] = self.node_kills.get(role, 0) + 1
+            await self._kill_restart_node(cluster, i, f.pause)
+
+    async def _kill_nats_node_catchup(self, f: Fault) -> None:
+        assert f.target is not None
+        cluster = self._cluster()
+        station = self.town.stations[f.target]
+        async with self.town.lock(f"line {f.target}"):
+            await station.proxy.cut()
+            try:
+                await asyncio.sleep(f.pause)  # the site records on; its backlog grows
+            finally:
+                await station.proxy.restore()
+            await asyncio.sleep(f.count / 1000)
+            async with self.town.lock("nats"):
+                i = await self._server_of("leader:CARE_UP", f)
+                self.catchup_backlogs.append(await self._pending(f.target))
+                await self._kill_restart_node(cluster, i, 1.0)
+
+    async def _kill_restart_node(self, cluster: NatsCluster, i: int, pause: float) -> None:
+        await asyncio.to_thread(cluster.kill, i)
+        await asyncio.sleep(pause)
+        await asyncio.to_thread(cluster.start_node, i)
+        # One server at a time: the next may be touched only when this one is current again.
+        await asyncio.to_thread(cluster.wait_healthy, i, 120)
+
+    async def _server_of(self, target: str, f: Fault) -> int:
+        """The index of the server `target` names now (a leader moves), or a seeded one."""
+        cluster = self._cluster()
+        rng = random.Random(f"{f.at}-{f.kind}")
+        running = cluster.running()
+        if target.startswith("leader:"):
+            what = target.split(":", 1)[1]
+            with contextlib.suppress(Exception):
+                if what == "meta":
+                    name = await asyncio.to_thread(cluster.meta_leader)
+                else:
+                    nc = await self._nats()
+                    info = await nc.jetstream(timeout=5).stream_info(what)
+                    name = info.cluster.leader if info.cluster is not None else None
+                if name and cluster.index_of(name) in running:
+                    return cluster.index_of(name)
+        return rng.choice(running)
+
+    async def _pending(self, site: str) -> int:
+        """What the site still holds unreceipted, by its agent's own account (-1: no answer)."""
+        station = self.town.stations[site]
+        with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
+            async with httpx.AsyncClient(timeout=5) as client:
+                r = await client.get(station.url + "/status", headers=station.headers)
+                return int(r.json()["pending"])
+        return -1
 
     async def _cut_line(self, f: Fault) -> None:
         assert f.target is not None
@@ -202,14 +307,23 @@ class Injector:
         nc = await self._nats()
         js = nc.jetstream(timeout=5)
         for body in chosen:
-            await js.publish(up_subject(f.target), body, headers={"Nats-Msg-Id": f"chaos-{uuid.uuid4()}"})
+            headers = {"Nats-Msg-Id": f"chaos-{uuid.uuid4()}"}
+            for attempt in range(60):  # a NATS server restarting, or a cluster electing a leader
+                try:
+                    await js.publish(up_subject(f.target), body, headers=headers)
+                    break
+                except (nats.errors.Error, TimeoutError):
+                    if attempt == 59:
+                        raise
+                    await asyncio.sleep(0.5)
             self.duplicates_sent += 1
 
     async def _nats(self) -> Any:
         if self._nc is None or self._nc.is_closed:
             assert self.town.nats is not None
-            self._nc = await nats.connect(self.town.center_nats_url, max_reconnect_attempts=-1,
-                                          reconnect_time_wait=0.25, connect_timeout=2, allow_reconnect=True)
+            self._nc = await nats.connect(natsurl.servers(self.town.center_nats_url), max_reconnect_attempts=-1,
+                                          reconnect_time_wait=0.25, connect_timeout=2, allow_reconnect=True,
+                                          error_cb=_quiet)
         return self._nc
 
     async def _backup(self, f: Fault) -> None:
@@ -233,6 +347,10 @@ class Injector:
                 town.held.difference_update(("center", "projections"))
                 await town.restart("center")
                 await town.restart("projections")
+
+
+async def _quiet(err: Exception) -> None:
+    """nats-py's default prints a traceback for every refused reconnect (a server is down on purpose)."""
 
 
 def _bodies(path: Path) -> list[bytes]:

@@ -37,28 +37,30 @@ def sizes(minutes: float) -> dict[str, int]:
 
 
 async def run(minutes: float, seed: int, *, data: Path | None = None, progress: Progress = print,
-              settle_within: float | None = None) -> dict[str, Any]:
+              settle_within: float | None = None, nats_nodes: int = 1) -> dict[str, Any]:
+    """One run; with `nats_nodes=3` the center's NATS is a JetStream cluster of three servers
+    (streams kept 3 times) and the schedule adds the cluster's faults (tests/chaos/faults.py)."""
     owned = data is None
     data = data or Path(tempfile.mkdtemp(prefix=f"shouwang-chaos-{seed}-"))
     try:
-        return await _run(minutes, seed, data, progress, settle_within)
+        return await _run(minutes, seed, data, progress, settle_within, nats_nodes)
     finally:
         if owned:
             shutil.rmtree(data, ignore_errors=True)
 
 
 async def _run(minutes: float, seed: int, data: Path, progress: Progress,
-               settle_within: float | None) -> dict[str, Any]:
+               settle_within: float | None, nats_nodes: int) -> dict[str, Any]:
     size = sizes(minutes)
     fault_seconds = max(20.0, minutes * 60 * 0.7)
-    town = Town(data, seed=seed, progress=progress, **size)
+    town = Town(data, seed=seed, progress=progress, nats_nodes=nats_nodes, **size)
     sc = town.scenario
     sites = [s.site_id for s in sc.sites]
-    faults = schedule(seed, fault_seconds, sites)
+    faults = schedule(seed, fault_seconds, sites, cluster=nats_nodes > 1)
     write_schedule(data, faults)
     progress(f"seed {seed}: {len(sc.records)} planned records at {len(sites)} sites over {sc.days} days; "
              f"{len(faults)} faults in {fault_seconds:.0f} s (schedule in {data / 'schedule.json'})")
-    summary: dict[str, Any] = {"seed": seed, "minutes": minutes, "size": size}
+    summary: dict[str, Any] = {"seed": seed, "minutes": minutes, "size": size, "nats_nodes": nats_nodes}
     injector = Injector(town, data, progress)
     try:
         await town.start()
@@ -97,6 +99,8 @@ async def _run(minutes: float, seed: int, data: Path, progress: Progress,
         summary.update({
             "faults": dict(sorted(injector.done.items())),
             "duplicate_deliveries": injector.duplicates_sent,
+            **({"nats_node_kills": dict(sorted(injector.node_kills.items())),
+                "catchup_backlogs": injector.catchup_backlogs} if nats_nodes > 1 else {}),
             "restarts": town.restarts,
             "exited_by_themselves": town.unexpected_exits,
             "recorded_via_cli": town.recorded_by_cli,
@@ -159,7 +163,8 @@ def write_schedule(data: Path, faults: list[Any]) -> None:
     (data / "schedule.json").write_bytes(msgspec.json.format(msgspec.json.encode(faults)))
 
 
-def main_sync(minutes: float, seed: int, data: Path | None, progress: Progress) -> dict[str, Any]:
+def main_sync(minutes: float, seed: int, data: Path | None, progress: Progress,
+              nats_nodes: int = 1) -> dict[str, Any]:
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(run(minutes, seed, data=data, progress=progress))
+        return asyncio.run(run(minutes, seed, data=data, progress=progress, nats_nodes=nats_nodes))
     raise SystemExit(130)

@@ -39,9 +39,9 @@ class Town(Demo):
     """A Demo whose processes the harness may kill, restart and hold down."""
 
     def __init__(self, data: Path, *, children: int, villages: int, schools: int, days: int, seed: int,
-                 progress: Callable[[str], None]) -> None:
+                 progress: Callable[[str], None], nats_nodes: int = 1) -> None:
         super().__init__(data, children=children, villages=villages, schools=schools, days=days, seed=seed,
-                         progress=progress)
+                         progress=progress, nats_nodes=nats_nodes)
         self.skew: dict[str, int] = {}  # site -> clock skew in seconds of its running agent
         self.held: set[str] = set()  # process names the harness keeps down on purpose
         self.locks: dict[str, asyncio.Lock] = {}
