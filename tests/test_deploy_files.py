@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 SHOUWANG = str(Path(sys.executable).parent / "shouwang")
 CENTER_PASSWORD = "nats-center-password"
+NATS_CONFIGS = ("center.conf", "county-hub.conf", "township-leaf.conf", "cluster-1.conf", "cluster-2.conf",
+                "cluster-3.conf")
 API_PORT = ApiSettings().port
 
 
@@ -82,7 +84,7 @@ def _nats_folder(tmp_path: Path, cert: tuple[Path, Path]) -> Path:
     crt, key = cert
     folder = tmp_path / "etc-nats"
     folder.mkdir()
-    for name in ("center.conf", "county-hub.conf", "township-leaf.conf", "users.conf"):
+    for name in (*NATS_CONFIGS, "cluster.conf", "users.conf"):
         text = (DEPLOY / "nats" / name).read_text(encoding="utf-8")
         text = text.replace('store_dir: "/var/lib/shouwang/nats"', f'store_dir: "{tmp_path / "js"}"')
         text = re.sub(r"/etc/shouwang/tls/[a-z-]+\.crt", str(crt), text)
@@ -92,12 +94,13 @@ def _nats_folder(tmp_path: Path, cert: tuple[Path, Path]) -> Path:
 
 
 def test_every_nats_config_is_valid(tmp_path: Path, cert: tuple[Path, Path]) -> None:
-    """`nats-server -t -c` accepts center.conf, county-hub.conf and township-leaf.conf with a users
-    file and the environment the runbook sets, and refuses center.conf without the center's password."""
+    """`nats-server -t -c` accepts center.conf, county-hub.conf, township-leaf.conf and the three
+    cluster servers' configs with a users file and the environment the runbook sets, and refuses
+    center.conf without the center's password."""
     folder = _nats_folder(tmp_path, cert)
     env = {**os.environ, "SHOUWANG_NATS_CENTER_PASSWORD": CENTER_PASSWORD,
            "SHOUWANG_LEAF_URL": "tls://leaf-gx-lp-xy:pw@127.0.0.1:7422"}
-    for name in ("center.conf", "county-hub.conf", "township-leaf.conf"):
+    for name in NATS_CONFIGS:
         checked = subprocess.run([nats_bin(), "-t", "-c", str(folder / name)], env=env, capture_output=True,
                                  text=True, timeout=30, check=False)
         assert checked.returncode == 0, (name, checked.stderr)
@@ -144,6 +147,71 @@ async def test_center_nats_takes_sites_over_tls_and_the_center_on_the_loopback(t
     assert urllib.parse.urlsplit(station).hostname == "127.0.0.1"
     runbook = (DEPLOY / "README.md").read_text(encoding="utf-8")
     assert "--nats tls://" in runbook and "--nats nats://" not in runbook
+
+
+async def test_the_three_cluster_configs_make_a_cluster_that_keeps_streams_three_times(
+        tmp_path: Path, cert: tuple[Path, Path]) -> None:
+    """cluster-1.conf .. cluster-3.conf, run as the runbook runs them (each machine's name and
+    ports put on 127.0.0.1 here), form one JetStream cluster over TLS-verified routes: a stream
+    with 3 replicas is created and kept on all three, and the clients reach it through any of
+    the servers' URLs."""
+    crt, key = cert
+    ports = [(free_port(), free_port(), free_port()) for _ in range(3)]  # client, monitoring, routes
+    procs: list[subprocess.Popen[bytes]] = []
+    env = {**os.environ, "SHOUWANG_NATS_CENTER_PASSWORD": CENTER_PASSWORD}
+    try:
+        for i, (client, http, route) in enumerate(ports, start=1):
+            folder = tmp_path / f"nats{i}"
+            folder.mkdir()
+            for name in ("center.conf", "cluster.conf", f"cluster-{i}.conf", "users.conf"):
+                text = (DEPLOY / "nats" / name).read_text(encoding="utf-8")
+                text = text.replace('store_dir: "/var/lib/shouwang/nats"', f'store_dir: "{folder / "js"}"')
+                text = re.sub(r"/etc/shouwang/tls/[a-z-]+\.crt", str(crt), text)
+                text = re.sub(r"/etc/shouwang/tls/[a-z-]+\.key", str(key), text)
+                text = text.replace("listen: 0.0.0.0:4222", f"listen: 127.0.0.1:{client}")
+                text = text.replace("http: 127.0.0.1:8222", f"http: 127.0.0.1:{http}")
+                text = text.replace("listen: 0.0.0.0:6222", f"listen: 127.0.0.1:{route}")
+                for j, (_, _, other) in enumerate(ports, start=1):
+                    text = text.replace(f"nats{j}.example:6222", f"127.0.0.1:{other}")
+                (folder / name).write_text(text, encoding="utf-8")
+            log = (folder / "nats.log").open("wb")
+            procs.append(subprocess.Popen([nats_bin(), "-c", str(folder / f"cluster-{i}.conf")],  # noqa: ASYNC220
+                                          env=env, stdout=log, stderr=log))
+            log.close()
+        urls = [f"nats://127.0.0.1:{client}" for client, _, _ in ports]
+        nc = None
+        for _ in range(200):
+            try:
+                nc = await nats.connect(urls, user="center", password=CENTER_PASSWORD, connect_timeout=1,
+                                        max_reconnect_attempts=1, allow_reconnect=False)
+                info = await nc.jetstream(timeout=2).add_stream(name="T", subjects=["t.>"], num_replicas=3)
+                break
+            except Exception:
+                if nc is not None:
+                    await nc.close()
+                    nc = None
+                if any(p.poll() is not None for p in procs):
+                    raise AssertionError([(tmp_path / f"nats{i}" / "nats.log").read_text()[-1500:]
+                                          for i in (1, 2, 3)]) from None
+                await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("no stream with 3 replicas: " + (tmp_path / "nats1" / "nats.log").read_text()[-1500:])
+        assert nc is not None
+        try:
+            assert info.cluster is not None and info.cluster.name == "shouwang"
+            names = {info.cluster.leader, *(r.name for r in info.cluster.replicas or [])}
+            assert names == {"shouwang-nats-1", "shouwang-nats-2", "shouwang-nats-3"}, info.cluster
+        finally:
+            await nc.close()
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
