@@ -225,6 +225,7 @@ class TcpProxy:
             with contextlib.suppress(Exception):
                 writer.close()
 
+
 class LineToCluster:
     """A station's line to a NATS cluster: one TcpProxy per server, cut and restored together
     (the station's line is down, whichever server it would reach). `url` lists the proxies,
