@@ -16,6 +16,10 @@ The center takes a copy back only when all of these hold:
 * the copy decodes and validates as any event (events.envelope.decode_event);
 * its seal is the center's HMAC of the copy's hash under the relay key: the center itself once
   committed and fanned out exactly this event, with its event_id, site_seq, prev_hash and hash;
+* it links into its site's hash chain as the store holds it: its prev_hash is the hash of the
+  site's event before it, and the event after it names its hash, where the store (or the same
+  request) holds those (`chain_misfits`; with a genuine seal this always holds, and a copy that
+  did not would be evidence worth keeping in quarantine);
 * then it goes through ingest's commit (service/ingest.py `commit_in`) as if its own site had
   sent it: that site must be registered and active, its authority is decided as for any event
   (service/authority.py), and the store keeps each event_id once and each (site, site_seq) for
@@ -38,7 +42,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from events.envelope import MAX_EVENT_BYTES, decode_event
+from events.envelope import MAX_EVENT_BYTES, DecodedEvent, decode_event
 from events.validation import ValidationFailed
 from events.wire import (
     RELAY_PREFIX,
@@ -147,6 +151,14 @@ class RelayResponder:
                 items.append(item)
                 index.setdefault(item.decoded.event.event_id, i)
         async with self._lock, self.pool.acquire() as conn, conn.transaction():
+            misfits = await chain_misfits(conn, [a.decoded for a in items])
+            for k in sorted(misfits):
+                e = items[k].decoded.event
+                refused.append(RelayRefusal(index=index[e.event_id], reason=misfits[k]))
+                rows.append(NewRow(subject=relay_subject(office), site_id=office,
+                                   reason=f"relayed by {office}: {misfits[k]}", raw=bytes(bodies[index[e.event_id]]),
+                                   event_id=e.event_id, site_seq=e.site_seq))
+            items = [a for k, a in enumerate(items) if k not in misfits]
             out = await commit_in(conn, items, quarantine=False)
             for rej in out.rejected:
                 refused.append(RelayRefusal(index=index.get(rej.event_id or "", -1), reason=rej.reason))
@@ -186,6 +198,33 @@ class RelayResponder:
         if not self.sealer.verify(decoded.hash, seal):
             return f"event {e.event_id}: {_SEAL_REFUSED}", None
         return "", Accepted(Submitted(e.site_id, e), e.site_id, decoded)
+
+
+async def chain_misfits(conn: Conn, batch: Sequence[DecodedEvent]) -> dict[int, str]:
+    """Index in `batch` -> why the event does not link into its site's chain: its prev_hash is
+    not the hash of the site's event before it, or the event after it does not name its hash, as
+    the store holds them or as earlier events of the batch have them."""
+    wanted = {(d.event.site_id, d.event.site_seq + step) for d in batch for step in (-1, 1)}
+    rows = await conn.fetch(
+        """SELECT e.site_id, e.site_seq, encode(e.hash, 'hex') AS hash, encode(e.prev_hash, 'hex') AS prev_hash
+           FROM events e JOIN unnest($1::text[], $2::bigint[]) AS w(site_id, site_seq)
+             ON e.site_id = w.site_id AND e.site_seq = w.site_seq""",
+        [k[0] for k in wanted], [k[1] for k in wanted])
+    held = {(r["site_id"], r["site_seq"]): (r["hash"], r["prev_hash"]) for r in rows}
+    misfits: dict[int, str] = {}
+    for i, d in enumerate(batch):
+        e = d.event
+        before = held.get((e.site_id, e.site_seq - 1))
+        after = held.get((e.site_id, e.site_seq + 1))
+        if before is not None and before[0] != e.prev_hash:
+            misfits[i] = (f"event {e.event_id} (site_seq {e.site_seq}) does not link to site_seq {e.site_seq - 1} of "
+                          f"{e.site_id} as the center holds it (prev_hash differs)")
+        elif after is not None and after[1] != d.hash:
+            misfits[i] = (f"event {e.event_id} (site_seq {e.site_seq}) is not the one site_seq {e.site_seq + 1} of "
+                          f"{e.site_id} names as its predecessor")
+        else:
+            held.setdefault((e.site_id, e.site_seq), (d.hash, e.prev_hash))
+    return misfits
 
 
 async def township_progress(conn: Conn, office: str) -> list[SiteProgress]:

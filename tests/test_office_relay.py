@@ -10,7 +10,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from events.envelope import Event, encode_event, event_hash
+from events.envelope import Event, decode_event, encode_event, event_hash
 from events.types import SiteKind
 from events.wire import RelayRequest, relay_request_encoder
 from projections.queries import rollup_figures
@@ -227,3 +227,33 @@ def test_a_copy_refused_for_its_seal_is_offered_again_only_to_another_key(tmp_pa
         log.note_relay_refused([(events[0].event_id, "not authorized")], [events[1].event_id], "k1")
         assert offered("k1") == [events[2].event_id]
         assert offered("k2") == [events[1].event_id, events[2].event_id]
+
+
+async def test_a_sealed_copy_that_does_not_link_into_the_chain_the_center_holds_is_refused(
+        tmp_path: Path, pool: asyncpg.Pool) -> None:
+    """The store holds another event at the copy's site_seq - 1 (a station that started a new log
+    instead of restoring): the copy's prev_hash does not link to it, so it is refused and kept in
+    quarantine naming the office, seal or not."""
+    work = TownshipWork("gx-lp.rc", seed=21)
+    for site, kind in ((work.office, "township"), (work.school, "school")):
+        await register_site(pool, site, kind, "测试" + kind)
+    first, second = (make_site(tmp_path / name, work.school, "nats://127.0.0.1:4222", SiteKind.SCHOOL)
+                     for name in ("old", "new"))
+    record(first, work.registrations(2))
+    record(second, work.registrations(1))
+    with LocalLog(log_path(first), work.school) as log:
+        old = list(log.own_events())
+    with LocalLog(log_path(second), work.school) as log:
+        (other,) = list(log.own_events())
+    await EventStore(pool).append([decode_event(encode_event(other))])
+    sealer = KEY.sealer()
+    assert sealer is not None
+    relay = RelayResponder(pool, None, sealer)  # type: ignore[arg-type]
+    body = relay_request_encoder.encode(RelayRequest(events=[msgspec.Raw(encode_event(old[1]))],
+                                                     seals=[sealer.seal(event_hash(old[1]))]))
+    reply = await relay.answer(work.office, body)
+    assert reply.stored == 0 and [r.index for r in reply.refused] == [0]
+    assert "does not link to site_seq 1" in reply.refused[0].reason and not reply.refused[0].seal
+    async with pool.acquire() as conn:
+        reason = await conn.fetchval("SELECT reason FROM quarantine WHERE event_id = $1", old[1].event_id)
+    assert reason.startswith(f"relayed by {work.office}: ")
