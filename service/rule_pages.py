@@ -48,7 +48,7 @@ def rule_routes() -> list[HTTPRouteHandler]:
         if who is None:
             return _login_redirect()
         token, me = who
-        scope = _scope(me)
+        scope = _scope(me)  # a site, a township, or the county's region
         if scope is None:
             return _bad_input(request, me, "scope", "", "rules.want_scope")
         today = dt.date.today()
@@ -61,7 +61,8 @@ def rule_routes() -> list[HTTPRouteHandler]:
         school_year = today.year if today.month >= 8 else today.year - 1
         async with Api(request, token) as api:
             status, doc = await api.get("/rules", scope=scope, period=period, as_of=as_of)
-            cal_status, cal = await api.get("/rules/calendar", scope=scope, school_year=school_year)
+            cal_status, cal = (await api.get("/rules/calendar", scope=scope, school_year=school_year)
+                               if scope.count(".") else (404, None))
         refused = _api_refused(request, me, status, doc)
         if refused is not None:
             return refused
