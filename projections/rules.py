@@ -393,7 +393,14 @@ def rule_figures(book: RuleBook, archives: Iterable[ChildArchive], work: Iterabl
 
     Children's ids appear only for children held in `scope`; site ids only of sites in `scope`.
     """
-    on = min(period.last_day, as_of)
+    return rule_figures_on(book, archives, work, sites, scope, [(period, as_of)])[0]
+
+
+def rule_figures_on(book: RuleBook, archives: Iterable[ChildArchive], work: Iterable[Work],
+                    sites: Mapping[str, SiteInfo], scope: str, asked: Sequence[tuple[Period, dt.date]]
+                    ) -> list[list[RuleFigures]]:
+    """`rule_figures` for several (period, as_of) at once, the children's holdings and work
+    gathered once (a station's "this week" judges today and a week on)."""
     arch = [a for a in archives if a.merged_into is None and a.registered]
     root = {m: a.child_id for a in arch for m in (a.child_id, *a.merged_from)}
     reasons_of = {m: a.reasons for a in arch for m in (a.child_id, *a.merged_from)}
@@ -412,19 +419,24 @@ def rule_figures(book: RuleBook, archives: Iterable[ChildArchive], work: Iterabl
             children.append(_Child(a, held, [*by_child.get(a.child_id, []), *moves.get(a.child_id, [])]))
     towns = sorted({township_of(s) for s in sites if in_scope(s, scope) or in_scope(township_of(s), scope)}
                    | {township_of(s) for ch in children for _, s, _, _ in ch.held})
-    out = []
-    for town in towns:
-        town_children = [ch for ch in children if any(township_of(s) == town for _, s, _, _ in ch.held)]
-        town_sites = {s: i for s, i in sites.items() if township_of(s) == town and in_scope(s, scope)}
-        for rid in book.rule_ids(town):
-            shown = book.in_force(town, rid, on) or _latest_in(book, town, rid, period, on)
-            if shown is None or shown.rule is None:
-                continue
-            if shown.rule.applies.target is Target.SITE:
-                out.append(_site_rule(book, town, rid, shown, town_sites, by_site, reasons_of, period, on, as_of))
-            else:
-                out.append(_child_rule(book, town, rid, shown, town_children, reasons_of, scope, period, on, as_of))
-    return out
+    answers = []
+    for period, as_of in asked:
+        on = min(period.last_day, as_of)
+        out = []
+        for town in towns:
+            town_children = [ch for ch in children if any(township_of(s) == town for _, s, _, _ in ch.held)]
+            town_sites = {s: i for s, i in sites.items() if township_of(s) == town and in_scope(s, scope)}
+            for rid in book.rule_ids(town):
+                shown = book.in_force(town, rid, on) or _latest_in(book, town, rid, period, on)
+                if shown is None or shown.rule is None:
+                    continue
+                if shown.rule.applies.target is Target.SITE:
+                    out.append(_site_rule(book, town, rid, shown, town_sites, by_site, reasons_of, period, on, as_of))
+                else:
+                    out.append(_child_rule(book, town, rid, shown, town_children, reasons_of, scope, period, on,
+                                           as_of))
+        answers.append(out)
+    return answers
 
 
 def _latest_in(book: RuleBook, town: str, rid: str, period: Period, on: dt.date) -> RuleVersion | None:

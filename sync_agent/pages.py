@@ -135,7 +135,7 @@ def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], 
 
         def rows() -> list[dict[str, Any]]:
             listed = archives.listed()
-            late = archives.rule_overdue(config.site_id, str(config.kind), today)
+            late = archives.rule_overdue(config.site_id, str(config.kind), today)[0]
             return [{
                 "child_id": a.child_id, "name": a.name, "sex": a.sex, "grade": a.grade, "open": a.open,
                 "guardianship": a.guardian.type if a.guardian else None,
@@ -152,7 +152,7 @@ def station_routes(log: LocalLog, config: SiteConfig, on_recorded: Callable[[], 
         lang = lang_of(request)
         listed = await asyncio.to_thread(archives.listed)
         # the township's rules in force (projections.rules), kept until the log changes
-        late = await asyncio.to_thread(archives.rule_overdue, config.site_id, str(config.kind), today)
+        late = (await asyncio.to_thread(archives.rule_overdue, config.site_id, str(config.kind), today))[0]
         items: list[dict[str, Any]] = sorted(
             ({"child_id": child, "rule": f.rule_id, "label": f.en if lang == "en" else f.zh,
               "days_overdue": o.days_overdue} for child, found in late.items() for f, o in found),

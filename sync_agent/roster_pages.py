@@ -59,11 +59,8 @@ def this_week(archives: StationArchives, site: str, kind: str, today: dt.date, l
     will be overdue `WEEK_DAYS` days later and is not yet."""
     names = {a.child_id: a.name or "" for a in archives.rule_inputs(site, kind).archives}
 
-    def late(day: dt.date) -> dict[tuple[str, str], tuple[rules.RuleFigures, rules.OverdueEntry]]:
-        return {(f.rule_id, child): (f, o) for child, found in archives.rule_overdue(site, kind, day).items()
-                for f, o in found}
-
-    now, then = late(today), late(today + dt.timedelta(days=WEEK_DAYS))
+    now, then = ({(f.rule_id, child): (f, o) for child, found in by_child.items() for f, o in found}
+                 for by_child in archives.rule_overdue(site, kind, today, today + dt.timedelta(days=WEEK_DAYS)))
     overdue = [_row(names, f, o, today, lang) for f, o in now.values()]
     due = [_row(names, f, o, today, lang) for key, (f, o) in then.items() if key not in now]
     overdue.sort(key=lambda r: (-r["days_overdue"], r["name"], r["rule"]))

@@ -178,33 +178,41 @@ class StationArchives:
             self._rules = (mark, site, inputs)
         return inputs
 
-    def rule_figures(self, site: str, kind: str, day: dt.date) -> list[rules.RuleFigures]:
-        """The township's rules in force judged on `day` for this site's children, or a township
-        office's whole township (projections.rules: who is overdue on `day`), kept until the log
-        changes."""
+    def rule_figures(self, site: str, kind: str, *days: dt.date) -> list[list[rules.RuleFigures]]:
+        """The township's rules in force judged on each of `days` for this site's children, or a
+        township office's whole township (projections.rules: who is overdue on the day), kept until
+        the log changes."""
         inputs = self.rule_inputs(site, kind)
-        kept = self._late.get((site, day))
-        if kept is not None and kept[0] is inputs:
-            return kept[1]
-        # A township office looks after its whole township (its agent holds every site's children).
-        scope = site.rsplit(".", 1)[0] if kind == "township" else site
-        out = rules.rule_figures(inputs.book, inputs.archives, inputs.work, {site: rules.SiteInfo(kind)}, scope,
-                                 followups.month_of(day), day)
         with self._lock:
-            if len(self._late) > 16:
-                self._late.clear()
-            self._late[(site, day)] = (inputs, out)
-        return out
+            kept = {d: self._late[(site, d)][1] for d in days
+                    if (site, d) in self._late and self._late[(site, d)][0] is inputs}
+        wanted = [d for d in days if d not in kept]
+        if wanted:
+            # A township office looks after its whole township (its agent holds every site's children).
+            scope = site.rsplit(".", 1)[0] if kind == "township" else site
+            found = rules.rule_figures_on(inputs.book, inputs.archives, inputs.work, {site: rules.SiteInfo(kind)},
+                                          scope, [(followups.month_of(d), d) for d in wanted])
+            with self._lock:
+                if len(self._late) > 16:
+                    self._late.clear()
+                for d, out in zip(wanted, found, strict=True):
+                    self._late[(site, d)] = (inputs, out)
+                    kept[d] = out
+        return [kept[d] for d in days]
 
-    def rule_overdue(self, site: str, kind: str, day: dt.date
-                     ) -> dict[str, list[tuple[rules.RuleFigures, rules.OverdueEntry]]]:
-        """Child id -> (rule, its overdue entry) for each child rule the child is overdue for on `day`."""
-        out: dict[str, list[tuple[rules.RuleFigures, rules.OverdueEntry]]] = {}
-        for f in self.rule_figures(site, kind, day):
-            if f.target == "child":
-                for o in f.overdue:
-                    out.setdefault(o.subject, []).append((f, o))
-        return out
+    def rule_overdue(self, site: str, kind: str, *days: dt.date
+                     ) -> list[dict[str, list[tuple[rules.RuleFigures, rules.OverdueEntry]]]]:
+        """For each of `days`: child id -> (rule, its overdue entry) for each child rule the child
+        is overdue for on that day."""
+        answers = []
+        for figures in self.rule_figures(site, kind, *days):
+            out: dict[str, list[tuple[rules.RuleFigures, rules.OverdueEntry]]] = {}
+            for f in figures:
+                if f.target == "child":
+                    for o in f.overdue:
+                        out.setdefault(o.subject, []).append((f, o))
+            answers.append(out)
+        return answers
 
 
 _caches: weakref.WeakKeyDictionary[LocalLog, StationArchives] = weakref.WeakKeyDictionary()

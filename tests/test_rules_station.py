@@ -72,7 +72,7 @@ def test_the_stations_rules_are_the_pure_evaluation_of_its_events(tmp_path: Path
         day = dt.date(2026, 6, 10)
 
         def both() -> tuple[object, object]:
-            mine = cache.rule_figures(SITE, "village", day)
+            mine = cache.rule_figures(SITE, "village", day)[0]
             events = {e.event_id: e for cid in log.children() for e in log.child_events(cid)}
             from events.envelope import care_of
             pure = rules.inputs_from(((e, care_of(e)) for e in events.values()), sites)
