@@ -15,7 +15,7 @@ from bench import report
 from bench.servers import bench_servers
 
 SUITES = ("store", "projections", "api", "ingest", "catchup", "relay", "memory", "scale", "station", "link",
-          "rules")
+          "rules", "cluster")
 
 
 async def main(argv: list[str]) -> int:
@@ -87,6 +87,10 @@ async def _suite(suite: str, pg_url: str, nats_url: str, quick: bool) -> list[re
         from bench import link
 
         return await link.run(pg_url, nats_url, quick)
+    if suite == "cluster":
+        from bench import cluster  # its own three NATS servers; nats_url is not used
+
+        return await cluster.run(pg_url, quick)
     raise ValueError(f"unknown suite {suite!r}")
 
 
