@@ -267,6 +267,9 @@ async def test_every_page_passes_axe_in_chinese_and_english(
                     assert response is not None and response.status == 200, (path, response and response.status)
                     if path == "/ui/summary":
                         assert newest in (await page.text_content("h1") or ""), "the latest year with data"
+                        assert await page.locator("#summary-draft .fig").count() > 30  # the drafted summary
+                        if lang == "zh":
+                            await _shot(page, "dashboard-summary.png")
                     results = await axe.run(page)
                     for v in results.response["violations"]:
                         if v["impact"] in ("serious", "critical"):
