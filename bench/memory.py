@@ -1,14 +1,16 @@
 """Memory: peak resident set size (the kernel's high-water mark) of
 
 1. a site agent catching up a backlog of 100,000 events (10,000 with --quick): ``shouwang agent
-   sync --once`` in a process of its own, against the real center (1 ingester, in this process);
+   sync --once`` in a process of its own, against the real center (1 ingester, in this process),
+   beside the same over a 1,000-event backlog;
 2. a projections rebuild from zero (``shouwang projections rebuild all``) in a process of its own,
-   over 100k and 300k events (10k and 30k with --quick);
+   over 1M and 3M events (10k and 30k with --quick), folded partition by partition
+   (projections/partitioned.py; partitions of 250,000 events, 5,000 with --quick), the larger
+   beside the smaller; and the smaller folded at once, as before partitions, beside it. Each
+   rebuild's rate as the command reports it, beside a raw ordered scan of the same store.
 
-each beside the same command over a smaller log (the agent: 1,000 events; the rebuild: a third) in the same
-run, so the ratio says how memory grows with the log. The agent pages its backlog, so it should
-not grow; the rebuild holds each child's archive while it folds, so it grows with children (a
-hundredth of the events here). The projections suite adds the rebuild's peak at 1M events.
+The agent pages its backlog and the rebuild folds one partition at a time, so neither should grow
+with the log; the rebuild folded at once holds every event's entry (~1.4 KB each).
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import sys
 import tempfile
 from pathlib import Path
 
+import msgspec
+
 from bench.catchup import PARTS, SITE, drafts
 from bench.ingest import clean_streams
-from bench.projections import load_world
+from bench.projections import load_world, raw_scan
 from bench.report import Figure, figure
 from bench.servers import fresh_database
 from events.types import SiteKind
+from projections.partitioned import PARTITION_EVENTS
 from runtime.db import create_pool
 from service.center import run_center
 from service.sites import register_site
@@ -35,13 +41,18 @@ from sync_agent.locallog import LocalLog
 
 async def peak_rss_mib(args: list[str], limit: float = 1800) -> float:
     """Run ``python -m bench.rss OUT <args>`` and return the child's peak RSS in MiB."""
+    return (await measured(args, limit))[0]
+
+
+async def measured(args: list[str], limit: float = 3600) -> tuple[float, str]:
+    """Run ``python -m bench.rss OUT <args>``: (the child's peak RSS in MiB, what it printed)."""
     with tempfile.TemporaryDirectory(prefix="shouwang-rss-") as tmp:
         out = Path(tmp) / "rss.json"
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.rss", str(out), *args,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         try:
-            _, err = await asyncio.wait_for(proc.communicate(), limit)
+            printed, err = await asyncio.wait_for(proc.communicate(), limit)
         except TimeoutError:
             proc.kill()
             await proc.wait()
@@ -49,7 +60,7 @@ async def peak_rss_mib(args: list[str], limit: float = 1800) -> float:
         if proc.returncode != 0 or not out.exists():
             tail = err.decode(errors="replace")[-2000:]
             raise RuntimeError(f"{' '.join(args)} exited with {proc.returncode}: {tail}")
-        return int(json.loads(out.read_text())["peak_rss_kib"]) / 1024
+        return int(json.loads(out.read_text())["peak_rss_kib"]) / 1024, printed.decode(errors="replace")
 
 
 async def agent_backlog(admin_url: str, nats_url: str, n: int) -> float:
@@ -80,33 +91,61 @@ async def agent_backlog(admin_url: str, nats_url: str, n: int) -> float:
     return peak
 
 
-async def rebuild(admin_url: str, n: int) -> tuple[float, int]:
-    """(peak RSS of `projections rebuild all` over a store of about n events in MiB, events stored)."""
+class Rebuilt(msgspec.Struct, frozen=True):
+    events: int
+    peak_mib: float
+    rate: float  # events/s, as the command reports it
+    raw_scan: float  # events/s of the raw ordered scan of the same store, just before
+
+
+_RATE = re.compile(r"\(([0-9,]+) events/s\)")
+
+
+async def rebuild(admin_url: str, n: int, partition_events: int | None = None) -> Rebuilt:
+    """`projections rebuild all` in its own process over a store of about n events: its peak RSS
+    and rate, beside a raw ordered scan of the same store."""
     async with fresh_database(admin_url) as url:
         pool = await create_pool(url, max_size=4)
         try:
             _, stored = await load_world(pool, n)
+            async with pool.acquire() as conn:
+                await conn.execute("VACUUM ANALYZE events")
+                raw, _ = await raw_scan(conn)
         finally:
             await pool.close()
-        peak = await peak_rss_mib(["shouwang", "projections", "rebuild", "all", "--database-url", url])
-    return peak, stored
+        extra = ["--partition-events", str(partition_events)] if partition_events else []
+        peak, printed = await measured(["shouwang", "projections", "rebuild", "all", "--database-url", url, *extra])
+    rate = _RATE.search(printed)
+    if rate is None:
+        raise RuntimeError(f"no rate in the rebuild's output: {printed[-500:]}")
+    return Rebuilt(stored, peak, float(rate.group(1).replace(",", "")), raw)
 
 
 async def run(admin_url: str, nats_url: str, quick: bool) -> list[Figure]:
     backlog, small_backlog = (10_000, 1_000) if quick else (100_000, 1_000)
-    small, large = (10_000, 30_000) if quick else (100_000, 300_000)
+    # Rebuilds: the partitioned fold at two sizes (partitions of 5,000 events when quick, the
+    # default 250,000 in full), and the smaller size folded at once, as before partitions.
+    small, large, per_part = (10_000, 30_000, 5_000) if quick else (1_000_000, 3_000_000, None)
     agent_peak = await agent_backlog(admin_url, nats_url, backlog)
     agent_small = await agent_backlog(admin_url, nats_url, small_backlog)
-    rebuild_small, stored_small = await rebuild(admin_url, small)
-    rebuild_large, stored_large = await rebuild(admin_url, large)
+    at_once = await rebuild(admin_url, small, partition_events=10**12)
+    rebuilt_small = await rebuild(admin_url, small, per_part)
+    rebuilt_large = await rebuild(admin_url, large, per_part)
     floor = await peak_rss_mib(["--import", "shouwang.cli"])
     note = f"a bare interpreter with shouwang's CLI imported peaks at {floor:.0f} MiB"
-    return [
+    parts = f"partitions of {per_part or PARTITION_EVENTS:,} events"
+    figures = [
         figure(f"agent peak RSS, catching up a {backlog:,}-event backlog", agent_peak, "MiB",
                f"same, {small_backlog:,}-event backlog", agent_small,
                note="`shouwang agent sync --once` in its own process, real center; " + note),
-        figure(f"projections rebuild peak RSS, {stored_large:,} events", rebuild_large, "MiB",
-               f"same, {stored_small:,} events", rebuild_small,
+        figure(f"projections rebuild peak RSS, {rebuilt_large.events:,} events ({parts})", rebuilt_large.peak_mib,
+               "MiB", f"same, {rebuilt_small.events:,} events", rebuilt_small.peak_mib,
                note="`shouwang projections rebuild all` in its own process; children are a hundredth of the "
                     "events at both sizes; " + note),
+        figure(f"projections rebuild peak RSS, {rebuilt_small.events:,} events ({parts})", rebuilt_small.peak_mib,
+               "MiB", "same events folded at once (no partitions)", at_once.peak_mib, note=note),
     ]
+    for r, how in ((at_once, "folded at once"), (rebuilt_small, parts), (rebuilt_large, parts)):
+        figures.append(figure(f"projections rebuild rate, {r.events:,} events, {how} (own process)", r.rate,
+                              "events/s", "raw ordered keyset scan with JSON decode", r.raw_scan))
+    return figures

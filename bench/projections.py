@@ -162,7 +162,7 @@ async def load_world(pool: asyncpg.Pool, n: int) -> tuple[World, int]:
     return world, stored
 
 
-async def _raw_scan(conn: asyncpg.Connection) -> tuple[float, int]:
+async def raw_scan(conn: asyncpg.Connection) -> tuple[float, int]:
     """The ceiling: every event in the global order, keyset pages of 5000, payload JSON-decoded."""
     decode = msgspec.json.Decoder()
     t = time.perf_counter()
@@ -252,12 +252,12 @@ async def run(admin_url: str, quick: bool) -> list[Figure]:
             # its speed drifts within a run.
             for workers in (1, 2) if stored >= PARALLEL_FROM else (1,):  # fewer: one process anyway
                 async with pool.acquire() as conn:
-                    before, scanned = await _raw_scan(conn)
+                    before, scanned = await raw_scan(conn)
                 assert scanned == stored
                 report = await rebuild(pool, page=5000, database_url=url, workers=workers)
                 assert report.events == stored
                 async with pool.acquire() as conn:
-                    after, _ = await _raw_scan(conn)
+                    after, _ = await raw_scan(conn)
                 how = "" if workers == 1 else f", derive and write in {workers} processes"
                 figures.append(figure(
                     f"projections rebuild from zero ({stored:,} events, {report.children:,} archives{how})",

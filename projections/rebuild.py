@@ -13,6 +13,12 @@ cost this process nothing; the tests check them row for row against the runner's
 
 All projections share one fold and one checkpoint (a fact or a rollup needs the archive's
 corrections and merges), so a rebuild rebuilds them together.
+
+Memory: folded at once, the log's every entry is held until the end (~1.4 KB an event). A log of
+more than `partition_events` events (default `partitioned.PARTITION_EVENTS`) is instead read once
+into spill files by archive group and folded one partition at a time (`_fill_partitioned`,
+projections/partitioned.py): the peak follows the partition, not the log, and the rows are the
+same (tests/test_projections_partitioned.py).
 """
 
 from __future__ import annotations
@@ -21,15 +27,17 @@ import asyncio
 import gc
 import multiprocessing
 import multiprocessing.process
+import os
 import sys
+import tempfile
 import time
-import zlib
 from collections.abc import Callable
+from pathlib import Path
 
 import asyncpg
 import msgspec
 
-from projections import daily, tables
+from projections import daily, partitioned, tables
 from projections.archive import (
     ArchiveBook,
     ChildArchive,
@@ -48,12 +56,13 @@ from projections.source import Page, scan_page
 from runtime import log as service_log
 from runtime.db import connect
 from store.conn import Conn
-from store.postgres import ORIGIN
+from store.postgres import ORIGIN, Position
 
 Progress = Callable[[int, int], None]
 _MERGE_TYPES = frozenset(("ArchivesMerged", "ArchivesUnmerged", "EventCorrected"))  # as archive.derive_all
 INDEX_MEMORY = "256MB"  # maintenance_work_mem while the shadow's keys and indexes are built
 PARALLEL_FROM = 50_000  # events: below this, derive and write in one process whatever `workers` says
+SPILL_DIR_ENV = "SHOUWANG_REBUILD_SPILL_DIR"  # where a partitioned rebuild spills the log (default: the system's temp)
 log = service_log.get("projections.rebuild")
 
 
@@ -90,7 +99,8 @@ class RebuildError(Exception):
 
 
 async def fill(pool: asyncpg.Pool, schema: str, *, page: int = 5000, progress: Progress | None = None,
-               database_url: str | None = None, workers: int = 1, parallel_from: int = PARALLEL_FROM) -> RebuildReport:
+               database_url: str | None = None, workers: int = 1, parallel_from: int = PARALLEL_FROM,
+               partition_events: int = partitioned.PARTITION_EVENTS) -> RebuildReport:
     """Fold the whole log as it is now into `schema`: its tables must be empty and without keys
     (`shouwang_projection_schema`); they get them after the load (`shouwang_projection_indexes`,
     through `shouwang_projection_keys`, which keys only proj_shadow)."""
@@ -99,6 +109,12 @@ async def fill(pool: asyncpg.Pool, schema: str, *, page: int = 5000, progress: P
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
+        async with pool.acquire() as conn:
+            upto, total = await partitioned.head(conn)
+        parts = partitioned.partitions_for(total, partition_events)
+        if parts > 1:  # the log is more than one partition's worth: fold it partition by partition
+            return await _fill_partitioned(pool, schema, upto, total, parts, page=page, progress=progress,
+                                           database_url=database_url, workers=workers)
         return await _fill(pool, schema, page=page, progress=progress, database_url=database_url,
                            workers=workers, parallel_from=parallel_from)
     finally:
@@ -166,6 +182,96 @@ async def _fill(pool: asyncpg.Pool, schema: str, *, page: int, progress: Progres
                          seconds=seconds, events_per_second=n / seconds if seconds else 0.0)
 
 
+async def _fill_partitioned(pool: asyncpg.Pool, schema: str, upto: Position, total: int, parts: int, *, page: int,
+                            progress: Progress | None, database_url: str | None, workers: int) -> RebuildReport:
+    """`fill` for a log of several partitions (projections/partitioned.py): plan the groups, spill
+    the log once by partition, then fold, derive and write one partition at a time (shared by
+    `workers` forked processes when given the URL), so the peak is one partition's book."""
+    started = time.perf_counter()
+    spill_dir = os.environ.get(SPILL_DIR_ENV) or None
+    async with pool.acquire() as conn, pool.acquire() as ahead:
+        plan = await partitioned.plan(ahead, upto, parts)
+        with tempfile.TemporaryDirectory(prefix="shouwang-rebuild-", dir=spill_dir) as tmp:
+            def shown(done: int) -> None:
+                if progress is not None:
+                    progress(done, max(total, done))
+
+            spilled = await partitioned.spill(ahead, plan, Path(tmp), page, shown)
+            t_read = time.perf_counter()
+            # PostgreSQL writes the facts of plain uncorrected work while the partitions are folded.
+            plain: asyncio.Future[str] = asyncio.ensure_future(
+                ahead.execute(plain_facts_sql(schema, int(upto.tx), int(upto.pos))))
+            await asyncio.sleep(0)
+            shares = max(1, workers) if database_url is not None else 1
+            children: list[multiprocessing.process.BaseProcess] = []
+            try:
+                if shares > 1:
+                    ctx = multiprocessing.get_context("fork")
+                    for share in range(1, shares):
+                        worker = ctx.Process(target=_partitions_process, name=f"rebuild-partitions-{share}",
+                                             args=(database_url, schema, tmp, plan, share, shares))
+                        worker.start()
+                        children.append(worker)
+                await _fold_partitions(conn, schema, Path(tmp), plan, 0, shares)
+            finally:
+                for proc in children:
+                    await _exited(proc)
+                    proc.join()
+                if not plain.done() and any(proc.exitcode != 0 for proc in children):
+                    plain.cancel()
+                    await asyncio.gather(plain, return_exceptions=True)
+            failed = [proc.name for proc in children if proc.exitcode != 0]
+            if failed:
+                raise RebuildError(f"rebuild worker(s) {failed} failed; the live read models are untouched")
+            await plain
+        t_derive = time.perf_counter()
+        counts = await conn.fetchrow(f"SELECT (SELECT count(*) FROM {schema}.archive) AS a, "
+                                     f"(SELECT count(*) FROM {schema}.fact) AS f")
+        assert counts is not None
+        cp = Checkpoint(upto, spilled.events - spilled.skipped, spilled.skipped, spilled.last_committed_at)
+        async with conn.transaction():
+            await conn.copy_records_to_table("merge_edge", schema_name=schema, columns=tables.EDGE_COLS,
+                                             records=[tables.edge_row(e) for e in plan.edges])
+            await conn.execute(f"SET LOCAL maintenance_work_mem = '{INDEX_MEMORY}'")
+            await daily.refresh(conn, schema, None)
+            await conn.execute("SELECT shouwang_projection_keys($1)", schema)
+            await write_checkpoint(conn, schema, cp)
+            await write_fold_version(conn, schema)
+    seconds = time.perf_counter() - started
+    log.info("rebuild phases", partitions=parts, spilled_rows=spilled.written, read_spill=round(t_read - started, 3),
+             fold_derive_write=round(t_derive - t_read, 3), index_swap_ready=round(time.perf_counter() - t_derive, 3))
+    return RebuildReport(events=spilled.events, skipped=spilled.skipped, children=int(counts["a"]),
+                         facts=int(counts["f"]), seconds=seconds,
+                         events_per_second=spilled.events / seconds if seconds else 0.0)
+
+
+async def _fold_partitions(conn: Conn, schema: str, directory: Path, plan: partitioned.Plan, share: int,
+                           shares: int) -> None:
+    """Fold, derive and write the partitions of this share, one at a time."""
+    for part in range(share, plan.parts, shares):
+        book = ArchiveBook()
+        upcast: list[str] = []
+        for entries in partitioned.read(directory, part, upcast):
+            for _, entry in entries:
+                if entry is not None:
+                    book.fold(entry)
+        await _write_share(conn, schema, book, plan.edges, set(upcast), part, plan.parts)
+        del book  # no cycles: freed here, before the next partition is read
+
+
+def _partitions_process(database_url: str, schema: str, directory: str, plan: partitioned.Plan, share: int,
+                        shares: int) -> None:
+    """A forked rebuild worker folding every `shares`-th partition; exit code 0 on success."""
+    async def run() -> None:
+        conn = await connect(database_url)
+        try:
+            await _fold_partitions(conn, schema, Path(directory), plan, share, shares)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
 async def _derive_and_write(conn: Conn, schema: str, book: ArchiveBook, merge_entries: list[Entry],
                             upcast: set[str], plain: asyncio.Future[str], n: int, database_url: str | None,
                             workers: int, parallel_from: int) -> tuple[list[MergeEdge], int, int]:
@@ -220,8 +326,7 @@ async def _exited(proc: multiprocessing.process.BaseProcess) -> None:
         loop.remove_reader(proc.sentinel)
 
 
-def _share_of(key: str, shares: int) -> int:
-    return zlib.crc32(key.encode()) % shares
+_share_of = partitioned.share_of  # a forked share and a partition split groups the same way
 
 
 def _share_process(database_url: str, schema: str, book: ArchiveBook, edges: list[MergeEdge], upcast: set[str],
@@ -272,7 +377,8 @@ async def _write_share(conn: Conn, schema: str, book: ArchiveBook, edges: list[M
 
 
 async def rebuild(pool: asyncpg.Pool, *, page: int = 5000, progress: Progress | None = None,
-                  database_url: str | None = None, workers: int = 1) -> RebuildReport:
+                  database_url: str | None = None, workers: int = 1, partition_events: int | None = None
+                  ) -> RebuildReport:
     """Rebuild all read models in the shadow schema and swap them in while the live ones serve.
     With a URL and workers > 1, the derive-and-write phase is shared by forked processes."""
     async with pool.acquire() as conn:
@@ -280,7 +386,7 @@ async def rebuild(pool: asyncpg.Pool, *, page: int = 5000, progress: Progress | 
         # make and swap the shadow for a service role that owns nothing.
         await conn.execute("SELECT shouwang_projection_shadow()")
     report = await fill(pool, tables.SHADOW, page=page, progress=progress, database_url=database_url,
-                        workers=workers)
+                        workers=workers, partition_events=partition_events or partitioned.PARTITION_EVENTS)
     # Catch the shadow up with what was committed meanwhile, outside the lock...
     await Runner(pool, schema=tables.SHADOW, batch_size=page, max_batch=4 * page).catch_up()
     # ...then the last stretch and the swap under the lock, so the live runner cannot move in between.

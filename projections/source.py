@@ -120,10 +120,11 @@ async def family_members(conn: Conn, families: Iterable[str], upto: Position,
 
 
 # The columns in the order scan_page unpacks them; an empty based_on comes as NULL (no decode).
-_SCAN = f"""SELECT tx_id, position, committed_at, event_id::text AS event_id, type, schema_version, site_id,
-                   site_seq, actor, occurred_at, recorded_at, NULLIF(based_on, '{{}}'::jsonb) AS based_on, payload,
-                   understood
-              FROM events WHERE (tx_id, position) > ($1, $2) AND {HORIZON}
+SCAN_COLS = """tx_id, position, committed_at, event_id::text AS event_id, type, schema_version, site_id, site_seq,
+               actor, occurred_at, recorded_at, NULLIF(based_on, '{}'::jsonb) AS based_on, payload, understood"""
+"""The columns of the ordered scan, in the order `entries_of` unpacks them (a partitioned rebuild keeps
+them on disk between its read and its fold, projections/partitioned.py)."""
+_SCAN = f"""SELECT {SCAN_COLS} FROM events WHERE (tx_id, position) > ($1, $2) AND {HORIZON}
              ORDER BY tx_id, position LIMIT $3"""
 _care_decoders = {name: msgspec.json.Decoder(cls) for name, cls in EVENT_TYPES.items()}
 # (type, schema_version) -> decode, for payloads stored at the version this code reads directly.
@@ -162,6 +163,14 @@ async def scan_page(conn: Conn, after: Position, limit: int) -> Page | None:
     rows = await conn.fetch(_SCAN, after.tx, after.pos, limit)
     if not rows:
         return None
+    out, upcast = entries_of(rows)
+    last = rows[-1]
+    return Page(out, Position(last["tx_id"], last["position"]), last["committed_at"], upcast)
+
+
+def entries_of(rows: Iterable[Any]) -> tuple[list[tuple[str, Entry | None]], list[str]]:
+    """Entries of rows in the `_SCAN` column order (None where not understood), and the ids of the
+    understood ones read through an upcaster."""
     out: list[tuple[str, Entry | None]] = []
     upcast: list[str] = []
     append = out.append
@@ -186,8 +195,7 @@ async def scan_page(conn: Conn, after: Position, limit: int) -> Page | None:
             event_id=eid, type=typ, site_id=site_id, site_seq=site_seq, actor=actor, occurred_at=occurred_at,
             recorded_at=recorded_at, based_on=decode_based_on(based_on) if based_on is not None else {},
             care=care)))  # type: ignore[arg-type]
-    last = rows[-1]
-    return Page(out, Position(last["tx_id"], last["position"]), last["committed_at"], upcast)
+    return out, upcast
 
 
 def book_of(rows: Iterable[Row], book: ArchiveBook | None = None) -> ArchiveBook:
