@@ -93,32 +93,42 @@ async def agent_backlog(admin_url: str, nats_url: str, n: int) -> float:
 
 class Rebuilt(msgspec.Struct, frozen=True):
     events: int
-    peak_mib: float
+    peak_mib: float  # the command's process and, for a partitioned fold, its forked worker's, added up
     rate: float  # events/s, as the command reports it
     raw_scan: float  # events/s of the raw ordered scan of the same store, just before
 
 
 _RATE = re.compile(r"\(([0-9,]+) events/s\)")
+_WORKERS_PEAK = re.compile(r"workers' peak RSS ([0-9,]+) MiB")
 
 
-async def rebuild(admin_url: str, n: int, partition_events: int | None = None) -> Rebuilt:
-    """`projections rebuild all` in its own process over a store of about n events: its peak RSS
-    and rate, beside a raw ordered scan of the same store."""
+async def rebuilds(admin_url: str, n: int, partition_sizes: list[int | None]) -> list[Rebuilt]:
+    """`projections rebuild all` in its own process over one store of about n events, once per
+    partition size (None: the default): peak RSS and rate of each, beside a raw ordered scan of the
+    same store just before it."""
+    out = []
     async with fresh_database(admin_url) as url:
         pool = await create_pool(url, max_size=4)
         try:
             _, stored = await load_world(pool, n)
             async with pool.acquire() as conn:
                 await conn.execute("VACUUM ANALYZE events")
-                raw, _ = await raw_scan(conn)
+            for size in partition_sizes:
+                async with pool.acquire() as conn:
+                    raw, _ = await raw_scan(conn)
+                extra = ["--partition-events", str(size)] if size else []
+                peak, printed = await measured(["shouwang", "projections", "rebuild", "all", "--database-url", url,
+                                                *extra])
+                rate = _RATE.search(printed)
+                if rate is None:
+                    raise RuntimeError(f"no rate in the rebuild's output: {printed[-500:]}")
+                workers = _WORKERS_PEAK.search(printed)
+                if workers is not None:
+                    peak += float(workers.group(1).replace(",", ""))
+                out.append(Rebuilt(stored, peak, float(rate.group(1).replace(",", "")), raw))
         finally:
             await pool.close()
-        extra = ["--partition-events", str(partition_events)] if partition_events else []
-        peak, printed = await measured(["shouwang", "projections", "rebuild", "all", "--database-url", url, *extra])
-    rate = _RATE.search(printed)
-    if rate is None:
-        raise RuntimeError(f"no rate in the rebuild's output: {printed[-500:]}")
-    return Rebuilt(stored, peak, float(rate.group(1).replace(",", "")), raw)
+    return out
 
 
 async def run(admin_url: str, nats_url: str, quick: bool) -> list[Figure]:
@@ -128,20 +138,19 @@ async def run(admin_url: str, nats_url: str, quick: bool) -> list[Figure]:
     small, large, per_part = (10_000, 30_000, 5_000) if quick else (1_000_000, 3_000_000, None)
     agent_peak = await agent_backlog(admin_url, nats_url, backlog)
     agent_small = await agent_backlog(admin_url, nats_url, small_backlog)
-    at_once = await rebuild(admin_url, small, partition_events=10**12)
-    rebuilt_small = await rebuild(admin_url, small, per_part)
-    rebuilt_large = await rebuild(admin_url, large, per_part)
+    at_once, rebuilt_small = await rebuilds(admin_url, small, [10**12, per_part])
+    (rebuilt_large,) = await rebuilds(admin_url, large, [per_part])
     floor = await peak_rss_mib(["--import", "shouwang.cli"])
     note = f"a bare interpreter with shouwang's CLI imported peaks at {floor:.0f} MiB"
-    parts = f"partitions of {per_part or PARTITION_EVENTS:,} events"
+    parts = f"partitions of {per_part or PARTITION_EVENTS:,} events, 2 processes"
     figures = [
         figure(f"agent peak RSS, catching up a {backlog:,}-event backlog", agent_peak, "MiB",
                f"same, {small_backlog:,}-event backlog", agent_small,
                note="`shouwang agent sync --once` in its own process, real center; " + note),
         figure(f"projections rebuild peak RSS, {rebuilt_large.events:,} events ({parts})", rebuilt_large.peak_mib,
                "MiB", f"same, {rebuilt_small.events:,} events", rebuilt_small.peak_mib,
-               note="`shouwang projections rebuild all` in its own process; children are a hundredth of the "
-                    "events at both sizes; " + note),
+               note="`shouwang projections rebuild all` in its own process, plus its forked worker's peak (each "
+                    "folds its own partitions); children are a hundredth of the events at both sizes; " + note),
         figure(f"projections rebuild peak RSS, {rebuilt_small.events:,} events ({parts})", rebuilt_small.peak_mib,
                "MiB", "same events folded at once (no partitions)", at_once.peak_mib, note=note),
     ]

@@ -27,9 +27,10 @@ def register(sub: Any) -> None:
                     help="all projections share one fold and one checkpoint, so any name rebuilds them all")
     rb.add_argument("--database-url")
     rb.add_argument("--page", type=int, default=5000, help="events read per page (default 5000)")
-    rb.add_argument("--workers", type=int, default=1,
-                    help="processes that derive and write after the fold (fork; default 1: on a busy 2-core "
-                         "machine more did not help)")
+    rb.add_argument("--workers", type=int, default=None,
+                    help="processes that derive and write after the fold (fork; default 1 for a log folded at once: "
+                         "on a busy 2-core machine more did not help; 2 for a partitioned one, each folding its "
+                         "partitions, which keeps the rate of a fold at once)")
     rb.add_argument("--partition-events", type=int, default=None, metavar="N",
                     help="fold a log of more than N events in partitions of about N events each, so memory "
                          "follows N, not the log (default 250000: ~350 MB; the log is spilled once to "
@@ -108,7 +109,8 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
                                    workers=args.workers, partition_events=args.partition_events)
         print(f"rebuilt all projections: {report.events} events ({report.skipped} not understood), "
               f"{report.children} archives, {report.facts} facts in {report.seconds:.1f} s "
-              f"({report.events_per_second:,.0f} events/s); swapped in")
+              f"({report.events_per_second:,.0f} events/s); swapped in"
+              + (f"; workers' peak RSS {report.worker_peak_mib:,.0f} MiB" if report.worker_peak_mib else ""))
         return 0
 
     return run_async(go())

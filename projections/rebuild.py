@@ -62,6 +62,7 @@ Progress = Callable[[int, int], None]
 _MERGE_TYPES = frozenset(("ArchivesMerged", "ArchivesUnmerged", "EventCorrected"))  # as archive.derive_all
 INDEX_MEMORY = "256MB"  # maintenance_work_mem while the shadow's keys and indexes are built
 PARALLEL_FROM = 50_000  # events: below this, derive and write in one process whatever `workers` says
+PARTITIONED_WORKERS = 2  # processes folding the partitions when `workers` is not given (one does the spill too)
 SPILL_DIR_ENV = "SHOUWANG_REBUILD_SPILL_DIR"  # where a partitioned rebuild spills the log (default: the system's temp)
 log = service_log.get("projections.rebuild")
 
@@ -73,6 +74,7 @@ class RebuildReport(msgspec.Struct, frozen=True):
     facts: int
     seconds: float
     events_per_second: float
+    worker_peak_mib: float = 0.0  # the highest peak RSS of the forked workers of a partitioned fold (0: none)
 
 
 def terminal_progress(label: str = "rebuild") -> Progress:
@@ -99,7 +101,7 @@ class RebuildError(Exception):
 
 
 async def fill(pool: asyncpg.Pool, schema: str, *, page: int = 5000, progress: Progress | None = None,
-               database_url: str | None = None, workers: int = 1, parallel_from: int = PARALLEL_FROM,
+               database_url: str | None = None, workers: int | None = None, parallel_from: int = PARALLEL_FROM,
                partition_events: int = partitioned.PARTITION_EVENTS) -> RebuildReport:
     """Fold the whole log as it is now into `schema`: its tables must be empty and without keys
     (`shouwang_projection_schema`); they get them after the load (`shouwang_projection_indexes`,
@@ -113,10 +115,11 @@ async def fill(pool: asyncpg.Pool, schema: str, *, page: int = 5000, progress: P
             upto, total = await partitioned.head(conn)
         parts = partitioned.partitions_for(total, partition_events)
         if parts > 1:  # the log is more than one partition's worth: fold it partition by partition
+            # two processes by default: the spill costs about what the second one saves
             return await _fill_partitioned(pool, schema, upto, total, parts, page=page, progress=progress,
-                                           database_url=database_url, workers=workers)
+                                           database_url=database_url, workers=workers or PARTITIONED_WORKERS)
         return await _fill(pool, schema, page=page, progress=progress, database_url=database_url,
-                           workers=workers, parallel_from=parallel_from)
+                           workers=workers or 1, parallel_from=parallel_from)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -224,6 +227,7 @@ async def _fill_partitioned(pool: asyncpg.Pool, schema: str, upto: Position, tot
             if failed:
                 raise RebuildError(f"rebuild worker(s) {failed} failed; the live read models are untouched")
             await plain
+            worker_peak = _workers_peak(Path(tmp))
         t_derive = time.perf_counter()
         counts = await conn.fetchrow(f"SELECT (SELECT count(*) FROM {schema}.archive) AS a, "
                                      f"(SELECT count(*) FROM {schema}.fact) AS f")
@@ -242,7 +246,7 @@ async def _fill_partitioned(pool: asyncpg.Pool, schema: str, upto: Position, tot
              fold_derive_write=round(t_derive - t_read, 3), index_swap_ready=round(time.perf_counter() - t_derive, 3))
     return RebuildReport(events=spilled.events, skipped=spilled.skipped, children=int(counts["a"]),
                          facts=int(counts["f"]), seconds=seconds,
-                         events_per_second=spilled.events / seconds if seconds else 0.0)
+                         events_per_second=spilled.events / seconds if seconds else 0.0, worker_peak_mib=worker_peak)
 
 
 async def _fold_partitions(conn: Conn, schema: str, directory: Path, plan: partitioned.Plan, share: int,
@@ -270,6 +274,23 @@ def _partitions_process(database_url: str, schema: str, directory: str, plan: pa
             await conn.close()
 
     asyncio.run(run())
+    (Path(directory) / f"{share}.peak").write_text(str(_peak_mib()))
+
+
+def _workers_peak(directory: Path) -> float:
+    """The highest peak the forked workers left in the spill directory (MiB; 0 with none)."""
+    return max((float(f.read_text()) for f in directory.glob("*.peak")), default=0.0)
+
+
+def _peak_mib() -> float:
+    """This process's peak resident set size (the kernel's high-water mark), MiB; 0 off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 async def _derive_and_write(conn: Conn, schema: str, book: ArchiveBook, merge_entries: list[Entry],
@@ -377,7 +398,7 @@ async def _write_share(conn: Conn, schema: str, book: ArchiveBook, edges: list[M
 
 
 async def rebuild(pool: asyncpg.Pool, *, page: int = 5000, progress: Progress | None = None,
-                  database_url: str | None = None, workers: int = 1, partition_events: int | None = None
+                  database_url: str | None = None, workers: int | None = None, partition_events: int | None = None
                   ) -> RebuildReport:
     """Rebuild all read models in the shadow schema and swap them in while the live ones serve.
     With a URL and workers > 1, the derive-and-write phase is shared by forked processes."""
