@@ -25,8 +25,9 @@ from projections.followups import MONTHLY_RULES, Period, letters_in, month_check
 GRADE_BANDS = (("1-3", 1, 3), ("4-6", 4, 6), ("7-9", 7, 9))
 
 
-class Share(msgspec.Struct, frozen=True, array_like=True):
-    """A count and its percentage of a whole (one decimal)."""
+class Share(msgspec.Struct, frozen=True):
+    """A count and its percentage of a whole (one decimal). An object on the wire, as the API's
+    OpenAPI document says (clients generated from it read {count, pct}); never stored."""
 
     count: int
     pct: float

@@ -178,8 +178,9 @@ def _secure(request: Request[Any, Any, Any]) -> bool:
 
 
 def _api_refused(request: Request[Any, Any, Any], me: dict[str, Any], status: int, doc: Any) -> Response[str] | None:
-    """The API's 400 (a parameter passed on was bad) as a 400 page with its message, else None."""
-    if status != 400:
+    """The API's 400 or 422 (a parameter passed on was bad, or parameters that do not go together)
+    as a 400 page with its message, else None."""
+    if status not in (400, 422):
         return None
     return page(request, "dash/message.html", status_code=400, message=(doc or {}).get("message", ""), **_ctx(me))
 
@@ -187,7 +188,7 @@ def _api_refused(request: Request[Any, Any, Any], me: dict[str, Any], status: in
 def _shares(d: dict[str, Any], kind: str, lang: str) -> list[tuple[str, float]]:
     out = []
     for key, value in d.items():
-        count = value[0] if isinstance(value, list) else value
+        count = value["count"] if isinstance(value, dict) else value  # a Share, or a plain count
         out.append((i18n.label(kind, key, lang), float(count)))
     return sorted(out, key=lambda kv: -kv[1])
 

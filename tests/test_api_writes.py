@@ -34,7 +34,7 @@ async def test_conflict_listed_then_resolved_as_a_township_event(database_url: s
 
         wrong = await client.post("/conflicts/resolve", headers=w.headers("township"), json={
             "child_id": w.child_v1, "field": "guardian", "chosen_event_id": reg.event.event_id})
-        assert wrong.status_code == 400 and wrong.json()["field"] == "chosen_event_id"
+        assert wrong.status_code == 409 and wrong.json()["field"] == "chosen_event_id"  # not a side of it now
         r = await client.post("/conflicts/resolve", headers=w.headers("township"), json={
             "child_id": w.child_v1, "field": "guardian", "chosen_event_id": a.event.event_id, "note": "核实为姑姑"})
         assert r.status_code == 201, r.text
@@ -104,7 +104,7 @@ async def test_correction_keeps_history(database_url: str, nats_url: str, pool: 
         bad = await client.post(f"/children/{w.child_v1}/corrections", headers=w.headers("township"), json={
             "corrected_event_id": visit["event_id"], "reason": "类型填错",
             "replacement": {"type": "LetterWritten", "child_id": w.child_v1}})
-        assert bad.status_code == 400 and bad.json()["field"] == "replacement.type"
+        assert bad.status_code == 422 and bad.json()["field"] == "replacement.type"
         r = await client.post(f"/children/{w.child_v1}/corrections", headers=w.headers("township"),
                               json={"corrected_event_id": visit["event_id"], "reason": "重复录入"})
         assert r.status_code == 201, r.text

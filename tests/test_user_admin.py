@@ -56,11 +56,11 @@ async def test_admin_adds_resets_disables_and_enables_through_the_api(database_u
         r = await client.post("/auth/password/code", json={"code": code, "new_password": "short"})
         assert r.status_code == 400 and r.json()["field"] == "new_password", r.text
         r = await client.post("/auth/password/code", json={"code": code, "new_password": "wang.v01 and more"})
-        assert r.status_code == 400 and r.json()["field"] == "new_password", r.text
+        assert r.status_code == 422 and r.json()["field"] == "new_password", r.text
         r = await client.post("/auth/password/code", json={"code": code.lower(), "new_password": NEW})
         assert r.status_code == 200 and r.json() == {"username": "wang.v01", "password_set": True}, r.text
         r = await client.post("/auth/password/code", json={"code": code, "new_password": NEWER})
-        assert r.status_code == 400 and r.json()["field"] == "code", r.text
+        assert r.status_code == 401 and r.json()["field"] == "code", r.text
         r = await client.post("/auth/token", json={"username": "wang.v01", "password": NEW})
         assert r.status_code == 201, r.text
         wang = {"Authorization": f"Bearer {r.json()['token']}"}
@@ -82,12 +82,12 @@ async def test_admin_adds_resets_disables_and_enables_through_the_api(database_u
         assert (await client.get("/auth/me", headers=wang)).status_code == 401
         assert (await client.post("/users/nobody/enable", headers=admin)).status_code == 404
         r = await client.post("/users/admin/reset", headers=admin)
-        assert r.status_code == 400 and r.json()["field"] == "username"
+        assert r.status_code == 422 and r.json()["field"] == "username"
         r = await client.post("/users", json={"username": "x.v01", "role": "station"}, headers=admin)
-        assert r.status_code == 400 and r.json()["field"] == "site_id", r.text
+        assert r.status_code == 422 and r.json()["field"] == "site_id", r.text
         r = await client.post("/users", json={"username": "x.v01", "role": "station", "site_id": V1,
                                               "password": "1234567890"}, headers=admin)
-        assert r.status_code == 400 and r.json()["field"] == "password", r.text
+        assert r.status_code == 422 and r.json()["field"] == "password", r.text
 
         log = (await client.get("/account-log", headers=w.headers("auditor"))).json()["items"]
         assert [(e["actor"], e["action"], e["target"]) for e in reversed(log) if e["target"] == "wang.v01"] == [
@@ -102,17 +102,17 @@ async def test_admin_adds_resets_disables_and_enables_through_the_api(database_u
 
 
 async def test_a_user_changes_their_own_password(database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:
-    """Anyone changes their own password with the old one (a wrong old one or a weak new one is a 400
+    """Anyone changes their own password with the old one (a wrong old one or a weak new one is a 422
     naming the field); the old password stops working, this token keeps working, other tokens stop."""
     async with open_api(database_url, nats_url, pool) as (client, w):
         me = w.headers("station1")
         other = (await auth.issue_token(pool, "station1", hours=1)).token
         r = await client.post("/auth/password", json={"old_password": "not it at all", "new_password": NEW},
                               headers=me)
-        assert r.status_code == 400 and r.json()["field"] == "old_password", r.text
+        assert r.status_code == 422 and r.json()["field"] == "old_password", r.text
         r = await client.post("/auth/password", json={"old_password": PASSWORD, "new_password": "aaaaabbbbb"},
                               headers=me)
-        assert r.status_code == 400 and r.json()["field"] == "new_password", r.text
+        assert r.status_code == 422 and r.json()["field"] == "new_password", r.text
         r = await client.post("/auth/password", json={"old_password": PASSWORD, "new_password": NEW}, headers=me)
         assert r.status_code == 200, r.text
         assert (await client.get("/auth/me", headers=me)).status_code == 200

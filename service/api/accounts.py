@@ -18,6 +18,7 @@ from litestar.params import JSONBody, Parameter
 
 from service.api import auth
 from service.api.errors import ApiError
+from service.api.limits import MAX_ID
 from service.api.scoping import allow, caller_of
 
 UsernameField = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._@-]{1,64}$", examples=["zhang.v03"],
@@ -126,8 +127,22 @@ UsernamePath = Annotated[str, Parameter(pattern=r"^[A-Za-z0-9._@-]{1,64}$", desc
                                         examples=[Example(value="zhang.v03")])]
 
 
+# Rules that JSON Schema cannot state (the routes' 422 answers, docs/API.md).
+PASSWORD_RULES = [f"a new password has {auth.PASSWORD_RULE}", "a new password is not the current one",
+                  "old_password is your current password"]
+USER_RULES = ["station, school and township users name an active registered site of their kind (site_id); an "
+              "auditor names a township (township); a county user names a region (region); an admin names none",
+              f"a password, if given, has {auth.PASSWORD_RULE}"]
+TOKEN_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+RESET_RULES = ["an admin resets other users' passwords only (your own: POST /auth/password)"]
+
+
 def _field_error(err: auth.FieldError, value: str | None = None) -> ApiError:
-    return ApiError(400, str(err), field=err.field, value=value)
+    """An unknown one-time code is a 401 (a credential that does not hold, as at log-in, on a route
+    without a token); a wrong current password (the token holds: a 401 would read as "log in again")
+    and a password that breaks the strength rule are a 422 (PASSWORD_RULES)."""
+    status = 401 if err.field == "code" else 422
+    return ApiError(status, str(err), field=err.field, value=value)
 
 
 class Revoked(msgspec.Struct, frozen=True):
@@ -159,7 +174,7 @@ class AuthController(Controller):
 
     @post("/password", status_code=200, summary="Change your own password (the old one, then the new)",
           description="The new password must have " + auth.PASSWORD_RULE + ". Your other tokens are revoked; "
-                      "this one keeps working.")
+                      "this one keeps working.", opt={"rules": PASSWORD_RULES})
     async def change_password(self, request: Request[Any, Any, Any], data: JSONBody[ChangePassword]) -> PasswordSet:
         c = caller_of(request)
         try:
@@ -172,7 +187,8 @@ class AuthController(Controller):
     @post("/password/code", exclude_from_auth=True, status_code=200,
           summary="Set your password with a one-time code an admin issued (no token needed)",
           description="The code is used up; then log in with POST /auth/token. The new password must have "
-                      + auth.PASSWORD_RULE + ".")
+                      + auth.PASSWORD_RULE + ". A code that is unknown, used or expired is a 401.",
+          opt={"rules": PASSWORD_RULES[:1]})
     async def set_with_code(self, request: Request[Any, Any, Any], data: JSONBody[CodePassword]) -> PasswordSet:
         try:
             username = await auth.set_password_with_code(request.app.state.pool, data.code, data.new_password)
@@ -194,7 +210,7 @@ class AuthController(Controller):
 
     @delete("/tokens/{token_id:str}", status_code=200, summary="Revoke one of your own tokens (admin: anyone's)")
     async def revoke(self, request: Request[Any, Any, Any],
-                     token_id: Annotated[str, Parameter(pattern=r"^[0-9a-f-]{36}$", description="token id")]
+                     token_id: Annotated[str, Parameter(pattern=TOKEN_ID_PATTERN, description="token id (a UUID)")]
                      ) -> Revoked:
         c = caller_of(request)
         try:
@@ -218,7 +234,7 @@ class UsersController(Controller):
 
     @post("/", status_code=201, summary="Add a user",
           description="Station, school and township users name their registered site; an auditor names a township; "
-                      "a county user names a region.")
+                      "a county user names a region.", opt={"rules": USER_RULES})
     async def add(self, request: Request[Any, Any, Any], data: JSONBody[NewUser]) -> UserOut:
         try:
             u = await auth.add_user(request.app.state.pool, data.username, data.role, data.password,
@@ -229,14 +245,14 @@ class UsersController(Controller):
             if "exists already" in message:
                 raise ApiError(409, message, field="username", value=data.username) from None
             if "password" in message:
-                raise ApiError(400, message, field="password") from None
+                raise ApiError(422, message, field="password") from None
             if "--region" in message:
-                raise ApiError(400, message, field="region", value=data.region) from None
+                raise ApiError(422, message, field="region", value=data.region) from None
             if "--site" in message or "site " in message:
-                raise ApiError(400, message, field="site_id", value=data.site_id) from None
+                raise ApiError(422, message, field="site_id", value=data.site_id) from None
             if "--township" in message:
-                raise ApiError(400, message, field="township", value=data.township) from None
-            raise ApiError(400, message, field="role", value=data.role) from None
+                raise ApiError(422, message, field="township", value=data.township) from None
+            raise ApiError(422, message, field="role", value=data.role) from None
         return _user_out(u)
 
     @post("/{username:str}/disable", status_code=200, summary="Disable a user; their tokens stop working")
@@ -258,14 +274,15 @@ class UsersController(Controller):
     @post("/{username:str}/reset", status_code=201, summary="Reset a password: a one-time code, shown once",
           description="The old password stops working and the user's tokens are revoked; the person sets their "
                       "own password with the code (POST /auth/password/code, the dashboard's /ui/password?code=..., "
-                      "or by typing it at the log-in form). Your own password you change with POST /auth/password.")
+                      "or by typing it at the log-in form). Your own password you change with POST /auth/password.",
+          opt={"rules": RESET_RULES})
     async def reset(self, request: Request[Any, Any, Any], username: UsernamePath,
                     hours: Annotated[float, Parameter(gt=0, le=720, description="how long the code lasts",
                                                       examples=[Example(value=72)])] = auth.CODE_HOURS
                     ) -> OneTimeCodeOut:
         c = caller_of(request)
         if username == c.username:
-            raise ApiError(400, "change your own password with POST /auth/password (an admin resets only "
+            raise ApiError(422, "change your own password with POST /auth/password (an admin resets only "
                            "other users')", field="username", value=username)
         try:
             out = await auth.issue_code(request.app.state.pool, username, actor=c.username, hours=hours)
@@ -283,7 +300,7 @@ class AccountLogController(Controller):
                       "changes; newest first")
     async def account_log(self, request: Request[Any, Any, Any],
                           limit: Annotated[int, Parameter(ge=1, le=1000, examples=[Example(value=200)])] = 200,
-                          before: Annotated[int | None, Parameter(ge=1, le=2**63 - 1, description=(
+                          before: Annotated[int | None, Parameter(ge=1, le=MAX_ID, description=(
                               "only entries older than this id (paging)"), examples=[Example(value=1000)])] = None
                           ) -> AccountLog:
         rows = await auth.user_log(request.app.state.pool, limit=limit, before=before)

@@ -19,12 +19,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Request, Response, Router, get
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme, Tag
+from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Receive, Scope, Send
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
@@ -52,6 +53,7 @@ from service.api.auth import Throttle, TokenAuthentication, callers_of_hashes
 from service.api.batch import Batched
 from service.api.config import ApiSettings
 from service.api.errors import EXCEPTION_HANDLERS, ApiError, bad
+from service.api.limits import MAX_ID, MAX_YEAR, MIN_YEAR
 from service.api.openapi import document
 from service.api.rollups import RollupCache, ScopeArchives
 from service.dashboard import dashboard_routes
@@ -134,22 +136,25 @@ class _JsonDepth:
         return True
 
 
-# Dates the API accepts: wide enough for any child's life and any record, narrow enough that no
-# local-time or interval arithmetic (here, in the projections, in PostgreSQL) can overflow.
-MIN_YEAR, MAX_YEAR = 1900, 2199
-MAX_CURSOR = 2**63 - 1
-_YEAR = re.compile(r"^([0-9]{4})")
+_YEAR = re.compile(r"^([0-9]{4})(?:-|$)")  # a date, a time or a period (2026, 2026-06, 2026-S1)
+
+
+# Handler arguments litestar fills from the request itself, never from a query parameter.
+_RESERVED = frozenset({"request", "data", "state", "headers", "cookies", "scope", "socket", "body", "query", "self"})
 
 
 def _date_params(cache: dict[int, tuple[tuple[str, str], ...]], handler: Any) -> tuple[tuple[str, str], ...]:
-    """(name as sent, kind) of a handler's query parameters that carry a date or a number kept
-    as a 64-bit integer: 'date' (date or datetime), 'period' (YYYY...), 'cursor' (digits).
-    Cached per app (its handlers live as long as it does, so their ids stay theirs)."""
+    """(name as sent, kind) of a handler's parameters (path ones too) of one value: 'date' (date or
+    datetime), 'period' (YYYY...) and 'cursor' (digits, kept as a 64-bit integer) are checked for
+    range, 'one' only for being given once. Cached per app (its handlers live as long as it does,
+    so their ids stay theirs)."""
     key = id(handler)
     if key not in cache:
         found: list[tuple[str, str]] = []
         for name, field in handler.parsed_fn_signature.parameters.items():
             kwarg = field.kwarg_definition
+            if name in _RESERVED or getattr(kwarg, "header", None) or getattr(kwarg, "cookie", None):
+                continue
             sent = getattr(kwarg, "query", None) or name
             if _is_date(field.annotation):
                 found.append((sent, "date"))
@@ -157,6 +162,8 @@ def _date_params(cache: dict[int, tuple[tuple[str, str], ...]], handler: Any) ->
                 found.append((sent, "period"))
             elif name == "cursor":
                 found.append((sent, "cursor"))
+            elif typing.get_origin(field.annotation) not in (list, tuple, set, frozenset):
+                found.append((sent, "one"))
         cache[key] = tuple(found)
     return cache[key]
 
@@ -169,21 +176,47 @@ def _is_date(annotation: Any) -> bool:
 
 async def _inputs_in_range(request: Request[Any, Any, Any]) -> None:
     """Before a route parses its parameters: a date outside MIN_YEAR..MAX_YEAR, or a numeric
-    cursor beyond 64 bits, is a 400 naming the field (not a 500 from arithmetic further on)."""
+    cursor beyond 64 bits, is a 400 naming the field (not a 500 from arithmetic further on); so
+    is a parameter of one value given twice (?cursor=5&cursor=9: which one was meant?)."""
     handler = request.scope.get("route_handler")
     if handler is None or not hasattr(handler, "parsed_fn_signature"):
         return
     for name, kind in _date_params(request.app.state.date_params, handler):
-        raw = request.query_params.get(name)
-        if not raw:
+        given = request.query_params.getall(name, [])
+        if len(given) > 1:
+            raise bad(name, "&".join(given), "give this parameter once")
+        raw = given[0] if given else None
+        if not raw or kind == "one":
             continue
         if kind == "cursor":
-            if raw.isdigit() and int(raw) > MAX_CURSOR:
-                raise bad(name, raw, f"a cursor is at most {MAX_CURSOR}")
+            if raw.isdigit() and int(raw) > MAX_ID:
+                raise bad(name, raw, f"a cursor is at most {MAX_ID}")
             continue
         year = _YEAR.match(raw)
-        if year and not MIN_YEAR <= int(year.group(1)) <= MAX_YEAR:
+        if year is None:
+            if kind == "period":  # the parameter's own pattern names what is wrong
+                continue
+            # The parser would read a bare number as seconds since 1970: not what the document says.
+            raise bad(name, raw, "give a date as YYYY-MM-DD, a time as YYYY-MM-DDTHH:MM:SS with its zone")
+        if not MIN_YEAR <= int(year.group(1)) <= MAX_YEAR:
             raise bad(name, raw, f"dates must lie between {MIN_YEAR}-01-01 and {MAX_YEAR}-12-31")
+
+
+def _options_answer_every_method(app: Litestar) -> None:
+    """Make each path's automatic OPTIONS answer ``Allow`` with all of the path's methods.
+
+    Litestar makes that answer when it builds the first route of a path, over that route's
+    methods; when a controller adds another method to the path later (GET /merges, then POST
+    /merges) the path's route is rebuilt but the OPTIONS answer still reads the first route,
+    so it left out POST. Pointing it at the finished route makes OPTIONS, the 405's ``Allow``
+    and the OpenAPI document agree (tests/test_api_schema.py)."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute) or "OPTIONS" not in route.route_handler_map:
+            continue
+        handler, _ = route.route_handler_map["OPTIONS"]
+        for cell in getattr(handler.fn, "__closure__", None) or ():
+            if isinstance(cell.cell_contents, HTTPRoute):
+                cell.cell_contents = route
 
 
 async def _connect_nats(url: str) -> Any:
@@ -286,8 +319,11 @@ def create_app(settings: Settings, api_settings: ApiSettings | None = None,
             conflicts.ConflictsController,
             quarantine.QuarantineController,
             audit.AuditController,
-            # The township dashboard: pages over this same API, with the person's own token.
-            *dashboard_routes(),
+            # The township dashboard: pages over this same API, with the person's own token. Kept out
+            # of the OpenAPI document, every page whatever its own decorator says: they are HTML for a
+            # person's browser (a session cookie, forms with CSRF tokens, redirects), not a contract
+            # for programs, which use the JSON routes the pages themselves call.
+            Router(path="/", route_handlers=dashboard_routes(), include_in_schema=False),
         ],
         middleware=[request_timer, _bounded_input(api.max_json_depth), auth_mw],
         before_request=_inputs_in_range,
@@ -307,5 +343,6 @@ def create_app(settings: Settings, api_settings: ApiSettings | None = None,
         request_max_body_size=api.max_body_bytes,
         debug=False,
     )
+    _options_answer_every_method(app)
     document(app)
     return app

@@ -70,7 +70,7 @@ class ChainReportView(msgspec.Struct, frozen=True):
     problems: list[str]
 
 
-Cursor = Annotated[str | None, Parameter(max_length=20, pattern=r"^[0-9]{1,19}$",
+Cursor = Annotated[str | None, Parameter(max_length=18, pattern=r"^[0-9]{1,18}$",
                                          description="next_cursor of the previous page")]
 Limit = Annotated[int, Parameter(ge=1, le=200, description="page size, at most 200")]
 

@@ -24,7 +24,7 @@ from projections import followups as pf
 from projections.source import Row
 from service.api import archives
 from service.api.auth import Caller
-from service.api.errors import ApiError, bad, not_found
+from service.api.errors import ApiError, bad, broken_rule, not_found
 from service.api.scoping import (
     LISTERS,
     READERS,
@@ -105,10 +105,34 @@ class ChildSort(enum.StrEnum):
 _BANDS = {GradeBand.LOWER: range(1, 4), GradeBand.UPPER: range(4, 7), GradeBand.JUNIOR: range(7, 10)}
 
 
+class MonthWork(msgspec.Struct, frozen=True, kw_only=True):
+    """Contacts with one child in one calendar month ("YYYY-MM"), after corrections: the read
+    model's MonthWork as the API answers it, an object (the read model keeps a compact array)."""
+
+    month: str
+    visits: int = 0
+    calls: int = 0
+    letters: int = 0
+    talks: int = 0
+
+
+class ChildArchive(pa.ChildArchive, frozen=True, kw_only=True):
+    # The read model's archive as the API answers it: every field the same but `months`, whose
+    # items are objects, so the answer is what the OpenAPI document says (component ChildArchive).
+    months: list[MonthWork] = []  # type: ignore[assignment]  # noqa: RUF012 (a msgspec field: copied per instance)
+
+
+def archive_out(a: pa.ChildArchive) -> ChildArchive:
+    fields = msgspec.structs.asdict(a)
+    fields["months"] = [MonthWork(month=m.month, visits=m.visits, calls=m.calls, letters=m.letters, talks=m.talks)
+                        for m in a.months]
+    return ChildArchive(**fields)
+
+
 class ArchiveView(msgspec.Struct, frozen=True):
     """A child's merged archive; `as_of` says which past moment it shows, if any."""
 
-    archive: pa.ChildArchive
+    archive: ChildArchive
     resident_id_masked: bool
     as_of: str | None = None
     as_of_time: dt.datetime | None = None
@@ -199,8 +223,8 @@ def _sort_key(sort: ChildSort) -> Any:
 
 def masked_archive(caller: Caller, a: pa.ChildArchive) -> ArchiveView:
     if sees_whole_resident_id(caller):
-        return ArchiveView(archive=a, resident_id_masked=False)
-    return ArchiveView(archive=msgspec.structs.replace(a, resident_id=mask_resident_id(a.resident_id)),
+        return ArchiveView(archive=archive_out(a), resident_id_masked=False)
+    return ArchiveView(archive=archive_out(msgspec.structs.replace(a, resident_id=mask_resident_id(a.resident_id))),
                        resident_id_masked=True)
 
 
@@ -228,13 +252,19 @@ def route_of(request: Request[Any, Any, Any]) -> str:
     return f"{request.method} {template}"
 
 
+# Rules between parameters that JSON Schema cannot state (the routes' 422 answers, docs/API.md).
+CURSOR_NOT_SORTED = "cursor pages the list by child id: not with sort (page a sorted list with offset)"
+OFFSET_SORTED = "offset pages a sorted list: only with sort (page the list by child id with cursor)"
+ONE_CLOCK = "give exactly one of committed or occurred"
+
+
 class ChildrenController(Controller):
     path = "/children"
     tags = ["children"]  # noqa: RUF012 (litestar reads controller options from class attributes)
     # The search is a masked list (the county's too); one child's records are for READERS only.
     guards = [allow(*LISTERS)]  # noqa: RUF012 (as above)
 
-    @get("/", summary="Search children in your scope",
+    @get("/", summary="Search children in your scope", opt={"rules": [CURSOR_NOT_SORTED, OFFSET_SORTED]},
          description="Filters combine with AND. Resident ID numbers are masked here for every role; search by the "
                      "whole number to find one child. Without `sort`: ordered by child id, paged with next_cursor. "
                      "With `sort`: ordered by that key, paged with offset (next_offset), and `total` counts every "
@@ -265,9 +295,9 @@ class ChildrenController(Controller):
     ) -> ChildPage:
         caller = caller_of(request)
         if cursor is not None and sort is not None:
-            raise bad("cursor", cursor, "cursor pages the list by child id; with sort, page with offset")
+            raise broken_rule("cursor", cursor, CURSOR_NOT_SORTED)
         if offset and sort is None:
-            raise bad("offset", str(offset), "offset pages a sorted list; give sort, or page with cursor")
+            raise broken_rule("offset", str(offset), OFFSET_SORTED)
         p = Params()
         conds = []
         if name is not None:
@@ -343,7 +373,7 @@ class ChildrenController(Controller):
         return _timeline(caller, child_id, rows,
                          await archives.shown_ids(request.app.state.pool, caller, child_id, rows))
 
-    @get("/{child_id:str}/as-of", guards=[allow("township", "auditor")],
+    @get("/{child_id:str}/as-of", guards=[allow("township", "auditor")], opt={"rules": [ONE_CLOCK]},
          summary="A child's archive as it stood at a past time",
          description="Give exactly one of committed (what the center held then) or occurred (the work done by then, "
                      "as known now). Computed from the log up to that point. Logged in the read log.")
@@ -354,8 +384,7 @@ class ChildrenController(Controller):
     ) -> ArchiveView:
         caller = caller_of(request)
         if (committed is None) == (occurred is None):
-            raise ApiError(400, "give exactly one of committed or occurred", field="committed",
-                           value=request.url.query or "")
+            raise ApiError(422, ONE_CLOCK, field="committed", value=request.url.query or "")
         _aware("committed", committed)
         _aware("occurred", occurred)
         rows = await archives.logged_rows(request.app.state.pool, caller, child_id, route_of(request),

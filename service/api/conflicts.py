@@ -27,7 +27,7 @@ from projections.duplicates import dismissed_pairs
 from projections.source import Row
 from service.api import archives
 from service.api.audit import record_read
-from service.api.errors import ApiError, FieldProblem, not_found
+from service.api.errors import ApiError, FieldProblem, broken_rule, not_found
 from service.api.scoping import (
     READERS,
     ChildCursor,
@@ -48,6 +48,13 @@ DUPLICATE = f"{tables.SCHEMA}.duplicate"
 MERGE_EDGE = f"{tables.SCHEMA}.merge_edge"
 MAX_MERGES = 1000
 Note = Annotated[str, msgspec.Meta(max_length=200, description="why, in a few words")]
+# Rules between fields that JSON Schema cannot state (the routes' 422 answers, docs/API.md).
+MERGE_TWO = "kept_child_id and merged_child_id are two different children"
+CORRECTION_RULES = [
+    "a replacement has the type of the event it corrects, and is not itself a correction",
+    "a resident_id in the replacement has a valid check digit (GB 11643)",
+    "a birth_date in the replacement is not in the future, nor is replacement_occurred_at more than a day ahead",
+]
 
 
 class SiteRef(msgspec.Struct, frozen=True):
@@ -168,7 +175,8 @@ class Dismiss(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Two archives proposed as one child are two different children."""
 
     child_ids: Annotated[list[ChildId], msgspec.Meta(min_length=2, max_length=2, examples=[[
-        "c-01937a0c3f2b7c8d9e0f112233445566", "c-01937a0c3f2b7c8d9e0f112233445577"]])]
+        "c-01937a0c3f2b7c8d9e0f112233445566", "c-01937a0c3f2b7c8d9e0f112233445577"]],
+        extra_json_schema={"uniqueItems": True})]  # two different children (checked in the handler)
     note: Note | None = None
 
 
@@ -275,7 +283,8 @@ class ConflictsController(Controller):
                 raise ApiError(409, f"child {data.child_id} has no open conflict on field {data.field!r}",
                                field="field", value=data.field)
             if data.chosen_event_id not in open_[0].heads:
-                raise ApiError(400, f"chosen_event_id must be one of the conflicting updates {open_[0].heads}",
+                # The conflict as it stands now decides: a state, not a rule between fields.
+                raise ApiError(409, f"chosen_event_id must be one of the conflicting updates {open_[0].heads}",
                                field="chosen_event_id", value=data.chosen_event_id)
             care = c.ConflictResolved(child_id=data.child_id, field=data.field, chosen_event_id=data.chosen_event_id,
                                       note=data.note)
@@ -378,12 +387,11 @@ class ConflictsController(Controller):
         return MergeList(items=items)
 
     @post("/merges", guards=[allow("township")], status_code=201,
-          summary="Merge two archives of one child (an ArchivesMerged event)")
+          summary="Merge two archives of one child (an ArchivesMerged event)", opt={"rules": [MERGE_TWO]})
     async def merge(self, request: Request[Any, Any, Any], data: JSONBody[Merge]) -> Recorded:
         caller = caller_of(request)
         if data.kept_child_id == data.merged_child_id:
-            raise ApiError(400, "kept_child_id and merged_child_id are the same child", field="merged_child_id",
-                           value=data.merged_child_id)
+            raise broken_rule("merged_child_id", data.merged_child_id, MERGE_TWO)
         async with request.app.state.pool.acquire() as conn, conn.transaction():
             for field, cid in (("kept_child_id", data.kept_child_id), ("merged_child_id", data.merged_child_id)):
                 a = archives.derive(cid, await archives.read_rows(conn, caller, cid) or [])
@@ -424,7 +432,7 @@ class ConflictsController(Controller):
     @post("/children/{child_id:str}/corrections", guards=[allow("township")], status_code=201,
           summary="Correct or retract one of a child's events (an EventCorrected event)",
           description="History is not erased: the original stays in the timeline and the correction says how it "
-                      "counts from now on.")
+                      "counts from now on.", opt={"rules": CORRECTION_RULES})
     async def correct(self, request: Request[Any, Any, Any], child_id: ChildIdPath,
                       data: JSONBody[Correction]) -> Recorded:
         caller = caller_of(request)
@@ -434,7 +442,7 @@ class ConflictsController(Controller):
                 raise not_found("event of this child", data.corrected_event_id, "corrected_event_id")
             if data.replacement is not None:
                 if type(data.replacement).__name__ != target.event.type:
-                    raise ApiError(400, f"the replacement must be a {target.event.type}",
+                    raise ApiError(422, f"the replacement must be a {target.event.type}",
                                    field="replacement.type", value=type(data.replacement).__name__)
                 problems = semantic_problems(data.replacement, occurred_at=None, now=dt.datetime.now(dt.UTC),
                                              prefix="replacement")
@@ -537,6 +545,7 @@ def _duplicate_archive(a: pa.ChildArchive, names: dict[str, str]) -> DuplicateAr
 
 
 def _problems(problems: list[Any]) -> ApiError:
+    """422: checks types cannot express (events.validation.semantic_problems), CORRECTION_RULES."""
     first = problems[0]
-    return ApiError(400, f"{first.field}: {first.message}", field=first.field, value=first.value,
+    return ApiError(422, f"{first.field}: {first.message}", field=first.field, value=first.value,
                     problems=[FieldProblem(field=p.field, message=p.message, value=p.value) for p in problems])

@@ -74,7 +74,14 @@ def not_found(what: str, value: object, field: str) -> ApiError:
 
 
 def bad(field: str, value: object, why: str) -> ApiError:
+    """400: the value breaks what the OpenAPI document states of the field."""
     return ApiError(400, f"{field}={show(value)!r}: {why}", field=field, value=value)
+
+
+def broken_rule(field: str, value: object, why: str) -> ApiError:
+    """422: every field is as the document states, together they break a rule between fields that
+    JSON Schema cannot state; the route lists the rule (``opt={"rules": [...]}``, docs/API.md)."""
+    return ApiError(422, f"{field}={show(value)!r}: {why}", field=field, value=value)
 
 
 def _respond(body: ErrorBody, headers: dict[str, str] | None = None) -> Response[Any]:

@@ -21,7 +21,7 @@ from projections import county as pc
 from projections import rollups as pr
 from projections.figures import LabelledFigure, labelled
 from service.api.county import RegionQuery, county_rollup
-from service.api.rollups import EndQuery, PeriodQuery, ScopeQuery, StartQuery, caller_rollup
+from service.api.rollups import PERIOD_RULES, EndQuery, PeriodQuery, ScopeQuery, StartQuery, caller_rollup
 from service.api.scoping import LISTERS, allow
 
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -131,7 +131,8 @@ class ExportsController(Controller):
     tags = ["exports"]  # noqa: RUF012 (litestar reads controller options from class attributes)
     guards = [allow(*LISTERS)]  # noqa: RUF012 (as above)
 
-    @get("/summary.xlsx", media_type=XLSX, summary="Year-end summary as an Excel workbook (labels in Chinese)")
+    @get("/summary.xlsx", media_type=XLSX, summary="Year-end summary as an Excel workbook (labels in Chinese)",
+         opt=PERIOD_RULES)
     async def xlsx(
         self, request: Request[Any, Any, Any],
         area: ScopeQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
@@ -141,7 +142,7 @@ class ExportsController(Controller):
                         headers={"Content-Disposition": f'attachment; filename="{_filename(r, "xlsx")}"'})
 
     @get("/summary.csv", media_type="text/csv; charset=utf-8",
-         summary="Year-end summary as CSV (UTF-8 with BOM, labels in Chinese)")
+         summary="Year-end summary as CSV (UTF-8 with BOM, labels in Chinese)", opt=PERIOD_RULES)
     async def csv(
         self, request: Request[Any, Any, Any],
         area: ScopeQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
@@ -150,7 +151,8 @@ class ExportsController(Controller):
         return Response(to_csv(r), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{_filename(r, "csv")}"'})
 
-    @get("/summary.json", summary="Year-end summary for machines: labelled figures and the whole rollup")
+    @get("/summary.json", summary="Year-end summary for machines: labelled figures and the whole rollup",
+         opt=PERIOD_RULES)
     async def json(
         self, request: Request[Any, Any, Any],
         area: ScopeQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
@@ -162,7 +164,8 @@ class ExportsController(Controller):
     @get("/county.xlsx", media_type=XLSX, guards=[allow("county")],
          summary="The county's townships side by side as an Excel workbook (labels in Chinese)",
          description="One row per figure, one column per township of the region (by name) and the region's total, "
-                     "then each township's freshness. The county role, its own region only (else 404).")
+                     "then each township's freshness. The county role, its own region only (else 404).",
+         opt=PERIOD_RULES)
     async def xlsx_county(
         self, request: Request[Any, Any, Any],
         region: RegionQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
@@ -174,7 +177,7 @@ class ExportsController(Controller):
 
     @get("/county.csv", media_type="text/csv; charset=utf-8", guards=[allow("county")],
          summary="The county's townships side by side as CSV (UTF-8 with BOM, labels in Chinese)",
-         description="As /exports/county.xlsx.")
+         description="As /exports/county.xlsx.", opt=PERIOD_RULES)
     async def csv_county(
         self, request: Request[Any, Any, Any],
         region: RegionQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,

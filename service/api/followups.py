@@ -19,6 +19,7 @@ from projections import followups as pf
 from service.api import archives
 from service.api.children import query_text, route_of
 from service.api.errors import ApiError, bad, not_found
+from service.api.limits import PERIOD_PATTERN
 from service.api.scoping import LISTERS, READERS, ChildIdPath, Params, SiteIdPath, allow, caller_of, may_see_site
 
 
@@ -63,7 +64,7 @@ class FollowUpsController(Controller):
                      "Logged in the read log.")
     async def child_followups(
         self, request: Request[Any, Any, Any], child_id: ChildIdPath,
-        period: Annotated[str, Parameter(pattern=r"^[0-9]{4}(-(0[1-9]|1[0-2]|S1|S2|SY))?$",
+        period: Annotated[str, Parameter(pattern=PERIOD_PATTERN,
                                          description="YYYY, YYYY-MM, YYYY-S1 (Feb-Jul), YYYY-S2 (Aug-Jan) or "
                                                      "YYYY-SY (Aug-Jul)")],
     ) -> FollowUpView:

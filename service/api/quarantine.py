@@ -13,6 +13,7 @@ from litestar import Controller, Request, get, post
 from litestar.params import JSONBody, Parameter
 
 from service.api.errors import ApiError
+from service.api.limits import MAX_ID
 from service.api.scoping import Params, SiteFilter, allow, caller_of, site_visible
 from service.quarantine import Quarantined, QuarantineError, dismiss, replay
 
@@ -21,7 +22,7 @@ _SELECT = """SELECT id, received_at, subject, site_id, event_id::text AS event_i
              FROM quarantine q"""
 
 
-RowId = Annotated[int, Parameter(ge=1, le=2**62, description="quarantine row id")]
+RowId = Annotated[int, Parameter(ge=1, le=MAX_ID, description="quarantine row id")]
 
 
 # One refused message as the center keeps it: the center's own row type, not a second copy.
@@ -61,7 +62,8 @@ class QuarantineController(Controller):
         self, request: Request[Any, Any, Any],
         site_id: SiteFilter = None,
         include_replayed: Annotated[bool, Parameter(description="also rows already replayed")] = False,
-        cursor: Annotated[int | None, Parameter(ge=0, le=2**62, description="next_cursor of the previous page")] = None,
+        cursor: Annotated[int | None, Parameter(ge=0, le=MAX_ID,
+                                                 description="next_cursor of the previous page")] = None,
         limit: Annotated[int, Parameter(ge=1, le=200, description="page size, at most 200")] = 50,
     ) -> QuarantinePage:
         caller = caller_of(request)

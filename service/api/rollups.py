@@ -25,13 +25,19 @@ from projections.figures import LabelledFigure, labelled
 from projections.queries import Heads, ScopeChildren, rollup_heads
 from service.api.auth import Caller
 from service.api.batch import Batched
-from service.api.errors import ApiError, bad
+from service.api.errors import ApiError, bad, broken_rule
+from service.api.limits import PERIOD_PATTERN
 from service.api.scoping import LISTERS, allow, caller_of, may_see_region, may_see_site, may_see_township
 
 LangQuery = Annotated[str, Parameter(pattern=r"^(zh|en)$", description="label language: zh (default) or en")]
 SCOPE_PATTERN = r"^[a-z0-9-]{1,24}(\.[a-z0-9-]{1,24}){0,2}$"
-PERIOD_PATTERN = r"^[0-9]{4}(-(0[1-9]|1[0-2]|S1|S2|SY))?$"
 MAX_RANGE_DAYS = 3 * 366
+# Rules between parameters that JSON Schema cannot state (the routes' 422 answers, docs/API.md).
+PERIOD_OR_RANGE = "give period, or both start and end, and not both ways"
+RANGE_ORDER = "end is not before start"
+RANGE_LENGTH = f"a range is at most {MAX_RANGE_DAYS} days"
+PERIOD_RULES = {"rules": [PERIOD_OR_RANGE, RANGE_ORDER, RANGE_LENGTH]}
+ONE_CLOCK = "give exactly one of committed or occurred"
 
 ScopeQuery = Annotated[str, QueryParameter(name="scope", pattern=SCOPE_PATTERN,
                                            description="a site id (region.township.site), a township "
@@ -42,7 +48,7 @@ PeriodQuery = Annotated[str | None, Parameter(pattern=PERIOD_PATTERN, descriptio
 StartQuery = Annotated[dt.date | None, Parameter(description="first day of a date range (give end too, and no "
                                                 "period); reporting days are China Standard Time")]
 EndQuery = Annotated[dt.date | None, Parameter(description="last day of a date range, inclusive: on or after start "
-                                              f"and at most {MAX_RANGE_DAYS} days after it (else 400 naming end)")]
+                                              f"and at most {MAX_RANGE_DAYS} days after it (else 422 naming end)")]
 
 
 
@@ -62,18 +68,18 @@ def period_from(period: str | None, start: dt.date | None, end: dt.date | None) 
     """A named period (month, semester, year), or a date range [start, end]."""
     if period is not None:
         if start is not None or end is not None:
-            raise bad("period", period, "give either period or start and end, not both")
+            raise broken_rule("period", period, PERIOD_OR_RANGE)
         try:
             return pf.parse_period(period)
         except ValueError as err:
             raise bad("period", period, str(err)) from None
     if start is None or end is None:
-        raise ApiError(400, "give period (YYYY, YYYY-MM, YYYY-S1, YYYY-S2, YYYY-SY) or both start and end",
+        raise ApiError(422, f"{PERIOD_OR_RANGE}: period is YYYY, YYYY-MM, YYYY-S1, YYYY-S2 or YYYY-SY",
                        field="period", value="")
     if end < start:
-        raise bad("end", end.isoformat(), f"is before start {start.isoformat()}")
+        raise broken_rule("end", end.isoformat(), f"{RANGE_ORDER} ({start.isoformat()})")
     if (end - start).days > MAX_RANGE_DAYS:
-        raise bad("end", end.isoformat(), f"a range is at most {MAX_RANGE_DAYS} days")
+        raise broken_rule("end", end.isoformat(), RANGE_LENGTH)
     return pf.Period(f"{start.isoformat()}..{end.isoformat()}", start, end + dt.timedelta(days=1))
 
 
@@ -160,7 +166,7 @@ class RollupsController(Controller):
          description="Children are counted for the sites they belong to, work for the site that recorded it. "
                      "Give period, or start and end (any range of days, end inclusive, at most "
                      f"{MAX_RANGE_DAYS} days): work is summed from the projections' daily per-site totals, so a "
-                     "range costs about what a month does.")
+                     "range costs about what a month does.", opt=PERIOD_RULES)
     async def get_rollup(
         self, request: Request[Any, Any, Any],
         area: ScopeQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
@@ -170,7 +176,7 @@ class RollupsController(Controller):
     @get("/figures", summary="Every figure for a site or the township and a period, labelled",
          description="The figures of GET /rollups as a list in the order of the year-end summary, each with its "
                      "key, its label (projections/figures.py, the catalogue the dashboard and the exports use), "
-                     "its unit and, for shares, its percentage. Money in yuan.")
+                     "its unit and, for shares, its percentage. Money in yuan.", opt=PERIOD_RULES)
     async def get_figures(
         self, request: Request[Any, Any, Any],
         area: ScopeQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
@@ -179,7 +185,7 @@ class RollupsController(Controller):
         r = await caller_rollup(request, area, period, start, end)
         return labelled(r, lang, now=dt.datetime.now(dt.UTC))
 
-    @get("/as-of", guards=[allow("township", "auditor")],
+    @get("/as-of", guards=[allow("township", "auditor")], opt={"rules": [ONE_CLOCK]},
          summary="Every figure for a scope and period as the log said at a past time",
          description="Give exactly one of committed (what the center held then) or occurred (the work done by then, "
                      "as known now). Computed from the log up to that point with the live figures' own code.")
@@ -193,8 +199,7 @@ class RollupsController(Controller):
         caller = caller_of(request)
         check_scope(caller, area)
         if (committed is None) == (occurred is None):
-            raise ApiError(400, "give exactly one of committed or occurred", field="committed",
-                           value=request.url.query or "")
+            raise ApiError(422, ONE_CLOCK, field="committed", value=request.url.query or "")
         for name, value in (("committed", committed), ("occurred", occurred)):
             if value is not None and value.tzinfo is None:
                 raise bad(name, value.isoformat(), "give a time zone, e.g. 2026-06-30T23:59:59+08:00")

@@ -52,6 +52,8 @@ READERS = ("station", "school", "township", "auditor")
 """Roles that may read a child's archive, timeline and follow-ups (each read logged)."""
 LISTERS = (*READERS, "county")
 """Roles that may read figures, exports and masked lists (no archive): the readers and the county."""
+ROLES = ("station", "school", "township", "auditor", "county", "admin")
+"""Every role (service.api.auth.ROLES), in the order the OpenAPI document lists them (x-roles)."""
 
 
 def caller_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:
@@ -66,12 +68,17 @@ def allow(*roles: str) -> Any:
 
     # A coroutine: litestar runs a plain function guard in a worker thread, a thread hop per request.
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        if connection.scope.get("method") == "OPTIONS":
+            # The automatic OPTIONS answer names the path's methods, as the public OpenAPI document
+            # does: no token, whatever guards the controller's routes carry (a preflight has none).
+            return
         caller = caller_of(connection)
         if caller.role not in roles:
             raise ApiError(403, f"role {caller.role!r} may not use this route; it is for: {', '.join(roles)}",
                            field="role", value=caller.role)
 
     guard.__name__ = f"allow_{'_'.join(roles)}"
+    guard.roles = roles  # type: ignore[attr-defined]  # read by the OpenAPI document (x-roles)
     return guard
 
 
