@@ -21,7 +21,7 @@ def _by_id(items: list[dict[str, object]]) -> dict[str, dict[str, object]]:
 async def test_rules_figures_and_a_supervisors_change(database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:
     """Paired with a proxy parent on 2 March, visited 5 March and 3 April: April and May due,
     April met; from 1 April two visits a month: April no longer met. A station reads its own
-    scope, cannot set a rule; a bad rule is a 400 naming the field."""
+    scope, cannot set a rule; a bad rule is a 422 naming the field (rules beyond its types)."""
     async with open_api(database_url, nats_url, pool) as (client, w):
         await w.record(V1, c.PairingStarted(pairing_id="p-" + "c" * 32, child_id=w.child_v1,
                                             partner_kind=PartnerKind.PROXY_PARENT, partner_name="云晓"), T0)
@@ -51,7 +51,7 @@ async def test_rules_figures_and_a_supervisors_change(database_url: str, nats_ur
         assert (await client.post("/rules", json=body, headers=w.headers("station1"))).status_code == 403
         bad = await client.post("/rules", json={**body, "rule": {**rule, "counts": {"event_types": ["Nope"]}}},
                                 headers=w.headers("township"))
-        assert bad.status_code == 400 and bad.json()["field"] == "rule" and "'Nope'" in bad.json()["message"], bad.text
+        assert bad.status_code == 422 and bad.json()["field"] == "rule" and "'Nope'" in bad.json()["message"], bad.text
         async with pool.acquire() as conn:
             before = await conn.fetchval("SELECT max(committed_at) FROM events")
         made = await client.post("/rules", json=body, headers=w.headers("township"))

@@ -155,7 +155,7 @@ def _date_params(cache: dict[int, tuple[tuple[str, str], ...]], handler: Any) ->
             kwarg = field.kwarg_definition
             if name in _RESERVED or getattr(kwarg, "header", None) or getattr(kwarg, "cookie", None):
                 continue
-            sent = getattr(kwarg, "query", None) or name
+            sent = getattr(kwarg, "name", None) or getattr(kwarg, "query", None) or name
             if _is_date(field.annotation):
                 found.append((sent, "date"))
             elif name == "period":

@@ -20,7 +20,7 @@ from projections import county as pc
 from projections import rollups as pr
 from projections.facts import township_of
 from service.api.errors import ApiError
-from service.api.rollups import Checkpointed, EndQuery, PeriodQuery, StartQuery, period_from
+from service.api.rollups import PERIOD_RULES, Checkpointed, EndQuery, PeriodQuery, StartQuery, period_from
 from service.api.scoping import allow, caller_of, may_see_region
 
 RegionQuery = Annotated[str, QueryParameter(
@@ -68,7 +68,8 @@ class CountyController(Controller):
          description="For the county role, its own region only (any other is a 404). `total` is the region's own "
                      "rollup; `townships` holds each township's rollup (as /rollups?scope=<township> gives it, "
                      "without per-site freshness), its name and freshness: its active sites, how many the center "
-                     "has heard from, and the oldest and newest last contact. Give period, or start and end.")
+                     "has heard from, and the oldest and newest last contact. Give period, or start and end.",
+         opt=PERIOD_RULES)
     async def rollups(
         self, request: Request[Any, Any, Any], region: RegionQuery, period: PeriodQuery = None,
         start: StartQuery = None, end: EndQuery = None,

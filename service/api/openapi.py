@@ -146,36 +146,51 @@ def _without_none(annotation: Any) -> Any:
     return annotation
 
 
-def _body_type(annotation: Any) -> Any:
-    """The type a body is encoded from or decoded into (a Response[T] answers T), or None."""
+def _answer_type(annotation: Any) -> Any:
+    """The type an answer is encoded from (a Response[T] answers T), or None (bytes, text, none)."""
     if typing.get_origin(annotation) is Response or annotation is Response:
         args = typing.get_args(annotation)
         annotation = args[0] if args else None
-    if annotation in (None, bytes, str, type(None)) or not isinstance(annotation, type):
-        return None
-    return annotation if issubclass(annotation, msgspec.Struct) else None
+    return None if annotation in (None, bytes, str, type(None), Any) else annotation
 
 
-def struct_components(app: Litestar) -> dict[str, Any]:
-    """msgspec's schemas of every Struct a route decodes (its body) or answers, by component name;
-    text the bodies carry says it holds no NUL character (:func:`no_nul`)."""
-    found: list[Any] = []
-    bodies: list[Any] = []
-    for _, _, handler in operations(app):
-        sig = handler.parsed_fn_signature
-        data = sig.parameters.get("data")
-        for annotation in (sig.return_type.annotation, data.annotation if data is not None else None):
-            t = _body_type(annotation)
-            if t is not None and t not in found:
+def _parameter_fields(handler: HTTPRouteHandler) -> dict[str, FieldDefinition]:
+    """The handler's parameters by the name they are sent under."""
+    fields: dict[str, FieldDefinition] = {}
+    for name, field in handler.parsed_fn_signature.parameters.items():
+        kwarg = field.kwarg_definition
+        sent = (getattr(kwarg, "name", None) or getattr(kwarg, "query", None) or getattr(kwarg, "header", None)
+                or getattr(kwarg, "cookie", None) or name)
+        fields[sent] = field
+    return fields
+
+
+class Schemas:
+    """msgspec's schemas of every type the document names (request bodies, answers, parameters),
+    from one call, so that components are msgspec's and two types of one name get two names
+    (service.api.children.FollowUpRule, the enum, beside events.rules.FollowUpRule, the rule)."""
+
+    def __init__(self, app: Litestar) -> None:
+        found: list[Any] = []
+        for _, _, handler in operations(app):
+            sig = handler.parsed_fn_signature
+            data = sig.parameters.get("data")
+            wanted = [_answer_type(sig.return_type.annotation), data.annotation if data is not None else None,
+                      *(_without_none(f.annotation) for f in _parameter_fields(handler).values())]
+            for t in wanted:
+                if t is None or t in found:
+                    continue
+                try:
+                    msgspec.json.schema(t)
+                except (TypeError, ValueError):  # not a type msgspec encodes (a Request, State...)
+                    continue
                 found.append(t)
-        body = _body_type(data.annotation) if data is not None else None
-        if body is not None:
-            bodies.append(body)
-    _, components = msgspec.json.schema_components(found, ref_template=_REF)
-    seen: set[str] = set()
-    for body in bodies:
-        no_nul({"$ref": _REF.format(name=body.__name__)}, components, seen)
-    return components
+        schemas, self.components = msgspec.json.schema_components(found, ref_template=_REF)
+        self.of = dict(zip(found, schemas, strict=True))
+
+    def get(self, annotation: Any) -> dict[str, Any] | None:
+        schema = self.of.get(annotation)
+        return None if schema is None else dict(schema)
 
 
 def no_nul(schema: dict[str, Any], components: dict[str, Any], seen: set[str]) -> None:
@@ -203,16 +218,13 @@ def no_nul(schema: dict[str, Any], components: dict[str, Any], seen: set[str]) -
             no_nul(sub, components, seen)
 
 
-def parameter_schema(field: FieldDefinition, components: dict[str, Any]) -> dict[str, Any]:
+def parameter_schema(field: FieldDefinition, schemas: Schemas) -> dict[str, Any]:
     """A query or path parameter's schema from the handler's signature: msgspec's schema of its type
     (with null only where litestar reads the word as "not given"), the parameter's own bounds
     (integers stay integers, so a 64-bit bound is exact), and the ranges every route shares
     (service.api.limits)."""
     annotation = _without_none(field.annotation)
-    (schema,), extra = msgspec.json.schema_components([annotation], ref_template=_REF)
-    for name, comp in extra.items():
-        components.setdefault(name, comp)
-    schema = dict(schema)
+    schema = schemas.get(annotation) or {}
     kwarg = field.kwarg_definition if isinstance(field.kwarg_definition, KwargDefinition) else None
     integer = schema.get("type") == "integer"
     if kwarg is not None:
@@ -239,21 +251,49 @@ def parameter_schema(field: FieldDefinition, components: dict[str, Any]) -> dict
     return schema
 
 
-def _parameters(op: dict[str, Any], handler: HTTPRouteHandler, components: dict[str, Any]) -> None:
-    fields: dict[str, FieldDefinition] = {}
-    for name, field in handler.parsed_fn_signature.parameters.items():
-        kwarg = field.kwarg_definition
-        sent = (getattr(kwarg, "query", None) or getattr(kwarg, "header", None) or getattr(kwarg, "cookie", None)
-                or name)
-        fields[sent] = field
+def _parameters(op: dict[str, Any], handler: HTTPRouteHandler, schemas: Schemas) -> None:
+    fields = _parameter_fields(handler)
     for p in op.get("parameters", []):
         found = fields.get(p["name"])
         if found is None or p.get("in") not in ("query", "path"):
             continue
         description = p.get("schema", {}).get("description")
-        p["schema"] = parameter_schema(found, components)
+        p["schema"] = parameter_schema(found, schemas)
         if description and "description" not in p:
             p["description"] = description
+
+
+def _bodies(op: dict[str, Any], handler: HTTPRouteHandler, schemas: Schemas) -> dict[str, Any] | None:
+    """Put msgspec's schemas of the handler's body and answer in the operation; the body's schema."""
+    sig = handler.parsed_fn_signature
+    data = sig.parameters.get("data")
+    body = None
+    if data is not None:
+        body = schemas.get(data.annotation)
+        media = op.get("requestBody", {}).get("content", {}).get("application/json")
+        if body is not None and media is not None:
+            media["schema"] = body
+    answer = schemas.get(_answer_type(sig.return_type.annotation))
+    content = (op.get("responses", {}).get(str(handler.status_code)) or {}).get("content") or {}
+    if answer is not None and "application/json" in content:
+        content["application/json"]["schema"] = answer
+    return body
+
+
+def _referenced(value: Any, components: dict[str, Any], out: set[str]) -> None:
+    """The names of the components `value` refers to, directly or through other components."""
+    if isinstance(value, dict):
+        ref = value.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+            name = ref.rsplit("/", 1)[-1]
+            if name not in out:
+                out.add(name)
+                _referenced(components.get(name), components, out)
+        for v in value.values():
+            _referenced(v, components, out)
+    elif isinstance(value, list):
+        for v in value:
+            _referenced(v, components, out)
 
 
 def roles_of(handler: HTTPRouteHandler) -> list[str]:
@@ -284,11 +324,14 @@ def _error_response(description: str, example: ErrorBody) -> dict[str, Any]:
 def document(app: Litestar) -> dict[str, Any]:
     """Finish the app's OpenAPI document in place (it is built once and cached) and return it."""
     doc: dict[str, Any] = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()
-    components = doc.setdefault("components", {}).setdefault("schemas", {})
+    litestars = doc.setdefault("components", {}).get("schemas", {})
+    schemas = Schemas(app)
+    components = dict(schemas.components)
     _, extra = msgspec.json.schema_components([ErrorBody], ref_template=_REF)
     components.update(extra)
-    components.update(struct_components(app))
+    lookup = {**litestars, **components}  # for the examples: where a $ref leads, whoever wrote it
     handlers = {(path, method): handler for path, method, handler in operations(app)}
+    bodies: list[dict[str, Any]] = []
     for path, item in doc.get("paths", {}).items():
         for method in METHODS:
             op = item.get(method)
@@ -296,7 +339,10 @@ def document(app: Litestar) -> dict[str, Any]:
                 continue
             handler = handlers.get((path, method))
             if handler is not None:
-                _parameters(op, handler, components)
+                _parameters(op, handler, schemas)
+                body = _bodies(op, handler, schemas)
+                if body is not None:
+                    bodies.append(body)
             public = (path, method) in PUBLIC
             if handler is not None and not public:
                 op["x-roles"] = roles_of(handler)  # who may call it; tests/test_api_schema.py calls it as each
@@ -311,16 +357,16 @@ def document(app: Litestar) -> dict[str, Any]:
                     if "examples" in content or "schema" not in content:
                         continue
                     if "json" in media:
-                        content["examples"] = {"example": {"value": sample(content["schema"], components)}}
+                        content["examples"] = {"example": {"value": sample(content["schema"], lookup)}}
                     else:
                         content["schema"] = {"type": "string", "format": "binary"}
                         content["examples"] = {"example": {"summary": f"a {media} file", "value": ""}}
             body = op.get("requestBody", {}).get("content", {}).get("application/json")
             if body is not None and "examples" not in body:
-                body["examples"] = {"example": {"value": sample(body["schema"], components)}}
+                body["examples"] = {"example": {"value": sample(body["schema"], lookup)}}
             for p in op.get("parameters", []):
                 if "examples" not in p and "example" not in p:
-                    p["examples"] = {"example": {"value": sample(p.get("schema", {}), components)}}
+                    p["examples"] = {"example": {"value": sample(p.get("schema", {}), lookup)}}
             if (path, method) == ("/ready", "get"):
                 responses["503"] = {"description": "Not ready: the same body, with the failing checks",
                                     "content": responses["200"]["content"]}
@@ -330,4 +376,14 @@ def document(app: Litestar) -> dict[str, Any]:
                 responses[status] = _error_response(description, example)
             if handler is not None:
                 _rules(op, handler)
+    seen: set[str] = set()
+    for body in bodies:
+        no_nul(body, components, seen)
+    # What litestar described that msgspec did not (a type only litestar knows): kept as it wrote it.
+    used: set[str] = set()
+    _referenced(doc["paths"], {**litestars, **components}, used)
+    for name in sorted(used - components.keys()):
+        if name in litestars:
+            components[name] = litestars[name]
+    doc["components"]["schemas"] = components
     return doc

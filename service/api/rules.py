@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.params import JSONBody, Parameter
+from litestar.params import JSONBody, Parameter, QueryParameter
 
 from events import catalogue as c
 from events.localtime import local_today
@@ -31,8 +31,9 @@ from events.rules import (
 from events.types import ShortText
 from projections import rule_queries
 from projections.rules import RuleFigures, RuleVersion
-from service.api.errors import ApiError, bad
-from service.api.rollups import PERIOD_PATTERN, ScopeQuery, check_scope, period_from
+from service.api.errors import ApiError, bad, broken_rule
+from service.api.limits import PERIOD_PATTERN
+from service.api.rollups import ScopeQuery, check_scope, period_from
 from service.api.scoping import LISTERS, allow, caller_of
 from service.api.writes import Recorded, record
 
@@ -80,9 +81,20 @@ def _office_township(caller: Any) -> str:
     return str(caller.township)
 
 
+# What events.rules checks beyond the types, as rules the routes list (their 422 answers, docs/API.md).
+RULE_RULES = ["counts.event_types are types a rule can count, and counts.where filters a field of them with "
+              "values it allows", "applies.grade_min is not above applies.grade_max",
+              "a site rule names site_kinds or sites and nothing of children; a child rule names no sites"]
+CALENDAR_RULES = ["each term ends on or after its first day, lies within its school year (August 1 to August 31 "
+                  "of the next year), and starts after the previous term ends"]
+TownshipOrSite = Annotated[str, QueryParameter(
+    name="scope", pattern=r"^[a-z0-9-]{1,24}\.[a-z0-9-]{1,24}(\.[a-z0-9-]{1,24})?$",
+    description="a township (region.township) or a site id (region.township.site)")]
+
+
 def _problems(field: str, value: object, problems: list[str]) -> None:
     if problems:
-        raise bad(field, msgspec.json.encode(value).decode()[:200], "; ".join(problems))
+        raise broken_rule(field, msgspec.json.encode(value).decode()[:200], "; ".join(problems))
 
 
 class RulesController(Controller):
@@ -123,7 +135,7 @@ class RulesController(Controller):
 
     @get("/history", summary="Every rule of a township: the one in force on a day and all its versions")
     async def history(
-        self, request: Request[Any, Any, Any], area: ScopeQuery,
+        self, request: Request[Any, Any, Any], area: TownshipOrSite,
         day: Annotated[dt.date | None, Parameter(description="default: today (UTC+8)")] = None,
     ) -> list[RuleHistory]:
         caller = caller_of(request)
@@ -158,7 +170,8 @@ class RulesController(Controller):
                             set_by_township=found is not None)
 
     @post("/", guards=[allow("township")], status_code=201,
-          summary="Set a rule of your township (a FollowUpRuleSet event), from a day on")
+          summary="Set a rule of your township (a FollowUpRuleSet event), from a day on",
+          opt={"rules": RULE_RULES})
     async def set_rule(self, request: Request[Any, Any, Any], data: JSONBody[SetRule]) -> Recorded:
         caller = caller_of(request)
         town = _office_township(caller)
@@ -179,7 +192,8 @@ class RulesController(Controller):
             return await record(conn, caller, care)
 
     @post("/calendar", guards=[allow("township")], status_code=201,
-          summary="Set the terms of a school year for your township (a SchoolCalendarSet event)")
+          summary="Set the terms of a school year for your township (a SchoolCalendarSet event)",
+          opt={"rules": CALENDAR_RULES})
     async def set_calendar(self, request: Request[Any, Any, Any], data: JSONBody[SetCalendar]) -> Recorded:
         caller = caller_of(request)
         town = _office_township(caller)

@@ -20,7 +20,16 @@ from events.localtime import local_today
 from projections import followups as pf
 from projections import queries, rule_queries
 from projections.summary import Draft, draft
-from service.api.rollups import EndQuery, LangQuery, PeriodQuery, ScopeQuery, StartQuery, caller_rollup, check_scope
+from service.api.rollups import (
+    PERIOD_RULES,
+    EndQuery,
+    LangQuery,
+    PeriodQuery,
+    ScopeQuery,
+    StartQuery,
+    caller_rollup,
+    check_scope,
+)
 from service.api.scoping import LISTERS, allow, caller_of
 
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
@@ -84,7 +93,8 @@ class SummaryController(Controller):
 
     @get("/draft", summary="The year-end summary drafted from the figures",
          description="基本情况, 主要做法, 取得的成效 and 存在的问题 written from the figures of GET /rollups, "
-                     "every number with its figure's key and a footnote; 下一步打算 is left for people to write.")
+                     "every number with its figure's key and a footnote; 下一步打算 is left for people to write.",
+         opt=PERIOD_RULES)
     async def get_draft(
         self, request: Request[Any, Any, Any],
         area: ScopeQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
@@ -92,7 +102,8 @@ class SummaryController(Controller):
     ) -> Draft:
         return await caller_draft(request, area, period, start, end, lang)
 
-    @get("/draft.docx", media_type=DOCX, summary="The drafted year-end summary as a Word document to edit and submit")
+    @get("/draft.docx", media_type=DOCX, summary="The drafted year-end summary as a Word document to edit and submit",
+         opt=PERIOD_RULES)
     async def docx(
         self, request: Request[Any, Any, Any],
         area: ScopeQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
