@@ -155,7 +155,7 @@ class RulesController(Controller):
 
     @get("/calendar", summary="The terms of a school year of a township (set, or the national pattern)")
     async def calendar(
-        self, request: Request[Any, Any, Any], area: ScopeQuery,
+        self, request: Request[Any, Any, Any], area: TownshipOrSite,
         school_year: Annotated[int, Parameter(ge=2000, le=2100, description="the year the school year starts in")],
     ) -> CalendarView:
         caller = caller_of(request)
