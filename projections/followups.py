@@ -21,6 +21,7 @@ summaries for.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable
 
 import msgspec
@@ -52,11 +53,13 @@ def _add_months(day: dt.date, n: int) -> dt.date:
     return dt.date(m // 12, m % 12 + 1, 1)
 
 
+@functools.lru_cache(maxsize=8192)  # pure, called per child, rule and month by every rollup
 def month_of(day: dt.date) -> Period:
     start = day.replace(day=1)
     return Period(f"{start.year:04d}-{start.month:02d}", start, _add_months(start, 1))
 
 
+@functools.lru_cache(maxsize=8192)  # pure, called per child, rule and month by every rollup
 def semester_of(day: dt.date) -> Period:
     if 2 <= day.month <= 7:
         return Period(f"{day.year:04d}-S1", dt.date(day.year, 2, 1), dt.date(day.year, 8, 1))
@@ -141,6 +144,7 @@ def letters_in(a: ChildArchive, period: Period) -> int:
     return sum(m.letters for m in a.months if period.start <= _month_start(m.month) < period.end)
 
 
+@functools.lru_cache(maxsize=8192)  # pure, called per child, rule and month by every rollup
 def _month_start(label: str) -> dt.date:
     return dt.date(int(label[:4]), int(label[5:7]), 1)
 
