@@ -138,6 +138,10 @@ async def test_county_pages_compare_townships_and_drill_down_by_name(
         r = await page.goto(f"{base}/ui/county/township/NOT-A-TOWNSHIP")
         assert r is not None and r.status == 400 and "township" in await page.inner_text("body")
 
+        # The year-end summary of the whole county opens for the county too.
+        r = await page.goto(f"{base}/ui/summary?period=2025")
+        assert r is not None and r.status == 200
+
         en = await _login(browser, base, "en")
         await en.goto(f"{base}/ui/county?period=2025&lang=en")
         assert "side by side" in await _no_ids(en, scenarios)
