@@ -15,7 +15,7 @@ from bench import report
 from bench.servers import bench_servers
 
 SUITES = ("store", "projections", "api", "ingest", "catchup", "relay", "memory", "scale", "station", "link",
-          "rules", "cluster")
+          "rules", "cluster", "county")
 
 
 async def main(argv: list[str]) -> int:
@@ -79,6 +79,10 @@ async def _suite(suite: str, pg_url: str, nats_url: str, quick: bool) -> list[re
         from bench import station
 
         return await station.run(quick)
+    if suite == "county":
+        from bench import county
+
+        return await county.run(pg_url, quick)
     if suite == "rules":
         from bench import rules
 

@@ -48,12 +48,14 @@ DAYS = 300
 
 
 class Township:
-    def __init__(self, index: int, rng: random.Random) -> None:
-        self.id = f"bj-{index // 50:02d}.t{index:03d}"
+    def __init__(self, index: int, rng: random.Random, *, region: str | None = None, villages: int = 8,
+                 schools: int = 3, children: int = CHILDREN_PER_TOWNSHIP) -> None:
+        self.id = f"{region or f'bj-{index // 50:02d}'}.t{index:03d}"
         self.office = SampleSite(f"{self.id}.office", actor="office")
-        self.villages = [SampleSite(f"{self.id}.v{i:02d}", actor=f"staff-v{i:02d}") for i in range(1, 9)]
-        self.schools = [SampleSite(f"{self.id}.s{i:02d}", actor=f"teacher-s{i:02d}") for i in range(1, 4)]
+        self.villages = [SampleSite(f"{self.id}.v{i:02d}", actor=f"staff-v{i:02d}") for i in range(1, villages + 1)]
+        self.schools = [SampleSite(f"{self.id}.s{i:02d}", actor=f"teacher-s{i:02d}") for i in range(1, schools + 1)]
         self.rng = rng
+        self.children_n = children
         self.children: list[str] = []
 
     @property
@@ -65,14 +67,14 @@ class Township:
         """About `n` events: registrations first, then a school year of work, by occurred time."""
         rng = self.rng
         homes = {}
-        for _ in range(CHILDREN_PER_TOWNSHIP):
+        for _ in range(self.children_n):
             v, s = rng.choice(self.villages), rng.choice(self.schools)
             reg = sample_registration(rng, village_site=v.site_id, school_site=s.site_id)
             homes[reg.child_id] = (v, s)
             self.children.append(reg.child_id)
             yield v, reg, START + dt.timedelta(hours=rng.randint(0, 24 * 10))
         work = []
-        for _ in range(n - CHILDREN_PER_TOWNSHIP):
+        for _ in range(n - self.children_n):
             cid = rng.choice(self.children)
             v, s = homes[cid]
             when = START + dt.timedelta(days=11 + rng.random() * (DAYS - 12))
@@ -97,14 +99,16 @@ class Township:
             yield site, care, when
 
 
-async def populate(url: str, events: int, seed: int = 11) -> tuple[list[Township], str]:
-    """Fill a database with `events` events in townships of 10k; returns them and a township token."""
+async def populate(url: str, events: int, seed: int = 11, townships: list[Township] | None = None
+                   ) -> tuple[list[Township], str]:
+    """Fill a database with `events` events in townships of 10k (or in `townships`, shared evenly);
+    returns them and a token of the first township's staff."""
     from projections.runner import Runner
     from service.api import auth
     from service.sites import register_site
 
     rng = random.Random(seed)
-    townships = [Township(i, rng) for i in range(max(1, events // EVENTS_PER_TOWNSHIP))]
+    townships = townships or [Township(i, rng) for i in range(max(1, events // EVENTS_PER_TOWNSHIP))]
     pool = await create_pool(url, min_size=1, max_size=4)
     try:
         for t in townships:

@@ -146,6 +146,13 @@ async def sites_of_region(pool: asyncpg.Pool, region: str) -> tuple[tuple[int, i
                         for r in rows if r["site_id"] is not None]
 
 
+async def sites_of_regions(pool: asyncpg.Pool, regions: list[str]
+                           ) -> dict[str, tuple[tuple[int, int], list[SiteOfRegion]]]:
+    """:func:`sites_of_region` for several regions (the API shares one look-up among the
+    requests that arrive together: service.api.batch.Batched)."""
+    return {r: await sites_of_region(pool, r) for r in regions}
+
+
 async def county_figures(pool: asyncpg.Pool, region: str, period: Period, townships: Iterable[str],
                          today: dt.date, *, children: ScopeChildren | None = None
                          ) -> tuple[Rollup, dict[str, Rollup]]:

@@ -30,6 +30,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from projections.county import sites_of_regions
 from projections.queries import rollup_heads
 from runtime import log, natsurl
 from runtime.db import create_pool
@@ -232,6 +233,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     pool = app.state.pool
     app.state.token_lookups = Batched(lambda hashes: callers_of_hashes(pool, hashes))
     app.state.rollup_heads = Batched(lambda scopes: rollup_heads(pool, scopes))
+    app.state.region_sites = Batched(lambda regions: sites_of_regions(pool, regions))
     app.state.nats = None
     reconnect: asyncio.Task[None] | None = None
     # Everything alive now (modules, the app, its routes and schema: ~90k objects) lives as long as

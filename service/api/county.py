@@ -3,8 +3,9 @@ own figures, and each township's freshness (projections.county).
 
 Only the ``county`` role asks for it, for its own region; any other region is a 404, the same as
 a region that does not exist. Figures are kept per projections checkpoint (as the township
-rollups are, service.api.rollups.Checkpointed); the townships, their names and their freshness
-are read live on every request.
+rollups are, service.api.rollups.Checkpointed); the checkpoint, the townships, their names and
+their freshness are read on every request by a query started after it arrived, shared by the
+requests that arrive together (service.api.batch.Batched).
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ async def county_rollup(request: Request[Any, Any, Any], region: str, period: st
                        value=region)
     p = period_from(period, start, end)
     pool = request.app.state.pool
-    checkpoint, sites = await pc.sites_of_region(pool, region)
+    # Read on every request, by a query started after it arrived (shared with concurrent ones).
+    shared = request.app.state.get("region_sites")
+    found = await shared.get(region) if shared is not None else await pc.sites_of_region(pool, region)
+    assert found is not None  # every region asked for gets an answer
+    checkpoint, sites = found
     townships = sorted({township_of(s.site_id) for s in sites})
     today = local_today()
     cache: CountyCache = request.app.state.county_cache
