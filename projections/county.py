@@ -8,7 +8,8 @@ computed by the same function from the same inputs, and each township's freshnes
 the center heard from its sites).
 
 Use :func:`county_rollup` (live read models) for a whole comparison, or :func:`split` (pure) with
-archives and facts in hand. ``total`` is computed over the region directly, not added up from
+archives and facts in hand (:func:`split_rows` with work already summed by projections.daily, which
+is what the live read uses, as a township's own rollup does). ``total`` is computed over the region directly, not added up from
 the townships: ``tests/test_county.py`` checks that every count of it equals the sum of the
 townships' own rollups, each read on its own through the API. Percentages are of each scope's
 own whole, so they are not sums.
@@ -28,12 +29,14 @@ import asyncpg
 import msgspec
 
 from events.localtime import local_today
+from projections import daily
 from projections.archive import ChildArchive
+from projections.daily import WorkRow
 from projections.facts import Fact, township_of
 from projections.figures import label_of, labelled, unit_of, value_of
 from projections.followups import Period, parse_period
-from projections.queries import ScopeChildren, rollup_inputs
-from projections.rollups import Rollup, compute
+from projections.queries import ScopeChildren, rollup_work
+from projections.rollups import Rollup, compute, compute_from_rows
 from projections.runner import NAME as CHECKPOINT
 from projections.tables import SCHEMA
 
@@ -153,13 +156,33 @@ async def sites_of_regions(pool: asyncpg.Pool, regions: list[str]
     return {r: await sites_of_region(pool, r) for r in regions}
 
 
+def split_rows(region: str, period: Period, archives: Sequence[ChildArchive], work: Sequence[WorkRow],
+               work_of: dict[str, list[WorkRow]], *, today: dt.date | None = None
+               ) -> tuple[Rollup, dict[str, Rollup]]:
+    """:func:`split` from work already summed (projections.daily): `work` the region's, `work_of`
+    each township's (its keys are the townships)."""
+    total = compute_from_rows(region, period, archives, work, today=today)
+    kids: dict[str, list[ChildArchive]] = {t: [] for t in work_of}
+    stubs = [a for a in archives if a.merged_into is not None]
+    for a in archives:
+        if a.merged_into is None:
+            for t in {township_of(s) for s in a.sites}:
+                if t in kids:
+                    kids[t].append(a)
+    return total, {t: compute_from_rows(t, period, [*kids[t], *stubs], work_of[t], today=today) for t in kids}
+
+
 async def county_figures(pool: asyncpg.Pool, region: str, period: Period, townships: Iterable[str],
                          today: dt.date, *, children: ScopeChildren | None = None
                          ) -> tuple[Rollup, dict[str, Rollup]]:
     """The region's and each township's figures from the live read models, without freshness
-    (which moves with ingest, not with the read models; the API keeps these per checkpoint)."""
-    archives, facts = await rollup_inputs(pool, region, period, children)
-    return split(region, period, archives, facts, townships, today=today)
+    (which moves with ingest, not with the read models; the API keeps these per checkpoint): the
+    region's archives once, and the work of the region and of each township summed from the daily
+    rows, as a township's own rollup reads them (projections.queries.rollup_work)."""
+    archives, work = await rollup_work(pool, region, period, children)
+    async with pool.acquire() as conn:
+        work_of = {t: await daily.work_rows(conn, SCHEMA, t, period.start, period.end) for t in townships}
+    return split_rows(region, period, archives, work, work_of, today=today)
 
 
 def assemble(region: str, total: Rollup, figures: dict[str, Rollup], sites: Sequence[SiteOfRegion]
