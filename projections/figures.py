@@ -14,6 +14,7 @@ A figure's key is its place in the rollup: `children_archived`, `by_guardianship
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import msgspec
@@ -140,11 +141,14 @@ def yuan(fen: int) -> float:
     return round(fen / 100, 2)
 
 
-def label_of(key: str, lang: str = "zh") -> str:
+def label_of(key: str, lang: str = "zh", sites: Mapping[str, str] | None = None) -> str:
     """The label of any figure key (a scalar, a family's member, a rule's part) in `lang`; a share's
-    percentage is its key and `.pct`."""
+    percentage is its key and `.pct`. A figure per site (`by_site.<site>`, `freshness.<site>.<part>`)
+    names its site by `sites` (site id -> registered name, projections.names), its id only when the
+    site is not in it."""
+    sites = sites or {}
     if key.endswith(".pct"):
-        return label_of(key.removesuffix(".pct"), lang) + (" (%)" if lang == "en" else "（占比）")
+        return label_of(key.removesuffix(".pct"), lang, sites) + (" (%)" if lang == "en" else "（占比）")
     if key in FIGURES:
         return FIGURES[key].text(lang)
     head, _, rest = key.partition(".")
@@ -154,11 +158,12 @@ def label_of(key: str, lang: str = "zh") -> str:
         return f"{RULES[rule].text(lang) if rule in RULES else rule}{sep}{RULE_PARTS[part].text(lang)}"
     if head == "freshness":
         site, _, part = rest.rpartition(".")
+        site = sites.get(site, site)
         return f"data freshness: {site} {FRESHNESS[part].en}" if lang == "en" else \
             f"数据新鲜度：{site} {FRESHNESS[part].zh}"
     if head in FAMILIES:
         title, kind = FAMILIES[head]
-        member = enum_label(kind, rest, lang) if kind else rest
+        member = enum_label(kind, rest, lang) if kind else sites.get(rest, rest) if head == "by_site" else rest
         return f"{title.text(lang)}: {member}" if lang == "en" else f"{title.text(lang)}：{member}"
     raise KeyError(f"no figure {key!r} in the catalogue (projections/figures.py)")
 
@@ -208,13 +213,16 @@ def value_of(r: Rollup, key: str, now: dt.datetime | None = None) -> int | float
     return value
 
 
-def labelled(r: Rollup, lang: str = "zh", now: dt.datetime | None = None) -> list[LabelledFigure]:
+def labelled(r: Rollup, lang: str = "zh", now: dt.datetime | None = None,
+             sites: Mapping[str, str] | None = None) -> list[LabelledFigure]:
     """Every figure of a rollup, in the order of the year-end summary, labelled in `lang`; with
-    `now`, the sites not heard from for three days too."""
+    `now`, the sites not heard from for three days too; with `sites` (id -> name), the figures per
+    site name their sites."""
     out: list[LabelledFigure] = []
 
     def add(key: str, value: float | int | str, pct: float | None = None) -> None:
-        out.append(LabelledFigure(key=key, label=label_of(key, lang), value=value, unit=unit_of(key, lang), pct=pct))
+        out.append(LabelledFigure(key=key, label=label_of(key, lang, sites), value=value, unit=unit_of(key, lang),
+                                  pct=pct))
 
     def scalar(key: str) -> None:
         v: object = getattr(r, key) if key not in MONEY else None

@@ -18,7 +18,7 @@ Pure: the API (service/api/summary.py) feeds it the rollup and names, and render
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import msgspec
 
@@ -74,6 +74,7 @@ class Draft(msgspec.Struct, frozen=True):
     preface: str
     sections: list[Section]
     notes: list[Note]
+    scope_name: str = ""  # how the title names the scope (its registered name, projections.names)
 
 
 def period_name(label: str, lang: str = "zh") -> str:
@@ -126,9 +127,12 @@ class _Writer:
     """Builds paragraphs whose numbers are figures, numbering a footnote for each."""
 
     def __init__(self, r: Rollup, lang: str, now: dt.datetime,
-                 extra: dict[str, tuple[float | int, str]] | None = None) -> None:
+                 extra: dict[str, tuple[float | int, str]] | None = None, sites: Mapping[str, str] | None = None,
+                 townships: Mapping[str, str] | None = None) -> None:
         self.r, self.lang, self.now = r, lang, now
         self.extra = extra or {}
+        self.sites = sites or {}
+        self.townships = townships or {}
         self.notes: list[Note] = []
 
     def t(self, zh: str, en: str) -> str:
@@ -138,7 +142,7 @@ class _Writer:
         if key in self.extra:
             value, label = self.extra[key]
         else:
-            value, label = value_of(self.r, key, self.now), label_of(key, self.lang)
+            value, label = value_of(self.r, key, self.now), label_of(key, self.lang, self.sites)
         note = len(self.notes) + 1
         self.notes.append(Note(note=note, key=key, label=label, value=value))
         return Num(key=key, value=value, text=fmt(key, value), note=note)
@@ -163,12 +167,14 @@ def _count(v: object) -> float:
 
 
 def draft(r: Rollup, *, scope_name: str, now: dt.datetime, lang: str = "zh",
-          rules: Sequence[RuleFigures] | None = None) -> Draft:
+          rules: Sequence[RuleFigures] | None = None, sites: Mapping[str, str] | None = None,
+          townships: Mapping[str, str] | None = None) -> Draft:
     """The year-end summary of `r` drafted in `lang` ('zh' or 'en'), judged at `now` (stale sites).
     With `rules` (the scope's townships' own rules and their figures, projections.rule_queries),
     what was achieved and who is overdue are told by those rules; without, by the four rules every
-    township starts with (the rollup's `rules`)."""
-    w = _Writer(r, lang, now, rule_values(rules, lang) if rules is not None else None)
+    township starts with (the rollup's `rules`). `scope_name`, `sites` and `townships` (id -> registered
+    name, projections.names) name the scope, its sites and its townships: a draft shows no id."""
+    w = _Writer(r, lang, now, rule_values(rules, lang) if rules is not None else None, sites, townships)
     t = w.t
     pname = period_name(r.period, lang)
     as_of = r.as_of.isoformat()
@@ -186,7 +192,7 @@ def draft(r: Rollup, *, scope_name: str, now: dt.datetime, lang: str = "zh",
                 f"Drafted from the records as of {as_of}; each number names the figure it came from. Check and "
                 "edit it before submitting.")
     return Draft(title=title, scope=r.scope, period=r.period, start=r.start, end=r.end, as_of=r.as_of, lang=lang,
-                 preface=preface, sections=sections, notes=w.notes)
+                 preface=preface, sections=sections, notes=w.notes, scope_name=scope_name)
 
 
 def _basics(w: _Writer, scope_name: str, as_of: str) -> list[Paragraph]:
@@ -197,6 +203,13 @@ def _basics(w: _Writer, scope_name: str, as_of: str) -> list[Paragraph]:
         t("。本期新建档", ". Newly registered this period: "), n("children_registered"),
         t("人，销档", "; archives closed: "), n("children_closed"), t("人。", "."),
     ])]
+    if len(r.by_site) > 1:
+        by_site: list[str | Num] = [t("分站点看，", "By site: ")]
+        for i, (site, _) in enumerate(sorted(r.by_site.items(), key=lambda kv: (-kv[1], kv[0]))):
+            by_site += [t("、" if i else "", ", " if i else ""), w.sites.get(site, site), t("", " "),
+                        n(f"by_site.{site}"), t("人", "")]
+        out.append(Paragraph([*by_site, t("（一名儿童可由几个站点共同照看）。",
+                                          " (a child may be in several sites' care).")]))
     if r.by_guardianship:
         out.append(Paragraph([
             t("从监护类型看，", "By guardianship: "),
@@ -298,7 +311,8 @@ def _township_rules(w: _Writer, rules: Sequence[RuleFigures]) -> list[str | Num]
             continue
         name, applies = (f.en, f.applies_en) if w.lang == "en" else (f.zh, f.applies_zh)
         unit = t("个站点", " sites") if f.target == "site" else t("人次", "")
-        out += [t("；" if not first else "", "; " if not first else ""), f"{f.township} " if several else "",
+        out += [t("；" if not first else "", "; " if not first else ""),
+                f"{w.townships.get(f.township, f.township)} " if several else "",
                 t(f"{name}（{applies}）应做", f"{name} ({applies}): due "), n(rule_key(f, "due")),
                 t(f"{unit}，已达标", f"{unit}, met "), n(rule_key(f, "met")), t(f"{unit}，达标率", " ("),
                 n(rule_key(f, "pct_met")), t("%", "%)")]
@@ -365,6 +379,7 @@ def _problems(w: _Writer, as_of: str, township_rules: Sequence[RuleFigures] | No
 def _overdue_by_rules(w: _Writer, as_of: str, township_rules: Sequence[RuleFigures]) -> Paragraph:
     t, n = w.t, w.n
     late = [f for f in township_rules if f.overdue]
+    several = len({f.township for f in township_rules}) > 1
     words: list[str | Num] = [t(f"截至{as_of}，", f"On {as_of}, ")]
     if not late:
         words.append(t("本镇规定的各项动作均无逾期。", "nothing is overdue under the township's rules."))
@@ -373,8 +388,9 @@ def _overdue_by_rules(w: _Writer, as_of: str, township_rules: Sequence[RuleFigur
     for i, f in enumerate(late):
         name = f.en if w.lang == "en" else f.zh
         unit = t("个站点", " sites") if f.target == "site" else t("人", " children")
-        words += [t("；" if i else "", "; " if i else ""), t(f"{name}逾期", f"{name}: "), n(rule_key(f, "overdue")),
-                  unit]
+        words += [t("；" if i else "", "; " if i else ""),
+                  f"{w.townships.get(f.township, f.township)} " if several else "", t(f"{name}逾期", f"{name}: "),
+                  n(rule_key(f, "overdue")), unit]
     words.append(t("。", "."))
     return Paragraph(words)
 

@@ -407,8 +407,8 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
         own = _scope(me)
         if own and own.count(".") == 0:  # the county: its region (townships and sites by the scope parameter)
             scopes = [(own, i18n.text("sum.whole_county", lang))]
-            if scope != own:
-                scopes.append((scope, scope))
+            if scope != own:  # a township or site of the region, by the name the draft gives it
+                scopes.append((scope, str((doc or {}).get("scope_name") or scope)))
         elif own and own.count(".") == 1:  # township staff and auditors: the township or one of its sites
             scopes = [(own, i18n.text("sum.whole_township", lang))] + [
                 (str(x["site_id"]), str(x.get("name") or x["site_id"])) for x in (sites_doc or {}).get("items", [])

@@ -125,9 +125,14 @@ async def test_api_and_exports_label_figures_from_one_catalogue(database_url: st
         by_key = {f["key"]: f for f in api}
         assert {k: (f["label"], f["value"], f.get("unit", "")) for k, f in by_key.items()} == xlsx
         assert {f["key"]: f["label"] for f in exported} == {k: f["label"] for k, f in by_key.items()}
+        # Figures per site name their sites by the names they were registered with (GET /sites), not their ids.
+        names = {s["site_id"]: s["name"] for s in (await client.get("/sites", headers=h)).json()["items"]}
+        assert len(names) >= 4 and all(name != site for site, name in names.items())
         for key, f in by_key.items():
-            assert f["label"] == pf.label_of(key, "zh"), key
-        assert {f["key"]: f["label"] for f in api_en} == {k: pf.label_of(k, "en") for k in by_key}
+            assert f["label"] == pf.label_of(key, "zh", names), key
+            if key.startswith(("by_site.", "freshness.")):
+                assert any(name in f["label"] for name in names.values()), f
+        assert {f["key"]: f["label"] for f in api_en} == {k: pf.label_of(k, "en", names) for k in by_key}
         assert by_key["proxy_parent_children"]["value"] == 2 and by_key["proxy_parent_children"]["unit"] == "人"
         assert "儿童" in by_key["proxy_parent_children"]["label"]
         assert by_key["proxy_parents_matched"]["value"] == 3 and by_key["proxy_parents_matched"]["unit"] == "对"

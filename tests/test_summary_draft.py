@@ -14,7 +14,8 @@ import asyncpg
 import docx
 
 from projections.summary import SECTIONS
-from tests.api_world import PASSWORD, TOWNSHIP, V2, open_api
+from service.sites import register_site
+from tests.api_world import OFFICE, PASSWORD, S1, TOWNSHIP, V1, V2, ZOFFICE, ZV1, open_api
 from tests.test_figures_seed import MARCH, seed_work
 
 _MONEY = {"aid_amount": "aid_amount_fen", "condolence_amount": "condolence_amount_fen"}
@@ -131,6 +132,8 @@ async def test_every_number_of_the_draft_is_its_figure(database_url: str, nats_u
         words = "".join(p for s in d["sections"] for para in s["paragraphs"] for p in para["parts"]
                         if isinstance(p, str))
         names = [x for f in rules for x in (f["zh"], f["applies_zh"])]  # the township's words for its rules
+        sites = (await client.get("/sites", headers=h)).json()["items"]
+        names += sorted((s["name"] for s in sites), key=len, reverse=True)  # the sites' names, with digits here
         for label in (d["as_of"], "3 天", "1—3年级", "4—6年级", "7—9年级", *names):  # a date, 'stale', grade bands
             words = words.replace(label, "")
         assert not re.search(r"[0-9]", words), words
@@ -218,3 +221,92 @@ async def test_a_county_drafts_the_summary_of_its_region(database_url: str, nats
         client.cookies.set("sw_token", token)
         page = (await client.get("/ui/summary")).text
         assert 'data-scope="gx-lp"' in page and 'data-period="2025-SY"' in page
+
+
+# The world's sites by the names people know them by, and their townships' names.
+NAMES = {V1: ("village", "石门村维权站", "兴安镇"), V2: ("village", "云岭村维权站", "兴安镇"),
+         S1: ("school", "石门小学", "兴安镇"), OFFICE: ("township", "兴安镇政府", "兴安镇"),
+         ZV1: ("village", "大竹村维权站", "竹山镇"), ZOFFICE: ("township", "竹山镇政府", "竹山镇")}
+
+
+class _Shown(HTMLParser):
+    """The text a person reads on a page: no attributes, scripts or styles, and not the figure keys (code, the
+    figures table's key column), which are the catalogue's codes for an auditor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text: list[str] = []
+        self._skip: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("code", "script", "style") or "mono" in (dict(attrs).get("class") or "").split():
+            self._skip.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._skip and self._skip[-1] == tag:
+            self._skip.pop()
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.text.append(data)
+
+
+def _shown(html: str) -> str:
+    parser = _Shown()
+    parser.feed(html)
+    return " ".join(parser.text)
+
+
+def _word_text(content: bytes) -> str:
+    """A Word document's text as a person reads it: its paragraphs and its tables, but not the figure-key
+    column of the notes (the catalogue's codes)."""
+    document = docx.Document(io.BytesIO(content))
+    cells = [cell.text for table in document.tables for row in table.rows
+             for i, cell in enumerate(row.cells) if i != 1]
+    return "\n".join([document.core_properties.title or "", *(p.text for p in document.paragraphs), *cells])
+
+
+async def test_the_summary_names_its_scope_and_sites(database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:
+    """A township's and a county's drafted summary, on the page, in the print view and in Word, name the scope
+    and the sites by their registered names (the county as 全县, which has none) and show none of their ids; the
+    figures under the draft name the sites too, each number still its figure."""
+    from service.api import auth
+
+    async with open_api(database_url, nats_url, pool) as (client, w):
+        await seed_work(w)
+        for site, (kind, name, township) in NAMES.items():
+            await register_site(pool, site, kind, name, township)
+        await auth.add_user(pool, "county1", "county", PASSWORD, region="gx-lp")
+        county = (await auth.issue_token(pool, "county1", hours=1)).token
+        year = f"scope={TOWNSHIP}&period=2026"
+        d = (await client.get(f"/summary/draft?{year}", headers=w.headers("township"))).json()
+        assert d["title"] == "兴安镇2026年关爱留守儿童工作总结" and d["scope_name"] == "兴安镇"
+        [by_site] = [p for s in d["sections"] for p in s["paragraphs"]
+                     if any(isinstance(x, dict) and x["key"].startswith("by_site.") for x in p["parts"])]
+        words = "".join(x if isinstance(x, str) else x["text"] for x in by_site["parts"])
+        assert "石门村维权站" in words and "云岭村维权站" in words and "石门小学" in words, words
+        rollup = (await client.get(f"/rollups?{year}", headers=w.headers("township"))).json()
+        for x in by_site["parts"]:
+            if isinstance(x, dict):
+                assert float(x["value"]) == expected(rollup, x["key"], dt.datetime.now(dt.UTC)), x
+                assert d["notes"][x["note"] - 1]["label"] == "按站点统计在册儿童：" + NAMES[x["key"][8:]][1]
+        figures = (await client.get(f"/rollups/figures?{year}&lang=en", headers=w.headers("township"))).json()
+        labels = {f["key"]: f["label"] for f in figures}
+        assert labels[f"by_site.{V1}"] == "children archived by site: 石门村维权站"
+        assert labels[f"freshness.{V2}.last_committed_at"] == "data freshness: 云岭村维权站 last synced"
+
+        for token, scope, title in ((w.tokens["township"], TOWNSHIP, "兴安镇2026年关爱留守儿童工作总结"),
+                                    (county, "gx-lp", "全县2026年关爱留守儿童工作总结")):
+            client.cookies.set("sw_token", token)
+            query = f"scope={scope}&period=2026"
+            pages = [(await client.get(f"/ui/summary?{query}")).text,
+                     (await client.get(f"/ui/summary?{query}&print=1")).text]
+            word = await client.get(f"/ui/export/docx?{query}")
+            assert word.status_code == 200, word.text[:300]
+            for text in (*map(_shown, pages), _word_text(word.content)):
+                assert title in text
+                for name in ("石门村维权站", "云岭村维权站", "石门小学"):
+                    assert name in text, (scope, name)
+                if scope == "gx-lp":
+                    assert "大竹村维权站" in text
+                assert "gx-lp" not in text, [line for line in text.splitlines() if "gx-lp" in line][:5]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -20,6 +21,7 @@ from openpyxl.styles import Font
 from projections import county as pc
 from projections import rollups as pr
 from projections.figures import LabelledFigure, labelled
+from projections.names import scope_names
 from service.api.county import RegionQuery, county_rollup
 from service.api.rollups import PERIOD_RULES, EndQuery, PeriodQuery, ScopeQuery, StartQuery, caller_rollup
 from service.api.scoping import LISTERS, allow
@@ -37,10 +39,11 @@ class SummaryJson(msgspec.Struct, frozen=True):
     rollup: pr.Rollup
 
 
-def figures(r: pr.Rollup) -> list[LabelledFigure]:
+def figures(r: pr.Rollup, sites: Mapping[str, str] | None = None) -> list[LabelledFigure]:
     """Every figure of a rollup, in the order of the year-end summary, labelled in Chinese by the
-    one catalogue (projections.figures) the dashboard and the API use too."""
-    return labelled(r, "zh", now=dt.datetime.now(dt.UTC))
+    one catalogue (projections.figures) the dashboard and the API use too; `sites` (id -> name,
+    projections.names) names the sites of the figures per site."""
+    return labelled(r, "zh", now=dt.datetime.now(dt.UTC), sites=sites)
 
 
 def _title(r: pr.Rollup) -> list[tuple[str, str]]:
@@ -51,7 +54,7 @@ def _title(r: pr.Rollup) -> list[tuple[str, str]]:
 HEADER = ("项目", "数值", "单位", "占比（%）", "代码")
 
 
-def to_csv(r: pr.Rollup) -> bytes:
+def to_csv(r: pr.Rollup, sites: Mapping[str, str] | None = None) -> bytes:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["守望 年终工作总结 汇总表"])
@@ -59,12 +62,12 @@ def to_csv(r: pr.Rollup) -> bytes:
         w.writerow([k, v])
     w.writerow([])
     w.writerow(HEADER)
-    for f in figures(r):
+    for f in figures(r, sites):
         w.writerow([f.label, f.value, f.unit, "" if f.pct is None else f.pct, f.key])
     return ("\ufeff" + buf.getvalue()).encode("utf-8")  # BOM: Excel opens UTF-8 CSV as such
 
 
-def to_xlsx(r: pr.Rollup) -> bytes:
+def to_xlsx(r: pr.Rollup, sites: Mapping[str, str] | None = None) -> bytes:
     wb = Workbook()
     ws = wb.worksheets[0]  # a new workbook has one sheet; .active may be a chartsheet or none to the type checker
     ws.title = "年终工作总结"
@@ -76,7 +79,7 @@ def to_xlsx(r: pr.Rollup) -> bytes:
     ws.append(list(HEADER))
     for cell in ws[ws.max_row]:
         cell.font = Font(bold=True)
-    for f in figures(r):
+    for f in figures(r, sites):
         ws.append([f.label, f.value, f.unit, f.pct, f.key])
     ws.column_dimensions["A"].width = 44
     ws.column_dimensions["B"].width = 22
@@ -138,7 +141,8 @@ class ExportsController(Controller):
         area: ScopeQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
     ) -> Response[bytes]:
         r = await caller_rollup(request, area, period, start, end)
-        return Response(to_xlsx(r), media_type=XLSX,
+        names = await scope_names(request.app.state.pool, area)
+        return Response(to_xlsx(r, names.sites), media_type=XLSX,
                         headers={"Content-Disposition": f'attachment; filename="{_filename(r, "xlsx")}"'})
 
     @get("/summary.csv", media_type="text/csv; charset=utf-8",
@@ -148,7 +152,8 @@ class ExportsController(Controller):
         area: ScopeQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
     ) -> Response[bytes]:
         r = await caller_rollup(request, area, period, start, end)
-        return Response(to_csv(r), media_type="text/csv; charset=utf-8",
+        names = await scope_names(request.app.state.pool, area)
+        return Response(to_csv(r, names.sites), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{_filename(r, "csv")}"'})
 
     @get("/summary.json", summary="Year-end summary for machines: labelled figures and the whole rollup",
@@ -158,8 +163,9 @@ class ExportsController(Controller):
         area: ScopeQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
     ) -> SummaryJson:
         r = await caller_rollup(request, area, period, start, end)
+        names = await scope_names(request.app.state.pool, area)
         return SummaryJson(scope=r.scope, period=r.period, start=r.start, end=r.end, as_of=r.as_of,
-                           figures=figures(r), rollup=r)
+                           figures=figures(r, names.sites), rollup=r)
 
     @get("/county.xlsx", media_type=XLSX, guards=[allow("county")],
          summary="The county's townships side by side as an Excel workbook (labels in Chinese)",

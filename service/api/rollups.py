@@ -22,6 +22,7 @@ from projections import queries
 from projections import rollups as pr
 from projections.asof import rollup_asof
 from projections.figures import LabelledFigure, labelled
+from projections.names import scope_names
 from projections.queries import Heads, ScopeChildren, rollup_heads
 from service.api.auth import Caller
 from service.api.batch import Batched
@@ -183,7 +184,8 @@ class RollupsController(Controller):
         lang: LangQuery = "zh",
     ) -> list[LabelledFigure]:
         r = await caller_rollup(request, area, period, start, end)
-        return labelled(r, lang, now=dt.datetime.now(dt.UTC))
+        names = await scope_names(request.app.state.pool, area, lang)
+        return labelled(r, lang, now=dt.datetime.now(dt.UTC), sites=names.sites)
 
     @get("/as-of", guards=[allow("township", "auditor")], opt={"rules": [ONE_CLOCK]},
          summary="Every figure for a scope and period as the log said at a past time",

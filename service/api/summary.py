@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-import asyncpg
 import msgspec
 from litestar import Controller, Request, Response, get
 from litestar.params import Parameter
@@ -19,6 +18,7 @@ from litestar.params import Parameter
 from events.localtime import local_today
 from projections import followups as pf
 from projections import queries, rule_queries
+from projections.names import scope_names
 from projections.summary import Draft, draft
 from service.api.rollups import (
     PERIOD_RULES,
@@ -46,24 +46,6 @@ class LatestPeriod(msgspec.Struct, frozen=True):
     month: str
 
 
-async def scope_name(pool: asyncpg.Pool, scope: str) -> str:
-    """How a summary's title names its scope: a site by its registered name; a township by the
-    township name its sites were registered with (`sites.township`), else its office's name;
-    anything else by its id."""
-    async with pool.acquire() as conn:
-        if scope.count(".") == 2:
-            name = await conn.fetchval("SELECT name FROM sites WHERE site_id = $1", scope)
-        elif scope.count(".") == 1:
-            name = await conn.fetchval(
-                """SELECT coalesce(township, CASE WHEN kind = 'township' THEN name END) FROM sites
-                    WHERE starts_with(site_id, $1 || '.')
-                      AND (township IS NOT NULL OR kind = 'township')
-                    ORDER BY township IS NULL, site_id LIMIT 1""", scope)
-        else:
-            name = None
-    return str(name) if name else scope
-
-
 async def caller_draft(request: Request[Any, Any, Any], scope: str, period: str | None, start: dt.date | None,
                        end: dt.date | None, lang: str) -> Draft:
     r = await caller_rollup(request, scope, period, start, end)
@@ -71,8 +53,9 @@ async def caller_draft(request: Request[Any, Any, Any], scope: str, period: str 
     # The townships' own rules (GET /rules) tell what was met and who is overdue, judged on the
     # rollup's day; the rollup's four default rules only where a township has none of its own.
     rules = await rule_queries.rule_figures_live(pool, scope, pf.Period(r.period, r.start, r.end), r.as_of)
-    return draft(r, scope_name=await scope_name(pool, scope), now=dt.datetime.now(dt.UTC), lang=lang,
-                 rules=rules or None)
+    names = await scope_names(pool, scope, lang)
+    return draft(r, scope_name=names.name, now=dt.datetime.now(dt.UTC), lang=lang, rules=rules or None,
+                 sites=names.sites, townships=names.townships)
 
 
 class SummaryController(Controller):
