@@ -41,12 +41,12 @@ def expected(rollup: dict[str, Any], key: str, now: dt.datetime, rules: list[dic
     if head == "rules":
         rule, part = rest.split(".")
         value = value[rule][part]
-    elif isinstance(value, dict):
+    elif isinstance(value, dict) and rest:  # a family's member (a share's own dict has no rest)
         value = value.get(rest, 0)
         if head == "aid_by_source":
             value = value / 100
-    if isinstance(value, list):  # a share: [count, pct]
-        value = value[1] if want_pct else value[0]
+    if isinstance(value, dict):  # a share: {count, pct}
+        value = value["pct"] if want_pct else value["count"]
     return float(value)
 
 
