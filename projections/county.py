@@ -9,10 +9,10 @@ the center heard from its sites).
 
 Use :func:`county_rollup` (live read models) for a whole comparison, or :func:`split` (pure) with
 archives and facts in hand (:func:`split_rows` with work already summed by projections.daily, which
-is what the live read uses, as a township's own rollup does). ``total`` is computed over the region directly, not added up from
-the townships: ``tests/test_county.py`` checks that every count of it equals the sum of the
-townships' own rollups, each read on its own through the API. Percentages are of each scope's
-own whole, so they are not sums.
+is what the live read uses, as a township's own rollup does). ``total`` is computed over the
+region directly, not added up from the townships: ``tests/test_county.py`` checks that every
+count of it equals the sum of the townships' own rollups, each read on its own through the API.
+Percentages are of each scope's own whole, so they are not sums.
 
 Which townships: every township with a registered site in the region (the ``sites`` registry),
 so a township that has sent nothing yet shows as zeros beside the others, not as a gap. A
