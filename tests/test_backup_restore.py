@@ -145,7 +145,23 @@ async def _append(url: str, writers: dict[str, SiteWriter], per_site: int, label
         await pool.close()
 
 
+async def _promoted(url: str) -> None:
+    """Until recovery has replayed the archive and the server is a primary again: a restored
+    server takes read-only connections while it still replays, so reading then would miss the
+    newest events (the runbook has the operator wait for this too)."""
+    conn = await asyncpg.connect(url)
+    try:
+        for _ in range(1200):
+            if not await conn.fetchval("SELECT pg_is_in_recovery()"):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError("the restored server was still in recovery after 120 s")
+    finally:
+        await conn.close()
+
+
 async def _stored(url: str) -> tuple[list[str], dict[str, bool]]:
+    await _promoted(url)
     pool = await create_pool(url, min_size=1, max_size=2)
     try:
         store = EventStore(pool)
