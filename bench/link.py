@@ -125,14 +125,15 @@ async def _catch_up(admin_url: str, nats_url: str, n: int, shape: LineShape, cut
                             with contextlib.suppress(asyncio.CancelledError):
                                 await cutter
                         up, down = proxy.bytes_up, proxy.bytes_down
+                        cuts, connections = proxy.cut_count, proxy.connections
                         await agent.stop()
             finally:
                 await proxy.close()
                 await pool.close()
     line = f"{shape.bandwidth // 1000} kbit/s, {shape.rtt * 1000:.0f} ms" + (", cut every 20-40 s" if cuts else "")
-    floor_s = floor / shape.bytes_per_second + shape.rtt * (1 + proxy.cut_count)
+    floor_s = floor / shape.bytes_per_second + shape.rtt * (1 + cuts)
     status = "receipted" if done else f"NOT receipted within {cap:g} s ({pending} pending; last error: {last_error})"
-    note = f"{status}; {proxy.cut_count} cuts, {proxy.connections} connections"
+    note = f"{status}; {cuts} cuts while syncing, {connections} connections"
     return [
         figure(f"link: {label} {n} events over {line}: time to fully receipted", took if done else cap, "s",
                "floor: zstd bytes over the bandwidth + a round trip per cut and one more", floor_s, note=note),
@@ -250,6 +251,7 @@ async def run(admin_url: str, nats_url: str, quick: bool) -> list[Figure]:
     else:
         cases = [(300, WEAK, True, 180.0, "station back from six weeks offline,"),
                  (1000, WEAK, True, 180.0, "station back from six weeks offline,"),
+                 (3000, WEAK, True, 180.0, "a busy station back from six weeks offline,"),
                  (300, GPRS, False, 180.0, "station back from six weeks offline,")]
     for n, shape, cuts, cap, label in cases:
         figures += await _catch_up(admin_url, nats_url, n, shape, cuts, cap, label)

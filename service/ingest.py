@@ -3,9 +3,12 @@
 Each ingester pulls batches from the shared durable consumer ``center-ingest``. A fetch runs
 while the previous batch is being written (nats-py's fetch is the slowest step of a raw
 ingester, as measured on the build machines).
-For each batch:
+A message carries one event (agents before batches) or a batch of them (events/batch.py: many
+events, compressed); :func:`inbounds_of` makes each event of a batch an item of its own, so
+everything below is per event: a batch refused in part keeps its good events.
+For each batch of fetched messages:
 
-1. **Triage** every message outside any transaction: the subject must name a site, the bytes
+1. **Triage** every event outside any transaction: the subject must name a site, the bytes
    must decode and validate (:func:`events.envelope.decode_event`), and the envelope's
    ``site_id`` must be the site in the subject (a site cannot write into another's log).
    Events that are values already (the API's writes) enter at :func:`commit_events`: the same
@@ -50,6 +53,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from events.batch import BatchError, is_batch, unpack
 from events.envelope import MAX_EVENT_BYTES, DecodedEvent, Event, decode_event, encode_event, validate_event
 from events.types import SiteId
 from events.validation import ValidationFailed, problem_from_msgspec
@@ -64,6 +68,7 @@ from store.conn import Conn
 from store.postgres import append_in
 
 _log = log.get("service.ingest")
+COMMIT_EVENTS = 2000  # events in one ingest transaction at most
 
 
 class Inbound(msgspec.Struct, frozen=True):
@@ -76,6 +81,8 @@ class Inbound(msgspec.Struct, frozen=True):
     deliveries: int | None = None
     # Why the message was not sent by a site's agent, when it shows (see `reflected_by`).
     reflected: str | None = None
+    # Why a batch message (events.batch) could not be read at all: then `data` is the whole message.
+    unreadable: str | None = None
 
 
 class Submitted(msgspec.Struct, frozen=True):
@@ -226,6 +233,8 @@ def triage(inb: Inbound, now: dt.datetime | None = None) -> Triaged:
     site_id = _valid_site(site_of_subject(inb.subject))
     if site_id is None:
         return _no_site(inb)
+    if inb.unreadable is not None:
+        return Rejected(inb, site_id, RefusalKind.INVALID, f"invalid batch: {inb.unreadable}")
     if len(inb.data) > MAX_EVENT_BYTES:
         return _too_large(inb, site_id, len(inb.data))
     try:
@@ -420,17 +429,35 @@ _JS_RESPONSE = re.compile(rb'"type"\s*:\s*"io\.nats\.')
 
 
 def inbound_of(msg: Msg) -> Inbound:
+    """The message as one Inbound (an old agent's message: one event)."""
+    return inbounds_of(msg)[0]
+
+
+def inbounds_of(msg: Msg) -> list[Inbound]:
+    """The events a message carries, each an Inbound of its own: one for an old agent's message,
+    every event of a batch (events.batch) otherwise, each with its own bytes as the site sealed
+    them, so each is triaged, stored or quarantined on its own and a batch refused in part keeps
+    its good events. A batch that cannot be read at all is one Inbound marked ``unreadable``."""
     headers = msg.headers or {}
     data = bytes(msg.data)
     stream_seq, deliveries = ack_metadata(msg.reply) if msg.reply else (None, None)
-    return Inbound(
+    reflected = reflected_by(headers, data)
+    if reflected is None and is_batch(headers):
+        try:
+            items = unpack(data, headers)
+        except BatchError as err:
+            return [Inbound(subject=msg.subject, data=data, stream_seq=stream_seq, deliveries=deliveries,
+                            unreadable=str(err))]
+        return [Inbound(subject=msg.subject, data=item, stream_seq=stream_seq, deliveries=deliveries)
+                for item in items]
+    return [Inbound(
         subject=msg.subject,
         data=data,
         msgpack=headers.get(CONTENT_TYPE_HEADER) == MSGPACK,
         stream_seq=stream_seq,
         deliveries=deliveries,
-        reflected=reflected_by(headers, data),
-    )
+        reflected=reflected,
+    )]
 
 
 class PullFeed:
@@ -591,18 +618,28 @@ class Ingester:
                     await m.in_progress()
 
     async def _write(self, msgs: list[Msg]) -> None:
-        items = [triage(inbound_of(m)) for m in msgs]
-        self.stats.received += len(msgs)
-        outcome = await self._commit(items)
+        items = [triage(i) for m in msgs for i in inbounds_of(m)]
+        self.stats.received += len(items)
+        # Batches carry many events a message: one transaction takes at most COMMIT_EVENTS of them,
+        # and each is receipted and fanned out as soon as it commits (receipts say what PostgreSQL
+        # holds, so they need not wait for the acks); every message is acked only once all of its
+        # events are committed.
+        stored = 0
+        chunks = [items[i:i + COMMIT_EVENTS] for i in range(0, len(items), COMMIT_EVENTS)]
+        for n, chunk in enumerate(chunks, 1):
+            outcome = await self._commit(chunk)
+            stored += len(outcome.stored)
+            self._count(outcome)
+            if self.on_commit is not None and n < len(chunks):
+                self.on_commit(outcome)
         if self._pause_after_commit is not None:
-            self._pause_after_commit.write_text(str(len(outcome.stored)))
+            self._pause_after_commit.write_text(str(stored))
             await asyncio.Event().wait()
         for m in msgs:
             self._held.pop(id(m), None)
             with contextlib.suppress(Exception):  # NATS away: the batch is redelivered, as duplicates
                 await m.ack()
-        self._count(outcome)
-        if self.on_commit is not None:
+        if self.on_commit is not None and chunks:
             self.on_commit(outcome)
 
     async def _commit(self, items: Sequence[Triaged]) -> Outcome:

@@ -241,7 +241,7 @@ class Agent:
             _log.info("connected", site_id=self.config.site_id)
         self.reachable = True
         self._offline_since = None
-        self.uploader.notify()
+        self.uploader.connected()
         self.reads.notify()
         if self._confirm_task is not None:
             self._confirm_task.cancel()
@@ -335,6 +335,7 @@ class Agent:
         self._on_receipt(effect)
         if connection == self.connections:
             self._fresh_mark = (connection, self._receipts_applied)
+            self.uploader.fresh()
         now = dt.datetime.now(dt.UTC).isoformat()
         with contextlib.suppress(LocalLogError):
             self.log.set_meta(**{CONFIRMED_AT: now})

@@ -9,8 +9,17 @@ than before (a center restored from a backup) rewinds the cursor at once. Resend
 safe: `Nats-Msg-Id = event_id` drops copies inside JetStream's window and the store keeps each
 event_id once forever (guarantee 3).
 
+Events go up many to a message, compressed with a dictionary (events/batch.py: about 64 KiB of
+events to a message, a few KiB on the wire), so a village line pays headers, a subject and a
+PubAck once per message, not per event. Each message's Nats-Msg-Id is derived from the ids of the
+events it carries. A weak line is not a failed publish: at most about two seconds of what the
+line has been seen to carry is in flight (`window_bytes`, learnt from how long PubAcks take), and
+a PubAck's deadline grows with the bytes ahead of it. After a cut, nothing is published on the
+new connection until the center's fresh receipt of that connection is applied (Agent.confirm),
+so what already reached the center is not sent again.
+
 Memory is bounded however large the backlog: events are read from SQLite a page at a time,
-at most `max_in_flight` publishes wait for their PubAck, and at most `window` events are
+at most `window_bytes` of messages wait for their PubAck, and at most `window` events are
 published beyond the center's watermark before waiting for receipts.
 """
 
@@ -19,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import random
 import time
 from typing import Any
@@ -26,10 +36,11 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 
+from events.batch import MAX_BATCH_EVENTS, batch_msg_id, pack
 from events.wire import up_subject
 from runtime import log
 from sync_agent.backoff import Backoff
-from sync_agent.locallog import LocalLog, LocalLogError, ReceiptEffect, ReceiptState
+from sync_agent.locallog import LocalLog, LocalLogError, Outgoing, ReceiptEffect, ReceiptState
 from sync_agent.tuning import SyncTuning
 
 _log = log.get("sync_agent.upload")
@@ -47,6 +58,19 @@ def raise_if_cancelling() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+@dataclasses.dataclass(slots=True)
+class _Flight:
+    """A message published and not yet acknowledged by JetStream."""
+
+    last_seq: int  # the highest site_seq it carries
+    events: int
+    fut: asyncio.Future[Any]
+    size: int  # bytes of the message's body
+    ahead: int  # body bytes in flight when it was published, its own included
+    sent_at: float
+    deadline: float
 
 
 class PublishFailed(Exception):
@@ -69,7 +93,13 @@ class Uploader:
         # The next site_seq to publish. On start-up everything the center has not reported is
         # resent: a previous run's publishes may never have reached it.
         self.next_seq = self.receipt.max_seq + 1
-        self.published = 0  # messages published by this process (PubAck received)
+        self.published = 0  # events published by this process (their message's PubAck received)
+        self.bytes_sent = 0  # bytes of message bodies published by this process
+        self.window_bytes = tuning.in_flight_bytes  # compressed bytes in flight, learnt from the line
+        self._rate: float | None = None  # bytes/s the line has been seen to carry
+        # A new connection publishes nothing until the center's fresh receipt of that connection
+        # is applied (Agent.confirm): what reached the center before a cut is then never sent again.
+        self.await_fresh_until: float | None = None
         self.first_publish_at: float | None = None  # time.perf_counter() of the first publish
         self.last_progress_at: float | None = None  # ... of the last receipt that moved anything
         self._holes: list[tuple[int, int]] = []
@@ -104,6 +134,17 @@ class Uploader:
         self._holes = list(effect.state.holes)
         self._wake.set()
 
+    def connected(self) -> None:
+        """A new connection: wait (a bounded time) for its fresh receipt before publishing, so what
+        the center got before the line was cut (its PubAck lost with the line) is not sent again."""
+        self.await_fresh_until = time.monotonic() + 2 * self.tuning.ack_timeout
+        self._wake.set()
+
+    def fresh(self) -> None:
+        """The center's receipt of this connection is applied: publish from what it holds."""
+        self.await_fresh_until = None
+        self._wake.set()
+
     def notify(self) -> None:
         """New events were recorded: publish them without waiting for the next poll."""
         self._wake.set()
@@ -131,6 +172,12 @@ class Uploader:
         if nc is None or not nc.is_connected:
             await self._wait(self.tuning.idle_poll)
             return
+        if self.await_fresh_until is not None:
+            left = self.await_fresh_until - time.monotonic()
+            if left > 0:
+                await self._wait(min(left, self.tuning.idle_poll))
+                return
+            self.await_fresh_until = None  # no fresh receipt in time: publish on what is known
         state = self.receipt
         now = time.monotonic()
         for hole in self._holes:
@@ -168,8 +215,9 @@ class Uploader:
                 await self._wake.wait()
 
     async def _publish(self, first: int, last: int) -> None:
-        """Publish [first, last] in order with many in flight; advance next_seq over each
-        contiguous PubAck. Raises PublishFailed (or a NATS error) on the first failure."""
+        """Publish [first, last] in order, many events to a message (events.batch) unless the
+        tuning says one, with a bounded number of compressed bytes in flight; advance next_seq
+        over each contiguous PubAck. Raises PublishFailed (or a NATS error) on the first failure."""
         t = self.tuning
         if self._js_of is not self.nc:  # one context per connection: each makes a reply subscription
             # Twice our own cap, so its semaphore never blocks: we wait for PubAcks ourselves,
@@ -177,8 +225,10 @@ class Uploader:
             self._js = self.nc.jetstream(publish_async_max_pending=2 * t.max_in_flight)
             self._js_of = self.nc
         js = self._js
-        inflight: collections.deque[tuple[int, asyncio.Future[Any]]] = collections.deque()
+        inflight: collections.deque[_Flight] = collections.deque()
         seq = first
+        group: list[Outgoing] = []
+        size = 0
         try:
             while seq <= last:
                 page = self.log.read_range(seq, last, t.page)
@@ -187,45 +237,89 @@ class Uploader:
                 for out in page:
                     if out.site_seq in self.refused:
                         continue
-                    msg_id = out.event_id
-                    if out.site_seq <= self._fresh_until:
-                        msg_id = f"{out.event_id}.resend.{time.time_ns()}"
-                    elif self._probe:
-                        # JetStream drops a copy whose Nats-Msg-Id it saw in the last two minutes,
-                        # so if the receipts (not the events) were lost, a resend inside that window
-                        # would never reach the center and never earn a new receipt. The first event
-                        # of a resend round gets a one-off id: the center sees it (a duplicate by
-                        # event_id, which the store keeps once) and answers with a fresh receipt.
-                        msg_id = f"{out.event_id}.resend.{time.time_ns()}"
-                        self._probe = False
-                    if self.first_publish_at is None:
-                        self.first_publish_at = time.perf_counter()
-                    # No wait_stall: with one, every publish goes through a timed task and yields
-                    # the loop, and nats-py then flushes each message in its own write.
-                    fut = await js.publish_async(self.subject, out.body, headers={"Nats-Msg-Id": msg_id})
-                    inflight.append((out.site_seq, fut))
-                    while inflight and (inflight[0][1].done() or len(inflight) > t.max_in_flight):
-                        await self._settle(inflight.popleft())
+                    if group and (not t.batch_bytes or size + len(out.body) > t.batch_bytes
+                                  or len(group) >= MAX_BATCH_EVENTS):
+                        await self._send(js, group, inflight)
+                        group, size = [], 0
+                    group.append(out)
+                    size += len(out.body)
                 seq = page[-1].site_seq + 1
                 await asyncio.sleep(0)  # a page is published without yielding; let the rest of the loop run
+            if group:
+                await self._send(js, group, inflight)
             while inflight:
                 await self._settle(inflight.popleft())
             if self.next_seq < seq:
                 self.next_seq = seq
         finally:
-            for _, fut in inflight:  # releases the context's in-flight slots
-                fut.cancel()
+            for f in inflight:  # releases the context's in-flight slots
+                f.fut.cancel()
 
-    async def _settle(self, item: tuple[int, asyncio.Future[Any]]) -> None:
-        seq, fut = item
+    async def _send(self, js: Any, group: list[Outgoing], inflight: collections.deque[_Flight]) -> None:
+        """Publish one message carrying `group`, once the bytes in flight leave room for it."""
+        t = self.tuning
+        ids = [o.event_id for o in group]
+        if t.batch_bytes:
+            body, headers = pack([o.body for o in group])
+            msg_id = batch_msg_id(ids)
+        else:  # as agents before batches: the event itself, its id as the message id
+            body, headers, msg_id = group[0].body, {}, group[0].event_id
+        if group[0].site_seq <= self._fresh_until:
+            msg_id = f"{msg_id}.resend.{time.time_ns()}"
+        elif self._probe:
+            # JetStream drops a copy whose Nats-Msg-Id it saw in the last two minutes, so if the
+            # receipts (not the events) were lost, a resend inside that window would never reach the
+            # center and never earn a new receipt. The first message of a resend round gets a
+            # one-off id: the center sees it (duplicates by event_id, which the store keeps once)
+            # and answers with a fresh receipt.
+            msg_id = f"{msg_id}.resend.{time.time_ns()}"
+            self._probe = False
+        headers["Nats-Msg-Id"] = msg_id
+        while inflight and (inflight[0].fut.done() or len(inflight) >= t.max_in_flight
+                            or sum(f.size for f in inflight) + len(body) > self.window_bytes):
+            await self._settle(inflight.popleft())
+        if self.first_publish_at is None:
+            self.first_publish_at = time.perf_counter()
+        ahead = sum(f.size for f in inflight) + len(body)
+        # No wait_stall: with one, every publish goes through a timed task and yields the loop,
+        # and nats-py then flushes each message in its own write.
+        fut = await js.publish_async(self.subject, body, headers=headers)
+        now = time.monotonic()
+        rate = max(t.slowest_line, self._rate or t.slowest_line)
+        inflight.append(_Flight(group[-1].site_seq, len(group), fut, len(body), ahead, now,
+                                now + t.ack_timeout + 2 * ahead / rate))
+        self.bytes_sent += len(body)
+
+    async def _settle(self, f: _Flight) -> None:
+        nc = self.nc
         try:
-            if not fut.done():  # (wait_for yields even for a done future: not in the hot path)
-                await asyncio.wait_for(fut, self.tuning.ack_timeout)
-            fut.result()
+            while not f.fut.done():  # (wait_for yields even for a done future: not in the hot path)
+                if nc is None or not nc.is_connected or self.nc is not nc:
+                    # the line was cut: its PubAck will never come; the new connection's fresh
+                    # receipt says what reached the center
+                    raise PublishFailed(f"connection lost before the PubAck of site_seq {f.last_seq}")
+                left = f.deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(f.fut), min(left, 0.5))
+            f.fut.result()
         except TimeoutError:
-            raise PublishFailed(f"no PubAck for site_seq {seq} within {self.tuning.ack_timeout:g} s") from None
+            raise PublishFailed(f"no PubAck for the message ending at site_seq {f.last_seq} in "
+                                f"{time.monotonic() - f.sent_at:.1f} s") from None
         except nats.js.errors.Error as err:
-            raise PublishFailed(f"site_seq {seq} was not stored by JetStream: {err}") from None
-        self.published += 1
-        if seq >= self.next_seq:
-            self.next_seq = seq + 1
+            raise PublishFailed(f"site_seq {f.last_seq} was not stored by JetStream: {err}") from None
+        self.published += f.events
+        self._learn(f, time.monotonic() - f.sent_at)
+        if f.last_seq >= self.next_seq:
+            self.next_seq = f.last_seq + 1
+
+    def _learn(self, f: _Flight, took: float) -> None:
+        """What the line carries: the bytes that were ahead of this message (itself included)
+        over the time its PubAck took; the window is about two seconds of that."""
+        t = self.tuning
+        if took <= 0:
+            return
+        rate = f.ahead / took
+        self._rate = rate if self._rate is None else 0.8 * self._rate + 0.2 * rate
+        self.window_bytes = int(min(t.in_flight_bytes_max, max(t.in_flight_bytes_min, 2.0 * self._rate)))

@@ -21,6 +21,7 @@ import nats
 import nats.errors
 from nats.js import api
 
+from events.batch import is_batch, unpack
 from events.envelope import DecodedEvent, Draft, decode_event
 from events.samples import samples
 from events.types import SiteKind
@@ -115,8 +116,10 @@ class TestCenter:
             return
         batch: list[DecodedEvent] = []
         for m in msgs:
-            with contextlib.suppress(ValidationFailed):  # the real center quarantines; tests send valid events
-                batch.append(decode_event(m.data))
+            # A batch (events.batch) carries many events; an old agent's message one.
+            for data in unpack(m.data, m.headers) if is_batch(m.headers) else [m.data]:
+                with contextlib.suppress(ValidationFailed):  # the real center quarantines; tests send valid events
+                    batch.append(decode_event(data))
         result = await self.store.append(batch)
         self.received += len(result.stored)
         self.duplicates += len(result.duplicates)
