@@ -12,6 +12,7 @@ class SyncTuning:
     # Events go up many to a message, compressed (events/batch.py), at most this many bytes of
     # events (before compression) to a message; 0: one event per message, as agents before did.
     batch_bytes: int = 64 * 1024
+    batch_events: int = 128  # and at most the events of one block of this many site_seqs (see Uploader)
     # Compressed bytes published and not yet acknowledged, at first; then about two seconds of what
     # the line has been seen to carry, within these bounds (always at least one message). A weak
     # line's queue stays short, so a receipt request or an ack is not stuck behind a backlog.

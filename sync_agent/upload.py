@@ -229,6 +229,10 @@ class Uploader:
         seq = first
         group: list[Outgoing] = []
         size = 0
+        # A message never spans two blocks of batch_events site_seqs: a resend that starts anywhere
+        # (a rewind, a probe) differs from the first round in its first block only, and the rest
+        # carry the same Nats-Msg-Ids, which JetStream drops as repeats inside its window.
+        block = min(max(1, t.batch_events), MAX_BATCH_EVENTS)
         try:
             while seq <= last:
                 page = self.log.read_range(seq, last, t.page)
@@ -238,9 +242,13 @@ class Uploader:
                     if out.site_seq in self.refused:
                         continue
                     if group and (not t.batch_bytes or size + len(out.body) > t.batch_bytes
-                                  or len(group) >= MAX_BATCH_EVENTS):
+                                  or (out.site_seq - 1) // block != (group[0].site_seq - 1) // block):
                         await self._send(js, group, inflight)
                         group, size = [], 0
+                    if self._probe:
+                        # A probe (see _send) is the first event alone, sent once more in its block:
+                        # small, and the blocks keep the ids of the first round.
+                        await self._send(js, [out], inflight)
                     group.append(out)
                     size += len(out.body)
                 seq = page[-1].site_seq + 1
@@ -269,9 +277,9 @@ class Uploader:
         elif self._probe:
             # JetStream drops a copy whose Nats-Msg-Id it saw in the last two minutes, so if the
             # receipts (not the events) were lost, a resend inside that window would never reach the
-            # center and never earn a new receipt. The first message of a resend round gets a
-            # one-off id: the center sees it (duplicates by event_id, which the store keeps once)
-            # and answers with a fresh receipt.
+            # center and never earn a new receipt. A resend round starts with its first event alone,
+            # with a one-off id: the center sees it (a duplicate by event_id, which the store keeps
+            # once) and answers with a fresh receipt.
             msg_id = f"{msg_id}.resend.{time.time_ns()}"
             self._probe = False
         headers["Nats-Msg-Id"] = msg_id
