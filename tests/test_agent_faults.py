@@ -16,7 +16,7 @@ import asyncpg
 import nats
 import pytest
 
-from events.wire import DOWN_STREAM, down_subject
+from events.wire import DOWN_STREAM, UP_STREAM, down_subject
 from service.center import run_center
 from service.sites import register_site
 from store.postgres import EventStore
@@ -162,7 +162,13 @@ async def test_lost_receipts_make_the_agent_resend_and_the_center_count_duplicat
         # ... and are lost with a NATS restart that did not keep them.
         private_nats.restart()
         nc = await nats.connect(private_nats.url)
-        await nc.jetstream().purge_stream(DOWN_STREAM, subject=down_subject(site))
+        js = nc.jetstream()
+        await js.purge_stream(DOWN_STREAM, subject=down_subject(site))
+
+        async def ingested() -> bool:  # the first run's own resends (no receipts came) counted first
+            return (await js.stream_info(UP_STREAM)).state.messages == 0
+
+        await eventually(ingested, what="the center has ingested the first run's messages")
         await nc.close()
         duplicates_before = (await store.progress(site)).duplicates_seen
         async with Agent(data, tuning=FAST) as agent:
