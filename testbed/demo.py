@@ -523,8 +523,13 @@ def township_figures(rollup: dict[str, Any]) -> dict[str, Any]:
     """The rollup's figures under the names the generator's ground truth uses."""
     rules = rollup.get("rules", {})
 
+    def count(v: Any) -> int:
+        """A share is {count, pct} on the wire (projections.rollups.Share), a [count, pct] pair
+        before it became an object, or a bare count."""
+        return int(v["count"] if isinstance(v, dict) else v[0] if isinstance(v, list) else v)
+
     def counts(shares: dict[str, Any]) -> dict[str, int]:
-        return {k: int(v[0] if isinstance(v, list) else v) for k, v in sorted(shares.items()) if v}
+        return {k: count(v) for k, v in sorted(shares.items()) if v}
 
     return {
         "children_archived": rollup["children_archived"],
@@ -545,7 +550,7 @@ def township_figures(rollup: dict[str, Any]) -> dict[str, Any]:
         "safety_incidents": rollup["safety_incidents"],
         "rights_cases_opened": rollup["rights_cases_opened"],
         "rights_cases_closed": rollup["rights_cases_closed"],
-        "proxy_parent_children": rollup["proxy_parent_children"][0],
+        "proxy_parent_children": count(rollup["proxy_parent_children"]),
         "dropped_out": rollup["dropped_out"],
         "dropped_out_poverty": rollup["dropped_out_poverty"],
         "condolence_households": rollup["condolence_households"],
