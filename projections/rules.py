@@ -40,6 +40,7 @@ import msgspec
 
 from events import catalogue as c
 from events.envelope import Event
+from events.labels import enum_label
 from events.localtime import local_day
 from events.rules import COUNTABLE, DEFAULT_RULES, FollowUpRule, SchoolCalendar, Target
 from events.types import SiteKind
@@ -225,35 +226,34 @@ class RuleFigures(msgspec.Struct, frozen=True, kw_only=True):
     on: dt.date  # the day "applies to" and "overdue" are taken on: the period's last day, or as_of if earlier
 
 
-_KIND_ZH = {"village": "村维权站", "school": "学校", "township": "乡镇", "community": "社区"}  # every SiteKind
-_PARTNER_ZH = {"teacher": "教师", "classmate": "同学", "proxy_parent": "代管家长", "volunteer": "志愿者",
-               "loving_mother": "爱心妈妈"}
-_REASON_ZH = {"both_parents_away": "父母均外出", "one_parent_away": "单亲外出", "single_parent": "单亲家庭",
-              "orphan": "孤儿", "poverty": "贫困", "disability": "残疾", "other_difficulty": "其他困难"}
+def _labels(kind: str, values: Iterable[object], lang: str) -> list[str]:
+    """The catalogue's labels (events.labels) of enumeration values: a rule says a partner, a reason
+    or a site kind in the words of the figures, the exports and the station forms."""
+    return [enum_label(kind, v, lang) for v in values]
 
 
 def applies_text(rule: FollowUpRule) -> tuple[str, str]:
-    """Whom a rule applies to, in Chinese and in English."""
+    """Whom a rule applies to, in Chinese and in English, each value in the catalogue's words."""
     a = rule.applies
     if a.target is Target.SITE:
         if a.sites:
             return "指定站点：" + "、".join(a.sites), "sites " + ", ".join(a.sites)
-        return ("、".join(_KIND_ZH[str(k)] for k in a.site_kinds),
-                ", ".join(f"{k} sites" for k in a.site_kinds))
+        return ("、".join(_labels("site_kind", a.site_kinds, "zh")),
+                ", ".join(f"{k} sites" for k in _labels("site_kind", a.site_kinds, "en")))
     zh, en = ["建档儿童"], ["archived children"]
     if a.pairing_kinds:
-        zh.insert(0, "有" + "或".join(_PARTNER_ZH[str(k)] for k in a.pairing_kinds) + "结对的")
-        en.append("with an active pairing with a " + " or ".join(str(k).replace("_", " ") for k in a.pairing_kinds))
+        zh.insert(0, "有" + "或".join(_labels("partner", a.pairing_kinds, "zh")) + "结对的")
+        en.append("with an active pairing with a " + " or ".join(_labels("partner", a.pairing_kinds, "en")))
     if a.grade_min is not None or a.grade_max is not None:
         lo, hi = a.grade_min or 0, a.grade_max if a.grade_max is not None else 12
         zh.insert(0, f"{lo}-{hi}年级")
         en.append(f"in grades {lo}-{hi}")
     if a.reasons:
-        zh.insert(0, "、".join(_REASON_ZH[str(r)] for r in a.reasons))
-        en.append("counted for " + " or ".join(str(r).replace("_", " ") for r in a.reasons))
+        zh.insert(0, "、".join(_labels("reason", a.reasons, "zh")))
+        en.append("counted for " + " or ".join(_labels("reason", a.reasons, "en")))
     if a.site_kinds:
-        zh.insert(0, "、".join(_KIND_ZH[str(k)] for k in a.site_kinds) + "的")
-        en.append("held by " + " or ".join(f"a {k}" for k in a.site_kinds))
+        zh.insert(0, "、".join(_labels("site_kind", a.site_kinds, "zh")) + "的")
+        en.append("held by " + " or ".join(f"a {k}" for k in _labels("site_kind", a.site_kinds, "en")))
     return "".join(zh), " ".join(en)
 
 

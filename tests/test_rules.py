@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import msgspec
 import pytest
 
 from events import catalogue as c
@@ -26,6 +27,7 @@ from events.types import (
     PartnerKind,
     Reason,
     Sex,
+    SiteKind,
 )
 from events.validation import semantic_problems
 from projections import rules
@@ -317,3 +319,24 @@ def test_a_township_names_the_site_of_its_childrens_home() -> None:
     f = t.figures(TOWNSHIP, "2026-03", dt.date(2026, 3, 31))["childrens_home"]
     # weeks of 2, 9, 16 and 23 March at s01 only; the first met; due again by 15 March
     assert (f.applies_to, f.due, f.met, late(f), f.applies_zh) == (1, 4, 1, {S1: 16}, "指定站点：" + S1)
+
+
+def test_whom_a_rule_applies_to_is_said_in_the_catalogues_words() -> None:
+    """A rule naming every partner, reason and site kind says each in the words of events/labels.py (the figures,
+    exports and station forms), in Chinese and English: 代理家长, not a word of its own."""
+    from events.labels import ENUM_LABELS
+
+    every = Applies(pairing_kinds=list(PartnerKind), reasons=list(Reason), site_kinds=list(SiteKind))
+    rule = FollowUpRule(rule_id="every", zh="每月家访", en="a visit a month", applies=every,
+                        counts=DEFAULT_RULES[0].counts)
+    zh, en = rules.applies_text(rule)
+    for kind, values in (("partner", PartnerKind), ("reason", Reason), ("site_kind", SiteKind)):
+        for v in values:
+            label_zh, label_en = ENUM_LABELS[kind][str(v)]
+            assert label_zh in zh and label_en in en, (kind, v, zh, en)
+    assert "代理家长" in zh and "父母一方外出" in zh
+    assert "代管家长" not in zh and "单亲外出" not in zh
+    site_rule = next(r for r in DEFAULT_RULES if r.applies.target is Target.SITE)
+    zh, en = rules.applies_text(msgspec.structs.replace(
+        site_rule, applies=msgspec.structs.replace(site_rule.applies, site_kinds=list(SiteKind))))
+    assert zh == "、".join(ENUM_LABELS["site_kind"][str(k)][0] for k in SiteKind), zh

@@ -43,7 +43,8 @@ async def test_a_supervisor_changes_a_rule_on_the_dashboard(pool: asyncpg.Pool, 
         await page.goto(url)
         visit = page.locator("#rules section.rule[data-rule=proxy_visit]")
         assert "代管家长每月家访一次" in (await visit.locator("h2").text_content() or "")
-        assert await visit.locator(".rule-applies").text_content() == "有代管家长结对的建档儿童"
+        # whom it applies to in the catalogue's word for the partner (events/labels.py), the rule's name its own
+        assert await visit.locator(".rule-applies").text_content() == "有代理家长结对的建档儿童"
         assert await visit.locator(".rule-every").text_content() == "每月至少 1 次"
         assert [await visit.locator(f"td.{k}").text_content() for k in ("due", "met", "pct")] == ["2", "1", "50.0%"]
         assert await page.locator("#rules section.rule[data-rule=guardian_meeting]").count() == 1
