@@ -81,15 +81,16 @@ class Applies(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
 
     target: Target = Target.CHILD
     # Children: an active pairing of one of these kinds (e.g. proxy_parent for the 三个一).
-    pairing_kinds: Annotated[list[PartnerKind], msgspec.Meta(max_length=5)] = []
+    pairing_kinds: Annotated[list[PartnerKind], msgspec.Meta(max_length=len(PartnerKind))] = []
     # Children: the grade band, inclusive (grade 0 is not in school).
     grade_min: Annotated[int, msgspec.Meta(ge=0, le=12)] | None = None
     grade_max: Annotated[int, msgspec.Meta(ge=0, le=12)] | None = None
     # Children: on the register for one of these reasons (e.g. poverty).
-    reasons: Annotated[list[Reason], msgspec.Meta(max_length=7)] = []
+    reasons: Annotated[list[Reason], msgspec.Meta(max_length=len(Reason))] = []
     # Children: held by a site of one of these kinds, and counted for those sites only; sites:
-    # the kinds of site held to the obligation.
-    site_kinds: Annotated[list[SiteKind], msgspec.Meta(max_length=3)] = []
+    # the kinds of site held to the obligation. At most as many as there are kinds (the limits
+    # follow the enumerations: a fourth kind, community, came after this one was written as 3).
+    site_kinds: Annotated[list[SiteKind], msgspec.Meta(max_length=len(SiteKind))] = []
     # Sites only: these sites by id (empty: every site of `site_kinds`).
     sites: Annotated[list[SiteId], msgspec.Meta(max_length=200)] = []
 
@@ -101,7 +102,7 @@ class Counts(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     # The filter field of the types (FILTER_FIELDS) -> the values that count.
     where: dict[Annotated[str, msgspec.Meta(max_length=20)], Values] = {}
     # Only work that covers a child on the register for one of these reasons.
-    child_reasons: Annotated[list[Reason], msgspec.Meta(max_length=7)] = []
+    child_reasons: Annotated[list[Reason], msgspec.Meta(max_length=len(Reason))] = []
     at_least: Annotated[int, msgspec.Meta(ge=1, le=31)] = 1
     period: PeriodKind = PeriodKind.MONTH
 

@@ -8,6 +8,7 @@ import datetime as dt
 import asyncpg
 
 from events import catalogue as c
+from events.labels import ENUM_LABELS
 from events.rules import DEFAULT_RULES
 from events.types import PartnerKind
 from store.postgres import EventStore
@@ -31,7 +32,8 @@ async def test_rules_figures_and_a_supervisors_change(database_url: str, nats_ur
         assert r.status_code == 200, r.text
         visit = _by_id(r.json())["proxy_visit"]
         assert (visit["zh"], visit["applies_zh"], visit["due"], visit["met"], visit["overdue"]) == (
-            "代管家长每月家访一次", "有代管家长结对的建档儿童", 2, 1, [])
+            "代管家长每月家访一次", f"有{ENUM_LABELS['partner']['proxy_parent'][0]}结对的建档儿童", 2, 1, [])
+        assert visit["applies_zh"] == "有代理家长结对的建档儿童"  # the catalogue's word (events/labels.py)
         mine = _by_id((await client.get("/rules", params={**query, "scope": V1},
                                         headers=w.headers("station1"))).json())["proxy_visit"]
         assert (mine["due"], mine["met"]) == (2, 1)
@@ -84,3 +86,25 @@ async def test_rules_figures_and_a_supervisors_change(database_url: str, nats_ur
         later = {**query, "period": "2026-06", "as_of": "2026-06-30"}
         assert "proxy_visit" not in _by_id((await client.get("/rules", params=later,
                                                              headers=w.headers("township"))).json())
+
+
+async def test_a_rule_may_name_every_site_kind(database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:
+    """A rule held by every kind of site (village, school, township office, community) is accepted; a kind that is
+    not one is refused, naming the field and the value."""
+    import msgspec
+
+    from events.types import SiteKind
+
+    async with open_api(database_url, nats_url, pool) as (client, w):
+        site_rule = next(r for r in DEFAULT_RULES if r.applies.target.value == "site")
+        rule = msgspec.to_builtins(site_rule)
+        rule["applies"]["site_kinds"] = [k.value for k in SiteKind]
+        assert len(rule["applies"]["site_kinds"]) == 4
+        body = {"rule": rule, "effective_from": "2026-04-01", "note": "各类站点"}
+        made = await client.post("/rules", json=body, headers=w.headers("township"))
+        assert made.status_code == 201, made.text
+        rule["applies"]["site_kinds"] = ["village", "hamlet"]
+        bad = await client.post("/rules", json=body, headers=w.headers("township"))
+        refusal = bad.json()
+        assert bad.status_code == 400 and refusal["field"] == "rule.applies.site_kinds[1]", bad.text
+        assert "'hamlet'" in refusal["message"], bad.text
