@@ -187,7 +187,8 @@ def draft(r: Rollup, *, scope_name: str, now: dt.datetime, lang: str = "zh",
                 [Paragraph([t("（请填写下一年度的工作打算。）", "(Write the plans for the next year here.)")])],
                 to_write=True),
     ]
-    title = t(f"{scope_name}{pname}关爱留守儿童工作总结", f"{scope_name}: care for left-behind children, {pname}")
+    title = t(f"{scope_name}{pname}关爱留守儿童工作总结",
+              f"{scope_name[:1].upper()}{scope_name[1:]}: care for left-behind children, {pname}")
     preface = t(f"本稿由系统根据截至 {as_of} 的记录自动起草，每个数字都注明了来源指标，请核对、修改后提交。",
                 f"Drafted from the records as of {as_of}; each number names the figure it came from. Check and "
                 "edit it before submitting.")

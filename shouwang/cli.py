@@ -17,12 +17,12 @@ from projections import cli as projections_cli
 from runtime import log
 from runtime.cli import CliError, Unreachable
 from runtime.settings import Settings, SettingsError
-from service import cli_center, cli_db
+from service import cli_center, cli_db, cli_summary
 from sync_agent import cli as agent_cli
 from testbed import cli_demo
 
 # Modules whose `register(subparsers)` adds subcommands, in the order `--help` lists them.
-COMMAND_MODULES = (cli_db, cli_demo, cli_center, agent_cli, projections_cli)
+COMMAND_MODULES = (cli_db, cli_demo, cli_center, agent_cli, projections_cli, cli_summary)
 
 
 EXIT_CODES = """exit codes:
