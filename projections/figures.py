@@ -122,6 +122,9 @@ FRESHNESS: dict[str, Label] = {
     "last_committed_at": Label("最近同步时间", "last synced"),
     "newest_occurred_at": Label("最新工作发生时间", "newest work done"),
 }
+# Figures of the sites registry, not of the rollup (projections.names counts them): the sites of
+# the scope registered and active, in all (`sites`) and by kind (`sites_by_kind.<kind>`).
+SITES = Label("登记在用的站点", "sites registered and active", "个", "sites")
 NEVER = Label("从未同步", "never")
 MONEY = frozenset({"aid_amount", "condolence_amount"})
 STALE_AFTER = dt.timedelta(days=3)
@@ -151,7 +154,12 @@ def label_of(key: str, lang: str = "zh", sites: Mapping[str, str] | None = None)
         return label_of(key.removesuffix(".pct"), lang, sites) + (" (%)" if lang == "en" else "（占比）")
     if key in FIGURES:
         return FIGURES[key].text(lang)
+    if key == "sites":
+        return SITES.text(lang)
     head, _, rest = key.partition(".")
+    if head == "sites_by_kind":
+        sep = ": " if lang == "en" else "："
+        return f"{SITES.text(lang)}{sep}{enum_label('site_kind', rest, lang)}"
     if head == "rules":
         rule, _, part = rest.partition(".")
         sep = ": " if lang == "en" else "："
@@ -173,6 +181,8 @@ def unit_of(key: str, lang: str = "zh") -> str:
         return "%"
     if key in FIGURES:
         return FIGURES[key].unit(lang)
+    if key == "sites" or key.startswith("sites_by_kind."):
+        return SITES.unit(lang)
     head, _, rest = key.partition(".")
     if head == "rules":
         return RULE_PARTS[rest.partition(".")[2]].unit(lang)

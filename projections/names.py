@@ -21,13 +21,14 @@ class ScopeNames(msgspec.Struct, frozen=True):
     name: str  # the scope's own name, in the language asked
     sites: dict[str, str]  # every registered site of the scope -> its name
     townships: dict[str, str]  # every township with a registered site in the scope -> its name
+    kinds: dict[str, str]  # every active registered site of the scope -> its kind (village, school...)
 
 
 async def scope_names(pool: asyncpg.Pool, scope: str, lang: str = "zh") -> ScopeNames:
     """The name of `scope` (a site, a township or a region) and of each of its registered sites."""
     async with pool.acquire() as conn:
         rows = await conn.fetch(
-            """SELECT site_id, kind, name, township FROM sites
+            """SELECT site_id, kind, name, township, active FROM sites
                 WHERE site_id = $1 OR starts_with(site_id, $1 || '.') ORDER BY site_id""", scope)
     sites = [SiteOfRegion(site_id=r["site_id"], kind=r["kind"], name=r["name"], township_name=r["township"],
                           active=True, last_committed_at=None, newest_occurred_at=None) for r in rows]
@@ -40,4 +41,5 @@ async def scope_names(pool: asyncpg.Pool, scope: str, lang: str = "zh") -> Scope
         name = towns.get(scope, scope)
     else:
         name = REGION_WORDS[1] if lang == "en" else REGION_WORDS[0]
-    return ScopeNames(scope=scope, name=name, sites=names, townships=towns)
+    kinds = {r["site_id"]: r["kind"] for r in rows if r["active"]}
+    return ScopeNames(scope=scope, name=name, sites=names, townships=towns, kinds=kinds)

@@ -123,6 +123,15 @@ def rule_values(rules: Sequence[RuleFigures], lang: str) -> dict[str, tuple[floa
     return out
 
 
+def site_values(kinds: Mapping[str, str], lang: str) -> dict[str, tuple[float | int, str]]:
+    """The scope's active sites, in all (`sites`) and by kind (`sites_by_kind.<kind>`): (value, label)."""
+    out: dict[str, tuple[float | int, str]] = {"sites": (len(kinds), label_of("sites", lang))}
+    for kind in sorted(set(kinds.values())):
+        key = f"sites_by_kind.{kind}"
+        out[key] = (sum(1 for k in kinds.values() if k == kind), label_of(key, lang))
+    return out
+
+
 class _Writer:
     """Builds paragraphs whose numbers are figures, numbering a footnote for each."""
 
@@ -168,13 +177,16 @@ def _count(v: object) -> float:
 
 def draft(r: Rollup, *, scope_name: str, now: dt.datetime, lang: str = "zh",
           rules: Sequence[RuleFigures] | None = None, sites: Mapping[str, str] | None = None,
-          townships: Mapping[str, str] | None = None) -> Draft:
+          townships: Mapping[str, str] | None = None, kinds: Mapping[str, str] | None = None) -> Draft:
     """The year-end summary of `r` drafted in `lang` ('zh' or 'en'), judged at `now` (stale sites).
     With `rules` (the scope's townships' own rules and their figures, projections.rule_queries),
     what was achieved and who is overdue are told by those rules; without, by the four rules every
     township starts with (the rollup's `rules`). `scope_name`, `sites` and `townships` (id -> registered
-    name, projections.names) name the scope, its sites and its townships: a draft shows no id."""
-    w = _Writer(r, lang, now, rule_values(rules, lang) if rules is not None else None, sites, townships)
+    name, projections.names) name the scope, its sites and its townships: a draft shows no id; `kinds`
+    (each active site of the scope -> its kind) counts its sites by kind in 基本情况."""
+    extra = rule_values(rules, lang) if rules is not None else {}
+    extra.update(site_values(kinds, lang) if kinds else {})
+    w = _Writer(r, lang, now, extra, sites, townships)
     t = w.t
     pname = period_name(r.period, lang)
     as_of = r.as_of.isoformat()
@@ -204,6 +216,14 @@ def _basics(w: _Writer, scope_name: str, as_of: str) -> list[Paragraph]:
         t("。本期新建档", ". Newly registered this period: "), n("children_registered"),
         t("人，销档", "; archives closed: "), n("children_closed"), t("人。", "."),
     ])]
+    if "sites" in w.extra:
+        by_kind = sorted((k for k in w.extra if k.startswith("sites_by_kind.")),
+                         key=lambda k: (-w.extra[k][0], k))
+        sites: list[str | Num] = [t("全部工作由", "The work was done at "), n("sites"), t("个站点承担：", " sites: ")]
+        for i, key in enumerate(by_kind):
+            sites += [t("、" if i else "", ", " if i else ""), enum_label("site_kind", key.split(".", 1)[1], w.lang),
+                      t("", " "), n(key), t("个", "")]
+        out.append(Paragraph([*sites, t("。", ".")]))
     if len(r.by_site) > 1:
         by_site: list[str | Num] = [t("分站点看，", "By site: ")]
         for i, (site, _) in enumerate(sorted(r.by_site.items(), key=lambda kv: (-kv[1], kv[0]))):

@@ -84,7 +84,7 @@ def _draft(args: argparse.Namespace, settings: Settings) -> int:
             r = await queries.rollup(pool, scope, period)
             rules = await rule_queries.rule_figures_live(pool, scope, period, r.as_of)
         d = draft(r, scope_name=names.name, now=dt.datetime.now(dt.UTC), lang=args.lang, rules=rules or None,
-                  sites=names.sites, townships=names.townships)
+                  sites=names.sites, townships=names.townships, kinds=names.kinds)
         if out is not None:
             from service.summary_docx import to_docx
 

@@ -13,17 +13,30 @@ from typing import Any
 import asyncpg
 import docx
 
+from events.labels import ENUM_LABELS
 from projections.summary import SECTIONS
 from service.sites import register_site
 from tests.api_world import OFFICE, PASSWORD, S1, TOWNSHIP, V1, V2, ZOFFICE, ZV1, open_api
 from tests.test_figures_seed import MARCH, seed_work
 
+
+async def _kinds(pool: asyncpg.Pool, scope: str) -> list[str]:
+    """The kind of each active registered site of a scope, read from the registry's table."""
+    return [r["kind"] for r in await pool.fetch(
+        "SELECT kind FROM sites WHERE active AND starts_with(site_id, $1 || '.')", scope)]
+
+
 _MONEY = {"aid_amount": "aid_amount_fen", "condolence_amount": "condolence_amount_fen"}
 
 
-def expected(rollup: dict[str, Any], key: str, now: dt.datetime, rules: list[dict[str, Any]] | None = None) -> float:
-    """A figure's value read straight from the rollup's JSON (or, for a township's own rule, from GET /rules), by
-    the key's own grammar (not projections.figures)."""
+def expected(rollup: dict[str, Any], key: str, now: dt.datetime, rules: list[dict[str, Any]] | None = None,
+             kinds: list[str] | None = None) -> float:
+    """A figure's value read straight from the rollup's JSON (or, for a township's own rule, from GET /rules; for
+    the sites, from the kinds of the scope's active sites in the registry), by the key's own grammar (not
+    projections.figures)."""
+    if key == "sites" or key.startswith("sites_by_kind."):
+        assert kinds is not None, key
+        return float(len(kinds) if key == "sites" else kinds.count(key.split(".", 1)[1]))
     if key.startswith("township_rules."):
         parts = key.split(".")
         township, rule_id, part = ".".join(parts[1:3]), ".".join(parts[3:-1]), parts[-1]
@@ -90,6 +103,8 @@ async def test_every_number_of_the_draft_is_its_figure(database_url: str, nats_u
         rollup = (await client.get(f"/rollups?{MARCH}", headers=h)).json()
         rules = (await client.get(f"/rules?{MARCH}", headers=h)).json()
         assert rules, "every township has rules (its own, or the four it starts with)"
+        kinds = await _kinds(pool, TOWNSHIP)
+        assert sorted(kinds) == ["school", "township", "village", "village"]  # the world's four sites
         now = dt.datetime.now(dt.UTC)
         answer = await client.get(f"/summary/draft?{MARCH}", headers=h)
         assert answer.status_code == 200, answer.text
@@ -103,11 +118,12 @@ async def test_every_number_of_the_draft_is_its_figure(database_url: str, nats_u
                      "rules.visit.done", "proxy_parent_children", "condolence_households", "aid_amount",
                      "safety_incidents",
                      "dropped_out_poverty", "stale_sites", "conflicts_open",
-                     "activities_by_kind.safety_lecture", "rights_cases_opened"):
+                     "activities_by_kind.safety_lecture", "rights_cases_opened", "sites", "sites_by_kind.village",
+                     "sites_by_kind.school", "sites_by_kind.township"):
             assert must in keys, must
         for n in nums:
-            assert float(n["value"]) == expected(rollup, n["key"], now, rules), n
-            assert abs(float(n["text"]) - expected(rollup, n["key"], now, rules)) < 0.006, n
+            assert float(n["value"]) == expected(rollup, n["key"], now, rules, kinds), n
+            assert abs(float(n["text"]) - expected(rollup, n["key"], now, rules, kinds)) < 0.006, n
             assert d["notes"][n["note"] - 1]["key"] == n["key"]
         # In English the same numbers stand for the same figures, in the same order.
         en = (await client.get(f"/summary/draft?{MARCH}&lang=en", headers=h)).json()
@@ -125,7 +141,7 @@ async def test_every_number_of_the_draft_is_its_figure(database_url: str, nats_u
         ruled = [n for n in year_nums if n["key"].startswith(f"township_rules.{TOWNSHIP}.")]
         assert {n["key"].rsplit(".", 1)[1] for n in ruled} >= {"due", "met", "pct_met", "overdue"}, ruled
         for n in year_nums:
-            assert float(n["value"]) == expected(year_rollup, n["key"], now, year_rules), n
+            assert float(n["value"]) == expected(year_rollup, n["key"], now, year_rules, kinds), n
         by_key = {n["key"]: n for n in nums}
         assert by_key["proxy_parent_children"]["value"] == 2 and by_key["condolence_households"]["value"] == 4
         assert by_key["dropped_out_poverty"]["value"] == 1 and by_key["aid_amount"]["text"] == "0.00"
@@ -146,7 +162,7 @@ async def test_every_number_of_the_draft_is_its_figure(database_url: str, nats_u
             parser.feed(page.text)
             assert [f[0] for f in parser.found] == [n["key"] for n in nums], path
             for key, value, text in parser.found:
-                assert float(value) == expected(rollup, key, now, rules), key
+                assert float(value) == expected(rollup, key, now, rules, kinds), key
                 assert float(text) == float(by_key[key]["text"]), key
             proxy_label = d["notes"][by_key["proxy_parent_children"]["note"] - 1]["label"]
             assert f'title="proxy_parent_children · {proxy_label}"' in page.text
@@ -167,7 +183,7 @@ async def test_every_number_of_the_draft_is_its_figure(database_url: str, nats_u
                 if m and run.font.superscript:
                     marks += 1
                     key = notes[int(m[1])]
-                    assert abs(float(runs[i - 1].text) - expected(rollup, key, now, rules)) < 0.006, key
+                    assert abs(float(runs[i - 1].text) - expected(rollup, key, now, rules, kinds)) < 0.006, key
         assert marks == len(nums)
         headings = [p.text for p in document.paragraphs if p.style is not None and p.style.name == "Heading 1"]
         assert headings[:5] == [s["title"] for s in d["sections"]]
@@ -210,10 +226,11 @@ async def test_a_county_drafts_the_summary_of_its_region(database_url: str, nats
         rollup = (await client.get(f"/rollups?{region}", headers=h)).json()
         rules = (await client.get(f"/rules?{region}", headers=h)).json()
         assert rollup["children_archived"] == 3  # two in gx-lp.xy, one in gx-lp.zz
+        kinds = await _kinds(pool, "gx-lp")
         nums = [p for s in d["sections"] for para in s["paragraphs"] for p in para["parts"] if isinstance(p, dict)]
         now = dt.datetime.now(dt.UTC)
         for n in nums:
-            assert float(n["value"]) == expected(rollup, n["key"], now, rules), n
+            assert float(n["value"]) == expected(rollup, n["key"], now, rules, kinds), n
         assert {f["township"] for f in rules} == {"gx-lp.xy", "gx-lp.zz"}  # every township's rules are asked
         fell_due = {f["township"].split(".")[1] for f in rules if f["due"] or f["overdue"]}
         assert {n["key"].split(".")[2] for n in nums if n["key"].startswith("township_rules.")} == fell_due == {"xy"}
@@ -285,6 +302,11 @@ async def test_the_summary_names_its_scope_and_sites(database_url: str, nats_url
                      if any(isinstance(x, dict) and x["key"].startswith("by_site.") for x in p["parts"])]
         words = "".join(x if isinstance(x, str) else x["text"] for x in by_site["parts"])
         assert "石门村维权站" in words and "云岭村维权站" in words and "石门小学" in words, words
+        [sites] = [p for s in d["sections"] for p in s["paragraphs"]
+                   if any(isinstance(x, dict) and x["key"] == "sites" for x in p["parts"])]
+        kind = {k: ENUM_LABELS["site_kind"][k][0] for k in ("village", "school", "township")}  # the catalogue's
+        assert "".join(x if isinstance(x, str) else x["text"] for x in sites["parts"]) == (
+            f"全部工作由4个站点承担：{kind['village']}2个、{kind['school']}1个、{kind['township']}1个。")
         rollup = (await client.get(f"/rollups?{year}", headers=w.headers("township"))).json()
         for x in by_site["parts"]:
             if isinstance(x, dict):

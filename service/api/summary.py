@@ -55,7 +55,7 @@ async def caller_draft(request: Request[Any, Any, Any], scope: str, period: str 
     rules = await rule_queries.rule_figures_live(pool, scope, pf.Period(r.period, r.start, r.end), r.as_of)
     names = await scope_names(pool, scope, lang)
     return draft(r, scope_name=names.name, now=dt.datetime.now(dt.UTC), lang=lang, rules=rules or None,
-                 sites=names.sites, townships=names.townships)
+                 sites=names.sites, townships=names.townships, kinds=names.kinds)
 
 
 class SummaryController(Controller):
