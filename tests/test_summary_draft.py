@@ -4,6 +4,7 @@ and the summary page opens on the school year that has the work, not on today's.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import io
 import re
@@ -312,6 +313,11 @@ async def test_the_summary_names_its_scope_and_sites(database_url: str, nats_url
             if isinstance(x, dict):
                 assert float(x["value"]) == expected(rollup, x["key"], dt.datetime.now(dt.UTC)), x
                 assert d["notes"][x["note"] - 1]["label"] == "按站点统计在册儿童：" + NAMES[x["key"][8:]][1]
+        # The exports name the scope (范围) and the sites by name too; ids only in the code column.
+        sheet = (await client.get(f"/exports/summary.csv?{year}", headers=w.headers("township"))).content
+        rows = list(csv.reader(io.StringIO(sheet.decode("utf-8-sig"))))
+        assert ["范围", "兴安镇"] in rows
+        assert not [r for r in rows if any("gx-lp" in cell for cell in r[:4])], rows
         figures = (await client.get(f"/rollups/figures?{year}&lang=en", headers=w.headers("township"))).json()
         labels = {f["key"]: f["label"] for f in figures}
         assert labels[f"by_site.{V1}"] == "children archived by site: 石门村维权站"

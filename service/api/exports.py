@@ -46,19 +46,19 @@ def figures(r: pr.Rollup, sites: Mapping[str, str] | None = None) -> list[Labell
     return labelled(r, "zh", now=dt.datetime.now(dt.UTC), sites=sites)
 
 
-def _title(r: pr.Rollup) -> list[tuple[str, str]]:
-    return [("范围", r.scope), ("统计期", r.period), ("起始日", r.start.isoformat()),
+def _title(r: pr.Rollup, scope_name: str | None = None) -> list[tuple[str, str]]:
+    return [("范围", scope_name or r.scope), ("统计期", r.period), ("起始日", r.start.isoformat()),
             ("截止日", (r.end - dt.timedelta(days=1)).isoformat()), ("在册状态截至", r.as_of.isoformat())]
 
 
 HEADER = ("项目", "数值", "单位", "占比（%）", "代码")
 
 
-def to_csv(r: pr.Rollup, sites: Mapping[str, str] | None = None) -> bytes:
+def to_csv(r: pr.Rollup, sites: Mapping[str, str] | None = None, scope_name: str | None = None) -> bytes:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["守望 年终工作总结 汇总表"])
-    for k, v in _title(r):
+    for k, v in _title(r, scope_name):
         w.writerow([k, v])
     w.writerow([])
     w.writerow(HEADER)
@@ -67,13 +67,13 @@ def to_csv(r: pr.Rollup, sites: Mapping[str, str] | None = None) -> bytes:
     return ("\ufeff" + buf.getvalue()).encode("utf-8")  # BOM: Excel opens UTF-8 CSV as such
 
 
-def to_xlsx(r: pr.Rollup, sites: Mapping[str, str] | None = None) -> bytes:
+def to_xlsx(r: pr.Rollup, sites: Mapping[str, str] | None = None, scope_name: str | None = None) -> bytes:
     wb = Workbook()
     ws = wb.worksheets[0]  # a new workbook has one sheet; .active may be a chartsheet or none to the type checker
     ws.title = "年终工作总结"
     ws.append(["守望 年终工作总结 汇总表"])
     ws["A1"].font = Font(bold=True, size=14)
-    for k, v in _title(r):
+    for k, v in _title(r, scope_name):
         ws.append([k, v])
     ws.append([])
     ws.append(list(HEADER))
@@ -142,7 +142,7 @@ class ExportsController(Controller):
     ) -> Response[bytes]:
         r = await caller_rollup(request, area, period, start, end)
         names = await scope_names(request.app.state.pool, area)
-        return Response(to_xlsx(r, names.sites), media_type=XLSX,
+        return Response(to_xlsx(r, names.sites, names.name), media_type=XLSX,
                         headers={"Content-Disposition": f'attachment; filename="{_filename(r, "xlsx")}"'})
 
     @get("/summary.csv", media_type="text/csv; charset=utf-8",
@@ -153,7 +153,7 @@ class ExportsController(Controller):
     ) -> Response[bytes]:
         r = await caller_rollup(request, area, period, start, end)
         names = await scope_names(request.app.state.pool, area)
-        return Response(to_csv(r, names.sites), media_type="text/csv; charset=utf-8",
+        return Response(to_csv(r, names.sites, names.name), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{_filename(r, "csv")}"'})
 
     @get("/summary.json", summary="Year-end summary for machines: labelled figures and the whole rollup",
