@@ -69,6 +69,11 @@ def _compressor(dict_id: str | None) -> zstandard.ZstdCompressor:
                                     write_checksum=True)
 
 
+def readable() -> list[str]:
+    """The ids of the dictionaries this program ships (it reads batches made with any of them)."""
+    return sorted(p.stem for p in DICTIONARIES.glob("*.zdict"))
+
+
 def is_batch(headers: dict[str, str] | None) -> bool:
     return bool(headers) and headers.get("Content-Type") == BATCH_CONTENT_TYPE  # type: ignore[union-attr]
 

@@ -32,6 +32,9 @@ JS_DOMAIN = "shouwang"
 KIND_HEADER = "Shouwang-Kind"
 KIND_RECEIPT = "receipt"
 KIND_EVENT = "event"
+# Many fanned-out events in one message (events/batch.py), sent only to a site whose agent said it
+# reads them (ReceiptRequest.batches); each entry names the site it is for, as a single message does.
+KIND_EVENTS = "events"
 CONTENT_TYPE_HEADER = "Content-Type"
 MSGPACK = "application/msgpack"
 
@@ -164,11 +167,34 @@ def receipt_subject(site_id: str) -> str:
     return RECEIPT_PREFIX + site_id
 
 
+DictId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")]
+
+
 class ReceiptRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What a site says of itself when it asks for a fresh receipt (the body may be empty, as
-    older agents send it): how many of its own events it still holds unreceipted."""
+    older agents send it): how many of its own events it still holds unreceipted, and, from
+    agents that read batches on the way down (events/batch.py), the dictionaries they have
+    (an empty list: batches without a dictionary). None: one event per message, as before."""
 
     pending: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] | None = None
+    batches: Annotated[list[DictId], msgspec.Meta(max_length=32)] | None = None
+
+
+class DownEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One event of a ``KIND_EVENTS`` batch on care.down: ``id`` is what the event's own message
+    would carry as its Nats-Msg-Id (``<event id>@<site>``, ``#<digest>`` for a redacted copy),
+    ``event`` the copy as the fan-out cut it for that site, ``original_hash`` set for a redacted
+    copy (as ``Shouwang-Original-Hash`` is on a message of its own), ``seal`` the center's seal of a
+whole copy (``Shouwang-Seal``, service/seals.py)."""
+
+    id: Annotated[str, msgspec.Meta(max_length=200)]
+    event: msgspec.Raw
+    original_hash: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
+    seal: Annotated[str, msgspec.Meta(max_length=200)] | None = None  # Shouwang-Seal of a whole copy
+
+
+down_entry_encoder = msgspec.json.Encoder()
+down_entry_decoder = msgspec.json.Decoder(DownEntry)
 
 
 receipt_request_encoder = msgspec.json.Encoder()

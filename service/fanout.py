@@ -25,6 +25,13 @@ carries ``Shouwang-Seal``, the center's HMAC of its hash, which a township offic
 it relays the event to a center restored from an older backup (service/relay.py). A redacted
 copy has none: it is not the site's event.
 
+Batches (events/batch.py): to a site whose agent said it reads them (``sites.down_batches``, set
+from its receipt requests, migration 0022), the messages of a page go as ``Shouwang-Kind: events``
+batches instead, compressed, each entry the single message it replaces (its message id, the copy,
+the original's hash when redacted: :class:`events.wire.DownEntry`); the batch's Nats-Msg-Id is
+``b<digest of the entries' ids>@<site>``, so it names its addressee as a single message does and
+a copy naming more children is another batch. Agents from before batches get one event per message.
+
 Delivery is at least once: the checkpoint (``fanout_checkpoint``) is saved after JetStream
 acked a page's publishes, so a crash resends that page. Each message carries
 ``Nats-Msg-Id: <event_id>@<site>`` (JetStream drops repeats within its window) and agents
@@ -43,8 +50,18 @@ import msgspec
 from asyncpg.pool import PoolConnectionProxy
 from nats.js import JetStreamContext
 
+from events.batch import DICTIONARY_ID, MAX_BATCH_EVENTS, batch_msg_id, pack
 from events.envelope import Event, care_of, encode_event
-from events.wire import KIND_EVENT, KIND_HEADER, SEAL_HEADER, down_subject
+from events.wire import (
+    DOWN_PREFIX,
+    KIND_EVENT,
+    KIND_EVENTS,
+    KIND_HEADER,
+    SEAL_HEADER,
+    DownEntry,
+    down_entry_encoder,
+    down_subject,
+)
 from runtime import log
 from service.scope import ScopeView, load_scope
 from service.seals import Sealer
@@ -59,6 +76,7 @@ NOTIFY_CHANNEL = "shouwang_events"
 REDACTED_HEADER = "Shouwang-Redacted"
 ORIGINAL_HASH_HEADER = "Shouwang-Original-Hash"
 NOW_TX = 2**63 - 1  # a transaction after every other: the scope as it stands now
+BATCH_BYTES = 64 * 1024  # bytes of entries (before compression) in one batch on the way down
 _generic = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
@@ -117,6 +135,36 @@ def down_message(site: str, s: StoredEvent, keep: set[str], sealer: Sealer | Non
         digest = hashlib.sha256(",".join(sorted(copy.children)).encode()).hexdigest()[:16]
         headers["Nats-Msg-Id"] += f"#{digest}"
     return down_subject(site), encode_event(copy), headers
+
+
+def batched(out: list[tuple[str, bytes, dict[str, str]]], readers: dict[str, str | None]
+            ) -> list[tuple[str, bytes, dict[str, str]]]:
+    """The messages of a page with those to sites in `readers` (site -> the dictionary it reads,
+    None: zstd without one) packed into batches of at most BATCH_BYTES of entries, in order."""
+    singles: list[tuple[str, bytes, dict[str, str]]] = []
+    per_site: dict[str, list[tuple[str, bytes]]] = {}
+    for subject, body, headers in out:
+        site = subject[len(DOWN_PREFIX):]
+        if site not in readers:
+            singles.append((subject, body, headers))
+            continue
+        entry = DownEntry(id=headers["Nats-Msg-Id"], event=msgspec.Raw(body),
+                          original_hash=headers.get(ORIGINAL_HASH_HEADER), seal=headers.get(SEAL_HEADER))
+        per_site.setdefault(site, []).append((entry.id, down_entry_encoder.encode(entry)))
+    for site, entries in per_site.items():
+        group: list[tuple[str, bytes]] = []
+        size = 0
+        for item in [*entries, None]:
+            if group and (item is None or size + len(item[1]) > BATCH_BYTES or len(group) >= MAX_BATCH_EVENTS):
+                body, headers = pack([e for _, e in group], readers[site])
+                digest = batch_msg_id([i for i, _ in group]).partition(":")[2]
+                headers.update({KIND_HEADER: KIND_EVENTS, "Nats-Msg-Id": f"b{digest}@{site}"})
+                singles.append((down_subject(site), body, headers))
+                group, size = [], 0
+            if item is not None:
+                group.append(item)
+                size += len(item[1])
+    return singles
 
 
 class Targets:
@@ -323,6 +371,12 @@ class FanOut:
         return sorted(seen.values(), key=lambda h: h.position)
 
     async def _publish(self, out: list[tuple[str, bytes, dict[str, str]]]) -> None:
+        if not out:
+            return
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch("SELECT site_id, down_batches FROM sites WHERE down_batches IS NOT NULL")
+        readers = {r["site_id"]: (DICTIONARY_ID if DICTIONARY_ID in r["down_batches"] else None) for r in rows}
+        out = batched(out, readers)
         for i in range(0, len(out), 1000):
             chunk = out[i:i + 1000]
             await publish_batch(self.js, chunk)

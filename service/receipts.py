@@ -187,5 +187,9 @@ class ReceiptResponder:
             if request.pending is not None:
                 await conn.execute("UPDATE sites SET reported_pending = $2, reported_at = now() WHERE site_id = $1",
                                    site_id, request.pending)
+            # What its agent reads on the way down (service/fanout.py batches for it); an agent that
+            # says nothing (an older one, or one put back) gets one event per message again.
+            await conn.execute("UPDATE sites SET down_batches = $2 WHERE site_id = $1 "
+                               "AND down_batches IS DISTINCT FROM $2", site_id, request.batches)
             (receipt,) = await receipts_for(conn, [site_id])
         return ReceiptReply(receipt=receipt)

@@ -39,6 +39,7 @@ import msgspec
 import nats
 import nats.errors
 
+from events.batch import readable
 from events.types import SiteKind
 from events.wire import (
     Receipt,
@@ -138,6 +139,7 @@ class Agent:
         # (connection, receipts applied) when the last fresh receipt was applied: synced only if
         # nothing has been applied since, on this connection
         self._fresh_mark: tuple[int, int] | None = None
+        self._center_reads_batches = True  # False once a center from before batches refused the field
         # A township office relays (sync_agent/relay.py): the connection on which a round last
         # finished, and what the rounds of this process did.
         self.relays = self.config.kind is SiteKind.TOWNSHIP
@@ -322,8 +324,15 @@ class Agent:
         connection = self.connections
         try:
             pending, _ = await asyncio.to_thread(self.log.pending)
-            body = receipt_request_encoder.encode(ReceiptRequest(pending=pending))
+            # Say which batches this agent reads on care.down (events/batch.py); a center from
+            # before batches refuses a request naming them, and is then asked without.
+            batches = readable() if self._center_reads_batches else None
+            body = receipt_request_encoder.encode(ReceiptRequest(pending=pending, batches=batches))
             msg = await nc.request(receipt_subject(self.config.site_id), body, timeout=within)
+            if batches is not None and b"bad receipt request" in msg.data:
+                self._center_reads_batches = False
+                body = receipt_request_encoder.encode(ReceiptRequest(pending=pending))
+                msg = await nc.request(receipt_subject(self.config.site_id), body, timeout=within)
         except nats.errors.NoRespondersError:
             raise ReceiptUnavailable("no center answers receipt requests (care.receipt): is `shouwang center "
                                      "run` up with its 'receipts' part, and may this site's NATS user ask?") from None

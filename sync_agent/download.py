@@ -8,6 +8,10 @@ An event naming several children may arrive as a redacted copy (``Shouwang-Redac
 center cut out the children outside this site's scope, so its hash is not the sender's; the
 original's hash (``Shouwang-Original-Hash``) is kept beside it in the inbox for an auditor.
 The site trusts such a copy because it came from the center on its own authenticated subject.
+
+Events may come many to a message (``Shouwang-Kind: events``, events/batch.py; the center sends
+them so only to an agent that said in its receipt request that it reads them): each entry is
+judged as a message of its own, its id naming the site it is for.
 A whole copy may carry the center's seal (``Shouwang-Seal``, service/seals.py), kept beside it: a
 township office hands sealed copies back to a center restored from an older backup
 (sync_agent/relay.py).
@@ -26,14 +30,17 @@ import nats.errors
 import nats.js.errors
 from nats.js import api
 
+from events.batch import BatchError, unpack
 from events.envelope import Event
 from events.wire import (
     DOWN_STREAM,
     KIND_EVENT,
+    KIND_EVENTS,
     KIND_HEADER,
     KIND_RECEIPT,
     SEAL_HEADER,
     Receipt,
+    down_entry_decoder,
     down_subject,
     receipt_decoder,
 )
@@ -115,6 +122,37 @@ class Downloader:
             await js.add_consumer(DOWN_STREAM, config)
         return await js.pull_subscribe_bind(self.durable, stream=DOWN_STREAM)
 
+    def _batch(self, msg: Any, inbound: list[tuple[Event, bytes]], redacted: dict[str, str],
+               seals: dict[str, str]) -> None:
+        """The events of a batch (events.batch), each judged as a message of its own: an entry
+        for another site (its id names it) is dropped, as is the whole batch when its message id
+        names another site. Raises BatchError or a DecodeError for an unreadable batch."""
+        other = _foreign(self.site_id, (msg.headers or {}).get("Nats-Msg-Id"))
+        if other is not None:
+            self.foreign += 1
+            _log.warning("another site's care.down batch on this site's subject; dropped", addressed=other,
+                         stream_seq=_seq(msg))
+            return
+        for raw in unpack(bytes(msg.data), msg.headers):
+            try:
+                entry = down_entry_decoder.decode(raw)
+                event = _event_decoder.decode(bytes(entry.event))
+            except msgspec.DecodeError as err:  # one bad entry: skipped, the others kept
+                self.unreadable += 1
+                _log.warning("unreadable entry of a care.down batch", stream_seq=_seq(msg), error=str(err))
+                continue
+            other = _foreign(self.site_id, entry.id)
+            if other is not None or addressee(entry.id) is None:
+                self.foreign += 1
+                _log.warning("a batch entry not addressed to this site; dropped", addressed=other or "-",
+                             stream_seq=_seq(msg))
+                continue
+            inbound.append((event, bytes(entry.event)))
+            if entry.original_hash is not None:
+                redacted[event.event_id] = entry.original_hash
+            elif entry.seal is not None:
+                seals[event.event_id] = entry.seal
+
     async def handle(self, msgs: list[Any]) -> None:
         latest: Receipt | None = None
         refused: list[Any] = []
@@ -148,10 +186,12 @@ class Downloader:
                         redacted[event.event_id] = (msg.headers or {}).get(ORIGINAL_HASH_HEADER, "")
                     elif (seal := (msg.headers or {}).get(SEAL_HEADER)) is not None:
                         seals[event.event_id] = seal
+                elif kind == KIND_EVENTS:
+                    self._batch(msg, inbound, redacted, seals)
                 else:
                     self.unreadable += 1
                     _log.warning("unknown message kind on care.down", kind=kind, stream_seq=_seq(msg))
-            except msgspec.DecodeError as err:
+            except (msgspec.DecodeError, BatchError) as err:
                 # Acked and skipped, so one bad message cannot block the site's inbox forever.
                 self.unreadable += 1
                 _log.warning("unreadable message on care.down", kind=kind, stream_seq=_seq(msg), error=str(err))
@@ -167,6 +207,12 @@ class Downloader:
             self._on_receipt(effect)
         for msg in msgs:  # only now that SQLite has committed what they carried
             await msg.ack()
+
+
+def _foreign(self_site: str, msg_id: str | None) -> str | None:
+    """The other site a message or a batch entry names as its addressee, if it names another."""
+    addressed = addressee(msg_id)
+    return addressed if addressed is not None and addressed != self_site else None
 
 
 def addressee(msg_id: str | None) -> str | None:
