@@ -19,6 +19,8 @@ from projections.archive import ArchiveBook, ChildArchive, TimelineItem, timelin
 from projections.facts import facts_of
 from projections.followups import parse_period
 from projections.rollups import Rollup, compute
+from projections.rule_queries import sites_of
+from projections.rules import inputs_from_states, rule_figures
 from projections.source import COLS, HORIZON, book_of, group_rows, to_row
 
 
@@ -81,11 +83,15 @@ async def rollup_asof(pool: asyncpg.Pool, scope: str, period: str, *, committed_
                 break
             book_of((to_row(r) for r in found), book)
             after = (found[-1]["tx_id"], found[-1]["position"])
+        sites = await sites_of(conn, scope)
     archives = book.archives()
     facts = [f for f in facts_of(e for st in book.states.values() for e in st.entries.values()).values()
              if f is not None]
     today = local_day(when) if when is not None else None
-    return compute(scope, p, archives.values(), facts, today=today)
+    inputs = inputs_from_states(book.states, sites)  # the rules as the log held them then
+    on = min(p.last_day, today) if today is not None else p.last_day
+    rules = rule_figures(inputs.book, inputs.archives, inputs.work, sites, scope, p, on)
+    return compute(scope, p, archives.values(), facts, rules=rules, today=today)
 
 
 def to_builtins(value: object) -> object:

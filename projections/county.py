@@ -37,6 +37,8 @@ from projections.figures import label_of, labelled, unit_of, value_of
 from projections.followups import Period, parse_period
 from projections.queries import ScopeChildren, rollup_work
 from projections.rollups import Rollup, compute, compute_from_rows
+from projections.rule_queries import rule_figures_live
+from projections.rules import RuleFigures
 from projections.runner import NAME as CHECKPOINT
 from projections.tables import SCHEMA
 
@@ -108,12 +110,14 @@ def freshness_of(sites: Iterable[SiteOfRegion]) -> TownshipFreshness:
 
 
 def split(region: str, period: Period, archives: Sequence[ChildArchive], facts: Sequence[Fact],
-          townships: Iterable[str], *, today: dt.date | None = None) -> tuple[Rollup, dict[str, Rollup]]:
+          townships: Iterable[str], *, rules: Sequence[RuleFigures], today: dt.date | None = None
+          ) -> tuple[Rollup, dict[str, Rollup]]:
     """The region's figures and each township's (pure): `compute` over the region, then over each
     township with the archives and facts that belong to it (a child goes to the townships of its
     sites, a fact to its recording site's township; merged stubs, which only map a merged child to
-    its kept archive, go to every township)."""
-    total = compute(region, period, archives, facts, today=today)
+    its kept archive, go to every township). `rules`: the region's rules' figures
+    (`projections.rules.rule_figures`), each township's its own."""
+    total = compute(region, period, archives, facts, rules=rules, today=today)
     kids: dict[str, list[ChildArchive]] = {t: [] for t in townships}
     stubs = [a for a in archives if a.merged_into is not None]
     for a in archives:
@@ -126,7 +130,8 @@ def split(region: str, period: Period, archives: Sequence[ChildArchive], facts: 
         bucket = work.get(f.township)
         if bucket is not None:
             bucket.append(f)
-    return total, {t: compute(t, period, [*kids[t], *stubs], work[t], today=today) for t in kids}
+    return total, {t: compute(t, period, [*kids[t], *stubs], work[t], today=today,
+                              rules=[f for f in rules if f.township == t]) for t in kids}
 
 
 async def sites_of_region(pool: asyncpg.Pool, region: str) -> tuple[tuple[int, int], list[SiteOfRegion]]:
@@ -157,11 +162,11 @@ async def sites_of_regions(pool: asyncpg.Pool, regions: list[str]
 
 
 def split_rows(region: str, period: Period, archives: Sequence[ChildArchive], work: Sequence[WorkRow],
-               work_of: dict[str, list[WorkRow]], *, today: dt.date | None = None
+               work_of: dict[str, list[WorkRow]], *, rules: Sequence[RuleFigures], today: dt.date | None = None
                ) -> tuple[Rollup, dict[str, Rollup]]:
     """:func:`split` from work already summed (projections.daily): `work` the region's, `work_of`
     each township's (its keys are the townships)."""
-    total = compute_from_rows(region, period, archives, work, today=today)
+    total = compute_from_rows(region, period, archives, work, rules=rules, today=today)
     kids: dict[str, list[ChildArchive]] = {t: [] for t in work_of}
     stubs = [a for a in archives if a.merged_into is not None]
     for a in archives:
@@ -169,7 +174,8 @@ def split_rows(region: str, period: Period, archives: Sequence[ChildArchive], wo
             for t in {township_of(s) for s in a.sites}:
                 if t in kids:
                     kids[t].append(a)
-    return total, {t: compute_from_rows(t, period, [*kids[t], *stubs], work_of[t], today=today) for t in kids}
+    return total, {t: compute_from_rows(t, period, [*kids[t], *stubs], work_of[t], today=today,
+                                        rules=[f for f in rules if f.township == t]) for t in kids}
 
 
 async def county_figures(pool: asyncpg.Pool, region: str, period: Period, townships: Iterable[str],
@@ -182,7 +188,8 @@ async def county_figures(pool: asyncpg.Pool, region: str, period: Period, townsh
     archives, work = await rollup_work(pool, region, period, children)
     async with pool.acquire() as conn:
         work_of = {t: await daily.work_rows(conn, SCHEMA, t, period.start, period.end) for t in townships}
-    return split_rows(region, period, archives, work, work_of, today=today)
+    rules = await rule_figures_live(pool, region, period, min(period.last_day, today))
+    return split_rows(region, period, archives, work, work_of, rules=rules, today=today)
 
 
 def assemble(region: str, total: Rollup, figures: dict[str, Rollup], sites: Sequence[SiteOfRegion]

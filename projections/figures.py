@@ -7,7 +7,8 @@ dashboard said 隔代监护（祖辈） where the export said 隔代监护). Val
 figure (a guardianship type, a reason...) are labelled by `events.labels`.
 
 A figure's key is its place in the rollup: `children_archived`, `by_guardianship.grandparents`,
-`rules.visit.met`. Money is kept in fen and shown in yuan under the keys `aid_amount`,
+`rules.teacher_talk.met` (a follow-up rule by its id: the townships' rules in force,
+projections/rules.py). Money is kept in fen and shown in yuan under the keys `aid_amount`,
 `aid_by_source.<source>` and `condolence_amount`.
 """
 
@@ -20,6 +21,7 @@ from typing import NamedTuple
 import msgspec
 
 from events.labels import enum_label
+from events.rules import DEFAULT_RULES
 from projections.rollups import Rollup, Share
 
 
@@ -63,6 +65,10 @@ FIGURES: dict[str, Label] = {
     "proxy_parents_new": Label("本期新建代理家长（含爱心妈妈）结对数", "proxy-parent pairings started", *_PAIRS),
     "pairings_started": Label("本期新结对", "pairings started", *_PAIRS),
     "pairings_ended": Label("本期结束结对", "pairings ended", *_PAIRS),
+    "home_visits": Label("家访次数", "home visits", *_TIMES),
+    "parent_calls": Label("与在外务工父母通话次数", "calls with migrant parents", *_TIMES),
+    "letters": Label("书信往来次数", "letters", *_TIMES),
+    "talks": Label("班主任谈心次数", "talks with the class teacher", *_TIMES),
     "overdue_children": Label("有规定动作逾期未完成的儿童", "children overdue for a rule", *_KIDS),
     "aid_children": Label("受资助儿童数", "children aided", *_KIDS),
     "aid_events": Label("资助次数", "aid given", *_TIMES),
@@ -103,19 +109,15 @@ FAMILIES: dict[str, tuple[Label, str | None]] = {
     "incidents_by_severity": (Label("安全事故程度", "safety incidents by severity", *_INCIDENTS), "severity"),
 }
 
-# The rules (projections.followups) and the parts of a rule's figure.
-RULES: dict[str, Label] = {
-    "visit": Label("家访（每月一次）", "home visit (monthly)"),
-    "call": Label("与父母通话（每月一次）", "call with the parents (monthly)"),
-    "talk": Label("班主任谈心（每月一次）", "talk with the class teacher (monthly)"),
-    "letter": Label("给父母写信（每学期一次）", "letter to the parents (each semester)"),
-}
+# The default rules' names (events.rules.DEFAULT_RULES); a rule a township made up is named by
+# its figure (`RuleFigure.zh`, `.en`), or by its id where only the key is at hand.
+RULES: dict[str, Label] = {r.rule_id: Label(r.zh, r.en) for r in DEFAULT_RULES}
 RULE_PARTS: dict[str, Label] = {
     "done": Label("完成次数", "done", *_TIMES),
-    "due": Label("应做人次", "due", "人次", "child-periods"),
-    "met": Label("达标人次", "met", "人次", "child-periods"),
+    "due": Label("应做人次", "due", "人次", "periods"),
+    "met": Label("达标人次", "met", "人次", "periods"),
     "pct_met": Label("达标率", "% met", "%", "%"),
-    "overdue": Label("逾期儿童数", "children overdue", *_KIDS),
+    "overdue": Label("逾期数", "overdue", "人", "overdue"),
 }
 # Per site of the scope, when the center last heard from it: `freshness.<site>.<part>`.
 FRESHNESS: dict[str, Label] = {
@@ -263,9 +265,14 @@ def labelled(r: Rollup, lang: str = "zh", now: dt.datetime | None = None,
     for key in ("proxy_parent_children", "proxy_parent_children_new", "proxy_parents_matched", "proxy_parents_new",
                 "pairings_started", "pairings_ended"):
         scalar(key)
+    for key in ("home_visits", "parent_calls", "letters", "talks"):
+        scalar(key)
     for rule, fig in r.rules.items():
+        name = (fig.en if lang == "en" else fig.zh) or (RULES[rule].text(lang) if rule in RULES else rule)
         for part in RULE_PARTS:
-            add(f"rules.{rule}.{part}", getattr(fig, part))
+            sep = ": " if lang == "en" else "："
+            out.append(LabelledFigure(key=f"rules.{rule}.{part}", label=f"{name}{sep}{RULE_PARTS[part].text(lang)}",
+                                      value=getattr(fig, part), unit=unit_of(f"rules.{rule}.{part}", lang)))
     scalar("overdue_children")
     for key in ("aid_children", "aid_events", "aid_amount"):
         scalar(key)

@@ -16,8 +16,9 @@ from projections import daily, tables
 from projections.archive import ChildArchive, TimelineItem, decode_archive
 from projections.daily import WorkRow
 from projections.facts import Fact, township_of
-from projections.followups import MonthCheck, Overdue, Period, month_checks, overdue_list, parse_period
+from projections.followups import Period, parse_period
 from projections.rollups import Freshness, Rollup, compute_from_rows
+from projections.rules import RuleFigures
 from projections.runner import NAME as CHECKPOINT
 from store.conn import Conn
 
@@ -68,20 +69,6 @@ async def timeline(pool: asyncpg.Pool, child_id: str) -> list[TimelineItem]:
     from projections.asof import timeline_asof
 
     return await timeline_asof(pool, child_id)
-
-
-async def followups(pool: asyncpg.Pool, child_id: str, period: str) -> list[MonthCheck]:
-    """Per month of `period` ('2026', '2026-S1', '2026-03'): due, done, which rules were met."""
-    a = await get_archive(pool, child_id)
-    if a is None or a.merged_into is not None:
-        return []
-    return month_checks(a, parse_period(period))
-
-
-async def overdue(pool: asyncpg.Pool, scope: str, today: dt.date | None = None) -> list[Overdue]:
-    """Children in `scope` overdue for a rule on `today`, most days overdue first."""
-    today = today or local_today()
-    return overdue_list(await archives_in(pool, scope), today, scope)
 
 
 async def facts_in(pool: asyncpg.Pool, scope: str, start: dt.date, end: dt.date) -> list[Fact]:
@@ -201,12 +188,19 @@ async def rollup_work(pool: asyncpg.Pool, scope: str, period: Period, children: 
 
 
 async def rollup_figures(pool: asyncpg.Pool, scope: str, period: str | Period, today: dt.date | None = None, *,
-                         children: ScopeChildren | None = None) -> Rollup:
+                         children: ScopeChildren | None = None, rules: list[RuleFigures] | None = None) -> Rollup:
     """Every township figure for `scope` and `period` from the live read models, judged on `today`,
-    without the freshness (which moves with ingest, not with the read models: see :func:`rollup`)."""
+    without the freshness (which moves with ingest, not with the read models: see :func:`rollup`).
+    `rules`: the rules' figures of the scope for the period judged on the rollup's day, if already
+    in hand (else read live, `projections.rule_queries.rule_figures_live`)."""
+    from projections.rule_queries import rule_figures_live
+
     p = parse_period(period) if isinstance(period, str) else period
+    today = today or local_today()
     kids, work = await rollup_work(pool, scope, p, children)
-    return compute_from_rows(scope, p, kids, work, today=today or local_today())
+    if rules is None:
+        rules = await rule_figures_live(pool, scope, p, min(p.last_day, today))
+    return compute_from_rows(scope, p, kids, work, rules=rules, today=today)
 
 
 def with_freshness(figures: Rollup, heads: Heads) -> Rollup:

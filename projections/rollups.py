@@ -4,7 +4,9 @@ each figure counts and from which events.
 
 `compute` is pure: the live read (`projections.queries.rollup`) feeds it archives and facts
 from the read models, and "as of" (`projections.asof`) feeds it archives and facts it built
-from the log up to a time. Work (visits, aid, activities...) is counted for the site that
+from the log up to a time; both feed it the follow-up rules' figures of the scope
+(`projections.rules.rule_figures`, the townships' rules in force, judged on the rollup's day),
+which give `rules` and `overdue_children`. Work (visits, aid, activities...) is counted for the site that
 recorded it; children (archived, guardianship, pairing, rules met, overdue) for the sites the
 child belongs to.
 """
@@ -13,14 +15,15 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import msgspec
 
 from projections.archive import PROXY_KINDS, ChildArchive
 from projections.daily import WorkRow, rows_of_facts
 from projections.facts import Fact, in_scope
-from projections.followups import MONTHLY_RULES, Period, letters_in, month_checks, overdue_of, semesters_in
+from projections.followups import Period
+from projections.rules import RuleFigures
 
 GRADE_BANDS = (("1-3", 1, 3), ("4-6", 4, 6), ("7-9", 7, 9))
 
@@ -38,11 +41,39 @@ def share(count: int, whole: int) -> Share:
 
 
 class RuleFigure(msgspec.Struct, frozen=True, kw_only=True):
-    done: int  # events of that kind in the period (by the sites in scope)
-    due: int  # child-periods due: ended by `as_of`, child open on the period's first day
-    met: int  # of those, with at least one
+    """One follow-up rule of the townships in scope (projections/rules.py, the rules in force), its
+    figures summed over those townships: what GET /rules gives per township, counted."""
+
+    done: int  # the work that counts for it recorded by the sites in scope in the period
+    due: int  # child- (or site-) periods due
+    met: int  # of those, met
     pct_met: float
-    overdue: int  # children overdue at the end of the period (or today, if earlier)
+    overdue: int  # children (or sites) overdue at the end of the period (or today, if earlier)
+    zh: str = ""  # the rule's name (of the first township in scope that has it)
+    en: str = ""
+    target: str = "child"  # "child" or "site"
+
+
+def rule_totals(figures: Iterable[RuleFigures]) -> tuple[dict[str, RuleFigure], int]:
+    """The rollup's `rules` (per rule id, summed over the townships) and `overdue_children` (children
+    overdue for at least one child rule) from the rules' figures of a scope."""
+    sums: dict[str, list[int]] = {}
+    names: dict[str, RuleFigures] = {}
+    late: dict[str, set[str]] = {}
+    children: set[str] = set()
+    for f in figures:
+        acc = sums.setdefault(f.rule_id, [0, 0, 0])
+        acc[0] += f.done
+        acc[1] += f.due
+        acc[2] += f.met
+        names.setdefault(f.rule_id, f)
+        late.setdefault(f.rule_id, set()).update(o.subject for o in f.overdue)
+        if f.target == "child":
+            children.update(o.subject for o in f.overdue)
+    out = {rid: RuleFigure(done=d, due=due, met=met, pct_met=share(met, due).pct, overdue=len(late[rid]),
+                           zh=names[rid].zh, en=names[rid].en, target=names[rid].target)
+           for rid, (d, due, met) in sorted(sums.items())}
+    return out, len(children)
 
 
 class Freshness(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,8 +102,8 @@ class Rollup(msgspec.Struct, frozen=True, kw_only=True):
     proxy_parents_new: int
     pairings_started: int
     pairings_ended: int
-    rules: dict[str, RuleFigure]
-    overdue_children: int
+    rules: dict[str, RuleFigure]  # by rule id: the townships' rules in force (projections/rules.py)
+    overdue_children: int  # children overdue for at least one of those rules
     aid_children: int
     aid_events: int
     aid_amount_fen: int
@@ -108,6 +139,12 @@ class Rollup(msgspec.Struct, frozen=True, kw_only=True):
     dropped_out_poverty: int = 0  # the headline: dropped-out children registered for poverty
     condolence_households: int = 0
     conflicts_open: int = 0
+    # The contact work done in the period by the sites in scope, whatever the rules (until issue 17
+    # these were the fixed rules' `rules.visit.done` etc.).
+    home_visits: int = 0
+    parent_calls: int = 0
+    letters: int = 0
+    talks: int = 0
 
 
 def household_of(a: ChildArchive | None, child_id: str) -> str:
@@ -158,20 +195,22 @@ class _Totals:
 
 def compute(
     scope: str, period: Period, archives: Iterable[ChildArchive], facts: Iterable[Fact], *,
-    today: dt.date | None = None, freshness: Iterable[Freshness] = (),
+    rules: Sequence[RuleFigures], today: dt.date | None = None, freshness: Iterable[Freshness] = (),
 ) -> Rollup:
-    """Every figure for `scope` and `period` from archives (children) and facts (work)."""
+    """Every figure for `scope` and `period` from archives (children), facts (work) and the rules'
+    figures of the scope for the period judged on the same day (`projections.rules.rule_figures`)."""
     return compute_from_rows(scope, period, archives, rows_of_facts(facts, scope, period.start, period.end),
-                             today=today, freshness=freshness)
+                             rules=rules, today=today, freshness=freshness)
 
 
 def compute_from_rows(
     scope: str, period: Period, archives: Iterable[ChildArchive], work: Iterable[WorkRow], *,
-    today: dt.date | None = None, freshness: Iterable[Freshness] = (),
+    rules: Sequence[RuleFigures], today: dt.date | None = None, freshness: Iterable[Freshness] = (),
 ) -> Rollup:
     """Every figure for `scope` and `period` from archives (children) and the scope's work in the
     period summed by kind, source and detail (`projections.daily`: from the daily rows, or from
-    facts one by one; the same sums give the same figures)."""
+    facts one by one; the same sums give the same figures); the rules' figures and who is overdue
+    from `rules`, the townships' rules in force judged on the rollup's day (`as_of`)."""
     as_of = min(period.last_day, today) if today is not None else period.last_day
     archives = list(archives)
     root = {a.child_id: a.merged_into for a in archives if a.merged_into is not None}
@@ -208,29 +247,7 @@ def compute_from_rows(
         open_cases += sum(1 for x in a.rights_cases if x.opened_on <= as_of and (x.closed_on is None
                                                                                   or x.closed_on > as_of))
 
-    rules: dict[str, RuleFigure] = {}
-    overdue_by_rule: dict[str, set[str]] = {}
-    overdue_any: set[str] = set()
-    for a in kids:
-        for o in overdue_of(a, as_of):
-            overdue_by_rule.setdefault(o.rule, set()).add(a.child_id)
-            overdue_any.add(a.child_id)
-    checks = [m for a in kids for m in month_checks(a, period, as_of)]
-    for rule in MONTHLY_RULES:
-        due = [m for m in checks if m.due]
-        met = sum(1 for m in due if getattr(m, f"{rule}_met"))
-        rules[rule] = RuleFigure(done=totals.facts[rule], due=len(due), met=met,
-                                 pct_met=share(met, len(due)).pct, overdue=len(overdue_by_rule.get(rule, ())))
-    sem_due = sem_met = 0
-    for sem in semesters_in(period):
-        if sem.last_day > as_of:
-            continue
-        for a in kids:
-            if a.open_on(sem.start):
-                sem_due += 1
-                sem_met += letters_in(a, sem) > 0
-    rules["letter"] = RuleFigure(done=totals.facts["letter"], due=sem_due, met=sem_met,
-                                 pct_met=share(sem_met, sem_due).pct, overdue=len(overdue_by_rule.get("letter", ())))
+    rule_figs, overdue_children = rule_totals(rules)
 
     t = totals
 
@@ -266,8 +283,8 @@ def compute_from_rows(
         proxy_parents_new=sum(t.by_detail["pairing_started"].get(k, 0) for k in PROXY_KINDS),
         pairings_started=t.facts["pairing_started"],
         pairings_ended=t.facts["pairing_ended"],
-        rules=rules,
-        overdue_children=len(overdue_any),
+        rules=rule_figs,
+        overdue_children=overdue_children,
         aid_children=children_of("aid"),
         aid_events=t.facts["aid"],
         aid_amount_fen=t.amount["aid"],
@@ -300,4 +317,8 @@ def compute_from_rows(
         dropped_out_poverty=dropped_reasons.get("poverty", 0),
         condolence_households=len(households),
         conflicts_open=sum(len(a.open_conflicts) for a in kids),
+        home_visits=t.facts["visit"],
+        parent_calls=t.facts["call"],
+        letters=t.facts["letter"],
+        talks=t.facts["talk"],
     )

@@ -15,6 +15,7 @@ import datetime as dt
 from collections.abc import Iterable
 
 import asyncpg
+import msgspec
 
 from events.localtime import day_start, local_day, local_today
 from projections import tables
@@ -26,11 +27,13 @@ from projections.rules import (
     RuleFigures,
     SiteInfo,
     Work,
+    counts_for,
     inputs_from_states,
     rule_figures,
     work_of,
     work_of_fact,
 )
+from projections.runner import NAME as CHECKPOINT
 from projections.source import COLS, HORIZON, book_of, to_row
 from store.conn import Conn
 
@@ -103,14 +106,15 @@ async def _moves(conn: Conn, children: Iterable[str], kinds: dict[str, SiteInfo]
     return out
 
 
-async def _work(conn: Conn, scope: str, end: dt.date) -> list[Work]:
-    """The countable work of the townships `scope` touches, from their first fact to `end`."""
+async def _work(conn: Conn, scope: str, end: dt.date | None) -> list[Work]:
+    """The countable work of the townships `scope` touches, from their first fact to `end` (None: all)."""
     where, args = townships_clause(scope, "township")
     n = len(args)
     rows = await conn.fetch(
         f"""SELECT {', '.join(tables.FACT_COLS)} FROM {tables.SCHEMA}.fact
-             WHERE {where} AND kind = ANY(${n + 1}::text[]) AND occurred_at < ${n + 2}""",
-        *args, list(_WORK_KINDS), day_start(end))
+             WHERE {where} AND kind = ANY(${n + 1}::text[])
+               AND (${n + 2}::timestamptz IS NULL OR occurred_at < ${n + 2})""",
+        *args, list(_WORK_KINDS), day_start(end) if end is not None else None)
     out = []
     for r in rows:
         w = work_of_fact(Fact(event_id=r["event_id"], kind=r["kind"], site_id=r["site_id"],
@@ -130,6 +134,84 @@ async def _archives(conn: Conn, scope: str) -> list[ChildArchive]:
         where = f"EXISTS (SELECT 1 FROM unnest(townships) t WHERE {where})"
     rows = await conn.fetch(f"SELECT view FROM {tables.SCHEMA}.archive WHERE {where}", *args)
     return [decode_archive(r["view"]) for r in rows]
+
+
+class RuleInputs:
+    """What `rule_figures` reads for the townships a scope touches (the same for a site of a
+    township as for the township): kept by the API per `inputs_key`, so a page that asks for
+    several periods and sites reads them once."""
+
+    def __init__(self, sites: dict[str, SiteInfo], book: RuleBook, archives: list[ChildArchive], work: list[Work]):
+        self.sites, self.book, self.archives, self.work = sites, book, archives, work
+        # Figures already computed from these inputs: (scope, period, start, end, as_of) -> figures.
+        self.figures: dict[tuple[object, ...], list[RuleFigures]] = {}
+
+
+def towns_of(scope: str) -> str:
+    """The part of a scope the rule inputs depend on: its township (a site's), region, or ''."""
+    return scope.rsplit(".", 1)[0] if scope.count(".") == 2 else scope
+
+
+async def inputs_key(conn: Conn, scope: str) -> tuple[object, ...]:
+    """What the rule inputs of `scope` depend on, read in one statement: its townships, the
+    projections' checkpoint (archives, facts; every event, a correction of a rule too, moves it once
+    projected) and the newest rule event (read from the store, as `rule_book` reads them, so a new
+    rule counts before it is projected)."""
+    row = await conn.fetchrow(
+        f"""SELECT (SELECT c.tx FROM {tables.SCHEMA}.checkpoint c WHERE c.name = $1) AS tx,
+                   (SELECT c.pos FROM {tables.SCHEMA}.checkpoint c WHERE c.name = $1) AS pos,
+                   (SELECT max(tx_id) FROM events
+                     WHERE type IN ('FollowUpRuleSet', 'FollowUpRuleRetired', 'SchoolCalendarSet')
+                       AND {HORIZON}) AS rules""", CHECKPOINT)
+    assert row is not None  # a SELECT without FROM has its one row
+    return (towns_of(scope), row["tx"], row["pos"], row["rules"])
+
+
+async def rule_inputs(pool: asyncpg.Pool, scope: str) -> RuleInputs:
+    """The sites, rules, archives and all the countable work and moves of the townships `scope` touches."""
+    async with pool.acquire() as conn:
+        sites = await sites_of(conn, scope)
+        book = await rule_book(conn, scope)
+        archives = await _archives(conn, scope)
+        work = await _work(conn, scope, None)
+        work += await _moves(conn, [m for a in archives if a.merged_into is None
+                                    for m in (a.child_id, *a.merged_from)], sites)
+    return RuleInputs(sites, book, archives, work)
+
+
+def figures_of(inputs: RuleInputs, scope: str, period: str | Period, as_of: dt.date) -> list[RuleFigures]:
+    """`rule_figures` over inputs in hand (work after `as_of` is never counted for it)."""
+    p = parse_period(period) if isinstance(period, str) else period
+    key = (scope, p.label, p.start, p.end, as_of)
+    hit = inputs.figures.get(key)
+    if hit is None:
+        hit = inputs.figures[key] = rule_figures(inputs.book, inputs.archives, inputs.work, inputs.sites, scope, p,
+                                                 as_of)
+        if len(inputs.figures) > 256:  # a small memo: the oldest goes first
+            del inputs.figures[next(iter(inputs.figures))]
+    return list(hit)
+
+
+def child_figures(inputs: RuleInputs, child_id: str, township: str, period: str | Period, as_of: dt.date
+                  ) -> list[RuleFigures]:
+    """The child rules of `township` judged for one child alone (its archive and the archives merged
+    into it): the periods due and met for it, and whether it is overdue on `on`."""
+    p = parse_period(period) if isinstance(period, str) else period
+    mine = [a for a in inputs.archives if child_id in (a.child_id, a.merged_into)]
+    ids = {a.child_id for a in mine}
+    reasons = {i: a.reasons for a in mine for i in ids}
+    out = []
+    for f in rule_figures(inputs.book, mine, inputs.work, inputs.sites, township, p, as_of):
+        if f.target != "child":
+            continue
+        # `done` of this child alone: its work that counts for the version shown, in the period.
+        shown = [v.rule for v in inputs.book.versions(township, f.rule_id)
+                 if v.rule is not None and v.effective_from <= f.on]
+        rule = shown[-1] if shown else None
+        done = sum(1 for w in inputs.work if rule is not None and ids & set(w.children)
+                   and p.start <= w.day < p.end and w.day <= as_of and counts_for(rule, w, reasons))
+        out.append(msgspec.structs.replace(f, done=done))
+    return out
 
 
 async def rule_figures_live(pool: asyncpg.Pool, scope: str, period: str | Period, as_of: dt.date | None = None

@@ -224,6 +224,9 @@ class RuleFigures(msgspec.Struct, frozen=True, kw_only=True):
     pct_met: float
     overdue: list[OverdueEntry]  # on `on`, most overdue first
     on: dt.date  # the day "applies to" and "overdue" are taken on: the period's last day, or as_of if earlier
+    # The work that counts for the version shown (its types and filter) recorded by the sites in
+    # scope in the period, up to `as_of` (the rollups' `rules.<rule id>.done`).
+    done: int = 0
 
 
 def _labels(kind: str, values: Iterable[object], lang: str) -> list[str]:
@@ -347,6 +350,11 @@ class _Child:
         return max(starts)
 
 
+def counts_for(rule: FollowUpRule, w: Work, reasons_of: Mapping[str, list[str]]) -> bool:
+    """Whether `w` counts for `rule` (its types, its filter, the reasons of the children it covers)."""
+    return _counts(rule, w, reasons_of)
+
+
 def _counts(rule: FollowUpRule, w: Work, reasons_of: Mapping[str, list[str]]) -> bool:
     k = rule.counts
     if w.type not in k.event_types:
@@ -431,12 +439,21 @@ def rule_figures_on(book: RuleBook, archives: Iterable[ChildArchive], work: Iter
                 if shown is None or shown.rule is None:
                     continue
                 if shown.rule.applies.target is Target.SITE:
-                    out.append(_site_rule(book, town, rid, shown, town_sites, by_site, reasons_of, period, on, as_of))
+                    fig = _site_rule(book, town, rid, shown, town_sites, by_site, reasons_of, period, on, as_of)
                 else:
-                    out.append(_child_rule(book, town, rid, shown, town_children, reasons_of, scope, period, on,
-                                           as_of))
+                    fig = _child_rule(book, town, rid, shown, town_children, reasons_of, scope, period, on, as_of)
+                done = _done(shown.rule, [s for s in by_site if township_of(s) == town and in_scope(s, scope)],
+                             by_site, reasons_of, period, as_of)
+                out.append(msgspec.structs.replace(fig, done=done) if done else fig)
         answers.append(out)
     return answers
+
+
+def _done(rule: FollowUpRule, sites: Sequence[str], by_site: Mapping[str, Mapping[str, list[Work]]],
+          reasons_of: Mapping[str, list[str]], period: Period, as_of: dt.date) -> int:
+    """The work that counts for `rule` recorded by `sites` (those in scope) in `period`, up to `as_of`."""
+    return sum(1 for s in sites for t in rule.counts.event_types for w in by_site.get(s, {}).get(t, ())
+               if period.start <= w.day < period.end and w.day <= as_of and _counts(rule, w, reasons_of))
 
 
 def _latest_in(book: RuleBook, town: str, rid: str, period: Period, on: dt.date) -> RuleVersion | None:

@@ -180,10 +180,11 @@ def draft(r: Rollup, *, scope_name: str, now: dt.datetime, lang: str = "zh",
           townships: Mapping[str, str] | None = None, kinds: Mapping[str, str] | None = None) -> Draft:
     """The year-end summary of `r` drafted in `lang` ('zh' or 'en'), judged at `now` (stale sites).
     With `rules` (the scope's townships' own rules and their figures, projections.rule_queries),
-    what was achieved and who is overdue are told by those rules; without, by the four rules every
-    township starts with (the rollup's `rules`). `scope_name`, `sites` and `townships` (id -> registered
-    name, projections.names) name the scope, its sites and its townships: a draft shows no id; `kinds`
-    (each active site of the scope -> its kind) counts its sites by kind in 基本情况."""
+    what was achieved and who is overdue are told per township; without, by the rollup's `rules`
+    (the same rules in force, summed over the townships of the scope). `scope_name`, `sites` and
+    `townships` (id -> registered name, projections.names) name the scope, its sites and its
+    townships: a draft shows no id; `kinds` (each active site of the scope -> its kind) counts its
+    sites by kind in 基本情况."""
     extra = rule_values(rules, lang) if rules is not None else {}
     extra.update(site_values(kinds, lang) if kinds else {})
     w = _Writer(r, lang, now, extra, sites, townships)
@@ -257,10 +258,10 @@ def _basics(w: _Writer, scope_name: str, as_of: str) -> list[Paragraph]:
 def _work(w: _Writer) -> list[Paragraph]:
     t, n, r = w.t, w.n, w.r
     out = [Paragraph([
-        t("（一）家访与亲情联系。本期开展家访", "Contact with families: home visits "), n("rules.visit.done"),
-        t("次，与在外务工父母通话", ", calls with migrant parents "), n("rules.call.done"),
-        t("次，书信往来", ", letters "), n("rules.letter.done"),
-        t("封，班主任与留守儿童谈心", ", talks with the class teacher "), n("rules.talk.done"), t("次。", "."),
+        t("（一）家访与亲情联系。本期开展家访", "Contact with families: home visits "), n("home_visits"),
+        t("次，与在外务工父母通话", ", calls with migrant parents "), n("parent_calls"),
+        t("次，书信往来", ", letters "), n("letters"),
+        t("封，班主任与留守儿童谈心", ", talks with the class teacher "), n("talks"), t("次。", "."),
     ])]
     pairing: list[str | Num] = [
         t("（二）结对帮扶。在册儿童中已有", "Pairing: "), n("children_paired"),
@@ -317,10 +318,6 @@ def _work(w: _Writer) -> list[Paragraph]:
     return out
 
 
-_RULE_WORDS = {"visit": ("每月家访", "a home visit every month"), "call": ("每月与父母通话", "a monthly call"),
-               "talk": ("每月班主任谈心", "a monthly talk"), "letter": ("每学期给父母写信", "a letter each semester")}
-
-
 def _township_rules(w: _Writer, rules: Sequence[RuleFigures]) -> list[str | Num]:
     """'规则（适用于…）应做 n，达标 m，达标率 p%' for each township rule that fell due."""
     t, n = w.t, w.n
@@ -350,10 +347,10 @@ def _results(w: _Writer, township_rules: Sequence[RuleFigures] | None = None) ->
         return [Paragraph(_township_rules(w, township_rules)), *_headlines(w)]
     rules: list[str | Num] = [t("规定动作落实情况：", "Rules met: ")]
     first = True
-    for rule in ("visit", "call", "talk", "letter"):
-        if rule not in r.rules or not w.v(f"rules.{rule}.due"):
+    for rule, fig in r.rules.items():
+        if not w.v(f"rules.{rule}.due"):
             continue
-        zh, en = _RULE_WORDS[rule]
+        zh, en = fig.zh or rule, fig.en or rule
         rules += [t("；" if not first else "", "; " if not first else ""), t(f"{zh}应做", f"{en}: due "),
                   n(f"rules.{rule}.due"), t("人次，已完成", ", met "), n(f"rules.{rule}.met"),
                   t("人次，完成率", " (" if w.lang == "en" else "人次，完成率"), n(f"rules.{rule}.pct_met"),
@@ -420,11 +417,11 @@ def _overdue(w: _Writer, as_of: str) -> Paragraph:
     t, n, r = w.t, w.n, w.r
     overdue: list[str | Num] = [t(f"截至{as_of}，仍有", f"On {as_of}, "), n("overdue_children"),
                                 t("名儿童有规定动作逾期未完成", " children are overdue for a rule")]
-    parts = [rule for rule in ("visit", "call", "talk", "letter") if rule in r.rules and w.v(f"rules.{rule}.overdue")]
+    parts = [rule for rule, fig in r.rules.items() if fig.target == "child" and w.v(f"rules.{rule}.overdue")]
     if parts:
         overdue.append(t("，其中", ": "))
         for i, rule in enumerate(parts):
-            zh, en = _RULE_WORDS[rule]
+            zh, en = r.rules[rule].zh or rule, r.rules[rule].en or rule
             overdue += [t("、" if i else "", ", " if i else ""), t(f"{zh}逾期", f"{en} "), n(f"rules.{rule}.overdue"),
                         t("人", "")]
     overdue.append(t("。", "."))

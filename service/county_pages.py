@@ -44,7 +44,8 @@ _TOWNSHIP = re.compile(r"^[a-z0-9-]{1,24}\.[a-z0-9-]{1,24}$")
 _SITE = re.compile(r"^[a-z0-9-]{1,24}\.[a-z0-9-]{1,24}\.[a-z0-9-]{1,24}$")
 # The figures of the comparison table and its charts, in this order (projections.figures keys).
 HEADLINE = ("children_archived", "children_registered", "children_paired", "proxy_parent_children",
-            "rules.visit.pct_met", "rules.call.pct_met", "rules.talk.pct_met", "overdue_children", "aid_amount",
+            "rules.proxy_visit.pct_met", "rules.proxy_call.pct_met", "rules.teacher_talk.pct_met", "overdue_children",
+            "aid_amount",
             "condolence_visits", "activities", "safety_incidents", "rights_cases_open")
 # Figures the drill-down pages leave out of their list: they name sites (shown by name instead).
 _PER_SITE = ("by_site.", "freshness.")

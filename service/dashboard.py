@@ -342,7 +342,8 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
                         key = (item["child_id"], item["rule"])
                         if key not in seen:  # a child is listed by its village station and its school
                             seen.add(key)
-                            overdue.append(dict(item, site_id=site["site_id"]))
+                            name = item.get("rule_en" if lang == "en" else "rule_zh") or item["rule"]
+                            overdue.append(dict(item, site_id=site["site_id"], rule_name=name))
         now = dt.datetime.now(dt.UTC)
         for site in sites:
             last = site.get("last_contact")
@@ -359,14 +360,14 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
             charts["site"] = bar_chart(sorted(((k, float(v)) for k, v in rollup["by_site"].items()),
                                               key=lambda kv: -kv[1]), title=i18n.text("dash.by_site", lang))
             rules_rows = []
-            for m, r in months:
-                for rule in ("visit", "call", "talk"):
-                    fig = r.get("rules", {}).get(rule)
-                    if fig:
-                        rules_rows.append((f"{m} {i18n.text('rule.' + rule, lang)}", float(fig.get("pct_met", 0))))
+            for m, r in months:  # the townships' rules in force that fell due that month
+                for rule, fig in r.get("rules", {}).items():
+                    if fig.get("due"):
+                        name = fig.get("en" if lang == "en" else "zh") or rule
+                        rules_rows.append((f"{m} {name}", float(fig.get("pct_met", 0))))
             charts["rules"] = bar_chart(rules_rows, title=i18n.text("dash.rules", lang), unit="%")
             charts["freshness"] = ""
-        kpis = ("children_archived", "overdue_children", "rules.visit.done", "rules.call.done", "rules.talk.done",
+        kpis = ("children_archived", "overdue_children", "home_visits", "parent_calls", "talks",
                 "aid_children", "condolence_households", "condolence_children", "proxy_parent_children",
                 "safety_incidents")
         return page(request, "dash/overview.html", rollup=obj(rollup), month=month, charts=charts, sites=obj(sites),

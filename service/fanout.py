@@ -6,7 +6,8 @@ each committed event once, in an order consistent with the scope rows written by
 ingest transactions (service/scope.py). For an event at (tx, position) the targets are the
 child's village and school sites in scope at tx, those of children merged with it, and the
 township office sites of their townships (and of the sending site's township); for the
-township's rules and calendar, every site of the township; never the sending site itself, never
+township's rules and calendar and the corrections of them, every site of the township; never the
+sending site itself, never
 a disabled site. A site that entered the scope in tx (a transfer, a
 registration naming it, a merge) first receives the child's history up to that event.
 
@@ -43,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import uuid
 from collections.abc import Iterable
 
 import asyncpg
@@ -190,12 +192,12 @@ class Targets:
         found = self._with_townships(sites, origin) & self.active
         return found if with_origin else found - {origin}
 
-    def township_wide(self, event: Event) -> set[str]:
+    def township_wide(self, event: Event, corrects_rule: bool = False) -> set[str]:
         """Every active site of the sender's township, but the sender, for the township's rules and
-        calendar (`RULE_TYPES`): each station's own follow-up pages judge by the rules in force.
-        Only the township's office may send them (service/authority.py), so the sender's township
-        is the rule's."""
-        if event.type not in RULE_TYPES:
+        calendar (`RULE_TYPES`) and a correction of one of them (`corrects_rule`): each station's
+        own follow-up pages judge by the rules in force, as corrected. Only the township's office
+        may send them (service/authority.py), so the sender's township is the rule's."""
+        if event.type not in RULE_TYPES and not corrects_rule:
             return set()
         town = township_of(event.site_id)
         return {s for s in self.active if township_of(s) == town} - {event.site_id}
@@ -311,6 +313,7 @@ class FanOut:
     async def _send(self, page: list[StoredEvent]) -> None:
         targets = await self._targets(page)
         out = await self._rules_for_new_sites(targets, page[0].position)
+        fixes = await self._rule_fixes(page)
         backfilled: set[tuple[str, str, int]] = set()
         for s in page:
             e, tx = s.event, s.position.tx
@@ -325,10 +328,28 @@ class FanOut:
                             msg = down_message(site, h, targets.keeps(site, h.event.children, tx, h.event.site_id),
                                                self.sealer)
                             out += [msg] if msg is not None else []
-            for site in sorted(targets.at(e.children, tx, e.site_id) | targets.township_wide(e)):
+            for site in sorted(targets.at(e.children, tx, e.site_id) | targets.township_wide(e, e.event_id in fixes)):
                 msg = down_message(site, s, targets.keeps(site, e.children, tx, e.site_id), self.sealer)
                 out += [msg] if msg is not None else []
         await self._publish(out)
+
+    async def _rule_fixes(self, page: list[StoredEvent]) -> set[str]:
+        """The corrections in `page` of a rule or calendar event (they name no child, so the
+        children's scope would send them to the township's offices only)."""
+        corrected: dict[str, str] = {}
+        for s in page:
+            if s.event.type == "EventCorrected" and not s.event.children:
+                target = _corrected_id(s.event)
+                if target is not None:
+                    corrected[s.event.event_id] = target
+        if not corrected:
+            return set()
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT event_id::text AS event_id FROM events WHERE event_id = ANY($1::uuid[]) "
+                "AND type = ANY($2::text[])", sorted(_uuids(corrected.values())), sorted(RULE_TYPES))
+        rules = {r["event_id"] for r in rows}
+        return {fix for fix, target in corrected.items() if target in rules}
 
     async def _rules_for_new_sites(self, targets: Targets, before: Position) -> list[tuple[str, bytes, dict[str, str]]]:
         """Every rule and calendar event of its township committed before this page, for each active
@@ -344,6 +365,11 @@ class FanOut:
             found = await read_where(
                 conn, "type IN ('FollowUpRuleSet', 'FollowUpRuleRetired', 'SchoolCalendarSet') "
                       "AND regexp_replace(site_id, '\\.[^.]*$', '') = ANY($1::text[])", towns, limit=100_000)
+            if found:  # and the corrections of them, in the store's order with them
+                found += await read_where(
+                    conn, "type = 'EventCorrected' AND payload->>'corrected_event_id' = ANY($1::text[])",
+                    [s.event.event_id for s in found], limit=100_000)
+                found.sort(key=lambda s: s.position)
         out = []
         for s in found:
             if s.position >= before:
@@ -410,3 +436,22 @@ class FanOut:
                    ON CONFLICT (name) DO UPDATE SET tx = EXCLUDED.tx, pos = EXCLUDED.pos""",
                 self.name, p.tx, p.pos,
             )
+
+
+def _corrected_id(event: Event) -> str | None:
+    """The id of the event a correction names (None: not readable as one)."""
+    try:
+        body = msgspec.json.decode(event.payload)
+    except msgspec.DecodeError:
+        return None
+    found = body.get("corrected_event_id") if isinstance(body, dict) else None
+    return found if isinstance(found, str) else None
+
+
+def _uuids(ids: Iterable[str]) -> set[uuid.UUID]:
+    """The well-formed ids among `ids` (a correction naming anything else names no stored event)."""
+    out = set()
+    for i in ids:
+        with contextlib.suppress(ValueError):
+            out.add(uuid.UUID(i))
+    return out

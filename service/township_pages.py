@@ -49,7 +49,8 @@ CST = dt.timezone(dt.timedelta(hours=8))
 CHILD_FILTERS = ("name", "site_id", "guardianship", "reason", "grade_band", "state", "overdue_rule", "paired")
 SORTS = ("name", "site", "registered", "last_contact")
 GRADE_BANDS = ("1-3", "4-6", "7-9", "none")
-RULES = ("visit", "call", "talk", "letter")
+# The default child rules a child may be overdue for (events.rules.DEFAULT_RULES; GET /rules).
+RULES = ("proxy_visit", "proxy_call", "proxy_letter", "teacher_talk")
 
 
 def _t(key: str, lang: str, **values: object) -> str:

@@ -35,7 +35,17 @@ from typing import Any
 
 import msgspec
 
-from events.envelope import GENESIS_HASH, DecodedEvent, Draft, Event, decode_event, encode_event, event_hash, seal
+from events.envelope import (
+    GENESIS_HASH,
+    DecodedEvent,
+    Draft,
+    Event,
+    care_of,
+    decode_event,
+    encode_event,
+    event_hash,
+    seal,
+)
 from events.hlc import HybridClock, to_datetime
 from events.ids import new_event_id
 from events.validation import Problem, ValidationFailed, join_path
@@ -553,8 +563,9 @@ class LocalLog:
 
     def rule_events(self) -> list[Event]:
         """The township's rules and calendars this site holds (its own, at a township office, and
-        those the center fanned out), in no particular order. They name no child, so a match on
-        the body's bytes finds them without an index (JSON bodies carry `"type":"<name>"`)."""
+        those the center fanned out), and the corrections of them (EventCorrected naming one), in
+        no particular order. They name no child, so a match on the body's bytes finds them without
+        an index (JSON bodies carry `"type":"<name>"`, a correction `"corrected_event_id":"<id>"`)."""
         marks = [f'"type":"{t}"'.encode() for t in RULE_TYPES]
         match = " OR ".join("instr(body, ?) > 0" for _ in marks)
         with self._lock:
@@ -562,7 +573,23 @@ class LocalLog:
             rows = self._conn.execute(f"SELECT body, event_id FROM log WHERE {match} "
                                       f"UNION ALL SELECT body, NULL FROM inbox WHERE {match}", marks + marks).fetchall()
         events = [_event_decoder.decode(r[0]) for r in rows if r[1] is None or r[1] not in refused]
-        return [e for e in events if e.type in RULE_TYPES]
+        found = [e for e in events if e.type in RULE_TYPES]
+        if not found:
+            return found
+        fix = b'"type":"EventCorrected"'
+        with self._lock:
+            rows = self._conn.execute("SELECT body, event_id FROM log WHERE instr(body, ?) > 0 "
+                                      "UNION ALL SELECT body, NULL FROM inbox WHERE instr(body, ?) > 0",
+                                      [fix, fix]).fetchall()
+        ids = {e.event_id for e in found}
+        for r in rows:
+            if r[1] is not None and r[1] in refused:
+                continue
+            e = _event_decoder.decode(r[0])
+            care = care_of(e) if e.type == "EventCorrected" and not e.children else None
+            if care is not None and getattr(care, "corrected_event_id", None) in ids:
+                found.append(e)
+        return found
 
     def children(self) -> list[str]:
         with self._lock:

@@ -9,7 +9,9 @@ from typing import Any
 
 import asyncpg
 
-from tests.api_world import OFFICE, S1, TOWNSHIP, USERS, V1, V2, World, open_api
+from events import catalogue as c
+from events.types import PartnerKind
+from tests.api_world import OFFICE, S1, T0, TOWNSHIP, USERS, V1, V2, World, open_api
 
 ROLES = tuple(USERS)  # station1, station2, school, township, auditor, admin, other_township
 
@@ -197,5 +199,14 @@ async def test_search_filters(database_url: str, nats_url: str, pool: asyncpg.Po
         grand = {w.child_v1} | ({w.child_v2} if one["guardian"]["type"] == "grandparents" else set())
         assert await ids("guardianship=grandparents") == grand
         assert await ids(f"site_id={V2}") == {w.child_v2}
-        assert await ids("overdue=true") == {w.child_v1, w.child_v2}  # nobody visited since March
+        # Overdue under the default rules, judged today: child v2, once it has a proxy parent (its
+        # last visit was in March); child v1 for the class teacher's talk if it is a pupil (it is
+        # held by school s01 and nobody talked with it).
+        await w.record(V2, c.PairingStarted(pairing_id="p-" + "e" * 32, child_id=w.child_v2,
+                                            partner_kind=PartnerKind.PROXY_PARENT, partner_name="云晓"), T0)
+        v1 = (await client.get(f"/children/{w.child_v1}", headers=h)).json()["archive"]
+        pupil = v1["grade"] is not None and 1 <= v1["grade"] <= 12
+        assert await ids("overdue=true") == ({w.child_v1} if pupil else set()) | {w.child_v2}
+        assert await ids("overdue_rule=proxy_visit") == {w.child_v2}
+        assert await ids("overdue_rule=teacher_talk") == ({w.child_v1} if pupil else set())
         assert await ids("open_only=true&site_id=" + S1) == {w.child_v1}

@@ -14,7 +14,7 @@ import openpyxl
 from events import catalogue as c
 from events.envelope import encode_event
 from events.samples import SampleSite, sample_registration
-from events.types import AidSource
+from events.types import AidSource, PartnerKind
 from events.wire import up_subject
 from projections import followups, queries
 from service.ingest import Inbound, commit_in, triage
@@ -30,14 +30,14 @@ async def test_rollups_for_a_site_a_township_and_a_range(database_url: str, nats
         town = (await client.get(f"/rollups?scope={TOWNSHIP}&period=2026-03", headers=h)).json()
         site = (await client.get(f"/rollups?scope={V1}&period=2026-03", headers=h)).json()
         early = (await client.get(f"/rollups?scope={TOWNSHIP}&start=2026-03-01&end=2026-03-04", headers=h)).json()
-        assert town["children_archived"] == 2 and town["rules"]["visit"]["done"] == 2
-        assert site["children_archived"] == 1 and site["rules"]["visit"]["done"] == 1
-        assert early["rules"]["visit"]["done"] == 0 and early["period"] == "2026-03-01..2026-03-04"
+        assert town["children_archived"] == 2 and town["home_visits"] == 2
+        assert site["children_archived"] == 1 and site["home_visits"] == 1
+        assert early["home_visits"] == 0 and early["period"] == "2026-03-01..2026-03-04"
         assert early["end"] == "2026-03-05"
         # A computed rollup is reused only while the read models stand still.
         await w.record(V1, c.HomeVisitMade(child_id=w.child_v1, visitor="石老师"), T0 + dt.timedelta(days=10))
         again = (await client.get(f"/rollups?scope={TOWNSHIP}&period=2026-03", headers=h)).json()
-        assert again["rules"]["visit"]["done"] == 3
+        assert again["home_visits"] == 3
 
 
 async def test_range_rollup_counts_a_merged_child_once(database_url: str, nats_url: str, pool: asyncpg.Pool
@@ -95,7 +95,7 @@ async def test_exports_label_every_figure_in_chinese(database_url: str, nats_url
         by_key = {f["key"]: f for f in figures}
         assert by_key["children_archived"]["value"] == 2
         assert by_key["children_archived"]["label"] == "建档儿童数（期末在册）"
-        assert by_key["rules.visit.done"]["value"] == 2
+        assert by_key["home_visits"]["value"] == 2
         assert all(any("\u4e00" <= ch <= "\u9fff" for ch in f["label"]) for f in figures)
 
         x = await client.get(f"/exports/summary.xlsx?{q}", headers=h)
@@ -116,18 +116,35 @@ async def test_exports_label_every_figure_in_chinese(database_url: str, nats_url
 
 
 async def test_followups_and_overdue(database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:
-    """A child's follow-ups show the March visit; the site's overdue list names the child once its visit is
-    overdue, with the days counted."""
+    """A child's follow-ups and the site's overdue list follow the township's rules (the defaults
+    here): the proxy parent's monthly visit holds the child once it has one (paired 2 March,
+    visited 5 March): March is not due (paired after its first day), April is due and not met, and
+    the child is overdue from 1 May, 41 days on 10 June."""
     async with open_api(database_url, nats_url, pool) as (client, w):
         h = w.headers("station1")
-        f = (await client.get(f"/children/{w.child_v1}/followups?period=2026-04", headers=h)).json()
-        assert f["period"] == "2026-04" and [m["month"] for m in f["months"]] == ["2026-04"]
-        march = (await client.get(f"/children/{w.child_v1}/followups?period=2026-03", headers=h)).json()
-        assert march["months"][0]["visits"] == 1 and march["months"][0]["visit_met"] is True
         late = (await client.get(f"/sites/{V1}/overdue?today=2026-06-10", headers=h)).json()
-        visit = [x for x in late["items"] if x["rule"] == "visit"]
+        assert "proxy_visit" not in {x["rule"] for x in late["items"]}
+        before = (await client.get(f"/children/{w.child_v1}/followups?period=2026-04", headers=h)).json()
+        visit = {f["rule_id"]: f for f in before["rules"]}["proxy_visit"]
+        assert (visit["applies_to"], visit["due"], visit["met"]) == (0, 0, 0)
+        await w.record(V1, c.PairingStarted(pairing_id="p-" + "d" * 32, child_id=w.child_v1,
+                                            partner_kind=PartnerKind.PROXY_PARENT, partner_name="云晓"), T0)
+        f = (await client.get(f"/children/{w.child_v1}/followups?period=2026-04", headers=h)).json()
+        assert (f["period"], f["on"]) == ("2026-04", "2026-04-30")
+        visit = {x["rule_id"]: x for x in f["rules"]}["proxy_visit"]
+        assert (visit["applies_to"], visit["due"], visit["met"], visit["overdue"]) == (1, 1, 0, [])
+        march = (await client.get(f"/children/{w.child_v1}/followups?period=2026-03", headers=h)).json()
+        visit = {x["rule_id"]: x for x in march["rules"]}["proxy_visit"]
+        assert (visit["due"], visit["met"], visit["done"]) == (0, 0, 1)
+        assert all(o["subject"] == w.child_v1 for x in f["rules"] for o in x["overdue"])
+        june = (await client.get(f"/children/{w.child_v1}/followups?period=2026-06", headers=h)).json()
+        late_visit = {x["rule_id"]: x for x in june["rules"]}["proxy_visit"]["overdue"]
+        assert [(o["subject"], o["due_on"]) for o in late_visit] == [(w.child_v1, "2026-04-30")]
+        late = (await client.get(f"/sites/{V1}/overdue?today=2026-06-10", headers=h)).json()
+        visit = [x for x in late["items"] if x["rule"] == "proxy_visit"]
         assert [x["child_id"] for x in visit] == [w.child_v1]
         assert visit[0]["last_done"] == "2026-03-05" and visit[0]["days_overdue"] == 41  # due by 30 April
+        assert visit[0]["rule_zh"] == "代管家长每月家访一次"
         bad = await client.get(f"/children/{w.child_v1}/followups?period=2026-13", headers=h)
         assert bad.status_code == 400 and bad.json()["field"] == "period"
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from pathlib import Path
 
 import asyncpg
+import msgspec
 from nats.aio.client import Client as NATS
 
 from events.catalogue import ArchivesMerged, ChildTransferred, HomeVisitMade, TalkHeld
@@ -175,3 +177,49 @@ async def test_a_site_registered_after_the_rules_gets_them(database_url: str, po
         await wait_for(lambda: _stored(pool, 2))
         await late.wait_events(1)
         assert late.event_ids() == {retired.event.event_id}
+
+
+async def test_a_correction_of_a_rule_reaches_every_site_and_the_station_follows_it(
+        database_url: str, pool: asyncpg.Pool, own_nats: EmbeddedNats, client: NATS, tmp_path: Path) -> None:
+    """The office sets a rule (two visits a month from 1 April), then corrects it (three): the
+    correction names no child, yet reaches each site of the township as the rule did (never
+    another township's), and a station that keeps both judges by the corrected rule."""
+    from events.catalogue import EventCorrected, FollowUpRuleSet
+    from events.envelope import encode_event
+    from events.rules import DEFAULT_RULES
+    from sync_agent.locallog import LocalLog
+    from sync_agent.view import station_archives
+
+    for site, kind in KINDS.items():
+        await register_site(pool, site, kind, site)
+    js = client.jetstream()
+    inbox = {s: SiteInbox(js, s) for s in KINDS}
+    office = SiteWriter(OFFICE)
+    base = DEFAULT_RULES[0]
+
+    def visits(n: int) -> FollowUpRuleSet:
+        rule = msgspec.structs.replace(base, zh=f"代管家长每月家访{n}次",
+                                       counts=msgspec.structs.replace(base.counts, at_least=n))
+        return FollowUpRuleSet(township="gx-lp.xy", rule=rule, effective_from=dt.date(2026, 4, 1))
+
+    rule = office.write(visits(2))
+    fix = office.write(EventCorrected(corrected_event_id=rule.event.event_id, reason="应为每月三次",
+                                      replacement=visits(3)))
+    async with run_center(database_url, own_nats.url):
+        await publish(js, [rule, fix])
+        await wait_for(lambda: _stored(pool, 2))
+        for site in (V1, V2, S1, S2):
+            await inbox[site].wait_events(2)
+            assert inbox[site].event_ids() == {rule.event.event_id, fix.event.event_id}, site
+    for site in (FAR_OFFICE, FAR_VILLAGE, OFFICE):
+        await inbox[site].drain()
+        assert inbox[site].events == [], site
+
+    with LocalLog(tmp_path / "v1.sqlite", V1) as log:
+        log.apply_inbound([(e, encode_event(e)) for e in inbox[V1].events])
+        book = station_archives(log).rule_inputs(V1, "village").book
+        found = book.in_force("gx-lp.xy", "proxy_visit", dt.date(2026, 5, 1))
+        assert found is not None and found.rule is not None
+        assert (found.rule.counts.at_least, found.rule.zh) == (3, "代管家长每月家访3次")
+        before = book.in_force("gx-lp.xy", "proxy_visit", dt.date(2026, 3, 31))
+        assert before is not None and before.rule == base  # before its day: the default

@@ -169,7 +169,9 @@ def test_the_catalogue_labels_every_figure_of_a_rollup() -> None:
                by_grade_band={"1-3": Share(3, 100.0)}, by_reason={"poverty": Share(1, 33.3)},
                individual_plan=Share(0, 0.0), children_paired=Share(2, 66.7), paired_by={"teacher": 2},
                proxy_parents_matched=1, proxy_parents_new=1, pairings_started=2, pairings_ended=0,
-               rules={"visit": RuleFigure(done=4, due=6, met=3, pct_met=50.0, overdue=1)}, overdue_children=1,
+               rules={"proxy_visit": RuleFigure(done=4, due=6, met=3, pct_met=50.0, overdue=1,
+                                                zh="代管家长每月家访一次", en="proxy visit")},
+               overdue_children=1,
                aid_children=1, aid_events=1, aid_amount_fen=12_345, aid_by_source={"charity": 12_345},
                condolence_visits=1, condolence_children=2, condolence_amount_fen=20_000, activities=1,
                activities_by_kind={"contest": 1}, activity_participants=9, activity_children=2,
@@ -179,7 +181,7 @@ def test_the_catalogue_labels_every_figure_of_a_rollup() -> None:
                freshness=[Freshness(site_id="gx.xy.v01", last_committed_at=None, newest_occurred_at=None)],
                proxy_parent_children=Share(1, 33.3), proxy_parent_children_new=1, closed_by_reason={"dropped_out": 1},
                dropped_out=1, dropped_out_by_reason={"poverty": 1}, dropped_out_poverty=1, condolence_households=1,
-               conflicts_open=2)
+               conflicts_open=2, home_visits=4, parent_calls=2, letters=1, talks=3)
     listed = pf.labelled(r, "zh", now=dt.datetime(2027, 1, 1, tzinfo=dt.UTC))
     keys = {f.key for f in listed}
     for name in Rollup.__struct_fields__:

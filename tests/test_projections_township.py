@@ -8,7 +8,8 @@ Sites: villages v01 and v02, school s01, the township office. Children (all inve
   K4  reg 01-05 at v02, village v02 + school s01, grade 3, both parents away, one parent; closed 03-15
   K5  reg 03-10 at s01, the same child as K1 (same resident ID); merged into K1 at the end
 Work (2026): visits K1 02-03 03-04, K2 02-10, K3 02-28 corrected to 03-01, K4 02-02; calls K1 02-05 03-05,
-K2 03-06; talks K1 02-20 03-20, K2 02-21 03-21 (retracted), K4 02-22, K5 03-25; letter K1 03-01;
+K2 03-06 (phone, the default channel); talks K1 02-20 03-20, K2 02-21 03-21 (retracted), K4 02-22,
+K5 03-25; letter K1 03-01;
 aid K1 200 yuan government 02-14 (office), K3 500 yuan charity 03-12 (v02); condolence (office, 02-10)
 K1 K2 K4 100 yuan each; activities s01 03-08 children's home K1 K2 (25 people), v01 03-15 safety lecture
 (40 people, no child listed); guardian training v01 02-25 K1 K2 (12 guardians); meeting s01 03-03 (30);
@@ -42,7 +43,7 @@ from events.types import (
     Severity,
     Sex,
 )
-from projections import archive, queries
+from projections import archive, queries, rule_queries
 from projections.conflicts import conflicts
 from projections.duplicates import duplicates
 from projections.rollups import RuleFigure, Share
@@ -164,6 +165,18 @@ def queries_pair(a: str, b: str) -> object:
     return DuplicatePair(child_a=a, child_b=b, reason="resident_id")
 
 
+def figs(r: object) -> dict[str, tuple[int, int, int, float, int]]:
+    """A rollup's rules' figures (projections.rollups.RuleFigure) as (done, due, met, pct_met, overdue)."""
+    return {k: (f.done, f.due, f.met, f.pct_met, f.overdue) for k, f in r.rules.items()}  # type: ignore[attr-defined]
+
+
+# The default rules' site obligations: no site of this township is registered (no kind known), so
+# none applies and none is due; their `done` is the work that counts, recorded in scope.
+NO_SITE_DUE = {"guardian_meeting": (1, 0, 0, 0.0, 0), "safety_lecture": (1, 0, 0, 0.0, 0),
+               "poor_children_visit": (0, 0, 0, 0.0, 0), "childrens_home": (1, 0, 0, 0.0, 0),
+               "year_end_handover": (0, 0, 0, 0.0, 0)}
+
+
 def third(n: int) -> Share:
     return Share(n, round(100 * n / 3, 1))
 
@@ -182,12 +195,19 @@ async def test_march_township_figures(projected: object, pool: asyncpg.Pool) -> 
     assert r.children_paired == Share(3, 100.0)
     assert r.paired_by == {"loving_mother": 1, "proxy_parent": 1, "teacher": 1}
     assert (r.proxy_parents_matched, r.proxy_parents_new, r.pairings_started, r.pairings_ended) == (2, 1, 1, 0)
-    # March is due for K1-K4 (all open on 03-01). Visits: K1 03-04, K3 03-01 (corrected from 02-28).
-    assert r.rules["visit"] == RuleFigure(done=2, due=4, met=2, pct_met=50.0, overdue=0)
-    assert r.rules["call"] == RuleFigure(done=2, due=4, met=2, pct_met=50.0, overdue=0)
-    # Talks: K1 03-20 and merged K5 03-25 count for K1; K2's 03-21 was retracted.
-    assert r.rules["talk"] == RuleFigure(done=2, due=4, met=1, pct_met=25.0, overdue=0)
-    assert r.rules["letter"] == RuleFigure(done=1, due=0, met=0, pct_met=0.0, overdue=0)
+    # Contact work in March: visits K1 03-04, K3 03-01 (corrected from 02-28); calls K1, K2; the
+    # letter; talks K1 03-20 and merged K5 03-25 (K2's 03-21 was retracted).
+    assert (r.home_visits, r.parent_calls, r.letters, r.talks) == (2, 2, 1, 2)
+    # The default rules. The proxy parent's three: only K1 has one (since 01-20): March due once,
+    # met by the visit of 03-04 and the call of 03-05; no semester ended. The teacher's talk: pupils
+    # held by school s01 on 03-01 are K1, K2, K4 (K3 is at no school); only K1 had a talk.
+    # Nobody is overdue on 03-31: K2's talk of 02-21 counts for January (February is a holiday
+    # month), so March is the next school month, due by 03-31.
+    assert figs(r) == {"proxy_visit": (2, 1, 1, 100.0, 0), "proxy_call": (2, 1, 1, 100.0, 0),
+                       "proxy_letter": (1, 0, 0, 0.0, 0), "teacher_talk": (2, 3, 1, 33.3, 0), **NO_SITE_DUE}
+    assert r.rules["teacher_talk"] == RuleFigure(done=2, due=3, met=1, pct_met=33.3, overdue=0,
+                                                 zh="班主任每月与留守儿童谈心一次",
+                                                 en="class teacher: a talk a school month", target="child")
     assert r.overdue_children == 0
     assert (r.aid_children, r.aid_events, r.aid_amount_fen, r.aid_by_source) == (1, 1, 50_000, {"charity": 50_000})
     assert (r.condolence_visits, r.condolence_children, r.condolence_amount_fen) == (0, 0, 0)
@@ -208,12 +228,14 @@ async def test_spring_semester_figures_part_way(projected: object, pool: asyncpg
     r = await queries.rollup(pool, TOWNSHIP, "2026-S1", today=dt.date(2026, 4, 15))
     assert r.as_of == dt.date(2026, 4, 15)
     assert (r.children_archived, r.children_registered, r.children_closed) == (3, 1, 1)
-    # Due: K1 Feb Mar, K2 Feb Mar, K3 Mar, K4 Feb Mar = 7.
-    assert r.rules["visit"] == RuleFigure(done=5, due=7, met=5, pct_met=71.4, overdue=1)  # K2
-    assert r.rules["call"] == RuleFigure(done=3, due=7, met=3, pct_met=42.9, overdue=1)  # K3
-    assert r.rules["talk"] == RuleFigure(done=5, due=7, met=4, pct_met=57.1, overdue=2)  # K2, K3
-    assert r.rules["letter"] == RuleFigure(done=1, due=0, met=0, pct_met=0.0, overdue=0)  # S1 not over
-    assert r.overdue_children == 2
+    assert (r.home_visits, r.parent_calls, r.letters, r.talks) == (5, 3, 1, 5)
+    # Proxy parent (K1 only): February and March due and met (visits 02-03 03-04, calls 02-05 03-05).
+    # Teacher's talk: March is the only school month ended by 04-15 (February is a holiday month):
+    # due for K1, K2, K4, met by K1; K2 is overdue since its talk of 02-21 (January's) was due again
+    # by 03-31. Done: talks K1 02-20 03-20, K2 02-21, K4 02-22, K5 03-25.
+    assert figs(r) == {"proxy_visit": (5, 2, 2, 100.0, 0), "proxy_call": (3, 2, 2, 100.0, 0),
+                       "proxy_letter": (1, 0, 0, 0.0, 0), "teacher_talk": (5, 3, 1, 33.3, 1), **NO_SITE_DUE}
+    assert r.overdue_children == 1
     assert (r.aid_children, r.aid_events, r.aid_amount_fen) == (2, 2, 70_000)
     assert r.aid_by_source == {"charity": 50_000, "government": 20_000}
     assert (r.condolence_visits, r.condolence_children, r.condolence_amount_fen) == (1, 3, 30_000)
@@ -225,33 +247,30 @@ async def test_site_scope_counts_its_children_and_its_own_work(projected: object
     """For village v01 in March: its children K1 and K2, and only the work v01 recorded."""
     r = await queries.rollup(pool, V1, "2026-03", today=dt.date(2026, 12, 31))
     assert (r.children_archived, r.by_site) == (2, {V1: 2})
-    assert r.rules["visit"] == RuleFigure(done=1, due=2, met=1, pct_met=50.0, overdue=0)
+    # K1's proxy parent's March visit (v01's own, 03-04); v01 is no school: the talk rule holds none.
+    assert (r.home_visits, r.parent_calls, r.talks) == (1, 0, 0)
+    assert figs(r)["proxy_visit"] == (1, 1, 1, 100.0, 0) and figs(r)["teacher_talk"] == (0, 0, 0, 0.0, 0)
     assert (r.activities, r.activity_participants, r.activity_children) == (1, 40, 0)
     assert (r.aid_events, r.tutoring_sessions) == (0, 0)
     assert [f.site_id for f in r.freshness] == [V1]
 
 
+async def overdue(pool: asyncpg.Pool, scope: str, day: dt.date) -> set[tuple[str, str, int, dt.date]]:
+    """(child, rule, days overdue, due on) of every child rule's overdue children in `scope` on `day`."""
+    found = await rule_queries.rule_figures_live(pool, scope, f"{day.year:04d}-{day.month:02d}", day)
+    return {(o.subject, f.rule_id, o.days_overdue, o.due_on) for f in found if f.target == "child" for o in f.overdue}
+
+
 async def test_overdue_list_per_site_with_days(projected: object, pool: asyncpg.Pool) -> None:
-    """On 04-15: K2 owes a visit and a talk, K3 a call and a talk, each 15 days (due 03-31)."""
-    everyone = await queries.overdue(pool, TOWNSHIP, dt.date(2026, 4, 15))
-    assert sorted((o.child_id, o.rule, o.days_overdue, o.due_on) for o in everyone) == sorted([
-        (K2, "visit", 15, dt.date(2026, 3, 31)), (K2, "talk", 15, dt.date(2026, 3, 31)),
-        (K3, "call", 15, dt.date(2026, 3, 31)), (K3, "talk", 15, dt.date(2026, 3, 31))])
-    assert {(o.child_id, o.rule) for o in await queries.overdue(pool, V2, dt.date(2026, 4, 15))} == {
-        (K3, "call"), (K3, "talk")}
-    # K4 is closed, so never overdue; a year later K1's spring letter is overdue too.
-    later = await queries.overdue(pool, S1, dt.date(2027, 2, 2))
-    assert (K1, "letter", 2) in {(o.child_id, o.rule, o.days_overdue) for o in later}
-    assert K4 not in {o.child_id for o in later}
-
-
-async def test_followups_per_child_and_month(projected: object, pool: asyncpg.Pool) -> None:
-    """K2's spring: Feb met visit and talk, March met the call only; K3's February is not due."""
-    k2 = {m.month: m for m in await queries.followups(pool, K2, "2026-S1")}
-    assert (k2["2026-02"].visit_met, k2["2026-02"].call_met, k2["2026-02"].talk_met) == (True, False, True)
-    assert (k2["2026-03"].visit_met, k2["2026-03"].call_met, k2["2026-03"].talk_met) == (False, True, False)
-    k3 = {m.month: m for m in await queries.followups(pool, K3, "2026-S1")}
-    assert not k3["2026-02"].due and k3["2026-03"].due and k3["2026-03"].visits == 1
+    """On 04-15, under the default rules: K2 owes the class teacher's talk, 15 days (due 03-31); K1
+    is up to date with its proxy parent; K3 has neither a proxy parent nor a school."""
+    assert await overdue(pool, TOWNSHIP, dt.date(2026, 4, 15)) == {(K2, "teacher_talk", 15, dt.date(2026, 3, 31))}
+    assert await overdue(pool, V2, dt.date(2026, 4, 15)) == set()
+    # K4 is closed, so never overdue; in the next spring K1's letter of 2026-03-01 (spring semester)
+    # was due again by the end of the autumn one (2027-01-31): 2 days overdue on 2027-02-02.
+    later = await overdue(pool, S1, dt.date(2027, 2, 2))
+    assert (K1, "proxy_letter", 2, dt.date(2027, 1, 31)) in later
+    assert K4 not in {child for child, *_ in later}
 
 
 async def test_archive_conflict_merge_and_timeline(projected: tuple[Township, dict[str, DecodedEvent]],

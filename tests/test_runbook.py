@@ -383,8 +383,8 @@ def check_figures(machine: Machine, work: TownshipWork, password: str) -> None:
         # its table of figures: each row a value (with its unit) and the figure's key
         shown = {key: value for value, key in re.findall(r'<td class="num">([^<]*)</td><td class="mono">([^<]+)</td>',
                                                         page.text)}
-        keys = {"children_archived": "children_archived", "visit": "rules.visit.done", "call": "rules.call.done",
-                "talk": "rules.talk.done"}
+        keys = {"children_archived": "children_archived", "visit": "home_visits", "call": "parent_calls",
+                "talk": "talks"}
         on_page = {name: leading_number(shown.get(key, "")) for name, key in keys.items()}
         assert on_page == want, page.text[-3000:]
         export = client.get("/ui/export/json", params={"scope": work.township, "period": MONTH}, headers=cookie)

@@ -116,7 +116,7 @@ async def test_every_number_of_the_draft_is_its_figure(database_url: str, nats_u
         assert len(nums) == len(d["notes"]) > 30
         keys = {n["key"] for n in nums}
         for must in ("children_archived", "by_guardianship.grandparents", "by_reason.both_parents_away",
-                     "rules.visit.done", "proxy_parent_children", "condolence_households", "aid_amount",
+                     "home_visits", "proxy_parent_children", "condolence_households", "aid_amount",
                      "safety_incidents",
                      "dropped_out_poverty", "stale_sites", "conflicts_open",
                      "activities_by_kind.safety_lecture", "rights_cases_opened", "sites", "sites_by_kind.village",
@@ -206,7 +206,7 @@ async def test_the_summary_opens_on_the_latest_school_year_with_work(database_ur
         children = _Figures()
         children.feed(page)
         shown = {key: float(value) for key, value, _ in children.found}
-        assert shown["children_archived"] == 2.0 and shown["rules.visit.done"] == 2.0
+        assert shown["children_archived"] == 2.0 and shown["home_visits"] == 2.0
         client.cookies.set("sw_token", w.tokens["station2"])
         mine = (await client.get("/ui/summary")).text
         assert f'data-scope="{V2}"' in mine and 'data-period="2025-SY"' in mine

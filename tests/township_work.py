@@ -85,8 +85,8 @@ class TownshipWork:
 def figures(rollup: Any) -> dict[str, int]:
     """The same figures from a rollup: projections.rollups.Rollup, or the API's JSON of one."""
     doc = rollup if isinstance(rollup, dict) else msgspec.to_builtins(rollup)
-    return {"children_archived": doc["children_archived"], "visit": doc["rules"]["visit"]["done"],
-            "call": doc["rules"]["call"]["done"], "talk": doc["rules"]["talk"]["done"]}
+    return {"children_archived": doc["children_archived"], "visit": doc["home_visits"],
+            "call": doc["parent_calls"], "talk": doc["talks"]}
 
 
 def as_json(drafts: list[dict[str, Any]]) -> bytes:

@@ -140,10 +140,12 @@ _T: dict[str, tuple[str, str]] = {
     "overdue.none": ("本月规定动作都已完成。", "Every rule is met this month."),
     "overdue.rule": ("未完成的规定", "Rule not met"),
     "overdue.days": ("逾期天数", "Days overdue"),
-    "rule.visit": ("每月家访", "a home visit every month"),
-    "rule.call": ("每月与父母通话", "a call with the parents every month"),
-    "rule.letter": ("每学期一封信", "a letter every semester"),
-    "rule.talk": ("每月班主任谈心", "a monthly talk with the class teacher"),
+    # the default follow-up rules (events.rules.DEFAULT_RULES) by id; a township's own rule is
+    # shown by the names it set (GET /rules), or its id
+    "rule.proxy_visit": ("代管家长每月家访一次", "proxy parent: a home visit a month"),
+    "rule.proxy_call": ("代管家长每月与家长通话一次", "proxy parent: a call with the parents a month"),
+    "rule.proxy_letter": ("代管家长每学期给家长写一封信", "proxy parent: a letter to the parents a semester"),
+    "rule.teacher_talk": ("班主任每月与留守儿童谈心一次", "class teacher: a talk a school month"),
     # forms
     "form.title": ("登记", "Record"),
     "form.save": ("保存", "Save"),

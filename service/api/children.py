@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from collections.abc import Mapping
 from typing import Annotated, Any
 
+import asyncpg
 import msgspec
 from litestar import Controller, Request, get
 from litestar.params import Parameter, QueryParameter
@@ -25,6 +27,7 @@ from projections.source import Row
 from service.api import archives
 from service.api.auth import Caller
 from service.api.errors import ApiError, bad, broken_rule, not_found
+from service.api.rollups import RuleInputsCache, rule_figures
 from service.api.scoping import (
     LISTERS,
     READERS,
@@ -86,13 +89,6 @@ class GradeBand(enum.StrEnum):
 class ArchiveState(enum.StrEnum):
     OPEN = "open"
     CLOSED = "closed"
-
-
-class FollowUpRule(enum.StrEnum):
-    VISIT = "visit"
-    CALL = "call"
-    TALK = "talk"
-    LETTER = "letter"
 
 
 class ChildSort(enum.StrEnum):
@@ -186,11 +182,12 @@ class ArchiveFilter(msgspec.Struct, frozen=True):
     reason: Reason | None = None
     grade_band: GradeBand | None = None
     overdue: bool = False
-    overdue_rule: FollowUpRule | None = None
+    overdue_rule: str | None = None
     paired: bool | None = None
 
-    def keep(self, a: pa.ChildArchive, today: dt.date) -> list[str] | None:
-        """The child's overdue rules if it passes every filter, else None."""
+    def keep(self, a: pa.ChildArchive, late: Mapping[str, list[str]]) -> list[str] | None:
+        """The child's overdue rules (of `late`: child -> the ids of the rules it is overdue for) if
+        it passes every filter, else None."""
         if self.guardianship is not None and (a.guardian is None or a.guardian.type != self.guardianship):
             return None
         if self.reason is not None and self.reason not in a.reasons:
@@ -203,12 +200,42 @@ class ArchiveFilter(msgspec.Struct, frozen=True):
                 return None
         if self.paired is not None and bool(a.current_pairings) != self.paired:
             return None
-        rules = [o.rule for o in pf.overdue_of(a, today)]
+        rules = late.get(a.child_id, [])
         if self.overdue and not rules:
             return None
-        if self.overdue_rule is not None and self.overdue_rule.value not in rules:
+        if self.overdue_rule is not None and self.overdue_rule not in rules:
             return None
         return rules
+
+
+def rule_scope(caller: Caller, site_id: str | None) -> str | None:
+    """The scope the children list judges overdue rules in: the site filtered on, else the caller's
+    own (a station's or school's site, township staff's and auditors' township, the county's
+    region); None for a caller who reads no child."""
+    if site_id is not None:
+        return site_id
+    if caller.role in ("station", "school"):
+        return caller.site_id
+    if caller.role in ("township", "auditor"):
+        return caller.township
+    if caller.role == "county":
+        return caller.region
+    return None
+
+
+async def overdue_rules(pool: asyncpg.Pool, cache: RuleInputsCache | None, scope: str | None, today: dt.date
+                        ) -> dict[str, list[str]]:
+    """Child -> the ids of the child rules it is overdue for on `today`, under the township's rules
+    in force in `scope` (projections.rule_queries.rule_figures_live, as GET /rules and GET
+    /sites/{id}/overdue judge)."""
+    if scope is None:
+        return {}
+    out: dict[str, list[str]] = {}
+    for f in await rule_figures(pool, cache, scope, pf.month_of(today), today):
+        if f.target == "child":
+            for o in f.overdue:
+                out.setdefault(o.subject, []).append(f.rule_id)
+    return {k: sorted(v) for k, v in out.items()}
 
 
 def _sort_key(sort: ChildSort) -> Any:
@@ -283,8 +310,9 @@ class ChildrenController(Controller):
         archive_state: Annotated[ArchiveState | None, QueryParameter(name="state", description="only open or only "
                                                                                        "closed archives")] = None,
         overdue: Annotated[bool, Parameter(description="only children overdue for a follow-up rule today")] = False,
-        overdue_rule: Annotated[FollowUpRule | None, Parameter(description="only children overdue for this rule "
-                                                                           "today")] = None,
+        overdue_rule: Annotated[str | None, Parameter(pattern=r"^[a-z][a-z0-9_]{0,39}$", max_length=40,
+                                                      description="only children overdue for this rule (its id, "
+                                                                  "GET /rules) today")] = None,
         paired: Annotated[bool | None, Parameter(description="only children with (true) or without (false) a "
                                                              "current pairing")] = None,
         sort: Annotated[ChildSort | None, Parameter(description="order by this key (then offset paging)")] = None,
@@ -313,12 +341,14 @@ class ChildrenController(Controller):
         judged = ArchiveFilter(guardianship=guardianship, reason=reason, grade_band=grade_band, overdue=overdue,
                                overdue_rule=overdue_rule, paired=paired)
         today = local_today()
+        late = await overdue_rules(request.app.state.pool, request.app.state.get("rule_inputs"),
+                                   rule_scope(caller, site_id), today)
         if sort is not None:
             async with request.app.state.pool.acquire() as conn:
                 every = await archives.archives_where(conn, caller, p, conds)
             matched = []
             for a in every:
-                rules = judged.keep(a, today)
+                rules = judged.keep(a, late)
                 if rules is not None:
                     matched.append(summary(a, rules))
             matched.sort(key=_sort_key(sort), reverse=descending)
@@ -337,7 +367,7 @@ class ChildrenController(Controller):
                 page = await archives.archives_where(conn, caller, Params(*p.values), conds, limit)
                 for a in page:
                     p.values[at] = a.child_id
-                    rules = judged.keep(a, today)
+                    rules = judged.keep(a, late)
                     if rules is None:
                         continue
                     items.append(summary(a, rules))

@@ -1,7 +1,8 @@
-"""Follow-ups: per child and month, whether the rules were met; and the overdue list per site.
+"""Follow-ups: a child's against each rule of its township, and the overdue list per site.
 
-The rules and the arithmetic are the projections' (:mod:`projections.followups`); this module
-only scopes, logs and pages. A child's follow-ups are part of its record, so reading them is
+The rules are the township's in force (events/rules.py) and the arithmetic the projections'
+(:mod:`projections.rules`, fed by :mod:`projections.rule_queries`); this module only scopes, logs
+and pages. A child's follow-ups are part of its record, so reading them is
 logged like a read of its archive.
 """
 
@@ -16,28 +17,36 @@ from litestar.params import Parameter
 
 from events.localtime import local_today
 from projections import followups as pf
+from projections import rule_queries
+from projections.facts import township_of
+from projections.rules import RuleFigures
 from service.api import archives
 from service.api.children import query_text, route_of
 from service.api.errors import ApiError, bad, not_found
 from service.api.limits import PERIOD_PATTERN
+from service.api.rollups import rule_figures, rule_inputs
 from service.api.scoping import LISTERS, READERS, ChildIdPath, Params, SiteIdPath, allow, caller_of, may_see_site
 
 
-class FollowUpView(msgspec.Struct, frozen=True):
+class FollowUpView(msgspec.Struct, frozen=True, kw_only=True):
+    """A child's follow-ups in a period: each child rule of its township in force (GET /rules),
+    judged for this child alone: the periods due and met, and whether it is overdue on `on`."""
+
     child_id: str
     period: str
-    months: list[pf.MonthCheck]
-    letters_in_period: int
-    overdue: list[pf.Overdue]
+    on: dt.date  # the period's last day, or today if earlier
+    rules: list[RuleFigures]
 
 
 class OverdueLine(msgspec.Struct, frozen=True, omit_defaults=True):
     child_id: str
-    rule: str
+    rule: str  # the rule's id (GET /rules)
     last_done: dt.date | None
     due_on: dt.date
     days_overdue: int
     name: str | None = None
+    rule_zh: str = ""  # the rule's names
+    rule_en: str = ""
 
 
 class OverdueList(msgspec.Struct, frozen=True):
@@ -59,9 +68,11 @@ class FollowUpsController(Controller):
     guards = [allow(*LISTERS)]  # noqa: RUF012 (as above; a child's follow-ups narrow it to READERS)
 
     @get("/children/{child_id:str}/followups", guards=[allow(*READERS)],
-         summary="A child's follow-ups: each month against the rules",
-         description="A home visit, a call with the parents and a talk every month; a letter every semester. "
-                     "Logged in the read log.")
+         summary="A child's follow-ups: each rule of its township against the child",
+         description="Each child rule of the township's rules in force (GET /rules), judged for this child alone: "
+                     "applies_to (1 if the rule holds it on `on`), the periods due and met, and the child in "
+                     "`overdue` if it is overdue on `on` (the period's last day, or today if earlier). Logged in "
+                     "the read log.")
     async def child_followups(
         self, request: Request[Any, Any, Any], child_id: ChildIdPath,
         period: Annotated[str, Parameter(pattern=PERIOD_PATTERN,
@@ -70,15 +81,21 @@ class FollowUpsController(Controller):
     ) -> FollowUpView:
         caller = caller_of(request)
         p = period_of(period)
-        a = await archives.logged_archive(request.app.state.pool, caller, child_id, route_of(request),
-                                          query_text(request))
+        pool = request.app.state.pool
+        a = await archives.logged_archive(pool, caller, child_id, route_of(request), query_text(request))
         if a is None:
             raise not_found("child", child_id, "child_id")
-        today = local_today()
-        return FollowUpView(child_id=child_id, period=p.label, months=pf.month_checks(a, p),
-                            letters_in_period=pf.letters_in(a, p), overdue=pf.overdue_of(a, min(today, p.last_day)))
+        on = min(local_today(), p.last_day)
+        found: list[RuleFigures] = []
+        for town in sorted({township_of(s) for s in a.sites}):
+            inputs = await rule_inputs(pool, request.app.state.get("rule_inputs"), town)
+            found += rule_queries.child_figures(inputs, a.child_id, town, p, on)
+        return FollowUpView(child_id=child_id, period=p.label, on=on, rules=found)
 
-    @get("/sites/{site_id:str}/overdue", summary="Children of a site overdue for a rule, most overdue first")
+    @get("/sites/{site_id:str}/overdue", summary="Children of a site overdue for a rule, most overdue first",
+         description="Under the township's rules in force (GET /rules): each child rule's overdue children held by "
+                     "the site, judged on `today`, with the rule's id and names; the same as GET /rules for the "
+                     "site's scope.")
     async def overdue(
         self, request: Request[Any, Any, Any], site_id: SiteIdPath,
         today: Annotated[dt.date | None, Parameter(description="the day to judge on (default: today, UTC+8)")] = None,
@@ -87,13 +104,17 @@ class FollowUpsController(Controller):
         if not may_see_site(caller, site_id):
             raise ApiError(404, f"site {site_id} was not found", field="site_id", value=site_id)
         day = today or local_today()
-        found: list[tuple[pf.Overdue, str | None]] = []
+        pool = request.app.state.pool
+        figures = await rule_figures(pool, request.app.state.get("rule_inputs"), site_id, pf.month_of(day), day)
+        late = [(o, f) for f in figures if f.target == "child" for o in f.overdue]
         p = Params()
-        async with request.app.state.pool.acquire() as conn:
-            kids = await archives.archives_where(conn, caller, p, [f"a.sites @> ARRAY[{p.add(site_id)}]::text[]"])
-        for a in kids:
-            found += [(o, a.name) for o in pf.overdue_of(a, day)]
-        found.sort(key=lambda x: (-x[0].days_overdue, x[0].rule, x[0].child_id))
+        async with pool.acquire() as conn:  # the names, of the children the caller may see only
+            kids = await archives.archives_where(
+                conn, caller, p, [f"a.child_id = ANY({p.add(sorted({o.subject for o, _ in late}))}::text[])"])
+        names = {a.child_id: a.name for a in kids}
+        late = [(o, f) for o, f in late if o.subject in names]
+        late.sort(key=lambda x: (-x[0].days_overdue, x[1].rule_id, x[0].subject))
         return OverdueList(site_id=site_id, today=day, items=[
-            OverdueLine(child_id=o.child_id, rule=o.rule, last_done=o.last_done, due_on=o.due_on,
-                        days_overdue=o.days_overdue, name=name) for o, name in found])
+            OverdueLine(child_id=o.subject, rule=f.rule_id, last_done=o.last_done, due_on=o.due_on,
+                        days_overdue=o.days_overdue, name=names[o.subject], rule_zh=f.zh, rule_en=f.en)
+            for o, f in late])

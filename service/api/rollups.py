@@ -18,12 +18,13 @@ from litestar.params import Parameter, QueryParameter
 
 from events.localtime import local_today
 from projections import followups as pf
-from projections import queries
+from projections import queries, rule_queries
 from projections import rollups as pr
 from projections.asof import rollup_asof
 from projections.figures import LabelledFigure, labelled
 from projections.names import scope_names
 from projections.queries import Heads, ScopeChildren, rollup_heads
+from projections.rules import RuleFigures
 from service.api.auth import Caller
 from service.api.batch import Batched
 from service.api.errors import ApiError, bad, broken_rule
@@ -125,9 +126,39 @@ class ScopeArchives(Checkpointed[ScopeChildren]):
         super().__init__(size)
 
 
+class RuleInputsCache(Checkpointed[rule_queries.RuleInputs]):
+    """The follow-up rules' inputs of a township (or region), keyed by `rule_queries.inputs_key`
+    (its townships, the checkpoint, the newest rule event): the rollups of several periods, each
+    site's overdue list and the children list of one page read them once."""
+
+    def __init__(self, size: int = 8) -> None:
+        super().__init__(size)
+
+
+async def rule_inputs(pool: asyncpg.Pool, cache: RuleInputsCache | None, scope: str) -> rule_queries.RuleInputs:
+    """The rules' inputs of the townships `scope` touches, through the cache."""
+    if cache is None:
+        return await rule_queries.rule_inputs(pool, scope)
+    async with pool.acquire() as conn:
+        key = await rule_queries.inputs_key(conn, scope)
+    inputs = cache.get(key)
+    if inputs is None:
+        inputs = await rule_queries.rule_inputs(pool, scope)
+        cache.put(key, inputs)
+    return inputs
+
+
+async def rule_figures(pool: asyncpg.Pool, cache: RuleInputsCache | None, scope: str, period: pf.Period,
+                       as_of: dt.date) -> list[RuleFigures]:
+    """`rule_queries.rule_figures_live` through the cache of inputs (the same figures)."""
+    if cache is None:
+        return await rule_queries.rule_figures_live(pool, scope, period, as_of)
+    return rule_queries.figures_of(await rule_inputs(pool, cache, scope), scope, period, as_of)
+
+
 async def rollup(pool: asyncpg.Pool, caller: Caller, scope: str, period: pf.Period,
                  cache: RollupCache | None = None, archives: ScopeArchives | None = None,
-                 heads: Batched[str, Heads] | None = None) -> pr.Rollup:
+                 heads: Batched[str, Heads] | None = None, inputs: RuleInputsCache | None = None) -> pr.Rollup:
     """The figures of `scope` (checked against the caller by :func:`check_scope`) from the read
     models (:func:`projections.queries.rollup`), computed once per checkpoint."""
     today = local_today()
@@ -142,7 +173,8 @@ async def rollup(pool: asyncpg.Pool, caller: Caller, scope: str, period: pf.Peri
             children = await queries.scope_children(pool, scope)
             if archives is not None:
                 archives.put((scope, now.checkpoint), children)
-        hit = await queries.rollup_figures(pool, scope, period, today, children=children)
+        rules = await rule_figures(pool, inputs, scope, period, min(period.last_day, today))
+        hit = await queries.rollup_figures(pool, scope, period, today, children=children, rules=rules)
         if cache is not None:
             cache.put(key, hit)
     return queries.with_freshness(hit, now)
@@ -155,7 +187,7 @@ async def caller_rollup(request: Request[Any, Any, Any], scope: str, period: str
     check_scope(caller, scope)
     state = request.app.state
     return await rollup(state.pool, caller, scope, period_from(period, start, end), state.rollup_cache,
-                        state.scope_archives, state.get("rollup_heads"))
+                        state.scope_archives, state.get("rollup_heads"), state.get("rule_inputs"))
 
 
 class RollupsController(Controller):

@@ -17,7 +17,7 @@ from litestar.params import Parameter
 
 from events.localtime import local_today
 from projections import followups as pf
-from projections import queries, rule_queries
+from projections import queries
 from projections.names import scope_names
 from projections.summary import Draft, draft
 from service.api.rollups import (
@@ -29,6 +29,7 @@ from service.api.rollups import (
     StartQuery,
     caller_rollup,
     check_scope,
+    rule_figures,
 )
 from service.api.scoping import LISTERS, allow, caller_of
 
@@ -50,9 +51,10 @@ async def caller_draft(request: Request[Any, Any, Any], scope: str, period: str 
                        end: dt.date | None, lang: str) -> Draft:
     r = await caller_rollup(request, scope, period, start, end)
     pool = request.app.state.pool
-    # The townships' own rules (GET /rules) tell what was met and who is overdue, judged on the
-    # rollup's day; the rollup's four default rules only where a township has none of its own.
-    rules = await rule_queries.rule_figures_live(pool, scope, pf.Period(r.period, r.start, r.end), r.as_of)
+    # Each township's rules in force (GET /rules) tell what was met and who is overdue, judged on
+    # the rollup's day: the same figures as the rollup's `rules`, told per township.
+    rules = await rule_figures(pool, request.app.state.get("rule_inputs"), scope,
+                               pf.Period(r.period, r.start, r.end), r.as_of)
     names = await scope_names(pool, scope, lang)
     return draft(r, scope_name=names.name, now=dt.datetime.now(dt.UTC), lang=lang, rules=rules or None,
                  sites=names.sites, townships=names.townships, kinds=names.kinds)
