@@ -138,16 +138,21 @@ async def agent_cli(town: Town, problems: list[str]) -> int:
     return len(cases) + 1
 
 
-def ingest_corpus(town: Town) -> list[tuple[str, str, bytes, bool]]:
-    """(name, subject, bytes, msgpack) of messages the ingest must quarantine, one row each."""
+def ingest_corpus(town: Town, stored: set[str]) -> list[tuple[str, str, bytes, bool]]:
+    """(name, subject, bytes, msgpack) of messages the ingest must quarantine, one row each.
+    `stored`: the ids of site A's events the center holds now; the altered copy is of the last of
+    them (of an event the center has not received yet, the first copy to arrive is all it can
+    know, and an agent whose event was taken by a forgery is told so by its refusal)."""
     sites = list(town.stations)
     a, b = sites[1], sites[2]
     a_events = local_events(town.stations[a].data)
     _, _, _, real = a_events[-1]
     doc = msgspec.json.decode(real)
+    known = [body for _, eid, _, body in a_events if eid in stored]
+    assert known, f"the center holds no event of {a} before the bad input"
     b_last = len(local_events(town.stations[b].data))
     forged_ahead = dict(doc, site_seq=b_last + 1)  # A's event, renumbered to B's next sequence number
-    altered = dict(doc, actor="someone-else")  # a known event id with other content
+    altered = dict(msgspec.json.decode(known[-1]), actor="someone-else")  # a stored event id, other content
     wrong_types = dict(doc, site_seq="five", recorded_at=-1)
     injected = dict(doc, payload=dict(doc["payload"], child_id=INJECTIONS[0]))
     enc = msgspec.json.encode
@@ -169,9 +174,11 @@ def ingest_corpus(town: Town) -> list[tuple[str, str, bytes, bool]]:
 
 
 async def ingest(town: Town, problems: list[str]) -> tuple[int, int]:
-    corpus = ingest_corpus(town)
     pool = await open_pool(town.db_url)
     try:
+        a = list(town.stations)[1]
+        stored = {str(r["event_id"]) for r in await pool.fetch("SELECT event_id FROM events WHERE site_id = $1", a)}
+        corpus = ingest_corpus(town, stored)
         async with pool.acquire() as conn:
             top = int(await conn.fetchval("SELECT coalesce(max(id), 0) FROM quarantine"))
         assert town.nats is not None
