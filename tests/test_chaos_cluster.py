@@ -19,7 +19,8 @@ MINUTES = 1.0
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-async def test_a_cluster_server_killed_mid_ingest_and_mid_catch_up_loses_duplicates_and_skips_nothing(seed: int) -> None:
+async def test_a_cluster_server_killed_mid_ingest_and_mid_catch_up_loses_duplicates_and_skips_nothing(
+        seed: int) -> None:
     """Streams kept 3 times; every fault of the single-server run, plus kill -9 of one server
     (the leader of CARE_UP, of CARE_DOWN, of the meta group, or any) while the sites record and
     the center ingests, and kill -9 of CARE_UP's leader while a site whose line was cut sends
