@@ -100,6 +100,24 @@ def _not_found(request: Request[Any, Any, Any], me: dict[str, Any]) -> Response[
                 message=i18n.text("county.not_found", lang_of(request)), **_ctx(me))
 
 
+async def _rollup_and_sites(request: Request[Any, Any, Any], token: str, me: dict[str, Any], scope: str,
+                            township: str) -> tuple[str, Any, list[dict[str, Any]]] | Response[str]:
+    """The drill-down pages' reads: the period asked for, the scope's rollup through the API (its
+    refusal or a 404 page when it answers otherwise) and the sites of the township."""
+    async with Api(request, token) as api:
+        period = await _period(request, api, me)
+        if isinstance(period, Response):
+            return period
+        status, doc = await api.get("/rollups", scope=scope, period=period)
+        refused = _api_refused(request, me, status, doc)
+        if refused is not None:
+            return refused
+        if status != 200:
+            return _not_found(request, me)
+        _, sites_doc = await api.get("/sites")
+    return period, doc, [s for s in (sites_doc or {}).get("items", []) if s["site_id"].startswith(township + ".")]
+
+
 def _sites_of_region(items: list[dict[str, Any]]) -> list[pc.SiteOfRegion]:
     return [pc.SiteOfRegion(site_id=s["site_id"], kind=s["kind"], name=s["name"], township_name=s.get("township"),
                             active=s.get("active", True), last_committed_at=None, newest_occurred_at=None)
@@ -172,18 +190,10 @@ def county_routes() -> list[HTTPRouteHandler]:
         lang = lang_of(request)
         if not _TOWNSHIP.fullmatch(township):
             return _bad_input(request, me, "township", township, "county.want_township")
-        async with Api(request, token) as api:
-            period = await _period(request, api, me)
-            if isinstance(period, Response):
-                return period
-            status, doc = await api.get("/rollups", scope=township, period=period)
-            refused = _api_refused(request, me, status, doc)
-            if refused is not None:
-                return refused
-            if status != 200:
-                return _not_found(request, me)
-            _, sites_doc = await api.get("/sites")
-        sites = [s for s in (sites_doc or {}).get("items", []) if s["site_id"].startswith(township + ".")]
+        got_rollup = await _rollup_and_sites(request, token, me, township, township)
+        if isinstance(got_rollup, Response):
+            return got_rollup
+        period, doc, sites = got_rollup
         name = pc.township_names(_sites_of_region(sites)).get(township, township)
         r = msgspec.convert(doc, Rollup, strict=False)
         now = dt.datetime.now(dt.UTC)
@@ -208,18 +218,10 @@ def county_routes() -> list[HTTPRouteHandler]:
         if not _SITE.fullmatch(site_id):
             return _bad_input(request, me, "site_id", site_id, "county.want_site")
         township = site_id.rsplit(".", 1)[0]
-        async with Api(request, token) as api:
-            period = await _period(request, api, me)
-            if isinstance(period, Response):
-                return period
-            status, doc = await api.get("/rollups", scope=site_id, period=period)
-            refused = _api_refused(request, me, status, doc)
-            if refused is not None:
-                return refused
-            if status != 200:
-                return _not_found(request, me)
-            _, sites_doc = await api.get("/sites")
-        sites = [s for s in (sites_doc or {}).get("items", []) if s["site_id"].startswith(township + ".")]
+        got_rollup = await _rollup_and_sites(request, token, me, site_id, township)
+        if isinstance(got_rollup, Response):
+            return got_rollup
+        period, doc, sites = got_rollup
         this = next((s for s in sites if s["site_id"] == site_id), None)
         if this is None:
             return _not_found(request, me)
