@@ -73,6 +73,11 @@ class Refusal(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     event_id: str | None = None
     site_seq: int | None = None
+    # Hex sha256 of the bytes the center refused (the event's own bytes, also inside a batch).
+    # Anyone holding the site's credentials can send a damaged copy carrying the numbers of one of
+    # its events; the agent takes a refusal as its own only when this matches the body it sent.
+    # Centers before this field send none: the agent then matches on event_id and site_seq.
+    digest: str | None = None
 
 
 class Receipt(msgspec.Struct, frozen=True, kw_only=True):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import uuid
 from collections.abc import Sequence
 
@@ -103,7 +104,8 @@ async def insert_rows(conn: Conn, rows: Sequence[NewRow]) -> list[int]:
 
 def refusal(row_id: int, row: NewRow) -> Refusal:
     """What the sending site is told in its receipt about a refused event."""
-    return Refusal(quarantine_id=row_id, reason=row.reason, event_id=row.event_id, site_seq=row.site_seq)
+    return Refusal(quarantine_id=row_id, reason=row.reason, event_id=row.event_id, site_seq=row.site_seq,
+                   digest=hashlib.sha256(row.raw).hexdigest())
 
 
 _SELECT = """SELECT id, received_at, subject, site_id, event_id::text AS event_id, site_seq, reason,

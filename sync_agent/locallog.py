@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -49,9 +50,12 @@ from events.envelope import (
 from events.hlc import HybridClock, to_datetime
 from events.ids import new_event_id
 from events.validation import Problem, ValidationFailed, join_path
-from events.wire import Receipt, receipt_decoder, receipt_encoder
+from events.wire import Receipt, Refusal, receipt_decoder, receipt_encoder
+from runtime import log
 from sync_agent import view
 from sync_agent.clock import site_wall_ms
+
+_log = log.get("sync_agent.locallog")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -697,6 +701,10 @@ class LocalLog:
                     # event goes once more, to be decided afresh and kept in its quarantine again.
                     conn.execute("DELETE FROM refused")
                 for r in receipt.refused:
+                    if not self._is_own(conn, r):
+                        _log.warning("refusal of a message this station did not send; ignored",
+                                     quarantine_id=r.quarantine_id, site_seq=r.site_seq)
+                        continue
                     conn.execute("INSERT OR REPLACE INTO refused(quarantine_id, event_id, site_seq, reason, "
                                  "received_at) VALUES (?,?,?,?,?)",
                                  (r.quarantine_id, r.event_id, r.site_seq, r.reason, _now().isoformat()))
@@ -707,6 +715,19 @@ class LocalLog:
         old_max = before.max_seq if before else 0
         return ReceiptEffect(state, went_back=receipt.watermark < old_wm,
                              progressed=receipt.watermark > old_wm or receipt.max_seq > old_max)
+
+    @staticmethod
+    def _is_own(conn: sqlite3.Connection, r: Refusal) -> bool:
+        """Whether a refusal may be about what this station sent: a refusal that carries the digest
+        of the refused bytes is ours only if those are the bytes of our event of that site_seq and
+        event_id (a damaged copy someone sent with our numbers is refused too, and must not stop
+        us sending the real one). Without a digest (an older center), or for numbers we have not
+        used, it is kept: refused_seqs() then matches on site_seq and event_id alone."""
+        if r.digest is None or r.site_seq is None or r.event_id is None:
+            return True
+        row = conn.execute("SELECT body FROM log WHERE site_seq = ? AND event_id = ?",
+                           (r.site_seq, r.event_id)).fetchone()
+        return row is None or hashlib.sha256(bytes(row[0])).hexdigest() == r.digest
 
     def refused_seqs(self) -> set[int]:
         """Own events the center refused. A refusal counts only if it names both the site_seq

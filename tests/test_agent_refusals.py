@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from pathlib import Path
 
@@ -52,3 +53,27 @@ def test_a_center_restored_from_an_older_backup_gets_the_refused_events_again(tm
         log.apply_receipt(Receipt(site_id=SITE, watermark=1, max_seq=3, holes=[[2, 2]], refused=[
             Refusal(quarantine_id=4, reason="not authorized", event_id=done[1].event_id, site_seq=2)]))
         assert (log.refused_seqs(), log.pending()) == ({2}, (0, None))
+
+
+def test_a_refusal_of_a_damaged_copy_with_our_numbers_does_not_drop_the_real_event(tmp_path: Path) -> None:
+    """Someone with the station's credentials sends a damaged copy of one of its events (same
+    event_id and site_seq, other content) before the real one arrives; the center refuses the copy
+    and its receipt names our numbers. The refusal carries the digest of the bytes refused, which
+    are not the bytes we sent: the event stays pending and is sent (found by the chaos harness: a
+    copy with an injected child_id made the agent stop sending its last event). A refusal whose
+    digest is of our own bytes stops it, as before."""
+    with LocalLog(tmp_path / "log.sqlite", SITE) as log:
+        done = log.record(parse_drafts(json.dumps([DRAFT] * 3).encode()), default_actor="station")
+        ours = log.read_range(2, 2, 1)[0]
+        assert ours.event_id == done[1].event_id
+        damaged = ours.body.replace(b"HomeVisitMade", b"HomeVisitMadeX")
+        assert damaged != ours.body
+        log.apply_receipt(receipt(Refusal(quarantine_id=11, reason="invalid event: type", event_id=ours.event_id,
+                                          site_seq=2, digest=hashlib.sha256(damaged).hexdigest())))
+        assert log.refused_seqs() == set()
+        assert log.pending() == (2, 2)
+        assert log.refusals() == []
+        log.apply_receipt(receipt(Refusal(quarantine_id=12, reason="not authorized", event_id=ours.event_id,
+                                          site_seq=2, digest=hashlib.sha256(ours.body).hexdigest())))
+        assert log.refused_seqs() == {2}
+        assert log.pending() == (1, 3)

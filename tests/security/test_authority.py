@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import random
 
 import asyncpg
@@ -75,6 +76,8 @@ async def assert_refused(pool: asyncpg.Pool, d: DecodedEvent, words: str) -> Non
     assert reason is not None and reason.startswith("not authorized") and words in reason, reason
     assert not await stored(pool, d)
     assert [r.reason for r in out.refusals[d.event.site_id]] == [reason]  # the sender is told
+    # ... with the digest of the bytes refused, so the agent knows them for its own event's
+    assert [r.digest for r in out.refusals[d.event.site_id]] == [hashlib.sha256(encode_event(d.event)).hexdigest()]
 
 
 async def test_a_station_cannot_take_another_villages_child_by_transfer(pool: asyncpg.Pool,
