@@ -35,7 +35,8 @@ from projections.daily import WorkRow
 from projections.facts import Fact, township_of
 from projections.figures import label_of, labelled, unit_of, value_of
 from projections.followups import Period, parse_period
-from projections.queries import ScopeChildren, rollup_work
+from projections.queries import ScopeChildren, range_inputs, rollup_work
+from projections.ranges import RangeIndex, RuleIndex
 from projections.rollups import Rollup, compute, compute_from_rows
 from projections.rule_queries import rule_figures_live
 from projections.rules import RuleFigures
@@ -190,6 +191,41 @@ async def county_figures(pool: asyncpg.Pool, region: str, period: Period, townsh
         work_of = {t: await daily.work_rows(conn, SCHEMA, t, period.start, period.end) for t in townships}
     rules = await rule_figures_live(pool, region, period, min(period.last_day, today))
     return split_rows(region, period, archives, work, work_of, rules=rules, today=today)
+
+
+class CountyIndex:
+    """A region's range indexes (projections.ranges): the region's own, and each township's from
+    the region's archives and daily rows split as :func:`split_rows` splits them; with the region's
+    rules' index, the figures :func:`county_figures` gives for any period, as look-ups."""
+
+    def __init__(self, region: str, archives: Sequence[ChildArchive], rows: Sequence[tuple[str, dt.date, WorkRow]],
+                 townships: Iterable[str]) -> None:
+        self.total = RangeIndex(region, archives, [(day, r) for _, day, r in rows])
+        kids: dict[str, list[ChildArchive]] = {t: [] for t in townships}
+        stubs = [a for a in archives if a.merged_into is not None]
+        for a in archives:
+            if a.merged_into is None:
+                for t in {township_of(s) for s in a.sites}:
+                    if t in kids:
+                        kids[t].append(a)
+        work: dict[str, list[tuple[dt.date, WorkRow]]] = {t: [] for t in kids}
+        for town, day, r in rows:
+            bucket = work.get(town)
+            if bucket is not None:
+                bucket.append((day, r))
+        self.townships = {t: RangeIndex(t, [*kids[t], *stubs], work[t]) for t in kids}
+
+    def figures(self, period: Period, today: dt.date, rules: RuleIndex) -> tuple[Rollup, dict[str, Rollup]]:
+        as_of = min(period.last_day, today)
+        total = self.total.rollup(period, today, rules.totals(period, as_of))
+        return total, {t: x.rollup(period, today, rules.totals(period, as_of, t)) for t, x in self.townships.items()}
+
+
+async def county_index(pool: asyncpg.Pool, region: str, townships: Iterable[str],
+                       children: ScopeChildren | None = None) -> CountyIndex:
+    """The region's :class:`CountyIndex` from the live read models."""
+    archives, rows = await range_inputs(pool, region, children)
+    return CountyIndex(region, archives, rows, townships)
 
 
 def assemble(region: str, total: Rollup, figures: dict[str, Rollup], sites: Sequence[SiteOfRegion]

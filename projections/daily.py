@@ -87,6 +87,18 @@ async def work_rows(conn: Conn, schema: str, scope: str, start: dt.date, end: dt
                     frozenset(r["children"].split()) if r["children"] else frozenset()) for r in rows]
 
 
+async def day_rows(conn: Conn, schema: str, scope: str) -> list[tuple[str, dt.date, WorkRow]]:
+    """Every daily row of `scope` (township, day, the row): projections.ranges keeps their running sums."""
+    where, args = _scope_where(scope, 1)
+    rows = await conn.fetch(
+        f"""SELECT township, day, kind, source, detail, facts, amount_fen, count, children
+              FROM {schema}.daily WHERE {where}""", *args)
+    return [(r["township"], r["day"], WorkRow(r["kind"], r["source"], r["detail"], int(r["facts"]),
+                                              int(r["amount_fen"]), int(r["count"]),
+                                              frozenset(r["children"]) if r["children"] else frozenset()))
+            for r in rows]
+
+
 Key = tuple[str, str, dt.date]
 """(township, site, reporting day): the rows of `daily` one refresh recomputes."""
 

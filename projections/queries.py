@@ -17,6 +17,7 @@ from projections.archive import ChildArchive, TimelineItem, decode_archive
 from projections.daily import WorkRow
 from projections.facts import Fact, township_of
 from projections.followups import Period, parse_period
+from projections.ranges import RangeIndex
 from projections.rollups import Freshness, Rollup, compute_from_rows
 from projections.rules import RuleFigures
 from projections.runner import NAME as CHECKPOINT
@@ -185,6 +186,24 @@ async def rollup_work(pool: asyncpg.Pool, scope: str, period: Period, children: 
         kids, ids = children if children is not None else await _scope_children(conn, scope)
         stubs = await _stubs(conn, {c for r in work for c in r.children} - ids)
     return [*kids, *stubs], work
+
+
+async def range_index(pool: asyncpg.Pool, scope: str, children: ScopeChildren | None = None) -> RangeIndex:
+    """The children and work of `scope` as functions of the day (projections.ranges) from
+    :func:`range_inputs`. Built once per checkpoint by the API, then any range is a look-up."""
+    archives, rows = await range_inputs(pool, scope, children)
+    return RangeIndex(scope, archives, [(day, r) for _, day, r in rows])
+
+
+async def range_inputs(pool: asyncpg.Pool, scope: str, children: ScopeChildren | None = None
+                       ) -> tuple[list[ChildArchive], list[tuple[str, dt.date, WorkRow]]]:
+    """What :func:`range_index` reads (the county splits it by township): the scope's children
+    and the stubs of the merged children its daily rows name, and those rows (township, day, row)."""
+    async with pool.acquire() as conn:
+        rows = await daily.day_rows(conn, tables.SCHEMA, scope)
+        kids, ids = children if children is not None else await _scope_children(conn, scope)
+        stubs = await _stubs(conn, {c for _, _, r in rows for c in r.children} - ids)
+    return [*kids, *stubs], rows
 
 
 async def rollup_figures(pool: asyncpg.Pool, scope: str, period: str | Period, today: dt.date | None = None, *,

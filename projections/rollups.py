@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
@@ -203,6 +203,87 @@ def compute(
                              rules=rules, today=today, freshness=freshness)
 
 
+def child_state(a: ChildArchive, day: dt.date, scope: str) -> dict[str, int]:
+    """What one child adds on `day` to the figures a rollup takes on its day (`as_of`): nothing
+    unless its archive is open then; else "archived" 1, a "site", "guardianship", "band" and
+    "reason" key per value it is counted under (`key\x1fvalue`), "plan", "paired" and a
+    "paired_by" per kind of its pairings active that day, "proxies" (proxy pairings active) and
+    "proxy_kids", "open_cases". Counted over the scope's children it gives those figures; it changes
+    only on the days its intervals, pairings and cases start or end (projections.ranges keeps it as
+    day-deltas)."""
+    if not a.open_on(day):
+        return {}
+    out: dict[str, int] = {"archived": 1}
+
+    def add(key: str, n: int = 1) -> None:
+        out[key] = out.get(key, 0) + n
+
+    for s in a.sites:
+        if in_scope(s, scope):
+            add("site\x1f" + s)
+    add("guardianship\x1f" + (str(a.guardian.type) if a.guardian is not None else "unknown"))
+    add("band\x1f" + _band(a.grade))
+    for r in a.reasons:
+        add("reason\x1f" + r)
+    if a.individual_plan:
+        add("plan")
+    active = [p for p in a.pairings if p.started_on <= day and (p.ended_on is None or p.ended_on > day)]
+    if active:
+        add("paired")
+    for k in sorted({p.partner_kind for p in active}):
+        add("paired_by\x1f" + k)
+    proxy_now = sum(1 for p in active if p.partner_kind in PROXY_KINDS)
+    if proxy_now:
+        add("proxies", proxy_now)
+        add("proxy_kids")
+    cases = sum(1 for x in a.rights_cases if x.opened_on <= day and (x.closed_on is None or x.closed_on > day))
+    if cases:
+        add("open_cases", cases)
+    return out
+
+
+def child_dated(a: ChildArchive) -> list[tuple[str, dt.date]]:
+    """The days on which a child counts once for a figure of the period holding the day:
+    "registered", "closed" (each interval's end), "closed_by\x1f<reason>" (each closing)."""
+    out = [("registered", a.registered_on)] if a.registered_on is not None else []
+    out += [("closed", hi) for _, hi in a.intervals if hi is not None]
+    out += [("closed_by\x1f" + why, day) for day, why in a.closings]
+    return out
+
+
+class ChildCounts(msgspec.Struct, frozen=True, kw_only=True):
+    """The children's figures of a rollup before they are shaped: `state` the sums of
+    :func:`child_state` on the rollup's day, `dated` the sums of :func:`child_dated` in the period,
+    the drop-outs of the period (children, and their reasons) and the open conflicts."""
+
+    state: dict[str, int]
+    dated: dict[str, int]
+    dropped: int
+    dropped_reasons: dict[str, int]
+    conflicts_open: int
+
+
+def child_counts(kids: Sequence[ChildArchive], scope: str, period: Period, as_of: dt.date) -> ChildCounts:
+    """:class:`ChildCounts` of the scope's children (merged stubs left out), one by one."""
+    state: Counter[str] = Counter()
+    dated: Counter[str] = Counter()
+    dropped_reasons: dict[str, int] = {}
+    dropped = 0
+    for a in kids:
+        state.update(child_state(a, as_of, scope))
+        dated.update(key for key, day in child_dated(a) if period.contains(day))
+        if any(why == "dropped_out" and period.contains(day) for day, why in a.closings):
+            dropped += 1
+            for r in a.reasons:
+                dropped_reasons[r] = dropped_reasons.get(r, 0) + 1
+    return ChildCounts(state=dict(state), dated=dict(dated), dropped=dropped, dropped_reasons=dropped_reasons,
+                       conflicts_open=sum(len(a.open_conflicts) for a in kids))
+
+
+def _split(counts: Mapping[str, int], prefix: str) -> dict[str, int]:
+    return {k[len(prefix) + 1:]: v for k, v in counts.items() if k.startswith(prefix + "\x1f") and v}
+
+
 def compute_from_rows(
     scope: str, period: Period, archives: Iterable[ChildArchive], work: Iterable[WorkRow], *,
     rules: Sequence[RuleFigures], today: dt.date | None = None, freshness: Iterable[Freshness] = (),
@@ -215,71 +296,38 @@ def compute_from_rows(
     archives = list(archives)
     root = {a.child_id: a.merged_into for a in archives if a.merged_into is not None}
     kids = [a for a in archives if a.merged_into is None and a.registered and any(in_scope(s, scope) for s in a.sites)]
-    totals = _Totals(work)
-
-    archived = [a for a in kids if a.open_on(as_of)]
-    n = len(archived)
-    by_site: dict[str, int] = {}
-    guardianship: dict[str, int] = {}
-    bands: dict[str, int] = {}
-    reasons: dict[str, int] = {}
-    paired_by: dict[str, int] = {}
-    paired = plan = proxies = proxy_kids = open_cases = 0
-    for a in archived:
-        for s in a.sites:
-            if in_scope(s, scope):
-                by_site[s] = by_site.get(s, 0) + 1
-        g = str(a.guardian.type) if a.guardian is not None else "unknown"
-        guardianship[g] = guardianship.get(g, 0) + 1
-        b = _band(a.grade)
-        bands[b] = bands.get(b, 0) + 1
-        for r in a.reasons:
-            reasons[r] = reasons.get(r, 0) + 1
-        plan += a.individual_plan
-        active = [p for p in a.pairings if p.started_on <= as_of and (p.ended_on is None or p.ended_on > as_of)]
-        if active:
-            paired += 1
-        for k in sorted({p.partner_kind for p in active}):
-            paired_by[k] = paired_by.get(k, 0) + 1
-        proxy_now = sum(1 for p in active if p.partner_kind in PROXY_KINDS)
-        proxies += proxy_now
-        proxy_kids += proxy_now > 0
-        open_cases += sum(1 for x in a.rights_cases if x.opened_on <= as_of and (x.closed_on is None
-                                                                                  or x.closed_on > as_of))
-
     rule_figs, overdue_children = rule_totals(rules)
+    by_id = {a.child_id: a for a in archives}
+    return assemble(scope, period, as_of, child_counts(kids, scope, period, as_of), _Totals(work), root, by_id,
+                    rule_figs, overdue_children, freshness)
 
-    t = totals
+
+def assemble(scope: str, period: Period, as_of: dt.date, cc: ChildCounts, t: _Totals, root: Mapping[str, str],
+             by_id: Mapping[str, ChildArchive], rule_figs: dict[str, RuleFigure], overdue_children: int,
+             freshness: Iterable[Freshness] = ()) -> Rollup:
+    """The rollup from its parts: the children's counts, the work's sums, the merged children's
+    roots and the archives by id (for households), the rules' totals."""
+    st = cc.state
+    n = st.get("archived", 0)
+    proxy_kids = st.get("proxy_kids", 0)
 
     def children_of(kind: str) -> int:
         return len({root.get(c, c) for c in t.children.get(kind, ())})
 
-    closed_by_reason: dict[str, int] = {}
-    dropped_reasons: dict[str, int] = {}
-    dropped = 0
-    for a in kids:
-        left = [why for day, why in a.closings if period.contains(day)]
-        for why in left:
-            closed_by_reason[why] = closed_by_reason.get(why, 0) + 1
-        if "dropped_out" in left:
-            dropped += 1
-            for r in a.reasons:
-                dropped_reasons[r] = dropped_reasons.get(r, 0) + 1
-    by_id = {a.child_id: a for a in archives}
     households = {household_of(by_id.get(root.get(c, c)), root.get(c, c)) for c in t.children.get("condolence", ())}
     return Rollup(
         scope=scope, period=period.label, start=period.start, end=period.end, as_of=as_of,
         children_archived=n,
-        children_registered=sum(1 for a in kids if a.registered_on is not None and period.contains(a.registered_on)),
-        children_closed=sum(1 for a in kids for _, hi in a.intervals if hi is not None and period.contains(hi)),
-        by_site=dict(sorted(by_site.items())),
-        by_guardianship={k: share(v, n) for k, v in sorted(guardianship.items())},
-        by_grade_band={k: share(v, n) for k, v in sorted(bands.items())},
-        by_reason={k: share(v, n) for k, v in sorted(reasons.items())},
-        individual_plan=share(plan, n),
-        children_paired=share(paired, n),
-        paired_by=dict(sorted(paired_by.items())),
-        proxy_parents_matched=proxies,
+        children_registered=cc.dated.get("registered", 0),
+        children_closed=cc.dated.get("closed", 0),
+        by_site=dict(sorted(_split(st, "site").items())),
+        by_guardianship={k: share(v, n) for k, v in sorted(_split(st, "guardianship").items())},
+        by_grade_band={k: share(v, n) for k, v in sorted(_split(st, "band").items())},
+        by_reason={k: share(v, n) for k, v in sorted(_split(st, "reason").items())},
+        individual_plan=share(st.get("plan", 0), n),
+        children_paired=share(st.get("paired", 0), n),
+        paired_by=dict(sorted(_split(st, "paired_by").items())),
+        proxy_parents_matched=st.get("proxies", 0),
         proxy_parents_new=sum(t.by_detail["pairing_started"].get(k, 0) for k in PROXY_KINDS),
         pairings_started=t.facts["pairing_started"],
         pairings_ended=t.facts["pairing_ended"],
@@ -306,17 +354,17 @@ def compute_from_rows(
         incidents_by_severity=dict(sorted(t.by_detail_or("incident", "unknown").items())),
         rights_cases_opened=t.facts["case_opened"],
         rights_cases_closed=t.facts["case_closed"],
-        rights_cases_open=open_cases,
+        rights_cases_open=st.get("open_cases", 0),
         freshness=sorted((f for f in freshness if in_scope(f.site_id, scope)), key=lambda f: f.site_id),
         proxy_parent_children=share(proxy_kids, n),
         proxy_parent_children_new=len({root.get(c, c) for k in PROXY_KINDS
                                        for c in t.children_by_detail.get(("pairing_started", k), ())}),
-        closed_by_reason=dict(sorted(closed_by_reason.items())),
-        dropped_out=dropped,
-        dropped_out_by_reason=dict(sorted(dropped_reasons.items())),
-        dropped_out_poverty=dropped_reasons.get("poverty", 0),
+        closed_by_reason=dict(sorted(_split(cc.dated, "closed_by").items())),
+        dropped_out=cc.dropped,
+        dropped_out_by_reason=dict(sorted(cc.dropped_reasons.items())),
+        dropped_out_poverty=cc.dropped_reasons.get("poverty", 0),
         condolence_households=len(households),
-        conflicts_open=sum(len(a.open_conflicts) for a in kids),
+        conflicts_open=cc.conflicts_open,
         home_visits=t.facts["visit"],
         parent_calls=t.facts["call"],
         letters=t.facts["letter"],

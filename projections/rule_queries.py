@@ -22,6 +22,7 @@ from projections import tables
 from projections.archive import ArchiveBook, ChildArchive, decode_archive, effective, entry_of
 from projections.facts import Fact
 from projections.followups import Period, parse_period
+from projections.ranges import RuleIndex
 from projections.rules import (
     RuleBook,
     RuleFigures,
@@ -145,6 +146,8 @@ class RuleInputs:
         self.sites, self.book, self.archives, self.work = sites, book, archives, work
         # Figures already computed from these inputs: (scope, period, start, end, as_of) -> figures.
         self.figures: dict[tuple[object, ...], list[RuleFigures]] = {}
+        # Rule indexes built from these inputs (projections.ranges.RuleIndex): (scope, today) -> index.
+        self.indexes: dict[tuple[str, dt.date], RuleIndex] = {}
 
 
 def towns_of(scope: str) -> str:
@@ -190,6 +193,18 @@ def figures_of(inputs: RuleInputs, scope: str, period: str | Period, as_of: dt.d
         if len(inputs.figures) > 256:  # a small memo: the oldest goes first
             del inputs.figures[next(iter(inputs.figures))]
     return list(hit)
+
+
+def rule_index(inputs: RuleInputs, scope: str, today: dt.date) -> RuleIndex:
+    """The rules' totals of `scope` for any period judged up to `today`, from inputs in hand
+    (kept with them: a few of the latest)."""
+    key = (scope, today)
+    hit = inputs.indexes.get(key)
+    if hit is None:
+        hit = inputs.indexes[key] = RuleIndex(inputs.book, inputs.archives, inputs.work, inputs.sites, scope, today)
+        if len(inputs.indexes) > 16:
+            del inputs.indexes[next(iter(inputs.indexes))]
+    return hit
 
 
 def child_figures(inputs: RuleInputs, child_id: str, township: str, period: str | Period, as_of: dt.date

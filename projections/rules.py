@@ -372,7 +372,15 @@ def _counts(rule: FollowUpRule, w: Work, reasons_of: Mapping[str, list[str]]) ->
 def _overdue(days: list[dt.date], periods: Periods, at_least: int, start: dt.date, on: dt.date
              ) -> tuple[dt.date | None, dt.date] | None:
     """(last qualifying day, due_on) when overdue on `on`, else None. `days` sorted."""
-    upto = [d for d in days if d <= on]
+    last, due_on = due_on_of(days, periods, at_least, start, on)
+    return (last, due_on) if on > due_on else None
+
+
+def due_on_of(days: list[dt.date], periods: Periods, at_least: int, start: dt.date, on: dt.date
+              ) -> tuple[dt.date | None, dt.date]:
+    """(last qualifying day up to `on`, the last day of the period the next work is due in): the
+    subject is overdue on `on` when `on` is after it. `days` sorted."""
+    upto = days[:bisect.bisect_right(days, on)]
     last = upto[-1] if upto else None
     if at_least == 1:
         anchor = max(start, last) if last is not None else start
@@ -383,8 +391,7 @@ def _overdue(days: list[dt.date], periods: Periods, at_least: int, start: dt.dat
             per[p] = per.get(p, 0) + 1
         met = [p.start for p, n in per.items() if n >= at_least]
         anchor = max(start, max(met)) if met else start
-    due_on = periods.after(periods.of(anchor)).last_day
-    return (last, due_on) if on > due_on else None
+    return last, periods.after(periods.of(anchor)).last_day
 
 
 def _in(days: list[dt.date], p: Period) -> int:
@@ -404,11 +411,20 @@ def rule_figures(book: RuleBook, archives: Iterable[ChildArchive], work: Iterabl
     return rule_figures_on(book, archives, work, sites, scope, [(period, as_of)])[0]
 
 
-def rule_figures_on(book: RuleBook, archives: Iterable[ChildArchive], work: Iterable[Work],
-                    sites: Mapping[str, SiteInfo], scope: str, asked: Sequence[tuple[Period, dt.date]]
-                    ) -> list[list[RuleFigures]]:
-    """`rule_figures` for several (period, as_of) at once, the children's holdings and work
-    gathered once (a station's "this week" judges today and a week on)."""
+class Gathered(msgspec.Struct, kw_only=True):
+    """What every rule of a scope reads, gathered once from archives, work and sites: each
+    child's reasons (by every id it had), each site's work by type, the children held in scope
+    (their holdings and work) and the townships concerned."""
+
+    reasons_of: dict[str, list[str]]
+    by_site: dict[str, dict[str, list[Work]]]
+    children: list[_Child]
+    towns: list[str]
+
+
+def gather(archives: Iterable[ChildArchive], work: Iterable[Work], sites: Mapping[str, SiteInfo], scope: str
+           ) -> Gathered:
+    """:class:`Gathered` for `scope` (what `rule_figures_on` and projections.ranges start from)."""
     arch = [a for a in archives if a.merged_into is None and a.registered]
     root = {m: a.child_id for a in arch for m in (a.child_id, *a.merged_from)}
     reasons_of = {m: a.reasons for a in arch for m in (a.child_id, *a.merged_from)}
@@ -427,6 +443,16 @@ def rule_figures_on(book: RuleBook, archives: Iterable[ChildArchive], work: Iter
             children.append(_Child(a, held, [*by_child.get(a.child_id, []), *moves.get(a.child_id, [])]))
     towns = sorted({township_of(s) for s in sites if in_scope(s, scope) or in_scope(township_of(s), scope)}
                    | {township_of(s) for ch in children for _, s, _, _ in ch.held})
+    return Gathered(reasons_of=reasons_of, by_site=by_site, children=children, towns=towns)
+
+
+def rule_figures_on(book: RuleBook, archives: Iterable[ChildArchive], work: Iterable[Work],
+                    sites: Mapping[str, SiteInfo], scope: str, asked: Sequence[tuple[Period, dt.date]]
+                    ) -> list[list[RuleFigures]]:
+    """`rule_figures` for several (period, as_of) at once, the children's holdings and work
+    gathered once (a station's "this week" judges today and a week on)."""
+    g = gather(archives, work, sites, scope)
+    reasons_of, by_site, children, towns = g.reasons_of, g.by_site, g.children, g.towns
     answers = []
     for period, as_of in asked:
         on = min(period.last_day, as_of)
@@ -573,6 +599,11 @@ def _site_rule(book: RuleBook, town: str, rid: str, shown: RuleVersion, sites: M
 
 
 SITE_KINDS = tuple(str(k) for k in SiteKind)
+# For projections.ranges, which keeps these figures for every day at once with the same code.
+Child = _Child
+counts = _counts
+latest_in = _latest_in
+periods_in = _in
 
 
 class Inputs(msgspec.Struct, kw_only=True):

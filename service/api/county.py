@@ -19,15 +19,32 @@ from litestar.params import QueryParameter
 from events.localtime import local_today
 from projections import county as pc
 from projections import rollups as pr
+from projections import rule_queries
 from projections.facts import township_of
 from service.api.errors import ApiError
-from service.api.rollups import PERIOD_RULES, Checkpointed, EndQuery, PeriodQuery, StartQuery, period_from
+from service.api.rollups import (
+    PERIOD_RULES,
+    Checkpointed,
+    EndQuery,
+    PeriodQuery,
+    StartQuery,
+    period_from,
+    rule_inputs,
+)
 from service.api.scoping import allow, caller_of, may_see_region
 
 RegionQuery = Annotated[str, QueryParameter(
     name="region", pattern=pc.REGION_PATTERN, min_length=1, max_length=24,
     description="the county's region: the first part of its site ids (region.township.site)",
     examples=[Example(value="gx-lp")])]
+
+
+class CountyIndexes(Checkpointed[pc.CountyIndex]):
+    """A region's range indexes (projections.county.CountyIndex), keyed by region, the set of
+    townships and the projections' checkpoint: built once, then any range is a look-up."""
+
+    def __init__(self, size: int = 4) -> None:
+        super().__init__(size)
 
 
 class CountyCache(Checkpointed[tuple[pr.Rollup, dict[str, pr.Rollup]]]):
@@ -58,7 +75,20 @@ async def county_rollup(request: Request[Any, Any, Any], region: str, period: st
     key = (region, p.label, p.start, p.end, today, tuple(townships), checkpoint)
     hit = cache.get(key)
     if hit is None:
-        hit = await pc.county_figures(pool, region, p, townships, today)
+        indexes: CountyIndexes | None = request.app.state.get("county_indexes")
+        inputs = request.app.state.get("rule_inputs")
+        if indexes is None or inputs is None:
+            hit = await pc.county_figures(pool, region, p, townships, today)
+        else:
+            rule_index = rule_queries.rule_index(await rule_inputs(pool, inputs, region), region, today)
+            index = indexes.get((region, tuple(townships), checkpoint))
+            if index is None:
+                index = await pc.county_index(pool, region, townships)
+                indexes.put((region, tuple(townships), checkpoint), index)
+            if rule_index.supported:
+                hit = index.figures(p, today, rule_index)
+            else:
+                hit = await pc.county_figures(pool, region, p, townships, today)
         cache.put(key, hit)
     total, figures = hit
     return pc.assemble(region, total, figures, sites)

@@ -24,6 +24,7 @@ from projections.asof import rollup_asof
 from projections.figures import LabelledFigure, labelled
 from projections.names import scope_names
 from projections.queries import Heads, ScopeChildren, rollup_heads
+from projections.ranges import RangeIndex
 from projections.rules import RuleFigures
 from service.api.auth import Caller
 from service.api.batch import Batched
@@ -126,6 +127,15 @@ class ScopeArchives(Checkpointed[ScopeChildren]):
         super().__init__(size)
 
 
+class RangeIndexes(Checkpointed[RangeIndex]):
+    """The children and work of a scope as functions of the day (projections.ranges), keyed by the
+    scope and the checkpoint: built once, then a rollup of any range not computed before is a
+    look-up (with the rules' index kept beside the rules' inputs)."""
+
+    def __init__(self, size: int = 16) -> None:
+        super().__init__(size)
+
+
 class RuleInputsCache(Checkpointed[rule_queries.RuleInputs]):
     """The follow-up rules' inputs of a township (or region), keyed by `rule_queries.inputs_key`
     (its townships, the checkpoint, the newest rule event): the rollups of several periods, each
@@ -156,11 +166,26 @@ async def rule_figures(pool: asyncpg.Pool, cache: RuleInputsCache | None, scope:
     return rule_queries.figures_of(await rule_inputs(pool, cache, scope), scope, period, as_of)
 
 
+async def rule_totals(pool: asyncpg.Pool, cache: RuleInputsCache, scope: str, period: pf.Period, today: dt.date
+                      ) -> tuple[dict[str, pr.RuleFigure], int]:
+    """The rollup's `rules` and `overdue_children` for `period` judged on `today`, from the rules'
+    index kept with the cached inputs (projections.ranges.RuleIndex; the same totals as
+    `rollups.rule_totals` of :func:`rule_figures`)."""
+    as_of = min(period.last_day, today)
+    inputs = await rule_inputs(pool, cache, scope)
+    index = rule_queries.rule_index(inputs, scope, today)
+    if not index.supported:
+        return pr.rule_totals(rule_queries.figures_of(inputs, scope, period, as_of))
+    return index.totals(period, as_of)
+
+
 async def rollup(pool: asyncpg.Pool, caller: Caller, scope: str, period: pf.Period,
                  cache: RollupCache | None = None, archives: ScopeArchives | None = None,
-                 heads: Batched[str, Heads] | None = None, inputs: RuleInputsCache | None = None) -> pr.Rollup:
+                 heads: Batched[str, Heads] | None = None, inputs: RuleInputsCache | None = None,
+                 indexes: RangeIndexes | None = None) -> pr.Rollup:
     """The figures of `scope` (checked against the caller by :func:`check_scope`) from the read
-    models (:func:`projections.queries.rollup`), computed once per checkpoint."""
+    models (:func:`projections.queries.rollup`), computed once per checkpoint: with `indexes` and
+    `inputs`, from the scope's range index (projections.ranges), built once per checkpoint."""
     today = local_today()
     # Read on every request, in a query started after it arrived (shared with concurrent ones).
     now = await heads.get(scope) if heads is not None else (await rollup_heads(pool, [scope])).get(scope)
@@ -173,8 +198,15 @@ async def rollup(pool: asyncpg.Pool, caller: Caller, scope: str, period: pf.Peri
             children = await queries.scope_children(pool, scope)
             if archives is not None:
                 archives.put((scope, now.checkpoint), children)
-        rules = await rule_figures(pool, inputs, scope, period, min(period.last_day, today))
-        hit = await queries.rollup_figures(pool, scope, period, today, children=children, rules=rules)
+        if indexes is not None and inputs is not None:
+            index = indexes.get((scope, now.checkpoint))
+            if index is None:
+                index = await queries.range_index(pool, scope, children)
+                indexes.put((scope, now.checkpoint), index)
+            hit = index.rollup(period, today, await rule_totals(pool, inputs, scope, period, today))
+        else:
+            rules = await rule_figures(pool, inputs, scope, period, min(period.last_day, today))
+            hit = await queries.rollup_figures(pool, scope, period, today, children=children, rules=rules)
         if cache is not None:
             cache.put(key, hit)
     return queries.with_freshness(hit, now)
@@ -187,7 +219,8 @@ async def caller_rollup(request: Request[Any, Any, Any], scope: str, period: str
     check_scope(caller, scope)
     state = request.app.state
     return await rollup(state.pool, caller, scope, period_from(period, start, end), state.rollup_cache,
-                        state.scope_archives, state.get("rollup_heads"), state.get("rule_inputs"))
+                        state.scope_archives, state.get("rollup_heads"), state.get("rule_inputs"),
+                        state.get("range_indexes"))
 
 
 class RollupsController(Controller):
