@@ -21,6 +21,7 @@ from projections.ranges import RangeIndex
 from projections.rollups import Freshness, Rollup, compute_from_rows
 from projections.rules import RuleFigures
 from projections.runner import NAME as CHECKPOINT
+from projections.source import HORIZON
 from store.conn import Conn
 
 ScopeChildren = tuple[list[ChildArchive], frozenset[str]]
@@ -114,6 +115,9 @@ class Heads(msgspec.Struct, frozen=True):
 
     checkpoint: tuple[int, int]
     freshness: list[Freshness]
+    # The newest rule event below the readers' horizon (`rule_queries.inputs_key` reads the same):
+    # with the checkpoint, what the rules' inputs of the scope depend on.
+    rules: int | None = None
 
 
 async def rollup_heads(pool: asyncpg.Pool, scopes: list[str]) -> dict[str, Heads]:
@@ -123,6 +127,9 @@ async def rollup_heads(pool: asyncpg.Pool, scopes: list[str]) -> dict[str, Heads
         rows = await conn.fetch(
             f"""SELECT s.scope, (SELECT c.tx FROM {tables.SCHEMA}.checkpoint c WHERE c.name = $2) AS tx,
                        (SELECT c.pos FROM {tables.SCHEMA}.checkpoint c WHERE c.name = $2) AS pos,
+                       (SELECT max(tx_id) FROM events
+                         WHERE type IN ('FollowUpRuleSet', 'FollowUpRuleRetired', 'SchoolCalendarSet')
+                           AND {HORIZON}) AS rules,
                        p.site_id, p.last_committed_at, p.newest_occurred_at
                 FROM unnest($1::text[]) s (scope)
                 LEFT JOIN site_progress p
@@ -132,7 +139,7 @@ async def rollup_heads(pool: asyncpg.Pool, scopes: list[str]) -> dict[str, Heads
     for r in rows:
         heads = out.get(r["scope"])
         if heads is None:
-            heads = out[r["scope"]] = Heads((r["tx"] or 0, r["pos"] or 0), [])
+            heads = out[r["scope"]] = Heads((r["tx"] or 0, r["pos"] or 0), [], r["rules"])
         if r["site_id"] is not None:
             heads.freshness.append(Freshness(site_id=r["site_id"], last_committed_at=r["last_committed_at"],
                                              newest_occurred_at=r["newest_occurred_at"]))

@@ -167,7 +167,12 @@ async def inputs_key(conn: Conn, scope: str) -> tuple[object, ...]:
                      WHERE type IN ('FollowUpRuleSet', 'FollowUpRuleRetired', 'SchoolCalendarSet')
                        AND {HORIZON}) AS rules""", CHECKPOINT)
     assert row is not None  # a SELECT without FROM has its one row
-    return (towns_of(scope), row["tx"], row["pos"], row["rules"])
+    return key_of(scope, (row["tx"], row["pos"]), row["rules"])
+
+
+def key_of(scope: str, checkpoint: tuple[int | None, int | None], rules: int | None) -> tuple[object, ...]:
+    """:func:`inputs_key` from its parts already read (the rollups' heads read them too)."""
+    return (towns_of(scope), checkpoint[0], checkpoint[1], rules)
 
 
 async def rule_inputs(pool: asyncpg.Pool, scope: str) -> RuleInputs:

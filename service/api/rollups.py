@@ -166,13 +166,18 @@ async def rule_figures(pool: asyncpg.Pool, cache: RuleInputsCache | None, scope:
     return rule_queries.figures_of(await rule_inputs(pool, cache, scope), scope, period, as_of)
 
 
-async def rule_totals(pool: asyncpg.Pool, cache: RuleInputsCache, scope: str, period: pf.Period, today: dt.date
-                      ) -> tuple[dict[str, pr.RuleFigure], int]:
+async def rule_totals(pool: asyncpg.Pool, cache: RuleInputsCache, scope: str, period: pf.Period, today: dt.date,
+                      heads: Heads) -> tuple[dict[str, pr.RuleFigure], int]:
     """The rollup's `rules` and `overdue_children` for `period` judged on `today`, from the rules'
     index kept with the cached inputs (projections.ranges.RuleIndex; the same totals as
-    `rollups.rule_totals` of :func:`rule_figures`)."""
+    `rollups.rule_totals` of :func:`rule_figures`). The inputs' key comes from the `heads` read
+    for the request (the checkpoint and the newest rule event), so a look-up reads nothing more."""
     as_of = min(period.last_day, today)
-    inputs = await rule_inputs(pool, cache, scope)
+    key = rule_queries.key_of(scope, heads.checkpoint, heads.rules)
+    inputs = cache.get(key)
+    if inputs is None:
+        inputs = await rule_queries.rule_inputs(pool, scope)
+        cache.put(key, inputs)
     index = rule_queries.rule_index(inputs, scope, today)
     if not index.supported:
         return pr.rule_totals(rule_queries.figures_of(inputs, scope, period, as_of))
@@ -203,7 +208,7 @@ async def rollup(pool: asyncpg.Pool, caller: Caller, scope: str, period: pf.Peri
             if index is None:
                 index = await queries.range_index(pool, scope, children)
                 indexes.put((scope, now.checkpoint), index)
-            hit = index.rollup(period, today, await rule_totals(pool, inputs, scope, period, today))
+            hit = index.rollup(period, today, await rule_totals(pool, inputs, scope, period, today, now))
         else:
             rules = await rule_figures(pool, inputs, scope, period, min(period.last_day, today))
             hit = await queries.rollup_figures(pool, scope, period, today, children=children, rules=rules)
