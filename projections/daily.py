@@ -14,8 +14,11 @@ got aid in the range" is a union, not a sum. `day` is the reporting day (China S
 archive they joined when it reads them, as it does with facts.
 
 Kept in the read models' transaction (guarantee 5): every write of facts (`tables.write_facts`)
-recomputes the rows of the (township, site, day) keys whose facts it touched, before and after,
-with the one aggregate a rebuild runs over all facts (`shouwang_daily_refresh`, migration 0023).
+recomputes the rows of the (township, site, day) keys whose facts it changed or removed, before
+and after, with the one aggregate a rebuild runs over all facts (`shouwang_daily_refresh`,
+migrations 0023 and 0028); the facts of new events on other keys are added to their rows by the
+same aggregate (`shouwang_daily_add`), so a batch's cost does not grow with the facts a day
+already holds.
 So a rebuild equals the incremental result byte for byte (tests/test_projections_runner.py
 compares every table), and a range read from these rows equals the rollup computed from the
 facts (tests/test_projections_daily.py).
@@ -115,6 +118,15 @@ async def keys_of_stored(conn: Conn, schema: str, event_ids: Sequence[str]) -> s
         f"""SELECT township, site_id, ((occurred_at AT TIME ZONE 'UTC') + interval '8 hours')::date AS day
               FROM {schema}.fact WHERE event_id = ANY($1::text[])""", list(event_ids))
     return {(r["township"], r["site_id"], r["day"]) for r in rows}
+
+
+async def add(conn: Conn, schema: str, event_ids: Sequence[str]) -> None:
+    """Add the facts of these events, just written and new (no fact of theirs was stored before),
+    to their daily rows in place: counts and sums added, distinct children merged, by the
+    aggregate of `refresh` (`shouwang_daily_add`, migration 0028). The caller refreshes instead
+    the keys where a fact changed or went, and passes none of theirs here."""
+    if event_ids:
+        await conn.execute("SELECT shouwang_daily_add($1, $2::text[])", schema, list(event_ids))
 
 
 async def refresh(conn: Conn, schema: str, keys: Iterable[Key] | None) -> None:

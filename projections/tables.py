@@ -107,17 +107,40 @@ async def write_archives(conn: Conn, schema: str, archives: Iterable[ChildArchiv
 
 
 async def write_facts(conn: Conn, schema: str, facts: dict[str, Fact | None]) -> None:
-    """Replace the facts of these events (None: the event counts no more), and the daily rows of
-    every (township, site, day) they were or are now counted on (`projections.daily`)."""
+    """Replace the facts of these events (None: the event counts no more), and the daily rows
+    they are counted on (`projections.daily`): a fact stored as it is already is left alone; the
+    (township, site, day) keys of a fact changed or removed are recomputed, before and after;
+    the fact of an event that had none is added to its row unless that key is recomputed."""
     if not facts:
         return
-    keys = await daily.keys_of_stored(conn, schema, list(facts))
-    keys.update(daily.key_of(f.site_id, f.occurred_at) for f in facts.values() if f is not None)
-    gone = [eid for eid, f in facts.items() if f is None]
+    stored = {r["event_id"]: r for r in await conn.fetch(
+        f"""SELECT {', '.join(FACT_COLS)}, ((occurred_at AT TIME ZONE 'UTC') + interval '8 hours')::date AS day
+              FROM {schema}.fact WHERE event_id = ANY($1::text[])""", list(facts))}
+    refresh: set[daily.Key] = set()
+    added: list[Fact] = []
+    rows: list[tuple[Any, ...]] = []
+    gone: list[str] = []
+    for eid, f in facts.items():
+        before = stored.get(eid)
+        if f is None:
+            if before is not None:
+                gone.append(eid)
+                refresh.add((before["township"], before["site_id"], before["day"]))
+            continue
+        row = fact_row(f)
+        if before is None:
+            added.append(f)
+        elif tuple(before[c] for c in FACT_COLS) == row:
+            continue  # unchanged: neither the fact nor its day moves
+        else:
+            refresh.add((before["township"], before["site_id"], before["day"]))
+            refresh.add(daily.key_of(f.site_id, f.occurred_at))
+        rows.append(row)
     if gone:
         await conn.execute(f"DELETE FROM {schema}.fact WHERE event_id = ANY($1::text[])", gone)
-    await upsert(conn, schema, "fact", FACT_COLS, ("event_id",), [fact_row(f) for f in facts.values() if f is not None])
-    await daily.refresh(conn, schema, keys)
+    await upsert(conn, schema, "fact", FACT_COLS, ("event_id",), rows)
+    await daily.refresh(conn, schema, refresh)
+    await daily.add(conn, schema, [f.event_id for f in added if daily.key_of(f.site_id, f.occurred_at) not in refresh])
 
 
 async def write_edges(conn: Conn, schema: str, touching: list[str], edges: list[MergeEdge]) -> None:
