@@ -14,7 +14,7 @@ import time
 from bench import report
 from bench.servers import bench_servers
 
-SUITES = ("store", "projections", "api", "ingest", "catchup", "relay", "memory", "scale", "station", "link",
+SUITES = ("store", "projections", "lag", "api", "ingest", "catchup", "relay", "memory", "scale", "station", "link",
           "rules", "cluster", "county")
 
 
@@ -51,6 +51,10 @@ async def _suite(suite: str, pg_url: str, nats_url: str, quick: bool) -> list[re
         from bench import projections
 
         return await projections.run(pg_url, quick)
+    if suite == "lag":
+        from bench import lag
+
+        return await lag.run(pg_url, quick)
     if suite == "ingest":
         from bench import ingest
 

@@ -30,6 +30,7 @@ _log = log.get("service.cli_center")
 # ingest on the event loop; `center run` starts them after the schema is checked, stops them
 # on SIGTERM/SIGINT before its own parts, and stops everything if one of them exits.
 CHILD_PARTS = ("projections", "api")
+PROJECTIONS_ARGV = ("projections", "run")  # the projector's command line (bench/lag.py measures this process)
 RUN_PARTS = ("ingest", "receipts", "fanout", "deadletters", "restore", *CHILD_PARTS)
 API_PORT = 8800  # service.api.config.ApiSettings.port
 CHILD_STOP_SECONDS = 30.0
@@ -218,7 +219,7 @@ class _PartExited(Exception):
 
 def _child_argv(part: str, args: argparse.Namespace) -> list[str]:
     if part == "projections":
-        return ["projections", "run"]
+        return list(PROJECTIONS_ARGV)
     argv = ["center", "api"]
     if args.host:
         argv += ["--host", args.host]
