@@ -74,7 +74,8 @@ async def upsert(conn: Conn, schema: str, table: str, cols: tuple[str, ...], key
     names = ", ".join(cols)
     updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in key)
     staging = f"bulk_{table}"
-    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {schema}.{table}) ON COMMIT DELETE ROWS")
+    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {schema}.{table} INCLUDING COMPRESSION) "
+                       f"ON COMMIT DELETE ROWS")
     await conn.copy_records_to_table(staging, schema_name="pg_temp", records=rows, columns=cols)
     await conn.execute(f"INSERT INTO {schema}.{table} ({names}) SELECT {names} FROM pg_temp.{staging} "
                        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")

@@ -64,3 +64,30 @@ BEGIN
         USING p_events;
 END
 $fn$;
+
+-- 3. The archives' `view` (a whole archive, msgpack, about 5 KB at a hundred events) compressed
+--    with lz4 instead of pglz: a batch rewrites one row per archive it touches, and pglz was
+--    about half of that write (1,000 archives rewritten: 0.60 s with pglz, 0.22 s with lz4, the
+--    same size within 2%). The live schema's column, and every schema made from now on (a
+--    rebuild's shadow). A server built without lz4 keeps pglz (the same values either way).
+CREATE FUNCTION shouwang_projection_lz4(s text) RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
+    EXECUTE format('ALTER TABLE %I.archive ALTER COLUMN view SET COMPRESSION lz4', s);
+EXCEPTION WHEN feature_not_supported OR invalid_parameter_value THEN
+    NULL;
+END
+$fn$;
+
+ALTER FUNCTION shouwang_projection_schema(text) RENAME TO shouwang_projection_schema_0023;
+
+CREATE FUNCTION shouwang_projection_schema(s text) RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM shouwang_projection_schema_0023(s);
+    PERFORM shouwang_projection_lz4(s);
+END
+$fn$;
+
+REVOKE EXECUTE ON FUNCTION shouwang_projection_schema(text), shouwang_projection_schema_0023(text),
+    shouwang_projection_lz4(text) FROM PUBLIC;
+
+SELECT shouwang_projection_lz4('proj');
