@@ -51,8 +51,9 @@ def available() -> list[Migration]:
     return out
 
 
-async def migrate(conn: Conn) -> list[int]:
-    """Apply every pending migration; returns the versions applied now."""
+async def migrate(conn: Conn, upto: int | None = None) -> list[int]:
+    """Apply every pending migration (or those up to version `upto`: a test that fills an older
+    schema before the next migration moves its data); returns the versions applied now."""
     applied_now: list[int] = []
     # current_user names the role in a refusal
     user = str(await conn.fetchval("SELECT current_user FROM pg_advisory_lock($1)", _LOCK_KEY))
@@ -65,7 +66,8 @@ async def migrate(conn: Conn) -> list[int]:
                    name text NOT NULL,
                    applied_at timestamptz NOT NULL DEFAULT now())""")
         done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-        pending = [mig for mig in available() if mig.version not in done]
+        pending = [mig for mig in available()
+                   if mig.version not in done and (upto is None or mig.version <= upto)]
         for mig in pending:
             async with conn.transaction():
                 await _as_owner(conn, user, [m.version for m in pending], mig.sql)
