@@ -36,7 +36,7 @@ from service.relay import RelayResponder
 from service.restore import RestoreResponder
 from service.seals import RelaySettings
 from service.streams import StreamSettings, ensure_site_consumer, ensure_streams
-from store import migrate
+from store import migrate, partitions
 from store.postgres import EventStore
 
 PARTS = ("ingest", "receipts", "fanout", "deadletters", "restore", "projections")
@@ -166,6 +166,32 @@ async def _ensure_jetstream(js: JetStreamContext, settings: StreamSettings, acti
             wait = min(wait * 2, 5.0)
 
 
+PARTITIONS_EVERY = 24 * 3600.0  # seconds between two runs of the partitions' maintenance
+PARTITIONS_RETRY = 600.0  # after a failed run
+
+
+async def ensure_partitions(pool: asyncpg.Pool) -> bool:
+    """One run of the log's partition maintenance (store/partitions.py). A failure (a long reader
+    held a lock past the step's timeout) is logged, not raised: appends go on into the default
+    partitions and the next run moves them. Returns whether it ran."""
+    try:
+        async with pool.acquire() as conn:
+            created = await partitions.ensure(conn)
+    except (asyncpg.PostgresError, OSError) as err:
+        _log.warning("partition maintenance failed; appends go to the default partitions until it runs",
+                     error=type(err).__name__, detail=str(err))
+        return False
+    if created:
+        _log.info("partitions created", created=created)
+    return True
+
+
+async def _partitions_daily(pool: asyncpg.Pool) -> None:
+    while True:
+        ok = await ensure_partitions(pool)
+        await asyncio.sleep(PARTITIONS_EVERY if ok else PARTITIONS_RETRY)
+
+
 @contextlib.asynccontextmanager
 async def run_center(
     database_url: str,
@@ -234,6 +260,9 @@ async def run_center(
             center.projection_stop = asyncio.Event()
             center.tasks.append(asyncio.create_task(Runner(pool).run(center.projection_stop), name="projections"))
         if "ingest" in parts:
+            # Partitions for every region and month before rows arrive (migration 0024): at start,
+            # then daily; the default partitions take any row that comes first.
+            center.tasks.append(asyncio.create_task(_partitions_daily(pool), name="partitions"))
             # A township office's relayed copies are written like ingest's batches (service/relay.py).
             center.relay = RelayResponder(pool, nc, sealer, on_commit=center.on_commit)
             await center.relay.start()

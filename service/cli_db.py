@@ -10,7 +10,7 @@ from typing import Any
 from runtime.cli import cli_errors, database_url, emit, run_async
 from runtime.db import connect, pool_for
 from runtime.settings import Settings
-from store import migrate, roles
+from store import migrate, partitions, roles
 from store.postgres import EventStore
 
 
@@ -38,6 +38,17 @@ def register(sub: Any) -> None:
     st.add_argument("--database-url")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(handler=_status)
+
+    pt = dbsub.add_parser("partitions", help="the log's partitions (region, month): rows and size on disk; "
+                                             "--ensure creates the missing ones first")
+    pt.add_argument("--database-url")
+    pt.add_argument("--ensure", action="store_true",
+                    help="create a partition for every region and for this month and the months ahead, moving "
+                         "rows out of the default partitions (what `center run` does at start and daily)")
+    pt.add_argument("--ahead", type=_months_ahead, default=partitions.DEFAULT_AHEAD, metavar="MONTHS",
+                    help=f"with --ensure: months created ahead of this one (default {partitions.DEFAULT_AHEAD})")
+    pt.add_argument("--json", action="store_true", help="machine-readable output")
+    pt.set_defaults(handler=_partitions)
 
     audit = sub.add_parser("audit", help="auditors' tools: verify a site's hash chain")
     asub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
@@ -114,6 +125,38 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
                 yield f"  {s.site_id:<28} watermark {s.watermark:>8}  max {s.max_seq:>8}  holes {s.holes or '-'}"
 
         emit({"schema_version": version, "events": total, "sites": sites}, args.json, lines)
+        return 0
+
+    return run_async(go())
+
+
+def _months_ahead(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ahead must be a whole number of months, got {text!r}") from None
+    if not 0 <= value <= partitions.MAX_AHEAD:
+        raise argparse.ArgumentTypeError(f"--ahead must be 0 to {partitions.MAX_AHEAD} months, got {value}")
+    return value
+
+
+def _partitions(args: argparse.Namespace, settings: Settings) -> int:
+    async def go() -> int:
+        async with pool_for(database_url(args, settings), max_size=2) as pool, pool.acquire() as conn:
+            created = await partitions.ensure(conn, args.ahead) if args.ensure else None
+            leaves = await partitions.partitions(conn)
+
+        def lines() -> Iterator[str]:
+            if created is not None:
+                yield f"partitions created now: {created}"
+            rows, size = sum(p.rows for p in leaves), sum(p.bytes for p in leaves)
+            yield f"{len(leaves)} partitions, {rows} events, {size / 2**20:.1f} MiB"
+            for p in leaves:
+                where = f"{p.region or '(no partition yet)'} {p.month or 'default'}"
+                per = f"{p.bytes / p.rows:,.0f} B/event" if p.rows else "-"
+                yield f"  {p.name:<32} {where:<26} {p.rows:>10} events {p.bytes / 2**20:>9.1f} MiB  {per}"
+
+        emit({"created": created, "partitions": leaves}, args.json, lines)
         return 0
 
     return run_async(go())

@@ -343,12 +343,14 @@ class ChainReport(msgspec.Struct):
 _keeps_the_contract: type[EventLog] = EventStore
 
 
+# The ordered read: over the partitions of `events` (migration 0024), a Merge Append of one scan
+# of events_global_order per partition, no sort (tests/test_partitioned_store.py reads its plan).
+READ_ALL = f"""{_SELECT} WHERE (tx_id, position) > ($1, $2) AND tx_id < {_HORIZON}
+            ORDER BY tx_id, position LIMIT $3"""
+
+
 async def read_all_in(conn: Conn, after: Position, limit: int) -> list[StoredEvent]:
-    rows = await conn.fetch(
-        f"""{_SELECT} WHERE (tx_id, position) > ($1, $2) AND tx_id < {_HORIZON}
-            ORDER BY tx_id, position LIMIT $3""",
-        after.tx, after.pos, limit,
-    )
+    rows = await conn.fetch(READ_ALL, after.tx, after.pos, limit)
     return [_row_to_stored(r) for r in rows]
 
 

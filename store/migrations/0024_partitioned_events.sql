@@ -84,6 +84,10 @@ BEGIN
                 WHERE i.inhparent = 'public.events'::regclass AND c.relname = v_table) THEN
         RETURN 0;
     END IF;
+    -- Appenders wait from here to our commit (a SHARE lock conflicts with their ROW EXCLUSIVE; readers
+    -- go on): one that routed a row by the partitions as they were would put it in the default
+    -- after the attach below, which PostgreSQL refuses.
+    LOCK TABLE ONLY public.events IN SHARE MODE;
     EXECUTE format('CREATE TABLE public.%I (LIKE public.events INCLUDING DEFAULTS) PARTITION BY RANGE (committed_at)', v_table);
     EXECUTE format('CREATE TABLE public.%I PARTITION OF public.%I DEFAULT', v_table || '_default', v_table);
     EXECUTE format('WITH moved AS (DELETE FROM public.events_default WHERE region = $1 RETURNING *) '
@@ -107,6 +111,7 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_class c WHERE c.relname = v_table AND c.relnamespace = 'public'::regnamespace) THEN
         RETURN 0;
     END IF;
+    EXECUTE format('LOCK TABLE ONLY public.%I IN SHARE MODE', v_parent);  -- as in shouwang_event_region
     EXECUTE format('CREATE TABLE public.%I (LIKE public.events INCLUDING DEFAULTS)', v_table);
     EXECUTE format('WITH moved AS (DELETE FROM public.%I WHERE committed_at >= $1 AND committed_at < $2 RETURNING *) '
                    'INSERT INTO public.%I SELECT * FROM moved', v_parent || '_default', v_table) USING v_from, v_to;
