@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from collections.abc import Sequence
 
 import asyncpg
@@ -222,3 +223,28 @@ async def test_service_role_appends_and_maintains_but_holds_nothing_on_a_partiti
         assert len(await store.read_all(ORIGIN, 10)) == 3
     finally:
         await pool.close()
+
+
+async def test_db_partitions_command(capsys: pytest.CaptureFixture[str], database_url: str, store: EventStore) -> None:
+    """`shouwang db partitions` lists every partition with its rows and size, `--ensure` creates
+    the missing ones first (moving the waiting rows), `--json` says the same as data, and a bad
+    --ahead is refused naming the value."""
+    from tests.test_center_cli import shouwang
+
+    await store.append(visits(SiteWriter("gx-lp.t1.v01"), 4))
+    code, out, _ = await shouwang(capsys, database_url, "db", "partitions")
+    assert code == 0
+    assert "1 partitions, 4 events" in out and "events_default" in out
+    code, out, _ = await shouwang(capsys, database_url, "db", "partitions", "--ensure", "--ahead", "0", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["created"] == 2  # the region and this month
+    this_month = dt.datetime.now(CST).strftime("%Y-%m")
+    holding = [p for p in doc["partitions"] if p["rows"]]
+    assert holding == [{"name": f"events_gx_lp_{this_month.replace('-', '')}", "region": "gx-lp",
+                        "month": this_month, "rows": 4, "bytes": holding[0]["bytes"]}]
+    assert holding[0]["bytes"] > 0
+    with pytest.raises(SystemExit) as refused:
+        await shouwang(capsys, database_url, "db", "partitions", "--ensure", "--ahead", "200")
+    assert refused.value.code == 2
+    assert "--ahead must be 0 to 120 months, got 200" in capsys.readouterr().err
