@@ -86,7 +86,8 @@ async def test_migration_moves_a_stored_log_of_two_regions_across_a_month_bounda
         before = await conn.fetch(EVERYTHING)
         assert len(before) == 80
 
-        assert await migrate.migrate(conn) == [24]
+        assert await migrate.migrate(conn, upto=24) == [24]
+        await migrate.migrate(conn)  # and any later ones
 
         assert await conn.fetchval("SELECT relkind::text FROM pg_class WHERE oid = 'events'::regclass") == "p"
         assert await conn.fetchval("SELECT to_regclass('events_unpartitioned')") is None
