@@ -90,9 +90,12 @@ async def _moves(conn: Conn, children: Iterable[str], kinds: dict[str, SiteInfo]
     ids = sorted(children)
     rows = []
     for kind in ("ChildRegistered", "ChildTransferred"):  # one query each: each type has its partial index
+        # One look-up of the type's GIN index per child (`children && <every id>` was a filter
+        # over every row of the type, each row compared with the whole list: quadratic in a region).
         rows += await conn.fetch(
-            f"""SELECT {COLS} FROM events
-                 WHERE children && $1::text[] AND type = '{kind}' AND understood AND {HORIZON}
+            f"""SELECT DISTINCT ON (tx_id, position) {COLS} FROM events
+                  JOIN unnest($1::text[]) AS asked (child) ON children @> ARRAY[asked.child]
+                 WHERE type = '{kind}' AND understood AND {HORIZON}
                  ORDER BY tx_id, position""", ids)
     out = []
     for r in rows:
