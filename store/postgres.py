@@ -288,8 +288,9 @@ class EventStore:
         """A site's own events by site_seq (its log as the center holds it)."""
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
-                f"{_SELECT} WHERE site_id = $1 AND site_seq >= $2 ORDER BY site_seq LIMIT $3",
-                site_id, from_seq, limit,
+                # the region prunes the log's partitions to the site's (migration 0024)
+                f"{_SELECT} WHERE region = $4 AND site_id = $1 AND site_seq >= $2 ORDER BY site_seq LIMIT $3",
+                site_id, from_seq, limit, region_of(site_id),
             )
         return [_row_to_stored(r) for r in rows]
 
