@@ -249,3 +249,30 @@ async def test_db_partitions_command(capsys: pytest.CaptureFixture[str], databas
         await shouwang(capsys, database_url, "db", "partitions", "--ensure", "--ahead", "200")
     assert refused.value.code == 2
     assert "--ahead must be 0 to 120 months, got 200" in capsys.readouterr().err
+
+
+async def test_partitions_are_found_by_what_they_hold_not_by_name(pool: asyncpg.Pool) -> None:
+    """Regions whose plain partition names would collide with another partition's (the region
+    'default' with the top-level default, 'gx-202601' with January 2026 of 'gx', 'gx-default'
+    with the default of 'gx'): every region and month gets a partition of its own, each row
+    lands in its region's and month's, and a second run finds them all."""
+    store = EventStore(pool)
+    regions = ["gx", "default", "gx-202601", "gx-default"]
+    async with pool.acquire() as conn:
+        for region in regions:
+            w = SiteWriter(f"{region}.t1.v01")
+            assert len((await store.append(visits(w, 2))).stored) == 2
+            async with conn.transaction():
+                await store_at(conn, visits(w, 2), BOUNDARY - dt.timedelta(days=1))  # January 2026
+        created = await partitions.ensure(conn, ahead=0)
+        now_january = month_of(dt.datetime.now(CST)) == "202601"
+        assert created == len(regions) * (2 if now_january else 3)
+        assert await partitions.ensure(conn, ahead=0) == 0
+        listed = await partitions.partitions(conn)
+        assert len({p.name for p in listed}) == len(listed)
+        by_leaf = {p.name: p for p in listed}
+        rows = await conn.fetch("SELECT region, committed_at, tableoid::regclass::text AS leaf FROM events")
+        assert len(rows) == 4 * len(regions)
+        for r in rows:
+            leaf = by_leaf[r["leaf"]]
+            assert (leaf.region, leaf.month) == (r["region"], r["committed_at"].astimezone(CST).strftime("%Y-%m"))
