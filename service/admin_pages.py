@@ -100,17 +100,11 @@ async def _users_page(request: Request[Any, Any, Any], token: str, me: dict[str,
                 done=request.query_params.get("done"), **d._ctx(me))
 
 
-async def _admin_post(request: Request[Any, Any, Any]) -> tuple[str, dict[str, Any], Any] | Response[str]:
-    """The signed-in admin's token, who they are and the form, or the page that refuses."""
-    who = await d._me(request)
-    if who is None:
-        return d._login_redirect()
-    token, me = who
-    form = await request.form()
-    if d._refusal(request, token, str(form.get(CSRF_FIELD, ""))) is not None:
-        return d._refused(request, me)
+async def _admin_post(request: Request[Any, Any, Any]) -> tuple[str, dict[str, Any], Any]:
+    """The signed-in admin's token, who they are and the form; else the page answers with its refusal."""
+    token, me, form = await d.signed_form(request)
     if me.get("role") != "admin":
-        return _forbidden(request, me)
+        raise d.AnsweredEarly(_forbidden(request, me))
     return token, me, form
 
 
@@ -143,20 +137,14 @@ def admin_routes() -> list[HTTPRouteHandler]:
 
     @get(f"{PREFIX}/users", include_in_schema=False, exclude_from_auth=True)
     async def users(request: Request[Any, Any, Any]) -> Response[str]:
-        who = await d._me(request)
-        if who is None:
-            return d._login_redirect()
-        token, me = who
+        token, me = await d.signed_in(request)
         if me.get("role") not in ("admin", "auditor"):
             return _forbidden(request, me)
         return await _users_page(request, token, me)
 
     @post(f"{PREFIX}/users", include_in_schema=False, exclude_from_auth=True, status_code=200)
     async def add(request: Request[Any, Any, Any]) -> Response[str]:
-        got = await _admin_post(request)
-        if isinstance(got, Response):
-            return got
-        token, me, form = got
+        token, me, form = await _admin_post(request)
         lang = lang_of(request)
         fields = {k: str(form.get(k, "")).strip() for k in ("username", "display_name", "role", "site_id",
                                                               "township", "region", "how")}
@@ -189,10 +177,7 @@ def admin_routes() -> list[HTTPRouteHandler]:
         return await _users_page(request, token, me, code=code)
 
     async def _act(request: Request[Any, Any, Any], username: str, action: str) -> Response[str]:
-        got = await _admin_post(request)
-        if isinstance(got, Response):
-            return got
-        token, me, _ = got
+        token, me, _ = await _admin_post(request)
         async with d.Api(request, token) as api:
             status, out = await api.post(f"/users/{quote(username)}/{action}", {})
         if status not in (200, 201):
@@ -221,10 +206,7 @@ def admin_routes() -> list[HTTPRouteHandler]:
         code = request.query_params.get("code")
         if code:
             return _code_form(request, code[:64])
-        who = await d._me(request)
-        if who is None:
-            return d._login_redirect()
-        _, me = who
+        _, me = await d.signed_in(request)
         return page(request, "dash/password.html", code=None, error=None, done=request.query_params.get("done"),
                     rule=i18n.text("users.rule", lang_of(request)), **d._ctx(me))
 
@@ -255,10 +237,7 @@ def admin_routes() -> list[HTTPRouteHandler]:
                                 secure=d._secure(request))
             response.delete_cookie(d.LOGIN_COOKIE, path=PREFIX)
             return response
-        who = await d._me(request)
-        if who is None:
-            return d._login_redirect()
-        token, me = who
+        token, me = await d.signed_in(request)
         if d._refusal(request, token, str(form.get(CSRF_FIELD, ""))) is not None:
             return d._refused(request, me)
         rule = i18n.text("users.rule", lang)

@@ -27,14 +27,14 @@ from service.dashboard import (
     _PERIOD,
     PREFIX,
     STALE_AFTER,
+    AnsweredEarly,
     Api,
     _api_refused,
     _bad_input,
     _ctx,
     _latest_month,
-    _login_redirect,
-    _me,
     _year_ok,
+    signed_in,
 )
 from web import i18n, lang_of, obj, page
 from web.charts import bar_chart
@@ -73,14 +73,12 @@ def _shown(value: object) -> str:
     return str(value)
 
 
-async def _who(request: Request[Any, Any, Any]) -> tuple[str, dict[str, Any]] | Response[str]:
-    who = await _me(request)
-    if who is None:
-        return _login_redirect()
-    token, me = who
+async def _who(request: Request[Any, Any, Any]) -> tuple[str, dict[str, Any]]:
+    """The county user's token and who they are; anyone else gets a page saying the pages are the county's."""
+    token, me = await signed_in(request)
     if me.get("role") != "county":
         message = i18n.text("county.only", lang_of(request))
-        return page(request, "dash/message.html", status_code=403, message=message, **_ctx(me))
+        raise AnsweredEarly(page(request, "dash/message.html", status_code=403, message=message, **_ctx(me)))
     return token, me
 
 
@@ -134,10 +132,7 @@ def county_routes() -> list[HTTPRouteHandler]:
 
     @get(f"{PREFIX}/county", include_in_schema=False, exclude_from_auth=True)
     async def county(request: Request[Any, Any, Any]) -> Response[str]:
-        got = await _who(request)
-        if isinstance(got, Response):
-            return got
-        token, me = got
+        token, me = await _who(request)
         lang = lang_of(request)
         async with Api(request, token) as api:
             period = await _period(request, api, me)
@@ -183,10 +178,7 @@ def county_routes() -> list[HTTPRouteHandler]:
 
     @get(f"{PREFIX}/county/township/{{township:str}}", include_in_schema=False, exclude_from_auth=True)
     async def township(request: Request[Any, Any, Any], township: FromPath[str]) -> Response[str]:
-        got = await _who(request)
-        if isinstance(got, Response):
-            return got
-        token, me = got
+        token, me = await _who(request)
         lang = lang_of(request)
         if not _TOWNSHIP.fullmatch(township):
             return _bad_input(request, me, "township", township, "county.want_township")
@@ -210,10 +202,7 @@ def county_routes() -> list[HTTPRouteHandler]:
 
     @get(f"{PREFIX}/county/site/{{site_id:str}}", include_in_schema=False, exclude_from_auth=True)
     async def site(request: Request[Any, Any, Any], site_id: FromPath[str]) -> Response[str]:
-        got = await _who(request)
-        if isinstance(got, Response):
-            return got
-        token, me = got
+        token, me = await _who(request)
         lang = lang_of(request)
         if not _SITE.fullmatch(site_id):
             return _bad_input(request, me, "site_id", site_id, "county.want_site")
@@ -237,12 +226,9 @@ def county_routes() -> list[HTTPRouteHandler]:
 
     @get(f"{PREFIX}/county/export/{{fmt:str}}", include_in_schema=False, exclude_from_auth=True)
     async def export(request: Request[Any, Any, Any], fmt: FromPath[str]) -> Response[bytes]:
-        who = await _me(request)
-        if who is None:
-            return Response(b"", status_code=303, headers={"Location": f"{PREFIX}/login"})
+        token, _ = await signed_in(request)
         if fmt not in ("xlsx", "csv"):
             return Response(b"", status_code=404)
-        token, _ = who
         async with Api(request, token) as api:
             r = await api.raw(f"/exports/county.{fmt}", **dict(request.query_params))
         headers = {k: v for k, v in r.headers.items() if k.lower() in ("content-type", "content-disposition")}

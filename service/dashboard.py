@@ -29,7 +29,7 @@ from litestar import Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath
 from litestar.static_files import create_static_files_router
-from litestar.types import ControllerRouterHandler
+from litestar.types import ControllerRouterHandler, ExceptionHandlersMap
 
 from projections import followups as pf
 from projections.figures import label_of
@@ -121,6 +121,42 @@ async def _me(request: Request[Any, Any, Any]) -> tuple[str, dict[str, Any]] | N
         return None
     me["csrf"] = csrf_token(request.app.state.csrf_secret, token)  # the forms' token, bound to this session
     return token, me
+
+
+class AnsweredEarly(Exception):
+    """A page's answer other than its own: the log-in page, or a refused form. Raised by
+    `signed_in` and `signed_form`; the dashboard's router returns its response
+    (`DASHBOARD_EXCEPTION_HANDLERS`)."""
+
+    def __init__(self, response: Response[str]) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+def _answered_early(_request: Request[Any, Any, Any], exc: AnsweredEarly) -> Response[str]:
+    return exc.response
+
+
+DASHBOARD_EXCEPTION_HANDLERS: ExceptionHandlersMap = {AnsweredEarly: _answered_early}
+
+
+async def signed_in(request: Request[Any, Any, Any]) -> tuple[str, dict[str, Any]]:
+    """The person's token and who they are (GET /auth/me with it); without a valid session the
+    page answers with the log-in page instead."""
+    who = await _me(request)
+    if who is None:
+        raise AnsweredEarly(_login_redirect())
+    return who
+
+
+async def signed_form(request: Request[Any, Any, Any]) -> tuple[str, dict[str, Any], Any]:
+    """`signed_in`, and the posted form once it has passed the CSRF check (our own page, this
+    session's token); else the page answers 403 and nothing is changed."""
+    token, me = await signed_in(request)
+    form = await request.form()
+    if _refusal(request, token, str(form.get(CSRF_FIELD, ""))) is not None:
+        raise AnsweredEarly(_refused(request, me))
+    return token, me, form
 
 
 def _scope(me: dict[str, Any]) -> str | None:
@@ -215,10 +251,7 @@ def _month_end(month: str) -> dt.date:
 
 async def _list_page(request: Request[Any, Any, Any], api_path: str, template: str) -> Response[str]:
     """A page that lists the API's `items` at `api_path` (conflicts, duplicates, quarantine)."""
-    who = await _me(request)
-    if who is None:
-        return _login_redirect()
-    token, me = who
+    token, me = await signed_in(request)
     async with Api(request, token) as api:
         status, doc = await api.get(api_path)
     refused = _api_refused(request, me, status, doc)
@@ -232,13 +265,7 @@ async def _post_form(request: Request[Any, Any, Any], api_path: str, fields: tup
                      back: str) -> Response[str]:
     """Post a form's fields to the API as JSON (an event of the township's site); on success go
     back to the list, else show the API's message."""
-    who = await _me(request)
-    if who is None:
-        return _login_redirect()
-    token, me = who
-    form = await request.form()
-    if _refusal(request, token, str(form.get(CSRF_FIELD, ""))) is not None:
-        return _refused(request, me)
+    token, me, form = await signed_form(request)
     body = {k: str(form.get(k, "")) for k in fields}
     async with Api(request, token) as api:
         status, out = await api.post(api_path, body)
@@ -304,10 +331,7 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
 
     @get(f"{PREFIX}/", include_in_schema=False, exclude_from_auth=True)
     async def overview(request: Request[Any, Any, Any]) -> Response[str]:
-        who = await _me(request)
-        if who is None:
-            return _login_redirect()
-        token, me = who
+        token, me = await signed_in(request)
         if me.get("role") == "county":  # the county's overview compares its townships
             return Response("", status_code=303, headers={"Location": f"{PREFIX}/county"})
         lang = lang_of(request)
@@ -379,10 +403,7 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
         """The year-end summary drafted from the figures (projections/summary.py), every number
         with its figure on hover and in a footnote; `print=1` is the A4 print view. It opens on the
         school year of the newest work in the scope, not on today's period."""
-        who = await _me(request)
-        if who is None:
-            return _login_redirect()
-        token, me = who
+        token, me = await signed_in(request)
         lang = lang_of(request)
         scope = request.query_params.get("scope") or _scope(me) or ""
         period = request.query_params.get("period") or ""
@@ -428,10 +449,9 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
 
     @get(f"{PREFIX}/export/{{fmt:str}}", include_in_schema=False, exclude_from_auth=True)
     async def export(request: Request[Any, Any, Any], fmt: FromPath[str]) -> Response[bytes]:
-        who = await _me(request)
-        if who is None or fmt not in ("xlsx", "csv", "json", "docx"):
-            return Response(b"", status_code=303 if who is None else 404, headers={"Location": f"{PREFIX}/login"})
-        token, _ = who
+        token, _ = await signed_in(request)
+        if fmt not in ("xlsx", "csv", "json", "docx"):
+            return Response(b"", status_code=404)
         path = "/summary/draft.docx" if fmt == "docx" else f"/exports/summary.{fmt}"  # the draft, to edit in Word
         async with Api(request, token) as api:
             r = await api.raw(path, **dict(request.query_params))

@@ -26,7 +26,6 @@ from events.catalogue import ARCHIVE_FIELDS
 from events.localtime import REPORTING_TZ
 from service import dashboard as d
 from web import i18n, lang_of, obj, page
-from web.security import CSRF_FIELD
 
 PREFIX = d.PREFIX
 
@@ -152,13 +151,7 @@ def _merge(m: dict[str, Any], lang: str) -> dict[str, Any]:
 async def _post(request: Request[Any, Any, Any], api_path: str, body_of: Any, back: str) -> Response[str]:
     """Check the form (origin, CSRF), post its body to the API (an event of the township's site),
     then back to the page; the API's refusal is shown as a message page."""
-    who = await d._me(request)
-    if who is None:
-        return d._login_redirect()
-    token, me = who
-    form = await request.form()
-    if d._refusal(request, token, str(form.get(CSRF_FIELD, ""))) is not None:
-        return d._refused(request, me)
+    token, me, form = await d.signed_form(request)
     body = body_of(form)
     if body is None:
         return page(request, "dash/message.html", status_code=400,
@@ -181,10 +174,7 @@ def decision_routes() -> list[HTTPRouteHandler]:
 
     @get(f"{PREFIX}/conflicts", include_in_schema=False, exclude_from_auth=True)
     async def conflicts(request: Request[Any, Any, Any]) -> Response[str]:
-        who = await d._me(request)
-        if who is None:
-            return d._login_redirect()
-        token, me = who
+        token, me = await d.signed_in(request)
         lang = lang_of(request)
         async with d.Api(request, token) as api:
             status, doc = await api.get("/conflicts", limit=200)
@@ -208,10 +198,7 @@ def decision_routes() -> list[HTTPRouteHandler]:
 
     @get(f"{PREFIX}/duplicates", include_in_schema=False, exclude_from_auth=True)
     async def duplicates(request: Request[Any, Any, Any]) -> Response[str]:
-        who = await d._me(request)
-        if who is None:
-            return d._login_redirect()
-        token, me = who
+        token, me = await d.signed_in(request)
         lang = lang_of(request)
         async with d.Api(request, token) as api:
             status, doc = await api.get("/duplicates")

@@ -28,15 +28,12 @@ from service.dashboard import (
     _bad_input,
     _ctx,
     _is_day,
-    _login_redirect,
-    _me,
-    _refusal,
-    _refused,
     _scope,
     _year_ok,
+    signed_form,
+    signed_in,
 )
 from web import i18n, lang_of, obj, page
-from web.security import CSRF_FIELD
 
 PERIOD_KINDS = [str(k) for k in PeriodKind]
 
@@ -44,10 +41,7 @@ PERIOD_KINDS = [str(k) for k in PeriodKind]
 def rule_routes() -> list[HTTPRouteHandler]:
     @get(f"{PREFIX}/rules", include_in_schema=False, exclude_from_auth=True)
     async def rules_page(request: Request[Any, Any, Any]) -> Response[str]:
-        who = await _me(request)
-        if who is None:
-            return _login_redirect()
-        token, me = who
+        token, me = await signed_in(request)
         scope = _scope(me)  # a site, a township, or the county's region
         if scope is None:
             return _bad_input(request, me, "scope", "", "rules.want_scope")
@@ -78,14 +72,8 @@ def rule_routes() -> list[HTTPRouteHandler]:
                     can_change=me.get("role") == "township", kinds=PERIOD_KINDS, today=today.isoformat(),
                     done=request.query_params.get("done"), **_ctx(me))
 
-    async def _form(request: Request[Any, Any, Any]) -> tuple[str, dict[str, Any], dict[str, str]] | Response[str]:
-        who = await _me(request)
-        if who is None:
-            return _login_redirect()
-        token, me = who
-        form = await request.form()
-        if _refusal(request, token, str(form.get(CSRF_FIELD, ""))) is not None:
-            return _refused(request, me)
+    async def _form(request: Request[Any, Any, Any]) -> tuple[str, dict[str, Any], dict[str, str]]:
+        token, me, form = await signed_form(request)
         return token, me, {k: str(v) for k, v in form.items()}
 
     def _failed(request: Request[Any, Any, Any], me: dict[str, Any], status: int, out: Any) -> Response[str]:
@@ -94,10 +82,7 @@ def rule_routes() -> list[HTTPRouteHandler]:
 
     @post(f"{PREFIX}/rules/{{rule_id:str}}", include_in_schema=False, exclude_from_auth=True, status_code=200)
     async def change(request: Request[Any, Any, Any], rule_id: FromPath[str]) -> Response[str]:
-        got = await _form(request)
-        if isinstance(got, Response):
-            return got
-        token, me, form = got
+        token, me, form = await _form(request)
         day = form.get("effective_from", "")
         if not _is_day(day):
             return _bad_input(request, me, "effective_from", day, "dash.want_day")
@@ -124,10 +109,7 @@ def rule_routes() -> list[HTTPRouteHandler]:
 
     @post(f"{PREFIX}/rules/{{rule_id:str}}/retire", include_in_schema=False, exclude_from_auth=True, status_code=200)
     async def retire(request: Request[Any, Any, Any], rule_id: FromPath[str]) -> Response[str]:
-        got = await _form(request)
-        if isinstance(got, Response):
-            return got
-        token, me, form = got
+        token, me, form = await _form(request)
         day = form.get("effective_from", "")
         if not _is_day(day):
             return _bad_input(request, me, "effective_from", day, "dash.want_day")
@@ -141,10 +123,7 @@ def rule_routes() -> list[HTTPRouteHandler]:
 
     @post(f"{PREFIX}/rules-calendar", include_in_schema=False, exclude_from_auth=True, status_code=200)
     async def set_calendar(request: Request[Any, Any, Any]) -> Response[str]:
-        got = await _form(request)
-        if isinstance(got, Response):
-            return got
-        token, me, form = got
+        token, me, form = await _form(request)
         days = {}
         for field in ("autumn_first", "autumn_last", "spring_first", "spring_last"):
             value = form.get(field, "")

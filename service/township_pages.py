@@ -34,14 +34,11 @@ from service.dashboard import (
     _bad_input,
     _ctx,
     _is_day,
-    _login_redirect,
-    _me,
-    _refusal,
-    _refused,
+    signed_form,
+    signed_in,
 )
 from web import i18n, lang_of, obj, page
 from web.charts import day_columns
-from web.security import CSRF_FIELD
 
 PAGE_SIZE = 50
 CST = dt.timezone(dt.timedelta(hours=8))
@@ -293,10 +290,7 @@ def township_routes() -> list[HTTPRouteHandler]:
 
     @get(f"{PREFIX}/children", include_in_schema=False, exclude_from_auth=True)
     async def children(request: Request[Any, Any, Any]) -> Response[str]:
-        who = await _me(request)
-        if who is None:
-            return _login_redirect()
-        token, me = who
+        token, me = await signed_in(request)
         lang = lang_of(request)
         q = request.query_params
         filters = _child_query(q)
@@ -332,10 +326,7 @@ def township_routes() -> list[HTTPRouteHandler]:
     @get([f"{PREFIX}/children/roster.xlsx", f"{PREFIX}/children/roster.csv"], include_in_schema=False,
          exclude_from_auth=True)
     async def roster(request: Request[Any, Any, Any]) -> Response[Any]:
-        who = await _me(request)
-        if who is None:
-            return _login_redirect()
-        token, me = who
+        token, me = await signed_in(request)
         fmt = request.url.path.rsplit(".", 1)[1]
         filters = _child_query(request.query_params)
         items: list[dict[str, Any]] = []
@@ -381,10 +372,7 @@ def township_routes() -> list[HTTPRouteHandler]:
 
     @get(f"{PREFIX}/child/{{child_id:str}}", include_in_schema=False, exclude_from_auth=True)
     async def child(request: Request[Any, Any, Any], child_id: FromPath[str]) -> Response[str]:
-        who = await _me(request)
-        if who is None:
-            return _login_redirect()
-        token, me = who
+        token, me = await signed_in(request)
         lang = lang_of(request)
         as_of = request.query_params.get("as_of") or ""
         clock = request.query_params.get("clock") or "occurred"
@@ -420,10 +408,7 @@ def township_routes() -> list[HTTPRouteHandler]:
 
     @get(f"{PREFIX}/sites", include_in_schema=False, exclude_from_auth=True)
     async def sites(request: Request[Any, Any, Any]) -> Response[str]:
-        who = await _me(request)
-        if who is None:
-            return _login_redirect()
-        token, me = who
+        token, me = await signed_in(request)
         lang = lang_of(request)
         async with Api(request, token) as api:
             _, doc = await api.get("/sites")
@@ -447,10 +432,7 @@ def township_routes() -> list[HTTPRouteHandler]:
 
     @get(f"{PREFIX}/quarantine", include_in_schema=False, exclude_from_auth=True)
     async def quarantine(request: Request[Any, Any, Any]) -> Response[str]:
-        who = await _me(request)
-        if who is None:
-            return _login_redirect()
-        token, me = who
+        token, me = await signed_in(request)
         lang = lang_of(request)
         async with Api(request, token) as api:
             names = await _site_names(api)
@@ -470,13 +452,7 @@ def township_routes() -> list[HTTPRouteHandler]:
                     is_admin=me.get("role") == "admin", **_ctx(me))
 
     async def _quarantine_action(request: Request[Any, Any, Any], row_id: int, action: str) -> Response[str]:
-        who = await _me(request)
-        if who is None:
-            return _login_redirect()
-        token, me = who
-        form = await request.form()
-        if _refusal(request, token, str(form.get(CSRF_FIELD, ""))) is not None:
-            return _refused(request, me)
+        token, me, form = await signed_form(request)
         async with Api(request, token) as api:
             if action == "replay":
                 status, out = await api.post(f"/quarantine/{row_id}/replay", {})
@@ -536,10 +512,7 @@ def township_routes() -> list[HTTPRouteHandler]:
 
     @get(f"{PREFIX}/reads", include_in_schema=False, exclude_from_auth=True)
     async def reads(request: Request[Any, Any, Any]) -> Response[str]:
-        who = await _me(request)
-        if who is None:
-            return _login_redirect()
-        token, me = who
+        token, me = await signed_in(request)
         lang = lang_of(request)
         async with Api(request, token) as api:
             names = await _site_names(api)
@@ -559,10 +532,7 @@ def township_routes() -> list[HTTPRouteHandler]:
 
     @get(f"{PREFIX}/reads.csv", include_in_schema=False, exclude_from_auth=True)
     async def reads_csv(request: Request[Any, Any, Any]) -> Response[Any]:
-        who = await _me(request)
-        if who is None:
-            return _login_redirect()
-        token, me = who
+        token, me = await signed_in(request)
         rows: list[dict[str, Any]] = []
         cursor: str | None = None
         async with Api(request, token) as api:
@@ -590,10 +560,7 @@ def township_routes() -> list[HTTPRouteHandler]:
 
     @get(f"{PREFIX}/chains", include_in_schema=False, exclude_from_auth=True)
     async def chains(request: Request[Any, Any, Any]) -> Response[str]:
-        who = await _me(request)
-        if who is None:
-            return _login_redirect()
-        token, me = who
+        token, me = await signed_in(request)
         rows = []
         async with Api(request, token) as api:
             _, doc = await api.get("/sites")
@@ -608,10 +575,7 @@ def township_routes() -> list[HTTPRouteHandler]:
 
     @get(f"{PREFIX}/asof", include_in_schema=False, exclude_from_auth=True)
     async def asof(request: Request[Any, Any, Any]) -> Response[str]:
-        who = await _me(request)
-        if who is None:
-            return _login_redirect()
-        token, me = who
+        token, me = await signed_in(request)
         q = request.query_params
         day = q.get("day") or ""
         clock = q.get("clock") or "committed"

@@ -57,7 +57,7 @@ from service.api.errors import EXCEPTION_HANDLERS, ApiError, bad
 from service.api.limits import MAX_ID, MAX_YEAR, MIN_YEAR
 from service.api.openapi import document
 from service.api.rollups import RangeIndexes, RollupCache, RuleInputsCache, ScopeArchives
-from service.dashboard import dashboard_routes
+from service.dashboard import DASHBOARD_EXCEPTION_HANDLERS, dashboard_routes
 from service.metrics import MetricsSettings, StoreMetrics, api_registry, request_timer
 from web.security import security_headers_hook
 
@@ -325,7 +325,8 @@ def create_app(settings: Settings, api_settings: ApiSettings | None = None,
             # of the OpenAPI document, every page whatever its own decorator says: they are HTML for a
             # person's browser (a session cookie, forms with CSRF tokens, redirects), not a contract
             # for programs, which use the JSON routes the pages themselves call.
-            Router(path="/", route_handlers=dashboard_routes(), include_in_schema=False),
+            Router(path="/", route_handlers=dashboard_routes(), include_in_schema=False,
+                   exception_handlers=DASHBOARD_EXCEPTION_HANDLERS),
         ],
         middleware=[request_timer, _bounded_input(api.max_json_depth), auth_mw],
         before_request=_inputs_in_range,

@@ -342,3 +342,45 @@ async def test_nul_in_static_paths_and_deep_json_are_400(center: tuple[str, Any]
         # Ordinary nesting still passes the door (and is judged by the route as before).
         r = await client.post("/auth/token", json={"username": "nobody", "password": "[[[[{{{{"})
         assert r.status_code == 401
+
+
+def _dashboard_paths() -> list[tuple[str, str]]:
+    """(method, path) of every dashboard route, path parameters filled with a plausible value."""
+    from service.dashboard import dashboard_routes
+
+    fill = {"fmt:str": "csv", "row_id:int": "1"}
+    out = []
+    for handler in dashboard_routes():
+        for path in getattr(handler, "paths", ()):
+            path = re.sub(r"\{([^}]+)\}", lambda m: fill.get(m.group(1), "x"), path)
+            out += [(method, path) for method in sorted(getattr(handler, "http_methods", ()))]
+    return out
+
+
+async def test_every_dashboard_page_asks_for_a_session_and_every_form_for_its_token(
+        pool: asyncpg.Pool, database_url: str, nats_url: str) -> None:
+    """Every route of the dashboard, read from its router (a page added later is covered too):
+    without a session, a page sends the browser to the log-in page and a form changes nothing; with
+    a session, a form posted without the session's CSRF token is refused with 403. Only the log-in
+    and log-out, and the password form (which takes a one-time code before any session), differ."""
+    await build_world(pool)
+    routes = _dashboard_paths()
+    assert len(routes) > 30, routes
+    own = {("GET", "/ui/login"), ("POST", "/ui/login"), ("GET", "/ui/logout"), ("GET", "/ui/password"),
+           ("POST", "/ui/password")}
+    before = await pool.fetchval("SELECT count(*) FROM events")
+    async with _serve(database_url, nats_url) as base:
+        async with _from(base) as anonymous:
+            for method, path in routes:
+                if (method, path) in own:
+                    continue
+                r = await anonymous.request(method, path, headers={"Origin": base})
+                assert r.status_code == 303 and r.headers["location"] == "/ui/login", (method, path, r.status_code)
+        async with _from(base) as client:
+            await _dash_login(client, base, "admin")
+            for method, path in routes:
+                if method != "POST" or (method, path) in own:
+                    continue
+                r = await client.post(path, data={"csrf_token": "A" * 43}, headers={"Origin": base})
+                assert r.status_code == 403, (path, r.status_code)
+    assert await pool.fetchval("SELECT count(*) FROM events") == before
