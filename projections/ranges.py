@@ -58,7 +58,6 @@ from projections.rules import (
     counts,
     due_on_of,
     gather,
-    latest_in,
     periods_in,
 )
 
@@ -255,8 +254,10 @@ class _Entry:
     a version targets sites, as a site rule), the counting work of the sites in scope per version,
     and who is overdue when."""
 
-    def __init__(self, town: str, rid: str) -> None:
+    def __init__(self, town: str, rid: str, versions: list[RuleVersion]) -> None:
         self.town, self.rid = town, rid
+        self.versions = versions  # RuleBook.versions: by effective day, the later of one day last
+        self.days = [v.effective_from for v in versions]
         self.child: dict[int, _Table] = {}
         self.site: dict[int, _Table] = {}
         self.done: dict[int, list[dt.date]] = {}
@@ -291,7 +292,7 @@ class RuleIndex:
                 rules = {id(v.rule): v.rule for v in versions if v.rule is not None}
                 if not rules:
                     continue
-                e = _Entry(town, rid)
+                e = _Entry(town, rid, versions)
                 cals = book.calendars.get(town, {})
                 kinds = {k: Periods(k, cals) for k in {r.counts.period for r in rules.values()}}
                 listed = {k: self._periods(ps, first) for k, ps in kinds.items()}
@@ -440,6 +441,25 @@ class RuleIndex:
             if spans:
                 e.overdue.setdefault(site, []).extend(spans)
 
+    @staticmethod
+    def _in_force(e: _Entry, day: dt.date) -> RuleVersion | None:
+        """`RuleBook.in_force` from the entry's versions kept at hand."""
+        i = bisect.bisect_right(e.days, day)
+        v = e.versions[i - 1] if i else None
+        return v if v is not None and v.rule is not None else None
+
+    def _shown(self, e: _Entry, period: Period, on: dt.date) -> RuleVersion | None:
+        """The version `rules.rule_figures_on` shows: in force on `on`, else (retired before it) the
+        last one in force during the period (`rules.latest_in`)."""
+        now = self._in_force(e, on)
+        if now is not None:
+            return now
+        found = None
+        for v in e.versions:
+            if v.rule is not None and v.effective_from <= on:
+                found = v
+        return found if found is not None and self._in_force(e, max(found.effective_from, period.start)) else None
+
     def totals(self, period: Period, as_of: dt.date, town: str | None = None) -> tuple[dict[str, RuleFigure], int]:
         """`rollups.rule_totals(rules.rule_figures(..., period, as_of))` of the scope, or of the
         rules of one of its townships (`town`: the county's split)."""
@@ -449,7 +469,7 @@ class RuleIndex:
         for e in self.entries:
             if town is not None and e.town != town:
                 continue
-            shown = self.book.in_force(e.town, e.rid, on) or latest_in(self.book, e.town, e.rid, period, on)
+            shown = self._shown(e, period, on)
             if shown is None or shown.rule is None:
                 continue
             # every version judges the periods that start while it is in force; the work that

@@ -280,8 +280,14 @@ def child_counts(kids: Sequence[ChildArchive], scope: str, period: Period, as_of
                        conflicts_open=sum(len(a.open_conflicts) for a in kids))
 
 
-def _split(counts: Mapping[str, int], prefix: str) -> dict[str, int]:
-    return {k[len(prefix) + 1:]: v for k, v in counts.items() if k.startswith(prefix + "\x1f") and v}
+def _split(counts: Mapping[str, int]) -> dict[str, dict[str, int]]:
+    """The `key\x1fvalue` counts by key, each value's count (zeros left out)."""
+    out: dict[str, dict[str, int]] = {}
+    for k, v in counts.items():
+        key, sep, value = k.partition("\x1f")
+        if sep and v:
+            out.setdefault(key, {})[value] = v
+    return out
 
 
 def compute_from_rows(
@@ -308,6 +314,8 @@ def assemble(scope: str, period: Period, as_of: dt.date, cc: ChildCounts, t: _To
     """The rollup from its parts: the children's counts, the work's sums, the merged children's
     roots and the archives by id (for households), the rules' totals."""
     st = cc.state
+    by = _split(st)
+    dated = _split(cc.dated)
     n = st.get("archived", 0)
     proxy_kids = st.get("proxy_kids", 0)
 
@@ -320,13 +328,13 @@ def assemble(scope: str, period: Period, as_of: dt.date, cc: ChildCounts, t: _To
         children_archived=n,
         children_registered=cc.dated.get("registered", 0),
         children_closed=cc.dated.get("closed", 0),
-        by_site=dict(sorted(_split(st, "site").items())),
-        by_guardianship={k: share(v, n) for k, v in sorted(_split(st, "guardianship").items())},
-        by_grade_band={k: share(v, n) for k, v in sorted(_split(st, "band").items())},
-        by_reason={k: share(v, n) for k, v in sorted(_split(st, "reason").items())},
+        by_site=dict(sorted(by.get("site", {}).items())),
+        by_guardianship={k: share(v, n) for k, v in sorted(by.get("guardianship", {}).items())},
+        by_grade_band={k: share(v, n) for k, v in sorted(by.get("band", {}).items())},
+        by_reason={k: share(v, n) for k, v in sorted(by.get("reason", {}).items())},
         individual_plan=share(st.get("plan", 0), n),
         children_paired=share(st.get("paired", 0), n),
-        paired_by=dict(sorted(_split(st, "paired_by").items())),
+        paired_by=dict(sorted(by.get("paired_by", {}).items())),
         proxy_parents_matched=st.get("proxies", 0),
         proxy_parents_new=sum(t.by_detail["pairing_started"].get(k, 0) for k in PROXY_KINDS),
         pairings_started=t.facts["pairing_started"],
@@ -359,7 +367,7 @@ def assemble(scope: str, period: Period, as_of: dt.date, cc: ChildCounts, t: _To
         proxy_parent_children=share(proxy_kids, n),
         proxy_parent_children_new=len({root.get(c, c) for k in PROXY_KINDS
                                        for c in t.children_by_detail.get(("pairing_started", k), ())}),
-        closed_by_reason=dict(sorted(_split(cc.dated, "closed_by").items())),
+        closed_by_reason=dict(sorted(dated.get("closed_by", {}).items())),
         dropped_out=cc.dropped,
         dropped_out_by_reason=dict(sorted(cc.dropped_reasons.items())),
         dropped_out_poverty=cc.dropped_reasons.get("poverty", 0),
