@@ -10,8 +10,9 @@ Measured, each beside the constant route of the same run:
 * the county comparison for a month, as the API serves it once computed for the projections'
   checkpoint (the usual case: a county office opening its page), 50 clients, p50/p99;
 * a township's rollup for a month, the same way: what the county's figure is compared with;
-* the county comparison computed afresh (a date range not asked before), one request at a time,
-  p50 and the slowest: what the first person after the read models move waits.
+* the county comparison of a date range not asked before, one request at a time, p50 and the
+  slowest: read from the region's range index (projections/ranges.py), which the first request
+  after the read models move builds (here, the cached months' first request).
 
 Also runnable alone: ``python -m bench.county [--quick] [--pg URL]``.
 """
