@@ -14,34 +14,37 @@ How (`projections.rebuild` drives it when the log holds more than one partition'
    decide groups: merges, unmerges and corrections, and the originals the corrections name.
    From them the merge edges (`archive.merge_edges`, so who is merged into whom is decided as
    the archive code decides it) and, for each corrected family, every key its members go to.
-2. `spill`: read the log once in the global order up to that position and append each row, as
-   the raw columns of the ordered scan (msgpack), to the spill file of every partition that
-   holds a group it concerns: the partition of a key is crc32 of its group's root (`share_of`),
-   and a family goes wherever any of its members' keys go.
-3. The rebuild then folds each partition's file into a fresh book, derives the archives whose
-   root is the partition's and writes them with the facts the partition owns (the share rule of
-   `rebuild._write_share`: a fact is written by the partition of the lowest root its family
-   reaches), and lets the book go before the next.
+2. `partition_rows`: PostgreSQL hands the rows over partition by partition. The partition of a
+   key is a hash of its group's root that PostgreSQL and Python compute alike (`share_of`, the
+   first 32 bits of the md5 of the key); the plan's exceptions (children merged into another
+   root, members of corrected families) go to the reading session as two small temporary
+   tables. One query per reading process routes every row of the log up to the position to the
+   partitions of its groups (an event about children of several partitions goes to each) and
+   returns them ordered by partition, then in the global order: PostgreSQL's sort spills to its
+   own temporary files, not this process's memory, and every row is decoded once, here.
+3. The rebuild folds each partition's rows into a fresh book as they arrive, derives the
+   archives whose root is the partition's and writes them with the facts the partition owns
+   (the share rule of `rebuild._write_share`: a fact is written by the partition of the lowest
+   root its family reaches), and lets the book go before the next partition's rows are folded.
 
 Peak memory is one partition's book (`partitions_for` sizes them to about `PARTITION_EVENTS`
-events), the write buffers of the spill, and the maps of step 1 (merges and corrected families:
-about a percent of the log). The spill takes about the log's raw size on local disk (the system's
-temporary directory, or `SHOUWANG_REBUILD_SPILL_DIR`) while the rebuild runs and is deleted after.
+events), a page of rows, and the maps of step 1 (merges and corrected families: about a percent
+of the log). PostgreSQL's sort takes about the routed rows' size on the server's temporary
+space while the query runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import math
-import zlib
-from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import IO, Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import msgspec
 
-from projections.archive import Entry, MergeEdge, keys_of, merge_edges, roots
+from projections.archive import MergeEdge, keys_of, merge_edges, roots
 from projections.source import SCAN_COLS, entries_of
 from store.conn import Conn
 from store.postgres import ORIGIN, Position
@@ -50,12 +53,17 @@ PARTITION_EVENTS = 250_000
 """About this many events per partition: at ~1.4 KB an event folded, a partition's book is
 ~350 MB, whatever the log's size."""
 _DECIDING_TYPES = ["ArchivesMerged", "ArchivesUnmerged", "EventCorrected"]  # as archive.MERGE_TYPES
-_FLUSH_ROWS = 256  # rows buffered per partition before they are appended to its file
 
 
 def share_of(key: str, shares: int) -> int:
-    """The partition (or forked share) of an archive group, by its root's id."""
-    return zlib.crc32(key.encode()) % shares
+    """The partition (or forked share) of an archive group, by its root's id: the first 32 bits
+    of the key's md5 as an unsigned number, modulo `shares` (`_share_sql` is the same in SQL)."""
+    return int.from_bytes(hashlib.md5(key.encode(), usedforsecurity=False).digest()[:4], "big") % shares
+
+
+def _share_sql(key: str, shares: str) -> str:
+    """`share_of` in SQL, of the text expression `key` and the integer expression `shares`."""
+    return f"((('x' || left(md5({key}), 8))::bit(32)::bigint % {shares})::int)"
 
 
 def partitions_for(events: int, per_partition: int = PARTITION_EVENTS) -> int:
@@ -80,6 +88,18 @@ class Plan(msgspec.Struct):
         root = self.root_of.get
         return {share_of(root(k, k), self.parts) for k in keys}
 
+    def exceptions(self) -> tuple[list[tuple[str, list[int]]], list[tuple[str, int]]]:
+        """What `partitions` does not read from an event's own row, as rows of the reading
+        session's temporary tables: (event id, its partitions) for every member of a corrected
+        family, (child id, partition of its root) for every merged child."""
+        root = self.root_of.get
+        fam_parts = {fam: sorted({share_of(root(k, k), self.parts) for k in keys})
+                     for fam, keys in self.family_keys.items()}
+        family = [(eid, fam_parts[fam]) for eid in sorted(fam_parts.keys() | self.family.keys())
+                  if (fam := self.family.get(eid, eid)) in fam_parts]
+        moved = [(child, share_of(r, self.parts)) for child, r in self.root_of.items()]
+        return family, moved
+
 
 _HEAD = """SELECT tx_id, position FROM events WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
             ORDER BY tx_id DESC, position DESC LIMIT 1"""
@@ -88,9 +108,29 @@ _DECIDING = f"""SELECT {SCAN_COLS} FROM events
                  WHERE type = ANY($3::text[]) AND (tx_id, position) <= ($1, $2)"""
 _ORIGINALS = f"""SELECT {SCAN_COLS} FROM events
                   WHERE event_id = ANY($3::uuid[]) AND (tx_id, position) <= ($1, $2)"""
-_ROUTE = f"""SELECT {SCAN_COLS}, children FROM events
-              WHERE (tx_id, position) > ($1, $2) AND (tx_id, position) <= ($3, $4)
-              ORDER BY tx_id, position LIMIT $5"""
+_TALLY = """SELECT count(*) FILTER (WHERE NOT understood) AS skipped,
+                   max(committed_at) FILTER (WHERE (tx_id, position) = ($1, $2)) AS last_committed_at
+              FROM events WHERE (tx_id, position) <= ($1, $2)"""
+# The columns entries_of reads, after the partition (in the place of tx_id; position and
+# committed_at are not read there, so they are not sent).
+_ROUTED_COLS = "r.part, 0, NULL::timestamptz, " + SCAN_COLS.split(", ", 3)[3]
+SORT_MEMORY = "256MB"  # work_mem of the routing query: PostgreSQL sorts up to this in memory, then on disk
+_ROUTE = f"""SELECT {_ROUTED_COLS} FROM (
+    SELECT unnest(CASE WHEN f.parts IS NOT NULL THEN f.parts
+                       WHEN cardinality(e.children) = 0 THEN ARRAY[{_share_sql("'ev:' || e.event_id::text", "$3")}]
+                       WHEN cardinality(e.children) = 1
+                         THEN ARRAY[coalesce(m.part, {_share_sql("e.children[1]", "$3")})]
+                       ELSE ARRAY(SELECT DISTINCT coalesce((SELECT o.part FROM rebuild_moved o WHERE o.child = k),
+                                                           {_share_sql("k", "$3")})
+                                    FROM unnest(e.children) AS k) END) AS part, e.*
+      FROM events e
+      LEFT JOIN rebuild_family f ON f.event_id = e.event_id
+      LEFT JOIN rebuild_moved m ON m.child = e.children[1]
+     WHERE e.understood AND (e.tx_id, e.position) <= ($1, $2)) r
+ WHERE r.part % $4 = $5
+ ORDER BY r.part, r.tx_id, r.position"""
+"""Every understood row up to ($1, $2) once per partition of its groups (of $3), for the partitions
+of share $5 of $4, in the order of partitions, then of the log: `Plan.partitions` in SQL."""
 
 
 async def head(conn: Conn) -> tuple[Position, int]:
@@ -124,97 +164,47 @@ async def plan(conn: Conn, upto: Position, parts: int) -> Plan:
                 family_keys={fam: tuple(sorted(ks)) for fam, ks in keys.items()})
 
 
-_encode = msgspec.msgpack.Encoder().encode
-_decode_rows = msgspec.msgpack.Decoder(list[tuple[int, int, None, str, str, int, str, int, str, dt.datetime,
-                                                  int, bytes | None, bytes, bool]]).decode
 
 
-class Spilled(msgspec.Struct, frozen=True):
-    events: int
-    skipped: int  # not understood by this code (counted once, in partition 0)
-    last_committed_at: dt.datetime | None
-    written: int  # rows written over all partitions (an event of several partitions counts in each)
+class Tally(msgspec.Struct, frozen=True):
+    skipped: int  # not understood by this code: folded nowhere
+    last_committed_at: dt.datetime | None  # of the event at the plan's position
 
 
-class _Files:
-    """The partitions' spill files and their write buffers (rows go out in chunks of _FLUSH_ROWS,
-    each a length-prefixed msgpack list)."""
-
-    def __init__(self, directory: Path, parts: int) -> None:
-        self.files: list[IO[bytes]] = [open(directory / f"{i}.part", "wb") for i in range(parts)]  # noqa: SIM115
-        self.buffers: list[list[tuple[object, ...]]] = [[] for _ in range(parts)]
-
-    def add(self, part: int, row: tuple[object, ...]) -> None:
-        buf = self.buffers[part]
-        buf.append(row)
-        if len(buf) >= _FLUSH_ROWS:
-            self.flush(part)
-
-    def flush(self, part: int) -> None:
-        data = _encode(self.buffers[part])
-        self.files[part].write(len(data).to_bytes(4, "little"))
-        self.files[part].write(data)
-        self.buffers[part].clear()
-
-    def flush_all(self) -> None:
-        for part, buf in enumerate(self.buffers):
-            if buf:
-                self.flush(part)
-
-    def close(self) -> None:
-        for f in self.files:
-            f.close()
+async def tally(conn: Conn, upto: Position) -> Tally:
+    row = await conn.fetchrow(_TALLY, upto.tx, upto.pos)
+    assert row is not None  # an aggregate returns one row
+    return Tally(skipped=int(row["skipped"]), last_committed_at=row["last_committed_at"])
 
 
-async def spill(conn: Conn, p: Plan, directory: Path, page: int = 5000,
-                progress: object = None) -> Spilled:
-    """Step 2: the log up to `p.upto`, read once in the global order, each row appended to the
-    file of every partition it concerns."""
-    files = _Files(directory, p.parts)
-    n = skipped = written = 0
-    last: Position = ORIGIN
-    last_committed: dt.datetime | None = None
-
-    def fetch(after: Position) -> asyncio.Task[list[Any]]:
-        return asyncio.ensure_future(conn.fetch(_ROUTE, after.tx, after.pos, p.upto.tx, p.upto.pos, page))
-
-    nxt = fetch(ORIGIN)
-    try:
-        while rows := await nxt:
-            tail = rows[-1]
-            last, last_committed = Position(tail["tx_id"], tail["position"]), tail["committed_at"]
-            nxt = fetch(last)  # PostgreSQL reads the next page while this one is routed
-            for r in rows:
-                row = tuple(r)
-                # what entries_of reads, without the position columns (only the last row's are kept)
-                scan, children = (0, 0, None, *row[3:14]), row[14]
-                if not row[13]:  # not understood: folded nowhere, counted once
-                    skipped += 1
-                    files.add(0, scan)
-                    written += 1
-                    continue
-                targets = p.partitions(row[3], children)
-                for i in targets:
-                    files.add(i, scan)
-                written += len(targets)
-            n += len(rows)
-            if callable(progress):
-                progress(n)
-        files.flush_all()
-    finally:
-        if not nxt.done():
-            nxt.cancel()
+async def partition_rows(conn: Conn, p: Plan, share: int = 0, shares: int = 1, page: int = 5000
+                         ) -> AsyncIterator[tuple[int, list[Any]]]:
+    """Step 2: the rows of the partitions of this share (every `shares`-th from `share`), as
+    (partition, rows) in the order of partitions, a partition's rows in the log's order and
+    possibly over several pages; each row in `source.SCAN_COLS`' order as `entries_of` reads it
+    (the first column is the partition). The next page is read while the caller works on this
+    one. Uses `conn` in a transaction of its own (its temporary tables go with it)."""
+    family, moved = p.exceptions()
+    async with conn.transaction():
+        await conn.execute(f"""SET LOCAL work_mem = '{SORT_MEMORY}'; SET LOCAL jit = off;
+                               CREATE TEMPORARY TABLE rebuild_family (event_id uuid PRIMARY KEY, parts int[] NOT NULL)
+                                ON COMMIT DROP;
+                               CREATE TEMPORARY TABLE rebuild_moved (child text PRIMARY KEY, part int NOT NULL)
+                                ON COMMIT DROP""")
+        await conn.copy_records_to_table("rebuild_family", records=family)
+        await conn.copy_records_to_table("rebuild_moved", records=moved)
+        await conn.execute("ANALYZE rebuild_family; ANALYZE rebuild_moved")
+        cursor = await conn.cursor(_ROUTE, p.upto.tx, p.upto.pos, p.parts, shares, share)
+        nxt = asyncio.ensure_future(cursor.fetch(page))
+        try:
+            while rows := await nxt:
+                nxt = asyncio.ensure_future(cursor.fetch(page))  # PostgreSQL sends it while this one is folded
+                start = 0
+                for i in range(1, len(rows) + 1):
+                    if i == len(rows) or rows[i][0] != rows[start][0]:
+                        yield rows[start][0], rows[start:i]
+                        start = i
+        finally:
+            if not nxt.done():
+                nxt.cancel()
             await asyncio.gather(nxt, return_exceptions=True)
-        files.close()
-    return Spilled(events=n, skipped=skipped, last_committed_at=last_committed, written=written)
-
-
-def read(directory: Path, part: int, upcast: list[str]) -> Iterator[list[tuple[str, Entry | None]]]:
-    """Step 3's input: the entries of one partition's rows, chunk by chunk; the ids of those read
-    through an upcaster are added to `upcast`."""
-    with open(directory / f"{part}.part", "rb") as f:
-        while header := f.read(4):
-            rows = _decode_rows(f.read(int.from_bytes(header, "little")))
-            entries, up = entries_of(rows)
-            upcast.extend(up)
-            yield entries

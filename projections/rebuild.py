@@ -15,10 +15,11 @@ All projections share one fold and one checkpoint (a fact or a rollup needs the 
 corrections and merges), so a rebuild rebuilds them together.
 
 Memory: folded at once, the log's every entry is held until the end (~1.4 KB an event). A log of
-more than `partition_events` events (default `partitioned.PARTITION_EVENTS`) is instead read once
-into spill files by archive group and folded one partition at a time (`_fill_partitioned`,
-projections/partitioned.py): the peak follows the partition, not the log, and the rows are the
-same (tests/test_projections_partitioned.py).
+more than `partition_events` events (default `partitioned.PARTITION_EVENTS`) is instead handed over
+by PostgreSQL partition by partition (archive groups routed by a hash of their root) and folded
+one partition at a time by two processes (`_fill_partitioned`, projections/partitioned.py): the
+peak follows the partition, not the log, and the rows are the same
+(tests/test_projections_partitioned.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import asyncio
 import gc
 import multiprocessing
 import multiprocessing.process
-import os
 import sys
 import tempfile
 import time
@@ -52,7 +52,7 @@ from projections.archive import (
 )
 from projections.facts import fact_rows_from, plain_facts_sql
 from projections.runner import LOCK_KEY, Checkpoint, Runner, advance, write_checkpoint, write_fold_version
-from projections.source import Page, scan_page
+from projections.source import Page, entries_of, scan_page
 from runtime import log as service_log
 from runtime.db import connect
 from store.conn import Conn
@@ -62,8 +62,7 @@ Progress = Callable[[int, int], None]
 _MERGE_TYPES = frozenset(("ArchivesMerged", "ArchivesUnmerged", "EventCorrected"))  # as archive.derive_all
 INDEX_MEMORY = "256MB"  # maintenance_work_mem while the shadow's keys and indexes are built
 PARALLEL_FROM = 50_000  # events: below this, derive and write in one process whatever `workers` says
-PARTITIONED_WORKERS = 2  # processes folding the partitions when `workers` is not given (one does the spill too)
-SPILL_DIR_ENV = "SHOUWANG_REBUILD_SPILL_DIR"  # where a partitioned rebuild spills the log (default: the system's temp)
+PARTITIONED_WORKERS = 2  # processes reading and folding the partitions when `workers` is not given
 log = service_log.get("projections.rebuild")
 
 
@@ -115,7 +114,7 @@ async def fill(pool: asyncpg.Pool, schema: str, *, page: int = 5000, progress: P
             upto, total = await partitioned.head(conn)
         parts = partitioned.partitions_for(total, partition_events)
         if parts > 1:  # the log is more than one partition's worth: fold it partition by partition
-            # two processes by default: the spill costs about what the second one saves
+            # two processes by default, each reading and folding its own partitions
             return await _fill_partitioned(pool, schema, upto, total, parts, page=page, progress=progress,
                                            database_url=database_url, workers=workers or PARTITIONED_WORKERS)
         return await _fill(pool, schema, page=page, progress=progress, database_url=database_url,
@@ -187,35 +186,42 @@ async def _fill(pool: asyncpg.Pool, schema: str, *, page: int, progress: Progres
 
 async def _fill_partitioned(pool: asyncpg.Pool, schema: str, upto: Position, total: int, parts: int, *, page: int,
                             progress: Progress | None, database_url: str | None, workers: int) -> RebuildReport:
-    """`fill` for a log of several partitions (projections/partitioned.py): plan the groups, spill
-    the log once by partition, then fold, derive and write one partition at a time (shared by
-    `workers` forked processes when given the URL), so the peak is one partition's book."""
+    """`fill` for a log of several partitions (projections/partitioned.py): plan the groups, then
+    read, fold, derive and write one partition at a time as PostgreSQL hands them over in order
+    of partitions (shared by `workers` forked processes when given the URL, each reading its own
+    partitions), so the peak is one partition's book."""
     started = time.perf_counter()
-    spill_dir = os.environ.get(SPILL_DIR_ENV) or None
-    async with pool.acquire() as conn, pool.acquire() as ahead:
+    async with pool.acquire() as conn, pool.acquire() as ahead, pool.acquire() as reader:
         plan = await partitioned.plan(ahead, upto, parts)
-        with tempfile.TemporaryDirectory(prefix="shouwang-rebuild-", dir=spill_dir) as tmp:
-            def shown(done: int) -> None:
-                if progress is not None:
-                    progress(done, max(total, done))
+        tally = await partitioned.tally(ahead, upto)
+        t_plan = time.perf_counter()
+        # PostgreSQL writes the facts of plain uncorrected work while the partitions are folded
+        # (started once the first partition's rows arrive, not to slow down their routing).
+        plain: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
-            spilled = await partitioned.spill(ahead, plan, Path(tmp), page, shown)
-            t_read = time.perf_counter()
-            # PostgreSQL writes the facts of plain uncorrected work while the partitions are folded.
-            plain: asyncio.Future[str] = asyncio.ensure_future(
-                ahead.execute(plain_facts_sql(schema, int(upto.tx), int(upto.pos))))
-            await asyncio.sleep(0)
-            shares = max(1, workers) if database_url is not None else 1
-            children: list[multiprocessing.process.BaseProcess] = []
+        def start_plain() -> None:
+            nonlocal plain
+            plain = asyncio.ensure_future(ahead.execute(plain_facts_sql(schema, int(upto.tx), int(upto.pos))))
+
+        shares = max(1, workers) if database_url is not None else 1
+        children: list[multiprocessing.process.BaseProcess] = []
+        with tempfile.TemporaryDirectory(prefix="shouwang-rebuild-") as tmp:  # the workers' peaks
             try:
                 if shares > 1:
                     ctx = multiprocessing.get_context("fork")
                     for share in range(1, shares):
                         worker = ctx.Process(target=_partitions_process, name=f"rebuild-partitions-{share}",
-                                             args=(database_url, schema, tmp, plan, share, shares))
+                                             args=(database_url, schema, tmp, plan, share, shares, page))
                         worker.start()
                         children.append(worker)
-                await _fold_partitions(conn, schema, Path(tmp), plan, 0, shares)
+                folded = await _fold_partitions(reader, conn, schema, plan, 0, shares, page, progress, total,
+                                                start_plain)
+                if not folded.first_row:  # nothing to fold here (the other shares had it all)
+                    start_plain()
+            except BaseException:
+                plain.cancel()
+                await asyncio.gather(plain, return_exceptions=True)
+                raise
             finally:
                 for proc in children:
                     await _exited(proc)
@@ -232,7 +238,7 @@ async def _fill_partitioned(pool: asyncpg.Pool, schema: str, upto: Position, tot
         counts = await conn.fetchrow(f"SELECT (SELECT count(*) FROM {schema}.archive) AS a, "
                                      f"(SELECT count(*) FROM {schema}.fact) AS f")
         assert counts is not None
-        cp = Checkpoint(upto, spilled.events - spilled.skipped, spilled.skipped, spilled.last_committed_at)
+        cp = Checkpoint(upto, total - tally.skipped, tally.skipped, tally.last_committed_at)
         async with conn.transaction():
             await conn.copy_records_to_table("merge_edge", schema_name=schema, columns=tables.EDGE_COLS,
                                              records=[tables.edge_row(e) for e in plan.edges])
@@ -242,36 +248,79 @@ async def _fill_partitioned(pool: asyncpg.Pool, schema: str, upto: Position, tot
             await write_checkpoint(conn, schema, cp)
             await write_fold_version(conn, schema)
     seconds = time.perf_counter() - started
-    log.info("rebuild phases", partitions=parts, spilled_rows=spilled.written, read_spill=round(t_read - started, 3),
-             fold_derive_write=round(t_derive - t_read, 3), index_swap_ready=round(time.perf_counter() - t_derive, 3))
-    return RebuildReport(events=spilled.events, skipped=spilled.skipped, children=int(counts["a"]),
+    log.info("rebuild phases", partitions=parts, routed_rows=folded.rows, plan=round(t_plan - started, 3),
+             first_row=round(folded.first_row - t_plan, 3), read_fold_derive_write=round(t_derive - t_plan, 3),
+             index_swap_ready=round(time.perf_counter() - t_derive, 3))
+    return RebuildReport(events=total, skipped=tally.skipped, children=int(counts["a"]),
                          facts=int(counts["f"]), seconds=seconds,
-                         events_per_second=spilled.events / seconds if seconds else 0.0, worker_peak_mib=worker_peak)
+                         events_per_second=total / seconds if seconds else 0.0, worker_peak_mib=worker_peak)
 
 
-async def _fold_partitions(conn: Conn, schema: str, directory: Path, plan: partitioned.Plan, share: int,
-                           shares: int) -> None:
-    """Fold, derive and write the partitions of this share, one at a time."""
-    for part in range(share, plan.parts, shares):
-        book = ArchiveBook()
-        upcast: list[str] = []
-        for entries in partitioned.read(directory, part, upcast):
-            for _, entry in entries:
-                if entry is not None:
-                    book.fold(entry)
-        await _write_share(conn, schema, book, plan.edges, set(upcast), part, plan.parts)
-        del book  # no cycles: freed here, before the next partition is read
+class _Folded(msgspec.Struct):
+    rows: int = 0  # rows folded over this share's partitions (an event of several partitions counts in each)
+    first_row: float = 0.0  # perf_counter when PostgreSQL handed the first page
+    waited: float = 0.0  # seconds waiting for PostgreSQL's pages (after the first)
+    folded: float = 0.0  # seconds decoding and folding
+    written: float = 0.0  # seconds deriving and writing
+
+
+async def _fold_partitions(reader: Conn, writer: Conn, schema: str, plan: partitioned.Plan, share: int,
+                           shares: int, page: int, progress: Progress | None = None, total: int = 0,
+                           first_rows: Callable[[], None] | None = None) -> _Folded:
+    """Fold, derive and write the partitions of this share, one at a time, as `reader` hands
+    them over; `writer` COPYs each partition's rows while the next page is on its way.
+    `first_rows` is called when the first page arrives."""
+    out = _Folded()
+    book = ArchiveBook()
+    current = -1  # no partition yet
+    upcast: list[str] = []
+    clock = time.perf_counter
+    t = clock()
+    async for part, rows in partitioned.partition_rows(reader, plan, share, shares, page):
+        if out.first_row:
+            out.waited += clock() - t
+        else:
+            out.first_row = clock()
+            if first_rows is not None:
+                first_rows()
+        if part != current:
+            if current >= 0:
+                t = clock()
+                await _write_share(writer, schema, book, plan.edges, set(upcast), current, plan.parts)
+                out.written += clock() - t
+            book, current, upcast = ArchiveBook(), part, []  # the last partition's book goes (no cycles)
+        t = clock()
+        entries, up = entries_of(rows)
+        upcast.extend(up)
+        fold = book.fold
+        for _, entry in entries:
+            if entry is not None:
+                fold(entry)
+        out.rows += len(rows)
+        if progress is not None:  # routed rows of this share, against the log: a rough bar
+            progress(min(out.rows * shares, total), total)
+        out.folded += clock() - t
+        t = clock()
+    if current >= 0:
+        t = clock()
+        await _write_share(writer, schema, book, plan.edges, set(upcast), current, plan.parts)
+        out.written += clock() - t
+    log.info("rebuild share", share=share, rows=out.rows, waited=round(out.waited, 3), folded=round(out.folded, 3),
+             derived_written=round(out.written, 3))
+    return out
 
 
 def _partitions_process(database_url: str, schema: str, directory: str, plan: partitioned.Plan, share: int,
-                        shares: int) -> None:
-    """A forked rebuild worker folding every `shares`-th partition; exit code 0 on success."""
+                        shares: int, page: int) -> None:
+    """A forked rebuild worker reading, folding and writing every `shares`-th partition; exit code
+    0 on success."""
     async def run() -> None:
-        conn = await connect(database_url)
+        reader, writer = await connect(database_url), await connect(database_url)
         try:
-            await _fold_partitions(conn, schema, Path(directory), plan, share, shares)
+            await _fold_partitions(reader, writer, schema, plan, share, shares, page)
         finally:
-            await conn.close()
+            await reader.close()
+            await writer.close()
 
     asyncio.run(run())
     (Path(directory) / f"{share}.peak").write_text(str(_peak_mib()))
@@ -383,8 +432,16 @@ async def _write_share(conn: Conn, schema: str, book: ArchiveBook, edges: list[M
             effs.append(effective(st.entries.values())[0])
     facts = fact_rows_from(effs, plain_in_sql=upcast)  # the other plain facts: facts.plain_facts_sql
     if shares > 1:  # an event in groups of several shares is written by the share of its first root
-        facts = {eid: f for eid, f in facts.items() if f is not None and _share_of(
-            min(root_of.get(k, k) for k in book.family_keys(eid)), shares) == share}
+        ours: dict[str, bool] = {}  # root -> in this share (a root has many facts: hashed once)
+
+        def owned(eid: str) -> bool:
+            first = min(root_of.get(k, k) for k in book.family_keys(eid))
+            mine = ours.get(first)
+            if mine is None:
+                mine = ours[first] = _share_of(first, shares) == share
+            return mine
+
+        facts = {eid: f for eid, f in facts.items() if f is not None and owned(eid)}
     fact_rows = [f for f in facts.values() if f is not None]
     async with conn.transaction():
         await conn.copy_records_to_table("archive", schema_name=schema, columns=tables.ARCHIVE_COLS,

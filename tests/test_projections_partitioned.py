@@ -1,21 +1,28 @@
 """A rebuild folded partition by partition (projections/partitioned.py) gives exactly the rows the
 incremental runner gives, byte for byte: merges and corrections that join children of different
-partitions, work about several children, events about no child, in one process and shared by two."""
+partitions, work about several children, events about no child, children whose events span the
+whole log, transfers, in one process and shared by two; and PostgreSQL routes every row where the
+plan says."""
 
 from __future__ import annotations
 
+import datetime as dt
 import random
-from pathlib import Path
 
 import asyncpg
 import pytest
 
+from events import catalogue as c
+from events.envelope import DecodedEvent
+from events.samples import sample_registration, samples
+from events.types import ActivityKind, MeetingKind
 from projections import partitioned, tables
 from projections.rebuild import fill
 from projections.runner import Runner
 from store.postgres import EventStore
+from tests.factory import SiteWriter
 from tests.test_projections_archive import random_world
-from tests.test_projections_daily import world
+from tests.test_projections_daily import T0, world
 from tests.test_projections_runner import deliver, dump
 
 
@@ -44,29 +51,131 @@ async def test_a_partitioned_rebuild_equals_the_incremental_models(store: EventS
     assert await dump(pool, tables.SHADOW) == live
 
 
-async def test_each_row_goes_where_its_groups_are(store: EventStore, pool: asyncpg.Pool, tmp_path: Path) -> None:
-    """The plan sends a correction with its original and a merged child's events with the archive
-    it joined; the spill writes every event at least once and the log is read once."""
-    events = world(5, 300)
+def spanning_world(seed: int, region: str = "r") -> list[DecodedEvent]:
+    """Twelve children whose events span the whole log (work early and late), transferred between
+    villages, merged across partitions (a chain and an unmerge), named together by meetings and
+    activities, events about no child, and corrections that move work to children elsewhere."""
+    rng = random.Random(seed)
+    kids = [f"c-{seed:04x}{i:028x}" for i in range(12)]
+    names = [f"{region}.{s}" for s in ("t1.v01", "t1.v02", "t2.v01", "t2.s01")]
+    sites = {s: SiteWriter(s) for s in names}
+    out = [sites[names[i % 3]].write(sample_registration(rng, k, village_site=names[i % 3]), T0)
+           for i, k in enumerate(kids)]
+
+    def w(site: str, care: c.CareEventBase) -> DecodedEvent:
+        d = sites[site].write(care, T0 + dt.timedelta(days=rng.randrange(60), minutes=rng.randrange(1440)))
+        out.append(d)
+        return d
+
+    def work(kid: str) -> DecodedEvent:
+        return w(rng.choice(names), samples(rng, kid)[rng.choice(("HomeVisitMade", "ParentCallMade", "TalkHeld"))])
+
+    early = [work(k) for k in kids]
+    w(names[0], c.ChildTransferred(child_id=kids[0], to_village_site=names[2]))
+    w(names[1], c.ChildTransferred(child_id=kids[1], to_village_site=names[0]))
+    first = w(names[0], c.ArchivesMerged(kept_child_id=kids[2], merged_child_id=kids[3]))
+    w(names[0], c.ArchivesMerged(kept_child_id=kids[3], merged_child_id=kids[4]))  # into the kept one's root
+    undone = w(names[2], c.ArchivesMerged(kept_child_id=kids[5], merged_child_id=kids[6]))
+    for _ in range(30):
+        work(rng.choice(kids))
+    together = w(names[3], c.MeetingHeld(kind=MeetingKind.GUARDIANS, topic="安全座谈",
+                                           child_ids_list=[kids[0], kids[3], kids[7], kids[9]], attendees=12))
+    w(names[3], c.ActivityHeld(activity_id=f"a-{seed:032x}", kind=ActivityKind.CHILDRENS_HOME, title="读书会",
+                                 child_ids_list=kids[6:12], participants_total=6))
+    alone = w(names[1], c.MeetingHeld(kind=MeetingKind.GUARDIANS, topic="家长会", attendees=20))  # about no child
+    w(names[2], c.ArchivesUnmerged(merge_event_id=undone.event.event_id, kept_child_id=kids[5],
+                                     merged_child_id=kids[6]))
+    # corrections: work moved to a child elsewhere, a meeting's children changed, a meeting about no child retracted
+    moved = early[8]
+    w(moved.event.site_id, c.EventCorrected(
+        corrected_event_id=moved.event.event_id, reason="填错", child_ids_list=list(moved.event.children),
+        replacement=samples(rng, kids[10])["HomeVisitMade"]))
+    w(together.event.site_id, c.EventCorrected(
+        corrected_event_id=together.event.event_id, reason="名单有误", child_ids_list=list(together.event.children),
+        replacement=c.MeetingHeld(kind=MeetingKind.GUARDIANS, topic="安全座谈",
+                                  child_ids_list=[kids[1], kids[11]], attendees=12)))
+    w(alone.event.site_id, c.EventCorrected(corrected_event_id=alone.event.event_id, reason="重复"))
+    w(first.event.site_id, c.ArchivesMerged(kept_child_id=kids[8], merged_child_id=kids[2]))  # the chain grows late
+    for k in kids:  # every child's history reaches the end of the log too
+        work(k)
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_children_across_partitions_rebuild_as_the_runner_does(store: EventStore, pool: asyncpg.Pool,
+                                                                     seed: int, database_url: str) -> None:
+    """Merges, a chain of merges and an unmerge between partitions, transfers, events naming
+    children of several partitions, corrections moving work to another partition: equal to the
+    runner's rows and to a fold at once, in one process and in two."""
+    events = spanning_world(seed)
+    runner = Runner(pool, batch_size=4)
+    await deliver(store, events, random.Random(seed), runner)
+    await runner.catch_up()
+    live = await dump(pool, tables.SCHEMA)
+    await _partitioned_rebuild(pool, 10**9)  # folded at once
+    assert await dump(pool, tables.SHADOW) == live
+    async with pool.acquire() as conn:
+        upto, _ = await partitioned.head(conn)
+        plan = await partitioned.plan(conn, upto, 6)
+    spans = [d for d in events if len(plan.partitions(d.event.event_id, d.event.children)) > 1]
+    assert spans, "some events go to several of 6 partitions"
+    assert any(partitioned.share_of(e.kept, 6) != partitioned.share_of(e.merged, 6) for e in plan.edges), \
+        "a merge joins children of different partitions"
+    for per_partition in (len(events) // 6, 5, 1):
+        await _partitioned_rebuild(pool, per_partition)
+        assert await dump(pool, tables.SHADOW) == live, per_partition
+    await _partitioned_rebuild(pool, 5, database_url, workers=2)
+    assert await dump(pool, tables.SHADOW) == live
+
+
+async def _routed(conn: asyncpg.Connection, plan: partitioned.Plan, share: int = 0, shares: int = 1,
+                  page: int = 11) -> dict[str, list[int]]:
+    """event id -> the partitions PostgreSQL handed it in, in the order it handed them."""
+    seen: dict[str, list[int]] = {}
+    order: list[int] = []
+    async for part, rows in partitioned.partition_rows(conn, plan, share, shares, page):
+        assert all(r[0] == part for r in rows)
+        order.append(part)
+        for r in rows:
+            seen.setdefault(r["event_id"], []).append(part)
+    assert order == sorted(order), "partitions come one after another"
+    return seen
+
+
+@pytest.mark.parametrize("parts", [9, 4])
+async def test_each_row_goes_where_its_groups_are(store: EventStore, pool: asyncpg.Pool, parts: int) -> None:
+    """PostgreSQL routes every row exactly where the plan says (`Plan.partitions`: a correction
+    with its original, a merged child's events with the archive it joined, an event about
+    children of several partitions to each), once per partition; two shares split them."""
+    events = world(5, 300) + spanning_world(3, region="q")
     await store.append(events)
     async with pool.acquire() as conn:
         upto, total = await partitioned.head(conn)
-        plan = await partitioned.plan(conn, upto, 9)
-        spilled = await partitioned.spill(conn, plan, tmp_path, page=11)
-    assert total == len(events) == spilled.events
+        plan = await partitioned.plan(conn, upto, parts)
+        routed = await _routed(conn, plan)
+        halves = [await _routed(conn, plan, share, 2) for share in (0, 1)]
+    assert total == len(events)
     assert plan.family and plan.edges, "the world corrects and merges"
-    in_parts: dict[str, set[int]] = {}
-    for part in range(plan.parts):
-        upcast: list[str] = []
-        for entries in partitioned.read(tmp_path, part, upcast):
-            for eid, _ in entries:
-                in_parts.setdefault(eid, set()).add(part)
-    assert set(in_parts) == {d.event.event_id for d in events}
-    assert spilled.written == sum(len(p) for p in in_parts.values()) < 2 * len(events)
-    for correction, original in plan.family.items():
-        if original in in_parts:
-            assert in_parts[correction] == in_parts[original]
+    assert set(routed) == {d.event.event_id for d in events}
     for d in events:
+        expected = plan.partitions(d.event.event_id, d.event.children)
+        assert sorted(routed[d.event.event_id]) == sorted(expected), d.event.type
         for kid in d.event.children:
-            root = plan.root_of.get(kid, kid)
-            assert partitioned.share_of(root, plan.parts) in in_parts[d.event.event_id]
+            assert partitioned.share_of(plan.root_of.get(kid, kid), parts) in expected
+    for correction, original in plan.family.items():
+        if original in routed:
+            assert routed[correction] == routed[original]
+    assert any(len(p) > 1 for p in routed.values())
+    for share, half in enumerate(halves):
+        assert all(p % 2 == share for ps in half.values() for p in ps)
+    assert sum(len(p) for h in halves for p in h.values()) == sum(len(p) for p in routed.values())
+
+
+async def test_share_of_is_the_same_in_postgresql(pool: asyncpg.Pool) -> None:
+    """The routing query and the writer agree on every key's partition."""
+    keys = [f"c-{i:032x}" for i in range(200)] + ["ev:0b5c1f4e-7d0e-4a57-9a0e-3f1e2d4c5b6a", "", "村-孩子"]
+    async with pool.acquire() as conn:
+        for shares in (1, 2, 7, 250):
+            got = await conn.fetch(f"SELECT k, {partitioned._share_sql('k', '$2')} AS p FROM unnest($1::text[]) k",
+                                   keys, shares)
+            assert {r["k"]: r["p"] for r in got} == {k: partitioned.share_of(k, shares) for k in keys}
