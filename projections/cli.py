@@ -29,12 +29,12 @@ def register(sub: Any) -> None:
     rb.add_argument("--page", type=int, default=5000, help="events read per page (default 5000)")
     rb.add_argument("--workers", type=int, default=None,
                     help="processes that derive and write after the fold (fork; default 1 for a log folded at once: "
-                         "on a busy 2-core machine more did not help; 2 for a partitioned one, each folding its "
-                         "partitions, which keeps the rate of a fold at once)")
+                         "on a busy 2-core machine more did not help; 2 for a partitioned one, each reading and "
+                         "folding its own partitions)")
     rb.add_argument("--partition-events", type=int, default=None, metavar="N",
                     help="fold a log of more than N events in partitions of about N events each, so memory "
-                         "follows N, not the log (default 250000: ~350 MB; the log is spilled once to "
-                         "SHOUWANG_REBUILD_SPILL_DIR or the system's temporary directory)")
+                         "follows N, not the log (default 250000: ~350 MB a process; PostgreSQL sorts the rows "
+                         "by partition, in its own temporary files beyond 256 MB)")
     rb.set_defaults(handler=_rebuild)
     st = psub.add_parser("status", help="checkpoint, events applied and skipped, lag in events and seconds")
     st.add_argument("--database-url")

@@ -327,7 +327,7 @@ def _partitions_process(database_url: str, schema: str, directory: str, plan: pa
 
 
 def _workers_peak(directory: Path) -> float:
-    """The highest peak the forked workers left in the spill directory (MiB; 0 with none)."""
+    """The highest peak the forked workers left in `directory` (MiB; 0 with none)."""
     return max((float(f.read_text()) for f in directory.glob("*.peak")), default=0.0)
 
 
