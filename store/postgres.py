@@ -57,8 +57,15 @@ What it promises, and where each promise is kept:
   by this store and by the agent's SQLite log alike; `EventStore` is checked against
   `store.contract.EventLog` by mypy (below) and by one suite of tests run on both.
 
-* **History is never rewritten** (guarantee 8). There is no UPDATE or DELETE of `events`
-  anywhere; each event keeps its site's `prev_hash`, and `verify_chain` recomputes the chain.
+* **History is never rewritten** (guarantee 8). There is no UPDATE of `events` anywhere; each
+  event keeps its site's `prev_hash`, and `verify_chain` recomputes the chain. The one DELETE is
+  the partitions' maintenance (migration 0024, store/partitions.py) moving a row out of a
+  default partition into the partition made for it, in the same transaction and with every
+  column kept: its values, its place in the global order and its visibility do not change.
+
+* **Partitions** (migration 0024). `events` is partitioned by region and China-time month; both
+  append paths and every read name `events` only, and PostgreSQL routes and prunes. The global
+  order spans the partitions (an ordered read is a Merge Append of per-partition index scans).
 """
 
 from __future__ import annotations
