@@ -4,14 +4,14 @@
    COPY into the shadow schema, swap) over N events of a made-up township, in events/s, beside a
    raw ordered keyset scan of the same events with JSON decoding of each payload, in the same
    run (the ceiling for anything that must read the whole log).
-2. Projection lag while ingesting at a steady rate: the live runner follows the store while
-   batches are appended via EventStore; for each batch, the time from its commit to the
-   runner's checkpoint passing it. p50 and p99, beside the p99 of the appends themselves.
+2. Peak RSS of the same rebuild as the operator runs it, in a process of its own.
+
+Projection lag under load is the lag suite's (`bench/lag.py`): the projector in the process of
+its own that `center run` gives it, over the same made-up county.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import os
 import random
@@ -37,9 +37,8 @@ from events.types import (
     StatusLevel,
 )
 from projections.rebuild import PARALLEL_FROM, rebuild
-from projections.runner import Runner, read_checkpoint
 from runtime.db import create_pool
-from store.postgres import EventStore, Position
+from store.postgres import EventStore
 
 START = dt.datetime(2024, 9, 1, 8, 0, tzinfo=dt.UTC)
 
@@ -181,55 +180,6 @@ async def raw_scan(conn: asyncpg.Connection) -> tuple[float, int]:
     return n / (time.perf_counter() - t), n
 
 
-async def _lag(pool: asyncpg.Pool, world: World, rate: int, seconds: float, batch: int) -> tuple[list[float],
-                                                                                                list[float]]:
-    store = EventStore(pool)
-    stop = asyncio.Event()
-    runner = asyncio.create_task(Runner(pool, batch_size=2000, poll_seconds=0.2).run(stop), name="bench-runner")
-    pending: list[tuple[Position, float]] = []
-    lags: list[float] = []
-    appends: list[float] = []
-    done_appending = asyncio.Event()
-
-    async def watch() -> None:
-        async with pool.acquire() as conn:
-            while pending or not done_appending.is_set():
-                cp = (await read_checkpoint(conn, "proj")).position
-                now = time.perf_counter()
-                while pending and pending[0][0] <= cp:
-                    lags.append(now - pending.pop(0)[1])
-                await asyncio.sleep(0.005)
-
-    watcher = asyncio.create_task(watch(), name="bench-lag-watcher")
-    work = world.work(10**9)
-    interval = batch / rate
-    t0 = time.perf_counter()
-    i = 0
-    try:
-        while time.perf_counter() - t0 < seconds:
-            events = [next(work) for _ in range(batch)]
-            a = time.perf_counter()
-            await store.append(events)
-            b = time.perf_counter()
-            appends.append(b - a)
-            async with pool.acquire() as conn:
-                row = await conn.fetchrow("SELECT tx_id, position FROM events WHERE event_id = $1::uuid",
-                                          events[-1].event.event_id)
-            pending.append((Position(row["tx_id"], row["position"]), b))
-            i += 1
-            delay = t0 + i * interval - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        done_appending.set()
-        await asyncio.wait_for(watcher, 120)
-    finally:
-        done_appending.set()
-        stop.set()
-        await runner
-        watcher.cancel()
-    return lags, appends
-
-
 def _p(values: list[float], q: float) -> float:
     if len(values) < 2:
         return values[0] if values else 0.0
@@ -245,7 +195,7 @@ async def run(admin_url: str, quick: bool) -> list[Figure]:
     async with fresh_database(admin_url) as url:
         pool = await create_pool(url, max_size=6)
         try:
-            world, stored = await load_world(pool, n)
+            _, stored = await load_world(pool, n)
             async with pool.acquire() as conn:
                 await conn.execute("VACUUM ANALYZE events")
             # Each rebuild between two raw scans, beside their mean: the machine is shared and
@@ -270,14 +220,6 @@ async def run(admin_url: str, quick: bool) -> list[Figure]:
             figures.append(figure(f"projections rebuild peak RSS ({stored:,} events, own process)", peak, "MiB",
                                   note="`shouwang projections rebuild all`; the memory suite has its growth with "
                                        "the log"))
-            runs = [(500, 5.0, 50)] if quick else [(500, 15.0, 50), (2000, 15.0, 100)]
-            for rate, seconds, batch in runs:
-                lags, appends = await _lag(pool, world, rate, seconds, batch)
-                note = f"{rate} events/s in batches of {batch} for {seconds:.0f} s, over {stored:,} stored events"
-                figures.append(figure(f"projection lag p99 while ingesting {rate} events/s", _p(lags, 99) * 1000, "ms",
-                                      "append commit p99 of the same batches", _p(appends, 99) * 1000, note=note))
-                figures.append(figure(f"projection lag p50 while ingesting {rate} events/s", _p(lags, 50) * 1000, "ms",
-                                      "append commit p50 of the same batches", _p(appends, 50) * 1000, note=note))
         finally:
             await pool.close()
     return figures
