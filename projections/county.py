@@ -180,16 +180,18 @@ def split_rows(region: str, period: Period, archives: Sequence[ChildArchive], wo
 
 
 async def county_figures(pool: asyncpg.Pool, region: str, period: Period, townships: Iterable[str],
-                         today: dt.date, *, children: ScopeChildren | None = None
-                         ) -> tuple[Rollup, dict[str, Rollup]]:
+                         today: dt.date, *, children: ScopeChildren | None = None,
+                         rules: list[RuleFigures] | None = None) -> tuple[Rollup, dict[str, Rollup]]:
     """The region's and each township's figures from the live read models, without freshness
     (which moves with ingest, not with the read models; the API keeps these per checkpoint): the
     region's archives once, and the work of the region and of each township summed from the daily
-    rows, as a township's own rollup reads them (projections.queries.rollup_work)."""
+    rows, as a township's own rollup reads them (projections.queries.rollup_work). `rules`: the
+    region's rules' figures for the period judged on the rollup's day, if already in hand."""
     archives, work = await rollup_work(pool, region, period, children)
     async with pool.acquire() as conn:
         work_of = {t: await daily.work_rows(conn, SCHEMA, t, period.start, period.end) for t in townships}
-    rules = await rule_figures_live(pool, region, period, min(period.last_day, today))
+    if rules is None:
+        rules = await rule_figures_live(pool, region, period, min(period.last_day, today))
     return split_rows(region, period, archives, work, work_of, rules=rules, today=today)
 
 

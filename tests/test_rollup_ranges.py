@@ -231,3 +231,51 @@ async def test_a_county_range_from_the_index_equals_the_county_figures(store: Ev
             assert index.figures(period, today, rule_index) == want, (period, today)
             seen += all(r.children_archived and r.rules for r in (want[0], *want[1].values()))
     assert seen >= 5
+
+
+async def test_the_index_policy_serves_the_same_figures_directly_and_from_the_index(
+        store: EventStore, pool: asyncpg.Pool) -> None:
+    """The API's policy (service.api.rollups.IndexPolicy, 2 misses before a build): the same
+    request answered directly at a checkpoint (twice, the second starting the build) and then from
+    the index built for that checkpoint gives the same figures, for township, site and region
+    scopes and for the county's comparison; after the checkpoint moves, requests go direct again
+    until the new checkpoint's index is built."""
+    from service.api import county as api_county
+    from service.api import rollups as api_rollups
+    from service.api.auth import Caller
+
+    for site, kind in KINDS.items():
+        await register_site(pool, site, kind, site)
+    events = county(9)
+    runner = Runner(pool, batch_size=100)
+    caller = Caller(username="u", role="township", site_id=None, township="r.t1", token_id="t")
+    policy = api_rollups.IndexPolicy(build_after=2)
+    indexes, inputs = api_rollups.RangeIndexes(), api_rollups.RuleInputsCache()
+    county_indexes = api_county.CountyIndexes()
+    rng = random.Random(10)
+    for part in (events[:len(events) // 2], events[len(events) // 2:]):
+        await store.append(part)
+        await runner.catch_up()
+        checkpoint = (await pc.sites_of_region(pool, "r"))[0]
+        today = _days(rng)[0]
+        for scope in ("r.t1", "r.t2.s01", "r"):
+            period = _periods(rng)[0]
+            served = []
+            for _ in range(3):
+                before = dict(policy.counts)
+                served.append(await api_rollups.rollup(pool, caller, scope, period, None, None, None, inputs,
+                                                       indexes, policy))
+                await policy.settled()
+                served_from = "index" if policy.counts["index"] > before["index"] else "direct"
+                served[-1] = (served_from, served[-1])
+            assert [how for how, _ in served] == ["direct", "direct", "index"], scope
+            assert served[0][1] == served[1][1] == served[2][1], (scope, period)
+        period = _periods(rng)[1]
+        county_served = []
+        for _ in range(3):
+            before = dict(policy.counts)
+            county_served.append(await api_county.figures_of(pool, "r", period, ["r.t1", "r.t2"], checkpoint, today,
+                                                             county_indexes, inputs, policy))
+            await policy.settled()
+            assert (policy.counts["index"] > before["index"]) == (len(county_served) == 3)
+        assert county_served[0] == county_served[1] == county_served[2], period

@@ -56,7 +56,7 @@ from service.api.config import ApiSettings
 from service.api.errors import EXCEPTION_HANDLERS, ApiError, bad
 from service.api.limits import MAX_ID, MAX_YEAR, MIN_YEAR
 from service.api.openapi import document
-from service.api.rollups import RangeIndexes, RollupCache, RuleInputsCache, ScopeArchives
+from service.api.rollups import IndexPolicy, RangeIndexes, RollupCache, RuleInputsCache, ScopeArchives
 from service.dashboard import DASHBOARD_EXCEPTION_HANDLERS, dashboard_routes
 from service.metrics import MetricsSettings, StoreMetrics, api_registry, request_timer
 from web.security import security_headers_hook
@@ -338,6 +338,7 @@ def create_app(settings: Settings, api_settings: ApiSettings | None = None,
                      "county_cache": county.CountyCache(), "county_indexes": county.CountyIndexes(),
                      "scope_archives": ScopeArchives(),
                      "rule_inputs": RuleInputsCache(), "range_indexes": RangeIndexes(), "date_params": {},
+                     "index_policy": IndexPolicy(api.range_index_after),
                      "trusted_proxies": api.trusted_networks(),
                      "throttle": Throttle(address_failures=api.login_failures, lockout_seconds=api.lockout_seconds,
                                           name_failures=api.name_failures, name_lock_seconds=api.name_lock_seconds),

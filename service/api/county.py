@@ -10,8 +10,12 @@ requests that arrive together (service.api.batch.Batched).
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+import functools
 from typing import Annotated, Any
 
+import asyncpg
 from litestar import Controller, Request, get
 from litestar.openapi.spec import Example
 from litestar.params import QueryParameter
@@ -21,12 +25,16 @@ from projections import county as pc
 from projections import rollups as pr
 from projections import rule_queries
 from projections.facts import township_of
+from projections.followups import Period
+from projections.queries import range_inputs
 from service.api.errors import ApiError
 from service.api.rollups import (
     PERIOD_RULES,
     Checkpointed,
     EndQuery,
+    IndexPolicy,
     PeriodQuery,
+    RuleInputsCache,
     StartQuery,
     period_from,
     rule_inputs,
@@ -55,6 +63,42 @@ class CountyCache(Checkpointed[tuple[pr.Rollup, dict[str, pr.Rollup]]]):
         super().__init__(size)
 
 
+async def build_county_index(pool: asyncpg.Pool, indexes: CountyIndexes, inputs: rule_queries.RuleInputs,
+                             region: str, townships: list[str], key: tuple[object, ...], today: dt.date) -> None:
+    """Build a region's range indexes and its rules' index (kept with `inputs`) and keep them under
+    `key`: the rows read on the event loop, the indexes built in a thread (service.api.rollups.IndexPolicy)."""
+    archives, rows = await range_inputs(pool, region, None)
+    index = await asyncio.to_thread(pc.CountyIndex, region, archives, rows, townships)
+    await asyncio.to_thread(rule_queries.rule_index, inputs, region, today)
+    indexes.put(key, index)
+
+
+async def figures_of(pool: asyncpg.Pool, region: str, p: Period, townships: list[str], checkpoint: object,
+                     today: dt.date, indexes: CountyIndexes | None, inputs: RuleInputsCache | None,
+                     policy: IndexPolicy | None) -> tuple[pr.Rollup, dict[str, pr.Rollup]]:
+    """The region's and its townships' figures at `checkpoint`: from the region's index when it is
+    built for the checkpoint, else directly (`policy` says when an index is built; without one, by
+    the first request at a checkpoint, in the request)."""
+    if indexes is None or inputs is None:
+        return await pc.county_figures(pool, region, p, townships, today)
+    ikey = (region, tuple(townships), checkpoint)
+    region_inputs = await rule_inputs(pool, inputs, region)
+    index = indexes.get(ikey)
+    if index is None and policy is None:
+        index = await pc.county_index(pool, region, townships)
+        indexes.put(ikey, index)
+    rule_index = rule_queries.rule_index(region_inputs, region, today) if index is not None else None
+    if index is not None and rule_index is not None and rule_index.supported:
+        if policy is not None:
+            policy.hit()
+        return index.figures(p, today, rule_index)
+    if index is None and policy is not None:
+        policy.miss(("county", region), ikey, functools.partial(build_county_index, pool, indexes, region_inputs,
+                                                                 region, townships, ikey, today))
+    rules = rule_queries.figures_of(region_inputs, region, p, min(p.last_day, today))
+    return await pc.county_figures(pool, region, p, townships, today, rules=rules)
+
+
 async def county_rollup(request: Request[Any, Any, Any], region: str, period: str | None, start: Any,
                         end: Any) -> pc.CountyRollup:
     """The comparison a request asks for, once the caller may see the region."""
@@ -75,20 +119,8 @@ async def county_rollup(request: Request[Any, Any, Any], region: str, period: st
     key = (region, p.label, p.start, p.end, today, tuple(townships), checkpoint)
     hit = cache.get(key)
     if hit is None:
-        indexes: CountyIndexes | None = request.app.state.get("county_indexes")
-        inputs = request.app.state.get("rule_inputs")
-        if indexes is None or inputs is None:
-            hit = await pc.county_figures(pool, region, p, townships, today)
-        else:
-            rule_index = rule_queries.rule_index(await rule_inputs(pool, inputs, region), region, today)
-            index = indexes.get((region, tuple(townships), checkpoint))
-            if index is None:
-                index = await pc.county_index(pool, region, townships)
-                indexes.put((region, tuple(townships), checkpoint), index)
-            if rule_index.supported:
-                hit = index.figures(p, today, rule_index)
-            else:
-                hit = await pc.county_figures(pool, region, p, townships, today)
+        hit = await figures_of(pool, region, p, townships, checkpoint, today, request.app.state.get("county_indexes"),
+                               request.app.state.get("rule_inputs"), request.app.state.get("index_policy"))
         cache.put(key, hit)
     total, figures = hit
     return pc.assemble(region, total, figures, sites)

@@ -8,8 +8,11 @@ checkpoint stands, and adds the freshness read live.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import functools
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Generic, TypeVar
 
 import asyncpg
@@ -26,6 +29,7 @@ from projections.names import scope_names
 from projections.queries import Heads, ScopeChildren, rollup_heads
 from projections.ranges import RangeIndex
 from projections.rules import RuleFigures
+from runtime import log
 from service.api.auth import Caller
 from service.api.batch import Batched
 from service.api.errors import ApiError, bad, broken_rule
@@ -87,6 +91,7 @@ def period_from(period: str | None, start: dt.date | None, end: dt.date | None) 
 
 
 T = TypeVar("T")
+_log = log.get("service.api.rollups")
 
 
 class Checkpointed(Generic[T]):
@@ -136,6 +141,53 @@ class RangeIndexes(Checkpointed[RangeIndex]):
         super().__init__(size)
 
 
+class IndexPolicy:
+    """When a scope's range index is built. Building one costs about four direct computations of a
+    range (bench/README.md), so on a miss for (scope, checkpoint) the request is answered by the
+    direct computation, and the miss counted; the request that makes `build_after` misses at the
+    same checkpoint starts the build in the background (the reading on the event loop, the
+    building in a thread, so the loop is not held longer than by a direct computation) and is
+    answered directly too. Once built, any range of that checkpoint is a look-up. While a scope's
+    build is under way no other build of that scope starts, whatever the checkpoint: a center whose
+    checkpoint moves faster than a region's index builds wastes at most one build at a time."""
+
+    def __init__(self, build_after: int = 2, size: int = 64) -> None:
+        self.build_after = build_after
+        self.size = size
+        self.misses: OrderedDict[tuple[object, ...], int] = OrderedDict()
+        self.building: dict[object, asyncio.Task[None]] = {}
+        self.counts = {"index": 0, "direct": 0, "builds": 0}
+
+    def hit(self) -> None:
+        self.counts["index"] += 1
+
+    def miss(self, scope: object, key: tuple[object, ...], build: Callable[[], Awaitable[None]]) -> None:
+        """Count a miss at `key` (the scope and checkpoint) answered directly; start `build` (which
+        puts the index where the next request finds it) once `build_after` misses are counted."""
+        self.counts["direct"] += 1
+        n = self.misses.pop(key, 0) + 1
+        self.misses[key] = n
+        while len(self.misses) > self.size:
+            self.misses.popitem(last=False)
+        if n >= self.build_after and scope not in self.building:
+            self.counts["builds"] += 1
+            task = asyncio.create_task(self._build(scope, build))
+            self.building[scope] = task
+
+    async def _build(self, scope: object, build: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await build()
+        except Exception as err:  # the requests go on being answered directly; the next miss retries
+            _log.warning("range index not built", scope=str(scope), error=type(err).__name__)
+        finally:
+            del self.building[scope]
+
+    async def settled(self) -> None:
+        """Wait for the builds under way (the tests and the benchmark; a server never waits)."""
+        while self.building:
+            await asyncio.gather(*self.building.values(), return_exceptions=True)
+
+
 class RuleInputsCache(Checkpointed[rule_queries.RuleInputs]):
     """The follow-up rules' inputs of a township (or region), keyed by `rule_queries.inputs_key`
     (its townships, the checkpoint, the newest rule event): the rollups of several periods, each
@@ -166,31 +218,52 @@ async def rule_figures(pool: asyncpg.Pool, cache: RuleInputsCache | None, scope:
     return rule_queries.figures_of(await rule_inputs(pool, cache, scope), scope, period, as_of)
 
 
-async def rule_totals(pool: asyncpg.Pool, cache: RuleInputsCache, scope: str, period: pf.Period, today: dt.date,
-                      heads: Heads) -> tuple[dict[str, pr.RuleFigure], int]:
-    """The rollup's `rules` and `overdue_children` for `period` judged on `today`, from the rules'
-    index kept with the cached inputs (projections.ranges.RuleIndex; the same totals as
-    `rollups.rule_totals` of :func:`rule_figures`). The inputs' key comes from the `heads` read
-    for the request (the checkpoint and the newest rule event), so a look-up reads nothing more."""
-    as_of = min(period.last_day, today)
+async def inputs_at(pool: asyncpg.Pool, cache: RuleInputsCache, scope: str, heads: Heads
+                    ) -> rule_queries.RuleInputs:
+    """The rules' inputs of `scope` through the cache, keyed by the `heads` read for the request
+    (the checkpoint and the newest rule event), so a hit reads nothing more."""
     key = rule_queries.key_of(scope, heads.checkpoint, heads.rules)
     inputs = cache.get(key)
     if inputs is None:
         inputs = await rule_queries.rule_inputs(pool, scope)
         cache.put(key, inputs)
+    return inputs
+
+
+async def rule_totals(pool: asyncpg.Pool, cache: RuleInputsCache, scope: str, period: pf.Period, today: dt.date,
+                      heads: Heads) -> tuple[dict[str, pr.RuleFigure], int]:
+    """The rollup's `rules` and `overdue_children` for `period` judged on `today`, from the rules'
+    index kept with the cached inputs (projections.ranges.RuleIndex; the same totals as
+    `rollups.rule_totals` of :func:`rule_figures`)."""
+    as_of = min(period.last_day, today)
+    inputs = await inputs_at(pool, cache, scope, heads)
     index = rule_queries.rule_index(inputs, scope, today)
     if not index.supported:
         return pr.rule_totals(rule_queries.figures_of(inputs, scope, period, as_of))
     return index.totals(period, as_of)
 
 
+async def build_range_index(pool: asyncpg.Pool, indexes: RangeIndexes, cache: RuleInputsCache, scope: str,
+                            heads: Heads, today: dt.date, children: ScopeChildren | None) -> None:
+    """Build `scope`'s range index and its rules' index at the checkpoint of `heads` and keep them
+    (the index in `indexes`, the rules' index with the cached inputs): the rows are read on the
+    event loop, the indexes built in a thread, so that requests go on being served meanwhile."""
+    archives, rows = await queries.range_inputs(pool, scope, children)
+    inputs = await inputs_at(pool, cache, scope, heads)
+    index = await asyncio.to_thread(RangeIndex, scope, archives, [(day, r) for _, day, r in rows])
+    await asyncio.to_thread(rule_queries.rule_index, inputs, scope, today)
+    indexes.put((scope, heads.checkpoint), index)
+
+
 async def rollup(pool: asyncpg.Pool, caller: Caller, scope: str, period: pf.Period,
                  cache: RollupCache | None = None, archives: ScopeArchives | None = None,
                  heads: Batched[str, Heads] | None = None, inputs: RuleInputsCache | None = None,
-                 indexes: RangeIndexes | None = None) -> pr.Rollup:
+                 indexes: RangeIndexes | None = None, policy: IndexPolicy | None = None) -> pr.Rollup:
     """The figures of `scope` (checked against the caller by :func:`check_scope`) from the read
     models (:func:`projections.queries.rollup`), computed once per checkpoint: with `indexes` and
-    `inputs`, from the scope's range index (projections.ranges), built once per checkpoint."""
+    `inputs`, from the scope's range index (projections.ranges) when it is built for the
+    checkpoint, else directly; `policy` says when an index is built (without one, by the first
+    request at a checkpoint, in the request)."""
     today = local_today()
     # Read on every request, in a query started after it arrived (shared with concurrent ones).
     now = await heads.get(scope) if heads is not None else (await rollup_heads(pool, [scope])).get(scope)
@@ -203,14 +276,24 @@ async def rollup(pool: asyncpg.Pool, caller: Caller, scope: str, period: pf.Peri
             children = await queries.scope_children(pool, scope)
             if archives is not None:
                 archives.put((scope, now.checkpoint), children)
-        if indexes is not None and inputs is not None:
-            index = indexes.get((scope, now.checkpoint))
-            if index is None:
-                index = await queries.range_index(pool, scope, children)
-                indexes.put((scope, now.checkpoint), index)
+        index = indexes.get((scope, now.checkpoint)) if indexes is not None else None
+        if indexes is not None and inputs is not None and index is None and policy is None:
+            index = await queries.range_index(pool, scope, children)
+            indexes.put((scope, now.checkpoint), index)
+        if index is not None and inputs is not None:
+            if policy is not None:
+                policy.hit()
             hit = index.rollup(period, today, await rule_totals(pool, inputs, scope, period, today, now))
         else:
-            rules = await rule_figures(pool, inputs, scope, period, min(period.last_day, today))
+            as_of = min(period.last_day, today)
+            if inputs is None:
+                rules = await rule_figures(pool, inputs, scope, period, as_of)
+            else:
+                rules = rule_queries.figures_of(await inputs_at(pool, inputs, scope, now), scope, period, as_of)
+                if indexes is not None and policy is not None:
+                    policy.miss(scope, (scope, now.checkpoint),
+                                functools.partial(build_range_index, pool, indexes, inputs, scope, now, today,
+                                                  children))
             hit = await queries.rollup_figures(pool, scope, period, today, children=children, rules=rules)
         if cache is not None:
             cache.put(key, hit)
@@ -225,7 +308,7 @@ async def caller_rollup(request: Request[Any, Any, Any], scope: str, period: str
     state = request.app.state
     return await rollup(state.pool, caller, scope, period_from(period, start, end), state.rollup_cache,
                         state.scope_archives, state.get("rollup_heads"), state.get("rule_inputs"),
-                        state.get("range_indexes"))
+                        state.get("range_indexes"), state.get("index_policy"))
 
 
 class RollupsController(Controller):
