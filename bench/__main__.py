@@ -15,7 +15,7 @@ from bench import report
 from bench.servers import bench_servers
 
 SUITES = ("store", "projections", "lag", "api", "ingest", "catchup", "relay", "memory", "scale", "station", "link",
-          "rules", "cluster", "county", "county_store")
+          "rules", "cluster", "county", "county_store", "ranges")
 
 
 async def main(argv: list[str]) -> int:
@@ -87,6 +87,10 @@ async def _suite(suite: str, pg_url: str, nats_url: str, quick: bool) -> list[re
         from bench import county_store
 
         return await county_store.run(pg_url, quick)
+    if suite == "ranges":
+        from bench import ranges
+
+        return await ranges.run_suite(pg_url, quick)
     if suite == "county":
         from bench import county
 

@@ -7,8 +7,19 @@ and what the index costs to build once per checkpoint, beside decoding the scope
 The store is bench/api.py's county (townships of 10k events, 200 children each): a township's
 ranges, and with more than one township the region's (every township of it).
 
-Runnable alone: ``python -m bench.ranges [--sizes 10000,200000] [--pg URL]`` (not a suite of
-``python -m bench``; the api and county suites time the same code through HTTP).
+Live: the same township's and region's computed ranges through the API's own code
+(`service.api.rollups.rollup`, no HTTP) while the projections' checkpoint moves before every
+round of requests, as it does while a center ingests: before (the index built by the first
+request at a checkpoint, in the request: the API before `IndexPolicy`), after (`IndexPolicy`:
+direct until a scope missed twice at one checkpoint, then built in the background) and the direct
+computation alone, in the same run, interleaved. The checkpoint is moved by advancing its row's
+position (the read models stay as they are, so all three answer the same figures, which is
+checked): what every request then pays is what a moved checkpoint costs it, the caches keyed by
+the checkpoint (archives, rules' inputs, indexes) missing; the projection's own work is no part of
+any of the three.
+
+Runnable alone: ``python -m bench.ranges [--sizes 10000,200000] [--pg URL]``; as a suite,
+``python -m bench --only ranges [--quick]`` (20k events, or 200k: two townships, or twenty).
 """
 
 from __future__ import annotations
@@ -28,8 +39,12 @@ from bench.report import Figure, figure
 from bench.servers import fresh_database
 from projections import queries, rule_queries
 from projections.followups import Period
-from projections.rollups import compute_from_rows
+from projections.rollups import Rollup, compute_from_rows
+from projections.runner import NAME as CHECKPOINT
+from projections.tables import SCHEMA
 from runtime.db import create_pool
+from service.api import rollups as api
+from service.api.auth import Caller
 
 TODAY = dt.date(2026, 12, 5)
 
@@ -88,7 +103,43 @@ async def measure(pool: asyncpg.Pool, scope: str, size: str, n: int) -> list[Fig
     return out
 
 
-async def run(admin_url: str, sizes: list[int]) -> list[Figure]:
+async def live(pool: asyncpg.Pool, scope: str, size: str, rounds: int, per: int) -> list[Figure]:
+    """Per request, `rounds` rounds of `per` different ranges each, the checkpoint moved before
+    every round: before (index built in the request), after (IndexPolicy, 2 misses) and direct."""
+    caller = Caller(username="bench", role="township", site_id=None, township=None, token_id="bench")
+    policy = api.IndexPolicy(build_after=2)
+    modes: dict[str, tuple[api.RangeIndexes | None, api.IndexPolicy | None]] = {
+        "before": (api.RangeIndexes(), None), "after": (api.RangeIndexes(), policy), "direct": (None, None)}
+    caches = {m: (api.ScopeArchives(), api.RuleInputsCache()) for m in modes}
+    secs = dict.fromkeys(modes, 0.0)
+    ranges = _ranges(rounds * per)
+    for r in range(rounds):
+        for mode, (indexes, pol) in modes.items():
+            async with pool.acquire() as conn:
+                await conn.execute(f"UPDATE {SCHEMA}.checkpoint SET pos = pos + 1 WHERE name = $1", CHECKPOINT)
+            archives, inputs = caches[mode]
+            served: list[Rollup] = []
+            t = time.perf_counter()
+            for p in ranges[r * per:(r + 1) * per]:
+                served.append(await api.rollup(pool, caller, scope, p, None, archives, None, inputs, indexes, pol))
+            await policy.settled()  # a build the round started is paid by the round (after)
+            secs[mode] += time.perf_counter() - t
+            if mode == "before":
+                want = served
+            elif served != want:
+                raise RuntimeError(f"{scope}: the {mode} ranges differ from the ones read from the index")
+    n = rounds * per
+    where = f"{scope} @ {size}, {per} range(s) per checkpoint"
+    direct = secs["direct"] / n * 1000
+    return [figure(f"ranges live: before (index built in the request), per request, {where}",
+                   secs["before"] / n * 1000, "ms", "the direct computation, same requests", direct),
+            figure(f"ranges live: after (IndexPolicy, built after 2 misses), per request, {where}",
+                   secs["after"] / n * 1000, "ms", "the direct computation, same requests", direct),
+            figure(f"ranges live: after's index look-ups and builds, {where}", policy.counts["index"], "requests",
+                   "requests in all (builds: " + str(policy.counts["builds"]) + ")", n)]
+
+
+async def run(admin_url: str, sizes: list[int], rounds: int = 6) -> list[Figure]:
     figures: list[Figure] = []
     for n in sizes:
         async with fresh_database(admin_url) as url:
@@ -102,9 +153,18 @@ async def run(admin_url: str, sizes: list[int]) -> list[Figure]:
                 figures += await measure(pool, townships[0].id, size, 40)
                 if len(townships) > 1:
                     figures += await measure(pool, townships[0].id.split(".")[0], size, 8)
+                for per in (1, 3):
+                    figures += await live(pool, townships[0].id, size, rounds, per)
+                    if len(townships) > 1:
+                        figures += await live(pool, townships[0].id.split(".")[0], size, max(2, rounds // 2), per)
             finally:
                 await pool.close()
     return figures
+
+
+async def run_suite(admin_url: str, quick: bool) -> list[Figure]:
+    """`python -m bench --only ranges`: 20k events (two townships) quick, else 200k (twenty)."""
+    return await run(admin_url, [20_000] if quick else [200_000], 3 if quick else 6)
 
 
 @contextlib.asynccontextmanager
