@@ -235,11 +235,12 @@ async def test_a_county_range_from_the_index_equals_the_county_figures(store: Ev
 
 async def test_the_index_policy_serves_the_same_figures_directly_and_from_the_index(
         store: EventStore, pool: asyncpg.Pool) -> None:
-    """The API's policy (service.api.rollups.IndexPolicy, 2 misses before a build): the same
-    request answered directly at a checkpoint (twice, the second starting the build) and then from
-    the index built for that checkpoint gives the same figures, for township, site and region
+    """The API's policy (service.api.rollups.IndexPolicy, 2 misses before a build, costs not
+    weighed): the same request answered directly at a checkpoint (twice) and then from the index
+    built for that checkpoint by the third gives the same figures, for township, site and region
     scopes and for the county's comparison; after the checkpoint moves, requests go direct again
-    until the new checkpoint's index is built."""
+    until the new checkpoint's index is built. With the costs weighed, whichever path a request
+    takes, the figures are the same."""
     from service.api import county as api_county
     from service.api import rollups as api_rollups
     from service.api.auth import Caller
@@ -249,7 +250,7 @@ async def test_the_index_policy_serves_the_same_figures_directly_and_from_the_in
     events = county(9)
     runner = Runner(pool, batch_size=100)
     caller = Caller(username="u", role="township", site_id=None, township="r.t1", token_id="t")
-    policy = api_rollups.IndexPolicy(build_after=2)
+    policy = api_rollups.IndexPolicy(build_after=2, adaptive=False)
     indexes, inputs = api_rollups.RangeIndexes(), api_rollups.RuleInputsCache()
     county_indexes = api_county.CountyIndexes()
     rng = random.Random(10)
@@ -279,3 +280,11 @@ async def test_the_index_policy_serves_the_same_figures_directly_and_from_the_in
             await policy.settled()
             assert (policy.counts["index"] > before["index"]) == (len(county_served) == 3)
         assert county_served[0] == county_served[1] == county_served[2], period
+    weighed = api_rollups.IndexPolicy(build_after=1, first_build=1.0)
+    period = _periods(rng)[2]
+    first = await api_rollups.rollup(pool, caller, "r.t1", period, None, None, None, inputs, api_rollups.RangeIndexes(),
+                                     weighed)
+    for _ in range(4):
+        assert await api_rollups.rollup(pool, caller, "r.t1", period, None, None, None, inputs, indexes,
+                                        weighed) == first
+    assert weighed.counts["index"] + weighed.counts["direct"] == 5

@@ -31,9 +31,9 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_json_depth: Positive = 32  # arrays and objects nested deeper are refused before decoding
     max_body_bytes: Positive = 64 * 1024
     pool_size: Positive = 10
-    # A scope's range index (GET /rollups and /county/rollups over any start..end) is built, in the
-    # background, once this many ranges not computed before were answered directly at the same
-    # projections checkpoint: building costs about four direct computations (bench/README.md).
+    # A scope's range index (GET /rollups and /county/rollups over any start..end) is built once at
+    # least this many ranges not computed before were answered directly at the same projections
+    # checkpoint and they cost together as much as the scope's last build (service.api.rollups.IndexPolicy).
     range_index_after: Positive = 2
     connect_nats: bool = True  # readiness checks NATS; off for tools that have no NATS
 

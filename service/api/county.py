@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import time
 from typing import Annotated, Any
 
 import asyncpg
@@ -87,16 +88,21 @@ async def figures_of(pool: asyncpg.Pool, region: str, p: Period, townships: list
     if index is None and policy is None:
         index = await pc.county_index(pool, region, townships)
         indexes.put(ikey, index)
+    elif index is None and policy is not None and await policy.ready(
+            ("county", region), ikey, functools.partial(build_county_index, pool, indexes, region_inputs, region,
+                                                        townships, ikey, today)):
+        index = indexes.get(ikey)
     rule_index = rule_queries.rule_index(region_inputs, region, today) if index is not None else None
     if index is not None and rule_index is not None and rule_index.supported:
         if policy is not None:
             policy.hit()
         return index.figures(p, today, rule_index)
-    if index is None and policy is not None:
-        policy.miss(("county", region), ikey, functools.partial(build_county_index, pool, indexes, region_inputs,
-                                                                 region, townships, ikey, today))
+    t = time.perf_counter()
     rules = rule_queries.figures_of(region_inputs, region, p, min(p.last_day, today))
-    return await pc.county_figures(pool, region, p, townships, today, rules=rules)
+    hit = await pc.county_figures(pool, region, p, townships, today, rules=rules)
+    if index is None and policy is not None:
+        policy.took(("county", region), ikey, time.perf_counter() - t)
+    return hit
 
 
 async def county_rollup(request: Request[Any, Any, Any], region: str, period: str | None, start: Any,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Generic, TypeVar
@@ -142,48 +143,72 @@ class RangeIndexes(Checkpointed[RangeIndex]):
 
 
 class IndexPolicy:
-    """When a scope's range index is built. Building one costs about four direct computations of a
-    range (bench/README.md), so on a miss for (scope, checkpoint) the request is answered by the
-    direct computation, and the miss counted; the request that makes `build_after` misses at the
-    same checkpoint starts the build in the background (the reading on the event loop, the
-    building in a thread, so the loop is not held longer than by a direct computation) and is
-    answered directly too. Once built, any range of that checkpoint is a look-up. While a scope's
-    build is under way no other build of that scope starts, whatever the checkpoint: a center whose
-    checkpoint moves faster than a region's index builds wastes at most one build at a time."""
+    """When a scope's range index is built. Building one costs several direct computations of a
+    range (bench/README.md), and a center that ingests moves the checkpoint every second or so, so
+    on a miss for (scope, checkpoint) the request is answered by the direct computation, timed and
+    counted. The index is built (in the request, its rows read on the event loop and the index
+    built in a thread, so the loop is held no longer than by a direct computation) once at least
+    `build_after` misses at that checkpoint have together cost as much as the scope's last build
+    (before any, `first_build` direct computations): the rent-or-buy rule, so a checkpoint's
+    requests cost at most about twice what the better of always building and never building
+    would. Requests at the checkpoint of a build under way wait for it. `adaptive=False`: build
+    on the miss after `build_after` misses, whatever the costs (the tests)."""
 
-    def __init__(self, build_after: int = 2, size: int = 64) -> None:
+    def __init__(self, build_after: int = 2, *, adaptive: bool = True, first_build: float = 4.0,
+                 size: int = 64) -> None:
         self.build_after = build_after
+        self.adaptive = adaptive
+        self.first_build = first_build
         self.size = size
-        self.misses: OrderedDict[tuple[object, ...], int] = OrderedDict()
-        self.building: dict[object, asyncio.Task[None]] = {}
+        self.misses: OrderedDict[tuple[object, ...], float] = OrderedDict()  # key: seconds spent directly
+        self.count: dict[tuple[object, ...], int] = {}
+        self.direct: dict[object, float] = {}  # scope: the last direct computation's seconds
+        self.build_cost: dict[object, float] = {}  # scope: the last build's seconds
+        self.building: dict[tuple[object, ...], asyncio.Task[bool]] = {}
         self.counts = {"index": 0, "direct": 0, "builds": 0}
 
     def hit(self) -> None:
         self.counts["index"] += 1
 
-    def miss(self, scope: object, key: tuple[object, ...], build: Callable[[], Awaitable[None]]) -> None:
-        """Count a miss at `key` (the scope and checkpoint) answered directly; start `build` (which
-        puts the index where the next request finds it) once `build_after` misses are counted."""
+    def took(self, scope: object, key: tuple[object, ...], secs: float) -> None:
+        """A request at `key` answered directly in `secs`."""
         self.counts["direct"] += 1
-        n = self.misses.pop(key, 0) + 1
-        self.misses[key] = n
+        self.direct[scope] = secs
+        self.misses[key] = self.misses.pop(key, 0.0) + secs
+        self.count[key] = self.count.get(key, 0) + 1
         while len(self.misses) > self.size:
-            self.misses.popitem(last=False)
-        if n >= self.build_after and scope not in self.building:
-            self.counts["builds"] += 1
-            task = asyncio.create_task(self._build(scope, build))
-            self.building[scope] = task
+            old, _ = self.misses.popitem(last=False)
+            self.count.pop(old, None)
 
-    async def _build(self, scope: object, build: Callable[[], Awaitable[None]]) -> None:
+    async def ready(self, scope: object, key: tuple[object, ...], build: Callable[[], Awaitable[None]]) -> bool:
+        """Whether the index at `key` is built now (by this request or one under way): else the
+        request answers directly and reports its time (:meth:`took`)."""
+        task = self.building.get(key)
+        if task is None:
+            if self.count.get(key, 0) < self.build_after:
+                return False
+            if self.adaptive:
+                d = self.direct.get(scope, 0.0)
+                if self.misses.get(key, 0.0) < self.build_cost.get(scope, self.first_build * d):
+                    return False
+            self.counts["builds"] += 1
+            task = self.building[key] = asyncio.create_task(self._build(scope, key, build))
+        return await asyncio.shield(task)
+
+    async def _build(self, scope: object, key: tuple[object, ...], build: Callable[[], Awaitable[None]]) -> bool:
+        t = time.perf_counter()
         try:
             await build()
-        except Exception as err:  # the requests go on being answered directly; the next miss retries
+        except Exception as err:  # the requests go on being answered directly
             _log.warning("range index not built", scope=str(scope), error=type(err).__name__)
+            return False
         finally:
-            del self.building[scope]
+            del self.building[key]
+        self.build_cost[scope] = time.perf_counter() - t
+        return True
 
     async def settled(self) -> None:
-        """Wait for the builds under way (the tests and the benchmark; a server never waits)."""
+        """Wait for the builds under way (the tests and the benchmark)."""
         while self.building:
             await asyncio.gather(*self.building.values(), return_exceptions=True)
 
@@ -276,25 +301,31 @@ async def rollup(pool: asyncpg.Pool, caller: Caller, scope: str, period: pf.Peri
             children = await queries.scope_children(pool, scope)
             if archives is not None:
                 archives.put((scope, now.checkpoint), children)
-        index = indexes.get((scope, now.checkpoint)) if indexes is not None else None
-        if indexes is not None and inputs is not None and index is None and policy is None:
-            index = await queries.range_index(pool, scope, children)
-            indexes.put((scope, now.checkpoint), index)
+        ikey = (scope, now.checkpoint)
+        index = indexes.get(ikey) if indexes is not None else None
+        if indexes is not None and inputs is not None and index is None:
+            if policy is None:
+                index = await queries.range_index(pool, scope, children)
+                indexes.put(ikey, index)
+            elif await policy.ready(scope, ikey, functools.partial(build_range_index, pool, indexes, inputs, scope,
+                                                                     now, today, children)):
+                index = indexes.get(ikey)
         if index is not None and inputs is not None:
             if policy is not None:
                 policy.hit()
             hit = index.rollup(period, today, await rule_totals(pool, inputs, scope, period, today, now))
         else:
             as_of = min(period.last_day, today)
+            t = time.perf_counter()
             if inputs is None:
                 rules = await rule_figures(pool, inputs, scope, period, as_of)
             else:
-                rules = rule_queries.figures_of(await inputs_at(pool, inputs, scope, now), scope, period, as_of)
-                if indexes is not None and policy is not None:
-                    policy.miss(scope, (scope, now.checkpoint),
-                                functools.partial(build_range_index, pool, indexes, inputs, scope, now, today,
-                                                  children))
+                in_hand = await inputs_at(pool, inputs, scope, now)
+                t = time.perf_counter()  # the inputs are read at a new checkpoint by either path
+                rules = rule_queries.figures_of(in_hand, scope, period, as_of)
             hit = await queries.rollup_figures(pool, scope, period, today, children=children, rules=rules)
+            if policy is not None and indexes is not None and inputs is not None:
+                policy.took(scope, ikey, time.perf_counter() - t)
         if cache is not None:
             cache.put(key, hit)
     return queries.with_freshness(hit, now)
