@@ -12,11 +12,11 @@ Live: the same township's and region's computed ranges through the API's own cod
 round of requests, as it does while a center ingests: before (the index built by the first
 request at a checkpoint, in the request: the API before `IndexPolicy`), after (`IndexPolicy`:
 direct until a scope's direct answers at one checkpoint cost as much as its last build, at least
-two of them, then built in the request) and the direct computation alone, in the same run, interleaved. The checkpoint is moved by advancing its row's
-position (the read models stay as they are, so all three answer the same figures, which is
-checked): what every request then pays is what a moved checkpoint costs it, the caches keyed by
-the checkpoint (archives, rules' inputs, indexes) missing; the projection's own work is no part of
-any of the three.
+two of them, then built in the request) and the direct computation alone, in the same run,
+interleaved. The checkpoint is moved by advancing its row's position (the read models stay as
+they are, so all three answer the same figures, which is checked): what every request then pays
+is what a moved checkpoint costs it, the caches keyed by the checkpoint (archives, rules' inputs,
+indexes) missing; the projection's own work is no part of any of the three.
 
 Runnable alone: ``python -m bench.ranges [--sizes 10000,200000] [--pg URL]``; as a suite,
 ``python -m bench --only ranges [--quick]`` (20k events, or 200k: two townships, or twenty).
@@ -105,7 +105,7 @@ async def measure(pool: asyncpg.Pool, scope: str, size: str, n: int) -> list[Fig
 
 async def live(pool: asyncpg.Pool, scope: str, size: str, rounds: int, per: int) -> list[Figure]:
     """Per request, `rounds` rounds of `per` different ranges each, the checkpoint moved before
-    every round: before (index built in the request), after (IndexPolicy, 2 misses) and direct."""
+    every round: before (index built in the request), after (IndexPolicy) and direct."""
     caller = Caller(username="bench", role="township", site_id=None, township=None, token_id="bench")
     policy = api.IndexPolicy(build_after=2)
     modes: dict[str, tuple[api.RangeIndexes | None, api.IndexPolicy | None]] = {
