@@ -89,16 +89,33 @@ def test_sync_once_exits_when_nats_dies_under_it(tmp_path: Path) -> None:
         data = site_with_events(tmp_path, server.url)
         started = time.monotonic()
         proc = subprocess.Popen([*SHOUWANG, "agent", "sync", "--data", str(data), "--once", "--timeout", "8"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "SHOUWANG_LOG_LEVEL": "info"})
-        killer = threading.Timer(3.0, server.kill)
-        killer.start()
+        # Killed once the agent says it is connected (a fixed delay raced the agent's start-up on a
+        # loaded machine: NATS was gone before it connected), and a moment on, while it waits.
+        seen: list[str] = []
+
+        def read_and_kill() -> None:
+            assert proc.stderr is not None
+            killed = False
+            for line in proc.stderr:
+                seen.append(line)
+                if not killed and '"event": "connected"' in line:
+                    time.sleep(0.5)
+                    server.kill()
+                    killed = True
+
+        reader = threading.Thread(target=read_and_kill, daemon=True)
+        reader.start()
         try:
-            _, err = proc.communicate(timeout=8 + 30)
+            proc.wait(timeout=8 + 60)
         finally:
-            killer.cancel()
             if proc.poll() is None:
                 proc.kill()
+            reader.join(timeout=10)
+            assert proc.stderr is not None
+            proc.stderr.close()
+        err = "".join(seen)
         assert proc.returncode == 1, err[-2000:]
         assert time.monotonic() - started < 8 + 15
         assert len(lines(err, "connected")) == 1, err

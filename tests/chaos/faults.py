@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import random
 import sqlite3
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,13 @@ class Injector:
             await station.proxy.cut()
             try:
                 await asyncio.sleep(f.pause)  # the site records on; its backlog grows
+                # On a loaded machine the feeder may not have reached this site meanwhile: stay cut
+                # (a bounded time) until there is a backlog to catch up, or the fault tests nothing.
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    if await self._pending(f.target) > 0:
+                        break
+                    await asyncio.sleep(0.5)
             finally:
                 await station.proxy.restore()
             await asyncio.sleep(f.count / 1000)
