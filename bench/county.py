@@ -11,8 +11,9 @@ Measured, each beside the constant route of the same run:
   checkpoint (the usual case: a county office opening its page), 50 clients, p50/p99;
 * a township's rollup for a month, the same way: what the county's figure is compared with;
 * the county comparison of a date range not asked before, one request at a time, p50 and the
-  slowest: read from the region's range index (projections/ranges.py), which the first request
-  after the read models move builds (here, the cached months' first request).
+  slowest: read from the region's range index (projections/ranges.py) once the ranges and months
+  answered directly at the checkpoint have paid for its build (service.api.rollups.IndexPolicy;
+  here the cached months' first requests usually have), else computed directly.
 
 Also runnable alone: ``python -m bench.county [--quick] [--pg URL]``.
 """
