@@ -110,6 +110,20 @@ def freshness_of(sites: Iterable[SiteOfRegion]) -> TownshipFreshness:
                              newest_contact=max(heard, default=None), newest_occurred_at=max(newest, default=None))
 
 
+def archives_by_township(archives: Sequence[ChildArchive], townships: Iterable[str]
+                         ) -> dict[str, list[ChildArchive]]:
+    """Each township's archives of a region's: a child goes to the townships of its sites; merged
+    stubs, which only map a merged child to its kept archive, go to every township."""
+    kids: dict[str, list[ChildArchive]] = {t: [] for t in townships}
+    stubs = [a for a in archives if a.merged_into is not None]
+    for a in archives:
+        if a.merged_into is None:
+            for t in {township_of(s) for s in a.sites}:
+                if t in kids:
+                    kids[t].append(a)
+    return {t: [*mine, *stubs] for t, mine in kids.items()}
+
+
 def split(region: str, period: Period, archives: Sequence[ChildArchive], facts: Sequence[Fact],
           townships: Iterable[str], *, rules: Sequence[RuleFigures], today: dt.date | None = None
           ) -> tuple[Rollup, dict[str, Rollup]]:
@@ -119,19 +133,13 @@ def split(region: str, period: Period, archives: Sequence[ChildArchive], facts: 
     its kept archive, go to every township). `rules`: the region's rules' figures
     (`projections.rules.rule_figures`), each township's its own."""
     total = compute(region, period, archives, facts, rules=rules, today=today)
-    kids: dict[str, list[ChildArchive]] = {t: [] for t in townships}
-    stubs = [a for a in archives if a.merged_into is not None]
-    for a in archives:
-        if a.merged_into is None:
-            for t in {township_of(s) for s in a.sites}:
-                if t in kids:
-                    kids[t].append(a)
+    kids = archives_by_township(archives, townships)
     work: dict[str, list[Fact]] = {t: [] for t in kids}
     for f in facts:
         bucket = work.get(f.township)
         if bucket is not None:
             bucket.append(f)
-    return total, {t: compute(t, period, [*kids[t], *stubs], work[t], today=today,
+    return total, {t: compute(t, period, kids[t], work[t], today=today,
                               rules=[f for f in rules if f.township == t]) for t in kids}
 
 
@@ -168,14 +176,8 @@ def split_rows(region: str, period: Period, archives: Sequence[ChildArchive], wo
     """:func:`split` from work already summed (projections.daily): `work` the region's, `work_of`
     each township's (its keys are the townships)."""
     total = compute_from_rows(region, period, archives, work, rules=rules, today=today)
-    kids: dict[str, list[ChildArchive]] = {t: [] for t in work_of}
-    stubs = [a for a in archives if a.merged_into is not None]
-    for a in archives:
-        if a.merged_into is None:
-            for t in {township_of(s) for s in a.sites}:
-                if t in kids:
-                    kids[t].append(a)
-    return total, {t: compute_from_rows(t, period, [*kids[t], *stubs], work_of[t], today=today,
+    kids = archives_by_township(archives, work_of)
+    return total, {t: compute_from_rows(t, period, kids[t], work_of[t], today=today,
                                         rules=[f for f in rules if f.township == t]) for t in kids}
 
 
@@ -203,19 +205,13 @@ class CountyIndex:
     def __init__(self, region: str, archives: Sequence[ChildArchive], rows: Sequence[tuple[str, dt.date, WorkRow]],
                  townships: Iterable[str]) -> None:
         self.total = RangeIndex(region, archives, [(day, r) for _, day, r in rows])
-        kids: dict[str, list[ChildArchive]] = {t: [] for t in townships}
-        stubs = [a for a in archives if a.merged_into is not None]
-        for a in archives:
-            if a.merged_into is None:
-                for t in {township_of(s) for s in a.sites}:
-                    if t in kids:
-                        kids[t].append(a)
+        kids = archives_by_township(archives, townships)
         work: dict[str, list[tuple[dt.date, WorkRow]]] = {t: [] for t in kids}
         for town, day, r in rows:
             bucket = work.get(town)
             if bucket is not None:
                 bucket.append((day, r))
-        self.townships = {t: RangeIndex(t, [*kids[t], *stubs], work[t]) for t in kids}
+        self.townships = {t: RangeIndex(t, kids[t], work[t]) for t in kids}
 
     def figures(self, period: Period, today: dt.date, rules: RuleIndex) -> tuple[Rollup, dict[str, Rollup]]:
         as_of = min(period.last_day, today)
