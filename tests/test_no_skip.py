@@ -41,6 +41,25 @@ async def _writer(pool: asyncpg.Pool, writer: SiteWriter, rng: random.Random, ro
         await asyncio.sleep(rng.random() * 0.01)
 
 
+async def tail(pool: asyncpg.Pool, done: asyncio.Event, seen: list[str], positions: list[Position]) -> None:
+    """Tail the global order in pages of 7, noting each event id and position, until `done` is
+    set and a page read after it comes back empty."""
+    after = ORIGIN
+    async with pool.acquire() as conn:
+        while True:
+            finished = done.is_set()
+            batch = await read_all_in(conn, after, 7)
+            for s in batch:
+                seen.append(s.event.event_id)
+                positions.append(s.position)
+            if batch:
+                after = batch[-1].position
+            elif finished:
+                return
+            else:
+                await asyncio.sleep(0.002)
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_tailing_reader_sees_every_commit_once_in_stable_order(
     seed: int, store: EventStore, pool: asyncpg.Pool
@@ -54,23 +73,7 @@ async def test_tailing_reader_sees_every_commit_once_in_stable_order(
     positions: list[Position] = []
     done = asyncio.Event()
 
-    async def reader() -> None:
-        after = ORIGIN
-        async with pool.acquire() as conn:
-            while True:
-                finished = done.is_set()
-                batch = await read_all_in(conn, after, 7)
-                for s in batch:
-                    seen.append(s.event.event_id)
-                    positions.append(s.position)
-                if batch:
-                    after = batch[-1].position
-                elif finished:
-                    return
-                else:
-                    await asyncio.sleep(0.002)
-
-    reading = asyncio.create_task(reader())
+    reading = asyncio.create_task(tail(pool, done, seen, positions))
     await asyncio.gather(*(_writer(pool, w, random.Random(rng.random()), 25, committed) for w in writers))
     done.set()
     await reading
@@ -153,28 +156,12 @@ async def test_no_skip_across_partitions_a_month_boundary_two_regions_and_a_move
                 third_region_waiting.set()
             await asyncio.sleep(wrng.random() * 0.01)
 
-    async def reader() -> None:
-        after = ORIGIN
-        async with pool.acquire() as conn:
-            while True:
-                finished = done.is_set()
-                batch = await read_all_in(conn, after, 7)
-                for s in batch:
-                    seen.append(s.event.event_id)
-                    positions.append(s.position)
-                if batch:
-                    after = batch[-1].position
-                elif finished:
-                    return
-                else:
-                    await asyncio.sleep(0.002)
-
     async def maintenance() -> None:  # once the third region's rows are waiting in the default
         await third_region_waiting.wait()
         async with pool.acquire() as conn:
             await conn.execute("SELECT shouwang_event_partitions(0)")
 
-    reading = asyncio.create_task(reader())
+    reading = asyncio.create_task(tail(pool, done, seen, positions))
     await asyncio.gather(*(writer(w, random.Random(rng.random())) for w in writers), maintenance())
     done.set()
     await reading
