@@ -26,7 +26,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 
@@ -356,14 +356,6 @@ async def run(admin_url: str, quick: bool, sizes: list[int] | None = None) -> li
     return figures
 
 
-@contextlib.asynccontextmanager
-async def _servers(pg: str | None) -> AsyncIterator[str]:
-    from bench.servers import bench_servers
-
-    async with bench_servers(pg, "nats://unused") as (pg_url, _):
-        yield pg_url
-
-
 async def _main(argv: list[str]) -> int:
     from bench import report
 
@@ -373,7 +365,9 @@ async def _main(argv: list[str]) -> int:
     parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], help="event counts, e.g. 1000000")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    async with _servers(args.pg) as pg_url:
+    from bench.servers import postgres_only
+
+    async with postgres_only(args.pg) as pg_url:
         figures = await run(pg_url, args.quick, args.sizes)
     print(report.table(figures))
     return 0

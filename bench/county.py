@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import random
 import sys
 import time
-from collections.abc import AsyncIterator
 
 import httpx
 
@@ -123,14 +121,6 @@ async def run(admin_url: str, quick: bool) -> list[Figure]:
     return figures
 
 
-@contextlib.asynccontextmanager
-async def _servers(pg: str | None) -> AsyncIterator[str]:
-    from bench.servers import bench_servers
-
-    async with bench_servers(pg, "nats://unused") as (pg_url, _):
-        yield pg_url
-
-
 async def _main(argv: list[str]) -> int:
     from bench import report
 
@@ -138,7 +128,9 @@ async def _main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--pg", help="PostgreSQL admin URL (default: an embedded server)")
     args = parser.parse_args(argv)
-    async with _servers(args.pg) as pg_url:
+    from bench.servers import postgres_only
+
+    async with postgres_only(args.pg) as pg_url:
         figures = await run(pg_url, args.quick)
     print(report.table(figures))
     return 0

@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import sys
 import time
-from collections.abc import AsyncIterator
 
 import asyncpg
 
@@ -167,14 +165,6 @@ async def run_suite(admin_url: str, quick: bool) -> list[Figure]:
     return await run(admin_url, [20_000] if quick else [200_000], 3 if quick else 6)
 
 
-@contextlib.asynccontextmanager
-async def _servers(pg: str | None) -> AsyncIterator[str]:
-    from bench.servers import bench_servers
-
-    async with bench_servers(pg, "nats://unused") as (pg_url, _):
-        yield pg_url
-
-
 async def _main(argv: list[str]) -> int:
     from bench import report
 
@@ -183,7 +173,9 @@ async def _main(argv: list[str]) -> int:
     parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[10_000, 200_000],
                         help="event counts (default 10000,200000)")
     args = parser.parse_args(argv)
-    async with _servers(args.pg) as pg_url:
+    from bench.servers import postgres_only
+
+    async with postgres_only(args.pg) as pg_url:
         figures = await run(pg_url, args.sizes)
     print(report.table(figures))
     return 0

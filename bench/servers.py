@@ -35,6 +35,14 @@ async def bench_servers(pg_url: str | None, nats_url: str | None) -> AsyncIterat
 
 
 @contextlib.asynccontextmanager
+async def postgres_only(pg_url: str | None) -> AsyncIterator[str]:
+    """Yields an admin PostgreSQL URL, an embedded server's unless one is given (for the suites
+    that need no NATS)."""
+    async with bench_servers(pg_url, "nats://unused") as (url, _):
+        yield url
+
+
+@contextlib.asynccontextmanager
 async def fresh_database(admin_url: str, migrated: bool = True) -> AsyncIterator[str]:
     name = f"shouwang_bench_{uuid.uuid4().hex[:10]}"
     conn = await asyncpg.connect(admin_url)
