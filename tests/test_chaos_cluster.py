@@ -9,6 +9,8 @@ center"). Ingest now decides such a refusal again once the child's registration 
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from tests.chaos.faults import CLUSTER_KINDS, WEIGHTS
@@ -18,6 +20,12 @@ SEEDS = (7, 11)
 MINUTES = 1.0
 
 
+# nats-py's reconnect loop replaces the transport of an attempt that failed after connecting (a
+# server killed between accepting the socket and sending INFO: "empty response from server when
+# expecting INFO message") without closing it, and the StreamWriter warns when collected. The
+# harness's own client reconnects through the kills; the warning is the library's, not a leak of
+# ours (CI, seed 11).
+@pytest.mark.filterwarnings("ignore:unclosed <StreamWriter:ResourceWarning")
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_a_cluster_server_killed_mid_ingest_and_mid_catch_up_loses_duplicates_and_skips_nothing(
         seed: int) -> None:
@@ -31,6 +39,7 @@ async def test_a_cluster_server_killed_mid_ingest_and_mid_catch_up_loses_duplica
     # Its own folder, not under pytest's tmp_path: a pytest session starting meanwhile resets its
     # root to 0700, and PostgreSQL (run as another user when we are root) could not open its data.
     summary = await run(MINUTES, seed, progress=lambda _: None, nats_nodes=3)
+    gc.collect()  # the failed attempts' transports (above) are collected under this test's filter
     assert summary["nats_nodes"] == 3
     assert summary["mismatches"] == [], summary
     assert summary["lost"] == 0 and summary["duplicated"] == 0
