@@ -16,6 +16,7 @@ from pathlib import Path
 
 import asyncpg
 import msgspec
+import structlog
 
 from events.types import SiteId, SiteKind
 from events.wire import (
@@ -30,6 +31,11 @@ from events.wire import (
     restore_subject,
     up_subject,
 )
+from store import partitions
+from store.conn import Conn
+from store.postgres import region_of
+
+_log = structlog.get_logger("shouwang.sites")
 
 
 class SiteError(Exception):
@@ -103,7 +109,23 @@ async def register_site(
             existing = await conn.fetchval("SELECT kind FROM sites WHERE site_id = $1", site_id)
             raise SiteError(f"site {site_id} is already registered as a {existing}, not a {kind}; "
                             "a site's kind cannot change (register a new site id)")
+        await _partition_new_region(conn, region_of(site_id))
     return credentials_for(site_id, password)
+
+
+async def _partition_new_region(conn: Conn, region: str) -> None:
+    """The first site of a region: make the region's partitions of the log now rather than at
+    the center's next daily maintenance, so that its events never wait in the default partition.
+    A failure (a lock not granted in time) is logged; the daily run does the work then."""
+    if await partitions.has_region(conn, region):
+        return
+    try:
+        created = await partitions.ensure(conn)
+    except (asyncpg.PostgresError, OSError) as err:
+        _log.warning("partition maintenance failed for a new region; its events wait in the default "
+                     "partition until the next run", region=region, error=type(err).__name__)
+        return
+    _log.info("partitions created for a new region", region=region, created=created)
 
 
 def credentials_for(site_id: str, password: str) -> Credentials:

@@ -5,7 +5,8 @@ partition that does not exist yet.
 `ensure` is the maintenance step (`shouwang_event_partitions`, SECURITY DEFINER, so the service
 role may run it): a partition for every region of the registry and of the top-level default,
 this month and `ahead` more of every region, and any rows in a default partition moved into
-the partition made for them, every column kept. `center run` runs it at start and daily;
+the partition made for them, every column kept. `center run` runs it at start and daily,
+registering a site of a region that has no partition yet runs it then (service/sites.py), and
 `shouwang db partitions --ensure` runs it by hand. Two callers at once serialize on an advisory
 lock; a call that cannot take a table lock within two seconds (a long reader holds the default
 partition) fails alone, and the next call does the work: rows wait in the default meanwhile.
@@ -39,6 +40,19 @@ async def ensure(conn: Conn, ahead: int = DEFAULT_AHEAD) -> int:
     if not 0 <= ahead <= MAX_AHEAD:
         raise ValueError(f"months ahead must be 0 to {MAX_AHEAD}, got {ahead}")
     return int(await conn.fetchval("SELECT shouwang_event_partitions($1)", ahead))
+
+
+_HAS_REGION = r"""
+SELECT EXISTS (
+    SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+     WHERE i.inhparent = 'public.events'::regclass AND c.relkind = 'p'
+       AND pg_get_expr(c.relpartbound, c.oid) = format('FOR VALUES IN (%L)', $1::text))
+"""
+
+
+async def has_region(conn: Conn, region: str) -> bool:
+    """Whether `region` has its partition of `events` (else its rows wait in the top-level default)."""
+    return bool(await conn.fetchval(_HAS_REGION, region))
 
 
 _LEAVES = r"""

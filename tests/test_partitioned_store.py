@@ -276,3 +276,23 @@ async def test_partitions_are_found_by_what_they_hold_not_by_name(pool: asyncpg.
         for r in rows:
             leaf = by_leaf[r["leaf"]]
             assert (leaf.region, leaf.month) == (r["region"], r["committed_at"].astimezone(CST).strftime("%Y-%m"))
+
+
+async def test_the_first_site_of_a_region_gets_its_partitions_when_registered(pool: asyncpg.Pool) -> None:
+    """Registering a site of a region with no partition yet makes the region's partitions at once:
+    its first events land in their month's partition, none in the default. A second site of the
+    region finds them and creates nothing."""
+    from service.sites import register_site
+
+    store = EventStore(pool)
+    async with pool.acquire() as conn:
+        assert not await partitions.has_region(conn, "hn-zz")
+        await register_site(pool, "hn-zz.t1.v01", "village", "石桥村")
+        assert await partitions.has_region(conn, "hn-zz")
+        assert not await partitions.has_region(conn, "hn-z")  # a prefix is another region
+        before = {p.name for p in await partitions.partitions(conn)}
+        await register_site(pool, "hn-zz.t1.v02", "village", "柳塘村")
+        assert {p.name for p in await partitions.partitions(conn)} == before
+        assert len((await store.append(visits(SiteWriter("hn-zz.t1.v01"), 3))).stored) == 3
+        now = dt.datetime.now(CST)
+        assert set((await leaf_of_each_event(conn)).values()) == {expected_partition("hn-zz", now)}
