@@ -355,8 +355,13 @@ async def commit_in(conn: Conn, items: Sequence[Triaged], *, quarantine: bool = 
     return out
 
 
-# The refusal service/authority.py gives an event whose child the center has no registration of.
-_NOT_REGISTERED = "%child {} is not registered at the center%"
+# The child a refusal of service/authority.py waits for ("... child X is not registered at the
+# center"): the expression of the quarantine's index `quarantine_waiting_child` (migration 0038),
+# spelled the same so that the retry below reads through it.
+_WAITING_CHILD = r"substring(reason FROM 'child (\S+) is not registered at the center')"
+WAITING_ROWS = f"""SELECT id, subject, raw, msgpack FROM quarantine
+                    WHERE status = 'held' AND subject LIKE 'care.up.%' AND {_WAITING_CHILD} = ANY($1::text[])
+                    ORDER BY id FOR UPDATE SKIP LOCKED"""
 
 
 async def _retry_waiting_for_registrations(conn: Conn, out: Outcome) -> None:
@@ -371,12 +376,7 @@ async def _retry_waiting_for_registrations(conn: Conn, out: Outcome) -> None:
     children = sorted({c for d in out.stored if d.event.type == "ChildRegistered" for c in d.event.children})
     if not children:
         return
-    rows = await conn.fetch(
-        """SELECT id, subject, raw, msgpack FROM quarantine
-            WHERE status = 'held' AND subject LIKE 'care.up.%' AND reason LIKE ANY($1::text[])
-            ORDER BY id FOR UPDATE SKIP LOCKED""",
-        [_NOT_REGISTERED.format(c) for c in children],
-    )
+    rows = await conn.fetch(WAITING_ROWS, children)
     for row in rows:
         item = triage(Inbound(subject=row["subject"], data=bytes(row["raw"]), msgpack=row["msgpack"]))
         again = await commit_in(conn, [item], quarantine=False)

@@ -84,3 +84,24 @@ async def test_a_registration_retries_only_its_own_childs_refusals(pool: asyncpg
     assert len(out.stored) == 1
     row = await row_of(pool, waiting)
     assert row["status"] == "held" and row["attempts"] == 1
+
+
+async def test_the_retry_reads_only_the_rows_of_the_children_it_registered(pool: asyncpg.Pool) -> None:
+    """A station that floods the quarantine must not make every later registration read the
+    flood: the retry finds the held rows of its children through the index of the child each
+    refusal waits for (migration 0038), whose expression is the query's own."""
+    from service.ingest import WAITING_ROWS
+
+    await register_site(pool, VILLAGE, "village", VILLAGE)
+    await register_site(pool, SCHOOL, "school", SCHOOL)
+    school = SampleSite(SCHOOL)
+    flood = [school.write(c.ChildTransferred(child_id="c-" + f"{i:032x}", to_village_site=VILLAGE))
+             for i in range(300)]
+    assert (await send(pool, *flood)).quarantined == 300
+    async with pool.acquire() as conn:
+        await conn.execute("ANALYZE quarantine")
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + WAITING_ROWS, [CHILD]))
+        assert "quarantine_waiting_child" in plan, plan
+        waiting = [r["id"] for r in await conn.fetch(WAITING_ROWS, ["c-" + f"{7:032x}", CHILD])]
+    seventh = await pool.fetchval("SELECT id FROM quarantine WHERE event_id = $1::uuid", flood[7].event.event_id)
+    assert waiting == [seventh]
