@@ -56,10 +56,10 @@ def townships_clause(scope: str, column: str) -> tuple[str, list[str]]:
 
 
 async def sites_of(conn: Conn, scope: str) -> dict[str, SiteInfo]:
-    """Every active site of the townships `scope` touches, with its kind and registration day."""
+    """Every active site of the townships `scope` touches, with its kind, registration day and name."""
     where, args = townships_clause(scope, "regexp_replace(site_id, '\\.[^.]*$', '')")
-    rows = await conn.fetch(f"SELECT site_id, kind, registered_at FROM sites WHERE active AND {where}", *args)
-    return {r["site_id"]: SiteInfo(r["kind"], local_day(r["registered_at"])) for r in rows}
+    rows = await conn.fetch(f"SELECT site_id, kind, registered_at, name FROM sites WHERE active AND {where}", *args)
+    return {r["site_id"]: SiteInfo(r["kind"], local_day(r["registered_at"]), r["name"]) for r in rows}
 
 
 async def rule_book(conn: Conn, scope: str, committed_before: dt.datetime | None = None) -> RuleBook:

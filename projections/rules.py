@@ -110,6 +110,7 @@ def work_of(care: c.CareEventBase, event_id: str, site_id: str, occurred_at: dt.
 class SiteInfo(msgspec.Struct, frozen=True):
     kind: str
     since: dt.date | None = None  # registered at the center (a site rule's clock starts no earlier)
+    name: str | None = None  # its registered name: what pages show for it
 
 
 class RuleVersion(msgspec.Struct, frozen=True, kw_only=True):
@@ -198,6 +199,7 @@ class RuleBook:
 
 class OverdueEntry(msgspec.Struct, frozen=True, kw_only=True):
     subject: str  # a child id (child rules) or a site id (site rules)
+    name: str | None = None  # the child's name in its archive, or the site's registered name
     sites: list[str]  # the sites in scope it is overdue for
     last_done: dt.date | None
     due_on: dt.date
@@ -235,12 +237,15 @@ def _labels(kind: str, values: Iterable[object], lang: str) -> list[str]:
     return [enum_label(kind, v, lang) for v in values]
 
 
-def applies_text(rule: FollowUpRule) -> tuple[str, str]:
-    """Whom a rule applies to, in Chinese and in English, each value in the catalogue's words."""
+def applies_text(rule: FollowUpRule, sites: Mapping[str, SiteInfo] | None = None) -> tuple[str, str]:
+    """Whom a rule applies to, in Chinese and in English, each value in the catalogue's words and
+    each site it names by its registered name in `sites` (its id when not registered there)."""
     a = rule.applies
     if a.target is Target.SITE:
         if a.sites:
-            return "指定站点：" + "、".join(a.sites), "sites " + ", ".join(a.sites)
+            named = [(sites or {}).get(s) for s in a.sites]
+            words = [i.name if i is not None and i.name else s for s, i in zip(a.sites, named, strict=True)]
+            return "指定站点：" + "、".join(words), "sites " + ", ".join(words)
         return ("、".join(_labels("site_kind", a.site_kinds, "zh")),
                 ", ".join(f"{k} sites" for k in _labels("site_kind", a.site_kinds, "en")))
     zh, en = ["建档儿童"], ["archived children"]
@@ -492,10 +497,10 @@ def _latest_in(book: RuleBook, town: str, rid: str, period: Period, on: dt.date)
 
 
 def _figures(town: str, v: RuleVersion, applies_to: int, due: int, met: int, overdue: list[OverdueEntry],
-             on: dt.date) -> RuleFigures:
+             on: dt.date, sites: Mapping[str, SiteInfo] | None = None) -> RuleFigures:
     rule = v.rule
     assert rule is not None
-    zh, en = applies_text(rule)
+    zh, en = applies_text(rule, sites)
     return RuleFigures(
         township=town, rule_id=rule.rule_id, zh=rule.zh, en=rule.en, applies_zh=zh, applies_en=en,
         target=str(rule.applies.target), event_types=list(rule.counts.event_types),
@@ -540,8 +545,8 @@ def _child_rule(book: RuleBook, town: str, rid: str, shown: RuleVersion, childre
         late = _overdue(days_of[id(rule)], ps, rule.counts.at_least, start, on)
         if late is not None:
             sites = sorted(s for s, _ in ch.holders_on(on, scope, [str(k) for k in rule.applies.site_kinds]))
-            overdue.append(OverdueEntry(subject=ch.a.child_id, sites=sites, last_done=late[0], due_on=late[1],
-                                        days_overdue=(on - late[1]).days))
+            overdue.append(OverdueEntry(subject=ch.a.child_id, name=ch.a.name, sites=sites, last_done=late[0],
+                                        due_on=late[1], days_overdue=(on - late[1]).days))
     return _figures(town, shown, applies, due, met, overdue, on)
 
 
@@ -593,9 +598,9 @@ def _site_rule(book: RuleBook, town: str, rid: str, shown: RuleVersion, sites: M
         ps = periods.get(rule.counts.period) or Periods(rule.counts.period, cals)
         late = _overdue(days, ps, rule.counts.at_least, start, on)
         if late is not None:
-            overdue.append(OverdueEntry(subject=site, sites=[site], last_done=late[0], due_on=late[1],
+            overdue.append(OverdueEntry(subject=site, name=info.name, sites=[site], last_done=late[0], due_on=late[1],
                                         days_overdue=(on - late[1]).days))
-    return _figures(town, shown, applies, due, met, overdue, on)
+    return _figures(town, shown, applies, due, met, overdue, on, sites)
 
 
 SITE_KINDS = tuple(str(k) for k in SiteKind)

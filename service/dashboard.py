@@ -367,7 +367,8 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
                         if key not in seen:  # a child is listed by its village station and its school
                             seen.add(key)
                             name = item.get("rule_en" if lang == "en" else "rule_zh") or item["rule"]
-                            overdue.append(dict(item, site_id=site["site_id"], rule_name=name))
+                            overdue.append(dict(item, site_id=site["site_id"], site_name=site.get("name"),
+                                                rule_name=name))
         now = dt.datetime.now(dt.UTC)
         for site in sites:
             last = site.get("last_contact")
@@ -381,7 +382,8 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
                                                  title=i18n.text("dash.by_guardianship", lang))
             charts["reason"] = bar_chart(_shares(rollup["by_reason"], "reason", lang),
                                          title=i18n.text("dash.by_reason", lang))
-            charts["site"] = bar_chart(sorted(((k, float(v)) for k, v in rollup["by_site"].items()),
+            site_names = {s["site_id"]: s.get("name") or s["site_id"] for s in sites}
+            charts["site"] = bar_chart(sorted(((site_names.get(k, k), float(v)) for k, v in rollup["by_site"].items()),
                                               key=lambda kv: -kv[1]), title=i18n.text("dash.by_site", lang))
             rules_rows = []
             for m, r in months:  # the townships' rules in force that fell due that month

@@ -340,3 +340,7 @@ def test_whom_a_rule_applies_to_is_said_in_the_catalogues_words() -> None:
     zh, en = rules.applies_text(msgspec.structs.replace(
         site_rule, applies=msgspec.structs.replace(site_rule.applies, site_kinds=list(SiteKind))))
     assert zh == "、".join(ENUM_LABELS["site_kind"][str(k)][0] for k in SiteKind), zh
+    # sites it names: by their registered names, an unregistered one by its id
+    named = msgspec.structs.replace(site_rule, applies=msgspec.structs.replace(site_rule.applies, sites=[S1, S2]))
+    assert rules.applies_text(named, {S1: rules.SiteInfo("school", name="青石小学")}) == (
+        f"指定站点：青石小学、{S2}", f"sites 青石小学, {S2}")

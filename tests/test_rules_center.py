@@ -54,8 +54,8 @@ async def test_live_figures_are_the_hand_counted_ones(pool: asyncpg.Pool) -> Non
     await EventStore(pool).append(t.events)
     await Runner(pool).catch_up()
     june = dt.date(2026, 6, 30)
-    registry = {s: rules.SiteInfo(i.kind, dt.date(2025, 1, 1)) for s, i in SITES.items()}
-    registry["gx.zz.s01"] = rules.SiteInfo("school", local_today())
+    registry = {s: rules.SiteInfo(i.kind, dt.date(2025, 1, 1), "测试站点") for s, i in SITES.items()}
+    registry["gx.zz.s01"] = rules.SiteInfo("school", local_today(), "别的学校")
     inputs = rules.inputs_from(((d.event, d.care) for d in t.events), registry)
     for scope in (TOWNSHIP, S1, S2, V1, "gx", ""):
         live = await rule_queries.rule_figures_live(pool, scope, "2026", june)

@@ -66,6 +66,11 @@ async def test_a_supervisor_changes_a_rule_on_the_dashboard(pool: asyncpg.Pool, 
         await page.goto(url)
         assert [await visit.locator(f"td.{k}").text_content() for k in ("due", "met")] == ["2", "0"]
         assert await visit.locator(".rule-every").text_content() == "每月至少 2 次"
+        # who is overdue, by name (the archive's), never by id
+        name = await pool.fetchval("SELECT name FROM proj.archive WHERE child_id = $1", w.child_v1)
+        late = visit.locator("ul.rule-overdue li a")
+        assert name and [await late.text_content()] == [name]
+        assert w.child_v1 not in (await visit.locator("ul.rule-overdue").text_content() or "")
         heading = await visit.locator("h2").text_content() or ""
         assert "代管家长每月家访两次" in heading and "自 2026-04-01 起施行" in heading
 
