@@ -32,6 +32,7 @@ from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler, ExceptionHandlersMap
 
 from projections import followups as pf
+from projections.county import SiteOfRegion, township_names
 from projections.figures import label_of
 from projections.summary import period_name
 from service.api.auth import client_address
@@ -329,6 +330,19 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
         response.delete_cookie(COOKIE, path="/")
         return response
 
+    def _scope_name(scope: str | None, sites: list[dict[str, Any]]) -> str:
+        """What people call the scope: a site's registered name, a township's (projections.county),
+        else its id."""
+        if not scope:
+            return ""
+        named = {s["site_id"]: s.get("name") or s["site_id"] for s in sites}
+        if scope in named:
+            return str(named[scope])
+        towns = township_names([SiteOfRegion(site_id=s["site_id"], kind=s.get("kind") or "", name=named[s["site_id"]],
+                                              township_name=s.get("township"), active=True, last_committed_at=None,
+                                              newest_occurred_at=None) for s in sites])
+        return towns.get(scope, scope)
+
     @get(f"{PREFIX}/", include_in_schema=False, exclude_from_auth=True)
     async def overview(request: Request[Any, Any, Any]) -> Response[str]:
         token, me = await signed_in(request)
@@ -397,6 +411,7 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
                 "aid_children", "condolence_households", "condolence_children", "proxy_parent_children",
                 "safety_incidents")
         return page(request, "dash/overview.html", rollup=obj(rollup), month=month, charts=charts, sites=obj(sites),
+                    scope_name=_scope_name(scope, sites),
                     F={k: label_of(k, lang) for k in kpis},
                     overdue=obj(overdue[:30]), scope=scope, **_ctx(me))
 

@@ -95,6 +95,13 @@ async def test_overview_child_timeline_and_station_isolation(
         for chart in ("#chart-guardianship", "#chart-reason", "#chart-site", "#chart-rules"):
             assert await page.locator(f"{chart} svg").count() == 1, chart
         assert await page.locator("#chart-guardianship svg path").count() >= 2
+        # the page names its township, and the chart per site each site by its registered name, never ids
+        office = next(s for s in scenario.sites if s.kind == "township")
+        heading = await page.text_content("h1 small") or ""
+        assert heading.startswith(f"{office.name} · ") and office.site_id.rsplit(".", 1)[0] not in heading, heading
+        by_site = await page.text_content("#chart-site") or ""
+        with_work = [s for s in scenario.sites if s.name in by_site]
+        assert with_work and not any(s.site_id in by_site for s in scenario.sites), by_site
         assert await page.locator("#freshness tbody tr").count() == len(scenario.sites)
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(SCREENSHOTS / "township-overview.png"), full_page=True)
