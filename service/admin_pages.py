@@ -62,9 +62,11 @@ def _forbidden(request: Request[Any, Any, Any], me: dict[str, Any]) -> Response[
     return _message(request, me, 403, i18n.text("users.admins_only", lang_of(request)))
 
 
-def _user_row(u: dict[str, Any], lang: str) -> dict[str, Any]:
-    return {**u, "role_label": i18n.text(f"users.role.{u['role']}", lang), "where": u.get("site_id") or
-            u.get("township") or u.get("region") or i18n.text("users.all_sites", lang),
+def _user_row(u: dict[str, Any], lang: str, names: dict[str, str]) -> dict[str, Any]:
+    place = u.get("site_id") or u.get("township") or u.get("region")
+    return {**u, "role_label": i18n.text(f"users.role.{u['role']}", lang),
+            "where": i18n.text("users.all_sites", lang) if not place else
+            f"{names[place]} · {place}" if names.get(place, place) != place else place,
             "last_login": local_time(u.get("last_login_at")) or i18n.text("users.never", lang),
             "code_until": local_time(u.get("code_expires_at"))}
 
@@ -83,12 +85,15 @@ async def _users_page(request: Request[Any, Any, Any], token: str, me: dict[str,
     async with d.Api(request, token) as api:
         if is_admin:
             _, users_doc = await api.get("/users")
-            users = [_user_row(u, lang) for u in (users_doc or {}).get("items", [])]
             _, sites_doc = await api.get("/sites")
-            sites = [s for s in (sites_doc or {}).get("items", []) if s.get("active", True)]
+            every = (sites_doc or {}).get("items", [])
+            names = d.place_names(every)
+            users = [_user_row(u, lang, names) for u in (users_doc or {}).get("items", [])]
+            sites = [s for s in every if s.get("active", True)]
         _, log_doc = await api.get("/account-log", limit=200)
     log = [_log_row(e, lang) for e in (log_doc or {}).get("items", [])]
-    townships = sorted({s["site_id"].rsplit(".", 1)[0] for s in sites})
+    town_names = d.place_names(sites)
+    townships = [(t, town_names.get(t, t)) for t in sorted({s["site_id"].rsplit(".", 1)[0] for s in sites})]
     regions = sorted({s["site_id"].split(".", 1)[0] for s in sites})
     link = None
     if code is not None:

@@ -77,6 +77,16 @@ class Api:
         return await self._client.get(path, params=params)
 
 
+def place_names(sites: list[dict[str, Any]]) -> dict[str, str]:
+    """Each site of `sites` (the API's /sites items) and each of their townships -> the name
+    people know it by: a site's registered name, a township's as projections.county names it."""
+    named = {str(s["site_id"]): str(s.get("name") or s["site_id"]) for s in sites}
+    towns = township_names([SiteOfRegion(site_id=s["site_id"], kind=s.get("kind") or "", name=named[s["site_id"]],
+                                         township_name=s.get("township"), active=True, last_committed_at=None,
+                                         newest_occurred_at=None) for s in sites])
+    return {**towns, **named}
+
+
 def _json(r: httpx.Response) -> Any:
     try:
         return r.json()
@@ -330,19 +340,6 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
         response.delete_cookie(COOKIE, path="/")
         return response
 
-    def _scope_name(scope: str | None, sites: list[dict[str, Any]]) -> str:
-        """What people call the scope: a site's registered name, a township's (projections.county),
-        else its id."""
-        if not scope:
-            return ""
-        named = {s["site_id"]: s.get("name") or s["site_id"] for s in sites}
-        if scope in named:
-            return str(named[scope])
-        towns = township_names([SiteOfRegion(site_id=s["site_id"], kind=s.get("kind") or "", name=named[s["site_id"]],
-                                              township_name=s.get("township"), active=True, last_committed_at=None,
-                                              newest_occurred_at=None) for s in sites])
-        return towns.get(scope, scope)
-
     @get(f"{PREFIX}/", include_in_schema=False, exclude_from_auth=True)
     async def overview(request: Request[Any, Any, Any]) -> Response[str]:
         token, me = await signed_in(request)
@@ -411,7 +408,7 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
                 "aid_children", "condolence_households", "condolence_children", "proxy_parent_children",
                 "safety_incidents")
         return page(request, "dash/overview.html", rollup=obj(rollup), month=month, charts=charts, sites=obj(sites),
-                    scope_name=_scope_name(scope, sites),
+                    scope_name=place_names(sites).get(scope or "", scope or ""),
                     F={k: label_of(k, lang) for k in kpis},
                     overdue=obj(overdue[:30]), scope=scope, **_ctx(me))
 

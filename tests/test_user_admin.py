@@ -18,7 +18,7 @@ from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import Browser, Page
 
 from service.api import auth
-from tests.api_world import PASSWORD, V1, build_world, open_api
+from tests.api_world import OFFICE, PASSWORD, V1, build_world, open_api
 from tests.browser import chromium
 from tests.test_web_dashboard import _serve
 
@@ -230,6 +230,9 @@ async def test_user_administration_in_the_dashboard(pool: asyncpg.Pool, database
         assert await admin.locator("#one-time-code").count() == 0
         row = admin.locator("tr[data-user='wang.v01']")
         assert "村站" in (await row.text_content() or "")
+        assert await row.locator("td.where").text_content() == f"site {V1} · {V1}"  # the site's registered name first
+        auditor = admin.locator("tr[data-user='auditor'] td.where")
+        assert (await auditor.text_content() or "").startswith(f"site {OFFICE} · ")  # a township by its office's name
 
         # The user types the code at the log-in form, sets their password, and is signed in.
         wang = await browser.new_page(locale="zh-CN")
