@@ -188,7 +188,7 @@ async def _project_structural(conn: Conn, schema: str, batch: list[Row], derived
     for g in groups.values():
         g[1:] = sorted(g[1:])
     members = sorted({m for g in groups.values() for m in g})
-    book = book_of(await history(conn, members, (), upto, types=[*sorted(STRUCTURAL), "EventCorrected"]))
+    book = book_of(await history(conn, members, (), upto, structural=True))
     new_in_group = Counter(root_of[k] for r in batch for k in {root_of[c]: c for c in r.event.children}.values())
     archives: list[ChildArchive] = []
     for root, group in groups.items():

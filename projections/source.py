@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from events import EVENT_TYPES
+from events import EVENT_TYPES, traits
 from events import catalogue as c
 from events.envelope import Event, care_of
 from projections.archive import ArchiveBook, Entry, family_of
@@ -27,6 +27,11 @@ COLS = """tx_id, position, committed_at, event_id::text AS event_id, type, schem
 HORIZON = "tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 """Only transactions every snapshot sees committed: a read never skips a commit still in flight."""
 _based_on = msgspec.json.Decoder(dict[str, str])
+STRUCTURAL_READ = (*sorted(traits.types_where(lambda t: t.fold is traits.Fold.STRUCTURAL)), "EventCorrected")
+"""The types a structural re-derive reads (projections/runner.py): the structural ones and corrections."""
+STRUCTURAL_SQL = f"type IN ({', '.join(repr(t) for t in STRUCTURAL_READ)})"
+"""STRUCTURAL_READ as the literal predicate of the partial index `events_structural` (migration
+0031): written out, not a parameter, so that the planner can prove the query implies it."""
 
 
 class Row(msgspec.Struct, frozen=True):
@@ -52,13 +57,14 @@ def to_row(r: asyncpg.Record) -> Row:
 
 
 async def history(conn: Conn, child_ids: Sequence[str], pseudo: Iterable[str], upto: Position,
-                  types: Sequence[str] | None = None) -> list[Row]:
-    """Every event up to `upto` that concerns these children (only of `types`, if given), plus
-    every member of the correction families of those events and of the pseudo-keys ('ev:<id>')."""
+                  structural: bool = False) -> list[Row]:
+    """Every event up to `upto` that concerns these children (with `structural`, only those of
+    STRUCTURAL_READ), plus every member of the correction families of those events and of the
+    pseudo-keys ('ev:<id>')."""
+    only = f" AND {STRUCTURAL_SQL}" if structural else ""
     rows = await conn.fetch(
-        f"""SELECT {COLS} FROM events WHERE children && $1::text[] AND (tx_id, position) <= ($2, $3)
-              AND ($4::text[] IS NULL OR type = ANY($4::text[]))""",
-        list(child_ids), upto.tx, upto.pos, None if types is None else list(types),
+        f"""SELECT {COLS} FROM events WHERE children && $1::text[] AND (tx_id, position) <= ($2, $3){only}""",
+        list(child_ids), upto.tx, upto.pos,
     ) if child_ids else []
     out = {r["event_id"]: to_row(r) for r in rows}
     families = {family_of(x.care, x.event.event_id) for x in out.values() if x.care is not None}
