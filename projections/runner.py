@@ -227,7 +227,8 @@ async def _project_additive(conn: Conn, schema: str, fast: list[Row], derived: s
                 if r.event.type in CONTACT_TYPES:
                     months.setdefault(root, set()).add(month_key(r.event.occurred_at.astimezone(dt.UTC)))
         facts[r.event.event_id] = fact_of(r.care, r.event.event_id, r.event.site_id, r.event.occurred_at)
-    await tables.write_archives(conn, schema, list(views.values()), months=months, conflicts=False)
+    await tables.write_archives(conn, schema, list(views.values()), months=months, conflicts=False,
+                               work_only=True)
     await tables.write_facts(conn, schema, facts)
 
 

@@ -74,8 +74,8 @@ async def upsert(conn: Conn, schema: str, table: str, cols: tuple[str, ...], key
     names = ", ".join(cols)
     updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in key)
     staging = f"bulk_{table}"
-    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {schema}.{table} INCLUDING COMPRESSION) "
-                       f"ON COMMIT DELETE ROWS")
+    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} "
+                       f"(LIKE {schema}.{table} INCLUDING COMPRESSION INCLUDING STORAGE) ON COMMIT DELETE ROWS")
     await conn.copy_records_to_table(staging, schema_name="pg_temp", records=rows, columns=cols)
     await conn.execute(f"INSERT INTO {schema}.{table} ({names}) SELECT {names} FROM pg_temp.{staging} "
                        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
@@ -83,15 +83,26 @@ async def upsert(conn: Conn, schema: str, table: str, cols: tuple[str, ...], key
 
 
 async def write_archives(conn: Conn, schema: str, archives: Iterable[ChildArchive], *,
-                         months: dict[str, set[str]] | None = None, conflicts: bool = True) -> None:
+                         months: dict[str, set[str]] | None = None, conflicts: bool = True,
+                         work_only: bool = False) -> None:
     """Replace the rows of these children in archive, followup and conflict. With `months`
     (child -> months changed; the others are unchanged) only those followup rows are
-    upserted; with `conflicts` False the conflict rows are known to be unchanged."""
+    upserted; with `conflicts` False the conflict rows are known to be unchanged; with
+    `work_only` the archives are stored already and only work was added to them
+    (`archive.add_work`: of the archive's columns only `events` and `view` changed), so only
+    those two are updated, in one statement."""
     archives = list(archives)
     if not archives:
         return
     ids = [a.child_id for a in archives]
-    await upsert(conn, schema, "archive", ARCHIVE_COLS, ("child_id",), [archive_row(a) for a in archives])
+    if work_only:
+        await conn.execute(
+            f"""UPDATE {schema}.archive AS a SET events = u.events, view = u.view
+                  FROM unnest($1::text[], $2::integer[], $3::bytea[]) AS u (child_id, events, view)
+                 WHERE a.child_id = u.child_id""",
+            ids, [a.events for a in archives], [encode_archive(a) for a in archives])
+    else:
+        await upsert(conn, schema, "archive", ARCHIVE_COLS, ("child_id",), [archive_row(a) for a in archives])
     if months is None:
         await conn.execute(f"DELETE FROM {schema}.followup WHERE child_id = ANY($1::text[])", ids)
         follow = [r for a in archives for r in followup_rows(a)]
@@ -99,7 +110,14 @@ async def write_archives(conn: Conn, schema: str, archives: Iterable[ChildArchiv
             await conn.copy_records_to_table("followup", schema_name=schema, records=follow, columns=FOLLOWUP_COLS)
     else:
         changed = [r for a in archives for r in followup_rows(a) if r[1] in months.get(a.child_id, ())]
-        await upsert(conn, schema, "followup", FOLLOWUP_COLS, ("child_id", "month"), changed)
+        if changed:  # one statement, no staging table: every column is a scalar
+            await conn.execute(
+                f"""INSERT INTO {schema}.followup ({', '.join(FOLLOWUP_COLS)})
+                    SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::integer[], $5::integer[],
+                                         $6::integer[])
+                    ON CONFLICT (child_id, month) DO UPDATE SET visits = excluded.visits, calls = excluded.calls,
+                        letters = excluded.letters, talks = excluded.talks""",
+                *(list(col) for col in zip(*changed, strict=True)))
     if conflicts:
         await conn.execute(f"DELETE FROM {schema}.conflict WHERE child_id = ANY($1::text[])", ids)
         confl = [r for a in archives for r in conflict_rows(a)]
