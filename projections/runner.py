@@ -44,6 +44,7 @@ from projections.archive import (
     roots,
 )
 from projections.facts import Fact, fact_of, facts_from
+from projections.hot import ArchiveCache
 from projections.source import Row, book_of, family_members, history
 from runtime import log as service_log
 from store.conn import Conn
@@ -52,6 +53,7 @@ from store.postgres import ORIGIN, Position, read_all_in
 LOCK_KEY = 0x5052_4F4A_4543_54  # "PROJECT"
 CHANNEL = "shouwang_events"
 NAME = "main"
+CACHE_ARCHIVES = 10_000  # decoded archives a runner keeps between batches (~19 KB each at ~100 events)
 log = service_log.get("projections.runner")
 
 
@@ -107,12 +109,27 @@ async def write_fold_version(conn: Conn, schema: str, version: int = FOLD_VERSIO
             ON CONFLICT (name) DO UPDATE SET tx = $2""", _VERSION_ROW, version)
 
 
-async def write_checkpoint(conn: Conn, schema: str, cp: Checkpoint) -> None:
-    await conn.execute(
+async def write_checkpoint(conn: Conn, schema: str, cp: Checkpoint) -> int:
+    """Move the checkpoint; returns the version of its row this wrote (its xmin: the writing
+    transaction's id), which the runner's archive cache is keyed on (projections/hot.py)."""
+    version = await conn.fetchval(
         f"""INSERT INTO {schema}.checkpoint (name, tx, pos, applied, skipped, last_committed_at)
             VALUES ($1, $2, $3, $4, $5, $6)
-            ON CONFLICT (name) DO UPDATE SET tx = $2, pos = $3, applied = $4, skipped = $5, last_committed_at = $6""",
+            ON CONFLICT (name) DO UPDATE SET tx = $2, pos = $3, applied = $4, skipped = $5, last_committed_at = $6
+            RETURNING xmin::text::bigint""",
         NAME, cp.position.tx, cp.position.pos, cp.applied, cp.skipped, cp.last_committed_at)
+    return int(version)
+
+
+async def _read_checkpoint_version(conn: Conn, schema: str) -> tuple[Checkpoint, int | None]:
+    """The checkpoint and its row's version (xmin; None when there is no row)."""
+    row = await conn.fetchrow(
+        f"""SELECT tx, pos, applied, skipped, last_committed_at, xmin::text::bigint AS version
+              FROM {schema}.checkpoint WHERE name = $1""", NAME)
+    if row is None:
+        return Checkpoint(ORIGIN, 0, 0, None), None
+    return (Checkpoint(Position(row["tx"], row["pos"]), row["applied"], row["skipped"], row["last_committed_at"]),
+            int(row["version"]))
 
 
 # How each type folds is its `fold` trait (events.traits): work that only adds to an archive (a
@@ -127,7 +144,8 @@ STRUCTURAL = traits.types_where(lambda t: t.fold is traits.Fold.STRUCTURAL)
 _ADDITIVE_PARTS = ("last_visit", "last_call", "last_letter", "last_talk", "months", "aid", "incidents")
 
 
-async def project(conn: Conn, schema: str, batch: list[Row], upto: Position) -> None:
+async def project(conn: Conn, schema: str, batch: list[Row], upto: Position,
+                  cache: ArchiveCache | None = None) -> None:
     """Bring the read models in `schema` up to `upto` for everything `batch` touches.
 
     Three paths with one result (tests compare them with a rebuild from zero):
@@ -136,7 +154,10 @@ async def project(conn: Conn, schema: str, batch: list[Row], upto: Position) -> 
     * structural (a field update, a pairing, a case... that nothing corrects): re-derive only
       the structural part from the children's structural events, keep the additive part;
     * additive (a visit, aid, an activity... that nothing corrects): add it to the stored archive
-      (`archive.add_work`, the same arithmetic as `derive`)."""
+      (`archive.add_work`, the same arithmetic as `derive`).
+
+    With `cache` (the runner's, already checked against this transaction's checkpoint), stored
+    archives are taken from it where it holds them, and every archive written is staged in it."""
     understood = [r for r in batch if r.care is not None]
     if not understood:
         return
@@ -158,15 +179,15 @@ async def project(conn: Conn, schema: str, batch: list[Row], upto: Position) -> 
     if slow:
         slow_fams = {family_of(r.care, r.event.event_id) for r in slow if r.care is not None}
         slow_members = [m for m in members if m.care is not None and family_of(m.care, m.event.event_id) in slow_fams]
-        derived = await _project_full(conn, schema, slow, slow_members, upto)
+        derived = await _project_full(conn, schema, slow, slow_members, upto, cache)
     if structural:
-        await _project_structural(conn, schema, structural, derived, upto)
+        await _project_structural(conn, schema, structural, derived, upto, cache)
     if fast:
-        await _project_additive(conn, schema, fast, derived)
+        await _project_additive(conn, schema, fast, derived, cache)
 
 
 async def _project_structural(conn: Conn, schema: str, batch: list[Row], derived: set[str],
-                              upto: Position) -> None:
+                              upto: Position, cache: ArchiveCache | None = None) -> None:
     """Re-derive the structural part of the archives these events touch (not those re-derived in
     full in this batch) from their children's structural events; keep the additive part."""
     children = sorted({k for r in batch for k in r.event.children})
@@ -176,13 +197,16 @@ async def _project_structural(conn: Conn, schema: str, batch: list[Row], derived
     if not targets:
         await _structural_facts(conn, schema, batch)
         return
+    stored = _held(cache, targets)
     rows = await conn.fetch(
-        f"SELECT child_id, root_id, view FROM {schema}.archive WHERE root_id = ANY($1::text[])", targets)
+        f"""SELECT child_id, root_id, CASE WHEN child_id = root_id AND NOT child_id = ANY($2::text[]) THEN view END
+                   AS view
+              FROM {schema}.archive WHERE root_id = ANY($1::text[])""", targets, list(stored))
     groups: dict[str, list[str]] = {t: [t] for t in targets}
-    stored: dict[str, ChildArchive] = {}
     for rec in rows:
         if rec["child_id"] == rec["root_id"]:
-            stored[rec["child_id"]] = decode_archive(rec["view"])
+            if rec["view"] is not None:
+                stored[rec["child_id"]] = decode_archive(rec["view"])
         else:
             groups[rec["root_id"]].append(rec["child_id"])
     for g in groups.values():
@@ -198,6 +222,8 @@ async def _project_structural(conn: Conn, schema: str, batch: list[Row], derived
         keep = {name: getattr(old, name) for name in _ADDITIVE_PARTS}
         archives.append(msgspec.structs.replace(part, events=old.events + new_in_group[root], **keep))
     await tables.write_archives(conn, schema, archives, months={})
+    if cache is not None:
+        cache.stage(archives)
     await _structural_facts(conn, schema, batch)
 
 
@@ -209,14 +235,18 @@ async def _structural_facts(conn: Conn, schema: str, batch: list[Row]) -> None:
     await tables.write_facts(conn, schema, facts)
 
 
-async def _project_additive(conn: Conn, schema: str, fast: list[Row], derived: set[str]) -> None:
+async def _project_additive(conn: Conn, schema: str, fast: list[Row], derived: set[str],
+                            cache: ArchiveCache | None = None) -> None:
     """Add uncorrected work to stored archives (those not re-derived in this batch), and its facts."""
     children = sorted({k for r in fast for k in r.event.children})
     root_of = {rec["child_id"]: rec["root_id"] for rec in await conn.fetch(
         f"SELECT child_id, root_id FROM {schema}.archive WHERE child_id = ANY($1::text[])", children)}
     targets = sorted({root_of[k] for k in children} - derived)
-    views = {rec["child_id"]: decode_archive(rec["view"]) for rec in await conn.fetch(
-        f"SELECT child_id, view FROM {schema}.archive WHERE child_id = ANY($1::text[])", targets)}
+    views = _held(cache, targets)
+    missing = [t for t in targets if t not in views]
+    if missing:
+        views.update({rec["child_id"]: decode_archive(rec["view"]) for rec in await conn.fetch(
+            f"SELECT child_id, view FROM {schema}.archive WHERE child_id = ANY($1::text[])", missing)})
     facts: dict[str, Fact | None] = {}
     months: dict[str, set[str]] = {}
     for r in fast:
@@ -229,11 +259,13 @@ async def _project_additive(conn: Conn, schema: str, fast: list[Row], derived: s
         facts[r.event.event_id] = fact_of(r.care, r.event.event_id, r.event.site_id, r.event.occurred_at)
     await tables.write_archives(conn, schema, list(views.values()), months=months, conflicts=False,
                                work_only=True)
+    if cache is not None:
+        cache.stage(views.values())
     await tables.write_facts(conn, schema, facts)
 
 
 async def _project_full(conn: Conn, schema: str, understood: list[Row], members: list[Row],
-                        upto: Position) -> set[str]:
+                        upto: Position, cache: ArchiveCache | None = None) -> set[str]:
     """Re-derive every archive these events touch; returns the child ids re-derived."""
     keys: set[str] = set()
     for row in [*understood, *members]:
@@ -280,6 +312,8 @@ async def _project_full(conn: Conn, schema: str, understood: list[Row], members:
         effs_lists.append(effs)
         archives.extend(ChildArchive(child_id=m, merged_into=root) for m in group[1:])
     await tables.write_archives(conn, schema, archives)
+    if cache is not None:
+        cache.stage(archives)
     # Facts: every event these states hold is rewritten; one that no longer counts (retracted)
     # is deleted. An event counts wherever it is effective, so a fact wins over a None.
     facts: dict[str, Fact | None] = {}
@@ -298,22 +332,40 @@ async def _project_full(conn: Conn, schema: str, understood: list[Row], members:
     return {m for group in groups.values() for m in group}
 
 
-async def advance(conn: Conn, schema: str, limit: int) -> int:
+async def advance(conn: Conn, schema: str, limit: int, cache: ArchiveCache | None = None) -> int:
     """Inside the caller's transaction (holding LOCK_KEY): project the next `limit` events after
-    the checkpoint and move it. Returns how many events it read."""
-    cp = await read_checkpoint(conn, schema)
+    the checkpoint and move it. Returns how many events it read. With `cache`, the archives it
+    holds are used if the checkpoint is the one its last commit wrote (projections/hot.py); the
+    caller tells it whether the transaction committed."""
+    cp, version = await _read_checkpoint_version(conn, schema)
+    if cache is not None:
+        cache.begin(cp.position, version)
     stored = await read_all_in(conn, cp.position, limit)
     if not stored:
         return 0
     batch = [Row(s.position, s.committed_at, s.event, care_of(s.event) if s.understood else None) for s in stored]
     upto = batch[-1].position
-    await project(conn, schema, batch, upto)
+    await project(conn, schema, batch, upto, cache)
     skipped = sum(1 for r in batch if r.care is None)
-    await write_checkpoint(conn, schema, Checkpoint(
+    version = await write_checkpoint(conn, schema, Checkpoint(
         upto, cp.applied + len(batch) - skipped, cp.skipped + skipped, batch[-1].committed_at))
+    if cache is not None:
+        cache.wrote_checkpoint(upto, version)
     if cp.position == ORIGIN:  # the first events ever applied here: the models are this fold's
         await write_fold_version(conn, schema)
     return len(batch)
+
+
+def _held(cache: ArchiveCache | None, child_ids: list[str]) -> dict[str, ChildArchive]:
+    """The archives of these children the cache holds (none without a cache)."""
+    if cache is None:
+        return {}
+    out = {}
+    for k in child_ids:
+        a = cache.get(k)
+        if a is not None:
+            out[k] = a
+    return out
 
 
 def _edge_set(edges: list[MergeEdge]) -> set[tuple[object, ...]]:
@@ -325,7 +377,8 @@ class Runner:
 
     def __init__(self, pool: asyncpg.Pool, *, schema: str = tables.SCHEMA, batch_size: int = 1000,
                  max_batch: int | None = None, poll_seconds: float = 0.5,
-                 before_commit: Callable[[], Awaitable[None]] | None = None) -> None:
+                 before_commit: Callable[[], Awaitable[None]] | None = None,
+                 cache_archives: int = CACHE_ARCHIVES) -> None:
         self.pool = pool
         self.schema = tables.check_schema(schema)
         self.batch_size = batch_size
@@ -339,17 +392,26 @@ class Runner:
         self.max_batch = max(batch_size, max_batch or batch_size)
         self.poll_seconds = poll_seconds
         self._before_commit = before_commit  # for the crash test: runs after the writes, before COMMIT
+        # The archives its own batches wrote, kept decoded (projections/hot.py); 0: none.
+        self.cache = ArchiveCache(cache_archives) if cache_archives > 0 else None
         self._wake = asyncio.Event()
 
     async def step(self, limit: int | None = None) -> int:
         """Apply the next batch (at most `limit` events, default batch_size); returns how many
         events it read (0: caught up)."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
-            n = await advance(conn, self.schema, limit or self.batch_size)
-            if n and self._before_commit is not None:
-                await self._before_commit()
-            return n
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+                n = await advance(conn, self.schema, limit or self.batch_size, self.cache)
+                if n and self._before_commit is not None:
+                    await self._before_commit()
+        except BaseException:
+            if self.cache is not None:
+                self.cache.aborted()
+            raise
+        if self.cache is not None:
+            self.cache.committed()
+        return n
 
     async def catch_up(self) -> int:
         total, limit = 0, self.batch_size

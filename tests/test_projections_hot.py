@@ -1,0 +1,116 @@
+"""The runner's decoded archives between batches (projections/hot.py), on real PostgreSQL: what it
+holds is what the read models hold, it is used, and anything else that writes the read models
+between two of its batches (another runner, a rebuild's swap, a failed batch) makes it read them
+again: the read models still equal a rebuild's, row for row."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import asyncpg
+import pytest
+
+from events import catalogue as c
+from events.envelope import DecodedEvent
+from projections import tables
+from projections.archive import decode_archive
+from projections.rebuild import rebuild
+from projections.runner import Runner
+from store.postgres import EventStore
+from tests.factory import SiteWriter
+from tests.test_projections_archive import KIDS, T0, random_world
+from tests.test_projections_runner import deliver, dump, shadow_rebuild
+
+
+def visits(w: SiteWriter, n: int, day: int) -> list[DecodedEvent]:
+    """n home visits of the world's children (additive work: added to the archive each holds)."""
+    return [w.write(c.HomeVisitMade(child_id=KIDS[i % len(KIDS)], visitor="石晓"),
+                    T0 + dt.timedelta(days=day + i)) for i in range(n)]
+
+
+async def stored_archives(pool: asyncpg.Pool) -> dict[str, bytes]:
+    async with pool.acquire() as conn:
+        return {r["child_id"]: bytes(r["view"]) for r in await conn.fetch("SELECT child_id, view FROM proj.archive")}
+
+
+async def assert_equals_rebuild(pool: asyncpg.Pool) -> None:
+    await shadow_rebuild(pool)
+    assert await dump(pool, tables.SCHEMA) == await dump(pool, tables.SHADOW)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_held_archives_are_the_stored_ones(store: EventStore, pool: asyncpg.Pool, seed: int) -> None:
+    """Events in random order, small batches: the runner takes archives from what it holds, and
+    each held archive is the stored one, decoded."""
+    runner = Runner(pool, batch_size=4)
+    assert runner.cache is not None
+    await deliver(store, random_world(seed, 60), random.Random(seed), runner)
+    await store.append(visits(SiteWriter("r.t.v03"), 12, 300))
+    await runner.catch_up()
+    assert runner.cache.hits > 0, "later batches found the archives they add work to"
+    stored = await stored_archives(pool)
+    held = {k: runner.cache.get(k) for k in stored}
+    assert {k for k, a in held.items() if a is not None}, "it holds archives"
+    for k, a in held.items():
+        if a is not None:
+            assert a == decode_archive(stored[k])
+    await assert_equals_rebuild(pool)
+
+
+async def test_another_runner_between_batches(store: EventStore, pool: asyncpg.Pool) -> None:
+    """Another projector (a second `projections run`, which takes the lock in turn) adds work to
+    the archives this runner holds: its next batch reads them again instead of adding to its own
+    stale copies (which would lose the other runner's visits)."""
+    w = SiteWriter("r.t.v03")
+    await store.append(random_world(7, 30))
+    mine = Runner(pool, batch_size=6)
+    await mine.catch_up()
+    assert mine.cache is not None and len(mine.cache) > 0
+    await store.append(visits(w, 6, 300))
+    await Runner(pool, batch_size=100, cache_archives=0).catch_up()  # the other projector
+    await store.append(visits(w, 6, 320))
+    await mine.catch_up()
+    assert mine.cache.dropped == 1
+    await assert_equals_rebuild(pool)
+
+
+async def test_rebuild_between_batches(store: EventStore, pool: asyncpg.Pool) -> None:
+    """A rebuild swaps in read models of its own (a new checkpoint row) between two batches: the
+    runner drops what it holds, even where the rebuild ended at the runner's own position."""
+    w = SiteWriter("r.t.v03")
+    await store.append(random_world(8, 30))
+    runner = Runner(pool, batch_size=5)
+    await runner.catch_up()
+    async with pool.acquire() as conn:  # damage the live archives: only a re-read sees the rebuild's
+        await conn.execute("UPDATE proj.archive SET events = events + 100")
+    await rebuild(pool, page=11)
+    await store.append(visits(w, 9, 300))
+    await runner.catch_up()
+    assert runner.cache is not None and runner.cache.dropped == 1
+    await assert_equals_rebuild(pool)
+
+
+async def test_a_failed_batch_keeps_nothing_it_wrote(store: EventStore, pool: asyncpg.Pool) -> None:
+    """A batch whose transaction fails after its writes leaves the read models as they were; what
+    it wrote into the cache is not kept, and the next batches give the rebuild's models."""
+    w = SiteWriter("r.t.v03")
+    await store.append(random_world(9, 30))
+    fail = True
+
+    async def before_commit() -> None:
+        if fail:
+            raise RuntimeError("the line dropped before COMMIT")
+
+    runner = Runner(pool, batch_size=5, before_commit=before_commit)
+    fail = False
+    await runner.catch_up()
+    await store.append(visits(w, 6, 300))
+    fail = True
+    with pytest.raises(RuntimeError):
+        await runner.step()
+    fail = False
+    await store.append(visits(w, 6, 320))
+    await runner.catch_up()
+    assert runner.cache is not None and runner.cache.dropped == 0, "the checkpoint stayed the runner's own"
+    await assert_equals_rebuild(pool)
