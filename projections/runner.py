@@ -20,6 +20,7 @@ import contextlib
 import datetime as dt
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 
 import asyncpg
 import msgspec
@@ -176,18 +177,20 @@ async def project(conn: Conn, schema: str, batch: list[Row], upto: Position,
     simple_ids = {r.event.event_id for r in simple}
     slow = [r for r in understood if r.event.event_id not in simple_ids]
     derived: set[str] = set()
+    written: set[str] = set()  # events whose facts the full re-derive wrote
     if slow:
         slow_fams = {family_of(r.care, r.event.event_id) for r in slow if r.care is not None}
         slow_members = [m for m in members if m.care is not None and family_of(m.care, m.event.event_id) in slow_fams]
-        derived = await _project_full(conn, schema, slow, slow_members, upto, cache)
+        derived, written = await _project_full(conn, schema, slow, slow_members, upto, cache)
     if structural:
-        await _project_structural(conn, schema, structural, derived, upto, cache)
+        await _project_structural(conn, schema, structural, derived, upto, cache, written)
     if fast:
-        await _project_additive(conn, schema, fast, derived, cache)
+        await _project_additive(conn, schema, fast, derived, cache, written)
 
 
 async def _project_structural(conn: Conn, schema: str, batch: list[Row], derived: set[str],
-                              upto: Position, cache: ArchiveCache | None = None) -> None:
+                              upto: Position, cache: ArchiveCache | None = None,
+                              written: AbstractSet[str] = frozenset()) -> None:
     """Re-derive the structural part of the archives these events touch (not those re-derived in
     full in this batch) from their children's structural events; keep the additive part."""
     children = sorted({k for r in batch for k in r.event.children})
@@ -195,7 +198,7 @@ async def _project_structural(conn: Conn, schema: str, batch: list[Row], derived
         f"SELECT child_id, root_id FROM {schema}.archive WHERE child_id = ANY($1::text[])", children)}
     targets = sorted({root_of[k] for k in children} - derived)
     if not targets:
-        await _structural_facts(conn, schema, batch)
+        await _new_facts(conn, schema, batch, written)
         return
     stored = _held(cache, targets)
     rows = await conn.fetch(
@@ -224,20 +227,24 @@ async def _project_structural(conn: Conn, schema: str, batch: list[Row], derived
     await tables.write_archives(conn, schema, archives, months={})
     if cache is not None:
         cache.stage(archives)
-    await _structural_facts(conn, schema, batch)
+    await _new_facts(conn, schema, batch, written)
 
 
-async def _structural_facts(conn: Conn, schema: str, batch: list[Row]) -> None:
+async def _new_facts(conn: Conn, schema: str, batch: list[Row], written: AbstractSet[str]) -> None:
+    """The facts of these events, none of which is corrected or stored yet (`written`: those
+    the full re-derive of this batch wrote already, left out)."""
     facts: dict[str, Fact | None] = {}
     for r in batch:
         assert r.care is not None
-        facts[r.event.event_id] = fact_of(r.care, r.event.event_id, r.event.site_id, r.event.occurred_at)
-    await tables.write_facts(conn, schema, facts)
+        if r.event.event_id not in written:
+            facts[r.event.event_id] = fact_of(r.care, r.event.event_id, r.event.site_id, r.event.occurred_at)
+    await tables.write_facts(conn, schema, facts, new=True)
 
 
 async def _project_additive(conn: Conn, schema: str, fast: list[Row], derived: set[str],
-                            cache: ArchiveCache | None = None) -> None:
-    """Add uncorrected work to stored archives (those not re-derived in this batch), and its facts."""
+                            cache: ArchiveCache | None = None, written: AbstractSet[str] = frozenset()) -> None:
+    """Add uncorrected work to stored archives (those not re-derived in this batch), and its facts
+    (but those the full re-derive wrote, `written`)."""
     children = sorted({k for r in fast for k in r.event.children})
     root_of = {rec["child_id"]: rec["root_id"] for rec in await conn.fetch(
         f"SELECT child_id, root_id FROM {schema}.archive WHERE child_id = ANY($1::text[])", children)}
@@ -247,7 +254,6 @@ async def _project_additive(conn: Conn, schema: str, fast: list[Row], derived: s
     if missing:
         views.update({rec["child_id"]: decode_archive(rec["view"]) for rec in await conn.fetch(
             f"SELECT child_id, view FROM {schema}.archive WHERE child_id = ANY($1::text[])", missing)})
-    facts: dict[str, Fact | None] = {}
     months: dict[str, set[str]] = {}
     for r in fast:
         assert r.care is not None
@@ -256,17 +262,17 @@ async def _project_additive(conn: Conn, schema: str, fast: list[Row], derived: s
                 views[root] = add_work(views[root], r.event.event_id, r.care, r.event.occurred_at)
                 if r.event.type in CONTACT_TYPES:
                     months.setdefault(root, set()).add(month_key(r.event.occurred_at.astimezone(dt.UTC)))
-        facts[r.event.event_id] = fact_of(r.care, r.event.event_id, r.event.site_id, r.event.occurred_at)
     await tables.write_archives(conn, schema, list(views.values()), months=months, conflicts=False,
                                work_only=True)
     if cache is not None:
         cache.stage(views.values())
-    await tables.write_facts(conn, schema, facts)
+    await _new_facts(conn, schema, fast, written)
 
 
 async def _project_full(conn: Conn, schema: str, understood: list[Row], members: list[Row],
-                        upto: Position, cache: ArchiveCache | None = None) -> set[str]:
-    """Re-derive every archive these events touch; returns the child ids re-derived."""
+                        upto: Position, cache: ArchiveCache | None = None) -> tuple[set[str], set[str]]:
+    """Re-derive every archive these events touch; returns the child ids re-derived and the ids
+    of the events whose facts it wrote (or deleted)."""
     keys: set[str] = set()
     for row in [*understood, *members]:
         if row.care is not None:
@@ -329,7 +335,7 @@ async def _project_full(conn: Conn, schema: str, understood: list[Row], members:
             facts.setdefault(target, None)
     facts_from(effs_lists, facts)
     await tables.write_facts(conn, schema, facts)
-    return {m for group in groups.values() for m in group}
+    return {m for group in groups.values() for m in group}, set(facts)
 
 
 async def advance(conn: Conn, schema: str, limit: int, cache: ArchiveCache | None = None) -> int:

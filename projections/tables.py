@@ -125,12 +125,22 @@ async def write_archives(conn: Conn, schema: str, archives: Iterable[ChildArchiv
             await conn.copy_records_to_table("conflict", schema_name=schema, records=confl, columns=CONFLICT_COLS)
 
 
-async def write_facts(conn: Conn, schema: str, facts: dict[str, Fact | None]) -> None:
+async def write_facts(conn: Conn, schema: str, facts: dict[str, Fact | None], *, new: bool = False) -> None:
     """Replace the facts of these events (None: the event counts no more), and the daily rows
     they are counted on (`projections.daily`): a fact stored as it is already is left alone; the
     (township, site, day) keys of a fact changed or removed are recomputed, before and after;
-    the fact of an event that had none is added to its row unless that key is recomputed."""
+    the fact of an event that had none is added to its row unless that key is recomputed.
+
+    With `new`, none of these events has a fact stored (the runner's events that nothing
+    corrects, applied for the first time): they are copied in and added to their daily rows
+    without reading the stored facts first (a stored one would fail the batch on the key)."""
     if not facts:
+        return
+    if new:
+        fresh = [fact_row(f) for f in facts.values() if f is not None]
+        if fresh:
+            await conn.copy_records_to_table("fact", schema_name=schema, records=fresh, columns=FACT_COLS)
+            await daily.add(conn, schema, [r[0] for r in fresh])
         return
     stored = {r["event_id"]: r for r in await conn.fetch(
         f"""SELECT {', '.join(FACT_COLS)}, ((occurred_at AT TIME ZONE 'UTC') + interval '8 hours')::date AS day
