@@ -90,7 +90,8 @@ async def write_archives(conn: Conn, schema: str, archives: Iterable[ChildArchiv
     upserted; with `conflicts` False the conflict rows are known to be unchanged; with
     `work_only` the archives are stored already and only work was added to them
     (`archive.add_work`: of the archive's columns only `events` and `view` changed), so only
-    those two are updated, in one statement."""
+    those two are updated, in one statement (the ids also as `= ANY`, so that the rows are found
+    through the key: joined with the unnest alone, the planner hashes a scan of the whole table)."""
     archives = list(archives)
     if not archives:
         return
@@ -99,7 +100,7 @@ async def write_archives(conn: Conn, schema: str, archives: Iterable[ChildArchiv
         await conn.execute(
             f"""UPDATE {schema}.archive AS a SET events = u.events, view = u.view
                   FROM unnest($1::text[], $2::integer[], $3::bytea[]) AS u (child_id, events, view)
-                 WHERE a.child_id = u.child_id""",
+                 WHERE a.child_id = u.child_id AND a.child_id = ANY($1::text[])""",
             ids, [a.events for a in archives], [encode_archive(a) for a in archives])
     else:
         await upsert(conn, schema, "archive", ARCHIVE_COLS, ("child_id",), [archive_row(a) for a in archives])
