@@ -27,7 +27,7 @@ __all__ = ["roles"]
 CST = dt.timezone(dt.timedelta(hours=8), "CST")
 # A month boundary in China time: 2026-02-01 00:00 +08 is 2026-01-31 16:00 UTC.
 BOUNDARY = dt.datetime(2026, 2, 1, tzinfo=CST)
-INDEXES = 9  # every index of events (0001, 0003, 0011, 0015, 0016), on every partition
+INDEXES = 10  # every index of events (0001, 0003, 0011, 0015, 0016, 0031), on every partition
 EVERYTHING = """SELECT position, tx_id, committed_at, region, site_id, site_seq, event_id, type, schema_version,
                        understood, actor, occurred_at, recorded_at, prev_hash, hash, children, based_on, payload
                   FROM events ORDER BY tx_id, position"""
