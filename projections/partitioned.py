@@ -39,7 +39,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -70,6 +70,27 @@ def partitions_for(events: int, per_partition: int = PARTITION_EVENTS) -> int:
     return max(1, math.ceil(events / per_partition))
 
 
+def routed_rows(by_children: Mapping[int, int], parts: int) -> float:
+    """How many rows `parts` partitions are expected to receive, from the number of events naming
+    each number of children (`Tally.by_children`): an event naming k children is in as many
+    partitions as its children's groups reach, parts * (1 - (1 - 1/parts)^k) on average when
+    groups go to partitions by a hash; one naming none is in one. Merges and corrections are
+    left out (a percent of the log)."""
+    miss = 1 - 1 / parts
+    return sum(n * (parts * (1 - miss**k) if k else 1) for k, n in by_children.items())
+
+
+def partitions_for_rows(by_children: Mapping[int, int], per_partition: int = PARTITION_EVENTS) -> int:
+    """The fewest partitions whose expected rows (`routed_rows`) are at most `per_partition`
+    each: an event naming several children is folded in each partition it reaches, so sizing by
+    events alone lets a partition's rows (and its book) grow with the log, the more so the more
+    partitions there are."""
+    parts = partitions_for(sum(by_children.values()), per_partition)
+    while parts > 1 and routed_rows(by_children, parts) > parts * per_partition:
+        parts += 1
+    return parts
+
+
 class Plan(msgspec.Struct):
     """What routing a row needs, decided before the log is read (step 1)."""
 
@@ -87,6 +108,21 @@ class Plan(msgspec.Struct):
             keys = tuple(children) if children else (f"ev:{event_id}",)
         root = self.root_of.get
         return {share_of(root(k, k), self.parts) for k in keys}
+
+    def keeper(self, part: int) -> Callable[[str], bool]:
+        """Whether a key's group is partition `part`'s (a partition's `ArchiveBook(keep=...)`),
+        remembered per key."""
+        seen: dict[str, bool] = {}
+        root = self.root_of.get
+        parts = self.parts
+
+        def keep(key: str) -> bool:
+            mine = seen.get(key)
+            if mine is None:
+                mine = seen[key] = share_of(root(key, key), parts) == part
+            return mine
+
+        return keep
 
     def exceptions(self) -> tuple[list[tuple[str, list[int]]], list[tuple[str, int]]]:
         """What `partitions` does not read from an event's own row, as rows of the reading
@@ -108,9 +144,10 @@ _DECIDING = f"""SELECT {SCAN_COLS} FROM events
                  WHERE type = ANY($3::text[]) AND (tx_id, position) <= ($1, $2)"""
 _ORIGINALS = f"""SELECT {SCAN_COLS} FROM events
                   WHERE event_id = ANY($3::uuid[]) AND (tx_id, position) <= ($1, $2)"""
-_TALLY = """SELECT count(*) FILTER (WHERE NOT understood) AS skipped,
+_TALLY = """SELECT cardinality(children) AS k, count(*) FILTER (WHERE understood) AS understood,
+                   count(*) FILTER (WHERE NOT understood) AS skipped,
                    max(committed_at) FILTER (WHERE (tx_id, position) = ($1, $2)) AS last_committed_at
-              FROM events WHERE (tx_id, position) <= ($1, $2)"""
+              FROM events WHERE (tx_id, position) <= ($1, $2) GROUP BY 1"""
 # The columns entries_of reads, after the partition (in the place of tx_id; position and
 # committed_at are not read there, so they are not sent).
 _ROUTED_COLS = "r.part, 0, NULL::timestamptz, " + SCAN_COLS.split(", ", 3)[3]
@@ -169,12 +206,14 @@ async def plan(conn: Conn, upto: Position, parts: int) -> Plan:
 class Tally(msgspec.Struct, frozen=True):
     skipped: int  # not understood by this code: folded nowhere
     last_committed_at: dt.datetime | None  # of the event at the plan's position
+    by_children: dict[int, int] = {}  # understood events by the number of children they name
 
 
 async def tally(conn: Conn, upto: Position) -> Tally:
-    row = await conn.fetchrow(_TALLY, upto.tx, upto.pos)
-    assert row is not None  # an aggregate returns one row
-    return Tally(skipped=int(row["skipped"]), last_committed_at=row["last_committed_at"])
+    rows = await conn.fetch(_TALLY, upto.tx, upto.pos)
+    last = [r["last_committed_at"] for r in rows if r["last_committed_at"] is not None]
+    return Tally(skipped=sum(int(r["skipped"]) for r in rows), last_committed_at=last[0] if last else None,
+                 by_children={int(r["k"]): int(r["understood"]) for r in rows if r["understood"]})
 
 
 async def partition_rows(conn: Conn, p: Plan, share: int = 0, shares: int = 1, page: int = 5000

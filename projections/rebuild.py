@@ -115,7 +115,7 @@ async def fill(pool: asyncpg.Pool, schema: str, *, page: int = 5000, progress: P
         parts = partitioned.partitions_for(total, partition_events)
         if parts > 1:  # the log is more than one partition's worth: fold it partition by partition
             # two processes by default, each reading and folding its own partitions
-            return await _fill_partitioned(pool, schema, upto, total, parts, page=page, progress=progress,
+            return await _fill_partitioned(pool, schema, upto, total, partition_events, page=page, progress=progress,
                                            database_url=database_url, workers=workers or PARTITIONED_WORKERS)
         return await _fill(pool, schema, page=page, progress=progress, database_url=database_url,
                            workers=workers or 1, parallel_from=parallel_from)
@@ -184,16 +184,19 @@ async def _fill(pool: asyncpg.Pool, schema: str, *, page: int, progress: Progres
                          seconds=seconds, events_per_second=n / seconds if seconds else 0.0)
 
 
-async def _fill_partitioned(pool: asyncpg.Pool, schema: str, upto: Position, total: int, parts: int, *, page: int,
-                            progress: Progress | None, database_url: str | None, workers: int) -> RebuildReport:
-    """`fill` for a log of several partitions (projections/partitioned.py): plan the groups, then
-    read, fold, derive and write one partition at a time as PostgreSQL hands them over in order
-    of partitions (shared by `workers` forked processes when given the URL, each reading its own
+async def _fill_partitioned(pool: asyncpg.Pool, schema: str, upto: Position, total: int, partition_events: int, *,
+                            page: int, progress: Progress | None, database_url: str | None, workers: int
+                            ) -> RebuildReport:
+    """`fill` for a log of several partitions (projections/partitioned.py): size the partitions
+    by the rows they will receive (`partitions_for_rows`), plan the groups, then read, fold,
+    derive and write one partition at a time as PostgreSQL hands them over in order of
+    partitions (shared by `workers` forked processes when given the URL, each reading its own
     partitions), so the peak is one partition's book."""
     started = time.perf_counter()
     async with pool.acquire() as conn, pool.acquire() as ahead, pool.acquire() as reader:
-        plan = await partitioned.plan(ahead, upto, parts)
         tally = await partitioned.tally(ahead, upto)
+        parts = partitioned.partitions_for_rows(tally.by_children, partition_events)
+        plan = await partitioned.plan(ahead, upto, parts)
         t_plan = time.perf_counter()
         # PostgreSQL writes the facts of plain uncorrected work while the partitions are folded
         # (started once the first partition's rows arrive, not to slow down their routing).
@@ -271,7 +274,7 @@ async def _fold_partitions(reader: Conn, writer: Conn, schema: str, plan: partit
     them over; `writer` COPYs each partition's rows while the next page is on its way.
     `first_rows` is called when the first page arrives."""
     out = _Folded()
-    book = ArchiveBook()
+    book = ArchiveBook(keep=plan.keeper(0))
     current = -1  # no partition yet
     upcast: list[str] = []
     clock = time.perf_counter
@@ -288,7 +291,8 @@ async def _fold_partitions(reader: Conn, writer: Conn, schema: str, plan: partit
                 t = clock()
                 await _write_share(writer, schema, book, plan.edges, set(upcast), current, plan.parts)
                 out.written += clock() - t
-            book, current, upcast = ArchiveBook(), part, []  # the last partition's book goes (no cycles)
+            # the last partition's book goes (no cycles); the new one holds states of this partition's keys only
+            book, current, upcast = ArchiveBook(keep=plan.keeper(part)), part, []
         t = clock()
         entries, up = entries_of(rows)
         upcast.extend(up)

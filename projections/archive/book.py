@@ -4,7 +4,7 @@ events in any order, any number of times; `archives()` derives every archive (`d
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import msgspec
 
@@ -54,10 +54,15 @@ class ArchiveBook:
     """Incremental, in-memory holder of child states (a site agent's or a rebuild's): `add`
     events in any order, any number of times; `archives()` derives every archive.
 
-    It routes by correction family (`family_of`): every member goes to the keys of every member."""
+    It routes by correction family (`family_of`): every member goes to the keys of every member.
 
-    def __init__(self) -> None:
+    With `keep`, only the keys it accepts get a state (a partitioned rebuild's book: an event about
+    children of several partitions is held once, in the states of this partition's children, not
+    in a state for each of the others'); the correction families are tracked in full all the same."""
+
+    def __init__(self, keep: Callable[[str], bool] | None = None) -> None:
         self.states: dict[str, ChildState] = {}
+        self._keep = keep
         self.skipped: set[str] = set()
         # Families with a correction in them (keyed by the corrected event id): their keys and
         # members. An event nothing corrects (most of them) is a family of one and is kept only
@@ -90,7 +95,7 @@ class ArchiveBook:
                 if fam != eid:  # a correction before (or without) its original: track its family
                     self._family_keys[fam] = set(own)
                     self._family_members[fam] = [eid]
-                for k in own:
+                for k in own if self._keep is None else filter(self._keep, own):
                     st = states.get(k)
                     if st is None:
                         st = states[k] = ChildState(child_id=k)
@@ -103,12 +108,13 @@ class ArchiveBook:
         members = self._family_members[fam]
         new_keys = set(own) - keys
         changed = keys | set(own)
+        held = new_keys if self._keep is None else set(filter(self._keep, new_keys))
         for other in members:  # earlier members reach the keys this event brings
             earlier = known[other]
-            for k in new_keys:
+            for k in held:
                 states.setdefault(k, ChildState(child_id=k)).entries[other] = earlier
         keys |= new_keys
-        for k in keys:
+        for k in keys if self._keep is None else filter(self._keep, keys):
             states.setdefault(k, ChildState(child_id=k)).entries[eid] = entry
         members.append(eid)
         known[eid] = entry
@@ -128,11 +134,13 @@ class ArchiveBook:
             self.add_entry(entry)
             return
         key = entry.care.child_id  # type: ignore[union-attr]
+        known[eid] = entry
+        if self._keep is not None and not self._keep(key):
+            return
         st = self.states.get(key)
         if st is None:
             st = self.states[key] = ChildState(child_id=key)
         st.entries[eid] = entry
-        known[eid] = entry
 
     def archives(self) -> dict[str, ChildArchive]:
         return derive_all(self.states)
