@@ -36,6 +36,7 @@ space while the query runs.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import datetime as dt
 import hashlib
 import math
@@ -56,70 +57,105 @@ _DECIDING_TYPES = ["ArchivesMerged", "ArchivesUnmerged", "EventCorrected"]  # as
 
 
 def share_of(key: str, shares: int) -> int:
-    """The partition (or forked share) of an archive group, by its root's id: the first 32 bits
-    of the key's md5 as an unsigned number, modulo `shares` (`_share_sql` is the same in SQL)."""
-    return int.from_bytes(hashlib.md5(key.encode(), usedforsecurity=False).digest()[:4], "big") % shares
+    """The forked share of an archive group (a fold at once's derive), by its root's id: the
+    first 32 bits of the key's md5 as an unsigned number (`hash32`), modulo `shares`."""
+    return hash32(key) % shares
 
 
-def _share_sql(key: str, shares: str) -> str:
-    """`share_of` in SQL, of the text expression `key` and the integer expression `shares`."""
-    return f"((('x' || left(md5({key}), 8))::bit(32)::bigint % {shares})::int)"
+def hash32(key: str) -> int:
+    """The first 32 bits of the key's md5 as an unsigned number (`_hash32_sql` is the same in SQL)."""
+    return int.from_bytes(hashlib.md5(key.encode(), usedforsecurity=False).digest()[:4], "big")
+
+
+def _hash32_sql(key: str) -> str:
+    """`hash32` in SQL, of the text expression `key`."""
+    return f"(('x' || left(md5({key}), 8))::bit(32)::bigint)"
+
+
+def _part_sql(key: str, bounds: str) -> str:
+    """`Plan.part_of` in SQL, of the text expression `key` and the bigint[] expression `bounds`."""
+    return f"width_bucket({_hash32_sql(key)}, {bounds})"
+
+
+_SPACE = 1 << 32  # hash32's values
 
 
 def partitions_for(events: int, per_partition: int = PARTITION_EVENTS) -> int:
     return max(1, math.ceil(events / per_partition))
 
 
-def routed_rows(by_children: Mapping[int, int], parts: int) -> float:
-    """How many rows `parts` partitions are expected to receive, from the number of events naming
-    each number of children (`Tally.by_children`): an event naming k children is in as many
-    partitions as its children's groups reach, parts * (1 - (1 - 1/parts)^k) on average when
-    groups go to partitions by a hash; one naming none is in one. Merges and corrections are
-    left out (a percent of the log)."""
-    miss = 1 - 1 / parts
-    return sum(n * (parts * (1 - miss**k) if k else 1) for k, n in by_children.items())
+def rows_in(by_children: Mapping[int, int], width: float) -> float:
+    """How many rows a partition owning `width` of the hash space is expected to receive, from
+    the number of events naming each number of children (`Tally.by_children`): an event naming
+    k children is in it when one of their groups is, 1 - (1 - width)^k; one naming none with the
+    width. Merges and corrections are left out (a percent of the log)."""
+    return sum(n * (1 - (1 - width) ** k if k else width) for k, n in by_children.items())
 
 
-def partitions_for_rows(by_children: Mapping[int, int], per_partition: int = PARTITION_EVENTS) -> int:
-    """The fewest partitions whose expected rows (`routed_rows`) are at most `per_partition`
-    each: an event naming several children is folded in each partition it reaches, so sizing by
-    events alone lets a partition's rows (and its book) grow with the log, the more so the more
-    partitions there are."""
-    parts = partitions_for(sum(by_children.values()), per_partition)
-    while parts > 1 and routed_rows(by_children, parts) > parts * per_partition:
-        parts += 1
-    return parts
+def equal_bounds(parts: int) -> list[int]:
+    """The bounds of `parts` partitions of equal width."""
+    return [math.ceil(i * _SPACE / parts) for i in range(1, parts)]
+
+
+def bounds_for_rows(by_children: Mapping[int, int], per_partition: int = PARTITION_EVENTS, shares: int = 1
+                    ) -> list[int]:
+    """Partitions (as the bounds of their ranges of `hash32`, `Plan.bounds`) that each receive
+    at most about `per_partition` rows, whatever the log's size: an event naming k children is
+    folded in every partition one of them is in, so a partition counted in events holds more
+    rows the more partitions there are (250,000 events made 280k rows at 1M events, 320k at 3M
+    in the bench's world). The widest width w with `rows_in(w)` <= per_partition is found; all
+    partitions but the last `shares` get it, and those share the rest equally, so the count is a
+    multiple of `shares` and each share gets as many rows (partitions go to shares in turn)."""
+    if rows_in(by_children, 1.0) <= per_partition:
+        return []
+    low, high = 0.0, 1.0  # rows_in(low) <= per_partition < rows_in(high)
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if rows_in(by_children, mid) <= per_partition else (low, mid)
+    width = low
+    parts = math.ceil(1 / width) if width > 0 else shares
+    parts = max(shares, math.ceil(parts / shares) * shares)
+    full = parts - shares
+    rest = (1 - full * width) / shares
+    edges = [width * i for i in range(1, full + 1)] + [full * width + rest * i for i in range(1, shares)]
+    return sorted({min(_SPACE - 1, max(1, round(e * _SPACE))) for e in edges})
 
 
 class Plan(msgspec.Struct):
     """What routing a row needs, decided before the log is read (step 1)."""
 
     upto: Position
-    parts: int
+    bounds: list[int]  # a key's partition is the number of bounds at or below its root's hash32
     edges: list[MergeEdge]
     root_of: dict[str, str]
     family: dict[str, str]  # a correction's id -> its family (the id it corrects)
     family_keys: dict[str, tuple[str, ...]]  # a corrected family -> every key its members go to
+
+    @property
+    def parts(self) -> int:
+        return len(self.bounds) + 1
+
+    def part_of(self, key: str) -> int:
+        """The partition of a key's group (its root's), as `_part_sql` computes it in SQL."""
+        return bisect.bisect_right(self.bounds, hash32(self.root_of.get(key, key)))
 
     def partitions(self, event_id: str, children: Sequence[str]) -> set[int]:
         fam = self.family.get(event_id, event_id)
         keys = self.family_keys.get(fam)
         if keys is None:
             keys = tuple(children) if children else (f"ev:{event_id}",)
-        root = self.root_of.get
-        return {share_of(root(k, k), self.parts) for k in keys}
+        return {self.part_of(k) for k in keys}
 
     def keeper(self, part: int) -> Callable[[str], bool]:
         """Whether a key's group is partition `part`'s (a partition's `ArchiveBook(keep=...)`),
         remembered per key."""
         seen: dict[str, bool] = {}
-        root = self.root_of.get
-        parts = self.parts
+        part_of = self.part_of
 
         def keep(key: str) -> bool:
             mine = seen.get(key)
             if mine is None:
-                mine = seen[key] = share_of(root(key, key), parts) == part
+                mine = seen[key] = part_of(key) == part
             return mine
 
         return keep
@@ -128,12 +164,10 @@ class Plan(msgspec.Struct):
         """What `partitions` does not read from an event's own row, as rows of the reading
         session's temporary tables: (event id, its partitions) for every member of a corrected
         family, (child id, partition of its root) for every merged child."""
-        root = self.root_of.get
-        fam_parts = {fam: sorted({share_of(root(k, k), self.parts) for k in keys})
-                     for fam, keys in self.family_keys.items()}
+        fam_parts = {fam: sorted({self.part_of(k) for k in keys}) for fam, keys in self.family_keys.items()}
         family = [(eid, fam_parts[fam]) for eid in sorted(fam_parts.keys() | self.family.keys())
                   if (fam := self.family.get(eid, eid)) in fam_parts]
-        moved = [(child, share_of(r, self.parts)) for child, r in self.root_of.items()]
+        moved = [(child, self.part_of(child)) for child in self.root_of]
         return family, moved
 
 
@@ -152,13 +186,14 @@ _TALLY = """SELECT cardinality(children) AS k, count(*) FILTER (WHERE understood
 # committed_at are not read there, so they are not sent).
 _ROUTED_COLS = "r.part, 0, NULL::timestamptz, " + SCAN_COLS.split(", ", 3)[3]
 SORT_MEMORY = "256MB"  # work_mem of the routing query: PostgreSQL sorts up to this in memory, then on disk
+_BOUNDS = "$3::bigint[]"
 _ROUTE = f"""SELECT {_ROUTED_COLS} FROM (
     SELECT unnest(CASE WHEN f.parts IS NOT NULL THEN f.parts
-                       WHEN cardinality(e.children) = 0 THEN ARRAY[{_share_sql("'ev:' || e.event_id::text", "$3")}]
+                       WHEN cardinality(e.children) = 0 THEN ARRAY[{_part_sql("'ev:' || e.event_id::text", _BOUNDS)}]
                        WHEN cardinality(e.children) = 1
-                         THEN ARRAY[coalesce(m.part, {_share_sql("e.children[1]", "$3")})]
+                         THEN ARRAY[coalesce(m.part, {_part_sql("e.children[1]", _BOUNDS)})]
                        ELSE ARRAY(SELECT DISTINCT coalesce((SELECT o.part FROM rebuild_moved o WHERE o.child = k),
-                                                           {_share_sql("k", "$3")})
+                                                           {_part_sql("k", _BOUNDS)})
                                     FROM unnest(e.children) AS k) END) AS part, e.*
       FROM events e
       LEFT JOIN rebuild_family f ON f.event_id = e.event_id
@@ -166,7 +201,7 @@ _ROUTE = f"""SELECT {_ROUTED_COLS} FROM (
      WHERE e.understood AND (e.tx_id, e.position) <= ($1, $2)) r
  WHERE r.part % $4 = $5
  ORDER BY r.part, r.tx_id, r.position"""
-"""Every understood row up to ($1, $2) once per partition of its groups (of $3), for the partitions
+"""Every understood row up to ($1, $2) once per partition of its groups (bounds $3), for the partitions
 of share $5 of $4, in the order of partitions, then of the log: `Plan.partitions` in SQL."""
 
 
@@ -180,8 +215,9 @@ async def head(conn: Conn) -> tuple[Position, int]:
     return upto, int(await conn.fetchval(_COUNT, upto.tx, upto.pos))
 
 
-async def plan(conn: Conn, upto: Position, parts: int) -> Plan:
-    """Step 1: the merge edges and the corrected families up to `upto`."""
+async def plan(conn: Conn, upto: Position, bounds: int | list[int]) -> Plan:
+    """Step 1: the merge edges and the corrected families up to `upto`; `bounds`, the partitions'
+    (`Plan.bounds`), or their number for partitions of equal width."""
     deciding = [e for _, e in entries_of(await conn.fetch(_DECIDING, upto.tx, upto.pos, _DECIDING_TYPES))[0]
                 if e is not None]
     edges = merge_edges(deciding)
@@ -197,7 +233,8 @@ async def plan(conn: Conn, upto: Position, parts: int) -> Plan:
         for eid, entry in entries_of(originals)[0]:
             if entry is not None:
                 keys[eid].update(keys_of(entry.care, eid))
-    return Plan(upto=upto, parts=parts, edges=edges, root_of=roots(edges), family=family,
+    return Plan(upto=upto, bounds=equal_bounds(bounds) if isinstance(bounds, int) else bounds, edges=edges,
+                root_of=roots(edges), family=family,
                 family_keys={fam: tuple(sorted(ks)) for fam, ks in keys.items()})
 
 
@@ -233,7 +270,7 @@ async def partition_rows(conn: Conn, p: Plan, share: int = 0, shares: int = 1, p
         await conn.copy_records_to_table("rebuild_family", records=family)
         await conn.copy_records_to_table("rebuild_moved", records=moved)
         await conn.execute("ANALYZE rebuild_family; ANALYZE rebuild_moved")
-        cursor = await conn.cursor(_ROUTE, p.upto.tx, p.upto.pos, p.parts, shares, share)
+        cursor = await conn.cursor(_ROUTE, p.upto.tx, p.upto.pos, p.bounds, shares, share)
         nxt = asyncio.ensure_future(cursor.fetch(page))
         try:
             while rows := await nxt:

@@ -194,9 +194,10 @@ async def _fill_partitioned(pool: asyncpg.Pool, schema: str, upto: Position, tot
     partitions), so the peak is one partition's book."""
     started = time.perf_counter()
     async with pool.acquire() as conn, pool.acquire() as ahead, pool.acquire() as reader:
+        shares = max(1, workers) if database_url is not None else 1
         tally = await partitioned.tally(ahead, upto)
-        parts = partitioned.partitions_for_rows(tally.by_children, partition_events)
-        plan = await partitioned.plan(ahead, upto, parts)
+        bounds = partitioned.bounds_for_rows(tally.by_children, partition_events, shares)
+        plan = await partitioned.plan(ahead, upto, bounds)
         t_plan = time.perf_counter()
         # PostgreSQL writes the facts of plain uncorrected work while the partitions are folded
         # (started once the first partition's rows arrive, not to slow down their routing).
@@ -206,7 +207,6 @@ async def _fill_partitioned(pool: asyncpg.Pool, schema: str, upto: Position, tot
             nonlocal plain
             plain = asyncio.ensure_future(ahead.execute(plain_facts_sql(schema, int(upto.tx), int(upto.pos))))
 
-        shares = max(1, workers) if database_url is not None else 1
         children: list[multiprocessing.process.BaseProcess] = []
         with tempfile.TemporaryDirectory(prefix="shouwang-rebuild-") as tmp:  # the workers' peaks
             try:
@@ -251,7 +251,7 @@ async def _fill_partitioned(pool: asyncpg.Pool, schema: str, upto: Position, tot
             await write_checkpoint(conn, schema, cp)
             await write_fold_version(conn, schema)
     seconds = time.perf_counter() - started
-    log.info("rebuild phases", partitions=parts, routed_rows=folded.rows, plan=round(t_plan - started, 3),
+    log.info("rebuild phases", partitions=plan.parts, routed_rows=folded.rows, plan=round(t_plan - started, 3),
              first_row=round(folded.first_row - t_plan, 3), read_fold_derive_write=round(t_derive - t_plan, 3),
              index_swap_ready=round(time.perf_counter() - t_derive, 3))
     return RebuildReport(events=total, skipped=tally.skipped, children=int(counts["a"]),
@@ -289,7 +289,7 @@ async def _fold_partitions(reader: Conn, writer: Conn, schema: str, plan: partit
         if part != current:
             if current >= 0:
                 t = clock()
-                await _write_share(writer, schema, book, plan.edges, set(upcast), current, plan.parts)
+                await _write_share(writer, schema, book, plan.edges, set(upcast), current, plan.parts, plan.part_of)
                 out.written += clock() - t
             # the last partition's book goes (no cycles); the new one holds states of this partition's keys only
             book, current, upcast = ArchiveBook(keep=plan.keeper(part)), part, []
@@ -307,7 +307,7 @@ async def _fold_partitions(reader: Conn, writer: Conn, schema: str, plan: partit
         t = clock()
     if current >= 0:
         t = clock()
-        await _write_share(writer, schema, book, plan.edges, set(upcast), current, plan.parts)
+        await _write_share(writer, schema, book, plan.edges, set(upcast), current, plan.parts, plan.part_of)
         out.written += clock() - t
     log.info("rebuild share", share=share, rows=out.rows, waited=round(out.waited, 3), folded=round(out.folded, 3),
              derived_written=round(out.written, 3))
@@ -400,9 +400,6 @@ async def _exited(proc: multiprocessing.process.BaseProcess) -> None:
         loop.remove_reader(proc.sentinel)
 
 
-_share_of = partitioned.share_of  # a forked share and a partition split groups the same way
-
-
 def _share_process(database_url: str, schema: str, book: ArchiveBook, edges: list[MergeEdge], upcast: set[str],
                    share: int, shares: int) -> None:
     """A forked rebuild worker: its own event loop and connection; exit code 0 on success."""
@@ -417,14 +414,17 @@ def _share_process(database_url: str, schema: str, book: ArchiveBook, edges: lis
 
 
 async def _write_share(conn: Conn, schema: str, book: ArchiveBook, edges: list[MergeEdge],
-                       upcast: set[str], share: int, shares: int) -> tuple[int, int]:
-    """Derive the archives of the groups in this share, their facts that this share owns, and
+                       upcast: set[str], share: int, shares: int, share_of: Callable[[str], int] | None = None
+                       ) -> tuple[int, int]:
+    """Derive the archives of the groups in this share (of `shares`; a group's share by its root's
+    key, `share_of`, by default `partitioned.share_of`), their facts that this share owns, and
     COPY them. Returns (archive rows, fact rows)."""
     root_of = roots(edges)
+    _share_of = share_of or (lambda key: partitioned.share_of(key, shares))
     archives: list[ChildArchive] = []
     effs: list[list[Effective]] = []
     for root, members in group(book.states, root_of).items():
-        if _share_of(root, shares) != share:
+        if _share_of(root) != share:
             continue
         entries = [e for m in members if m in book.states for e in book.states[m].entries.values()]
         arch, group_effs = derive_full(root, entries, members[1:])
@@ -432,7 +432,7 @@ async def _write_share(conn: Conn, schema: str, book: ArchiveBook, edges: list[M
         effs.append(group_effs)
         archives.extend(ChildArchive(child_id=m, merged_into=root) for m in members[1:])
     for key, st in book.states.items():
-        if key.startswith("ev:") and _share_of(key, shares) == share:
+        if key.startswith("ev:") and _share_of(key) == share:
             effs.append(effective(st.entries.values())[0])
     facts = fact_rows_from(effs, plain_in_sql=upcast)  # the other plain facts: facts.plain_facts_sql
     if shares > 1:  # an event in groups of several shares is written by the share of its first root
@@ -442,7 +442,7 @@ async def _write_share(conn: Conn, schema: str, book: ArchiveBook, edges: list[M
             first = min(root_of.get(k, k) for k in book.family_keys(eid))
             mine = ours.get(first)
             if mine is None:
-                mine = ours[first] = _share_of(first, shares) == share
+                mine = ours[first] = _share_of(first) == share
             return mine
 
         facts = {eid: f for eid, f in facts.items() if f is not None and owned(eid)}

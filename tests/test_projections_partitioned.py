@@ -6,7 +6,9 @@ plan says."""
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
+import itertools
 import random
 
 import asyncpg
@@ -120,13 +122,18 @@ async def test_children_across_partitions_rebuild_as_the_runner_does(store: Even
         plan = await partitioned.plan(conn, upto, 6)
     spans = [d for d in events if len(plan.partitions(d.event.event_id, d.event.children)) > 1]
     assert spans, "some events go to several of 6 partitions"
-    assert any(partitioned.share_of(e.kept, 6) != partitioned.share_of(e.merged, 6) for e in plan.edges), \
+    assert any(_own_part(plan, e.kept) != _own_part(plan, e.merged) for e in plan.edges), \
         "a merge joins children of different partitions"
     for per_partition in (len(events) // 6, 5, 1):
         await _partitioned_rebuild(pool, per_partition)
         assert await dump(pool, tables.SHADOW) == live, per_partition
     await _partitioned_rebuild(pool, 5, database_url, workers=2)
     assert await dump(pool, tables.SHADOW) == live
+
+
+def _own_part(plan: partitioned.Plan, key: str) -> int:
+    """The partition a key would be in were it merged into nothing."""
+    return bisect.bisect_right(plan.bounds, partitioned.hash32(key))
 
 
 async def _routed(conn: asyncpg.Connection, plan: partitioned.Plan, share: int = 0, shares: int = 1,
@@ -162,7 +169,8 @@ async def test_each_row_goes_where_its_groups_are(store: EventStore, pool: async
         expected = plan.partitions(d.event.event_id, d.event.children)
         assert sorted(routed[d.event.event_id]) == sorted(expected), d.event.type
         for kid in d.event.children:
-            assert partitioned.share_of(plan.root_of.get(kid, kid), parts) in expected
+            assert plan.part_of(kid) in expected
+            assert plan.part_of(kid) == plan.part_of(plan.root_of.get(kid, kid))
     for correction, original in plan.family.items():
         if original in routed:
             assert routed[correction] == routed[original]
@@ -173,13 +181,41 @@ async def test_each_row_goes_where_its_groups_are(store: EventStore, pool: async
 
 
 async def test_share_of_is_the_same_in_postgresql(pool: asyncpg.Pool) -> None:
-    """The routing query and the writer agree on every key's partition."""
+    """The routing query and the writer agree on every key's partition: equal widths, uneven
+    bounds (`bounds_for_rows`), a single partition."""
     keys = [f"c-{i:032x}" for i in range(200)] + ["ev:0b5c1f4e-7d0e-4a57-9a0e-3f1e2d4c5b6a", "", "村-孩子"]
+    uneven = partitioned.bounds_for_rows({0: 10, 1: 800, 5: 100, 21: 30}, 200, shares=2)
+    assert len(uneven) + 1 > 4 and (len(uneven) + 1) % 2 == 0
     async with pool.acquire() as conn:
-        for shares in (1, 2, 7, 250):
-            got = await conn.fetch(f"SELECT k, {partitioned._share_sql('k', '$2')} AS p FROM unnest($1::text[]) k",
-                                   keys, shares)
-            assert {r["k"]: r["p"] for r in got} == {k: partitioned.share_of(k, shares) for k in keys}
+        for bounds in [partitioned.equal_bounds(n) for n in (1, 2, 7, 250)] + [uneven]:
+            plan = partitioned.Plan(upto=partitioned.ORIGIN, bounds=bounds, edges=[], root_of={}, family={},
+                                    family_keys={})
+            got = await conn.fetch(f"SELECT k, {partitioned._part_sql('k', '$2::bigint[]')} AS p "
+                                   "FROM unnest($1::text[]) k", keys, bounds)
+            assert {r["k"]: r["p"] for r in got} == {k: plan.part_of(k) for k in keys}
+            if plan.parts < 20:
+                assert {plan.part_of(k) for k in keys} == set(range(plan.parts)), "every partition has keys"
+
+
+def test_bounds_for_rows_give_partitions_of_so_many_rows_whatever_the_log() -> None:
+    """Partitions counted in rows: the widest width whose expected rows are within the budget,
+    the rest shared by the last `shares` partitions; more partitions than events alone ask for
+    where events name several children, never a partition over the budget."""
+    for events in (1_000_000, 3_000_000, 10_000_000):
+        by_children = {1: events * 945 // 1000, 5: events * 33 // 1000, 11: events * 11 // 1000,
+                       21: events * 11 // 1000}
+        for shares in (1, 2, 3):
+            bounds = partitioned.bounds_for_rows(by_children, 250_000, shares)
+            parts = len(bounds) + 1
+            assert parts % shares == 0 and parts > partitioned.partitions_for(events, 250_000)
+            edges = [0, *bounds, 1 << 32]
+            widths = [(b - a) / (1 << 32) for a, b in itertools.pairwise(edges)]
+            rows = [partitioned.rows_in(by_children, w) for w in widths]
+            assert max(rows) <= 250_000 * 1.0001
+            assert max(rows) >= 249_000, "the widest partitions take the whole budget"
+            assert sum(rows[i] for i in range(0, parts, shares)) == pytest.approx(
+                sum(rows[i] for i in range(shares - 1, parts, shares)), rel=0.01), "each share as many rows"
+    assert partitioned.bounds_for_rows({1: 100}, 250) == []
 
 
 def crowd_world(seed: int, children: int = 200, n: int = 600) -> list[DecodedEvent]:
@@ -227,13 +263,11 @@ async def test_partitions_are_sized_by_the_rows_they_receive(store: EventStore, 
         for parts in (3, 8):
             plan = await partitioned.plan(conn, upto, parts)
             routed = sum(len(p) for p in (await _routed(conn, plan, page=97)).values())
-            expected = partitioned.routed_rows(tally.by_children, parts)
+            expected = parts * partitioned.rows_in(tally.by_children, 1 / parts)
             assert abs(routed - expected) < 0.05 * routed, (parts, routed, expected)
     per = total // 4
-    parts = partitioned.partitions_for_rows(tally.by_children, per)
-    assert parts > partitioned.partitions_for(total, per)
-    assert partitioned.routed_rows(tally.by_children, parts) <= parts * per
-    assert partitioned.routed_rows(tally.by_children, parts - 1) > (parts - 1) * per
+    bounds = partitioned.bounds_for_rows(tally.by_children, per, shares=2)
+    assert len(bounds) + 1 > partitioned.partitions_for(total, per)
     await _partitioned_rebuild(pool, per)
     assert await dump(pool, tables.SHADOW) == at_once
     await _partitioned_rebuild(pool, per, database_url, workers=2)
@@ -265,7 +299,7 @@ async def test_a_partitions_book_holds_only_its_own_states(store: EventStore, po
         for e in mine:
             book.fold(e)
         for key, st in book.states.items():
-            assert partitioned.share_of(plan.root_of.get(key, key), plan.parts) == part, key
+            assert plan.part_of(key) == part, key
             assert st.entries.keys() == whole.states[key].entries.keys(), key
             held[key] = part
     assert held.keys() == whole.states.keys(), "every key is held by one partition"
