@@ -84,12 +84,26 @@ def partitions_for(events: int, per_partition: int = PARTITION_EVENTS) -> int:
     return max(1, math.ceil(events / per_partition))
 
 
-def rows_in(by_children: Mapping[int, int], width: float) -> float:
+ROW_OVERHEAD = 100
+"""Bytes a folded row holds besides its payload, in units of the payload's stored size: a row's
+book entry measured ~3.3 bytes per byte of payload plus ~180 (tutoring 1.3 KB, activity 3.4 KB,
+home visit 0.7 KB), and its key slots ~150 more; so a row weighs its payload plus about 100."""
+
+
+def rows_in(by_children: Mapping[int, tuple[int, int]], width: float, sized: bool = True) -> float:
     """How many rows a partition owning `width` of the hash space is expected to receive, from
-    the number of events naming each number of children (`Tally.by_children`): an event naming
-    k children is in it when one of their groups is, 1 - (1 - width)^k; one naming none with the
-    width. Merges and corrections are left out (a percent of the log)."""
-    return sum(n * (1 - (1 - width) ** k if k else width) for k, n in by_children.items())
+    the events (count, payload bytes) naming each number of children (`Tally.by_children`): an
+    event naming k children is in it when one of their groups is, 1 - (1 - width)^k; one naming
+    none with the width. `sized`: in rows of the log's mean size (a row weighs its payload plus
+    `ROW_OVERHEAD`), so that a budget of rows is the same memory whatever the log's mix: an
+    activity naming 21 children is a big row, and a partition of a bigger log holds more of
+    them. Merges and corrections are left out (a percent of the log)."""
+    events = sum(n for n, _ in by_children.values())
+    size = sum(b for _, b in by_children.values())
+    mean = ROW_OVERHEAD + size / events if events else 1.0
+    return sum((ROW_OVERHEAD + b / n) / mean * n * (1 - (1 - width) ** k if k else width) if sized
+               else n * (1 - (1 - width) ** k if k else width)
+               for k, (n, b) in by_children.items() if n)
 
 
 def equal_bounds(parts: int) -> list[int]:
@@ -97,7 +111,7 @@ def equal_bounds(parts: int) -> list[int]:
     return [math.ceil(i * _SPACE / parts) for i in range(1, parts)]
 
 
-def bounds_for_rows(by_children: Mapping[int, int], per_partition: int = PARTITION_EVENTS, shares: int = 1
+def bounds_for_rows(by_children: Mapping[int, tuple[int, int]], per_partition: int = PARTITION_EVENTS, shares: int = 1
                     ) -> list[int]:
     """Partitions (as the bounds of their ranges of `hash32`, `Plan.bounds`) that each receive
     at most about `per_partition` rows, whatever the log's size: an event naming k children is
@@ -105,7 +119,8 @@ def bounds_for_rows(by_children: Mapping[int, int], per_partition: int = PARTITI
     rows the more partitions there are (250,000 events made 280k rows at 1M events, 320k at 3M
     in the bench's world). The widest width w with `rows_in(w)` <= per_partition is found; all
     partitions but the last `shares` get it, and those share the rest equally, so the count is a
-    multiple of `shares` and each share gets as many rows (partitions go to shares in turn)."""
+    multiple of `shares` and each share gets as many rows (partitions go to shares in turn).
+    Rows are counted by their size (`rows_in`): the budget is in rows of the log's mean size."""
     if rows_in(by_children, 1.0) <= per_partition:
         return []
     low, high = 0.0, 1.0  # rows_in(low) <= per_partition < rows_in(high)
@@ -179,6 +194,7 @@ _DECIDING = f"""SELECT {SCAN_COLS} FROM events
 _ORIGINALS = f"""SELECT {SCAN_COLS} FROM events
                   WHERE event_id = ANY($3::uuid[]) AND (tx_id, position) <= ($1, $2)"""
 _TALLY = """SELECT cardinality(children) AS k, count(*) FILTER (WHERE understood) AS understood,
+                   coalesce(sum(pg_column_size(payload)) FILTER (WHERE understood), 0) AS bytes,
                    count(*) FILTER (WHERE NOT understood) AS skipped,
                    max(committed_at) FILTER (WHERE (tx_id, position) = ($1, $2)) AS last_committed_at
               FROM events WHERE (tx_id, position) <= ($1, $2) GROUP BY 1"""
@@ -243,14 +259,14 @@ async def plan(conn: Conn, upto: Position, bounds: int | list[int]) -> Plan:
 class Tally(msgspec.Struct, frozen=True):
     skipped: int  # not understood by this code: folded nowhere
     last_committed_at: dt.datetime | None  # of the event at the plan's position
-    by_children: dict[int, int] = {}  # understood events by the number of children they name
+    by_children: dict[int, tuple[int, int]] = {}  # children named -> (understood events, their payloads' bytes)
 
 
 async def tally(conn: Conn, upto: Position) -> Tally:
     rows = await conn.fetch(_TALLY, upto.tx, upto.pos)
     last = [r["last_committed_at"] for r in rows if r["last_committed_at"] is not None]
     return Tally(skipped=sum(int(r["skipped"]) for r in rows), last_committed_at=last[0] if last else None,
-                 by_children={int(r["k"]): int(r["understood"]) for r in rows if r["understood"]})
+                 by_children={int(r["k"]): (int(r["understood"]), int(r["bytes"])) for r in rows if r["understood"]})
 
 
 async def partition_rows(conn: Conn, p: Plan, share: int = 0, shares: int = 1, page: int = 5000
