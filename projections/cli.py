@@ -35,9 +35,10 @@ def register(sub: Any) -> None:
                          "on a busy 2-core machine more did not help; 2 for a partitioned one, each reading and "
                          "folding its own partitions)")
     rb.add_argument("--partition-events", type=int, default=None, metavar="N",
-                    help="fold a log of more than N events in partitions of about N events each, so memory "
-                         "follows N, not the log (default 250000: ~350 MB a process; PostgreSQL sorts the rows "
-                         "by partition, in its own temporary files beyond 256 MB)")
+                    help="fold a log of more than N events in partitions of at most about N rows each (an "
+                         "event naming children of several partitions is a row in each; rows of the log's mean "
+                         "size), so memory follows N, not the log (default 250000: ~300 MB a process; "
+                         "PostgreSQL sorts the rows by partition, in its own temporary files beyond 256 MB)")
     rb.set_defaults(handler=_rebuild)
     st = psub.add_parser("status", help="checkpoint, events applied and skipped, lag in events and seconds")
     st.add_argument("--database-url")

@@ -10,27 +10,33 @@ groups at a time.
 
 How (`projections.rebuild` drives it when the log holds more than one partition's worth):
 
+0. `tally`: how many events name 0, 1, 2... children and their payloads' bytes. A partition is
+   a range of the hash of a group's root (`hash32`, the first 32 bits of the md5 of the key,
+   the same in PostgreSQL and Python); an event naming k children is folded in every partition
+   one of them is in, so partitions are sized in the rows they will receive, weighted by size
+   (`bounds_for_rows`, `rows_in`): the largest holds about `PARTITION_EVENTS` rows of the log's
+   mean size whatever the log's size or how many children its events name.
 1. `plan`: up to a fixed position (the head when the rebuild starts), read the few events that
    decide groups: merges, unmerges and corrections, and the originals the corrections name.
    From them the merge edges (`archive.merge_edges`, so who is merged into whom is decided as
    the archive code decides it) and, for each corrected family, every key its members go to.
 2. `partition_rows`: PostgreSQL hands the rows over partition by partition. The partition of a
-   key is a hash of its group's root that PostgreSQL and Python compute alike (`share_of`, the
-   first 32 bits of the md5 of the key); the plan's exceptions (children merged into another
+   key is its group root's (`Plan.part_of`); the plan's exceptions (children merged into another
    root, members of corrected families) go to the reading session as two small temporary
    tables. One query per reading process routes every row of the log up to the position to the
    partitions of its groups (an event about children of several partitions goes to each) and
    returns them ordered by partition, then in the global order: PostgreSQL's sort spills to its
    own temporary files, not this process's memory, and every row is decoded once, here.
-3. The rebuild folds each partition's rows into a fresh book as they arrive, derives the
-   archives whose root is the partition's and writes them with the facts the partition owns
-   (the share rule of `rebuild._write_share`: a fact is written by the partition of the lowest
-   root its family reaches), and lets the book go before the next partition's rows are folded.
+3. The rebuild folds each partition's rows into a fresh book as they arrive, holding states of
+   the partition's own keys only (`Plan.keeper`: an event naming children of other partitions
+   too is not kept in a state for each of them), derives the archives whose root is the
+   partition's and writes them with the facts the partition owns (the share rule of
+   `rebuild._write_share`: a fact is written by the partition of the lowest root its family
+   reaches), and lets the book go before the next partition's rows are folded.
 
-Peak memory is one partition's book (`partitions_for` sizes them to about `PARTITION_EVENTS`
-events), a page of rows, and the maps of step 1 (merges and corrected families: about a percent
-of the log). PostgreSQL's sort takes about the routed rows' size on the server's temporary
-space while the query runs.
+Peak memory is one partition's book, a page of rows, and the maps of step 1 (merges and
+corrected families: about a percent of the log). PostgreSQL's sort takes about the routed rows'
+size on the server's temporary space while the query runs.
 """
 
 from __future__ import annotations
@@ -51,8 +57,8 @@ from store.conn import Conn
 from store.postgres import ORIGIN, Position
 
 PARTITION_EVENTS = 250_000
-"""About this many events per partition: at ~1.4 KB an event folded, a partition's book is
-~350 MB, whatever the log's size."""
+"""At most about this many rows of the log's mean size per partition (`bounds_for_rows`): a
+partition's book is a few hundred MB, whatever the log's size."""
 _DECIDING_TYPES = ["ArchivesMerged", "ArchivesUnmerged", "EventCorrected"]  # as archive.MERGE_TYPES
 
 

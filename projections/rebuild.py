@@ -16,9 +16,10 @@ corrections and merges), so a rebuild rebuilds them together.
 
 Memory: folded at once, the log's every entry is held until the end (~1.4 KB an event). A log of
 more than `partition_events` events (default `partitioned.PARTITION_EVENTS`) is instead handed over
-by PostgreSQL partition by partition (archive groups routed by a hash of their root) and folded
-one partition at a time by two processes (`_fill_partitioned`, projections/partitioned.py): the
-peak follows the partition, not the log, and the rows are the same
+by PostgreSQL partition by partition (archive groups routed by a hash of their root, partitions
+sized in the rows they receive) and folded one partition at a time by two processes
+(`_fill_partitioned`, projections/partitioned.py): the peak follows the partition, not the log,
+and the rows are the same
 (tests/test_projections_partitioned.py).
 """
 
