@@ -280,7 +280,8 @@ async def _fold_partitions(reader: Conn, writer: Conn, schema: str, plan: partit
     upcast: list[str] = []
     clock = time.perf_counter
     t = clock()
-    async for part, rows in partitioned.partition_rows(reader, plan, share, shares, page):
+    # the plan's family maps go once in the reading session: a process's peak is its partition's
+    async for part, rows in partitioned.partition_rows(reader, plan, share, shares, page, forget=True):
         if out.first_row:
             out.waited += clock() - t
         else:
