@@ -6,7 +6,8 @@
 2. a projections rebuild from zero (``shouwang projections rebuild all``) in a process of its own,
    over 1M and 3M events (10k and 30k with --quick; other sizes with SHOUWANG_BENCH_MEMORY_EVENTS,
    e.g. ``300000,1000000``), folded partition by partition (projections/partitioned.py;
-   partitions of 250,000 events, 5,000 with --quick), the larger beside the smaller; and the
+   partitions of at most about 250,000 rows of the log's mean size, 5,000 with --quick; an event
+   naming children of several partitions is a row in each), the larger beside the smaller; and the
    smaller folded at once, as before partitions, beside it. Each rebuild's rate as the command
    reports it, beside a raw ordered scan of the same store, and the partitioned rate at the
    smaller size beside the fold at once of the same store.
@@ -138,7 +139,7 @@ async def rebuilds(admin_url: str, n: int, partition_sizes: list[int | None]) ->
 
 async def run(admin_url: str, nats_url: str, quick: bool) -> list[Figure]:
     backlog, small_backlog = (10_000, 1_000) if quick else (100_000, 1_000)
-    # Rebuilds: the partitioned fold at two sizes (partitions of 5,000 events when quick, the
+    # Rebuilds: the partitioned fold at two sizes (partitions of 5,000 rows when quick, the
     # default 250,000 in full), and the smaller size folded at once, as before partitions.
     small, large, per_part = (10_000, 30_000, 5_000) if quick else (1_000_000, 3_000_000, None)
     if sizes := os.environ.get(EVENTS_ENV):
@@ -149,7 +150,7 @@ async def run(admin_url: str, nats_url: str, quick: bool) -> list[Figure]:
     (rebuilt_large,) = await rebuilds(admin_url, large, [per_part])
     floor = await peak_rss_mib(["--import", "shouwang.cli"])
     note = f"a bare interpreter with shouwang's CLI imported peaks at {floor:.0f} MiB"
-    parts = f"partitions of {per_part or PARTITION_EVENTS:,} events, 2 processes"
+    parts = f"partitions of {per_part or PARTITION_EVENTS:,} rows, 2 processes"
     figures = [
         figure(f"agent peak RSS, catching up a {backlog:,}-event backlog", agent_peak, "MiB",
                f"same, {small_backlog:,}-event backlog", agent_small,
