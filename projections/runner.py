@@ -28,6 +28,7 @@ import msgspec
 from events import traits
 from events.catalogue import EventCorrected
 from events.envelope import care_of
+from events.localtime import local_day
 from projections import tables
 from projections.archive import (
     CONTACT_TYPES,
@@ -261,7 +262,7 @@ async def _project_additive(conn: Conn, schema: str, fast: list[Row], derived: s
             if root in views:
                 views[root] = add_work(views[root], r.event.event_id, r.care, r.event.occurred_at)
                 if r.event.type in CONTACT_TYPES:
-                    months.setdefault(root, set()).add(month_key(r.event.occurred_at.astimezone(dt.UTC)))
+                    months.setdefault(root, set()).add(month_key(local_day(r.event.occurred_at)))
     await tables.write_archives(conn, schema, list(views.values()), months=months, conflicts=False,
                                work_only=True)
     if cache is not None:

@@ -297,3 +297,27 @@ async def test_a_runner_behind_grows_its_batches_and_gives_the_same_models(
     assert limits[:4] == [4, 8, 16, 32] and set(limits[4:]) <= {32}
     await shadow_rebuild(pool)
     assert await dump(pool, tables.SCHEMA) == await dump(pool, tables.SHADOW)
+
+
+async def test_work_early_on_the_first_of_a_month_in_china_counts_in_that_month(store: EventStore,
+                                                                                pool: asyncpg.Pool) -> None:
+    """A visit at 04:21 on 1 April in China is 20:21 on 31 March in UTC: the archive counts it in
+    April (the reporting day, UTC+8), and the runner must write April's follow-up row for it as a
+    rebuild does, not only March's (found by a 200-child world: three children short of their
+    April row until another event of theirs fell in April)."""
+    from tests.factory import SiteWriter
+
+    v = SiteWriter("r.t.v01")
+    late_utc = dt.datetime(2026, 3, 31, 20, 21, tzinfo=dt.UTC)
+    await store.append([v.write(sample_registration(random.Random(kid), kid, village_site=v.site_id), T0)
+                        for kid in KIDS[:2]])
+    runner = Runner(pool, batch_size=50)
+    await runner.catch_up()
+    await store.append([v.write(c.HomeVisitMade(child_id=KIDS[0], visitor="石晓"), late_utc),
+                        v.write(c.ParentCallMade(child_id=KIDS[1], parent="母亲"), late_utc + dt.timedelta(hours=3))])
+    await runner.catch_up()
+    live = await dump(pool, tables.SCHEMA)
+    months = {(r[0], r[1]) for r in live["followup"]}
+    assert {(KIDS[0], "2026-04"), (KIDS[1], "2026-04")} <= months, months
+    await shadow_rebuild(pool)
+    assert await dump(pool, tables.SHADOW) == live
