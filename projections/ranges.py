@@ -7,11 +7,14 @@ A rollup (projections.rollups) counts three things, and each becomes a step func
   individual plan, pairings and proxy parents, open rights cases): what one child adds
   (`rollups.child_state`) changes only on the days its intervals, pairings and cases start or
   end, so each child gives day-deltas at those days, and the scope's figure on a day D is the sum
-  of the deltas up to D (:class:`Steps`). Children counted in the period (registered, closed, closings
-  by reason: `rollups.child_dated`) are counts of days in [start, end); drop-outs are kept per child.
+  of the deltas up to D: the figures are shaped once for each stretch of days between two such
+  changes (:class:`ChildIndex`). Children counted in the period (registered, closed, closings by
+  reason: `rollups.child_dated`) are counts of days in [start, end) (:class:`Steps`); drop-outs
+  are kept per child.
 - **Work**, from the daily per-site rows (projections.daily) read once for every day: running
-  sums per kind, source and detail, and the children each day's rows name for the kinds counted
-  by distinct child (:class:`WorkIndex`).
+  sums per kind, source and detail on every day with work, side by side, so a range's sums are one
+  subtraction; and the children each day's rows name for the kinds counted by distinct child
+  (:class:`WorkIndex`).
 - **Rules** (projections.rules): a child- (or site-) period's due and met do not depend on the
   range asked, only on the period, so each rule version keeps them per period with running sums; the
   work that counts for it per day; and who is overdue as intervals of days: between two of the
@@ -30,7 +33,9 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import operator
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from events.rules import FollowUpRule, PeriodKind, Target
 from projections.archive import ChildArchive
@@ -39,15 +44,15 @@ from projections.facts import in_scope, township_of
 from projections.followups import Period
 from projections.periods import Periods
 from projections.rollups import (
-    ChildCounts,
     Freshness,
     Rollup,
     RuleFigure,
     _Totals,
-    assemble,
+    assemble_shaped,
     child_dated,
     child_state,
-    share,
+    pct,
+    state_figures,
 )
 from projections.rules import (
     Child,
@@ -65,8 +70,8 @@ _FOREVER = dt.date.max
 
 
 class Steps:
-    """Step functions of the day, one per key, from day-deltas: `at(D)` is the sum of every delta
-    on a day up to D; `count(key, start, end)` the sum of the deltas on days in [start, end)."""
+    """Step functions of the day, one per key, from day-deltas: `value(key, D)` is the sum of every
+    delta on a day up to D; `count(key, start, end)` the sum of the deltas on days in [start, end)."""
 
     def __init__(self, deltas: Mapping[str, Mapping[dt.date, int]]) -> None:
         self.days: dict[str, list[dt.date]] = {}
@@ -85,14 +90,6 @@ class Steps:
             return 0
         i = bisect.bisect_right(days, day)
         return self.sums[key][i - 1] if i else 0
-
-    def at(self, day: dt.date) -> dict[str, int]:
-        out = {}
-        for key, days in self.days.items():
-            i = bisect.bisect_right(days, day)
-            if i and self.sums[key][i - 1]:
-                out[key] = self.sums[key][i - 1]
-        return out
 
     def count(self, key: str, start: dt.date, end: dt.date) -> int:
         days = self.days.get(key)
@@ -145,10 +142,33 @@ class ChildIndex:
             drops = sorted(day for day, why in a.closings if why == "dropped_out")
             if drops:
                 self.dropped.append((drops, list(a.reasons)))
-        self.state, self.dated = Steps(state), Steps(dated)
+        self.dated = Steps(dated)
         self.conflicts_open = sum(len(a.open_conflicts) for a in kids)
+        # The state on a day is the sum of the deltas up to it; its figures are shaped once for each
+        # stretch of days between two changes of any key (`rollups.state_figures`): what a rollup
+        # takes on its day is then one bisection, whatever the scope's size.
+        on_day: dict[dt.date, list[tuple[str, int]]] = {}
+        for key, by_day in state.items():
+            for day, n in by_day.items():
+                on_day.setdefault(day, []).append((key, n))
+        self.stretches = sorted(on_day)
+        self.shaped: list[dict[str, Any]] = []
+        running: dict[str, int] = {}
+        for day in self.stretches:
+            for key, n in on_day[day]:
+                running[key] = running.get(key, 0) + n
+            self.shaped.append(state_figures({k: v for k, v in running.items() if v}))
+        self.before = state_figures({})
 
-    def counts(self, period: Period, as_of: dt.date) -> ChildCounts:
+    def state_on(self, day: dt.date) -> dict[str, Any]:
+        """`rollups.state_figures` of the children's state on `day` (the sums of `rollups.child_state`),
+        its dicts copied (the answer's own)."""
+        i = bisect.bisect_right(self.stretches, day)
+        shaped = self.shaped[i - 1] if i else self.before
+        return {k: dict(v) if isinstance(v, dict) else v for k, v in shaped.items()}
+
+    def period_counts(self, period: Period) -> tuple[dict[str, int], int, dict[str, int]]:
+        """The counts of `period`: `dated`, the children who dropped out and their reasons."""
         reasons: dict[str, int] = {}
         dropped = 0
         for days, why in self.dropped:
@@ -156,13 +176,12 @@ class ChildIndex:
                 dropped += 1
                 for r in why:
                     reasons[r] = reasons.get(r, 0) + 1
-        return ChildCounts(state=self.state.at(as_of), dated=self.dated.counts(period.start, period.end),
-                           dropped=dropped, dropped_reasons=reasons, conflicts_open=self.conflicts_open)
+        return self.dated.counts(period.start, period.end), dropped, reasons
 
 
 class WorkIndex:
-    """A scope's work from its daily rows of every day: running sums per kind, source and detail,
-    and the children named per day for the kinds counted by distinct child."""
+    """A scope's work from its daily rows of every day: running sums per kind, source and detail
+    on every day with work, and the children named per day for the kinds counted by distinct child."""
 
     def __init__(self, rows: Iterable[tuple[dt.date, WorkRow]]) -> None:
         sums: dict[tuple[str, str, str], dict[dt.date, list[int]]] = {}
@@ -176,36 +195,46 @@ class WorkIndex:
             if r.children:
                 named.setdefault(key, {}).setdefault(day, set()).update(r.children)
         self.keys = sorted(sums)
-        self.days: dict[tuple[str, str, str], list[dt.date]] = {}
-        self.running: dict[tuple[str, str, str], list[tuple[int, int, int]]] = {}
-        for key in self.keys:
-            days = sorted(sums[key])
-            out, f, a, n = [], 0, 0, 0
-            for d in days:
-                x = sums[key][d]
-                f, a, n = f + x[0], a + x[1], n + x[2]
-                out.append((f, a, n))
-            self.days[key], self.running[key] = days, out
         self.named = {key: (sorted(by_day), [frozenset(by_day[d]) for d in sorted(by_day)])
                       for key, by_day in named.items()}
+        # Every key's running sums on every day with work, side by side: (days with a row, facts,
+        # amount, count) per key, so a range's sums are two bisections and one subtraction of tuples.
+        per_day: dict[dt.date, list[tuple[int, list[int]]]] = {}
+        for j, key in enumerate(self.keys):
+            for d, x in sums[key].items():
+                per_day.setdefault(d, []).append((j, x))
+        self.all_days = sorted(per_day)
+        self.zero = (0,) * (4 * len(self.keys))
+        self.cumulative: list[tuple[int, ...]] = []
+        acc = [0] * (4 * len(self.keys))
+        for d in self.all_days:
+            for j, (f, a, n) in per_day[d]:
+                acc[4 * j] += 1
+                acc[4 * j + 1] += f
+                acc[4 * j + 2] += a
+                acc[4 * j + 3] += n
+            self.cumulative.append(tuple(acc))
+        self.distinct = [key in self.named and key[0] in DISTINCT_CHILDREN for key in self.keys]
 
-    def rows(self, start: dt.date, end: dt.date) -> list[WorkRow]:
-        """The work of [start, end) summed by kind, source and detail (as projections.daily.work_rows)."""
-        out = []
-        zero = (0, 0, 0)
-        for key in self.keys:
-            days, running = self.days[key], self.running[key]
-            lo, hi = bisect.bisect_left(days, start), bisect.bisect_left(days, end)
-            if hi == lo:
+    def totals(self, start: dt.date, end: dt.date) -> _Totals:
+        """`rollups._Totals` of the work of [start, end): the daily rows summed by kind, source and
+        detail (as projections.daily.work_rows), and the children they name."""
+        days = self.all_days
+        lo, hi = bisect.bisect_left(days, start), bisect.bisect_left(days, end)
+        t = _Totals()
+        if hi == lo:
+            return t
+        top, base = self.cumulative[hi - 1], self.cumulative[lo - 1] if lo else self.zero
+        sums = list(map(operator.sub, top, base))
+        for j, key in enumerate(self.keys):
+            if not sums[4 * j]:
                 continue
-            top, base = running[hi - 1], running[lo - 1] if lo else zero
             children: frozenset[str] = frozenset()
-            if key in self.named and key[0] in DISTINCT_CHILDREN:
+            if self.distinct[j]:
                 ndays, sets = self.named[key]
                 children = frozenset().union(*sets[bisect.bisect_left(ndays, start):bisect.bisect_left(ndays, end)])
-            out.append(WorkRow(key[0], key[1], key[2], top[0] - base[0], top[1] - base[1], top[2] - base[2],
-                               children))
-        return out
+            t.add(key[0], key[1], key[2], sums[4 * j + 1], sums[4 * j + 2], sums[4 * j + 3], children)
+        return t
 
 
 def _merged(intervals: list[tuple[dt.date, dt.date]]) -> list[tuple[dt.date, dt.date]]:
@@ -230,20 +259,30 @@ def _steps_of(subjects: Mapping[str, list[tuple[dt.date, dt.date]]]) -> Steps:
 
 
 class _Table:
-    """Due and met per period of one rule version, with running sums over the periods in order."""
+    """Due and met per period of one rule version, with running sums over the periods in order.
+    Tables over the same periods share one list of starts and one of last days (`grids`), so a
+    look-up bisects each list of periods once for all of them (:meth:`RuleIndex.totals`)."""
 
-    def __init__(self, periods: list[Period], due: list[int], met: list[int]) -> None:
-        self.starts = [p.start for p in periods]
-        self.lasts = [p.last_day for p in periods]
+    def __init__(self, periods: list[Period], due: list[int], met: list[int],
+                 grids: dict[tuple[dt.date, ...], tuple[list[dt.date], list[dt.date]]] | None = None) -> None:
+        starts = [p.start for p in periods]
+        lasts = [p.last_day for p in periods]
+        if grids is not None:
+            starts, lasts = grids.setdefault((*starts, *lasts), (starts, lasts))
+        self.starts, self.lasts = starts, lasts
         self.due, self.met = [0], [0]
         for d, m in zip(due, met, strict=True):
             self.due.append(self.due[-1] + d)
             self.met.append(self.met[-1] + m)
 
+    def span(self, window: Period, as_of: dt.date) -> tuple[int, int]:
+        """The periods starting in `window` that ended by `as_of`: [lo, hi) in the list."""
+        lo = bisect.bisect_left(self.starts, window.start)
+        return lo, min(bisect.bisect_left(self.starts, window.end), bisect.bisect_right(self.lasts, as_of))
+
     def sums(self, window: Period, as_of: dt.date) -> tuple[int, int]:
         """Due and met of the periods starting in `window` that ended by `as_of`."""
-        lo = bisect.bisect_left(self.starts, window.start)
-        hi = min(bisect.bisect_left(self.starts, window.end), bisect.bisect_right(self.lasts, as_of))
+        lo, hi = self.span(window, as_of)
         if hi <= lo:
             return 0, 0
         return self.due[hi] - self.due[lo], self.met[hi] - self.met[lo]
@@ -264,6 +303,10 @@ class _Entry:
         self.overdue: dict[str, list[tuple[dt.date, dt.date]]] = {}  # subject -> days [lo, hi) overdue
         self.children_overdue: dict[str, list[tuple[dt.date, dt.date]]] = {}  # child rules only
         self.count: Steps = Steps({})
+        # Kept for the look-ups once the tables are made (`RuleIndex._finish`): the one version,
+        # when the rule never changed; per version's rule, the tables summed when it is shown.
+        self.single: RuleVersion | None = None
+        self.tables: dict[int, list[_Table]] = {}
 
 
 class RuleIndex:
@@ -280,6 +323,7 @@ class RuleIndex:
         self.reasons_of, self.by_site = g.reasons_of, g.by_site
         self.entries: list[_Entry] = []
         self.supported = True
+        self.grids: dict[tuple[dt.date, ...], tuple[list[dt.date], list[dt.date]]] = {}
         starts = [lo for ch in g.children for lo, _ in ch.a.intervals]
         starts += [i.since for i in sites.values() if i.since is not None]
         first = min(starts, default=today)
@@ -311,6 +355,9 @@ class RuleIndex:
                                          for w in self.by_site.get(s, {}).get(t, ())
                                          if counts(r, w, self.reasons_of))
                 e.count = _steps_of(e.overdue)
+                e.single = versions[0] if len(versions) == 1 and versions[0].rule is not None else None
+                e.tables = {key: list((e.site if r.applies.target is Target.SITE else e.child).values())
+                            for key, r in rules.items()}
                 self.entries.append(e)
         self.all_count = {rid: _steps_of(self._union(rid, None)) for rid in {e.rid for e in self.entries}}
         self.all_children = _steps_of(self._children_union(None))
@@ -353,7 +400,7 @@ class RuleIndex:
                     if ch.applies_on(rule, p.start, self.scope):
                         due[i] += 1
                         met[i] += periods_in(days, p) >= rule.counts.at_least
-            e.child[key] = _Table(ps, due, met)
+            e.child[key] = _Table(ps, due, met, self.grids)
 
     def _site_tables(self, e: _Entry, rules: Mapping[int, FollowUpRule], judged: Mapping[int, list[Period]],
                      sites: Mapping[str, SiteInfo]) -> None:
@@ -369,7 +416,7 @@ class RuleIndex:
                         continue
                     due[i] += 1
                     met[i] += periods_in(days, p) >= rule.counts.at_least
-            e.site[key] = _Table(ps, due, met)
+            e.site[key] = _Table(ps, due, met, self.grids)
 
     def _site_days(self, rule: FollowUpRule, site: str) -> list[dt.date]:
         work = self.by_site.get(site, {})
@@ -464,34 +511,48 @@ class RuleIndex:
         """`rollups.rule_totals(rules.rule_figures(..., period, as_of))` of the scope, or of the
         rules of one of its townships (`town`: the county's split)."""
         on = min(period.last_day, as_of)
+        until = min(period.end, as_of + dt.timedelta(days=1))
         sums: dict[str, list[int]] = {}
         names: dict[str, FollowUpRule] = {}
+        spans: dict[int, tuple[int, int]] = {}  # id of a table's list of starts: its span (tables share them)
         for e in self.entries:
             if town is not None and e.town != town:
                 continue
-            shown = self._shown(e, period, on)
+            single = e.single
+            if single is not None:  # `_shown` of a rule that never changed
+                shown = single if single.effective_from <= on else None
+            else:
+                shown = self._shown(e, period, on)
             if shown is None or shown.rule is None:
                 continue
             # every version judges the periods that start while it is in force; the work that
             # counts is the shown version's
             due = met = 0
-            for table in (e.site if shown.rule.applies.target is Target.SITE else e.child).values():
-                d, m = table.sums(period, as_of)
-                due, met = due + d, met + m
-            days = e.done[id(shown.rule)]
-            done = bisect.bisect_left(days, min(period.end, as_of + dt.timedelta(days=1))) - bisect.bisect_left(
-                days, period.start)
-            acc = sums.setdefault(e.rid, [0, 0, 0])
-            acc[0] += max(done, 0)
-            acc[1] += due
-            acc[2] += met
-            names.setdefault(e.rid, shown.rule)
+            key = id(shown.rule)
+            for table in e.tables[key]:
+                span = spans.get(id(table.starts))
+                if span is None:
+                    span = spans[id(table.starts)] = table.span(period, as_of)
+                lo, hi = span
+                if hi > lo:
+                    due += table.due[hi] - table.due[lo]
+                    met += table.met[hi] - table.met[lo]
+            days = e.done[key]
+            done = bisect.bisect_left(days, until) - bisect.bisect_left(days, period.start)
+            acc = sums.get(e.rid)
+            if acc is None:
+                sums[e.rid] = [max(done, 0), due, met]
+                names[e.rid] = shown.rule
+            else:
+                acc[0] += max(done, 0)
+                acc[1] += due
+                acc[2] += met
         out = {}
         for rid, (d, due, met) in sorted(sums.items()):
             late = (self.all_count[rid] if town is None else
                     next(e.count for e in self.entries if e.rid == rid and e.town == town)).value("n", on)
             r = names[rid]
-            out[rid] = RuleFigure(done=d, due=due, met=met, pct_met=share(met, due).pct, overdue=late, zh=r.zh, en=r.en,
+            out[rid] = RuleFigure(done=d, due=due, met=met, pct_met=pct(met, due), overdue=late, zh=r.zh, en=r.en,
                                   target=str(r.applies.target))
         kids = self.all_children if town is None else self.town_children[town]
         return out, kids.value("n", on)
@@ -519,6 +580,7 @@ class RangeIndex:
         rules' totals (`RuleIndex.totals` or `rollups.rule_totals`) judged on the same day."""
         as_of = min(period.last_day, today)
         c = self.children
-        return assemble(self.scope, period, as_of, c.counts(period, as_of),
-                        _Totals(self.work.rows(period.start, period.end)), c.root, c.by_id, rules[0], rules[1],
-                        freshness)
+        dated, dropped, reasons = c.period_counts(period)
+        return assemble_shaped(self.scope, period, as_of, c.state_on(as_of), dated, dropped, reasons,
+                               c.conflicts_open, self.work.totals(period.start, period.end), c.root, c.by_id,
+                               rules[0], rules[1], freshness)

@@ -14,8 +14,9 @@ child belongs to.
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import msgspec
 
@@ -36,8 +37,13 @@ class Share(msgspec.Struct, frozen=True):
     pct: float
 
 
+def pct(count: int, whole: int) -> float:
+    """`count` as a percentage of `whole`, one decimal (0.0 of nothing)."""
+    return round(100.0 * count / whole, 1) if whole else 0.0
+
+
 def share(count: int, whole: int) -> Share:
-    return Share(count, round(100.0 * count / whole, 1) if whole else 0.0)
+    return Share(count, pct(count, whole))
 
 
 class RuleFigure(msgspec.Struct, frozen=True, kw_only=True):
@@ -165,32 +171,51 @@ def _band(grade: int | None) -> str:
     return "other"
 
 
+class _Zeros(dict[str, int]):
+    """Sums by key; a key never added reads 0 (a plain dict where Counter's constructor and
+    update cost more than the sums themselves)."""
+
+    def __missing__(self, key: str) -> int:
+        return 0
+
+
 class _Totals:
     """The sums a rollup's work figures read, by kind (and source or detail where a figure splits)."""
 
-    def __init__(self, rows: Iterable[WorkRow]) -> None:
-        self.facts: Counter[str] = Counter()
-        self.amount: Counter[str] = Counter()
-        self.count: Counter[str] = Counter()
-        self.amount_by_source: defaultdict[str, Counter[str]] = defaultdict(Counter)
-        self.by_detail: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    def __init__(self, rows: Iterable[WorkRow] = ()) -> None:
+        self.facts = _Zeros()
+        self.amount = _Zeros()
+        self.count = _Zeros()
+        self.amount_by_source: dict[str, _Zeros] = {}
+        self.by_detail: dict[str, _Zeros] = {}
         self.children: dict[str, set[str]] = {}
         self.children_by_detail: dict[tuple[str, str], set[str]] = {}
         for r in rows:
-            self.facts[r.kind] += r.facts
-            self.amount[r.kind] += r.amount_fen
-            self.count[r.kind] += r.count
-            self.amount_by_source[r.kind][r.source or "unknown"] += r.amount_fen
-            self.by_detail[r.kind][r.detail] += r.facts
-            if r.children:
-                self.children.setdefault(r.kind, set()).update(r.children)
-                self.children_by_detail.setdefault((r.kind, r.detail), set()).update(r.children)
+            self.add(r.kind, r.source, r.detail, r.facts, r.amount_fen, r.count, r.children)
+
+    def add(self, kind: str, source: str, detail: str, facts: int, amount_fen: int, count: int,
+            children: Iterable[str] = ()) -> None:
+        """One row's sums (a `WorkRow`'s fields)."""
+        self.facts[kind] += facts
+        self.amount[kind] += amount_fen
+        self.count[kind] += count
+        by_source = self.amount_by_source.get(kind)
+        if by_source is None:
+            by_source = self.amount_by_source[kind] = _Zeros()
+        by_source[source or "unknown"] += amount_fen
+        by_detail = self.by_detail.get(kind)
+        if by_detail is None:
+            by_detail = self.by_detail[kind] = _Zeros()
+        by_detail[detail] += facts
+        if children:
+            self.children.setdefault(kind, set()).update(children)
+            self.children_by_detail.setdefault((kind, detail), set()).update(children)
 
     def by_detail_or(self, kind: str, missing: str) -> dict[str, int]:
-        out: Counter[str] = Counter()
-        for detail, n in self.by_detail[kind].items():
+        out = _Zeros()
+        for detail, n in self.by_detail.get(kind, {}).items():
             out[detail or missing] += n
-        return dict(out)
+        return out
 
 
 def compute(
@@ -308,35 +333,56 @@ def compute_from_rows(
                     rule_figs, overdue_children, freshness)
 
 
+def state_figures(st: Mapping[str, int]) -> dict[str, Any]:
+    """The figures a rollup takes from its children's state on its day (`st`: the sums of
+    :func:`child_state` over the scope's children, zeros left out or not), as keyword arguments of
+    :class:`Rollup`: they depend on that day alone, so a range index shapes them once for each
+    stretch of days between two changes (projections.ranges)."""
+    by = _split(st)
+    n = st.get("archived", 0)
+    return {
+        "children_archived": n,
+        "by_site": dict(sorted(by.get("site", {}).items())),
+        "by_guardianship": {k: share(v, n) for k, v in sorted(by.get("guardianship", {}).items())},
+        "by_grade_band": {k: share(v, n) for k, v in sorted(by.get("band", {}).items())},
+        "by_reason": {k: share(v, n) for k, v in sorted(by.get("reason", {}).items())},
+        "individual_plan": share(st.get("plan", 0), n),
+        "children_paired": share(st.get("paired", 0), n),
+        "paired_by": dict(sorted(by.get("paired_by", {}).items())),
+        "proxy_parents_matched": st.get("proxies", 0),
+        "rights_cases_open": st.get("open_cases", 0),
+        "proxy_parent_children": share(st.get("proxy_kids", 0), n),
+    }
+
+
 def assemble(scope: str, period: Period, as_of: dt.date, cc: ChildCounts, t: _Totals, root: Mapping[str, str],
              by_id: Mapping[str, ChildArchive], rule_figs: dict[str, RuleFigure], overdue_children: int,
              freshness: Iterable[Freshness] = ()) -> Rollup:
     """The rollup from its parts: the children's counts, the work's sums, the merged children's
     roots and the archives by id (for households), the rules' totals."""
-    st = cc.state
-    by = _split(st)
-    dated = _split(cc.dated)
-    n = st.get("archived", 0)
-    proxy_kids = st.get("proxy_kids", 0)
+    return assemble_shaped(scope, period, as_of, state_figures(cc.state), cc.dated, cc.dropped, cc.dropped_reasons,
+                           cc.conflicts_open, t, root, by_id, rule_figs, overdue_children, freshness)
+
+
+def assemble_shaped(scope: str, period: Period, as_of: dt.date, state: Mapping[str, Any], dated: Mapping[str, int],
+                    dropped: int, dropped_reasons: Mapping[str, int], conflicts_open: int, t: _Totals,
+                    root: Mapping[str, str], by_id: Mapping[str, ChildArchive], rule_figs: dict[str, RuleFigure],
+                    overdue_children: int, freshness: Iterable[Freshness] = ()) -> Rollup:
+    """:func:`assemble` with the children's state already shaped (:func:`state_figures`) and their
+    counts of the period (`dated`, the drop-outs, the open conflicts) given apart."""
 
     def children_of(kind: str) -> int:
         return len({root.get(c, c) for c in t.children.get(kind, ())})
 
     households = {household_of(by_id.get(root.get(c, c)), root.get(c, c)) for c in t.children.get("condolence", ())}
+    pairing_details: Mapping[str, int] = t.by_detail.get("pairing_started", {})
+    closed_by = _split(dated).get("closed_by", {})
     return Rollup(
         scope=scope, period=period.label, start=period.start, end=period.end, as_of=as_of,
-        children_archived=n,
-        children_registered=cc.dated.get("registered", 0),
-        children_closed=cc.dated.get("closed", 0),
-        by_site=dict(sorted(by.get("site", {}).items())),
-        by_guardianship={k: share(v, n) for k, v in sorted(by.get("guardianship", {}).items())},
-        by_grade_band={k: share(v, n) for k, v in sorted(by.get("band", {}).items())},
-        by_reason={k: share(v, n) for k, v in sorted(by.get("reason", {}).items())},
-        individual_plan=share(st.get("plan", 0), n),
-        children_paired=share(st.get("paired", 0), n),
-        paired_by=dict(sorted(by.get("paired_by", {}).items())),
-        proxy_parents_matched=st.get("proxies", 0),
-        proxy_parents_new=sum(t.by_detail["pairing_started"].get(k, 0) for k in PROXY_KINDS),
+        **state,
+        children_registered=dated.get("registered", 0),
+        children_closed=dated.get("closed", 0),
+        proxy_parents_new=sum(pairing_details.get(k, 0) for k in PROXY_KINDS),
         pairings_started=t.facts["pairing_started"],
         pairings_ended=t.facts["pairing_ended"],
         rules=rule_figs,
@@ -344,7 +390,7 @@ def assemble(scope: str, period: Period, as_of: dt.date, cc: ChildCounts, t: _To
         aid_children=children_of("aid"),
         aid_events=t.facts["aid"],
         aid_amount_fen=t.amount["aid"],
-        aid_by_source=dict(sorted(t.amount_by_source["aid"].items())),
+        aid_by_source=dict(sorted(t.amount_by_source.get("aid", {}).items())),
         condolence_visits=t.facts["condolence"],
         condolence_children=children_of("condolence"),
         condolence_amount_fen=t.amount["condolence"],
@@ -362,17 +408,15 @@ def assemble(scope: str, period: Period, as_of: dt.date, cc: ChildCounts, t: _To
         incidents_by_severity=dict(sorted(t.by_detail_or("incident", "unknown").items())),
         rights_cases_opened=t.facts["case_opened"],
         rights_cases_closed=t.facts["case_closed"],
-        rights_cases_open=st.get("open_cases", 0),
         freshness=sorted((f for f in freshness if in_scope(f.site_id, scope)), key=lambda f: f.site_id),
-        proxy_parent_children=share(proxy_kids, n),
         proxy_parent_children_new=len({root.get(c, c) for k in PROXY_KINDS
                                        for c in t.children_by_detail.get(("pairing_started", k), ())}),
-        closed_by_reason=dict(sorted(dated.get("closed_by", {}).items())),
-        dropped_out=cc.dropped,
-        dropped_out_by_reason=dict(sorted(cc.dropped_reasons.items())),
-        dropped_out_poverty=cc.dropped_reasons.get("poverty", 0),
+        closed_by_reason=dict(sorted(closed_by.items())),
+        dropped_out=dropped,
+        dropped_out_by_reason=dict(sorted(dropped_reasons.items())),
+        dropped_out_poverty=dropped_reasons.get("poverty", 0),
         condolence_households=len(households),
-        conflicts_open=cc.conflicts_open,
+        conflicts_open=conflicts_open,
         home_visits=t.facts["visit"],
         parent_calls=t.facts["call"],
         letters=t.facts["letter"],
