@@ -293,17 +293,21 @@ async def rollup(pool: asyncpg.Pool, caller: Caller, scope: str, period: pf.Peri
     # Read on every request, in a query started after it arrived (shared with concurrent ones).
     now = await heads.get(scope) if heads is not None else (await rollup_heads(pool, [scope])).get(scope)
     assert now is not None  # unnest gives every scope a row
+    ikey = (scope, now.checkpoint)
+    index = indexes.get(ikey) if indexes is not None else None
+    if index is not None and inputs is not None:
+        # Every figure from the scope's index, computed for this request: a look-up costs less
+        # than keeping its answer would (answers are kept only when computed directly, below).
+        return queries.with_freshness(await _from_index(pool, index, inputs, scope, period, today, now, policy), now)
     key = (scope, period.label, period.start, period.end, today, now.checkpoint)
     hit = cache.get(key) if cache is not None else None
     if hit is None:
-        children = archives.get((scope, now.checkpoint)) if archives is not None else None
+        children = archives.get(ikey) if archives is not None else None
         if children is None:
             children = await queries.scope_children(pool, scope)
             if archives is not None:
-                archives.put((scope, now.checkpoint), children)
-        ikey = (scope, now.checkpoint)
-        index = indexes.get(ikey) if indexes is not None else None
-        if indexes is not None and inputs is not None and index is None:
+                archives.put(ikey, children)
+        if indexes is not None and inputs is not None:
             if policy is None:
                 index = await queries.range_index(pool, scope, children)
                 indexes.put(ikey, index)
@@ -311,24 +315,29 @@ async def rollup(pool: asyncpg.Pool, caller: Caller, scope: str, period: pf.Peri
                                                                      now, today, children)):
                 index = indexes.get(ikey)
         if index is not None and inputs is not None:
-            if policy is not None:
-                policy.hit()
-            hit = index.rollup(period, today, await rule_totals(pool, inputs, scope, period, today, now))
+            return queries.with_freshness(await _from_index(pool, index, inputs, scope, period, today, now, policy),
+                                          now)
+        as_of = min(period.last_day, today)
+        t = time.perf_counter()
+        if inputs is None:
+            rules = await rule_figures(pool, inputs, scope, period, as_of)
         else:
-            as_of = min(period.last_day, today)
-            t = time.perf_counter()
-            if inputs is None:
-                rules = await rule_figures(pool, inputs, scope, period, as_of)
-            else:
-                in_hand = await inputs_at(pool, inputs, scope, now)
-                t = time.perf_counter()  # the inputs are read at a new checkpoint by either path
-                rules = rule_queries.figures_of(in_hand, scope, period, as_of)
-            hit = await queries.rollup_figures(pool, scope, period, today, children=children, rules=rules)
-            if policy is not None and indexes is not None and inputs is not None:
-                policy.took(scope, ikey, time.perf_counter() - t)
+            in_hand = await inputs_at(pool, inputs, scope, now)
+            t = time.perf_counter()  # the inputs are read at a new checkpoint by either path
+            rules = rule_queries.figures_of(in_hand, scope, period, as_of)
+        hit = await queries.rollup_figures(pool, scope, period, today, children=children, rules=rules)
+        if policy is not None and indexes is not None and inputs is not None:
+            policy.took(scope, ikey, time.perf_counter() - t)
         if cache is not None:
             cache.put(key, hit)
     return queries.with_freshness(hit, now)
+
+
+async def _from_index(pool: asyncpg.Pool, index: RangeIndex, inputs: RuleInputsCache, scope: str, period: pf.Period,
+                      today: dt.date, now: Heads, policy: IndexPolicy | None) -> pr.Rollup:
+    if policy is not None:
+        policy.hit()
+    return index.rollup(period, today, await rule_totals(pool, inputs, scope, period, today, now))
 
 
 async def caller_rollup(request: Request[Any, Any, Any], scope: str, period: str | None, start: dt.date | None,
