@@ -182,8 +182,12 @@ async def _inputs_in_range(request: Request[Any, Any, Any]) -> None:
     handler = request.scope.get("route_handler")
     if handler is None or not hasattr(handler, "parsed_fn_signature"):
         return
-    for name, kind in _date_params(request.app.state.date_params, handler):
-        given = request.query_params.getall(name, [])
+    checked = _date_params(request.app.state.date_params, handler)
+    if not checked:
+        return
+    query = request.query_params
+    for name, kind in checked:
+        given = query.getall(name, [])
         if len(given) > 1:
             raise bad(name, "&".join(given), "give this parameter once")
         raw = given[0] if given else None
@@ -242,6 +246,13 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     # were the rollups' p99. Unfrozen at shutdown, so what dies with the app is collected again.
     gc.collect()
     gc.freeze()
+    # What a request allocates dies with it, by reference count, not by the collector; but every 700
+    # allocations a young collection scanned the objects of all the requests in flight (~0.5 ms at 50
+    # concurrent requests, 10-17 us per computed range rollup). Collected every 20,000, they pass
+    # between requests' lives just as well (requests leave few cycles: the API benchmark's left 0-4
+    # objects to collect in a thousand young collections).
+    threshold = gc.get_threshold()
+    gc.set_threshold(20_000, threshold[1], threshold[2])
     if api.connect_nats:
 
         async def keep_trying() -> None:
@@ -265,6 +276,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
                 await app.state.nats.close()
         await app.state.pool.close()
         gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
 def openapi_config() -> OpenAPIConfig:
