@@ -10,7 +10,9 @@ fan-out scope the API scopes by is real) and the projections runner builds the r
 The server is `uvicorn` in a child process (one core), the clients are plain keep-alive HTTP/1.1
 connections in this one (the other core; see :class:`_Client` for why not httpx). Each figure
 is requests per second or a latency percentile, with the constant route's figure of the same run
-as its baseline.
+as its baseline. The constant route and the computed ranges are measured in rounds taken in turn
+(:func:`alternating`): measured one after the other, a phase that met more of the shared machine's
+other work moved their ratio by half either way.
 
 Also runnable alone: ``python -m bench.api [--quick] [--pg URL]``.
 """
@@ -41,6 +43,7 @@ from service.ingest import Accepted, Inbound, commit_in
 from testbed.embedded import free_port
 
 CLIENTS = 50
+ROUNDS, ROUNDS_QUICK = 5, 3  # rounds in which the constant route and the computed ranges alternate
 EVENTS_PER_TOWNSHIP = 10_000
 CHILDREN_PER_TOWNSHIP = 200
 START = dt.datetime(2025, 9, 1, 8, 0, tzinfo=dt.UTC)
@@ -257,10 +260,11 @@ def _request(host: str, path: str, headers: dict[str, str]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-async def load(base: str, paths: list[str], headers: dict[str, str], seconds: float, clients: int = CLIENTS
-               ) -> Load:
+async def load(base: str, paths: list[str], headers: dict[str, str], seconds: float, clients: int = CLIENTS,
+               offset: int = 0) -> Load:
     """`clients` clients, each on its own connection sending one request at a time for `seconds`,
-    paths taken in turn. A response other than 200, or a broken connection, counts as an error."""
+    paths taken in turn (from the `offset`th). A response other than 200, or a broken connection,
+    counts as an error."""
     out = Load()
     url = httpx.URL(base)
     host, port = url.host, url.port or 80
@@ -268,11 +272,11 @@ async def load(base: str, paths: list[str], headers: dict[str, str], seconds: fl
     conns = [_Client(host, port) for _ in range(clients)]
     try:
         for i, c in enumerate(conns):  # warm up connections and caches
-            await c.get(requests[i % len(requests)])
+            await c.get(requests[(offset + i) % len(requests)])
         stop = time.perf_counter() + seconds
 
         async def worker(i: int) -> None:
-            n, conn = i, conns[i]
+            n, conn = offset + i, conns[i]
             while time.perf_counter() < stop:
                 req = requests[n % len(requests)]
                 n += clients
@@ -296,6 +300,21 @@ async def load(base: str, paths: list[str], headers: dict[str, str], seconds: fl
     return out
 
 
+async def alternating(base: str, loads: list[tuple[list[str], dict[str, str]]], seconds: float, rounds: int
+                      ) -> list[Load]:
+    """Each of `loads` (paths, headers) for `seconds` in all, in `rounds` rounds taken in turn, so a
+    change in the machine's load (shared, noisy) falls on all of them alike; each round goes on
+    along the paths where the last one stopped. The rounds' latencies pooled per load."""
+    out = [Load() for _ in loads]
+    for _ in range(rounds):
+        for m, (paths, headers) in zip(out, loads, strict=True):
+            r = await load(base, paths, headers, seconds / rounds, offset=len(m.latencies) + m.errors)
+            m.latencies += r.latencies
+            m.errors += r.errors
+            m.elapsed += r.elapsed
+    return out
+
+
 async def run(admin_url: str, quick: bool, sizes: list[int] | None = None) -> list[Figure]:
     sizes = sizes or ([10_000] if quick else [10_000, 1_000_000])
     seconds = 3.0 if quick else 10.0
@@ -311,15 +330,18 @@ async def run(admin_url: str, quick: bool, sizes: list[int] | None = None) -> li
             rng = random.Random(5)
             archive_paths = [f"/children/{rng.choice(first.children)}" for _ in range(500)]
             rollup_paths = [f"/rollups?scope={first.id}&period=2026-{m:02d}" for m in (1, 3, 4, 5)]
-            # Distinct 30-day ranges: each one computed afresh (the cache keeps computed rollups).
+            # 5,000 different ranges of about 30 days (21 to 40, starting on any of 250 days), each
+            # asked once before any is asked again: each one computed afresh.
             cold_paths = [f"/rollups?scope={first.id}&start={START.date() + dt.timedelta(days=i % 250)}"
                           f"&end={START.date() + dt.timedelta(days=i % 250 + 20 + i // 250)}" for i in range(5000)]
             with server(url) as base:
-                const = await load(base, ["/bench/constant"], {}, seconds)
                 const_auth = await load(base, ["/bench/constant-auth"], headers, seconds)
                 archive = await load(base, archive_paths, headers, seconds)
                 rollup = await load(base, rollup_paths, headers, seconds)
-                cold = await load(base, cold_paths, headers, seconds)
+                # The constant route, the baseline of every figure, in rounds alternating with the
+                # computed ranges: on this shared machine a phase of its own could meet another load.
+                const, cold = await alternating(base, [(["/bench/constant"], {}), (cold_paths, headers)],
+                                                2 * seconds, ROUNDS_QUICK if quick else ROUNDS)
                 # One client: the cost of one request, without queueing behind 49 others.
                 const1 = await load(base, ["/bench/constant"], {}, seconds / 2, clients=1)
                 archive1 = await load(base, archive_paths[::-1], headers, seconds / 2, clients=1)
