@@ -132,8 +132,16 @@ async def rollup_heads(pool: asyncpg.Pool, scopes: list[str]) -> dict[str, Heads
                            AND {HORIZON}) AS rules,
                        p.site_id, p.last_committed_at, p.newest_occurred_at
                 FROM unnest($1::text[]) s (scope)
-                LEFT JOIN site_progress p
-                       ON s.scope = '' OR p.site_id = s.scope OR starts_with(p.site_id, s.scope || '.')
+                LEFT JOIN LATERAL (
+                    SELECT q.site_id, q.last_committed_at, q.newest_occurred_at
+                      FROM site_progress q WHERE s.scope = ''
+                    UNION ALL
+                    SELECT q.site_id, q.last_committed_at, q.newest_occurred_at
+                      FROM site_progress q WHERE q.site_id = s.scope
+                    UNION ALL  -- the ids starting with 'scope.': a range in byte order (migration 0036)
+                    SELECT q.site_id, q.last_committed_at, q.newest_occurred_at
+                      FROM site_progress q WHERE q.site_id ~>=~ (s.scope || '.') AND q.site_id ~<~ (s.scope || '/')
+                ) p ON true
                 ORDER BY s.scope, p.site_id""", scopes, CHECKPOINT)
     out: dict[str, Heads] = {}
     for r in rows:
