@@ -26,7 +26,6 @@ import asyncpg
 import msgspec
 
 from events import traits
-from events.catalogue import EventCorrected
 from events.envelope import care_of
 from events.localtime import local_day
 from projections import tables
@@ -321,20 +320,24 @@ async def _project_full(conn: Conn, schema: str, understood: list[Row], members:
     await tables.write_archives(conn, schema, archives)
     if cache is not None:
         cache.stage(archives)
-    # Facts: every event these states hold is rewritten; one that no longer counts (retracted)
-    # is deleted. An event counts wherever it is effective, so a fact wins over a None.
+    # Facts: only those of the correction families this batch touches (an event's fact depends on
+    # its family alone: the event and its corrections, never on the child's other events or on
+    # merges), from every state holding them (keys_of loaded each); the child's other facts were
+    # written when their own batches applied them and stay as they are. One that no longer counts
+    # (retracted) is deleted. An event counts wherever it is effective, so a fact wins over a None.
+    touched = {family_of(r.care, r.event.event_id) for r in [*understood, *members] if r.care is not None}
     facts: dict[str, Fact | None] = {}
-    complete = children | pseudo
-    for k in sorted(complete):
+    for k in sorted(children | pseudo):
         st = book.states.get(k)
         if st is None:
             continue
         if k.startswith("ev:"):
             effs_lists.append(effective(st.entries.values())[0])
         for entry in st.entries.values():
-            target = entry.care.corrected_event_id if isinstance(entry.care, EventCorrected) else entry.event_id
-            facts.setdefault(target, None)
-    facts_from(effs_lists, facts)
+            target = family_of(entry.care, entry.event_id)
+            if target in touched:
+                facts.setdefault(target, None)
+    facts_from(([x for x in effs if x.counts_as in touched] for effs in effs_lists), facts)
     await tables.write_facts(conn, schema, facts)
     return {m for group in groups.values() for m in group}, set(facts)
 

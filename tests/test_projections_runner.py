@@ -321,3 +321,77 @@ async def test_work_early_on_the_first_of_a_month_in_china_counts_in_that_month(
     assert {(KIDS[0], "2026-04"), (KIDS[1], "2026-04")} <= months, months
     await shadow_rebuild(pool)
     assert await dump(pool, tables.SHADOW) == live
+
+
+async def test_a_correction_among_many_facts_of_a_child_rewrites_its_family_as_a_rebuild_does(
+        store: EventStore, pool: asyncpg.Pool) -> None:
+    """A correction re-derives its child's archive but writes only the facts of the correction
+    families its batch touches: one event replaced (by work of another child, another day), one
+    retracted, one corrected before its original arrives, a correction of a correction, with new
+    work of the same child in the same batches; after each batch the read models equal a
+    rebuild's, row for row, and the child's other facts are the ones first written."""
+    from tests.factory import SiteWriter
+
+    v, s = SiteWriter("r.t.v01"), SiteWriter("r.t.s01")
+    kid, other, third = KIDS[0], KIDS[1], KIDS[2]
+    events = [v.write(sample_registration(random.Random(k), k, village_site=v.site_id), T0)
+              for k in (kid, other, third)]
+    work: list[DecodedEvent] = []
+    for i in range(40):
+        day = T0 + dt.timedelta(days=10 + i, hours=i % 7)
+        work.append([v.write(c.HomeVisitMade(child_id=kid, visitor="石晓"), day),
+                     v.write(c.AidGiven(child_id=kid, amount_fen=100 * (i + 1), source=AidSource.CHARITY), day),
+                     s.write(c.TalkHeld(child_id=kid, teacher="云安", record_card="谈心"), day),
+                     s.write(c.ParentCallMade(child_id=kid, parent="母亲"), day)][i % 4])
+    await store.append([*events, *work])
+    runner = Runner(pool, batch_size=1000)
+    await runner.catch_up()
+
+    async def facts() -> dict[str, tuple[Any, ...]]:
+        async with pool.acquire() as conn:
+            return {r["event_id"]: tuple(r.values()) for r in await conn.fetch(
+                f"SELECT {', '.join(tables.FACT_COLS)} FROM {tables.SCHEMA}.fact")}
+
+    async def equals_a_rebuild() -> dict[str, list[tuple[Any, ...]]]:
+        live = await dump(pool, tables.SCHEMA)
+        await shadow_rebuild(pool)
+        assert live == await dump(pool, tables.SHADOW)
+        return live
+
+    first = await facts()
+    assert len(first) == 40
+    replaced, retracted = work[4], work[9]  # a visit, an aid
+    later = T0 + dt.timedelta(days=80)
+    orphan = v.write(c.HomeVisitMade(child_id=kid, visitor="石晓"), later)  # its correction arrives first
+    fix = s.write(c.EventCorrected(corrected_event_id=replaced.event.event_id, reason="记错人", child_ids_list=[kid],
+                                   replacement=c.TalkHeld(child_id=other, teacher="云安", record_card="谈心"),
+                                   replacement_occurred_at=later + dt.timedelta(days=1)), later)
+    batch2 = [fix,
+              v.write(c.EventCorrected(corrected_event_id=retracted.event.event_id, reason="重复",
+                                       child_ids_list=[kid]), later),
+              v.write(c.EventCorrected(corrected_event_id=orphan.event.event_id, reason="日期填错",
+                                       child_ids_list=[kid], replacement=c.HomeVisitMade(child_id=kid, visitor="石晓"),
+                                       replacement_occurred_at=later + dt.timedelta(days=2)), later),
+              v.write(c.HomeVisitMade(child_id=kid, visitor="石晓"), later),
+              s.write(c.TalkHeld(child_id=third, teacher="云安", record_card="谈心"), later)]
+    await store.append(batch2)
+    assert await runner.step() == len(batch2)
+    live = await equals_a_rebuild()
+    second = await facts()
+    assert retracted.event.event_id not in second and orphan.event.event_id not in second
+    assert second[replaced.event.event_id][5] == [other]  # counted for the other child now
+    untouched = set(first) - {replaced.event.event_id, retracted.event.event_id}
+    assert {k: second[k] for k in untouched} == {k: first[k] for k in untouched}
+    assert any(r[0] == kid for r in live["archive"])
+
+    batch3 = [orphan,  # the original whose correction came first: counted as corrected
+              v.write(c.EventCorrected(corrected_event_id=fix.event.event_id, reason="?", child_ids_list=[kid]),
+                      later + dt.timedelta(days=3)),  # a correction of a correction changes nothing
+              v.write(c.AidGiven(child_id=kid, amount_fen=500, source=AidSource.CHARITY), later)]
+    await store.append(batch3)
+    assert await runner.step() == len(batch3)
+    await equals_a_rebuild()
+    third_facts = await facts()
+    assert third_facts[orphan.event.event_id][4] == later + dt.timedelta(days=2)
+    assert third_facts[replaced.event.event_id] == second[replaced.event.event_id]
+    assert len(third_facts) == len(second) + 2
