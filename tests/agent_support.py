@@ -43,6 +43,7 @@ from events.wire import (
     site_of_subject,
 )
 from store.postgres import EventStore
+from sync_agent.agent import stop_tasks
 from sync_agent.config import SiteConfig, write_config
 
 OCCURRED = dt.datetime(2026, 3, 2, 9, 30, tzinfo=dt.UTC)
@@ -84,9 +85,10 @@ class TestCenter:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Cancelled in rounds: nats-py's fetch waits with asyncio.wait_for, which on Python
+            # 3.11 can swallow a cancellation, and the loop then fetches again (a teardown hung
+            # here until pytest's timeout once in CI).
+            await stop_tasks([self._task], wait=0.2)
         if self.nc is not None:
             await self.nc.close()
 
