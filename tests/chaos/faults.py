@@ -21,9 +21,10 @@ also (``restart_nats`` then stops or kills all three at once):
   leader of CARE_UP, of CARE_DOWN or of the cluster's meta group, or any one), start it again
   after a pause and wait until it says it is current (GET /healthz) before another server may
   be touched: a three-server cluster survives the loss of one at a time;
-* ``kill_nats_node_catchup``: cut a site's line long enough for a backlog to build up, restore
-  it, and kill -9 the leader of CARE_UP while the site is sending its backlog (how many events
-  the site still held when the server died is kept: `Injector.catchup_backlogs`).
+* ``kill_nats_node_catchup``: cut a site's line long enough for a backlog to build up, kill -9
+  the leader of CARE_UP, restore the line a moment later and restart the server while the site
+  is sending its backlog (how many events the site held when the server died is kept:
+  `Injector.catchup_backlogs`).
 """
 
 from __future__ import annotations
@@ -242,6 +243,7 @@ class Injector:
         station = self.town.stations[f.target]
         async with self.town.lock(f"line {f.target}"):
             await station.proxy.cut()
+            restored = False
             try:
                 await asyncio.sleep(f.pause)  # the site records on; its backlog grows
                 # On a loaded machine the feeder may not have reached this site meanwhile: stay cut
@@ -251,13 +253,23 @@ class Injector:
                     if await self._pending(f.target) > 0:
                         break
                     await asyncio.sleep(0.5)
+                # The leader of CARE_UP dies while the line is still cut and the line comes back
+                # `count` ms later, so the whole catch-up meets the election and the server's
+                # restart. (Killed after the restore, the kill raced a batched catch-up of a few
+                # hundred ms, and on a quiet machine met no backlog.)
+                async with self.town.lock("nats"):
+                    i = await self._server_of("leader:CARE_UP", f)
+                    self.catchup_backlogs.append(await self._pending(f.target))
+                    await asyncio.to_thread(cluster.kill, i)
+                    await asyncio.sleep(f.count / 1000)
+                    await station.proxy.restore()
+                    restored = True
+                    await asyncio.sleep(1.0)  # the site is sending its backlog
+                    await asyncio.to_thread(cluster.start_node, i)
+                    await asyncio.to_thread(cluster.wait_healthy, i, 120)
             finally:
-                await station.proxy.restore()
-            await asyncio.sleep(f.count / 1000)
-            async with self.town.lock("nats"):
-                i = await self._server_of("leader:CARE_UP", f)
-                self.catchup_backlogs.append(await self._pending(f.target))
-                await self._kill_restart_node(cluster, i, 1.0)
+                if not restored:
+                    await station.proxy.restore()
 
     async def _kill_restart_node(self, cluster: NatsCluster, i: int, pause: float) -> None:
         await asyncio.to_thread(cluster.kill, i)
