@@ -210,3 +210,48 @@ async def test_search_filters(database_url: str, nats_url: str, pool: asyncpg.Po
         assert await ids("overdue_rule=proxy_visit") == {w.child_v2}
         assert await ids("overdue_rule=teacher_talk") == ({w.child_v1} if pupil else set())
         assert await ids("open_only=true&site_id=" + S1) == {w.child_v1}
+
+
+async def test_role_guards_run_in_place_in_the_same_order(database_url: str, nats_url: str,
+                                                          pool: asyncpg.Pool) -> None:
+    """Every handler whose guards are all role guards runs them without litestar's copy of the
+    handler (service.api.scoping.RoleGuardsInPlace), routes registered later too; layered guards
+    still refuse at the first that fails (its roles named); a handler with another guard keeps
+    litestar's own way."""
+    from litestar import get
+    from litestar.handlers.base import BaseRouteHandler
+
+    from service.api.scoping import allow
+
+    seen: list[str] = []
+
+    async def other_guard(connection: Any, handler: BaseRouteHandler) -> None:
+        seen.append(handler.handler_name)
+
+    @get("/test/layered", guards=[allow("township", "auditor"), allow("auditor")], include_in_schema=False)
+    async def layered() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/test/other", guards=[allow("township"), other_guard], include_in_schema=False)
+    async def other() -> dict[str, str]:
+        return {"status": "ok"}
+
+    async with open_api(database_url, nats_url, pool) as (client, w):
+        app = client.app
+        app.register(layered)
+        app.register(other)
+        guarded = [h for r in app.routes for h in getattr(r, "route_handlers", ()) if h.resolve_guards()]
+        plain = BaseRouteHandler.authorize_connection
+        in_place = [h.handler_name for h in guarded if type(h).authorize_connection is not plain]
+        assert len(guarded) > 40
+        assert sorted(in_place) == sorted(h.handler_name for h in guarded if not h.handler_name.endswith("other"))
+        r = await client.get("/test/layered", headers=w.headers("station1"))
+        assert r.status_code == 403 and "township, auditor" in r.json()["message"], r.text
+        r = await client.get("/test/layered", headers=w.headers("township"))
+        assert r.status_code == 403 and r.json()["message"].endswith("it is for: auditor"), r.text
+        assert (await client.get("/test/layered", headers=w.headers("auditor"))).status_code == 200
+        assert (await client.get("/test/layered")).status_code == 401
+        assert (await client.get("/test/other", headers=w.headers("auditor"))).status_code == 403
+        assert not seen
+        assert (await client.get("/test/other", headers=w.headers("township"))).status_code == 200
+        assert len(seen) == 1

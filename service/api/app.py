@@ -57,6 +57,7 @@ from service.api.errors import EXCEPTION_HANDLERS, ApiError, bad
 from service.api.limits import MAX_ID, MAX_YEAR, MIN_YEAR
 from service.api.openapi import document
 from service.api.rollups import IndexPolicy, RangeIndexes, RollupCache, RuleInputsCache, ScopeArchives
+from service.api.scoping import RoleGuardsInPlace
 from service.dashboard import DASHBOARD_EXCEPTION_HANDLERS, dashboard_routes
 from service.metrics import MetricsSettings, StoreMetrics, api_registry, request_timer
 from web.security import security_headers_hook
@@ -358,6 +359,7 @@ def create_app(settings: Settings, api_settings: ApiSettings | None = None,
                      "metrics_settings": metrics_settings or MetricsSettings.from_env(),
                      "store_metrics": store_metrics, "metrics_registry": api_registry(store_metrics)}),
         openapi_config=openapi_config(),
+        plugins=[RoleGuardsInPlace()],
         request_max_body_size=api.max_body_bytes,
         debug=False,
     )
