@@ -362,6 +362,7 @@ class RuleIndex:
         self.all_count = {rid: _steps_of(self._union(rid, None)) for rid in {e.rid for e in self.entries}}
         self.all_children = _steps_of(self._children_union(None))
         self.town_children = {t: _steps_of(self._children_union(t)) for t in g.towns}
+        self.vectors = _Vectors.of(self)
 
     def _periods(self, ps: Periods, first: dt.date) -> list[Period]:
         out = []
@@ -510,6 +511,15 @@ class RuleIndex:
     def totals(self, period: Period, as_of: dt.date, town: str | None = None) -> tuple[dict[str, RuleFigure], int]:
         """`rollups.rule_totals(rules.rule_figures(..., period, as_of))` of the scope, or of the
         rules of one of its townships (`town`: the county's split)."""
+        if town is None and self.vectors is not None:
+            hit = self.vectors.totals(period, as_of)
+            if hit is not None:
+                return hit
+        return self.totals_by_rule(period, as_of, town)
+
+    def totals_by_rule(self, period: Period, as_of: dt.date, town: str | None = None
+                       ) -> tuple[dict[str, RuleFigure], int]:
+        """:meth:`totals` rule by rule (every case; the vectors answer the common one)."""
         on = min(period.last_day, as_of)
         until = min(period.end, as_of + dt.timedelta(days=1))
         sums: dict[str, list[int]] = {}
@@ -556,6 +566,114 @@ class RuleIndex:
                                   target=str(r.applies.target))
         kids = self.all_children if town is None else self.town_children[town]
         return out, kids.value("n", on)
+
+
+class _Vectors:
+    """:meth:`RuleIndex.totals` of the whole scope as vectors per day, when no rule of it ever
+    changed (one version each, the common case) and on days from which every rule is in force.
+
+    A rule's due and met over a window are differences of its tables' running sums, at indexes
+    found by bisecting the periods' starts and last days with the window's start, end and as-of
+    day; so each table's running sum at those indexes is a function of one day, kept for every
+    day from before the first period, work or overdue day to the index's `today` + 1 as one tuple
+    over the tables (`by_start`, `by_last`), as are the counting work's running counts (`done`,
+    one per rule and township) and the numbers overdue (`overdue`, one per rule id and the
+    children overdue for any). A range is then a few `map`s over tuples instead of a loop over the
+    rules with its bisections. The running sums only grow, so a table's sum at the lesser of two
+    indexes is the lesser of its sums there (`min`), and a window with no period in it comes out
+    at or below zero (`max` with 0), as the loop's empty span gives 0."""
+
+    LIMIT = 4_000_000  # days x figures kept at most (a large region over years: the loop instead)
+
+    def __init__(self, ri: RuleIndex, first: dt.date) -> None:
+        entries = sorted(ri.entries, key=lambda e: e.rid)  # stable: a rule's first township first
+        rids = sorted({e.rid for e in entries})
+        slot = {rid: i for i, rid in enumerate(rids)}
+        self.rids = rids
+        self.from_day = max(e.days[0] for e in entries)  # every rule shown on days from here on
+        firsts: dict[str, FollowUpRule] = {}
+        tables: list[tuple[int, _Table]] = []
+        done: list[tuple[int, list[dt.date]]] = []
+        for e in entries:
+            assert e.single is not None and e.single.rule is not None
+            key = id(e.single.rule)
+            firsts.setdefault(e.rid, e.single.rule)
+            tables += [(slot[e.rid], t) for t in e.tables[key]]
+            done.append((slot[e.rid], e.done[key]))
+        self.names = [(firsts[rid].zh, firsts[rid].en, str(firsts[rid].applies.target)) for rid in rids]
+        self.table_slots = [i for i, _ in tables]
+        self.done_slots = [i for i, _ in done]
+        # One table and one list of work per rule id, in their order: no sums over townships or versions.
+        n = len(rids)
+        self.direct = self.table_slots == list(range(n)) and self.done_slots == list(range(n))
+        self.zeros_tables = (0,) * len(tables)
+        self.zeros_done = (0,) * len(done)
+        steps = [ri.all_count[rid] for rid in rids] + [ri.all_children]
+        self.lo = first.toordinal() - 1  # before any day the vectors depend on: every figure 0
+        self.hi = ri.today.toordinal() + 1
+        by_start_due, by_start_met, by_last_due, by_last_met, done_v, overdue = [], [], [], [], [], []
+        for o in range(self.lo, self.hi + 1):
+            day = dt.date.fromordinal(o)
+            i_start = [bisect.bisect_left(t.starts, day) for _, t in tables]
+            i_last = [bisect.bisect_right(t.lasts, day) for _, t in tables]
+            by_start_due.append(tuple(t.due[i] for (_, t), i in zip(tables, i_start, strict=True)))
+            by_start_met.append(tuple(t.met[i] for (_, t), i in zip(tables, i_start, strict=True)))
+            by_last_due.append(tuple(t.due[i] for (_, t), i in zip(tables, i_last, strict=True)))
+            by_last_met.append(tuple(t.met[i] for (_, t), i in zip(tables, i_last, strict=True)))
+            done_v.append(tuple(bisect.bisect_left(days, day) for _, days in done))
+            overdue.append(tuple(st.value("n", day) for st in steps))
+        self.by_start_due, self.by_start_met = by_start_due, by_start_met
+        self.by_last_due, self.by_last_met = by_last_due, by_last_met
+        self.done, self.overdue = done_v, overdue
+
+    @classmethod
+    def of(cls, ri: RuleIndex) -> _Vectors | None:
+        """The vectors of `ri`, or None where the loop answers every range (a rule that changed,
+        no rules, or more days x figures than LIMIT)."""
+        if not ri.entries or any(e.single is None for e in ri.entries):
+            return None
+        days: list[dt.date] = [ri.today]
+        for e in ri.entries:
+            for t in e.tables[id(e.single.rule)] if e.single is not None and e.single.rule is not None else ():
+                days += t.starts[:1] + t.lasts[:1]
+            days += [d for ds in e.done.values() for d in ds[:1]]
+        days += [d[0] for st in [*ri.all_count.values(), ri.all_children] for d in st.days.values() if d]
+        first = min(days)
+        width = len(ri.entries) * 4 + len(ri.all_count) + 1
+        if (ri.today - first).days * width > cls.LIMIT:
+            return None
+        return cls(ri, first)
+
+    def _at(self, day: dt.date) -> int:
+        return min(max(day.toordinal(), self.lo), self.hi) - self.lo
+
+    def totals(self, period: Period, as_of: dt.date) -> tuple[dict[str, RuleFigure], int] | None:
+        """:meth:`RuleIndex.totals` of the scope, or None for a day outside the vectors' reach."""
+        on = min(period.last_day, as_of)
+        if on < self.from_day or as_of.toordinal() >= self.hi:
+            return None
+        until = min(period.end, as_of + dt.timedelta(days=1))
+        s, e, a, u = self._at(period.start), self._at(period.end), self._at(as_of), self._at(until)
+        sub = operator.sub
+        due = list(map(max, self.zeros_tables, map(sub, map(min, self.by_start_due[e], self.by_last_due[a]),
+                                                   self.by_start_due[s])))
+        met = list(map(max, self.zeros_tables, map(sub, map(min, self.by_start_met[e], self.by_last_met[a]),
+                                                   self.by_start_met[s])))
+        done = list(map(max, self.zeros_done, map(sub, self.done[u], self.done[s])))
+        if not self.direct:
+            due, met, done = self._summed(due, self.table_slots), self._summed(met, self.table_slots), \
+                self._summed(done, self.done_slots)
+        late = self.overdue[self._at(on)]
+        out = {rid: RuleFigure(done=d, due=du, met=m, pct_met=pct(m, du), overdue=n, zh=zh, en=en, target=target)
+               for rid, d, du, m, n, (zh, en, target) in zip(self.rids, done, due, met, late, self.names,
+                                                              strict=False)}
+        return out, late[-1]
+
+    def _summed(self, values: list[int], slots: list[int]) -> list[int]:
+        out = [0] * len(self.rids)
+        for i, v in zip(slots, values, strict=True):
+            out[i] += v
+        return out
 
 
 def _held(rule: FollowUpRule, site: str, info: SiteInfo) -> bool:

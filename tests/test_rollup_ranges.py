@@ -44,8 +44,9 @@ def _rule(rule_id: str) -> rules.FollowUpRule:
     return next(r for r in DEFAULT_RULES if r.rule_id == rule_id)
 
 
-def county(seed: int) -> list[DecodedEvent]:
-    """The county's events in the order the sites wrote them (module docstring)."""
+def county(seed: int, rule_changes: bool = True) -> list[DecodedEvent]:
+    """The county's events in the order the sites wrote them (module docstring); without
+    `rule_changes`, every rule stays as it is by default (the calendar is still set)."""
     rng = random.Random(seed)
     w = {s: SiteWriter(s) for s in KINDS}
     out: list[DecodedEvent] = []
@@ -65,14 +66,15 @@ def county(seed: int) -> list[DecodedEvent]:
     o1, o2 = w["r.t1.office"], w["r.t2.office"]
     strict = msgspec.structs.replace(_rule("proxy_visit"), counts=msgspec.structs.replace(
         _rule("proxy_visit").counts, at_least=2))
-    out.append(o1.write(c.FollowUpRuleSet(township="r.t1", rule=strict, effective_from=dt.date(2025, 11, 1)),
-                        when(60)))
-    out.append(o1.write(c.FollowUpRuleRetired(township="r.t1", rule_id="proxy_letter",
-                                              effective_from=dt.date(2026, 3, 1)), when(150)))
     weekly = msgspec.structs.replace(_rule("childrens_home"), counts=msgspec.structs.replace(
         _rule("childrens_home").counts, at_least=1))
-    out.append(o2.write(c.FollowUpRuleSet(township="r.t2", rule=weekly, effective_from=dt.date(2025, 12, 15)),
-                        when(100)))
+    if rule_changes:
+        out.append(o1.write(c.FollowUpRuleSet(township="r.t1", rule=strict, effective_from=dt.date(2025, 11, 1)),
+                            when(60)))
+        out.append(o1.write(c.FollowUpRuleRetired(township="r.t1", rule_id="proxy_letter",
+                                                  effective_from=dt.date(2026, 3, 1)), when(150)))
+        out.append(o2.write(c.FollowUpRuleSet(township="r.t2", rule=weekly, effective_from=dt.date(2025, 12, 15)),
+                            when(100)))
     out.append(o1.write(c.SchoolCalendarSet(township="r.t1", calendar=SchoolCalendar(school_year=2025, terms=[
         Term(first_day=dt.date(2025, 9, 1), last_day=dt.date(2026, 1, 15)),
         Term(first_day=dt.date(2026, 3, 1), last_day=dt.date(2026, 7, 5))])), when(30)))
@@ -164,6 +166,35 @@ def test_rule_index_totals_equal_the_rules_figures() -> None:
                 seen["children"] += want[1] > 0
                 seen["due"] += any(f.due for f in want[0].values())
                 seen["done"] += any(f.done for f in want[0].values())
+    assert all(v >= 10 for v in seen.values()), seen
+
+
+def test_rule_totals_as_vectors_per_day_equal_the_rules_figures() -> None:
+    """Pure: with rules that never changed, `RuleIndex.totals` answers from its vectors per day
+    (ranges before the data, past it, and judged on any day up to `today`), equal to `rule_totals`
+    of `rule_figures` and to the totals taken rule by rule."""
+    events = county(3, rule_changes=False)
+    sites = {s: rules.SiteInfo(k, dt.date(2025, 8, 1)) for s, k in KINDS.items()}
+    inputs = rules.inputs_from(((d.event, d.care) for d in events), sites)
+    rng = random.Random(4)
+    seen = {"overdue": 0, "children": 0, "due": 0, "met": 0, "done": 0, "vectors": 0}
+    for today in _days(rng):
+        for scope in SCOPES:
+            index = RuleIndex(inputs.book, inputs.archives, inputs.work, sites, scope, today)
+            assert index.supported and index.vectors is not None, scope
+            for period in _periods(rng)[::2]:
+                for as_of in {min(period.last_day, today), min(period.start, today), today}:
+                    figures = rules.rule_figures(inputs.book, inputs.archives, inputs.work, sites, scope, period,
+                                                 as_of)
+                    want = rule_totals(figures)
+                    assert index.totals(period, as_of) == want, (scope, period, as_of, today)
+                    assert index.totals_by_rule(period, as_of) == want, (scope, period, as_of, today)
+                    seen["vectors"] += index.vectors.totals(period, as_of) is not None
+                    seen["overdue"] += any(f.overdue for f in want[0].values())
+                    seen["children"] += want[1] > 0
+                    seen["due"] += any(f.due for f in want[0].values())
+                    seen["met"] += any(f.met for f in want[0].values())
+                    seen["done"] += any(f.done for f in want[0].values())
     assert all(v >= 10 for v in seen.values()), seen
 
 
