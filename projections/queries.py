@@ -7,6 +7,7 @@ decides which scope a user may ask for. Every function takes the pool and return
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 
 import asyncpg
 import msgspec
@@ -120,18 +121,18 @@ class Heads(msgspec.Struct, frozen=True):
     rules: int | None = None
 
 
-async def rollup_heads(pool: asyncpg.Pool, scopes: list[str]) -> dict[str, Heads]:
-    """The heads of several scopes in one statement (one snapshot, one round trip); every scope
-    asked for gets an entry."""
-    async with pool.acquire() as conn:
-        rows = await conn.fetch(
-            f"""SELECT s.scope, (SELECT c.tx FROM {tables.SCHEMA}.checkpoint c WHERE c.name = $2) AS tx,
-                       (SELECT c.pos FROM {tables.SCHEMA}.checkpoint c WHERE c.name = $2) AS pos,
+def heads_select(scopes: str, name: str) -> str:
+    """The heads of the scopes in the text[] parameter `scopes` (e.g. "$1") with the checkpoint
+    named by the parameter `name`: one row per site of each scope (scope, tx, pos, rules, site_id,
+    last_committed_at, newest_occurred_at), or one row without a site for a scope without any
+    (:func:`heads_of_rows` reads them). Unordered: the statement orders by scope and site id."""
+    return f"""SELECT s.scope, (SELECT c.tx FROM {tables.SCHEMA}.checkpoint c WHERE c.name = {name}) AS tx,
+                       (SELECT c.pos FROM {tables.SCHEMA}.checkpoint c WHERE c.name = {name}) AS pos,
                        (SELECT max(tx_id) FROM events
                          WHERE type IN ('FollowUpRuleSet', 'FollowUpRuleRetired', 'SchoolCalendarSet')
                            AND {HORIZON}) AS rules,
                        p.site_id, p.last_committed_at, p.newest_occurred_at
-                FROM unnest($1::text[]) s (scope)
+                FROM unnest({scopes}::text[]) s (scope)
                 LEFT JOIN LATERAL (
                     SELECT q.site_id, q.last_committed_at, q.newest_occurred_at
                       FROM site_progress q WHERE s.scope = ''
@@ -141,17 +142,32 @@ async def rollup_heads(pool: asyncpg.Pool, scopes: list[str]) -> dict[str, Heads
                     UNION ALL  -- the ids starting with 'scope.': a range in byte order (migration 0036)
                     SELECT q.site_id, q.last_committed_at, q.newest_occurred_at
                       FROM site_progress q WHERE q.site_id ~>=~ (s.scope || '.') AND q.site_id ~<~ (s.scope || '/')
-                ) p ON true
-                ORDER BY s.scope, p.site_id""", scopes, CHECKPOINT)
+                ) p ON true"""
+
+
+def heads_of_rows(rows: Iterable[asyncpg.Record]) -> dict[str, Heads]:
+    """The heads of the rows of :func:`heads_select`, ordered by scope and site id (rows whose
+    scope is NULL, from another part of a statement, are passed over)."""
     out: dict[str, Heads] = {}
     for r in rows:
-        heads = out.get(r["scope"])
+        scope = r["scope"]
+        if scope is None:
+            continue
+        heads = out.get(scope)
         if heads is None:
-            heads = out[r["scope"]] = Heads((r["tx"] or 0, r["pos"] or 0), [], r["rules"])
+            heads = out[scope] = Heads((r["tx"] or 0, r["pos"] or 0), [], r["rules"])
         if r["site_id"] is not None:
             heads.freshness.append(Freshness(site_id=r["site_id"], last_committed_at=r["last_committed_at"],
                                              newest_occurred_at=r["newest_occurred_at"]))
     return out
+
+
+async def rollup_heads(pool: asyncpg.Pool, scopes: list[str]) -> dict[str, Heads]:
+    """The heads of several scopes in one statement (one snapshot, one round trip); every scope
+    asked for gets an entry."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(heads_select("$1", "$2") + " ORDER BY s.scope, p.site_id", scopes, CHECKPOINT)
+    return heads_of_rows(rows)
 
 
 async def freshness(pool: asyncpg.Pool, scope: str = "") -> list[Freshness]:

@@ -103,3 +103,57 @@ async def test_rollups_of_several_scopes_at_once_keep_their_own_freshness(databa
                  for s, who in asks[:4]}
         for (scope, _), r in zip(asks, answers, strict=True):
             assert r.json() == alone[scope]
+
+
+async def test_a_rollup_reads_its_token_and_heads_in_one_statement(database_url: str, nats_url: str,
+                                                                   pool: asyncpg.Pool) -> None:
+    """`auth.callers_and_heads` answers each (token, scope) as the token's look-up and the heads'
+    query each would; the rollup routes read both in it (the token look-up alone is not asked,
+    the heads query neither) and answer as before: the caller's own freshness, a scope out of
+    sight not found, a revoked token refused."""
+    from projections.queries import rollup_heads
+
+    async with open_api(database_url, nats_url, pool) as (client, w):
+        good = await auth.issue_token(pool, "township", hours=1)
+        other = await auth.issue_token(pool, "other_township", hours=1)
+        hashes = [auth._token_hash(t) for t in (good.token, other.token, "sw_unknown")]
+        scopes = [TOWNSHIP, V1, OTHER_TOWNSHIP, "nowhere.none"]
+        keys = [(h, s) for h in hashes for s in scopes]
+        both = await auth.callers_and_heads(pool, keys)
+        callers = await auth.callers_of_hashes(pool, hashes)
+        heads = await rollup_heads(pool, scopes)
+        assert both == {(h, s): (callers.get(h), heads[s]) for h, s in keys}
+        assert both[(hashes[0], TOWNSHIP)][0] is not None and both[(hashes[2], V1)][0] is None
+        assert heads[TOWNSHIP].freshness and not heads["nowhere.none"].freshness
+
+        asked: dict[str, int] = {"tokens": 0, "heads": 0}
+        state = client.app.state
+        tokens, rollup_scopes = state.token_lookups, state.rollup_heads
+
+        async def count_tokens(keys: list[bytes]) -> dict[bytes, auth.Caller]:
+            asked["tokens"] += 1
+            return await auth.callers_of_hashes(state.pool, keys)  # the app's own pool, on its loop
+
+        async def count_heads(keys: list[str]) -> dict[str, object]:
+            asked["heads"] += 1
+            return await rollup_heads(state.pool, keys)  # type: ignore[return-value]
+
+        state.token_lookups, state.rollup_heads = Batched(count_tokens), Batched(count_heads)
+        try:
+            token = {"Authorization": f"Bearer {good.token}"}
+            for path in (f"/rollups?scope={TOWNSHIP}&period=2026-03", f"/rollups/figures?scope={V1}&period=2026"):
+                r = await client.get(path, headers=token)
+                assert r.status_code == 200, r.text
+            r = await client.get(f"/rollups?scope={TOWNSHIP}&start=2026-01-01&end=2026-01-30", headers=token)
+            assert r.status_code == 200, r.text
+            assert [f["site_id"] for f in r.json()["freshness"]] == [f.site_id for f in heads[TOWNSHIP].freshness]
+            assert asked == {"tokens": 0, "heads": 0}
+            r = await client.get(f"/rollups?scope={OTHER_TOWNSHIP}&period=2026-03", headers=token)
+            assert r.status_code == 404 and r.json()["field"] == "scope", r.text
+            await auth.revoke_token(pool, good.token_id)
+            r = await client.get(f"/rollups?scope={TOWNSHIP}&period=2026-03", headers=token)
+            assert r.status_code == 401, r.text
+            assert (await client.get("/auth/me", headers=w.headers("station1"))).status_code == 200
+            assert asked == {"tokens": 1, "heads": 0}
+        finally:
+            state.token_lookups, state.rollup_heads = tokens, rollup_scopes

@@ -50,7 +50,7 @@ from service.api import (
     sites,
     summary,
 )
-from service.api.auth import Throttle, TokenAuthentication, callers_of_hashes
+from service.api.auth import Throttle, TokenAuthentication, callers_and_heads, callers_of_hashes
 from service.api.batch import Batched
 from service.api.config import ApiSettings
 from service.api.errors import EXCEPTION_HANDLERS, ApiError, bad
@@ -237,6 +237,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     app.state.pool = await create_pool(settings.database_url, min_size=1, max_size=api.pool_size)
     pool = app.state.pool
     app.state.token_lookups = Batched(lambda hashes: callers_of_hashes(pool, hashes))
+    app.state.token_heads = Batched(lambda keys: callers_and_heads(pool, keys))
     app.state.rollup_heads = Batched(lambda scopes: rollup_heads(pool, scopes))
     app.state.region_sites = Batched(lambda regions: sites_of_regions(pool, regions))
     app.state.nats = None

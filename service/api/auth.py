@@ -53,9 +53,12 @@ from litestar.connection import ASGIConnection
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
 from events.types import SiteId
+from projections.queries import Heads, heads_of_rows, heads_select
+from projections.runner import NAME as CHECKPOINT
 from runtime import passwords
 from service.api.batch import Batched
 from service.api.errors import ApiError
+from service.api.limits import SCOPE_PATTERN
 from service.sites import township_of
 from store.conn import Conn
 
@@ -484,9 +487,40 @@ async def callers_of_hashes(pool: asyncpg.Pool, hashes: list[bytes]) -> dict[byt
     revoked tokens and disabled users' tokens are simply not in the answer."""
     async with pool.acquire() as conn:
         rows = await conn.fetch(_CALLERS, hashes)
-    return {bytes(r["token_hash"]): Caller(username=r["username"], role=r["role"], site_id=r["site_id"],
-                                            township=r["township"], token_id=r["token_id"], region=r["region"])
-            for r in rows}
+    return {bytes(r["token_hash"]): _caller(r) for r in rows}
+
+
+def _caller(r: asyncpg.Record) -> Caller:
+    return Caller(username=r["username"], role=r["role"], site_id=r["site_id"], township=r["township"],
+                  token_id=r["token_id"], region=r["region"])
+
+
+# The callers of token hashes ($1) and the rollup heads of scopes ($2, checkpoint $3) in one
+# statement: rows of the first part have no scope, rows of the second no token hash; site_id is
+# the user's site in the first, a site of the scope in the second.
+_CALLERS_AND_HEADS = f"""
+    WITH callers AS ({_CALLERS}), heads AS ({heads_select("$2", "$3")})
+    SELECT token_hash, username, role, site_id, township, region, token_id,
+           NULL AS scope, NULL AS tx, NULL AS pos, NULL AS rules, NULL AS last_committed_at,
+           NULL AS newest_occurred_at FROM callers
+    UNION ALL
+    SELECT NULL, NULL, NULL, site_id, NULL, NULL, NULL,
+           scope, tx, pos, rules, last_committed_at, newest_occurred_at FROM heads
+    ORDER BY scope NULLS FIRST, site_id"""
+
+
+async def callers_and_heads(pool: asyncpg.Pool, keys: list[tuple[bytes, str]]
+                            ) -> dict[tuple[bytes, str], tuple[Caller | None, Heads | None]]:
+    """For each (token hash, scope): the caller the token stands for (as :func:`callers_of_hashes`)
+    and the rollup heads of the scope (as `projections.queries.rollup_heads`), read in one
+    statement, so in one snapshot and one round trip."""
+    hashes = list({h for h, _ in keys})
+    scopes = list({s for _, s in keys})
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(_CALLERS_AND_HEADS, hashes, scopes, CHECKPOINT)
+    callers = {bytes(r["token_hash"]): _caller(r) for r in rows if r["scope"] is None}
+    heads = heads_of_rows(rows)
+    return {(h, s): (callers.get(h), heads.get(s)) for h, s in keys}
 
 
 async def caller_of_token(pool: asyncpg.Pool, token: str) -> Caller | None:
@@ -628,8 +662,23 @@ async def _fail_name(conn: Conn, username: str, throttle: Throttle) -> None:
 # --- the middleware -----------------------------------------------------------------------------
 
 
+HEADS_OPT = "rollup_heads_of"
+"""A route's opt naming a query parameter that holds a rollup's scope: the request's token and
+that scope's rollup heads are read in one statement (:func:`callers_and_heads`), the heads kept
+in the ASGI scope under HEADS_KEY as (scope, Heads) for the route (:func:`prefetched_heads`)."""
+HEADS_KEY = "shouwang.rollup_heads"
+_SCOPE = re.compile(SCOPE_PATTERN)
+
+
+def prefetched_heads(scope: Any, rollup_scope: str) -> Heads | None:
+    """The heads of `rollup_scope` read with the request's token, if they were (HEADS_OPT)."""
+    found = scope.get(HEADS_KEY)
+    return found[1] if found is not None and found[0] == rollup_scope else None
+
+
 class TokenAuthentication(AbstractAuthenticationMiddleware):
-    """Every route needs `Authorization: Bearer <token>` unless it opts out (health, login, schema)."""
+    """Every route needs `Authorization: Bearer <token>` unless it opts out (health, login, schema).
+    A route whose opt has HEADS_OPT has its scope's rollup heads read in the token's statement."""
 
     async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
         header = connection.headers.get("authorization")
@@ -644,11 +693,24 @@ class TokenAuthentication(AbstractAuthenticationMiddleware):
         token = token.strip()
         # The look-up runs in a query that starts after this request arrived, shared with the
         # requests that arrived with it (service.api.batch): a revoked token is refused at once.
-        lookups: Batched[bytes, Caller] | None = connection.app.state.get("token_lookups")
+        state = connection.app.state
+        lookups: Batched[bytes, Caller] | None = state.get("token_lookups")
+        handler = connection.scope.get("route_handler")
+        param = handler.opt.get(HEADS_OPT) if handler is not None else None
+        with_heads: Batched[tuple[bytes, str], tuple[Caller | None, Heads | None]] | None = (
+            state.get("token_heads") if param is not None else None)
+        rollup_scope = connection.query_params.get(param) if with_heads is not None and param else None
         if lookups is None:
-            caller = await caller_of_token(connection.app.state.pool, token)
+            caller = await caller_of_token(state.pool, token)
+        elif not _well_formed(token):
+            caller = None
+        elif with_heads is not None and rollup_scope is not None and _SCOPE.match(rollup_scope):
+            found = await with_heads.get((_token_hash(token), rollup_scope))
+            caller, heads = found if found is not None else (None, None)
+            if heads is not None:
+                connection.scope[HEADS_KEY] = (rollup_scope, heads)  # type: ignore[literal-required]
         else:
-            caller = await lookups.get(_token_hash(token)) if _well_formed(token) else None
+            caller = await lookups.get(_token_hash(token))
         if caller is None:
             raise ApiError(401, "the token is unknown, expired or revoked, or its user is disabled; "
                            "log in again", field="Authorization", headers={"WWW-Authenticate": "Bearer"})

@@ -16,3 +16,5 @@ _YEAR = r"(19[0-9]{2}|2[01][0-9]{2})"  # MIN_YEAR..MAX_YEAR
 DATE_PATTERN = rf"^{_YEAR}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
 DATETIME_PATTERN = rf"^{_YEAR}-"  # with format date-time, which says the rest (a zone included)
 PERIOD_PATTERN = rf"^{_YEAR}(-(0[1-9]|1[0-2]|S1|S2|SY))?$"
+# A rollup's scope: a site id (region.township.site), a township (region.township) or a region.
+SCOPE_PATTERN = r"^[a-z0-9-]{1,24}(\.[a-z0-9-]{1,24}){0,2}$"

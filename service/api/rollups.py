@@ -31,14 +31,13 @@ from projections.queries import Heads, ScopeChildren, rollup_heads
 from projections.ranges import RangeIndex
 from projections.rules import RuleFigures
 from runtime import log
-from service.api.auth import Caller
+from service.api.auth import HEADS_OPT, Caller, prefetched_heads
 from service.api.batch import Batched
 from service.api.errors import ApiError, bad, broken_rule
-from service.api.limits import PERIOD_PATTERN
+from service.api.limits import PERIOD_PATTERN, SCOPE_PATTERN
 from service.api.scoping import LISTERS, allow, caller_of, may_see_region, may_see_site, may_see_township
 
 LangQuery = Annotated[str, Parameter(pattern=r"^(zh|en)$", description="label language: zh (default) or en")]
-SCOPE_PATTERN = r"^[a-z0-9-]{1,24}(\.[a-z0-9-]{1,24}){0,2}$"
 MAX_RANGE_DAYS = 3 * 366
 # Rules between parameters that JSON Schema cannot state (the routes' 422 answers, docs/API.md).
 PERIOD_OR_RANGE = "give period, or both start and end, and not both ways"
@@ -283,15 +282,18 @@ async def build_range_index(pool: asyncpg.Pool, indexes: RangeIndexes, cache: Ru
 async def rollup(pool: asyncpg.Pool, caller: Caller, scope: str, period: pf.Period,
                  cache: RollupCache | None = None, archives: ScopeArchives | None = None,
                  heads: Batched[str, Heads] | None = None, inputs: RuleInputsCache | None = None,
-                 indexes: RangeIndexes | None = None, policy: IndexPolicy | None = None) -> pr.Rollup:
+                 indexes: RangeIndexes | None = None, policy: IndexPolicy | None = None,
+                 prefetched: Heads | None = None) -> pr.Rollup:
     """The figures of `scope` (checked against the caller by :func:`check_scope`) from the read
     models (:func:`projections.queries.rollup`), computed once per checkpoint: with `indexes` and
     `inputs`, from the scope's range index (projections.ranges) when it is built for the
     checkpoint, else directly; `policy` says when an index is built (without one, by the first
     request at a checkpoint, in the request)."""
     today = local_today()
-    # Read on every request, in a query started after it arrived (shared with concurrent ones).
-    now = await heads.get(scope) if heads is not None else (await rollup_heads(pool, [scope])).get(scope)
+    # Read on every request, in a query started after it arrived (shared with concurrent ones),
+    # or read with the request's token (`prefetched`, service.api.auth.HEADS_OPT).
+    now = prefetched or (await heads.get(scope) if heads is not None else
+                         (await rollup_heads(pool, [scope])).get(scope))
     assert now is not None  # unnest gives every scope a row
     ikey = (scope, now.checkpoint)
     index = indexes.get(ikey) if indexes is not None else None
@@ -348,7 +350,7 @@ async def caller_rollup(request: Request[Any, Any, Any], scope: str, period: str
     state = request.app.state
     return await rollup(state.pool, caller, scope, period_from(period, start, end), state.rollup_cache,
                         state.scope_archives, state.get("rollup_heads"), state.get("rule_inputs"),
-                        state.get("range_indexes"), state.get("index_policy"))
+                        state.get("range_indexes"), state.get("index_policy"), prefetched_heads(request.scope, scope))
 
 
 class RollupsController(Controller):
@@ -360,7 +362,7 @@ class RollupsController(Controller):
          description="Children are counted for the sites they belong to, work for the site that recorded it. "
                      "Give period, or start and end (any range of days, end inclusive, at most "
                      f"{MAX_RANGE_DAYS} days): work is summed from the projections' daily per-site totals, so a "
-                     "range costs about what a month does.", opt=PERIOD_RULES)
+                     "range costs about what a month does.", opt={**PERIOD_RULES, HEADS_OPT: "scope"})
     async def get_rollup(
         self, request: Request[Any, Any, Any],
         area: ScopeQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
@@ -370,7 +372,8 @@ class RollupsController(Controller):
     @get("/figures", summary="Every figure for a site or the township and a period, labelled",
          description="The figures of GET /rollups as a list in the order of the year-end summary, each with its "
                      "key, its label (projections/figures.py, the catalogue the dashboard and the exports use), "
-                     "its unit and, for shares, its percentage. Money in yuan.", opt=PERIOD_RULES)
+                     "its unit and, for shares, its percentage. Money in yuan.",
+         opt={**PERIOD_RULES, HEADS_OPT: "scope"})
     async def get_figures(
         self, request: Request[Any, Any, Any],
         area: ScopeQuery, period: PeriodQuery = None, start: StartQuery = None, end: EndQuery = None,
