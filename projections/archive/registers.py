@@ -63,18 +63,37 @@ class Write(msgspec.Struct, frozen=True):
     resolution: bool = False
 
 
-def _knows(writes: list[Write]) -> dict[str, set[str]]:
+def _knows(writes: list[Write]) -> tuple[dict[str, set[str]], bool]:
     """For each write, the ids of the writes of the same field it knew (transitive closure of
-    its base and its own site's earlier writes; a resolution knows every earlier-stamped write)."""
+    its base and its own site's earlier writes; a resolution knows every earlier-stamped write),
+    and whether that relation is ordered: every write knows only writes of earlier stamps (what
+    a site's clock and its `based_on` give; only bad data breaks it)."""
     by_id = {w.event_id: w for w in writes}
-    known: dict[str, set[str]] = {}
+    direct: dict[str, set[str]] = {}
     for w in writes:
-        direct = {o.event_id for o in writes if o.event_id != w.event_id and (
+        d = {o.event_id for o in writes if o.event_id != w.event_id and (
             (o.site_id == w.site_id and o.stamp[2] < w.stamp[2]) or (w.resolution and o.stamp < w.stamp))}
-        direct |= {b for b in w.bases if b in by_id and b != w.event_id}
-        known[w.event_id] = direct
+        d.update(b for b in w.bases if b in by_id and b != w.event_id)
+        direct[w.event_id] = d
+    # In stamp order a write's closure is its direct writes with their closures, each complete
+    # already when every edge points back in time: one pass. Otherwise, the fixpoint.
+    known: dict[str, set[str]] = {}
+    for w in sorted(writes, key=lambda w: w.stamp):
+        k = set(direct[w.event_id])
+        for o in direct[w.event_id]:
+            closed = known.get(o)
+            if closed is None:  # an edge forward in time: not ordered
+                return _fixpoint(direct), False
+            k |= closed
+        known[w.event_id] = k
+    return known, True
+
+
+def _fixpoint(direct: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The transitive closure of any relation (bad based_on data can make a cycle)."""
+    known = {k: set(v) for k, v in direct.items()}
     changed = True
-    while changed:  # fixpoint; a handful of writes per field, so the cost is nothing
+    while changed:  # a handful of writes per field
         changed = False
         for k in known.values():
             extra = set().union(*(known[o] for o in k)) - k
@@ -82,6 +101,17 @@ def _knows(writes: list[Write]) -> dict[str, set[str]]:
                 k |= extra
                 changed = True
     return known
+
+
+def _heads(ws: list[Write], known: dict[str, set[str]], ordered: bool) -> list[Write]:
+    """The writes no other write knows without being known by it, by stamp (bad data can make
+    a cycle; its members are then all heads, never none). Ordered, no write knows one that
+    knows it: the heads are the writes nobody knows."""
+    if ordered:
+        seen = set().union(*(known[w.event_id] for w in ws))
+        return sorted((w for w in ws if w.event_id not in seen), key=lambda w: w.stamp)
+    return sorted((w for w in ws if not any(w.event_id in known[o.event_id] and o.event_id not in known[
+        w.event_id] for o in ws)), key=lambda w: w.stamp)
 
 
 # Payload types that never set an archive field (visits, calls, aid...): most of the log.
@@ -120,11 +150,8 @@ def registers(child_id: str, effs: list[Effective]) -> tuple[dict[str, Write], l
     conflicts: list[Conflict] = []
     for f in sorted(writes):
         ws = writes[f]
-        known = _knows(ws)
-        # A head is a write no other write knows without being known by it (bad based_on data
-        # can make a cycle; its members are then all heads, never none).
-        heads = sorted((w for w in ws if not any(w.event_id in known[o.event_id] and o.event_id not in known[
-            w.event_id] for o in ws)), key=lambda w: w.stamp)
+        known, ordered = _knows(ws)
+        heads = _heads(ws, known, ordered)
         winner = heads[-1]
         values[f] = winner
         if len({h.encoded for h in heads}) > 1:
@@ -136,8 +163,7 @@ def registers(child_id: str, effs: list[Effective]) -> tuple[dict[str, Write], l
                 continue
             seen = known[r.event_id]
             before = [w for w in ws if w.event_id in seen and not w.resolution]
-            old_heads = sorted(w.event_id for w in before if not any(
-                w.event_id in known[o.event_id] and o.event_id not in known[w.event_id] for o in before))
+            old_heads = sorted(w.event_id for w in _heads(before, known, ordered))
             if len({w.encoded for w in before if w.event_id in old_heads}) > 1:
                 old_winner = max((w for w in before if w.event_id in old_heads), key=lambda w: w.stamp)
                 conflicts.append(Conflict(child_id=child_id, field=f, heads=old_heads, winner=old_winner.event_id,
