@@ -18,6 +18,14 @@ batch's, and the next batch drops them).
 
 Bounded: the least recently used go first beyond `limit` archives (~19 KB a decoded archive of
 about 100 events, measured; 10,000 is ~190 MB).
+
+It also keeps, per child, the entries a structural re-derive reads (the child's state restricted
+to `source.STRUCTURAL_READ`, as `history(structural=True)` gives it), on the same terms: a
+structural event of a held child then re-derives from those entries and the batch's own, not
+from a read of the child's history (a few dozen rows, each decoded; the biggest cost of a
+structural event). Entries are staged by the structural re-derive; a child re-derived in full
+(a correction, a merge, a new child) is forgotten, so what is held is always the complete set up
+to the checkpoint. ~1 KB an entry, a dozen per child: 10,000 children ~120 MB.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from projections.archive import ChildArchive
+from projections.archive import ChildArchive, Entry
 from store.postgres import Position
 
 
@@ -38,8 +46,12 @@ class ArchiveCache:
         self._staged: dict[str, ChildArchive] = {}
         self._key: tuple[Position, int] | None = None  # the checkpoint the held archives belong to
         self._next: tuple[Position, int] | None = None  # the checkpoint the batch under way wrote
+        self._entries: OrderedDict[str, dict[str, Entry]] = OrderedDict()
+        self._staged_entries: dict[str, dict[str, Entry]] = {}
         self.hits = 0
         self.misses = 0
+        self.entry_hits = 0
+        self.entry_misses = 0
         self.dropped = 0  # times the held archives were dropped because the checkpoint was not ours
 
     def __len__(self) -> int:
@@ -49,11 +61,13 @@ class ArchiveCache:
         """A batch starts on the checkpoint (`position`, its row's xmin `version`; None: no row):
         keep the held archives only if that is the checkpoint they belong to."""
         self._staged.clear()
+        self._staged_entries.clear()
         self._next = None
         if self._key is None or version is None or self._key != (position, version):
-            if self._held:
+            if self._held or self._entries:
                 self.dropped += 1
             self._held.clear()
+            self._entries.clear()
             self._key = None
 
     def get(self, child_id: str) -> ChildArchive | None:
@@ -69,6 +83,30 @@ class ArchiveCache:
             self.hits += 1
         return a
 
+    def entries(self, child_id: str) -> dict[str, Entry] | None:
+        """The child's structural entries as this batch sees them (a copy the caller may extend),
+        or None when not held."""
+        e = self._staged_entries.get(child_id)
+        if e is None:
+            e = self._entries.get(child_id)
+            if e is not None:
+                self._entries.move_to_end(child_id)
+        if e is None:
+            self.entry_misses += 1
+            return None
+        self.entry_hits += 1
+        return dict(e)
+
+    def stage_entries(self, entries: dict[str, dict[str, Entry]]) -> None:
+        """Children's complete structural entries up to this batch's last position."""
+        self._staged_entries.update(entries)
+
+    def forget_entries(self, child_ids: Iterable[str]) -> None:
+        """These children's structural entries are no longer known (re-derived in full)."""
+        for k in child_ids:
+            self._staged_entries.pop(k, None)
+            self._entries.pop(k, None)
+
     def stage(self, archives: Iterable[ChildArchive]) -> None:
         """Archives this batch wrote (or read from the read models) as they now stand in its transaction."""
         for a in archives:
@@ -82,16 +120,24 @@ class ArchiveCache:
         """The batch's transaction committed: what it staged is now what the read models hold."""
         if self._next is None:  # nothing applied (caught up): the checkpoint did not move
             self._staged.clear()
+            self._staged_entries.clear()
             return
         for child_id, a in self._staged.items():
             self._held[child_id] = a
             self._held.move_to_end(child_id)
         while len(self._held) > self.limit:
             self._held.popitem(last=False)
+        for child_id, e in self._staged_entries.items():
+            self._entries[child_id] = e
+            self._entries.move_to_end(child_id)
+        while len(self._entries) > self.limit:
+            self._entries.popitem(last=False)
         self._staged.clear()
+        self._staged_entries.clear()
         self._key, self._next = self._next, None
 
     def aborted(self) -> None:
         """The batch's transaction did not commit (as far as this process knows)."""
         self._staged.clear()
+        self._staged_entries.clear()
         self._next = None

@@ -33,11 +33,13 @@ from projections.archive import (
     CONTACT_TYPES,
     ChildArchive,
     Effective,
+    Entry,
     MergeEdge,
     add_work,
     decode_archive,
     derive_full,
     effective,
+    entry_of,
     family_of,
     keys_of,
     merge_edges,
@@ -215,11 +217,18 @@ async def _project_structural(conn: Conn, schema: str, batch: list[Row], derived
     for g in groups.values():
         g[1:] = sorted(g[1:])
     members = sorted({m for g in groups.values() for m in g})
-    book = book_of(await history(conn, members, (), upto, structural=True))
+    states = _structural_entries(cache, members, batch)
+    unknown = [m for m in members if m not in states]
+    if unknown:
+        book = book_of(await history(conn, unknown, (), upto, structural=True))
+        for m in unknown:
+            states[m] = dict(book.states[m].entries) if m in book.states else {}
+    if cache is not None:
+        cache.stage_entries(states)
     new_in_group = Counter(root_of[k] for r in batch for k in {root_of[c]: c for c in r.event.children}.values())
     archives: list[ChildArchive] = []
     for root, group in groups.items():
-        entries = [x for m in group if m in book.states for x in book.states[m].entries.values()]
+        entries = [x for m in group for x in states[m].values()]
         part = derive_full(root, entries, group[1:])[0]
         old = stored[root]
         keep = {name: getattr(old, name) for name in _ADDITIVE_PARTS}
@@ -228,6 +237,32 @@ async def _project_structural(conn: Conn, schema: str, batch: list[Row], derived
     if cache is not None:
         cache.stage(archives)
     await _new_facts(conn, schema, batch, written)
+
+
+def _structural_entries(cache: ArchiveCache | None, members: list[str], batch: list[Row]
+                        ) -> dict[str, dict[str, Entry]]:
+    """The structural entries up to this batch's last position of the members the cache holds
+    (as of the checkpoint) with this batch's own structural events added: each names only its
+    own children and nothing corrects it (the structural path's events), so it goes to those
+    children's states alone, as `book_of` would put it. Every other event this batch brings to
+    these children is not structural (a correction or a merge re-derives them in full: they are
+    not here)."""
+    if cache is None:
+        return {}
+    states: dict[str, dict[str, Entry]] = {}
+    for m in members:
+        held = cache.entries(m)
+        if held is not None:
+            states[m] = held
+    if states:
+        for r in batch:
+            assert r.care is not None
+            entry = None
+            for k in keys_of(r.care, r.event.event_id):
+                if k in states:
+                    entry = entry or entry_of(r.event, r.care)
+                    states[k][r.event.event_id] = entry
+    return states
 
 
 async def _new_facts(conn: Conn, schema: str, batch: list[Row], written: AbstractSet[str]) -> None:
@@ -320,6 +355,7 @@ async def _project_full(conn: Conn, schema: str, understood: list[Row], members:
     await tables.write_archives(conn, schema, archives)
     if cache is not None:
         cache.stage(archives)
+        cache.forget_entries(children | in_groups)
     # Facts: only those of the correction families this batch touches (an event's fact depends on
     # its family alone: the event and its corrections, never on the child's other events or on
     # merges), from every state holding them (keys_of loaded each); the child's other facts were

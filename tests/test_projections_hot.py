@@ -16,7 +16,8 @@ from events.envelope import DecodedEvent
 from projections import tables
 from projections.archive import decode_archive
 from projections.rebuild import rebuild
-from projections.runner import Runner
+from projections.runner import Runner, read_checkpoint
+from projections.source import book_of, history
 from store.postgres import EventStore
 from tests.factory import SiteWriter
 from tests.test_projections_archive import KIDS, T0, random_world
@@ -113,4 +114,48 @@ async def test_a_failed_batch_keeps_nothing_it_wrote(store: EventStore, pool: as
     await store.append(visits(w, 6, 320))
     await runner.catch_up()
     assert runner.cache is not None and runner.cache.dropped == 0, "the checkpoint stayed the runner's own"
+    await assert_equals_rebuild(pool)
+
+
+def structural_events(w: SiteWriter, day: int) -> list[DecodedEvent]:
+    """A status assessment and a guardian change for each child (structural: their archives'
+    structural part is re-derived from the children's structural entries)."""
+    out = []
+    for i, kid in enumerate(KIDS):
+        out.append(w.write(c.StatusAssessed(child_id=kid, study=c.StatusLevel.GOOD), T0 + dt.timedelta(days=day + i)))
+        out.append(w.write(c.GuardianChanged(child_id=kid, guardian=c.Guardian(type=c.GuardianshipType.RELATIVES)),
+                           T0 + dt.timedelta(days=day + i, hours=1)))
+    return out
+
+
+@pytest.mark.parametrize("seed", [4, 5, 6, 7])
+async def test_held_structural_entries_are_the_childs_whole_structural_history(
+        store: EventStore, pool: asyncpg.Pool, seed: int) -> None:
+    """Structural events of children whose entries the runner holds re-derive from those entries
+    and the batch's own, with corrections, merges and resolutions in between (which forget the
+    children they re-derive in full): each child's held entries are exactly the structural
+    history a read gives at the checkpoint, and the read models equal a rebuild's."""
+    runner = Runner(pool, batch_size=4)
+    assert runner.cache is not None
+    rng = random.Random(seed)
+    w = SiteWriter("r.t.v03")
+    await deliver(store, random_world(seed, 50), rng, runner)
+    for day in (300, 320, 340):
+        await store.append(structural_events(w, day))
+        await runner.catch_up()
+        await deliver(store, random_world(seed + 100 + day, 12), rng, runner)
+        await runner.catch_up()
+    assert runner.cache.entry_hits > 0, "structural events found their children's entries held"
+    async with pool.acquire() as conn:
+        cp = await read_checkpoint(conn, tables.SCHEMA)
+        held = 0
+        for kid in KIDS:
+            entries = runner.cache.entries(kid)
+            if entries is None:
+                continue
+            held += 1
+            book = book_of(await history(conn, [kid], (), cp.position, structural=True))
+            expected = book.states[kid].entries if kid in book.states else {}
+            assert entries == expected, kid
+    assert held, "it holds some children's entries"
     await assert_equals_rebuild(pool)
