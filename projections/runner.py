@@ -48,7 +48,7 @@ from projections.archive import (
 )
 from projections.facts import Fact, fact_of, facts_from
 from projections.hot import ArchiveCache
-from projections.source import Row, book_of, family_members, history
+from projections.source import Row, family_members, history_book
 from runtime import log as service_log
 from store.conn import Conn
 from store.postgres import ORIGIN, Position, read_all_in
@@ -220,7 +220,7 @@ async def _project_structural(conn: Conn, schema: str, batch: list[Row], derived
     states = _structural_entries(cache, members, batch)
     unknown = [m for m in members if m not in states]
     if unknown:
-        book = book_of(await history(conn, unknown, (), upto, structural=True))
+        book = await history_book(conn, unknown, (), upto, structural=True)
         for m in unknown:
             states[m] = dict(book.states[m].entries) if m in book.states else {}
     if cache is not None:
@@ -314,8 +314,7 @@ async def _project_full(conn: Conn, schema: str, understood: list[Row], members:
             keys.update(keys_of(row.care, row.event.event_id))
     children = {k for k in keys if not k.startswith("ev:")}
     pseudo = {k for k in keys if k.startswith("ev:")}
-    rows = await history(conn, sorted(children), sorted(pseudo), upto)
-    book = book_of(rows)
+    book = await history_book(conn, sorted(children), sorted(pseudo), upto)
 
     # Merges: recompute the edges touching these children from their (complete) events.
     old_edges = await tables.read_edges(conn, schema)
@@ -339,8 +338,7 @@ async def _project_full(conn: Conn, schema: str, understood: list[Row], members:
     missing = in_groups - children
     if missing:  # members whose events this batch did not load yet
         children |= missing
-        rows = await history(conn, sorted(children), sorted(pseudo), upto)
-        book = book_of(rows)
+        book = await history_book(conn, sorted(children), sorted(pseudo), upto)
 
     archives: list[ChildArchive] = []
     effs_lists: list[list[Effective]] = []

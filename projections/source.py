@@ -75,6 +75,31 @@ async def history(conn: Conn, child_ids: Sequence[str], pseudo: Iterable[str], u
     return list(out.values())
 
 
+async def history_book(conn: Conn, child_ids: Sequence[str], pseudo: Iterable[str], upto: Position,
+                       structural: bool = False) -> ArchiveBook:
+    """`book_of(history(...))`, the rows decoded straight to entries as a rebuild decodes them
+    (`entries_of`: no envelope, one typed decode a payload), for the projector's re-derives."""
+    only = f" AND {STRUCTURAL_SQL}" if structural else ""
+    rows = await conn.fetch(
+        f"""SELECT {SCAN_COLS} FROM events WHERE children && $1::text[] AND (tx_id, position) <= ($2, $3){only}""",
+        list(child_ids), upto.tx, upto.pos,
+    ) if child_ids else []
+    book = ArchiveBook()
+    have: set[str] = set()
+    families = {p[3:] for p in pseudo}
+    for eid, entry in entries_of(rows)[0]:
+        have.add(eid)
+        if entry is None:
+            book.skipped.add(eid)  # as `ArchiveBook.add` keeps an event this code does not understand
+            continue
+        book.add_entry(entry)
+        families.add(family_of(entry.care, eid))
+    if families:
+        for r in await family_members(conn, families, upto, known=have):
+            book.add(r.event, r.care)
+    return book
+
+
 async def group_rows(conn: Conn, child_id: str, column: str, when: dt.datetime | None) -> list[Row]:
     """Every event of the child's merged group up to `when` on the clock `column` ('committed_at'
     or 'occurred_at'; None: everything committed), with whole correction families: follows

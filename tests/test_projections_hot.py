@@ -17,8 +17,8 @@ from projections import tables
 from projections.archive import decode_archive
 from projections.rebuild import rebuild
 from projections.runner import Runner, read_checkpoint
-from projections.source import book_of, history
-from store.postgres import EventStore
+from projections.source import book_of, history, history_book
+from store.postgres import EventStore, Position
 from tests.factory import SiteWriter
 from tests.test_projections_archive import KIDS, T0, random_world
 from tests.test_projections_runner import deliver, dump, shadow_rebuild
@@ -159,3 +159,27 @@ async def test_held_structural_entries_are_the_childs_whole_structural_history(
             assert entries == expected, kid
     assert held, "it holds some children's entries"
     await assert_equals_rebuild(pool)
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+async def test_a_history_decoded_to_entries_is_the_rows_book(store: EventStore, pool: asyncpg.Pool, seed: int) -> None:
+    """The projector reads children's histories straight to entries (`history_book`, the rebuild's
+    decoding): the same states as the rows' book, whole histories and structural ones, with the
+    correction families and the pseudo-keys of events about no child."""
+    events = random_world(seed, 80)
+    await store.append(events)
+    pseudo = [f"ev:{d.event.event_id}" for d in events if not d.event.children][:3]
+    async with pool.acquire() as conn:
+        cp = await latest(conn)
+        for structural in (False, True):
+            for kids in ([KIDS[0]], list(KIDS)):
+                a = await history_book(conn, kids, pseudo, cp, structural=structural)
+                b = book_of(await history(conn, kids, pseudo, cp, structural=structural))
+                assert {k: s.entries for k, s in a.states.items()} == {k: s.entries for k, s in b.states.items()}
+                assert a.skipped == b.skipped
+
+
+async def latest(conn: asyncpg.Connection) -> Position:
+    row = await conn.fetchrow("SELECT tx_id, position FROM events ORDER BY tx_id DESC, position DESC LIMIT 1")
+    assert row is not None
+    return Position(row["tx_id"], row["position"])
