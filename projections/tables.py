@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from projections import daily
-from projections.archive import ChildArchive, MergeEdge, encode_archive
+from projections.archive import ChildArchive, MergeEdge, MonthWork, encode_archive
 from projections.facts import Fact, township_of
 from store.conn import Conn
 
@@ -35,8 +35,12 @@ def archive_row(a: ChildArchive) -> tuple[Any, ...]:
             len(a.open_conflicts), a.events, encode_archive(a))
 
 
+def followup_row(child_id: str, m: MonthWork) -> tuple[Any, ...]:
+    return (child_id, m.month, m.visits, m.calls, m.letters, m.talks)
+
+
 def followup_rows(a: ChildArchive) -> list[tuple[Any, ...]]:
-    return [(a.child_id, m.month, m.visits, m.calls, m.letters, m.talks) for m in a.months]
+    return [followup_row(a.child_id, m) for m in a.months]
 
 
 def conflict_rows(a: ChildArchive) -> list[tuple[Any, ...]]:
@@ -110,7 +114,8 @@ async def write_archives(conn: Conn, schema: str, archives: Iterable[ChildArchiv
         if follow:
             await conn.copy_records_to_table("followup", schema_name=schema, records=follow, columns=FOLLOWUP_COLS)
     else:
-        changed = [r for a in archives for r in followup_rows(a) if r[1] in months.get(a.child_id, ())]
+        changed = [followup_row(a.child_id, m) for a in archives if (wanted := months.get(a.child_id))
+                   for m in a.months if m.month in wanted]  # the months changed, not every month's row
         if changed:  # one statement, no staging table: every column is a scalar
             await conn.execute(
                 f"""INSERT INTO {schema}.followup ({', '.join(FOLLOWUP_COLS)})
