@@ -22,7 +22,6 @@ from projections.ranges import RangeIndex
 from projections.rollups import Freshness, Rollup, compute_from_rows
 from projections.rules import RuleFigures
 from projections.runner import NAME as CHECKPOINT
-from projections.source import HORIZON
 from store.conn import Conn
 
 ScopeChildren = tuple[list[ChildArchive], frozenset[str]]
@@ -128,9 +127,7 @@ def heads_select(scopes: str, name: str) -> str:
     (:func:`heads_of_rows` reads them). Unordered: the statement orders by scope and site id."""
     return f"""SELECT s.scope, (SELECT c.tx FROM {tables.SCHEMA}.checkpoint c WHERE c.name = {name}) AS tx,
                        (SELECT c.pos FROM {tables.SCHEMA}.checkpoint c WHERE c.name = {name}) AS pos,
-                       (SELECT max(tx_id) FROM events
-                         WHERE type IN ('FollowUpRuleSet', 'FollowUpRuleRetired', 'SchoolCalendarSet')
-                           AND {HORIZON}) AS rules,
+                       (SELECT events_rules_head()) AS rules,  -- once per statement (migration 0039)
                        p.site_id, p.last_committed_at, p.newest_occurred_at
                 FROM unnest({scopes}::text[]) s (scope)
                 LEFT JOIN LATERAL (

@@ -166,9 +166,7 @@ async def inputs_key(conn: Conn, scope: str) -> tuple[object, ...]:
     row = await conn.fetchrow(
         f"""SELECT (SELECT c.tx FROM {tables.SCHEMA}.checkpoint c WHERE c.name = $1) AS tx,
                    (SELECT c.pos FROM {tables.SCHEMA}.checkpoint c WHERE c.name = $1) AS pos,
-                   (SELECT max(tx_id) FROM events
-                     WHERE type IN ('FollowUpRuleSet', 'FollowUpRuleRetired', 'SchoolCalendarSet')
-                       AND {HORIZON}) AS rules""", CHECKPOINT)
+                   (SELECT events_rules_head()) AS rules""", CHECKPOINT)  # its plan kept (migration 0039)
     assert row is not None  # a SELECT without FROM has its one row
     return key_of(scope, (row["tx"], row["pos"]), row["rules"])
 

@@ -319,3 +319,24 @@ async def test_the_index_policy_serves_the_same_figures_directly_and_from_the_in
         assert await api_rollups.rollup(pool, caller, "r.t1", period, None, None, None, inputs, indexes,
                                         weighed) == first
     assert weighed.counts["index"] + weighed.counts["direct"] == 5
+
+
+async def test_the_rules_head_moves_with_each_rule_event(store: EventStore, pool: asyncpg.Pool) -> None:
+    """The heads' and the rules' inputs' newest rule event (`events_rules_head()`, migration 0039,
+    whose plan PostgreSQL keeps) is the newest rule event's transaction below the horizon: none
+    before any, then each rule event's as it is stored, whatever else is stored after it."""
+    events = county(7)
+    is_rule = (c.FollowUpRuleSet, c.FollowUpRuleRetired, c.SchoolCalendarSet)
+    seen: list[int | None] = []
+    async with pool.acquire() as conn:
+        for lo, hi in ((0, 3), (3, 40), (40, 41), (41, 300), (300, len(events))):
+            await store.append(events[lo:hi])
+            want = await conn.fetchval(
+                "SELECT max(tx_id) FROM events WHERE type IN ('FollowUpRuleSet', 'FollowUpRuleRetired', "
+                "'SchoolCalendarSet') AND tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            heads = await queries.rollup_heads(pool, ["r.t1", "r"])
+            key = await rule_queries.inputs_key(conn, "r.t1")
+            assert heads["r.t1"].rules == heads["r"].rules == want == key[-1], (want, heads, key)
+            assert (want is None) == (not any(isinstance(e.care, is_rule) for e in events[:hi]))
+            seen.append(want)
+    assert seen[0] is None and len({s for s in seen if s is not None}) >= 2, seen
