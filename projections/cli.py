@@ -37,8 +37,8 @@ def register(sub: Any) -> None:
     rb.add_argument("--partition-events", type=int, default=None, metavar="N",
                     help="fold a log of more than N events in partitions of at most about N rows each (an "
                          "event naming children of several partitions is a row in each; rows of the log's mean "
-                         "size), so memory follows N, not the log (default 250000: ~300 MB a process; "
-                         "PostgreSQL sorts the rows by partition, in its own temporary files beyond 256 MB)")
+                         "size), so memory follows N, not the log (default 250000: ~400 MB a process; the rows "
+                         "are spilled by partition to local temporary files, ~300 bytes a row, removed after)")
     rb.set_defaults(handler=_rebuild)
     st = psub.add_parser("status", help="checkpoint, events applied and skipped, lag in events and seconds")
     st.add_argument("--database-url")

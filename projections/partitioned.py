@@ -11,8 +11,8 @@ groups at a time.
 How (`projections.rebuild` drives it when the log holds more than one partition's worth):
 
 0. `tally`: how many events name 0, 1, 2... children and their payloads' bytes. A partition is
-   a range of the hash of a group's root (`hash32`, the first 32 bits of the md5 of the key,
-   the same in PostgreSQL and Python); an event naming k children is folded in every partition
+   a range of the hash of a group's root (`hash32`, the first 32 bits of the md5 of the key);
+   an event naming k children is folded in every partition
    one of them is in, so partitions are sized in the rows they will receive, weighted by size
    (`bounds_for_rows`, `rows_in`): the largest holds about `PARTITION_EVENTS` rows of the log's
    mean size whatever the log's size or how many children its events name.
@@ -20,23 +20,26 @@ How (`projections.rebuild` drives it when the log holds more than one partition'
    decide groups: merges, unmerges and corrections, and the originals the corrections name.
    From them the merge edges (`archive.merge_edges`, so who is merged into whom is decided as
    the archive code decides it) and, for each corrected family, every key its members go to.
-2. `partition_rows`: PostgreSQL hands the rows over partition by partition. The partition of a
-   key is its group root's (`Plan.part_of`); the plan's exceptions (children merged into another
-   root, members of corrected families) go to the reading session as two small temporary
-   tables. One query per reading process routes every row of the log up to the position to the
-   partitions of its groups (an event about children of several partitions goes to each) and
-   returns them ordered by partition, then in the global order: PostgreSQL's sort spills to its
-   own temporary files, not this process's memory, and every row is decoded once, here.
-3. The rebuild folds each partition's rows into a fresh book as they arrive, holding states of
-   the partition's own keys only (`Plan.keeper`: an event naming children of other partitions
-   too is not kept in a state for each of them), derives the archives whose root is the
-   partition's and writes them with the facts the partition owns (the share rule of
-   `rebuild._write_share`: a fact is written by the partition of the lowest root its family
-   reaches), and lets the book go before the next partition's rows are folded.
+2. `split` and `spill`: the log up to the position, cut into as many consecutive ranges as there
+   are processes, each read once in the log's order (the index's: no sort anywhere) by a process
+   of its own, which routes every understood row to the partitions of its groups (`Plan.router`:
+   the partition of a key is its group root's, `Plan.part_of`; a corrected family goes wherever
+   any of its members' keys go; an event about children of several partitions goes to each) and
+   appends it, encoded once (msgpack, the columns `entries_of` reads), to that partition's file
+   of its range in a temporary directory. The position is below the horizon, so the ranges read
+   exactly the log up to it, whatever commits meanwhile.
+3. Each process then folds every `shares`-th partition from the files of all ranges, in range
+   order (so in the log's order), into a fresh book holding states of the partition's own keys
+   only (`Plan.keeper`: an event naming children of other partitions too is not kept in a state
+   for each of them), derives the archives whose root is the partition's and writes them with
+   the facts the partition owns (the share rule of `rebuild._write_share`: a fact is written by
+   the partition of the lowest root its family reaches), and lets the book go before the next.
 
-Peak memory is one partition's book, a page of rows, and the maps of step 1 (merges and
-corrected families: about a percent of the log). PostgreSQL's sort takes about the routed rows'
-size on the server's temporary space while the query runs.
+Peak memory is one partition's book, a chunk of a file, and the maps of step 1 (merges and
+corrected families: about a percent of the log, emptied before the fold); while spilling, a
+page of rows and a write buffer per partition. The files hold about the routed rows' raw size
+(~300 bytes a row in the bench's world) on local disk while the rebuild runs, and are removed
+after it, also when it fails.
 """
 
 from __future__ import annotations
@@ -45,9 +48,11 @@ import asyncio
 import bisect
 import datetime as dt
 import hashlib
+import itertools
 import math
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import msgspec
 
@@ -69,18 +74,8 @@ def share_of(key: str, shares: int) -> int:
 
 
 def hash32(key: str) -> int:
-    """The first 32 bits of the key's md5 as an unsigned number (`_hash32_sql` is the same in SQL)."""
+    """The first 32 bits of the key's md5 as an unsigned number."""
     return int.from_bytes(hashlib.md5(key.encode(), usedforsecurity=False).digest()[:4], "big")
-
-
-def _hash32_sql(key: str) -> str:
-    """`hash32` in SQL, of the text expression `key`."""
-    return f"(('x' || left(md5({key}), 8))::bit(32)::bigint)"
-
-
-def _part_sql(key: str, bounds: str) -> str:
-    """`Plan.part_of` in SQL, of the text expression `key` and the bigint[] expression `bounds`."""
-    return f"width_bucket({_hash32_sql(key)}, {bounds})"
 
 
 _SPACE = 1 << 32  # hash32's values
@@ -157,7 +152,7 @@ class Plan(msgspec.Struct):
         return len(self.bounds) + 1
 
     def part_of(self, key: str) -> int:
-        """The partition of a key's group (its root's), as `_part_sql` computes it in SQL."""
+        """The partition of a key's group (its root's)."""
         return bisect.bisect_right(self.bounds, hash32(self.root_of.get(key, key)))
 
     def partitions(self, event_id: str, children: Sequence[str]) -> set[int]:
@@ -181,15 +176,38 @@ class Plan(msgspec.Struct):
 
         return keep
 
-    def exceptions(self) -> tuple[list[tuple[str, list[int]]], list[tuple[str, int]]]:
-        """What `partitions` does not read from an event's own row, as rows of the reading
-        session's temporary tables: (event id, its partitions) for every member of a corrected
-        family, (child id, partition of its root) for every merged child."""
-        fam_parts = {fam: sorted({self.part_of(k) for k in keys}) for fam, keys in self.family_keys.items()}
-        family = [(eid, fam_parts[fam]) for eid in sorted(fam_parts.keys() | self.family.keys())
-                  if (fam := self.family.get(eid, eid)) in fam_parts]
-        moved = [(child, self.part_of(child)) for child in self.root_of]
-        return family, moved
+    def router(self) -> Callable[[str, str], tuple[int, ...]]:
+        """`partitions` as a function for the spill's hot loop, of an event id and its children
+        separated by spaces (child ids have none: `events.types.ChildId`; a text decodes much
+        faster than an array), as a tuple of partitions: corrected families' members looked up,
+        each child's partition computed once."""
+        part_of = self.part_of
+        fam_parts = {fam: tuple(sorted({part_of(k) for k in keys})) for fam, keys in self.family_keys.items()}
+        member = {eid: fam_parts[fam] for eid, fam in self.family.items() if fam in fam_parts}
+        member.update(fam_parts)  # a family is named by its original's id
+        one: dict[str, tuple[int, ...]] = {}  # child -> (its group's partition,)
+
+        def route(event_id: str, children: str) -> tuple[int, ...]:
+            parts = member.get(event_id)
+            if parts is not None:
+                return parts
+            parts = one.get(children)
+            if parts is not None:
+                return parts
+            if not children:
+                return (part_of(f"ev:{event_id}"),)
+            if " " not in children:
+                parts = one[children] = (part_of(children),)
+                return parts
+            several = set()
+            for k in children.split(" "):
+                p = one.get(k)
+                if p is None:
+                    p = one[k] = (part_of(k),)
+                several.add(p[0])
+            return tuple(several)
+
+        return route
 
 
 _HEAD = """SELECT tx_id, position FROM events WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
@@ -204,27 +222,13 @@ _TALLY = """SELECT cardinality(children) AS k, count(*) FILTER (WHERE understood
                    count(*) FILTER (WHERE NOT understood) AS skipped,
                    max(committed_at) FILTER (WHERE (tx_id, position) = ($1, $2)) AS last_committed_at
               FROM events WHERE (tx_id, position) <= ($1, $2) GROUP BY 1"""
-# The columns entries_of reads, after the partition (in the place of tx_id; position and
-# committed_at are not read there, so they are not sent).
-_ROUTED_COLS = "r.part, 0, NULL::timestamptz, " + SCAN_COLS.split(", ", 3)[3]
-SORT_MEMORY = "256MB"  # work_mem of the routing query: PostgreSQL sorts up to this in memory, then on disk
-_BOUNDS = "$3::bigint[]"
-_ROUTE = f"""SELECT {_ROUTED_COLS} FROM (
-    SELECT unnest(CASE WHEN f.parts IS NOT NULL THEN f.parts
-                       WHEN cardinality(e.children) = 0 THEN ARRAY[{_part_sql("'ev:' || e.event_id::text", _BOUNDS)}]
-                       WHEN cardinality(e.children) = 1
-                         THEN ARRAY[coalesce(m.part, {_part_sql("e.children[1]", _BOUNDS)})]
-                       ELSE ARRAY(SELECT DISTINCT coalesce((SELECT o.part FROM rebuild_moved o WHERE o.child = k),
-                                                           {_part_sql("k", _BOUNDS)})
-                                    FROM unnest(e.children) AS k) END) AS part, e.*
-      FROM events e
-      LEFT JOIN rebuild_family f ON f.event_id = e.event_id
-      LEFT JOIN rebuild_moved m ON m.child = e.children[1]
-     WHERE e.understood AND (e.tx_id, e.position) <= ($1, $2)) r
- WHERE r.part % $4 = $5
- ORDER BY r.part, r.tx_id, r.position"""
-"""Every understood row up to ($1, $2) once per partition of its groups (bounds $3), for the partitions
-of share $5 of $4, in the order of partitions, then of the log: `Plan.partitions` in SQL."""
+_SPILL = f"""SELECT {SCAN_COLS}, array_to_string(children, ' ') AS children FROM events
+              WHERE (tx_id, position) > ($1, $2) AND (tx_id, position) <= ($3, $4) AND understood
+              ORDER BY tx_id, position LIMIT $5"""
+"""A page of the understood rows of a range of the log, in its order (the index's): what
+`entries_of` reads, and the children the row is routed by."""
+_SPLIT = """SELECT tx_id, position FROM events WHERE (tx_id, position) <= ($1, $2)
+             ORDER BY tx_id, position OFFSET $3 LIMIT 1"""
 
 
 async def head(conn: Conn) -> tuple[Position, int]:
@@ -275,39 +279,107 @@ async def tally(conn: Conn, upto: Position) -> Tally:
                  by_children={int(r["k"]): (int(r["understood"]), int(r["bytes"])) for r in rows if r["understood"]})
 
 
-async def partition_rows(conn: Conn, p: Plan, share: int = 0, shares: int = 1, page: int = 5000,
-                         forget: bool = False) -> AsyncIterator[tuple[int, list[Any]]]:
-    """Step 2: the rows of the partitions of this share (every `shares`-th from `share`), as
-    (partition, rows) in the order of partitions, a partition's rows in the log's order and
-    possibly over several pages; each row in `source.SCAN_COLS`' order as `entries_of` reads it
-    (the first column is the partition). The next page is read while the caller works on this
-    one. Uses `conn` in a transaction of its own (its temporary tables go with it). `forget`:
-    empty the plan's maps of corrected families once they are in the session's tables (nothing
-    after needs them, and they grow with the log: 14 MiB at 1M events, 42 MiB at 3M)."""
-    family, moved = p.exceptions()
-    if forget:
-        p.family, p.family_keys = {}, {}
-    async with conn.transaction():
-        await conn.execute(f"""SET LOCAL work_mem = '{SORT_MEMORY}'; SET LOCAL jit = off;
-                               CREATE TEMPORARY TABLE rebuild_family (event_id uuid PRIMARY KEY, parts int[] NOT NULL)
-                                ON COMMIT DROP;
-                               CREATE TEMPORARY TABLE rebuild_moved (child text PRIMARY KEY, part int NOT NULL)
-                                ON COMMIT DROP""")
-        await conn.copy_records_to_table("rebuild_family", records=family)
-        await conn.copy_records_to_table("rebuild_moved", records=moved)
-        del family, moved
-        await conn.execute("ANALYZE rebuild_family; ANALYZE rebuild_moved")
-        cursor = await conn.cursor(_ROUTE, p.upto.tx, p.upto.pos, p.bounds, shares, share)
-        nxt = asyncio.ensure_future(cursor.fetch(page))
+async def split(conn: Conn, upto: Position, total: int, ranges: int) -> list[tuple[Position, Position]]:
+    """The log up to `upto` (`total` events) cut into `ranges` consecutive ranges (after, upto]
+    of about as many events each, for as many processes to spill."""
+    cuts = [ORIGIN]
+    for i in range(1, ranges):
+        row = await conn.fetchrow(_SPLIT, upto.tx, upto.pos, total * i // ranges - 1) if total * i // ranges else None
+        if row is not None and Position(row["tx_id"], row["position"]) > cuts[-1]:
+            cuts.append(Position(row["tx_id"], row["position"]))
+    cuts.append(upto)
+    return list(itertools.pairwise(cuts))
+
+
+_FLUSH_ROWS = 512  # rows buffered per partition before they go to its file as one chunk
+_encode_row = msgspec.msgpack.Encoder().encode
+_decode_rows = msgspec.msgpack.Decoder(list[tuple[int, int, None, str, str, int, str, int, str, dt.datetime, int,
+                                                  bytes | None, bytes, bool]]).decode
+
+
+def _spill_file(directory: Path, part: int, spiller: int) -> Path:
+    return directory / f"{part:05d}.{spiller:03d}.rows"
+
+
+class _Files:
+    """One spiller's files, one per partition it has rows for: chunks of _FLUSH_ROWS rows, each
+    a msgpack array (the rows are encoded once, however many partitions they go to) after its
+    length."""
+
+    def __init__(self, directory: Path, spiller: int, parts: int) -> None:
+        self.directory, self.spiller = directory, spiller
+        self.files: dict[int, BinaryIO] = {}
+        self.buffers: list[list[bytes]] = [[] for _ in range(parts)]
+
+    def flush(self, part: int) -> None:
+        buf = self.buffers[part]
+        if buf:
+            f = self.files.get(part)
+            if f is None:
+                f = self.files[part] = open(_spill_file(self.directory, part, self.spiller), "wb")  # noqa: SIM115
+            chunk = b"".join((b"\xdd", len(buf).to_bytes(4, "big"), *buf))  # array 32: count, then the rows
+            f.write(len(chunk).to_bytes(4, "little"))
+            f.write(chunk)
+            buf.clear()
+
+    def close(self) -> None:
         try:
-            while rows := await nxt:
-                nxt = asyncio.ensure_future(cursor.fetch(page))  # PostgreSQL sends it while this one is folded
-                start = 0
-                for i in range(1, len(rows) + 1):
-                    if i == len(rows) or rows[i][0] != rows[start][0]:
-                        yield rows[start][0], rows[start:i]
-                        start = i
+            for part in range(len(self.buffers)):
+                self.flush(part)
         finally:
-            if not nxt.done():
-                nxt.cancel()
-            await asyncio.gather(nxt, return_exceptions=True)
+            for f in self.files.values():
+                f.close()
+
+
+async def spill(conn: Conn, p: Plan, after: Position, upto: Position, directory: Path, spiller: int,
+                page: int = 5000, progress: Callable[[int], None] | None = None) -> int:
+    """Step 2: the understood rows of the log in (after, upto], read in its order, each appended
+    (msgpack, the columns `entries_of` reads) to the file of every partition that holds a group
+    it concerns (`Plan.partitions`), as spiller `spiller` (`read_partition` reads the spillers'
+    files in their order, so ranges spilled in the log's order are read back in it). Returns the
+    rows written (an event of several partitions counts in each)."""
+    route = p.router()
+    encode = _encode_row
+    files = _Files(directory, spiller, p.parts)
+    buffers, flush = files.buffers, files.flush
+    written = n = 0
+
+    def fetch(start: Position) -> asyncio.Task[list[Any]]:
+        return asyncio.ensure_future(conn.fetch(_SPILL, start.tx, start.pos, upto.tx, upto.pos, page))
+
+    nxt = fetch(after)
+    try:
+        while rows := await nxt:
+            nxt = fetch(Position(rows[-1]["tx_id"], rows[-1]["position"]))  # read while this one is routed
+            for r in rows:
+                # entries_of does not read the first three columns (the row's place and commit time)
+                row = encode((0, 0, None, *r[3:14]))
+                parts = route(r[3], r[14])
+                for part in parts:
+                    buf = buffers[part]
+                    buf.append(row)
+                    if len(buf) >= _FLUSH_ROWS:
+                        flush(part)
+                written += len(parts)
+            n += len(rows)
+            if progress is not None:
+                progress(n)
+    finally:
+        if not nxt.done():
+            nxt.cancel()
+        await asyncio.gather(nxt, return_exceptions=True)
+        files.close()
+    return written
+
+
+def read_partition(directory: Path, part: int, spillers: int) -> Iterator[list[Any]]:
+    """Step 3's input: a partition's rows as `spill` wrote them, chunk by chunk, spiller after
+    spiller (in the log's order when the spillers' ranges are), in `entries_of`'s columns."""
+    for spiller in range(spillers):
+        try:
+            f = open(_spill_file(directory, part, spiller), "rb")  # noqa: SIM115
+        except FileNotFoundError:  # no rows of this partition in that range
+            continue
+        with f:
+            while header := f.read(4):
+                yield _decode_rows(f.read(int.from_bytes(header, "little")))

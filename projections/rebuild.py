@@ -15,12 +15,12 @@ All projections share one fold and one checkpoint (a fact or a rollup needs the 
 corrections and merges), so a rebuild rebuilds them together.
 
 Memory: folded at once, the log's every entry is held until the end (~1.4 KB an event). A log of
-more than `partition_events` events (default `partitioned.PARTITION_EVENTS`) is instead handed over
-by PostgreSQL partition by partition (archive groups routed by a hash of their root, partitions
-sized in the rows they receive) and folded one partition at a time by two processes
-(`_fill_partitioned`, projections/partitioned.py): the peak follows the partition, not the log,
-and the rows are the same
-(tests/test_projections_partitioned.py).
+more than `partition_events` events (default `partitioned.PARTITION_EVENTS`) is instead read in
+ranges by two processes, each row spilled to local files of the partitions its archive groups
+are in (routed by a hash of their root, partitions sized in the rows they receive), and folded
+one partition at a time from those files by the same two processes (`_fill_partitioned`,
+projections/partitioned.py): the peak follows the partition, not the log, and the rows are the
+same (tests/test_projections_partitioned.py).
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ import multiprocessing.process
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 import msgspec
@@ -65,6 +66,7 @@ INDEX_MEMORY = "256MB"  # maintenance_work_mem while the shadow's keys and index
 PARALLEL_FROM = 50_000  # events: below this, derive and write in one process whatever `workers` says
 PARTITIONED_WORKERS = 2  # processes reading and folding the partitions when `workers` is not given
 log = service_log.get("projections.rebuild")
+T = TypeVar("T")
 
 
 class RebuildReport(msgspec.Struct, frozen=True):
@@ -127,7 +129,7 @@ async def fill(pool: asyncpg.Pool, schema: str, *, page: int = 5000, progress: P
 
 async def _fill(pool: asyncpg.Pool, schema: str, *, page: int, progress: Progress | None, database_url: str | None,
                 workers: int, parallel_from: int) -> RebuildReport:
-    started = time.perf_counter()
+    started, c_started = time.perf_counter(), time.process_time()
     book = ArchiveBook()
     cp = Checkpoint(ORIGIN, 0, 0, None)
     n = 0
@@ -152,7 +154,7 @@ async def _fill(pool: asyncpg.Pool, schema: str, *, page: int, progress: Progres
             cp = Checkpoint(current.last, n - len(book.skipped), len(book.skipped), current.last_committed_at)
             if progress is not None:
                 progress(n, max(total, n))
-        t_read = time.perf_counter()
+        t_read, c_read = time.perf_counter(), time.process_time()
         # PostgreSQL writes the facts of plain uncorrected events (most of the log) on the
         # reading connection while this process derives and writes the rest.
         # No parameters (the position's two integers are in the text): one simple query, sent
@@ -168,6 +170,7 @@ async def _fill(pool: asyncpg.Pool, schema: str, *, page: int, progress: Progres
                 plain.cancel()
                 await asyncio.gather(plain, return_exceptions=True)
         t_derive = t_facts = time.perf_counter()
+        c_derive = time.process_time()
         async with conn.transaction():
             await conn.copy_records_to_table("merge_edge", schema_name=schema, columns=tables.EDGE_COLS,
                                              records=[tables.edge_row(e) for e in edges])
@@ -179,7 +182,8 @@ async def _fill(pool: asyncpg.Pool, schema: str, *, page: int, progress: Progres
             await write_fold_version(conn, schema)
     seconds = time.perf_counter() - started
     phases = {"read_fold": t_read - started, "derive_count_write": t_derive - t_read,
-              "index_swap_ready": time.perf_counter() - t_facts}
+              "index_swap_ready": time.perf_counter() - t_facts, "read_fold_cpu": c_read - c_started,
+              "derive_count_write_cpu": c_derive - c_read}
     log.info("rebuild phases", **{k: round(v, 3) for k, v in phases.items()})
     return RebuildReport(events=n, skipped=len(book.skipped), children=archives_written, facts=fact_count,
                          seconds=seconds, events_per_second=n / seconds if seconds else 0.0)
@@ -189,55 +193,45 @@ async def _fill_partitioned(pool: asyncpg.Pool, schema: str, upto: Position, tot
                             page: int, progress: Progress | None, database_url: str | None, workers: int
                             ) -> RebuildReport:
     """`fill` for a log of several partitions (projections/partitioned.py): size the partitions
-    by the rows they will receive (`partitions_for_rows`), plan the groups, then read, fold,
-    derive and write one partition at a time as PostgreSQL hands them over in order of
-    partitions (shared by `workers` forked processes when given the URL, each reading its own
-    partitions), so the peak is one partition's book."""
+    by the rows they will receive (`bounds_for_rows`) and plan the groups; then the log is read
+    once, in its order, cut into `workers` ranges, each spilled by a process of its own to files
+    of the partitions (a temporary directory, removed after, also on an error); then each process
+    folds, derives and writes every `workers`-th partition from its files, one at a time, so the
+    peak is one partition's book. The processes are forked when given the URL."""
     started = time.perf_counter()
     async with pool.acquire() as conn, pool.acquire() as ahead, pool.acquire() as reader:
         shares = max(1, workers) if database_url is not None else 1
         tally = await partitioned.tally(ahead, upto)
         bounds = partitioned.bounds_for_rows(tally.by_children, partition_events, shares)
         plan = await partitioned.plan(ahead, upto, bounds)
-        t_plan = time.perf_counter()
-        # PostgreSQL writes the facts of plain uncorrected work while the partitions are folded
-        # (started once the first partition's rows arrive, not to slow down their routing).
-        plain: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-        def start_plain() -> None:
-            nonlocal plain
-            plain = asyncio.ensure_future(ahead.execute(plain_facts_sql(schema, int(upto.tx), int(upto.pos))))
-
-        children: list[multiprocessing.process.BaseProcess] = []
-        with tempfile.TemporaryDirectory(prefix="shouwang-rebuild-") as tmp:  # the workers' peaks
+        ranges = await partitioned.split(ahead, upto, total, shares)
+        t_plan, c_plan = time.perf_counter(), time.process_time()
+        plain: asyncio.Future[str] | None = None
+        with tempfile.TemporaryDirectory(prefix="shouwang-rebuild-") as tmp:  # spill files, the workers' peaks
+            directory = Path(tmp)
             try:
-                if shares > 1:
-                    ctx = multiprocessing.get_context("fork")
-                    for share in range(1, shares):
-                        worker = ctx.Process(target=_partitions_process, name=f"rebuild-partitions-{share}",
-                                             args=(database_url, schema, tmp, plan, share, shares, page))
-                        worker.start()
-                        children.append(worker)
-                folded = await _fold_partitions(reader, conn, schema, plan, 0, shares, page, progress, total,
-                                                start_plain)
-                if not folded.first_row:  # nothing to fold here (the other shares had it all)
-                    start_plain()
-            except BaseException:
-                plain.cancel()
-                await asyncio.gather(plain, return_exceptions=True)
-                raise
+                # 1. each range of the log spilled to the partitions' files by a process of its own
+                step = (lambda n: progress(min(n * len(ranges), total), total)) if progress is not None else None
+                rows = await _forked(
+                    [(_spill_process, (database_url, directory, plan, after, last, spiller, page))
+                     for spiller, (after, last) in enumerate(ranges[1:], 1)],
+                    partitioned.spill(reader, plan, *ranges[0], directory, 0, page, step))
+                t_spill, c_spill = time.perf_counter(), time.process_time()
+                # nothing after needs the maps of corrected families (they grow with the log)
+                plan.family, plan.family_keys = {}, {}
+                # PostgreSQL writes the facts of plain uncorrected work while the partitions are folded
+                plain = asyncio.ensure_future(ahead.execute(plain_facts_sql(schema, int(upto.tx), int(upto.pos))))
+                # 2. each process folds, derives and writes every `shares`-th partition from the files
+                await _forked(
+                    [(_partitions_process, (database_url, schema, directory, plan, share, shares, len(ranges)))
+                     for share in range(1, shares)],
+                    _fold_partitions(conn, schema, plan, directory, 0, shares, len(ranges)))
+                await plain
             finally:
-                for proc in children:
-                    await _exited(proc)
-                    proc.join()
-                if not plain.done() and any(proc.exitcode != 0 for proc in children):
+                if plain is not None and not plain.done():
                     plain.cancel()
                     await asyncio.gather(plain, return_exceptions=True)
-            failed = [proc.name for proc in children if proc.exitcode != 0]
-            if failed:
-                raise RebuildError(f"rebuild worker(s) {failed} failed; the live read models are untouched")
-            await plain
-            worker_peak = _workers_peak(Path(tmp))
+            worker_peak = _workers_peak(directory)
         t_derive = time.perf_counter()
         counts = await conn.fetchrow(f"SELECT (SELECT count(*) FROM {schema}.archive) AS a, "
                                      f"(SELECT count(*) FROM {schema}.fact) AS f")
@@ -252,84 +246,109 @@ async def _fill_partitioned(pool: asyncpg.Pool, schema: str, upto: Position, tot
             await write_checkpoint(conn, schema, cp)
             await write_fold_version(conn, schema)
     seconds = time.perf_counter() - started
-    log.info("rebuild phases", partitions=plan.parts, routed_rows=folded.rows, plan=round(t_plan - started, 3),
-             first_row=round(folded.first_row - t_plan, 3), read_fold_derive_write=round(t_derive - t_plan, 3),
+    log.info("rebuild phases", partitions=plan.parts, spilled_rows=rows, plan=round(t_plan - started, 3),
+             spill=round(t_spill - t_plan, 3), spill_cpu=round(c_spill - c_plan, 3),
+             fold_derive_write=round(t_derive - t_spill, 3),
              index_swap_ready=round(time.perf_counter() - t_derive, 3))
     return RebuildReport(events=total, skipped=tally.skipped, children=int(counts["a"]),
                          facts=int(counts["f"]), seconds=seconds,
                          events_per_second=total / seconds if seconds else 0.0, worker_peak_mib=worker_peak)
 
 
+async def _forked(workers: list[tuple[Callable[..., None], tuple[object, ...]]], own: Awaitable[T]) -> T:
+    """Fork a process for each (target, args) of `workers`, run `own` here meanwhile, and wait for
+    them all (also when `own` fails); a worker that did not exit 0 fails the rebuild."""
+    ctx = multiprocessing.get_context("fork")
+    children: list[multiprocessing.process.BaseProcess] = []
+    try:
+        for target, args in workers:
+            child = ctx.Process(target=target, name=f"rebuild-{target.__name__.strip('_')}-{len(children) + 1}",
+                                args=args)
+            child.start()
+            children.append(child)
+        result = await own
+    finally:
+        for proc in children:
+            await _exited(proc)
+            proc.join()
+    failed = [proc.name for proc in children if proc.exitcode != 0]
+    if failed:
+        raise RebuildError(f"rebuild worker(s) {failed} failed; the live read models are untouched")
+    return result
+
+
+def _spill_process(database_url: str, directory: Path, plan: partitioned.Plan, after: Position, upto: Position,
+                   spiller: int, page: int) -> None:
+    """A forked rebuild worker spilling its range of the log (`partitioned.spill`); exit code 0
+    on success."""
+    async def run() -> None:
+        conn = await connect(database_url)
+        try:
+            started, cpu = time.perf_counter(), time.process_time()
+            rows = await partitioned.spill(conn, plan, after, upto, directory, spiller, page)
+            log.info("rebuild spill", spiller=spiller, rows=rows, seconds=round(time.perf_counter() - started, 3),
+                     cpu=round(time.process_time() - cpu, 3))
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+    (directory / f"spill-{spiller}.peak").write_text(str(_peak_mib()))
+
+
 class _Folded(msgspec.Struct):
     rows: int = 0  # rows folded over this share's partitions (an event of several partitions counts in each)
-    first_row: float = 0.0  # perf_counter when PostgreSQL handed the first page
-    waited: float = 0.0  # seconds waiting for PostgreSQL's pages (after the first)
-    folded: float = 0.0  # seconds decoding and folding
+    folded: float = 0.0  # seconds reading the files, decoding and folding
     written: float = 0.0  # seconds deriving and writing
+    folded_cpu: float = 0.0  # of which this process's CPU
+    written_cpu: float = 0.0
 
 
-async def _fold_partitions(reader: Conn, writer: Conn, schema: str, plan: partitioned.Plan, share: int,
-                           shares: int, page: int, progress: Progress | None = None, total: int = 0,
-                           first_rows: Callable[[], None] | None = None) -> _Folded:
-    """Fold, derive and write the partitions of this share, one at a time, as `reader` hands
-    them over; `writer` COPYs each partition's rows while the next page is on its way.
-    `first_rows` is called when the first page arrives."""
+async def _fold_partitions(writer: Conn, schema: str, plan: partitioned.Plan, directory: Path, share: int,
+                           shares: int, spillers: int) -> _Folded:
+    """Fold, derive and write the partitions of this share (every `shares`-th from `share`), one
+    at a time, from the files `spillers` processes spilled them to."""
     out = _Folded()
-    book = ArchiveBook(keep=plan.keeper(0))
-    current = -1  # no partition yet
-    upcast: list[str] = []
     clock = time.perf_counter
-    t = clock()
-    # the plan's family maps go once in the reading session: a process's peak is its partition's
-    async for part, rows in partitioned.partition_rows(reader, plan, share, shares, page, forget=True):
-        if out.first_row:
-            out.waited += clock() - t
-        else:
-            out.first_row = clock()
-            if first_rows is not None:
-                first_rows()
-        if part != current:
-            if current >= 0:
-                t = clock()
-                await _write_share(writer, schema, book, plan.edges, set(upcast), current, plan.parts, plan.part_of)
-                out.written += clock() - t
-            # the last partition's book goes (no cycles); the new one holds states of this partition's keys only
-            book, current, upcast = ArchiveBook(keep=plan.keeper(part)), part, []
-        t = clock()
-        entries, up = entries_of(rows)
-        upcast.extend(up)
+    cpu = time.process_time
+    for part in range(share, plan.parts, shares):
+        t, c = clock(), cpu()
+        # the last partition's book is gone (no cycles); this one holds states of this partition's keys only
+        book = ArchiveBook(keep=plan.keeper(part))
         fold = book.fold
-        for _, entry in entries:
-            if entry is not None:
-                fold(entry)
-        out.rows += len(rows)
-        if progress is not None:  # routed rows of this share, against the log: a rough bar
-            progress(min(out.rows * shares, total), total)
-        out.folded += clock() - t
-        t = clock()
-    if current >= 0:
-        t = clock()
-        await _write_share(writer, schema, book, plan.edges, set(upcast), current, plan.parts, plan.part_of)
-        out.written += clock() - t
-    log.info("rebuild share", share=share, rows=out.rows, waited=round(out.waited, 3), folded=round(out.folded, 3),
-             derived_written=round(out.written, 3))
+        upcast: set[str] = set()
+        for rows in partitioned.read_partition(directory, part, spillers):
+            entries, up = entries_of(rows)
+            upcast.update(up)
+            for _, entry in entries:
+                if entry is not None:
+                    fold(entry)
+            out.rows += len(rows)
+        t_folded, c_folded = clock(), cpu()
+        out.folded += t_folded - t
+        out.folded_cpu += c_folded - c
+        await _write_share(writer, schema, book, plan.edges, upcast, part, plan.parts, plan.part_of)
+        out.written += clock() - t_folded
+        out.written_cpu += cpu() - c_folded
+        del book, fold
+    log.info("rebuild share", share=share, rows=out.rows, folded=round(out.folded, 3),
+             derived_written=round(out.written, 3), folded_cpu=round(out.folded_cpu, 3),
+             derived_written_cpu=round(out.written_cpu, 3))
     return out
 
 
-def _partitions_process(database_url: str, schema: str, directory: str, plan: partitioned.Plan, share: int,
-                        shares: int, page: int) -> None:
-    """A forked rebuild worker reading, folding and writing every `shares`-th partition; exit code
-    0 on success."""
+def _partitions_process(database_url: str, schema: str, directory: Path, plan: partitioned.Plan, share: int,
+                        shares: int, spillers: int) -> None:
+    """A forked rebuild worker folding, deriving and writing every `shares`-th partition; exit
+    code 0 on success."""
     async def run() -> None:
-        reader, writer = await connect(database_url), await connect(database_url)
+        writer = await connect(database_url)
         try:
-            await _fold_partitions(reader, writer, schema, plan, share, shares, page)
+            await _fold_partitions(writer, schema, plan, directory, share, shares, spillers)
         finally:
-            await reader.close()
             await writer.close()
 
     asyncio.run(run())
-    (Path(directory) / f"{share}.peak").write_text(str(_peak_mib()))
+    (directory / f"{share}.peak").write_text(str(_peak_mib()))
 
 
 def _workers_peak(directory: Path) -> float:
@@ -439,8 +458,11 @@ async def _write_share(conn: Conn, schema: str, book: ArchiveBook, edges: list[M
     facts = fact_rows_from(effs, plain_in_sql=upcast)  # the other plain facts: facts.plain_facts_sql
     if shares > 1:  # an event in groups of several shares is written by the share of its first root
         ours: dict[str, bool] = {}  # root -> in this share (a root has many facts: hashed once)
+        one_key = book.one_key
 
         def owned(eid: str) -> bool:
+            if one_key(eid):  # its one key is a member of a group of this share: its fact is ours
+                return True
             first = min(root_of.get(k, k) for k in book.family_keys(eid))
             mine = ours.get(first)
             if mine is None:

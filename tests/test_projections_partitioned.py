@@ -1,8 +1,8 @@
 """A rebuild folded partition by partition (projections/partitioned.py) gives exactly the rows the
 incremental runner gives, byte for byte: merges and corrections that join children of different
 partitions, work about several children, events about no child, children whose events span the
-whole log, transfers, in one process and shared by two; and PostgreSQL routes every row where the
-plan says."""
+whole log, transfers, in one process and shared by two; and the spill writes every row where the
+plan says, in the log's order, however many processes spill its ranges; and leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import bisect
 import datetime as dt
 import itertools
 import random
+import tempfile
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -20,7 +22,7 @@ from events.samples import sample_registration, samples
 from events.types import ActivityKind, MeetingKind
 from projections import partitioned, tables
 from projections.archive import ArchiveBook, entry_of
-from projections.rebuild import fill
+from projections.rebuild import RebuildError, fill
 from projections.runner import Runner
 from store.postgres import EventStore
 from tests.factory import SiteWriter
@@ -136,32 +138,41 @@ def _own_part(plan: partitioned.Plan, key: str) -> int:
     return bisect.bisect_right(plan.bounds, partitioned.hash32(key))
 
 
-async def _routed(conn: asyncpg.Connection, plan: partitioned.Plan, share: int = 0, shares: int = 1,
-                  page: int = 11) -> dict[str, list[int]]:
-    """event id -> the partitions PostgreSQL handed it in, in the order it handed them."""
+async def _routed(conn: asyncpg.Connection, plan: partitioned.Plan, spillers: int = 1, page: int = 11
+                  ) -> dict[str, list[int]]:
+    """event id -> the partitions the spill wrote it to, the log cut into `spillers` ranges
+    spilled one after the other; each partition's rows are read back in the log's order."""
+    order = {r["event_id"]: i for i, r in enumerate(await conn.fetch(
+        "SELECT event_id::text AS event_id FROM events ORDER BY tx_id, position"))}
+    _, total = await partitioned.head(conn)
+    ranges = await partitioned.split(conn, plan.upto, total, spillers)
+    assert len(ranges) == spillers and ranges[0][0] == partitioned.ORIGIN and ranges[-1][1] == plan.upto
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges)), "the ranges follow each other"
     seen: dict[str, list[int]] = {}
-    order: list[int] = []
-    async for part, rows in partitioned.partition_rows(conn, plan, share, shares, page):
-        assert all(r[0] == part for r in rows)
-        order.append(part)
-        for r in rows:
-            seen.setdefault(r["event_id"], []).append(part)
-    assert order == sorted(order), "partitions come one after another"
+    with tempfile.TemporaryDirectory() as tmp:
+        for spiller, (after, upto) in enumerate(ranges):
+            await partitioned.spill(conn, plan, after, upto, Path(tmp), spiller, page)
+        for part in range(plan.parts):
+            ids = [r[3] for rows in partitioned.read_partition(Path(tmp), part, spillers) for r in rows]
+            assert [order[i] for i in ids] == sorted(order[i] for i in ids), "a partition's rows in the log's order"
+            for i in ids:
+                seen.setdefault(i, []).append(part)
     return seen
 
 
 @pytest.mark.parametrize("parts", [9, 4])
 async def test_each_row_goes_where_its_groups_are(store: EventStore, pool: asyncpg.Pool, parts: int) -> None:
-    """PostgreSQL routes every row exactly where the plan says (`Plan.partitions`: a correction
+    """The spill writes every row exactly where the plan says (`Plan.partitions`: a correction
     with its original, a merged child's events with the archive it joined, an event about
-    children of several partitions to each), once per partition; two shares split them."""
+    children of several partitions to each), once per partition; spilled in three ranges, the
+    same."""
     events = world(5, 300) + spanning_world(3, region="q")
     await store.append(events)
     async with pool.acquire() as conn:
         upto, total = await partitioned.head(conn)
         plan = await partitioned.plan(conn, upto, parts)
         routed = await _routed(conn, plan)
-        halves = [await _routed(conn, plan, share, 2) for share in (0, 1)]
+        thirds = await _routed(conn, plan, spillers=3)
     assert total == len(events)
     assert plan.family and plan.edges, "the world corrects and merges"
     assert set(routed) == {d.event.event_id for d in events}
@@ -175,27 +186,28 @@ async def test_each_row_goes_where_its_groups_are(store: EventStore, pool: async
         if original in routed:
             assert routed[correction] == routed[original]
     assert any(len(p) > 1 for p in routed.values())
-    for share, half in enumerate(halves):
-        assert all(p % 2 == share for ps in half.values() for p in ps)
-    assert sum(len(p) for h in halves for p in h.values()) == sum(len(p) for p in routed.values())
+    assert thirds == routed
 
 
-async def test_share_of_is_the_same_in_postgresql(pool: asyncpg.Pool) -> None:
-    """The routing query and the writer agree on every key's partition: equal widths, uneven
-    bounds (`bounds_for_rows`), a single partition."""
-    keys = [f"c-{i:032x}" for i in range(3000)] + ["ev:0b5c1f4e-7d0e-4a57-9a0e-3f1e2d4c5b6a", "", "村-孩子"]
+def test_partitions_of_keys() -> None:
+    """Every partition gets keys, with equal widths and with uneven bounds (`bounds_for_rows`);
+    the spill's router agrees with `Plan.partitions` for events about no child, one or several."""
+    keys = [f"c-{i:032x}" for i in range(3000)]
     mix = {0: (10, 900), 1: (800, 80_000), 5: (100, 30_000), 21: (30, 30_000)}  # children: (events, bytes)
     uneven = partitioned.bounds_for_rows(mix, 200, shares=2)
     assert len(uneven) + 1 > 4 and (len(uneven) + 1) % 2 == 0
-    async with pool.acquire() as conn:
-        for bounds in [partitioned.equal_bounds(n) for n in (1, 2, 7, 250)] + [uneven]:
-            plan = partitioned.Plan(upto=partitioned.ORIGIN, bounds=bounds, edges=[], root_of={}, family={},
-                                    family_keys={})
-            got = await conn.fetch(f"SELECT k, {partitioned._part_sql('k', '$2::bigint[]')} AS p "
-                                   "FROM unnest($1::text[]) k", keys, bounds)
-            assert {r["k"]: r["p"] for r in got} == {k: plan.part_of(k) for k in keys}
-            if bounds is not uneven and plan.parts < 50:
-                assert {plan.part_of(k) for k in keys} == set(range(plan.parts)), "every partition has keys"
+    rng = random.Random(5)
+    for bounds in [partitioned.equal_bounds(n) for n in (1, 2, 7, 250)] + [uneven]:
+        plan = partitioned.Plan(upto=partitioned.ORIGIN, bounds=bounds, edges=[], root_of={}, family={},
+                                family_keys={})
+        assert all(0 <= plan.part_of(k) < plan.parts for k in keys)
+        if bounds is not uneven and plan.parts < 50:
+            assert {plan.part_of(k) for k in keys} == set(range(plan.parts)), "every partition has keys"
+        route = plan.router()
+        for i in range(500):
+            kids = rng.sample(keys, rng.choice([0, 1, 1, 2, 5, 21]))
+            eid = f"0b5c1f4e-7d0e-4a57-9a0e-{i:012x}"
+            assert set(route(eid, " ".join(kids))) == plan.partitions(eid, kids)
 
 
 def test_bounds_for_rows_give_partitions_of_so_many_rows_whatever_the_log() -> None:
@@ -310,3 +322,20 @@ async def test_a_partitions_book_holds_only_its_own_states(store: EventStore, po
             assert st.entries.keys() == whole.states[key].entries.keys(), key
             held[key] = part
     assert held.keys() == whole.states.keys(), "every key is held by one partition"
+
+
+def _left(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+async def test_the_spill_leaves_no_files(store: EventStore, pool: asyncpg.Pool, database_url: str,
+                                         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The spill's temporary directory is removed after a rebuild, and after one whose forked
+    workers fail (here: their database does not exist); the failure says so."""
+    await store.append(world(2, 120))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    await _partitioned_rebuild(pool, 20, database_url, workers=2)
+    assert _left(tmp_path) == []
+    with pytest.raises(RebuildError, match="failed"):
+        await _partitioned_rebuild(pool, 20, database_url.rpartition("/")[0] + "/shouwang_no_such_db", workers=2)
+    assert _left(tmp_path) == []

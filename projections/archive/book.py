@@ -145,6 +145,14 @@ class ArchiveBook:
     def archives(self) -> dict[str, ChildArchive]:
         return derive_all(self.states)
 
+    def one_key(self, event_id: str) -> bool:
+        """Whether this event's family goes to one key only, told without computing its keys: an
+        event of a type about one child that nothing corrects (most of a log)."""
+        if event_id in self._family_keys:
+            return False
+        entry = self._entry.get(event_id)
+        return entry is not None and type(entry.care) in _ONE_CHILD
+
     def family_keys(self, event_id: str) -> set[str]:
         """Every key the family of this (non-correction) event goes to."""
         keys = self._family_keys.get(event_id)
