@@ -25,8 +25,8 @@ How (`projections.rebuild` drives it when the log holds more than one partition'
    of its own, which routes every understood row to the partitions of its groups (`Plan.router`:
    the partition of a key is its group root's, `Plan.part_of`; a corrected family goes wherever
    any of its members' keys go; an event about children of several partitions goes to each) and
-   appends it, encoded once (msgpack, the columns `entries_of` reads), to that partition's file
-   of its range in a temporary directory. The position is below the horizon, so the ranges read
+   appends it to that partition's file of its range in a temporary directory (a page's rows of a
+   partition as one msgpack chunk, the columns `entries_of` reads). The position is below the horizon, so the ranges read
    exactly the log up to it, whatever commits meanwhile.
 3. Each process then folds every `shares`-th partition from the files of all ranges, in range
    order (so in the log's order), into a fresh book holding states of the partition's own keys
@@ -37,7 +37,7 @@ How (`projections.rebuild` drives it when the log holds more than one partition'
 
 Peak memory is one partition's book, a chunk of a file, and the maps of step 1 (merges and
 corrected families: about a percent of the log, emptied before the fold); while spilling, a
-page of rows and a write buffer per partition. The files hold about the routed rows' raw size
+page of rows. The files hold about the routed rows' raw size
 (~300 bytes a row in the bench's world) on local disk while the rebuild runs, and are removed
 after it, also when it fails.
 """
@@ -222,11 +222,14 @@ _TALLY = """SELECT cardinality(children) AS k, count(*) FILTER (WHERE understood
                    count(*) FILTER (WHERE NOT understood) AS skipped,
                    max(committed_at) FILTER (WHERE (tx_id, position) = ($1, $2)) AS last_committed_at
               FROM events WHERE (tx_id, position) <= ($1, $2) GROUP BY 1"""
-_SPILL = f"""SELECT {SCAN_COLS}, array_to_string(children, ' ') AS children FROM events
-              WHERE (tx_id, position) > ($1, $2) AND (tx_id, position) <= ($3, $4) AND understood
-              ORDER BY tx_id, position LIMIT $5"""
-"""A page of the understood rows of a range of the log, in its order (the index's): what
-`entries_of` reads, and the children the row is routed by."""
+_SPILL = f"""SELECT 0, 0, NULL::timestamptz, {SCAN_COLS.split(", ", 3)[3]}, array_to_string(children, ' '), tx_id,
+                     position
+                FROM events
+               WHERE (tx_id, position) > ($1, $2) AND (tx_id, position) <= ($3, $4) AND understood
+               ORDER BY tx_id, position LIMIT $5"""
+"""A page of the understood rows of a range of the log, in its order (the index's): the columns
+`entries_of` reads (its first three, the row's place and commit time, it does not read: zeros
+here), then the children the row is routed by and its place."""
 _SPLIT = """SELECT tx_id, position FROM events WHERE (tx_id, position) <= ($1, $2)
              ORDER BY tx_id, position OFFSET $3 LIMIT 1"""
 
@@ -291,8 +294,7 @@ async def split(conn: Conn, upto: Position, total: int, ranges: int) -> list[tup
     return list(itertools.pairwise(cuts))
 
 
-_FLUSH_ROWS = 512  # rows buffered per partition before they go to its file as one chunk
-_encode_row = msgspec.msgpack.Encoder().encode
+_encode_rows = msgspec.msgpack.Encoder().encode
 _decode_rows = msgspec.msgpack.Decoder(list[tuple[int, int, None, str, str, int, str, int, str, dt.datetime, int,
                                                   bytes | None, bytes, bool]]).decode
 
@@ -301,47 +303,16 @@ def _spill_file(directory: Path, part: int, spiller: int) -> Path:
     return directory / f"{part:05d}.{spiller:03d}.rows"
 
 
-class _Files:
-    """One spiller's files, one per partition it has rows for: chunks of _FLUSH_ROWS rows, each
-    a msgpack array (the rows are encoded once, however many partitions they go to) after its
-    length."""
-
-    def __init__(self, directory: Path, spiller: int, parts: int) -> None:
-        self.directory, self.spiller = directory, spiller
-        self.files: dict[int, BinaryIO] = {}
-        self.buffers: list[list[bytes]] = [[] for _ in range(parts)]
-
-    def flush(self, part: int) -> None:
-        buf = self.buffers[part]
-        if buf:
-            f = self.files.get(part)
-            if f is None:
-                f = self.files[part] = open(_spill_file(self.directory, part, self.spiller), "wb")  # noqa: SIM115
-            chunk = b"".join((b"\xdd", len(buf).to_bytes(4, "big"), *buf))  # array 32: count, then the rows
-            f.write(len(chunk).to_bytes(4, "little"))
-            f.write(chunk)
-            buf.clear()
-
-    def close(self) -> None:
-        try:
-            for part in range(len(self.buffers)):
-                self.flush(part)
-        finally:
-            for f in self.files.values():
-                f.close()
-
-
 async def spill(conn: Conn, p: Plan, after: Position, upto: Position, directory: Path, spiller: int,
                 page: int = 5000, progress: Callable[[int], None] | None = None) -> int:
     """Step 2: the understood rows of the log in (after, upto], read in its order, each appended
-    (msgpack, the columns `entries_of` reads) to the file of every partition that holds a group
-    it concerns (`Plan.partitions`), as spiller `spiller` (`read_partition` reads the spillers'
-    files in their order, so ranges spilled in the log's order are read back in it). Returns the
+    to the file of every partition that holds a group it concerns (`Plan.partitions`) as
+    spiller `spiller`: a page's rows of a partition are one chunk (its length, then a msgpack
+    array of the rows in the columns `entries_of` reads). `read_partition` reads the spillers'
+    files in their order, so ranges spilled in the log's order are read back in it. Returns the
     rows written (an event of several partitions counts in each)."""
     route = p.router()
-    encode = _encode_row
-    files = _Files(directory, spiller, p.parts)
-    buffers, flush = files.buffers, files.flush
+    files: dict[int, BinaryIO] = {}
     written = n = 0
 
     def fetch(start: Position) -> asyncio.Task[list[Any]]:
@@ -350,17 +321,17 @@ async def spill(conn: Conn, p: Plan, after: Position, upto: Position, directory:
     nxt = fetch(after)
     try:
         while rows := await nxt:
-            nxt = fetch(Position(rows[-1]["tx_id"], rows[-1]["position"]))  # read while this one is routed
+            nxt = fetch(Position(rows[-1][15], rows[-1][16]))  # read while this one is routed
+            by_part: dict[int, list[Any]] = {}
             for r in rows:
-                # entries_of does not read the first three columns (the row's place and commit time)
-                row = encode((0, 0, None, *r[3:14]))
-                parts = route(r[3], r[14])
-                for part in parts:
-                    buf = buffers[part]
-                    buf.append(row)
-                    if len(buf) >= _FLUSH_ROWS:
-                        flush(part)
-                written += len(parts)
+                row = r[:14]
+                for part in route(r[3], r[14]):
+                    mine = by_part.get(part)
+                    if mine is None:
+                        by_part[part] = [row]
+                    else:
+                        mine.append(row)
+            written += _append(files, directory, spiller, by_part)
             n += len(rows)
             if progress is not None:
                 progress(n)
@@ -368,7 +339,22 @@ async def spill(conn: Conn, p: Plan, after: Position, upto: Position, directory:
         if not nxt.done():
             nxt.cancel()
         await asyncio.gather(nxt, return_exceptions=True)
-        files.close()
+        for f in files.values():
+            f.close()
+    return written
+
+
+def _append(files: dict[int, BinaryIO], directory: Path, spiller: int, by_part: dict[int, list[Any]]) -> int:
+    """Append each partition's rows of a page to its file as one chunk; returns the rows."""
+    written = 0
+    for part, rows in by_part.items():
+        f = files.get(part)
+        if f is None:
+            f = files[part] = open(_spill_file(directory, part, spiller), "wb")  # noqa: SIM115
+        chunk = _encode_rows(rows)
+        f.write(len(chunk).to_bytes(4, "little"))
+        f.write(chunk)
+        written += len(rows)
     return written
 
 
