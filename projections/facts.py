@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from typing import Any
 
 import msgspec
@@ -84,19 +84,20 @@ def _plain(cls: type) -> bool:
 _PLAIN_KIND: dict[type[c.CareEventBase], str] = {cls: kind for cls, kind in _COUNTED_TYPES.items() if _plain(cls)}
 
 
-def fact_rows_from(groups: Iterable[list[Effective]], plain_in_sql: set[str] | None = None
-                   ) -> dict[str, tuple[Any, ...] | None]:
+def fact_rows_from(groups: Iterable[list[Effective]], plain_in_sql: set[str] | None = None,
+                   skip: Container[str] = frozenset()) -> dict[str, tuple[Any, ...] | None]:
     """`facts_from` as table rows (tables.FACT_COLS): event id -> its row, None if not counted.
 
     With `plain_in_sql` (the ids of events that were upcast), leaves out the uncorrected plain
-    events stored at the current version: `plain_facts_sql` writes those."""
+    events stored at the current version: `plain_facts_sql` writes those. The events in `skip`
+    are left out (another partition of a rebuild writes their facts)."""
     out: dict[str, tuple[Any, ...] | None] = {}
     get = out.get
     plain = _PLAIN_KIND.get
     for effs in groups:
         for x in effs:
             eid = x.counts_as
-            if get(eid) is None:
+            if get(eid) is None and eid not in skip:
                 care = x.care
                 kind = plain(type(care))
                 if kind is not None and plain_in_sql is not None and x.corrected_by is None \

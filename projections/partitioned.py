@@ -26,14 +26,17 @@ How (`projections.rebuild` drives it when the log holds more than one partition'
    the partition of a key is its group root's, `Plan.part_of`; a corrected family goes wherever
    any of its members' keys go; an event about children of several partitions goes to each) and
    appends it to that partition's file of its range in a temporary directory (a page's rows of a
-   partition as one msgpack chunk, the columns `entries_of` reads). The position is below the horizon, so the ranges read
-   exactly the log up to it, whatever commits meanwhile.
+   partition as one msgpack chunk, the columns `entries_of` reads; the first, which it does not
+   read, is 1 where another partition writes the event's fact: `Plan.owner`, so each fact is
+   computed once). The position is below the horizon, so the ranges read exactly the log up to
+   it, whatever commits meanwhile.
 3. Each process then folds every `shares`-th partition from the files of all ranges, in range
    order (so in the log's order), into a fresh book holding states of the partition's own keys
    only (`Plan.keeper`: an event naming children of other partitions too is not kept in a state
    for each of them), derives the archives whose root is the partition's and writes them with
    the facts the partition owns (the share rule of `rebuild._write_share`: a fact is written by
-   the partition of the lowest root its family reaches), and lets the book go before the next.
+   the partition of the lowest root its family reaches, as marked in step 2), and lets the book
+   go before the next.
 
 Peak memory is one partition's book, a chunk of a file, and the maps of step 1 (merges and
 corrected families: about a percent of the log, emptied before the fold); while spilling, a
@@ -50,7 +53,7 @@ import datetime as dt
 import hashlib
 import itertools
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -176,15 +179,27 @@ class Plan(msgspec.Struct):
 
         return keep
 
+    def owner(self, keys: Iterable[str]) -> int:
+        """The partition that writes the fact of an event whose family goes to these keys: the
+        lowest root's (the share rule of `rebuild._write_share`)."""
+        root = self.root_of.get
+        return self.part_of(min(root(k, k) for k in keys))
+
     def router(self) -> Callable[[str, str], tuple[int, ...]]:
         """`partitions` as a function for the spill's hot loop, of an event id and its children
         separated by spaces (child ids have none: `events.types.ChildId`; a text decodes much
-        faster than an array), as a tuple of partitions: corrected families' members looked up,
-        each child's partition computed once."""
+        faster than an array), as a tuple of partitions, the one that writes the event's fact
+        first (`owner`): corrected families' members looked up, each child's partition computed
+        once."""
         part_of = self.part_of
-        fam_parts = {fam: tuple(sorted({part_of(k) for k in keys})) for fam, keys in self.family_keys.items()}
-        member = {eid: fam_parts[fam] for eid, fam in self.family.items() if fam in fam_parts}
-        member.update(fam_parts)  # a family is named by its original's id
+
+        def ordered(parts: set[int], owner: int) -> tuple[int, ...]:
+            return (owner, *sorted(parts - {owner}))
+
+        fam_parts = {fam: ordered({part_of(k) for k in keys}, self.owner(keys))
+                     for fam, keys in self.family_keys.items()}
+        member = dict(fam_parts)  # an original, by its id
+        member.update((eid, fam_parts[fam]) for eid, fam in self.family.items() if fam in fam_parts)  # corrections
         one: dict[str, tuple[int, ...]] = {}  # child -> (its group's partition,)
 
         def route(event_id: str, children: str) -> tuple[int, ...]:
@@ -199,13 +214,14 @@ class Plan(msgspec.Struct):
             if " " not in children:
                 parts = one[children] = (part_of(children),)
                 return parts
+            keys = children.split(" ")
             several = set()
-            for k in children.split(" "):
+            for k in keys:
                 p = one.get(k)
                 if p is None:
                     p = one[k] = (part_of(k),)
                 several.add(p[0])
-            return tuple(several)
+            return (several.pop(),) if len(several) == 1 else ordered(several, self.owner(keys))
 
         return route
 
@@ -325,12 +341,14 @@ async def spill(conn: Conn, p: Plan, after: Position, upto: Position, directory:
             by_part: dict[int, list[Any]] = {}
             for r in rows:
                 row = r[:14]
-                for part in route(r[3], r[14]):
+                parts = route(r[3], r[14])
+                for part in parts:
                     mine = by_part.get(part)
                     if mine is None:
-                        by_part[part] = [row]
-                    else:
-                        mine.append(row)
+                        by_part[part] = mine = []
+                    mine.append(row)
+                    if part != parts[0]:  # not the partition that writes its fact: a 1 in the first column
+                        mine[-1] = (1, *row[1:])
             written += _append(files, directory, spiller, by_part)
             n += len(rows)
             if progress is not None:

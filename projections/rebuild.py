@@ -316,9 +316,11 @@ async def _fold_partitions(writer: Conn, schema: str, plan: partitioned.Plan, di
         book = ArchiveBook(keep=plan.keeper(part))
         fold = book.fold
         upcast: set[str] = set()
+        others: set[str] = set()  # events whose facts another partition writes
         for rows in partitioned.read_partition(directory, part, spillers):
             entries, up = entries_of(rows)
             upcast.update(up)
+            others.update(r[3] for r in rows if r[0])
             for _, entry in entries:
                 if entry is not None:
                     fold(entry)
@@ -326,7 +328,7 @@ async def _fold_partitions(writer: Conn, schema: str, plan: partitioned.Plan, di
         t_folded, c_folded = clock(), cpu()
         out.folded += t_folded - t
         out.folded_cpu += c_folded - c
-        await _write_share(writer, schema, book, plan.edges, upcast, part, plan.parts, plan.part_of)
+        await _write_share(writer, schema, book, plan.edges, upcast, part, plan.parts, plan.part_of, others)
         out.written += clock() - t_folded
         out.written_cpu += cpu() - c_folded
         del book, fold
@@ -435,11 +437,12 @@ def _share_process(database_url: str, schema: str, book: ArchiveBook, edges: lis
 
 
 async def _write_share(conn: Conn, schema: str, book: ArchiveBook, edges: list[MergeEdge],
-                       upcast: set[str], share: int, shares: int, share_of: Callable[[str], int] | None = None
-                       ) -> tuple[int, int]:
+                       upcast: set[str], share: int, shares: int, share_of: Callable[[str], int] | None = None,
+                       others: set[str] | None = None) -> tuple[int, int]:
     """Derive the archives of the groups in this share (of `shares`; a group's share by its root's
     key, `share_of`, by default `partitioned.share_of`), their facts that this share owns, and
-    COPY them. Returns (archive rows, fact rows)."""
+    COPY them. Returns (archive rows, fact rows). `others`: the events among the book's whose
+    facts other shares write (a partition's, from its spill), so ownership is not computed here."""
     root_of = roots(edges)
     _share_of = share_of or (lambda key: partitioned.share_of(key, shares))
     archives: list[ChildArchive] = []
@@ -455,8 +458,9 @@ async def _write_share(conn: Conn, schema: str, book: ArchiveBook, edges: list[M
     for key, st in book.states.items():
         if key.startswith("ev:") and _share_of(key) == share:
             effs.append(effective(st.entries.values())[0])
-    facts = fact_rows_from(effs, plain_in_sql=upcast)  # the other plain facts: facts.plain_facts_sql
-    if shares > 1:  # an event in groups of several shares is written by the share of its first root
+    # the other plain facts: facts.plain_facts_sql
+    facts = fact_rows_from(effs, plain_in_sql=upcast, skip=others or frozenset())
+    if others is None and shares > 1:  # an event in groups of several shares is written by the share of its first root
         ours: dict[str, bool] = {}  # root -> in this share (a root has many facts: hashed once)
         one_key = book.one_key
 

@@ -149,14 +149,25 @@ async def _routed(conn: asyncpg.Connection, plan: partitioned.Plan, spillers: in
     assert len(ranges) == spillers and ranges[0][0] == partitioned.ORIGIN and ranges[-1][1] == plan.upto
     assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges)), "the ranges follow each other"
     seen: dict[str, list[int]] = {}
+    writer: dict[str, int] = {}  # event id -> the partition that writes its fact (its row there unmarked)
     with tempfile.TemporaryDirectory() as tmp:
         for spiller, (after, upto) in enumerate(ranges):
             await partitioned.spill(conn, plan, after, upto, Path(tmp), spiller, page)
         for part in range(plan.parts):
-            ids = [r[3] for rows in partitioned.read_partition(Path(tmp), part, spillers) for r in rows]
+            rows = [r for chunk in partitioned.read_partition(Path(tmp), part, spillers) for r in chunk]
+            ids = [r[3] for r in rows]
             assert [order[i] for i in ids] == sorted(order[i] for i in ids), "a partition's rows in the log's order"
-            for i in ids:
-                seen.setdefault(i, []).append(part)
+            for r in rows:
+                seen.setdefault(r[3], []).append(part)
+                if not r[0]:
+                    assert r[3] not in writer, "one partition writes an event's fact"
+                    writer[r[3]] = part
+    assert writer.keys() == seen.keys()
+    if spillers == 1:  # the partition that writes the fact: the lowest root's, as rebuild._write_share decides
+        for eid, part in writer.items():
+            fam = plan.family.get(eid, eid)
+            if fam in plan.family_keys:
+                assert part == plan.owner(plan.family_keys[fam])
     return seen
 
 
@@ -207,7 +218,18 @@ def test_partitions_of_keys() -> None:
         for i in range(500):
             kids = rng.sample(keys, rng.choice([0, 1, 1, 2, 5, 21]))
             eid = f"0b5c1f4e-7d0e-4a57-9a0e-{i:012x}"
-            assert set(route(eid, " ".join(kids))) == plan.partitions(eid, kids)
+            parts = route(eid, " ".join(kids))
+            assert set(parts) == plan.partitions(eid, kids) and len(parts) == len(set(parts))
+            if kids:
+                assert parts[0] == plan.owner(kids), "the partition that writes the fact comes first"
+    # a correction of a correction goes where its own family goes, as Plan.partitions says
+    fam = {"c1": "o", "c2": "c1"}
+    fam_keys = {"o": tuple(keys[:3]), "c1": tuple(keys[3:30])}
+    plan = partitioned.Plan(upto=partitioned.ORIGIN, bounds=partitioned.equal_bounds(7), edges=[], root_of={},
+                            family=fam, family_keys=fam_keys)
+    route = plan.router()
+    for eid in ("o", "c1", "c2"):
+        assert set(route(eid, "")) == plan.partitions(eid, []), eid
 
 
 def test_bounds_for_rows_give_partitions_of_so_many_rows_whatever_the_log() -> None:
