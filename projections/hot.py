@@ -26,6 +26,12 @@ from a read of the child's history (a few dozen rows, each decoded; the biggest 
 structural event). Entries are staged by the structural re-derive; a child re-derived in full
 (a correction, a merge, a new child) is forgotten, so what is held is always the complete set up
 to the checkpoint. ~1 KB an entry, a dozen per child: 10,000 children ~120 MB.
+
+A runner that has nothing to apply warms the cache (`Runner.warm`): in a transaction of its own
+under the lock, a chunk at a time between batches, it reads the archives and structural entries
+of the children the latest events named (those most likely to be touched next) at the
+checkpoint, and keys the cache on that checkpoint (`adopt`). A restarted projector then meets
+its first busy minutes with its archives in hand, not a read per child.
 """
 
 from __future__ import annotations
@@ -69,6 +75,33 @@ class ArchiveCache:
             self._held.clear()
             self._entries.clear()
             self._key = None
+
+    def adopt(self, position: Position, version: int) -> None:
+        """Outside a batch, in a transaction holding the runner's lock that read the checkpoint
+        (`position`, `version`) and writes nothing (a warm-up): what it reads is what the read
+        models hold at that checkpoint, so the cache is keyed on it (dropping what belonged to
+        another)."""
+        self.begin(position, version)
+        self._key = (position, version)
+
+    def room(self) -> int:
+        """How many more archives fit without evicting any."""
+        return max(0, self.limit - len(self._held))
+
+    def holds(self, child_id: str) -> bool:
+        return child_id in self._held
+
+    def hold(self, archives: Iterable[ChildArchive], entries: dict[str, dict[str, Entry]]) -> None:
+        """A warm-up's reads (after `adopt`, same transaction): kept as they are, evicting nothing
+        (the least recently used stay first to go)."""
+        for a in archives:
+            if len(self._held) < self.limit and a.child_id not in self._held:
+                self._held[a.child_id] = a
+                self._held.move_to_end(a.child_id, last=False)
+        for k, e in entries.items():
+            if len(self._entries) < self.limit and k not in self._entries:
+                self._entries[k] = e
+                self._entries.move_to_end(k, last=False)
 
     def get(self, child_id: str) -> ChildArchive | None:
         """The archive as this batch sees it: written earlier in the batch, else held."""

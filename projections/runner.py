@@ -416,6 +416,11 @@ def _edge_set(edges: list[MergeEdge]) -> set[tuple[object, ...]]:
     return {tables.edge_row(e) for e in edges}
 
 
+WARM_CHUNK = 500  # children a warm-up reads per transaction (~0.1 s; a batch waits at most that)
+_RECENT_CHILDREN = """SELECT children FROM events WHERE (tx_id, position) <= ($1, $2) AND cardinality(children) > 0
+                       ORDER BY tx_id DESC, position DESC LIMIT $3"""
+
+
 class Runner:
     """Follows the store and keeps the read models in `schema` (normally the live `proj`)."""
 
@@ -439,6 +444,8 @@ class Runner:
         # The archives its own batches wrote, kept decoded (projections/hot.py); 0: none.
         self.cache = ArchiveCache(cache_archives) if cache_archives > 0 else None
         self._wake = asyncio.Event()
+        self._warm_queue: list[str] | None = None  # children left to warm; None: not chosen yet
+        self._warmed_at_drop = -1  # the cache's `dropped` when the last warm-up finished
 
     async def step(self, limit: int | None = None) -> int:
         """Apply the next batch (at most `limit` events, default batch_size); returns how many
@@ -456,6 +463,44 @@ class Runner:
         if self.cache is not None:
             self.cache.committed()
         return n
+
+    async def warm(self) -> int:
+        """One chunk of the cache's warm-up (projections/hot.py): the archives and structural
+        entries, at the checkpoint, of up to WARM_CHUNK children the latest events named that the
+        cache does not hold. Returns how many children it read; 0 once the cache is full or
+        every such child is held (until the cache is dropped again: another runner or a
+        rebuild wrote the read models)."""
+        cache = self.cache
+        if cache is None or self._warmed_at_drop == cache.dropped:
+            return 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+            cp, version = await _read_checkpoint_version(conn, self.schema)
+            if version is None:  # nothing applied yet: nothing to hold
+                return 0
+            dropped = cache.dropped
+            cache.adopt(cp.position, version)
+            if self._warm_queue is None or cache.dropped != dropped:
+                seen: dict[str, None] = {}
+                for rec in await conn.fetch(_RECENT_CHILDREN, cp.position.tx, cp.position.pos, 2 * cache.limit):
+                    seen.update(dict.fromkeys(rec["children"]))
+                self._warm_queue = list(reversed(seen))  # the most recently named last: popped first
+            queue = self._warm_queue
+            chunk: list[str] = []
+            while queue and len(chunk) < min(WARM_CHUNK, cache.room()):
+                k = queue.pop()
+                if not cache.holds(k):
+                    chunk.append(k)
+            if not chunk:
+                self._warmed_at_drop, self._warm_queue = cache.dropped, None
+                return 0
+            rows = await conn.fetch(
+                f"SELECT child_id, view FROM {self.schema}.archive WHERE child_id = ANY($1::text[]) "
+                f"AND root_id = child_id", chunk)
+            book = await history_book(conn, chunk, (), cp.position, structural=True)
+            cache.hold([decode_archive(r["view"]) for r in rows],
+                       {k: dict(book.states[k].entries) if k in book.states else {} for k in chunk})
+        return len(chunk)
 
     async def catch_up(self) -> int:
         total, limit = 0, self.batch_size
@@ -492,6 +537,7 @@ class Runner:
             while not stop.is_set():
                 try:
                     n = await self.step(limit)
+                    warmed = await self.warm() if n == 0 else 0
                 except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as err:
                     # Transient: the database restarted or the line dropped. Nothing was applied
                     # (the batch's transaction did not commit); try again shortly.
@@ -503,6 +549,8 @@ class Runner:
                     limit = min(2 * limit, self.max_batch)
                     continue
                 limit = self.batch_size
+                if warmed:
+                    continue  # a warm-up chunk read: look for new events before the next one
                 if n == 0:
                     self._wake.clear()
                     stopper = asyncio.ensure_future(stop.wait())

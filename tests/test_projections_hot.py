@@ -183,3 +183,61 @@ async def latest(conn: asyncpg.Connection) -> Position:
     row = await conn.fetchrow("SELECT tx_id, position FROM events ORDER BY tx_id DESC, position DESC LIMIT 1")
     assert row is not None
     return Position(row["tx_id"], row["position"])
+
+
+async def assert_held_is_stored(pool: asyncpg.Pool, runner: Runner) -> int:
+    """Every archive and every child's structural entries the runner holds are what the read
+    models and the log say at its checkpoint; returns how many archives it holds."""
+    assert runner.cache is not None
+    stored = await stored_archives(pool)
+    held = 0
+    async with pool.acquire() as conn:
+        cp = await read_checkpoint(conn, tables.SCHEMA)
+        for kid in stored:
+            a = runner.cache.get(kid)
+            if a is not None:
+                held += 1
+                assert a == decode_archive(stored[kid]), kid
+            entries = runner.cache.entries(kid)
+            if entries is not None:
+                book = book_of(await history(conn, [kid], (), cp.position, structural=True))
+                assert entries == (book.states[kid].entries if kid in book.states else {}), kid
+    return held
+
+
+async def test_a_warm_up_holds_what_the_read_models_hold(store: EventStore, pool: asyncpg.Pool) -> None:
+    """A projector started over read models a rebuild made holds nothing; idle, it warms its
+    cache chunk by chunk (the archives and structural entries of the children the latest events
+    named, at its checkpoint), then its batches take them from the cache and the read models
+    still equal a rebuild's. Another runner writing in between drops what it warmed, and the
+    next warm-up reads it again."""
+    events = random_world(21, 60)
+    await store.append(events)
+    await rebuild(pool, page=7)
+    runner = Runner(pool, batch_size=5)
+    assert runner.cache is not None and len(runner.cache) == 0
+    chunks = 0
+    while await runner.warm():
+        chunks += 1
+    assert chunks >= 1
+    assert await assert_held_is_stored(pool, runner) == len([k for k in KIDS if runner.cache.holds(k)]) > 0
+    assert await runner.warm() == 0, "warm once: nothing left to read"
+    hits, entry_hits = runner.cache.hits, runner.cache.entry_hits
+    w = SiteWriter("r.t.v03")
+    await store.append(structural_events(w, 300) + visits(w, 8, 330))
+    await runner.catch_up()
+    assert runner.cache.dropped == 0, "the warm-up's checkpoint was the batches' own"
+    assert runner.cache.hits > hits and runner.cache.entry_hits > entry_hits
+    await assert_equals_rebuild(pool)
+
+    await store.append(visits(w, 4, 360))
+    await Runner(pool, batch_size=100, cache_archives=0).catch_up()  # another projector
+    await store.append(visits(w, 2, 370))
+    await runner.catch_up()  # its batch finds the checkpoint another's: drops what it held
+    assert runner.cache.dropped == 1
+    while await runner.warm():
+        pass
+    assert await assert_held_is_stored(pool, runner) > 0
+    await store.append(structural_events(w, 380))
+    await runner.catch_up()
+    await assert_equals_rebuild(pool)
