@@ -78,13 +78,17 @@ async def history(conn: Conn, child_ids: Sequence[str], pseudo: Iterable[str], u
 async def history_book(conn: Conn, child_ids: Sequence[str], pseudo: Iterable[str], upto: Position,
                        structural: bool = False) -> ArchiveBook:
     """`book_of(history(...))`, the rows decoded straight to entries as a rebuild decodes them
-    (`entries_of`: no envelope, one typed decode a payload), for the projector's re-derives."""
+    (`entries_of`: no envelope, one typed decode a payload), for the projector's re-derives,
+    holding states for these children and pseudo-keys only: an activity of 21 children read for
+    one of them is not also put in a partial state for each of the other 20."""
+    pseudo = list(pseudo)
+    wanted = {*child_ids, *pseudo}
     only = f" AND {STRUCTURAL_SQL}" if structural else ""
     rows = await conn.fetch(
         f"""SELECT {SCAN_COLS} FROM events WHERE children && $1::text[] AND (tx_id, position) <= ($2, $3){only}""",
         list(child_ids), upto.tx, upto.pos,
     ) if child_ids else []
-    book = ArchiveBook()
+    book = ArchiveBook(keep=wanted.__contains__)
     have: set[str] = set()
     families = {p[3:] for p in pseudo}
     for eid, entry in entries_of(rows)[0]:
