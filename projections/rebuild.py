@@ -268,12 +268,8 @@ async def _forked(workers: list[tuple[Callable[..., None], tuple[object, ...]]],
             children.append(child)
         result = await own
     finally:
-        for proc in children:
-            await _exited(proc)
-            proc.join()
-    failed = [proc.name for proc in children if proc.exitcode != 0]
-    if failed:
-        raise RebuildError(f"rebuild worker(s) {failed} failed; the live read models are untouched")
+        await _joined(children)
+    _succeeded(children)
     return result
 
 
@@ -390,12 +386,8 @@ async def _derive_and_write(conn: Conn, schema: str, book: ArchiveBook, merge_en
     try:
         archives_written, fact_count = await _write_share(conn, schema, book, edges, upcast, 0, shares)
     finally:
-        for proc in children:
-            await _exited(proc)
-            proc.join()
-    failed = [proc.name for proc in children if proc.exitcode != 0]
-    if failed:
-        raise RebuildError(f"rebuild worker(s) {failed} failed; the live read models are untouched")
+        await _joined(children)
+    _succeeded(children)
     waited = time.perf_counter()
     inserted = int((await plain).split()[-1])  # "INSERT 0 <rows>"
     log.info("rebuild facts of plain work", rows=inserted, waited_seconds=round(time.perf_counter() - waited, 3))
@@ -405,6 +397,20 @@ async def _derive_and_write(conn: Conn, schema: str, book: ArchiveBook, merge_en
         assert counts is not None  # scalar subqueries return one row
         return edges, int(counts["a"]), int(counts["f"])
     return edges, archives_written, fact_count + inserted
+
+
+async def _joined(children: list[multiprocessing.process.BaseProcess]) -> None:
+    """Wait for every forked worker to exit (without blocking the event loop) and reap it."""
+    for proc in children:
+        await _exited(proc)
+        proc.join()
+
+
+def _succeeded(children: list[multiprocessing.process.BaseProcess]) -> None:
+    """A worker that failed fails the rebuild, before anything is swapped in."""
+    failed = [proc.name for proc in children if proc.exitcode != 0]
+    if failed:
+        raise RebuildError(f"rebuild worker(s) {failed} failed; the live read models are untouched")
 
 
 async def _exited(proc: multiprocessing.process.BaseProcess) -> None:
