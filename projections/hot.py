@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
+from typing import TypeVar
 
 from projections.archive import ChildArchive, Entry
 from store.postgres import Position
@@ -94,22 +95,12 @@ class ArchiveCache:
     def hold(self, archives: Iterable[ChildArchive], entries: dict[str, dict[str, Entry]]) -> None:
         """A warm-up's reads (after `adopt`, same transaction): kept as they are, evicting nothing
         (the least recently used stay first to go)."""
-        for a in archives:
-            if len(self._held) < self.limit and a.child_id not in self._held:
-                self._held[a.child_id] = a
-                self._held.move_to_end(a.child_id, last=False)
-        for k, e in entries.items():
-            if len(self._entries) < self.limit and k not in self._entries:
-                self._entries[k] = e
-                self._entries.move_to_end(k, last=False)
+        _fill(self._held, ((a.child_id, a) for a in archives), self.limit)
+        _fill(self._entries, entries.items(), self.limit)
 
     def get(self, child_id: str) -> ChildArchive | None:
         """The archive as this batch sees it: written earlier in the batch, else held."""
-        a = self._staged.get(child_id)
-        if a is None:
-            a = self._held.get(child_id)
-            if a is not None:
-                self._held.move_to_end(child_id)
+        a = _look(self._staged, self._held, child_id)
         if a is None:
             self.misses += 1
         else:
@@ -119,11 +110,7 @@ class ArchiveCache:
     def entries(self, child_id: str) -> dict[str, Entry] | None:
         """The child's structural entries as this batch sees them (a copy the caller may extend),
         or None when not held."""
-        e = self._staged_entries.get(child_id)
-        if e is None:
-            e = self._entries.get(child_id)
-            if e is not None:
-                self._entries.move_to_end(child_id)
+        e = _look(self._staged_entries, self._entries, child_id)
         if e is None:
             self.entry_misses += 1
             return None
@@ -155,16 +142,8 @@ class ArchiveCache:
             self._staged.clear()
             self._staged_entries.clear()
             return
-        for child_id, a in self._staged.items():
-            self._held[child_id] = a
-            self._held.move_to_end(child_id)
-        while len(self._held) > self.limit:
-            self._held.popitem(last=False)
-        for child_id, e in self._staged_entries.items():
-            self._entries[child_id] = e
-            self._entries.move_to_end(child_id)
-        while len(self._entries) > self.limit:
-            self._entries.popitem(last=False)
+        _keep(self._staged, self._held, self.limit)
+        _keep(self._staged_entries, self._entries, self.limit)
         self._staged.clear()
         self._staged_entries.clear()
         self._key, self._next = self._next, None
@@ -174,3 +153,34 @@ class ArchiveCache:
         self._staged.clear()
         self._staged_entries.clear()
         self._next = None
+
+
+V = TypeVar("V")
+
+
+def _look(staged: dict[str, V], held: OrderedDict[str, V], key: str) -> V | None:
+    """Staged by this batch, else held (then the most recently used)."""
+    v = staged.get(key)
+    if v is None:
+        v = held.get(key)
+        if v is not None:
+            held.move_to_end(key)
+    return v
+
+
+def _keep(staged: dict[str, V], held: OrderedDict[str, V], limit: int) -> None:
+    """A committed batch's writes held as the most recently used; the least recently used beyond
+    `limit` go."""
+    for k, v in staged.items():
+        held[k] = v
+        held.move_to_end(k)
+    while len(held) > limit:
+        held.popitem(last=False)
+
+
+def _fill(held: OrderedDict[str, V], items: Iterable[tuple[str, V]], limit: int) -> None:
+    """A warm-up's reads, into the room left, as the least recently used (nothing evicted)."""
+    for k, v in items:
+        if len(held) < limit and k not in held:
+            held[k] = v
+            held.move_to_end(k, last=False)
