@@ -20,7 +20,7 @@ Bounded: the least recently used go first beyond `limit` archives (~19 KB a deco
 about 100 events, measured; 10,000 is ~190 MB).
 
 It also keeps, per child, the entries a structural re-derive reads (the child's state restricted
-to `source.STRUCTURAL_READ`, as `history(structural=True)` gives it), on the same terms: a
+to `source.STRUCTURAL_READ`, as `source.history_book(structural=True)` reads it), on the same terms: a
 structural event of a held child then re-derives from those entries and the batch's own, not
 from a read of the child's history (a few dozen rows, each decoded; the biggest cost of a
 structural event). Entries are staged by the structural re-derive; a child re-derived in full

@@ -56,31 +56,14 @@ def to_row(r: asyncpg.Record) -> Row:
     return Row(Position(r["tx_id"], r["position"]), r["committed_at"], event, care)
 
 
-async def history(conn: Conn, child_ids: Sequence[str], pseudo: Iterable[str], upto: Position,
-                  structural: bool = False) -> list[Row]:
-    """Every event up to `upto` that concerns these children (with `structural`, only those of
-    STRUCTURAL_READ), plus every member of the correction families of those events and of the
-    pseudo-keys ('ev:<id>')."""
-    only = f" AND {STRUCTURAL_SQL}" if structural else ""
-    rows = await conn.fetch(
-        f"""SELECT {COLS} FROM events WHERE children && $1::text[] AND (tx_id, position) <= ($2, $3){only}""",
-        list(child_ids), upto.tx, upto.pos,
-    ) if child_ids else []
-    out = {r["event_id"]: to_row(r) for r in rows}
-    families = {family_of(x.care, x.event.event_id) for x in out.values() if x.care is not None}
-    families |= {p[3:] for p in pseudo}
-    if families:
-        for r in await family_members(conn, families, upto, known=out.keys()):
-            out.setdefault(r.event.event_id, r)
-    return list(out.values())
-
-
 async def history_book(conn: Conn, child_ids: Sequence[str], pseudo: Iterable[str], upto: Position,
                        structural: bool = False) -> ArchiveBook:
-    """`book_of(history(...))`, the rows decoded straight to entries as a rebuild decodes them
-    (`entries_of`: no envelope, one typed decode a payload), for the projector's re-derives,
-    holding states for these children and pseudo-keys only: an activity of 21 children read for
-    one of them is not also put in a partial state for each of the other 20."""
+    """The book of every event up to `upto` that concerns these children (with `structural`, only
+    those of STRUCTURAL_READ), plus every member of the correction families of those events and
+    of the pseudo-keys ('ev:<id>'), for the projector's re-derives. The rows are decoded straight
+    to entries as a rebuild decodes them (`entries_of`: no envelope, one typed decode a payload),
+    and it holds states for these children and pseudo-keys only: an activity of 21 children read
+    for one of them is not also put in a partial state for each of the other 20."""
     pseudo = list(pseudo)
     wanted = {*child_ids, *pseudo}
     only = f" AND {STRUCTURAL_SQL}" if structural else ""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from collections.abc import Sequence
 
 import asyncpg
 import pytest
@@ -14,14 +15,32 @@ import pytest
 from events import catalogue as c
 from events.envelope import DecodedEvent
 from projections import tables
-from projections.archive import decode_archive
+from projections.archive import decode_archive, family_of
 from projections.rebuild import rebuild
 from projections.runner import Runner, read_checkpoint
-from projections.source import book_of, history, history_book
+from projections.source import COLS, STRUCTURAL_SQL, Row, book_of, family_members, history_book, to_row
 from store.postgres import EventStore, Position
 from tests.factory import SiteWriter
 from tests.test_projections_archive import KIDS, T0, random_world
 from tests.test_projections_runner import deliver, dump, shadow_rebuild
+
+
+async def history(conn: asyncpg.Connection, child_ids: Sequence[str], pseudo: Sequence[str], upto: Position,
+                  structural: bool = False) -> list[Row]:
+    """The reference read the projector's `history_book` is held to: the rows, through envelopes
+    (`to_row`), of every event up to `upto` naming these children (with `structural`, of
+    STRUCTURAL_READ only) and every member of their correction families and of the pseudo-keys'."""
+    only = f" AND {STRUCTURAL_SQL}" if structural else ""
+    rows = await conn.fetch(
+        f"SELECT {COLS} FROM events WHERE children && $1::text[] AND (tx_id, position) <= ($2, $3){only}",
+        list(child_ids), upto.tx, upto.pos) if child_ids else []
+    out = {r["event_id"]: to_row(r) for r in rows}
+    families = {family_of(x.care, x.event.event_id) for x in out.values() if x.care is not None}
+    families |= {p[3:] for p in pseudo}
+    if families:
+        for r in await family_members(conn, families, upto, known=out.keys()):
+            out.setdefault(r.event.event_id, r)
+    return list(out.values())
 
 
 def visits(w: SiteWriter, n: int, day: int) -> list[DecodedEvent]:
