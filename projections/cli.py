@@ -72,6 +72,7 @@ def _time(text: str, flag: str) -> dt.datetime:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from projections.collector import QuietCollector
     from projections.runner import CACHE_ARCHIVES, Runner, lag
     from runtime.log import get
 
@@ -80,6 +81,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(f"--cache-archives must be 0 or more, got {cache}")
 
     async def go() -> int:
+        with QuietCollector() as collector:
+            return await follow(collector)
+
+    async def follow(collector: QuietCollector) -> int:
         log = get("projections")
         async with pool_for(database_url(args, settings), max_size=3) as pool:
             stop = asyncio.Event()
@@ -87,7 +92,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             runner = Runner(pool, batch_size=args.batch, max_batch=16 * args.batch,  # a process of its own
-                            cache_archives=cache)
+                            cache_archives=cache, collector=collector)
             task = asyncio.create_task(runner.run(stop), name="projection-runner")
             try:
                 while not stop.is_set():
@@ -99,7 +104,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                         log.info("projection lag", events=status.events_behind,
                                  seconds=round(status.seconds_behind, 3), applied=status.applied,
                                  skipped=status.skipped, cached=len(held) if held else 0,
-                                 cache_hits=held.hits if held else 0, cache_misses=held.misses if held else 0)
+                                 cache_hits=held.hits if held else 0, cache_misses=held.misses if held else 0,
+                                 gc_passes=collector.passes, gc_longest_ms=round(collector.longest * 1000))
                     if task.done():
                         break
             finally:

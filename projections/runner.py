@@ -46,6 +46,7 @@ from projections.archive import (
     month_key,
     roots,
 )
+from projections.collector import QuietCollector
 from projections.facts import Fact, fact_of, facts_from
 from projections.hot import ArchiveCache
 from projections.source import Row, family_members, history_book
@@ -427,7 +428,7 @@ class Runner:
     def __init__(self, pool: asyncpg.Pool, *, schema: str = tables.SCHEMA, batch_size: int = 1000,
                  max_batch: int | None = None, poll_seconds: float = 0.5,
                  before_commit: Callable[[], Awaitable[None]] | None = None,
-                 cache_archives: int = CACHE_ARCHIVES) -> None:
+                 cache_archives: int = CACHE_ARCHIVES, collector: QuietCollector | None = None) -> None:
         self.pool = pool
         self.schema = tables.check_schema(schema)
         self.batch_size = batch_size
@@ -443,6 +444,9 @@ class Runner:
         self._before_commit = before_commit  # for the crash test: runs after the writes, before COMMIT
         # The archives its own batches wrote, kept decoded (projections/hot.py); 0: none.
         self.cache = ArchiveCache(cache_archives) if cache_archives > 0 else None
+        # Full garbage collections at quiet moments (projections/collector.py); only a runner
+        # with a process of its own takes one (the setting is the process's).
+        self.collector = collector
         self._wake = asyncio.Event()
         self._warm_queue: list[str] | None = None  # children left to warm; None: not chosen yet
         self._warmed_at_drop = -1  # the cache's `dropped` when the last warm-up finished
@@ -545,6 +549,8 @@ class Runner:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 1.0)
                     continue
+                if self.collector is not None:  # between two transactions, never inside one
+                    self.collector.maybe_collect(idle=n == 0 and not warmed)
                 if n >= limit:
                     limit = min(2 * limit, self.max_batch)
                     continue
