@@ -31,8 +31,8 @@ ScopeChildren = tuple[list[ChildArchive], frozenset[str]]
 async def get_archive(pool: asyncpg.Pool, child_id: str) -> ChildArchive | None:
     """The child's current merged archive; a merged child's row names the kept one (`merged_into`)."""
     async with pool.acquire() as conn:
-        view = await conn.fetchval(f"SELECT view FROM {tables.SCHEMA}.archive WHERE child_id = $1", child_id)
-    return decode_archive(view) if view is not None else None
+        row = await conn.fetchrow(f"SELECT view, work FROM {tables.SCHEMA}.archive WHERE child_id = $1", child_id)
+    return decode_archive(row["view"], row["work"]) if row is not None else None
 
 
 def _scope_clause(scope: str, column: str = "sites") -> str:
@@ -53,16 +53,16 @@ async def archives_in(pool: asyncpg.Pool, scope: str, *, include_merged: bool = 
     if include_merged:
         where = f"({where}) OR root_id <> child_id"
     async with pool.acquire() as conn:
-        rows = await conn.fetch(f"SELECT view FROM {tables.SCHEMA}.archive WHERE {where} ORDER BY child_id",
+        rows = await conn.fetch(f"SELECT view, work FROM {tables.SCHEMA}.archive WHERE {where} ORDER BY child_id",
                                 *([scope] if scope else []))
-    return [decode_archive(r["view"]) for r in rows]
+    return [decode_archive(r["view"], r["work"]) for r in rows]
 
 
 async def _scope_children(conn: Conn, scope: str) -> ScopeChildren:
     rows = await conn.fetch(
-        f"SELECT view FROM {tables.SCHEMA}.archive WHERE ({_scope_clause(scope)}) AND root_id = child_id",
+        f"SELECT view, work FROM {tables.SCHEMA}.archive WHERE ({_scope_clause(scope)}) AND root_id = child_id",
         *([scope] if scope else []))
-    kids = [decode_archive(r["view"]) for r in rows]
+    kids = [decode_archive(r["view"], r["work"]) for r in rows]
     return kids, frozenset(a.child_id for a in kids)
 
 
@@ -199,8 +199,8 @@ async def _stubs(conn: Conn, named: set[str]) -> list[ChildArchive]:
     """The archives of the children among `named` that are merged into another (they name it)."""
     if not named:
         return []
-    return [decode_archive(r["view"]) for r in await conn.fetch(
-        f"""SELECT view FROM {tables.SCHEMA}.archive
+    return [decode_archive(r["view"], r["work"]) for r in await conn.fetch(
+        f"""SELECT view, work FROM {tables.SCHEMA}.archive
              WHERE child_id = ANY($1::text[]) AND root_id <> child_id""", sorted(named))]
 
 

@@ -136,8 +136,8 @@ async def _archives(conn: Conn, scope: str) -> list[ChildArchive]:
         where = "townships @> ARRAY[$1]::text[]"
     else:
         where = f"EXISTS (SELECT 1 FROM unnest(townships) t WHERE {where})"
-    rows = await conn.fetch(f"SELECT view FROM {tables.SCHEMA}.archive WHERE {where}", *args)
-    return [decode_archive(r["view"]) for r in rows]
+    rows = await conn.fetch(f"SELECT view, work FROM {tables.SCHEMA}.archive WHERE {where}", *args)
+    return [decode_archive(r["view"], r["work"]) for r in rows]
 
 
 class RuleInputs:

@@ -45,6 +45,7 @@ from projections.archive import (
     merge_edges,
     month_key,
     roots,
+    view_changed,
 )
 from projections.collector import QuietCollector
 from projections.facts import Fact, fact_of, facts_from
@@ -206,13 +207,13 @@ async def _project_structural(conn: Conn, schema: str, batch: list[Row], derived
     stored = _held(cache, targets)
     rows = await conn.fetch(
         f"""SELECT child_id, root_id, CASE WHEN child_id = root_id AND NOT child_id = ANY($2::text[]) THEN view END
-                   AS view
+                   AS view, work
               FROM {schema}.archive WHERE root_id = ANY($1::text[])""", targets, list(stored))
     groups: dict[str, list[str]] = {t: [t] for t in targets}
     for rec in rows:
         if rec["child_id"] == rec["root_id"]:
             if rec["view"] is not None:
-                stored[rec["child_id"]] = decode_archive(rec["view"])
+                stored[rec["child_id"]] = decode_archive(rec["view"], rec["work"])
         else:
             groups[rec["root_id"]].append(rec["child_id"])
     for g in groups.values():
@@ -288,8 +289,9 @@ async def _project_additive(conn: Conn, schema: str, fast: list[Row], derived: s
     views = _held(cache, targets)
     missing = [t for t in targets if t not in views]
     if missing:
-        views.update({rec["child_id"]: decode_archive(rec["view"]) for rec in await conn.fetch(
-            f"SELECT child_id, view FROM {schema}.archive WHERE child_id = ANY($1::text[])", missing)})
+        views.update({rec["child_id"]: decode_archive(rec["view"], rec["work"]) for rec in await conn.fetch(
+            f"SELECT child_id, view, work FROM {schema}.archive WHERE child_id = ANY($1::text[])", missing)})
+    before = dict(views)
     months: dict[str, set[str]] = {}
     for r in fast:
         assert r.care is not None
@@ -299,7 +301,7 @@ async def _project_additive(conn: Conn, schema: str, fast: list[Row], derived: s
                 if r.event.type in CONTACT_TYPES:
                     months.setdefault(root, set()).add(month_key(local_day(r.event.occurred_at)))
     await tables.write_archives(conn, schema, list(views.values()), months=months, conflicts=False,
-                               work_only=True)
+                               work_only=True, views={k for k, a in views.items() if view_changed(before[k], a)})
     if cache is not None:
         cache.stage(views.values())
     await _new_facts(conn, schema, fast, written)
@@ -499,10 +501,10 @@ class Runner:
                 self._warmed_at_drop, self._warm_queue = cache.dropped, None
                 return 0
             rows = await conn.fetch(
-                f"SELECT child_id, view FROM {self.schema}.archive WHERE child_id = ANY($1::text[]) "
+                f"SELECT child_id, view, work FROM {self.schema}.archive WHERE child_id = ANY($1::text[]) "
                 f"AND root_id = child_id", chunk)
             book = await history_book(conn, chunk, (), cp.position, structural=True)
-            cache.hold([decode_archive(r["view"]) for r in rows],
+            cache.hold([decode_archive(r["view"], r["work"]) for r in rows],
                        {k: dict(book.states[k].entries) if k in book.states else {} for k in chunk})
         return len(chunk)
 

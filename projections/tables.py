@@ -4,10 +4,11 @@ rebuild from zero equals the incremental result, byte for byte), and the writes 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from projections import daily
-from projections.archive import ChildArchive, MergeEdge, MonthWork, encode_archive
+from projections.archive import ChildArchive, MergeEdge, MonthWork, encode_parts, encode_work
 from projections.facts import Fact, township_of
 from store.conn import Conn
 
@@ -15,7 +16,7 @@ SCHEMA = "proj"
 SHADOW = "proj_shadow"
 TABLES = ("checkpoint", "archive", "followup", "conflict", "fact", "merge_edge", "daily")
 ARCHIVE_COLS = ("child_id", "root_id", "registered", "open", "sites", "townships", "name", "birth_date",
-                "household_village", "resident_id", "open_conflicts", "events", "view")
+                "household_village", "resident_id", "open_conflicts", "events", "view", "work")
 FOLLOWUP_COLS = ("child_id", "month", "visits", "calls", "letters", "talks")
 CONFLICT_COLS = ("child_id", "field", "heads", "winner", "resolved_by")
 FACT_COLS = ("event_id", "kind", "site_id", "township", "occurred_at", "children", "amount_fen", "count", "source",
@@ -32,7 +33,7 @@ def check_schema(schema: str) -> str:
 def archive_row(a: ChildArchive) -> tuple[Any, ...]:
     return (a.child_id, a.merged_into or a.child_id, a.registered, a.open, a.sites,
             sorted({township_of(s) for s in a.sites}), a.name, a.birth_date, a.household_village, a.resident_id,
-            len(a.open_conflicts), a.events, encode_archive(a))
+            len(a.open_conflicts), a.events, *encode_parts(a))
 
 
 def followup_row(child_id: str, m: MonthWork) -> tuple[Any, ...]:
@@ -88,24 +89,36 @@ async def upsert(conn: Conn, schema: str, table: str, cols: tuple[str, ...], key
 
 async def write_archives(conn: Conn, schema: str, archives: Iterable[ChildArchive], *,
                          months: dict[str, set[str]] | None = None, conflicts: bool = True,
-                         work_only: bool = False) -> None:
+                         work_only: bool = False, views: AbstractSet[str] = frozenset()) -> None:
     """Replace the rows of these children in archive, followup and conflict. With `months`
     (child -> months changed; the others are unchanged) only those followup rows are
     upserted; with `conflicts` False the conflict rows are known to be unchanged; with
     `work_only` the archives are stored already and only work was added to them
-    (`archive.add_work`: of the archive's columns only `events` and `view` changed), so only
-    those two are updated, in one statement (the ids also as `= ANY`, so that the rows are found
-    through the key: joined with the unnest alone, the planner hashes a scan of the whole table)."""
+    (`archive.add_work`): of the archive's columns only `events`, `work` and, for the children
+    in `views` (aid added), `view` changed, so only those are updated, in one statement (the ids
+    also as `= ANY`, so that the rows are found through the key: joined with the unnest alone,
+    the planner hashes a scan of the whole table). A view not in `views` keeps its stored value
+    (`coalesce`): PostgreSQL writes no new TOAST value for it."""
     archives = list(archives)
     if not archives:
         return
     ids = [a.child_id for a in archives]
     if work_only:
+        new_views: list[bytes | None] = []
+        works: list[bytes] = []
+        for a in archives:
+            if a.child_id in views:
+                view, work = encode_parts(a)
+                new_views.append(view)
+                works.append(work)
+            else:
+                new_views.append(None)
+                works.append(encode_work(a))
         await conn.execute(
-            f"""UPDATE {schema}.archive AS a SET events = u.events, view = u.view
-                  FROM unnest($1::text[], $2::integer[], $3::bytea[]) AS u (child_id, events, view)
+            f"""UPDATE {schema}.archive AS a SET events = u.events, work = u.work, view = coalesce(u.view, a.view)
+                  FROM unnest($1::text[], $2::integer[], $3::bytea[], $4::bytea[]) AS u (child_id, events, work, view)
                  WHERE a.child_id = u.child_id AND a.child_id = ANY($1::text[])""",
-            ids, [a.events for a in archives], [encode_archive(a) for a in archives])
+            ids, [a.events for a in archives], works, new_views)
     else:
         await upsert(conn, schema, "archive", ARCHIVE_COLS, ("child_id",), [archive_row(a) for a in archives])
     if months is None:

@@ -15,7 +15,7 @@ import pytest
 from events import catalogue as c
 from events.envelope import DecodedEvent
 from projections import tables
-from projections.archive import decode_archive, family_of
+from projections.archive import ChildArchive, decode_archive, family_of
 from projections.rebuild import rebuild
 from projections.runner import Runner, read_checkpoint
 from projections.source import COLS, STRUCTURAL_SQL, Row, book_of, family_members, history_book, to_row
@@ -49,9 +49,11 @@ def visits(w: SiteWriter, n: int, day: int) -> list[DecodedEvent]:
                     T0 + dt.timedelta(days=day + i)) for i in range(n)]
 
 
-async def stored_archives(pool: asyncpg.Pool) -> dict[str, bytes]:
+async def stored_archives(pool: asyncpg.Pool) -> dict[str, ChildArchive]:
+    """Every stored archive, decoded from its two parts (view and work)."""
     async with pool.acquire() as conn:
-        return {r["child_id"]: bytes(r["view"]) for r in await conn.fetch("SELECT child_id, view FROM proj.archive")}
+        return {r["child_id"]: decode_archive(r["view"], r["work"])
+                for r in await conn.fetch("SELECT child_id, view, work FROM proj.archive")}
 
 
 async def assert_equals_rebuild(pool: asyncpg.Pool) -> None:
@@ -74,7 +76,7 @@ async def test_held_archives_are_the_stored_ones(store: EventStore, pool: asyncp
     assert {k for k, a in held.items() if a is not None}, "it holds archives"
     for k, a in held.items():
         if a is not None:
-            assert a == decode_archive(stored[k])
+            assert a == stored[k]
     await assert_equals_rebuild(pool)
 
 
@@ -219,7 +221,7 @@ async def assert_held_is_stored(pool: asyncpg.Pool, runner: Runner) -> int:
             a = runner.cache.get(kid)
             if a is not None:
                 held += 1
-                assert a == decode_archive(stored[kid]), kid
+                assert a == stored[kid], kid
             entries = runner.cache.entries(kid)
             if entries is not None:
                 book = book_of(await history(conn, [kid], (), cp.position, structural=True))

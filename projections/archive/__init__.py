@@ -45,6 +45,7 @@ from projections.archive.derived import (
     CONTACT_TYPES,
     PROXY_KINDS,
     AidItem,
+    ArchiveWork,
     ChildArchive,
     MonthWork,
     Pairing,
@@ -54,7 +55,10 @@ from projections.archive.derived import (
     derive,
     derive_full,
     encode_archive,
+    encode_parts,
+    encode_work,
     month_key,
+    view_changed,
 )
 from projections.archive.merges import MergeEdge, group, merge_edges, roots
 from projections.archive.registers import Conflict, FieldSource, field_value
@@ -62,9 +66,9 @@ from projections.archive.state import ChildState, Entry, Stamp, apply, entry_of,
 from projections.archive.timeline import TimelineItem, timeline
 
 __all__ = [
-    "CONTACT_TYPES", "PROXY_KINDS", "AidItem", "ArchiveBook", "ChildArchive", "ChildState", "Conflict", "Effective",
-    "Entry", "FieldSource", "MergeEdge", "MonthWork", "Pairing", "RightsCase", "Stamp", "TimelineItem", "add_work",
-    "apply", "build", "build_states", "decode_archive", "decode_state", "derive", "derive_all", "derive_full",
-    "effective", "encode_archive", "encode_state", "entry_of", "family_of", "field_value", "group", "keys_of",
-    "merge_edges", "month_key", "roots", "timeline",
+    "CONTACT_TYPES", "PROXY_KINDS", "AidItem", "ArchiveBook", "ArchiveWork", "ChildArchive", "ChildState", "Conflict",
+    "Effective", "Entry", "FieldSource", "MergeEdge", "MonthWork", "Pairing", "RightsCase", "Stamp", "TimelineItem",
+    "add_work", "apply", "build", "build_states", "decode_archive", "decode_state", "derive", "derive_all",
+    "derive_full", "effective", "encode_archive", "encode_parts", "encode_state", "encode_work", "entry_of",
+    "family_of", "field_value", "group", "keys_of", "merge_edges", "month_key", "roots", "timeline", "view_changed",
 ]

@@ -87,11 +87,11 @@ def timeline_rows(child_id: str, rows: Sequence[Row]) -> tuple[list[pa.TimelineI
 async def read_archive(conn: Conn, caller: Caller, child_id: str) -> pa.ChildArchive | None:
     """The child's current archive, if in scope: the read model's row, or the log's if not projected yet."""
     p = Params(child_id)
-    view = await conn.fetchval(
-        f"SELECT a.view FROM {ARCHIVE} a WHERE a.child_id = $1 AND {child_visible(caller, p, 'a.child_id')}",
+    row = await conn.fetchrow(
+        f"SELECT a.view, a.work FROM {ARCHIVE} a WHERE a.child_id = $1 AND {child_visible(caller, p, 'a.child_id')}",
         *p.values)
-    if view is not None:
-        return pa.decode_archive(view)
+    if row is not None:
+        return pa.decode_archive(row["view"], row["work"])
     rows = await read_rows(conn, caller, child_id)
     return derive(child_id, rows) if rows else None
 
@@ -107,14 +107,14 @@ async def logged_archive(pool: asyncpg.Pool, caller: Caller, child_id: str, rout
     scope) a transaction reads the log and records the outcome either way."""
     p = Params(child_id, caller.username, caller.role, route, query[:500])
     async with pool.acquire() as conn:
-        view = await conn.fetchval(
-            f"""WITH found AS (SELECT a.view FROM {ARCHIVE} a
+        row = await conn.fetchrow(
+            f"""WITH found AS (SELECT a.view, a.work FROM {ARCHIVE} a
                                WHERE a.child_id = $1 AND {child_visible(caller, p, 'a.child_id')}),
                      logged AS (INSERT INTO read_log (username, role, child_id, route, query, outcome)
                                 SELECT $2, $3, $1, $4, $5, 'served' FROM found)
-                SELECT view FROM found""", *p.values)
-        if view is not None:
-            found = pa.decode_archive(view)
+                SELECT view, work FROM found""", *p.values)
+        if row is not None:
+            found = pa.decode_archive(row["view"], row["work"])
             # A merged archive: the other members' reads too, before it is returned.
             await record_group_reads(conn, caller, child_id, group_of(found), route, query)
             return found
@@ -173,5 +173,6 @@ async def archives_where(conn: Conn, caller: Caller, p: Params, conds: list[str]
     where = " AND ".join(["a.root_id = a.child_id", "a.registered", scope_hint(caller, p),
                           child_visible(caller, p, "a.child_id"), *conds])
     tail = f" LIMIT {p.add(limit)}" if limit is not None else ""
-    rows = await conn.fetch(f"SELECT a.view FROM {ARCHIVE} a WHERE {where} ORDER BY a.child_id{tail}", *p.values)
-    return [pa.decode_archive(r["view"]) for r in rows]
+    rows = await conn.fetch(f"SELECT a.view, a.work FROM {ARCHIVE} a WHERE {where} ORDER BY a.child_id{tail}",
+                            *p.values)
+    return [pa.decode_archive(r["view"], r["work"]) for r in rows]

@@ -309,8 +309,8 @@ class ConflictsController(Controller):
             rows = [r for r in rows if (r["child_a"], r["child_b"]) not in dismissed]
             ids = sorted({x for r in rows for x in (r["child_a"], r["child_b"])})
             q = Params(ids)
-            views = {r["child_id"]: pa.decode_archive(bytes(r["view"])) for r in await conn.fetch(
-                f"SELECT v.child_id, v.view FROM {archives.ARCHIVE} v WHERE v.child_id = ANY($1::text[]) "
+            views = {r["child_id"]: pa.decode_archive(bytes(r["view"]), r["work"]) for r in await conn.fetch(
+                f"SELECT v.child_id, v.view, v.work FROM {archives.ARCHIVE} v WHERE v.child_id = ANY($1::text[]) "
                 f"AND {child_visible(caller, q, 'v.child_id')}", *q.values)}
             for child in sorted(views):
                 await record_read(conn, caller, child, request.url.path, request.url.query or "", True)
