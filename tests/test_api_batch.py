@@ -157,3 +157,49 @@ async def test_a_rollup_reads_its_token_and_heads_in_one_statement(database_url:
             assert asked == {"tokens": 1, "heads": 0}
         finally:
             state.token_lookups, state.rollup_heads = tokens, rollup_scopes
+
+
+async def test_the_lookups_keep_one_plan_per_session(database_url: str, nats_url: str, pool: asyncpg.Pool) -> None:
+    """The token-and-heads statement of the rollup routes, and the token look-up of the others, run on
+    the look-up pool's connections with generic plans (planned once per session), never custom ones
+    (planned afresh at every execution: most of the statement's cost in PostgreSQL); the answers
+    are the ones the main pool's connections give."""
+    async with open_api(database_url, nats_url, pool) as (client, _w):
+        state = client.app.state
+        good = await auth.issue_token(pool, "township", hours=1)
+        token = {"Authorization": f"Bearer {good.token}"}
+        plans: dict[str, list[int]] = {"heads": [0, 0], "tokens": [0, 0]}
+        answers: list[object] = []
+        heads = state.token_heads
+
+        async def then_read_plans(keys: list[tuple[bytes, str]]) -> dict[tuple[bytes, str], object]:
+            # On the app's own loop (its pools live there): the look-up as the app makes it, then the
+            # plans of every connection of the look-up pool (all at once, so each is read).
+            found = await auth.callers_and_heads(state.lookup_pool, keys)
+            answers.append((found, await auth.callers_and_heads(state.pool, keys)))
+            conns = [await state.lookup_pool.acquire() for _ in range(state.lookup_pool.get_size())]
+            try:
+                for conn in conns:
+                    for row in await conn.fetch("SELECT statement, generic_plans, custom_plans "
+                                                "FROM pg_prepared_statements"):
+                        kind = "heads" if "events_rules_head" in row["statement"] else "tokens"
+                        plans[kind][0] += row["generic_plans"]
+                        plans[kind][1] += row["custom_plans"]
+            finally:
+                for conn in conns:
+                    await state.lookup_pool.release(conn)
+            return found  # type: ignore[return-value]
+
+        for day in range(1, 8):
+            r = await client.get(f"/rollups?scope={TOWNSHIP}&start=2026-01-0{day}&end=2026-01-30", headers=token)
+            assert r.status_code == 200, r.text
+            assert (await client.get("/auth/me", headers=token)).status_code == 200
+        state.token_heads = Batched(then_read_plans)
+        try:
+            r = await client.get(f"/rollups?scope={V1}&start=2026-01-01&end=2026-01-30", headers=token)
+            assert r.status_code == 200, r.text
+        finally:
+            state.token_heads = heads
+        assert plans["heads"][0] >= 8 and plans["tokens"][0] >= 7, plans
+        assert plans["heads"][1] == 0 and plans["tokens"][1] == 0, plans
+        assert len(answers) == 1 and answers[0][0] == answers[0][1]  # type: ignore[index]

@@ -65,6 +65,12 @@ from web.security import security_headers_hook
 _log = log.get("service.api")
 
 MAX_QUERY_BYTES = 2048
+# The look-up pool (`_lifespan`): one connection for each kind of batched look-up that may run at
+# once (tokens, tokens with heads, heads; service.api.batch runs one query of a kind at a time).
+LOOKUP_CONNECTIONS = 3
+# Settings of the look-up pool's sessions: its statements' plans do not depend on the tokens and
+# scopes asked (indexed look-ups of a few rows), so they are planned once per session and statement.
+GENERIC_PLANS = {"plan_cache_mode": "force_generic_plan"}
 
 
 def _bounded_input(max_json_depth: int) -> Any:
@@ -236,9 +242,16 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     api: ApiSettings = app.state.api_settings
     app.state.pool = await create_pool(settings.database_url, min_size=1, max_size=api.pool_size)
     pool = app.state.pool
-    app.state.token_lookups = Batched(lambda hashes: callers_of_hashes(pool, hashes))
-    app.state.token_heads = Batched(lambda keys: callers_and_heads(pool, keys))
-    app.state.rollup_heads = Batched(lambda scopes: rollup_heads(pool, scopes))
+    # The look-ups of every request (its token, a rollup's heads) on connections of their own, whose
+    # statements keep one generic plan: PostgreSQL planned the token-and-heads statement afresh at
+    # every execution (custom plans, as for any statement with parameters), 0.25 ms of its 0.36 ms
+    # of CPU at 1M events, where the generic plan, the same for any tokens and scopes, runs in 0.12.
+    app.state.lookup_pool = await create_pool(settings.database_url, min_size=1, max_size=LOOKUP_CONNECTIONS,
+                                              server_settings=GENERIC_PLANS)
+    lookups = app.state.lookup_pool
+    app.state.token_lookups = Batched(lambda hashes: callers_of_hashes(lookups, hashes))
+    app.state.token_heads = Batched(lambda keys: callers_and_heads(lookups, keys))
+    app.state.rollup_heads = Batched(lambda scopes: rollup_heads(lookups, scopes))
     app.state.region_sites = Batched(lambda regions: sites_of_regions(pool, regions))
     app.state.nats = None
     reconnect: asyncio.Task[None] | None = None
@@ -276,6 +289,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         if app.state.nats is not None:
             with contextlib.suppress(Exception):
                 await app.state.nats.close()
+        await app.state.lookup_pool.close()
         await app.state.pool.close()
         gc.unfreeze()
         gc.set_threshold(*threshold)
