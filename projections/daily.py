@@ -14,11 +14,13 @@ got aid in the range" is a union, not a sum. `day` is the reporting day (China S
 archive they joined when it reads them, as it does with facts.
 
 Kept in the read models' transaction (guarantee 5): every write of facts (`tables.write_facts`)
-recomputes the rows of the (township, site, day) keys whose facts it changed or removed, before
-and after, with the one aggregate a rebuild runs over all facts (`shouwang_daily_refresh`,
-migrations 0023 and 0028); the facts of new events on other keys are added to their rows by the
-same aggregate (`shouwang_daily_add`), so a batch's cost does not grow with the facts a day
-already holds.
+takes a fact it changed or removed out of its row (`subtract`: counts and sums less its own, the
+row deleted when no fact is left); for the kinds whose rows keep distinct children it recomputes
+instead the rows of that fact's (township, site, day) key with the one aggregate a rebuild runs
+over all facts (`shouwang_daily_refresh`, migrations 0023 and 0028); the facts of new events, and
+the new versions of changed ones, are added to their rows by the same aggregate
+(`shouwang_daily_add`) unless their key was recomputed, so a batch's cost does not grow with the
+facts a day already holds.
 So a rebuild equals the incremental result byte for byte (tests/test_projections_runner.py
 compares every table), and a range read from these rows equals the rollup computed from the
 facts (tests/test_projections_daily.py).
@@ -127,6 +129,39 @@ async def add(conn: Conn, schema: str, event_ids: Sequence[str]) -> None:
     the keys where a fact changed or went, and passes none of theirs here."""
     if event_ids:
         await conn.execute("SELECT shouwang_daily_add($1, $2::text[])", schema, list(event_ids))
+
+
+Taken = tuple[str, dt.date, str, str, str, str, int, int]
+"""A fact taken out of its daily row: (township, day, site, kind, source, detail, amount_fen,
+count), `source` and `detail` '' where the fact has none."""
+
+
+async def subtract(conn: Conn, schema: str, taken: Sequence[Taken]) -> None:
+    """Take these facts (changed or gone; none of a kind in DISTINCT_CHILDREN, whose children
+    cannot be taken out of a union: the caller refreshes their keys) out of their daily rows in
+    place: counts and sums less theirs, and a row left with no fact deleted, as the aggregate
+    over the remaining facts would have it (it makes no row for none). Reads no fact: a
+    correction's cost does not grow with the facts its day holds."""
+    if not taken:
+        return
+    cols = list(zip(*taken, strict=True))
+    await conn.execute(
+        f"""WITH k AS (
+                SELECT township, day, site_id, kind, source, detail, count(*)::integer AS n,
+                       sum(amount_fen)::bigint AS amount_fen, sum(cnt)::bigint AS cnt
+                  FROM unnest($1::text[], $2::date[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],
+                              $8::bigint[]) AS u (township, day, site_id, kind, source, detail, amount_fen, cnt)
+                 GROUP BY 1, 2, 3, 4, 5, 6),
+            emptied AS (
+                DELETE FROM {schema}.daily d USING k
+                 WHERE (d.township, d.day, d.site_id, d.kind, d.source, d.detail)
+                       = (k.township, k.day, k.site_id, k.kind, k.source, k.detail) AND d.facts = k.n)
+            UPDATE {schema}.daily d
+               SET facts = d.facts - k.n, amount_fen = d.amount_fen - k.amount_fen, count = d.count - k.cnt
+              FROM k
+             WHERE (d.township, d.day, d.site_id, d.kind, d.source, d.detail)
+                   = (k.township, k.day, k.site_id, k.kind, k.source, k.detail) AND d.facts > k.n""",
+        *(list(c) for c in cols))
 
 
 async def refresh(conn: Conn, schema: str, keys: Iterable[Key] | None) -> None:

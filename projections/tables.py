@@ -146,9 +146,11 @@ async def write_archives(conn: Conn, schema: str, archives: Iterable[ChildArchiv
 
 async def write_facts(conn: Conn, schema: str, facts: dict[str, Fact | None], *, new: bool = False) -> None:
     """Replace the facts of these events (None: the event counts no more), and the daily rows
-    they are counted on (`projections.daily`): a fact stored as it is already is left alone; the
-    (township, site, day) keys of a fact changed or removed are recomputed, before and after;
-    the fact of an event that had none is added to its row unless that key is recomputed.
+    they are counted on (`projections.daily`): a fact stored as it is already is left alone; a
+    fact changed or removed is taken out of its row (`daily.subtract`), or, for a kind whose
+    rows keep the distinct children, its (township, site, day) key is recomputed; the fact of an
+    event that had none, and the new version of a changed one, is added to its row unless that
+    key is recomputed.
 
     With `new`, none of these events has a fact stored (the runner's events that nothing
     corrects, applied for the first time): they are copied in and added to their daily rows
@@ -164,7 +166,7 @@ async def write_facts(conn: Conn, schema: str, facts: dict[str, Fact | None], *,
     stored = {r["event_id"]: r for r in await conn.fetch(
         f"""SELECT {', '.join(FACT_COLS)}, ((occurred_at AT TIME ZONE 'UTC') + interval '8 hours')::date AS day
               FROM {schema}.fact WHERE event_id = ANY($1::text[])""", list(facts))}
-    refresh: set[daily.Key] = set()
+    taken: list[Any] = []  # the stored facts changed or removed
     added: list[Fact] = []
     rows: list[tuple[Any, ...]] = []
     gone: list[str] = []
@@ -173,21 +175,24 @@ async def write_facts(conn: Conn, schema: str, facts: dict[str, Fact | None], *,
         if f is None:
             if before is not None:
                 gone.append(eid)
-                refresh.add((before["township"], before["site_id"], before["day"]))
+                taken.append(before)
             continue
         row = fact_row(f)
-        if before is None:
-            added.append(f)
-        elif tuple(before[c] for c in FACT_COLS) == row:
-            continue  # unchanged: neither the fact nor its day moves
-        else:
-            refresh.add((before["township"], before["site_id"], before["day"]))
-            refresh.add(daily.key_of(f.site_id, f.occurred_at))
+        if before is not None:
+            if tuple(before[c] for c in FACT_COLS) == row:
+                continue  # unchanged: neither the fact nor its day moves
+            taken.append(before)
+        added.append(f)
         rows.append(row)
+    refresh: set[daily.Key] = {(t["township"], t["site_id"], t["day"]) for t in taken
+                               if t["kind"] in daily.DISTINCT_CHILDREN}
     if gone:
         await conn.execute(f"DELETE FROM {schema}.fact WHERE event_id = ANY($1::text[])", gone)
     await upsert(conn, schema, "fact", FACT_COLS, ("event_id",), rows)
     await daily.refresh(conn, schema, refresh)
+    await daily.subtract(conn, schema, [
+        (t["township"], t["day"], t["site_id"], t["kind"], t["source"] or "", t["detail"] or "", t["amount_fen"],
+         t["count"]) for t in taken if (t["township"], t["site_id"], t["day"]) not in refresh])
     await daily.add(conn, schema, [f.event_id for f in added if daily.key_of(f.site_id, f.occurred_at) not in refresh])
 
 
