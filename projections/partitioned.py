@@ -59,7 +59,7 @@ from typing import Any, BinaryIO
 
 import msgspec
 
-from projections.archive import MergeEdge, keys_of, merge_edges, roots
+from projections.archive import ArchiveBook, MergeEdge, keys_of, merge_edges, roots
 from projections.source import SCAN_COLS, entries_of
 from store.conn import Conn
 from store.postgres import ORIGIN, Position
@@ -140,6 +140,19 @@ def bounds_for_rows(by_children: Mapping[int, tuple[int, int]], per_partition: i
     return sorted({min(_SPACE - 1, max(1, round(e * _SPACE))) for e in edges})
 
 
+class _Keeper(dict[str, bool]):
+    """`Plan.keeper`: whether a key is partition `part`'s, computed the first time it is asked."""
+
+    def __init__(self, part_of: Callable[[str], int], part: int) -> None:
+        super().__init__()
+        self.part_of = part_of
+        self.part = part
+
+    def __missing__(self, key: str) -> bool:
+        mine = self[key] = self.part_of(key) == self.part
+        return mine
+
+
 class Plan(msgspec.Struct):
     """What routing a row needs, decided before the log is read (step 1)."""
 
@@ -167,17 +180,8 @@ class Plan(msgspec.Struct):
 
     def keeper(self, part: int) -> Callable[[str], bool]:
         """Whether a key's group is partition `part`'s (a partition's `ArchiveBook(keep=...)`),
-        remembered per key."""
-        seen: dict[str, bool] = {}
-        part_of = self.part_of
-
-        def keep(key: str) -> bool:
-            mine = seen.get(key)
-            if mine is None:
-                mine = seen[key] = part_of(key) == part
-            return mine
-
-        return keep
+        remembered per key: a dict's own look-up, so a key seen before costs no Python call."""
+        return _Keeper(self.part_of, part).__getitem__
 
     def owner(self, keys: Iterable[str]) -> int:
         """The partition that writes the fact of an event whose family goes to these keys: the
@@ -191,6 +195,22 @@ class Plan(msgspec.Struct):
         faster than an array), as a tuple of partitions, the one that writes the event's fact
         first (`owner`): corrected families' members looked up, each child's partition computed
         once."""
+        member, _, by_children = self.routes()
+
+        def route(event_id: str, children: str) -> tuple[int, ...]:
+            parts = member.get(event_id)
+            return parts if parts is not None else by_children(event_id, children)
+
+        return route
+
+    def routes(self) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]],
+                              Callable[[str, str], tuple[int, ...]]]:
+        """`router` in its two parts, for the spill, which marks the rows routed by their
+        correction family (their keys are checked in the fold: `ArchiveBook.fold`) apart from
+        those routed by their children (`ArchiveBook.fold_own`): the partitions of the members of
+        corrected families (originals and corrections, by id); those of the children and of the
+        texts of children seen so far (the route's memory, for a look-up without a call); and the
+        route of any other event by its children."""
         part_of = self.part_of
 
         def ordered(parts: set[int], owner: int) -> tuple[int, ...]:
@@ -202,10 +222,7 @@ class Plan(msgspec.Struct):
         member.update((eid, fam_parts[fam]) for eid, fam in self.family.items() if fam in fam_parts)  # corrections
         one: dict[str, tuple[int, ...]] = {}  # child -> (its group's partition,)
 
-        def route(event_id: str, children: str) -> tuple[int, ...]:
-            parts = member.get(event_id)
-            if parts is not None:
-                return parts
+        def by_children(event_id: str, children: str) -> tuple[int, ...]:
             parts = one.get(children)
             if parts is not None:
                 return parts
@@ -223,7 +240,7 @@ class Plan(msgspec.Struct):
                 several.add(p[0])
             return (several.pop(),) if len(several) == 1 else ordered(several, self.owner(keys))
 
-        return route
+        return member, one, by_children
 
 
 _HEAD = """SELECT tx_id, position FROM events WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
@@ -310,9 +327,20 @@ async def split(conn: Conn, upto: Position, total: int, ranges: int) -> list[tup
     return list(itertools.pairwise(cuts))
 
 
-_encode_rows = msgspec.msgpack.Encoder().encode
-_decode_rows = msgspec.msgpack.Decoder(list[tuple[int, int, None, str, str, int, str, int, str, dt.datetime, int,
-                                                  bytes | None, bytes, bool]]).decode
+class Chunk(msgspec.Struct, array_like=True):
+    """A page's rows of one partition, as `spill` writes them and `read_partition` reads them:
+    the rows in the log's order, in the columns `entries_of` reads; the events whose fact
+    another partition writes (`Plan.owner`, so each fact is computed once); the events routed
+    here by their correction family, whose keys the fold checks (`ArchiveBook.fold`): any other
+    row is here for a child of this partition (`ArchiveBook.fold_own`)."""
+
+    rows: list[tuple[int, int, None, str, str, int, str, int, str, dt.datetime, int, bytes | None, bytes, bool]]
+    others: list[str]
+    checked: list[str]
+
+
+_encode_chunk = msgspec.msgpack.Encoder().encode
+_decode_chunk = msgspec.msgpack.Decoder(Chunk).decode
 
 
 def _spill_file(directory: Path, part: int, spiller: int) -> Path:
@@ -323,11 +351,12 @@ async def spill(conn: Conn, p: Plan, after: Position, upto: Position, directory:
                 page: int = 5000, progress: Callable[[int], None] | None = None) -> int:
     """Step 2: the understood rows of the log in (after, upto], read in its order, each appended
     to the file of every partition that holds a group it concerns (`Plan.partitions`) as
-    spiller `spiller`: a page's rows of a partition are one chunk (its length, then a msgpack
-    array of the rows in the columns `entries_of` reads). `read_partition` reads the spillers'
-    files in their order, so ranges spilled in the log's order are read back in it. Returns the
-    rows written (an event of several partitions counts in each)."""
-    route = p.router()
+    spiller `spiller`: a page's rows of a partition are one chunk (its length, then a `Chunk` in
+    msgpack). `read_partition` reads the spillers' files in their order, so ranges spilled in
+    the log's order are read back in it. Returns the rows written (an event of several
+    partitions counts in each)."""
+    member, one, by_children = p.routes()
+    family, known = member.get, one.get
     files: dict[int, BinaryIO] = {}
     written = n = 0
 
@@ -338,17 +367,33 @@ async def spill(conn: Conn, p: Plan, after: Position, upto: Position, directory:
     try:
         while rows := await nxt:
             nxt = fetch(Position(rows[-1][15], rows[-1][16]))  # read while this one is routed
-            by_part: dict[int, list[Any]] = {}
+            by_part: dict[int, Chunk] = {}
+            chunk_of = by_part.get
             for r in rows:
+                eid = r[3]
+                fam = family(eid)
+                if fam is None:
+                    children = r[14]
+                    parts = known(children) or by_children(eid, children)
+                    if len(parts) == 1:  # most rows: one partition, which writes the fact
+                        out = chunk_of(parts[0])
+                        if out is None:
+                            out = by_part[parts[0]] = Chunk([], [], [])
+                        out.rows.append(r[:14])
+                        continue
+                else:
+                    parts = fam
                 row = r[:14]
-                parts = route(r[3], r[14])
+                first = parts[0]
                 for part in parts:
-                    mine = by_part.get(part)
-                    if mine is None:
-                        by_part[part] = mine = []
-                    mine.append(row)
-                    if part != parts[0]:  # not the partition that writes its fact: a 1 in the first column
-                        mine[-1] = (1, *row[1:])
+                    out = chunk_of(part)
+                    if out is None:
+                        out = by_part[part] = Chunk([], [], [])
+                    out.rows.append(row)
+                    if part != first:  # not the partition that writes its fact
+                        out.others.append(eid)
+                    if fam is not None:
+                        out.checked.append(eid)
             written += _append(files, directory, spiller, by_part)
             n += len(rows)
             if progress is not None:
@@ -362,23 +407,23 @@ async def spill(conn: Conn, p: Plan, after: Position, upto: Position, directory:
     return written
 
 
-def _append(files: dict[int, BinaryIO], directory: Path, spiller: int, by_part: dict[int, list[Any]]) -> int:
+def _append(files: dict[int, BinaryIO], directory: Path, spiller: int, by_part: dict[int, Chunk]) -> int:
     """Append each partition's rows of a page to its file as one chunk; returns the rows."""
     written = 0
-    for part, rows in by_part.items():
+    for part, out in by_part.items():
         f = files.get(part)
         if f is None:
             f = files[part] = open(_spill_file(directory, part, spiller), "wb")  # noqa: SIM115
-        chunk = _encode_rows(rows)
+        chunk = _encode_chunk(out)
         f.write(len(chunk).to_bytes(4, "little"))
         f.write(chunk)
-        written += len(rows)
+        written += len(out.rows)
     return written
 
 
-def read_partition(directory: Path, part: int, spillers: int) -> Iterator[list[Any]]:
+def read_partition(directory: Path, part: int, spillers: int) -> Iterator[Chunk]:
     """Step 3's input: a partition's rows as `spill` wrote them, chunk by chunk, spiller after
-    spiller (in the log's order when the spillers' ranges are), in `entries_of`'s columns."""
+    spiller (in the log's order when the spillers' ranges are)."""
     for spiller in range(spillers):
         try:
             f = open(_spill_file(directory, part, spiller), "rb")  # noqa: SIM115
@@ -386,4 +431,36 @@ def read_partition(directory: Path, part: int, spillers: int) -> Iterator[list[A
             continue
         with f:
             while header := f.read(4):
-                yield _decode_rows(f.read(int.from_bytes(header, "little")))
+                yield _decode_chunk(f.read(int.from_bytes(header, "little")))
+
+
+class Folded(msgspec.Struct):
+    """What folding a partition's rows leaves besides its book."""
+
+    rows: int = 0  # an event of several partitions counts in each
+    others: set[str] = msgspec.field(default_factory=set)  # events whose facts another partition writes
+    upcast: set[str] = msgspec.field(default_factory=set)  # read through an upcaster: their facts are Python's
+
+
+def fold_partition(book: ArchiveBook, directory: Path, part: int, spillers: int) -> Folded:
+    """Step 3's fold: a partition's rows from its files into `book` (`ArchiveBook(keep=...)`):
+    a row routed here by its correction family through `fold`, which checks its keys, any other
+    (here for a child of this partition) through `fold_own`."""
+    out = Folded()
+    fold, own = book.fold, book.fold_own
+    for chunk in read_partition(directory, part, spillers):
+        entries, up = entries_of(chunk.rows)
+        if up:
+            out.upcast.update(up)
+        if chunk.checked:
+            check = set(chunk.checked)
+            for eid, entry in entries:
+                if entry is not None:
+                    (fold if eid in check else own)(entry)
+        else:
+            for _, entry in entries:
+                if entry is not None:
+                    own(entry)
+        out.others.update(chunk.others)
+        out.rows += len(entries)
+    return out

@@ -34,7 +34,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -54,7 +54,7 @@ from projections.archive import (
 )
 from projections.facts import fact_rows_from, plain_facts_sql
 from projections.runner import LOCK_KEY, Checkpoint, Runner, advance, write_checkpoint, write_fold_version
-from projections.source import Page, entries_of, scan_page
+from projections.source import Page, scan_page
 from runtime import log as service_log
 from runtime.db import connect
 from store.conn import Conn
@@ -201,15 +201,20 @@ async def _fill_partitioned(pool: asyncpg.Pool, schema: str, upto: Position, tot
     started = time.perf_counter()
     async with pool.acquire() as conn, pool.acquire() as ahead, pool.acquire() as reader:
         shares = max(1, workers) if database_url is not None else 1
-        tally = await partitioned.tally(ahead, upto)
-        bounds = partitioned.bounds_for_rows(tally.by_children, partition_events, shares)
-        plan = await partitioned.plan(ahead, upto, bounds)
-        ranges = await partitioned.split(ahead, upto, total, shares)
+        # the tally, the plan's deciding events and the ranges' cuts: three reads of the log at once
+        tally: partitioned.Tally
+        plan: partitioned.Plan
+        ranges: list[tuple[Position, Position]]
+        tally, plan, ranges = await _together(partitioned.tally(ahead, upto), partitioned.plan(conn, upto, 1),
+                                              partitioned.split(reader, upto, total, shares))
+        plan.bounds = partitioned.bounds_for_rows(tally.by_children, partition_events, shares)
         t_plan, c_plan = time.perf_counter(), time.process_time()
         plain: asyncio.Future[str] | None = None
         with tempfile.TemporaryDirectory(prefix="shouwang-rebuild-") as tmp:  # spill files, the workers' peaks
             directory = Path(tmp)
             try:
+                # PostgreSQL writes the facts of plain uncorrected work while the log is spilled and folded
+                plain = asyncio.ensure_future(ahead.execute(plain_facts_sql(schema, int(upto.tx), int(upto.pos))))
                 # 1. each range of the log spilled to the partitions' files by a process of its own
                 step = (lambda n: progress(min(n * len(ranges), total), total)) if progress is not None else None
                 rows = await _forked(
@@ -219,8 +224,6 @@ async def _fill_partitioned(pool: asyncpg.Pool, schema: str, upto: Position, tot
                 t_spill, c_spill = time.perf_counter(), time.process_time()
                 # nothing after needs the maps of corrected families (they grow with the log)
                 plan.family, plan.family_keys = {}, {}
-                # PostgreSQL writes the facts of plain uncorrected work while the partitions are folded
-                plain = asyncio.ensure_future(ahead.execute(plain_facts_sql(schema, int(upto.tx), int(upto.pos))))
                 # 2. each process folds, derives and writes every `shares`-th partition from the files
                 await _forked(
                     [(_partitions_process, (database_url, schema, directory, plan, share, shares, len(ranges)))
@@ -253,6 +256,19 @@ async def _fill_partitioned(pool: asyncpg.Pool, schema: str, upto: Position, tot
     return RebuildReport(events=total, skipped=tally.skipped, children=int(counts["a"]),
                          facts=int(counts["f"]), seconds=seconds,
                          events_per_second=total / seconds if seconds else 0.0, worker_peak_mib=worker_peak)
+
+
+async def _together(*steps: Awaitable[object]) -> list[Any]:
+    """Run these steps at once (each on a connection of its own) and return their results; if one
+    fails, the others are cancelled and awaited before the failure is raised."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def _forked(workers: list[tuple[Callable[..., None], tuple[object, ...]]], own: Awaitable[T]) -> T:
@@ -310,24 +326,16 @@ async def _fold_partitions(writer: Conn, schema: str, plan: partitioned.Plan, di
         t, c = clock(), cpu()
         # the last partition's book is gone (no cycles); this one holds states of this partition's keys only
         book = ArchiveBook(keep=plan.keeper(part))
-        fold = book.fold
-        upcast: set[str] = set()
-        others: set[str] = set()  # events whose facts another partition writes
-        for rows in partitioned.read_partition(directory, part, spillers):
-            entries, up = entries_of(rows)
-            upcast.update(up)
-            others.update(r[3] for r in rows if r[0])
-            for _, entry in entries:
-                if entry is not None:
-                    fold(entry)
-            out.rows += len(rows)
+        folded = partitioned.fold_partition(book, directory, part, spillers)
+        out.rows += folded.rows
         t_folded, c_folded = clock(), cpu()
         out.folded += t_folded - t
         out.folded_cpu += c_folded - c
-        await _write_share(writer, schema, book, plan.edges, upcast, part, plan.parts, plan.part_of, others)
+        await _write_share(writer, schema, book, plan.edges, folded.upcast, part, plan.parts, plan.part_of,
+                           folded.others)
         out.written += clock() - t_folded
         out.written_cpu += cpu() - c_folded
-        del book, fold
+        del book, folded
     log.info("rebuild share", share=share, rows=out.rows, folded=round(out.folded, 3),
              derived_written=round(out.written, 3), folded_cpu=round(out.folded_cpu, 3),
              derived_written_cpu=round(out.written_cpu, 3))

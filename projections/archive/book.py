@@ -50,6 +50,17 @@ def _one_child(cls: type[c.CareEventBase]) -> bool:
 _ONE_CHILD = frozenset(cls for cls in c.EVENT_TYPES.values() if _one_child(cls))
 
 
+def _listed(cls: type[c.CareEventBase]) -> bool:
+    """Payloads whose keys_of is their `child_ids_list` when it is not empty (without repeats):
+    work about several children named in a list, not a correction."""
+    fields = {f.name for f in msgspec.structs.fields(cls)}
+    return (cls is not c.EventCorrected and cls.child_ids is c.CareEventBase.child_ids
+            and "child_ids_list" in fields and "child_id" not in fields)
+
+
+_LISTED = frozenset(cls for cls in c.EVENT_TYPES.values() if _listed(cls))
+
+
 class ArchiveBook:
     """Incremental, in-memory holder of child states (a site agent's or a rebuild's): `add`
     events in any order, any number of times; `archives()` derives every archive.
@@ -122,8 +133,13 @@ class ArchiveBook:
 
     def fold(self, entry: Entry) -> None:
         """`add_entry` without telling which keys changed (a rebuild's fold): an event about
-        one child that no correction reached first goes straight to that child's state."""
-        if type(entry.care) not in _ONE_CHILD:
+        one child, or several in a list, that no correction reached first goes straight to their
+        states."""
+        kind = type(entry.care)
+        if kind in _LISTED:
+            self._fold_listed(entry, self._keep)
+            return
+        if kind not in _ONE_CHILD:
             self.add_entry(entry)
             return
         eid = entry.event_id
@@ -141,6 +157,51 @@ class ArchiveBook:
         if st is None:
             st = self.states[key] = ChildState(child_id=key)
         st.entries[eid] = entry
+
+    def fold_own(self, entry: Entry) -> None:
+        """`fold` of an event that is in this book for a child of its own (a partitioned rebuild's
+        row routed by its children, not by its correction family): one about one child goes
+        straight to that child's state without asking `keep`, whose answer is yes (its child is
+        why the row is here); any other as `fold`."""
+        kind = type(entry.care)
+        if kind in _LISTED:
+            self._fold_listed(entry, self._keep)
+            return
+        if kind not in _ONE_CHILD:
+            self.add_entry(entry)
+            return
+        eid = entry.event_id
+        known = self._entry
+        if eid in known:
+            return
+        if eid in self._family_keys:  # a correction of it came first
+            self.add_entry(entry)
+            return
+        key = entry.care.child_id  # type: ignore[union-attr]
+        known[eid] = entry
+        st = self.states.get(key)
+        if st is None:
+            st = self.states[key] = ChildState(child_id=key)
+        st.entries[eid] = entry
+
+    def _fold_listed(self, entry: Entry, keep: Callable[[str], bool] | None) -> None:
+        """`fold` of work about the children of a list: `add_entry`'s first event of a family,
+        without its key tuple and changed set (a repeated child meets its state twice, once in it)."""
+        listed = entry.care.child_ids_list  # type: ignore[union-attr]
+        eid = entry.event_id
+        known = self._entry
+        if not listed or eid in self._family_keys:  # about no child (a pseudo-key), or a correction came first
+            self.add_entry(entry)
+            return
+        if eid in known:
+            return
+        known[eid] = entry
+        states = self.states
+        for k in listed if keep is None else filter(keep, listed):
+            st = states.get(k)
+            if st is None:
+                st = states[k] = ChildState(child_id=k)
+            st.entries[eid] = entry
 
     def archives(self) -> dict[str, ChildArchive]:
         return derive_all(self.states)
