@@ -26,17 +26,19 @@ How (`projections.rebuild` drives it when the log holds more than one partition'
    the partition of a key is its group root's, `Plan.part_of`; a corrected family goes wherever
    any of its members' keys go; an event about children of several partitions goes to each) and
    appends it to that partition's file of its range in a temporary directory (a page's rows of a
-   partition as one msgpack chunk, the columns `entries_of` reads; the first, which it does not
-   read, is 1 where another partition writes the event's fact: `Plan.owner`, so each fact is
-   computed once). The position is below the horizon, so the ranges read exactly the log up to
-   it, whatever commits meanwhile.
+   partition as one msgpack `Chunk`: the rows in the columns `entries_of` reads, the events
+   whose fact another partition writes, `Plan.owner`, so each fact is computed once, and the
+   events routed by their correction family). The position is below the horizon, so the ranges
+   read exactly the log up to it, whatever commits meanwhile. Steps 0 to 2's reads of the log
+   before the spill run at once, on connections of their own.
 3. Each process then folds every `shares`-th partition from the files of all ranges, in range
    order (so in the log's order), into a fresh book holding states of the partition's own keys
    only (`Plan.keeper`: an event naming children of other partitions too is not kept in a state
-   for each of them), derives the archives whose root is the partition's and writes them with
-   the facts the partition owns (the share rule of `rebuild._write_share`: a fact is written by
-   the partition of the lowest root its family reaches, as marked in step 2), and lets the book
-   go before the next.
+   for each of them; a row routed by its children is here for a child of the partition, so only
+   the family-routed rows' keys are checked: `fold_partition`), derives the archives whose root
+   is the partition's and writes them with the facts the partition owns (the share rule of
+   `rebuild._write_share`: a fact is written by the partition of the lowest root its family
+   reaches, as marked in step 2), and lets the book go before the next.
 
 Peak memory is one partition's book, a chunk of a file, and the maps of step 1 (merges and
 corrected families: about a percent of the log, emptied before the fold); while spilling, a
