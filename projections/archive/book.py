@@ -135,34 +135,17 @@ class ArchiveBook:
         """`add_entry` without telling which keys changed (a rebuild's fold): an event about
         one child, or several in a list, that no correction reached first goes straight to their
         states."""
-        kind = type(entry.care)
-        if kind in _LISTED:
-            self._fold_listed(entry, self._keep)
-            return
-        if kind not in _ONE_CHILD:
-            self.add_entry(entry)
-            return
-        eid = entry.event_id
-        known = self._entry
-        if eid in known:
-            return
-        if eid in self._family_keys:  # a correction of it came first
-            self.add_entry(entry)
-            return
-        key = entry.care.child_id  # type: ignore[union-attr]
-        known[eid] = entry
-        if self._keep is not None and not self._keep(key):
-            return
-        st = self.states.get(key)
-        if st is None:
-            st = self.states[key] = ChildState(child_id=key)
-        st.entries[eid] = entry
+        self._fold(entry, self._keep)
 
     def fold_own(self, entry: Entry) -> None:
         """`fold` of an event that is in this book for a child of its own (a partitioned rebuild's
         row routed by its children, not by its correction family): one about one child goes
         straight to that child's state without asking `keep`, whose answer is yes (its child is
         why the row is here); any other as `fold`."""
+        self._fold(entry, None)
+
+    def _fold(self, entry: Entry, keep: Callable[[str], bool] | None) -> None:
+        """`fold` asking `keep` (None: not asking) about an event of one child."""
         kind = type(entry.care)
         if kind in _LISTED:
             self._fold_listed(entry, self._keep)
@@ -179,6 +162,8 @@ class ArchiveBook:
             return
         key = entry.care.child_id  # type: ignore[union-attr]
         known[eid] = entry
+        if keep is not None and not keep(key):
+            return
         st = self.states.get(key)
         if st is None:
             st = self.states[key] = ChildState(child_id=key)
