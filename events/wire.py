@@ -87,6 +87,11 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True):
     ``holes``: inclusive [first, last] ranges above the watermark that are missing; resend them.
     ``max_seq``: the highest site_seq committed. If ``watermark`` is lower than one the agent
     saw before, the center lost data (restored from a backup): resend from watermark + 1.
+    ``refused``: the refusals made by the commit this receipt follows; with ``refused_all`` (the
+    answer to a receipt request), every refusal the center still holds (or an admin dismissed) of
+    an event of this site it has not stored. The agent then forgets any other refusal it kept:
+    one made after the backup a center was restored from is not in the restored quarantine, and
+    its event is sent again to be decided afresh, even when the watermark did not go back.
     """
 
     site_id: SiteId
@@ -95,6 +100,7 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True):
     holes: list[SeqRange] = []
     refused: list[Refusal] = []
     center_time: dt.datetime | None = None
+    refused_all: bool = False
 
 
 receipt_encoder = msgspec.json.Encoder()

@@ -339,7 +339,7 @@ async def commit_in(conn: Conn, items: Sequence[Triaged], *, quarantine: bool = 
                 list(unknown), list(unknown.values()),
             )
     if quarantine and out.stored:
-        await _retry_waiting_for_registrations(conn, out)
+        await _retry_waiting_for_scope(conn, out)
     if rejected and not quarantine:
         out.rejected = rejected
     elif rejected:
@@ -355,42 +355,61 @@ async def commit_in(conn: Conn, items: Sequence[Triaged], *, quarantine: bool = 
     return out
 
 
-# The child a refusal of service/authority.py waits for ("... child X is not registered at the
-# center"): the expression of the quarantine's index `quarantine_waiting_child` (migration 0038),
-# spelled the same so that the retry below reads through it.
-_WAITING_CHILD = r"substring(reason FROM 'child (\S+) is not registered at the center')"
-WAITING_ROWS = f"""SELECT id, subject, raw, msgpack FROM quarantine
-                    WHERE status = 'held' AND subject LIKE 'care.up.%' AND {_WAITING_CHILD} = ANY($1::text[])
-                    ORDER BY id FOR UPDATE SKIP LOCKED"""
+# The children a refusal of service/authority.py waits for ("child X is not registered at the
+# center", "this site does not hold child X", "names X, not in this site's scope"): the
+# expression of the quarantine's index `quarantine_waits_for` (migration 0042), spelled the same
+# so that the retry below reads through it.
+WAITING_ROWS = """SELECT id, subject, raw, msgpack FROM quarantine
+                   WHERE status = 'held' AND subject LIKE 'care.up.%'
+                     AND shouwang_quarantine_waits_for(reason) && $1::text[]
+                   ORDER BY id FOR UPDATE SKIP LOCKED"""
+
+# What gives or moves a child's scope (service/scope.py, authority._apply).
+SCOPE_TYPES = frozenset({"ChildRegistered", "ChildTransferred", "ArchivesMerged"})
 
 
-async def _retry_waiting_for_registrations(conn: Conn, out: Outcome) -> None:
-    """Events refused only because their child was not registered at the center, decided again
-    in this transaction once a registration of that child is stored.
+def _scope_changed(stored: Sequence[DecodedEvent]) -> list[str]:
+    return sorted({c for d in stored if d.event.type in SCOPE_TYPES for c in d.event.children})
+
+
+async def _retry_waiting_for_scope(conn: Conn, out: Outcome) -> None:
+    """Events refused only because their sender had no scope over a child yet, decided again in
+    this transaction once an event that gives or moves that child's scope is stored.
 
     Sites resend in any order after the center's store is restored from an older backup: a
-    school's transfer or visit can arrive before the village's registration that the restore
-    lost, and would otherwise wait in quarantine for an operator's replay (the figures short by
-    it until then). Each is authorized afresh, as `shouwang center quarantine replay` does, and
-    its quarantine row is marked replayed; refused again, the row keeps its new reason."""
-    children = sorted({c for d in out.stored if d.event.type == "ChildRegistered" for c in d.event.children})
-    if not children:
-        return
-    rows = await conn.fetch(WAITING_ROWS, children)
-    for row in rows:
-        item = triage(Inbound(subject=row["subject"], data=bytes(row["raw"]), msgpack=row["msgpack"]))
-        again = await commit_in(conn, [item], quarantine=False)
-        if again.rejected:
-            await conn.execute("UPDATE quarantine SET reason = $2, attempts = attempts + 1 WHERE id = $1",
-                               row["id"], again.rejected[0].reason)
-            continue
-        await conn.execute(
-            """UPDATE quarantine SET status = 'replayed', attempts = attempts + 1, resolved_at = now(),
-                   resolution = $2 WHERE id = $1""",
-            row["id"], "stored once its child's registration was" if again.stored else "duplicate")
-        out.stored.extend(again.stored)
-        out.sites |= again.sites
-        _log.info("waiting refusal stored after its child's registration", quarantine_id=row["id"])
+    school's visit can arrive before the village's transfer that gave the school the child, a
+    transfer before the registration the restore lost, and each would otherwise wait in
+    quarantine for an operator's replay (the figures short by it until then). Each is authorized
+    afresh, as `shouwang center quarantine replay` does, against the sender's scope now, and its
+    quarantine row is marked replayed; refused again, the row keeps its new reason. A retried
+    event that itself moves a scope (a transfer stored once its registration was) retries the
+    rows of its children in turn; each row is stored at most once, so the rounds end."""
+    children = _scope_changed(out.stored)
+    tried: set[int] = set()
+    while children:
+        rows = [r for r in await conn.fetch(WAITING_ROWS, children) if r["id"] not in tried]
+        stored: list[DecodedEvent] = []
+        for row in rows:
+            tried.add(row["id"])
+            item = triage(Inbound(subject=row["subject"], data=bytes(row["raw"]), msgpack=row["msgpack"]))
+            again = await commit_in(conn, [item], quarantine=False)
+            if again.rejected:
+                await conn.execute("UPDATE quarantine SET reason = $2, attempts = attempts + 1 WHERE id = $1",
+                                   row["id"], again.rejected[0].reason)
+                continue
+            await conn.execute(
+                """UPDATE quarantine SET status = 'replayed', attempts = attempts + 1, resolved_at = now(),
+                       resolution = $2 WHERE id = $1""",
+                row["id"], "stored once its sender's scope over the child was" if again.stored else "duplicate")
+            stored.extend(again.stored)
+            out.stored.extend(again.stored)
+            out.sites |= again.sites
+            _log.info("waiting refusal stored once its child's scope changed", quarantine_id=row["id"])
+        # A row refused in one round may pass after a later row of the same round moved the
+        # child's scope: the children of what this round stored are tried again, their rows too.
+        children = _scope_changed(stored)
+        if children:
+            tried.clear()
 
 
 async def commit_events(conn: Conn, site_id: str, events: Sequence[Event], *,

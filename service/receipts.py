@@ -10,6 +10,9 @@ A site may also ask for its receipt (``care.receipt.<site>``, core NATS request/
 :class:`ReceiptResponder`): the agent does on every connection and before it reports "synced",
 so a receipt it kept from before the center was restored from an older backup never passes for
 one of the store as it is now; a lower watermark in the answer makes it resend what the store lacks.
+The answer also lists every refusal the center holds of the site's unstored events
+(``refused_all``), so a refusal the restored quarantine lacks is forgotten at the site and its
+event decided afresh.
 """
 
 from __future__ import annotations
@@ -192,4 +195,33 @@ class ReceiptResponder:
             await conn.execute("UPDATE sites SET down_batches = $2 WHERE site_id = $1 "
                                "AND down_batches IS DISTINCT FROM $2", site_id, request.batches)
             (receipt,) = await receipts_for(conn, [site_id])
+            receipt = await with_all_refusals(conn, receipt)
         return ReceiptReply(receipt=receipt)
+
+
+# At most this many refusals go in an answer; a site with more (one that sent a flood of bad
+# events) gets none listed and keeps the refusals it has (refused_all false).
+MAX_LISTED_REFUSALS = 1000
+
+
+async def with_all_refusals(conn: Conn, receipt: Receipt) -> Receipt:
+    """`receipt` with every refusal the quarantine holds, held or dismissed, of an event of its
+    site above the watermark that the store has not taken since (``refused_all``); one per event,
+    the newest row's. Read through the index `quarantine_site_refusals` (migration 0042)."""
+    rows = await conn.fetch(
+        """SELECT DISTINCT ON (site_seq, event_id) id, event_id::text AS event_id, site_seq, reason,
+                  encode(sha256(raw), 'hex') AS digest
+           FROM quarantine
+           WHERE site_id = $1 AND status IN ('held', 'dismissed') AND site_seq > $2 AND event_id IS NOT NULL
+           ORDER BY site_seq, event_id, id DESC
+           LIMIT $3""",
+        receipt.site_id, receipt.watermark, MAX_LISTED_REFUSALS + 1)
+    if len(rows) > MAX_LISTED_REFUSALS:
+        return receipt
+
+    def stored(seq: int) -> bool:  # above the watermark: stored unless in a hole or above max_seq
+        return seq <= receipt.max_seq and not any(lo <= seq <= hi for lo, hi in receipt.holes)
+
+    refused = [Refusal(quarantine_id=r["id"], reason=r["reason"], event_id=r["event_id"], site_seq=r["site_seq"],
+                       digest=r["digest"]) for r in rows if not stored(r["site_seq"])]
+    return msgspec.structs.replace(receipt, refused=refused, refused_all=True)

@@ -199,6 +199,9 @@ class ReceiptEffect:
     state: ReceiptState
     went_back: bool  # the center lost events it had receipted (restored from a backup)
     progressed: bool
+    # Own events refused before whose refusal the center no longer holds (a receipt with
+    # refused_all): pending again, to be sent and decided afresh.
+    forgotten: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -695,10 +698,17 @@ class LocalLog:
                 else:
                     self._set_meta(RECEIPT_FRESH_FOR, fresh_for)
                 self._set_meta("last_contact", _now().isoformat())
+                forgotten: set[int] = set()
                 if before is not None and receipt.watermark < before.watermark:
                     # The center was restored from an older backup: it lost the quarantine rows of
                     # what it refused since (and may give their ids to new rows). Every refused
                     # event goes once more, to be decided afresh and kept in its quarantine again.
+                    conn.execute("DELETE FROM refused")
+                elif receipt.refused_all:
+                    # Every refusal the center holds is listed: one it lacks was made after the
+                    # backup it was restored from, though its watermark did not go back (the
+                    # event waited in a hole). Forget it; the event is sent again.
+                    forgotten = {int(r[0]) for r in conn.execute("SELECT site_seq FROM refused")}
                     conn.execute("DELETE FROM refused")
                 for r in receipt.refused:
                     if not self._is_own(conn, r):
@@ -713,8 +723,14 @@ class LocalLog:
         state = ReceiptState(receipt.watermark, receipt.max_seq, tuple((h[0], h[1]) for h in receipt.holes))
         old_wm = before.watermark if before else 0
         old_max = before.max_seq if before else 0
+        if forgotten:
+            forgotten = {seq for seq in forgotten if not state.committed(seq)} - self.refused_seqs()
+            if forgotten:
+                _log.warning("refusals the center no longer holds; sending their events again",
+                             site_seqs=sorted(forgotten)[:20], count=len(forgotten))
         return ReceiptEffect(state, went_back=receipt.watermark < old_wm,
-                             progressed=receipt.watermark > old_wm or receipt.max_seq > old_max)
+                             progressed=receipt.watermark > old_wm or receipt.max_seq > old_max,
+                             forgotten=tuple(sorted(forgotten)))
 
     @staticmethod
     def _is_own(conn: sqlite3.Connection, r: Refusal) -> bool:

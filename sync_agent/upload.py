@@ -127,6 +127,13 @@ class Uploader:
                          max_seq=effect.state.max_seq)
             self._fresh_until = max(self._fresh_until, self.next_seq - 1)
             self.next_seq = min(self.next_seq, effect.state.max_seq + 1)
+        if effect.forgotten:
+            # Refused before, and the center no longer holds the refusal (restored from a backup
+            # taken before it): sent again with one-off ids (JetStream's window would drop them).
+            self._fresh_until = max(self._fresh_until, effect.forgotten[-1])
+            above = [seq for seq in effect.forgotten if seq > effect.state.max_seq]
+            if above:
+                self.next_seq = min(self.next_seq, above[0])
         if effect.progressed or effect.went_back:
             self.last_progress_at = time.perf_counter()
             self._last_progress = time.monotonic()

@@ -55,6 +55,33 @@ def test_a_center_restored_from_an_older_backup_gets_the_refused_events_again(tm
         assert (log.refused_seqs(), log.pending()) == ({2}, (0, None))
 
 
+def test_a_refusal_the_center_no_longer_holds_is_forgotten_and_its_event_sent_again(tmp_path: Path) -> None:
+    """A center restored from a backup taken before it refused an event that waited in a hole: its
+    watermark does not go back, but its quarantine lacks the refusal. The answer to a receipt
+    request lists every refusal the center holds (refused_all); the agent forgets any other, and
+    the event is pending again (found by the cluster chaos run, seed 11: a school's event refused,
+    the refusal lost with the restore, never sent again)."""
+    with LocalLog(tmp_path / "log.sqlite", SITE) as log:
+        done = log.record(parse_drafts(json.dumps([DRAFT] * 4).encode()), default_actor="station")
+        own = [Refusal(quarantine_id=4, reason="not authorized", event_id=done[1].event_id, site_seq=2),
+               Refusal(quarantine_id=5, reason="not authorized", event_id=done[3].event_id, site_seq=4)]
+        log.apply_receipt(Receipt(site_id=SITE, watermark=1, max_seq=3, holes=[[2, 2]], refused=own))
+        assert (log.refused_seqs(), log.pending()) == ({2, 4}, (0, None))
+        # A receipt from care.down lists only its own commit's refusals: nothing is forgotten.
+        effect = log.apply_receipt(Receipt(site_id=SITE, watermark=1, max_seq=3, holes=[[2, 2]]))
+        assert (effect.forgotten, log.refused_seqs()) == ((), {2, 4})
+        # The answer to a request, from the restored center: it holds the refusal of 4 only.
+        effect = log.apply_receipt(Receipt(site_id=SITE, watermark=1, max_seq=3, holes=[[2, 2]], refused=own[1:],
+                                           refused_all=True))
+        assert (effect.went_back, effect.forgotten) == (False, (2,))
+        assert (log.refused_seqs(), log.pending()) == ({4}, (1, 2))
+        # Both held again: nothing forgotten, nothing pending.
+        effect = log.apply_receipt(Receipt(site_id=SITE, watermark=1, max_seq=3, holes=[[2, 2]], refused=own,
+                                           refused_all=True))
+        assert (effect.forgotten, log.refused_seqs(), log.pending()) == ((), {2, 4}, (0, None))
+        assert [r["site_seq"] for r in log.refusals()] == [2, 4]
+
+
 def test_a_refusal_of_a_damaged_copy_with_our_numbers_does_not_drop_the_real_event(tmp_path: Path) -> None:
     """Someone with the station's credentials sends a damaged copy of one of its events (same
     event_id and site_seq, other content) before the real one arrives; the center refuses the copy

@@ -1,12 +1,16 @@
 """After the center's store is restored from an older backup, sites resend in any order: a
-school's work for a child can arrive before the village's registration that the restore lost.
-Such an event is refused ("not registered at the center") and kept in quarantine; once the
-registration is stored, ingest decides it again in the same transaction, so the figures do not
-wait for an operator's replay. A refusal for any other reason stays held (found by the cluster
-chaos run, seeds 5 and 11: one transfer refused for good)."""
+school's work for a child can arrive before the village's registration that the restore lost,
+or before the transfer that gave the school the child. Such an event is refused ("not
+registered at the center", "does not hold child", "not in this site's scope") and kept in
+quarantine; once an event that gives or moves that child's scope is stored, ingest decides it
+again in the same transaction, so the figures do not wait for an operator's replay. A refusal
+for any other reason stays held (found by the cluster chaos run: seeds 5 and 11 once ended with
+a transfer refused for good, waiting for a registration; seed 11 later with a school's event
+refused for good, waiting for the transfer that gave the school its child)."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import asyncpg
@@ -14,6 +18,7 @@ import asyncpg
 from events import catalogue as c
 from events.envelope import DecodedEvent, encode_event
 from events.samples import SampleSite, sample_registration
+from events.types import ClosingReason
 from events.wire import up_subject
 from service.ingest import Inbound, Outcome, commit_in, triage
 from service.sites import register_site
@@ -65,13 +70,54 @@ async def test_work_refused_before_its_childs_registration_is_stored_with_it(poo
     assert await stored(pool, handover)
     row = await row_of(pool, handover)
     assert (row["status"], row["attempts"], row["resolution"]) == (
-        "replayed", 2, "stored once its child's registration was")
-    # Decided afresh: the other village holds no part of the child, so its visit stays held, with
-    # the new reason.
+        "replayed", 2, "stored once its sender's scope over the child was")
+    # Decided afresh: the other village holds no part of the child, so its transfer stays held,
+    # with the new reason; once after the registration, once more after the handover moved the
+    # child's scope again.
     row = await row_of(pool, stray)
-    assert row["status"] == "held" and row["attempts"] == 2
+    assert row["status"] == "held" and row["attempts"] == 3
     assert "does not hold child" in row["reason"], row["reason"]
     assert not await stored(pool, stray)
+
+
+async def test_work_refused_before_the_transfer_that_gave_its_child_is_stored_with_it(pool: asyncpg.Pool) -> None:
+    """The restore lost a village's registration and the school's handover: the second school's
+    close arrives first. The close waits for the registration, then (decided again,
+    "does not hold child") for the handover, which itself waited for the registration: all three
+    are stored by the batch that stores the registration, in an order the authority accepts."""
+    await register_site(pool, VILLAGE, "village", VILLAGE)
+    for site in (SCHOOL, SCHOOL2):
+        await register_site(pool, site, "school", site)
+    logs = {s: SampleSite(s) for s in (VILLAGE, SCHOOL, SCHOOL2)}
+    registration = logs[VILLAGE].write(sample_registration(random.Random(7), CHILD, school_site=SCHOOL))
+    handover = logs[SCHOOL].write(c.ChildTransferred(child_id=CHILD, to_school_site=SCHOOL2, reason="升学"))
+    close = logs[SCHOOL2].write(c.ArchiveClosed(child_id=CHILD, reason=ClosingReason.AGED_OUT))
+
+    assert (await send(pool, close)).quarantined == 1
+    assert "is not registered at the center" in (await row_of(pool, close))["reason"]
+    assert (await send(pool, handover)).quarantined == 1
+    out = await send(pool, registration)
+    # The close, decided once after the registration, waits now for the handover; the handover
+    # was stored in the same round, so the close was decided again and stored after it.
+    assert [d.event.event_id for d in out.stored] == [
+        registration.event.event_id, handover.event.event_id, close.event.event_id]
+    assert {SCHOOL, SCHOOL2} <= out.sites
+    row = await row_of(pool, close)
+    assert (row["status"], row["attempts"]) == ("replayed", 3), row
+
+    # Work of a school about a child registered and held elsewhere: refused, "not in this site's
+    # scope"; the township moves the child there, and the work is stored with the move.
+    other = "c-" + "f" * 32
+    await send(pool, logs[VILLAGE].write(sample_registration(random.Random(8), other, school_site=SCHOOL)))
+    early = logs[SCHOOL2].write(c.HomeVisitMade(child_id=other, visitor="测试老师"))
+    assert (await send(pool, early)).quarantined == 1
+    assert "not in this site's scope" in (await row_of(pool, early))["reason"]
+    assert not await stored(pool, early)
+    move = logs[SCHOOL].write(c.ChildTransferred(child_id=other, to_school_site=SCHOOL2, reason="转学"))
+    out = await send(pool, move)
+    assert [d.event.event_id for d in out.stored] == [move.event.event_id, early.event.event_id]
+    assert SCHOOL2 in out.sites  # its receipt now covers the visit
+    assert (await row_of(pool, early))["status"] == "replayed"
 
 
 async def test_a_registration_retries_only_its_own_childs_refusals(pool: asyncpg.Pool) -> None:
@@ -89,7 +135,7 @@ async def test_a_registration_retries_only_its_own_childs_refusals(pool: asyncpg
 async def test_the_retry_reads_only_the_rows_of_the_children_it_registered(pool: asyncpg.Pool) -> None:
     """A station that floods the quarantine must not make every later registration read the
     flood: the retry finds the held rows of its children through the index of the child each
-    refusal waits for (migration 0038), whose expression is the query's own."""
+    refusal waits for (migrations 0038, 0042), whose expression is the query's own."""
     from service.ingest import WAITING_ROWS
 
     await register_site(pool, VILLAGE, "village", VILLAGE)
@@ -101,7 +147,38 @@ async def test_the_retry_reads_only_the_rows_of_the_children_it_registered(pool:
     async with pool.acquire() as conn:
         await conn.execute("ANALYZE quarantine")
         plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + WAITING_ROWS, [CHILD]))
-        assert "quarantine_waiting_child" in plan, plan
+        assert "quarantine_waits_for" in plan, plan
         waiting = [r["id"] for r in await conn.fetch(WAITING_ROWS, ["c-" + f"{7:032x}", CHILD])]
     seventh = await pool.fetchval("SELECT id FROM quarantine WHERE event_id = $1::uuid", flood[7].event.event_id)
     assert waiting == [seventh]
+
+
+async def test_a_receipt_request_is_answered_with_every_refusal_the_center_holds(pool: asyncpg.Pool) -> None:
+    """The answer to `care.receipt.<site>` lists every refusal, held or dismissed, of the site's
+    events the store has not taken (refused_all), so an agent can forget one that a restored
+    center's quarantine lacks; a refusal whose event was stored since, a damaged copy of a stored
+    event, and other sites' refusals are not listed."""
+    from service import quarantine
+    from service.receipts import ReceiptResponder
+
+    await register_site(pool, VILLAGE, "village", VILLAGE)
+    await register_site(pool, SCHOOL, "school", SCHOOL)
+    school, village = SampleSite(SCHOOL), SampleSite(VILLAGE)
+    registration = village.write(sample_registration(random.Random(9), CHILD, school_site=SCHOOL))
+    waits = school.write(c.ChildTransferred(child_id=CHILD, to_village_site=VILLAGE))  # seq 1
+    held = school.write(c.ChildTransferred(child_id=STRANGER, to_village_site=VILLAGE))  # seq 2
+    dismissed = school.write(c.ArchiveClosed(child_id=STRANGER, reason=ClosingReason.OTHER))  # seq 3
+    assert (await send(pool, waits, held, dismissed)).quarantined == 3
+    assert (await send(pool, village.write(c.ChildTransferred(child_id=STRANGER, to_village_site=VILLAGE)))
+            ).quarantined == 1
+    row = await pool.fetchval("SELECT id FROM quarantine WHERE event_id = $1::uuid", dismissed.event.event_id)
+    await quarantine.dismiss(pool, row, "admin", "test")
+    await send(pool, registration)  # stores `waits` as well: the watermark moves to 1
+    responder = ReceiptResponder(pool, None)  # type: ignore[arg-type]  # answer() reads the store only
+    reply = await responder.answer(SCHOOL)
+    assert reply.receipt is not None
+    r = reply.receipt
+    assert (r.watermark, r.max_seq, r.holes, r.refused_all) == (1, 1, [], True)
+    assert [(x.site_seq, x.event_id) for x in r.refused] == [(2, held.event.event_id), (3, dismissed.event.event_id)]
+    assert all(x.digest == hashlib.sha256(encode_event(d.event)).hexdigest()
+               for x, d in zip(r.refused, (held, dismissed), strict=True))
