@@ -5,7 +5,11 @@ Seeds 5 and 11 once ended with one school event refused for good: after the cent
 restored from a backup, a school resent a ChildTransferred before the village had resent the
 registration the restore lost, and the authority check refused it ("not registered at the
 center"). Ingest now decides such a refusal again once the child's registration is stored
-(tests/test_center_waiting_refusals.py); seed 11 runs here beside seed 7."""
+(tests/test_center_waiting_refusals.py); seed 11 runs here beside seed 7. Seed 11 later ended
+with a school's event held for good the same way, waiting for the village's transfer that gave the
+school its child: ingest now decides a refusal again once any event that gives or moves its
+child's scope is stored, and the answer to a receipt request lists every refusal the center holds,
+so a station forgets one that a restore lost (tests/test_agent_refusals.py)."""
 
 from __future__ import annotations
 
