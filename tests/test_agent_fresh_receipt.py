@@ -16,6 +16,10 @@ import asyncpg
 import msgspec
 from nats.aio.client import Client as NATS
 
+from events import catalogue as c
+from events.envelope import Draft
+from events.samples import sample_registration
+from events.types import ClosingReason
 from events.wire import (
     KIND_HEADER,
     KIND_RECEIPT,
@@ -37,7 +41,7 @@ from sync_agent.locallog import LocalLog
 from sync_agent.status import site_status
 from testbed.embedded import EmbeddedNats, pg_bin
 from tests import servers
-from tests.agent_support import drafts, make_site
+from tests.agent_support import OCCURRED, drafts, make_site
 from tests.center_kit import client, own_nats
 
 __all__ = ["client", "own_nats"]
@@ -111,6 +115,46 @@ async def test_sync_once_after_the_center_is_restored_from_an_older_dump_resends
     code, out, _ = await shouwang("agent", "status", "--data", str(data), "--json")
     status = json.loads(out)
     assert (code, status["pending"], status["synced"]) == (0, 0, True)
+
+
+async def test_a_refusal_a_restored_center_lacks_is_sent_again_though_its_watermark_did_not_go_back(
+        tmp_path: Path, database_url: str, own_nats: EmbeddedNats) -> None:
+    """A station's event is refused and waits in a hole; the center is restored from a backup taken
+    before that refusal (here: its quarantine row removed, which is what such a restore leaves), so
+    the watermark the station sees does not go back. The station then registers the child itself.
+    `agent sync --once` asks for its receipt, whose answer lists every refusal the center holds;
+    the station forgets the one the center lacks and sends the event again, now accepted (the
+    cluster chaos run, seed 11: such an event was never sent again, and "in sync" was said)."""
+    site = "gx-lp.xy.v62"
+    child = "c-" + "7" * 32
+    rng = random.Random(62)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        await register_site(pool, site, "village", "青石村")
+        data = make_site(tmp_path, site, own_nats.url)
+        closed = Draft(care=c.ArchiveClosed(child_id=child, reason=ClosingReason.OTHER), occurred_at=OCCURRED)
+        with LocalLog(log_path(data), site) as log:
+            log.record([*drafts(1, rng), closed, *drafts(1, rng)], default_actor="station")
+        async with run_center(database_url, own_nats.url, parts=PARTS):
+            code, out, err = await shouwang("agent", "sync", "--data", str(data), "--once", "--timeout", "120")
+            assert code == 0, err[-2000:]
+            progress = await EventStore(pool).progress(site)
+            assert (progress.watermark, progress.max_seq, progress.holes) == (1, 3, [(2, 2)])
+            with LocalLog(log_path(data), site) as log:
+                assert (log.refused_seqs(), log.pending()) == ({2}, (0, None))
+            # The restore: the quarantine as it was before the refusal.
+            await pool.execute("DELETE FROM quarantine WHERE site_id = $1 AND site_seq = 2", site)
+            with LocalLog(log_path(data), site) as log:
+                log.record([Draft(care=sample_registration(rng, child), occurred_at=OCCURRED)], default_actor="station")
+            code, out, err = await shouwang("agent", "sync", "--data", str(data), "--once", "--timeout", "120")
+            assert code == 0, err[-2000:]
+            assert "in sync" in out, out
+            progress = await EventStore(pool).progress(site)
+            assert (progress.watermark, progress.max_seq, progress.holes) == (4, 4, [])
+        with LocalLog(log_path(data), site) as log:
+            assert (log.refused_seqs(), log.pending()) == (set(), (0, None))
+    finally:
+        await pool.close()
 
 
 async def test_status_is_not_synced_until_the_center_confirms_on_the_latest_connection(

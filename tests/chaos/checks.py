@@ -158,7 +158,8 @@ async def _events(town: Town, pool: asyncpg.Pool, mismatches: list[str]) -> dict
                if eid in stored and stored[eid][0] != (site, seq, h)]
     for eid in lost[:20]:
         site, seq, _ = recorded[eid]
-        mismatches.append(f"lost: {site} site_seq {seq} ({eid}) is not in the store")
+        known = await _known_of(town, pool, eid)
+        mismatches.append(f"lost: {site} site_seq {seq} ({eid}) is not in the store; {known}")
     if duplicated:
         mismatches.append(f"duplicated: {duplicated} extra copies in the store")
     for eid in phantom[:20]:
@@ -167,6 +168,22 @@ async def _events(town: Town, pool: asyncpg.Pool, mismatches: list[str]) -> dict
         mismatches.append(f"altered: {eid} differs between the station's log and the store")
     return {"events_recorded": len(recorded), "events_stored": len(rows), "lost": len(lost),
             "duplicated": duplicated, "phantom": len(phantom), "altered": len(altered)}
+
+
+async def _known_of(town: Town, pool: asyncpg.Pool, event_id: str) -> str:
+    """What the center's quarantine and the sending station hold of an event the store lacks, so
+    that a failing seed says why (refused and held, a refusal the station kept, or neither)."""
+    rows = await pool.fetch("SELECT id, status, attempts, reason FROM quarantine WHERE event_id = $1::uuid ORDER BY id",
+                            event_id)
+    center = "; ".join(f"row {r['id']} {r['status']} after {r['attempts']} attempts: {r['reason']}" for r in rows)
+    station = "no refusal kept at the station"
+    for site, s in town.stations.items():
+        with contextlib.suppress(Exception):
+            with LocalLog(log_path(s.data), site) as log:
+                kept = [r for r in log.refusals() if r["event_id"] == event_id]
+            if kept:
+                station = f"the station keeps the refusal {kept[-1]['quarantine_id']}: {kept[-1]['reason']}"
+    return f"quarantine: {center or 'no row'}; {station}"
 
 
 async def _chains(town: Town, pool: asyncpg.Pool, mismatches: list[str]) -> None:
