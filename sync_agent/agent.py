@@ -313,6 +313,14 @@ class Agent:
                 raise_if_cancelling()
                 self._error(f"receipt request: {type(err).__name__}: {err}")
                 await asyncio.sleep(backoff.next())
+            except Exception as err:
+                # A defect met while applying one answer must not end the asking: this task
+                # dying unseen left a station publishing nothing on its connection (chaos run).
+                raise_if_cancelling()
+                _log.error("receipt request failed unexpectedly; asking again", site_id=self.config.site_id,
+                           error=f"{type(err).__name__}: {err}", exc_info=True)
+                self._error(f"receipt request: {type(err).__name__}: {err}")
+                await asyncio.sleep(backoff.next())
 
     async def confirm(self, within: float) -> ReceiptEffect:
         """Ask the center for this site's receipt as its store holds it now, and apply it (a

@@ -708,8 +708,16 @@ class LocalLog:
                     # Every refusal the center holds is listed: one it lacks was made after the
                     # backup it was restored from, though its watermark did not go back (the
                     # event waited in a hole). Forget it; the event is sent again.
-                    forgotten = {int(r[0]) for r in conn.execute("SELECT site_seq FROM refused")}
-                    conn.execute("DELETE FROM refused")
+                    # Only refusals of own events are forgotten; one of a message this station did
+                    # not send (no site_seq, or numbers it has not used) stays for its pages.
+                    # (fetchall: a cursor left open by an error would hold this connection's
+                    # snapshot for as long as the error is kept, and the log would look frozen.)
+                    own = {(int(r[0]), str(r[1])) for r in conn.execute(
+                        "SELECT r.site_seq, r.event_id FROM refused r "
+                        "JOIN log l ON l.site_seq = r.site_seq AND l.event_id = r.event_id").fetchall()}
+                    gone = own - {(r.site_seq, r.event_id) for r in receipt.refused}
+                    conn.executemany("DELETE FROM refused WHERE site_seq = ? AND event_id = ?", sorted(gone))
+                    forgotten = {seq for seq, _ in gone}
                 for r in receipt.refused:
                     if not self._is_own(conn, r):
                         _log.warning("refusal of a message this station did not send; ignored",

@@ -80,6 +80,17 @@ def test_a_refusal_the_center_no_longer_holds_is_forgotten_and_its_event_sent_ag
                                            refused_all=True))
         assert (effect.forgotten, log.refused_seqs(), log.pending()) == ((), {2, 4}, (0, None))
         assert [r["site_seq"] for r in log.refusals()] == [2, 4]
+        # Refusals of what the station did not send (unreadable bytes on its subject: no numbers,
+        # or numbers it has not used) are kept for its pages, and a list without them forgets
+        # nothing of them (the cluster chaos run's bad input: such a row once broke the answer).
+        log.apply_receipt(Receipt(site_id=SITE, watermark=1, max_seq=3, holes=[[2, 2]], refused=[
+            Refusal(quarantine_id=6, reason="invalid event: $: malformed JSON"),
+            Refusal(quarantine_id=7, reason="invalid event: site_seq", event_id=new_event_id(), site_seq=9)]))
+        effect = log.apply_receipt(Receipt(site_id=SITE, watermark=1, max_seq=3, holes=[[2, 2]], refused=own,
+                                           refused_all=True))
+        assert effect.forgotten == ()
+        assert [r["quarantine_id"] for r in log.refusals()] == [4, 5, 6, 7]
+        assert (log.refused_seqs(), log.pending()) == ({2, 4}, (0, None))
 
 
 def test_a_refusal_of_a_damaged_copy_with_our_numbers_does_not_drop_the_real_event(tmp_path: Path) -> None:
