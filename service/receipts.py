@@ -201,7 +201,7 @@ class ReceiptResponder:
 
 # At most this many refusals go in an answer; a site with more (one that sent a flood of bad
 # events) gets none listed and keeps the refusals it has (refused_all false).
-MAX_LISTED_REFUSALS = 1000
+MAX_LISTED_REFUSALS = 200
 
 
 async def with_all_refusals(conn: Conn, receipt: Receipt) -> Receipt:
