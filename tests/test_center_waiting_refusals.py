@@ -151,6 +151,14 @@ async def test_the_retry_reads_only_the_rows_of_the_children_it_registered(pool:
         waiting = [r["id"] for r in await conn.fetch(WAITING_ROWS, ["c-" + f"{7:032x}", CHILD])]
     seventh = await pool.fetchval("SELECT id FROM quarantine WHERE event_id = $1::uuid", flood[7].event.event_id)
     assert waiting == [seventh]
+    # Nor is the flood sent down a station's line in the answer to each receipt request: past
+    # MAX_LISTED_REFUSALS none is listed, and the station keeps the refusals it has.
+    from service.receipts import MAX_LISTED_REFUSALS, ReceiptResponder
+
+    assert len(flood) > MAX_LISTED_REFUSALS
+    reply = await ReceiptResponder(pool, None).answer(SCHOOL)  # type: ignore[arg-type]
+    assert reply.receipt is not None
+    assert (reply.receipt.refused, reply.receipt.refused_all) == ([], False)
 
 
 async def test_a_receipt_request_is_answered_with_every_refusal_the_center_holds(pool: asyncpg.Pool) -> None:
