@@ -275,9 +275,13 @@ def admit(sub: Submitted, now: dt.datetime | None = None) -> Triaged:
     return _from_sender(sub, site_id, decoded)
 
 
-async def commit_in(conn: Conn, items: Sequence[Triaged], *, quarantine: bool = True) -> Outcome:
+async def commit_in(conn: Conn, items: Sequence[Triaged], *, quarantine: bool = True,
+                    retry_waiting: bool = True) -> Outcome:
     """Authorize and store a triaged batch inside the caller's transaction. Refused items are
-    quarantined, or with ``quarantine=False`` returned in ``Outcome.rejected`` (a replay)."""
+    quarantined, or with ``quarantine=False`` returned in ``Outcome.rejected`` (a replay, a
+    relayed copy, a write of the API). Whatever the path, a stored event that gives or moves a
+    child's scope decides again the held refusals waiting for it (``retry_waiting``; those
+    are added to ``Outcome.stored``)."""
     out = Outcome()
     subject_sites = sorted({i.site_id for i in items if i.site_id is not None})
     site_rows = await conn.fetch("SELECT site_id, kind, active FROM sites WHERE site_id = ANY($1)", subject_sites)
@@ -338,7 +342,7 @@ async def commit_in(conn: Conn, items: Sequence[Triaged], *, quarantine: bool = 
                    FROM unnest($1::text[], $2::bigint[]) AS v(site_id, n) WHERE s.site_id = v.site_id""",
                 list(unknown), list(unknown.values()),
             )
-    if quarantine and out.stored:
+    if retry_waiting and out.stored:
         await _retry_waiting_for_scope(conn, out)
     if rejected and not quarantine:
         out.rejected = rejected
@@ -359,9 +363,12 @@ async def commit_in(conn: Conn, items: Sequence[Triaged], *, quarantine: bool = 
 # center", "this site does not hold child X", "names X, not in this site's scope"): the
 # expression of the quarantine's index `quarantine_waits_for` (migration 0042), spelled the same
 # so that the retry below reads through it.
+# A row of an event this transaction stored already (the row an admin replays, say) is left as
+# it is: decided again it would only be a duplicate.
 WAITING_ROWS = """SELECT id, subject, raw, msgpack FROM quarantine
                    WHERE status = 'held' AND subject LIKE 'care.up.%'
                      AND shouwang_quarantine_waits_for(reason) && $1::text[]
+                     AND event_id <> ALL($2::uuid[])
                    ORDER BY id FOR UPDATE SKIP LOCKED"""
 
 # What gives or moves a child's scope (service/scope.py, authority._apply).
@@ -387,12 +394,13 @@ async def _retry_waiting_for_scope(conn: Conn, out: Outcome) -> None:
     children = _scope_changed(out.stored)
     tried: set[int] = set()
     while children:
-        rows = [r for r in await conn.fetch(WAITING_ROWS, children) if r["id"] not in tried]
+        done = [d.event.event_id for d in out.stored]
+        rows = [r for r in await conn.fetch(WAITING_ROWS, children, done) if r["id"] not in tried]
         stored: list[DecodedEvent] = []
         for row in rows:
             tried.add(row["id"])
             item = triage(Inbound(subject=row["subject"], data=bytes(row["raw"]), msgpack=row["msgpack"]))
-            again = await commit_in(conn, [item], quarantine=False)
+            again = await commit_in(conn, [item], quarantine=False, retry_waiting=False)
             if again.rejected:
                 await conn.execute("UPDATE quarantine SET reason = $2, attempts = attempts + 1 WHERE id = $1",
                                    row["id"], again.rejected[0].reason)

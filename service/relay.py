@@ -166,18 +166,22 @@ class RelayResponder:
                                    reason=f"relayed by {office}: {rej.reason}", raw=rej.row().raw,
                                    event_id=rej.event_id, site_seq=rej.site_seq))
             await insert_rows(conn, rows)
-            if out.stored:
+            # Only the copies relayed: out.stored also holds held refusals the relayed
+            # registrations and transfers let ingest store (service/ingest.py).
+            relayed = [d for d in out.stored if d.event.event_id in index]
+            if relayed:
                 await conn.executemany(
                     "INSERT INTO relayed_events (event_id, site_id, site_seq, relayed_by) VALUES ($1, $2, $3, $4) "
                     "ON CONFLICT (event_id) DO NOTHING",
-                    [(d.event.event_id, d.event.site_id, d.event.site_seq, office) for d in out.stored])
+                    [(d.event.event_id, d.event.site_id, d.event.site_seq, office) for d in relayed])
         out.rejected = []  # quarantined above, with the relay named; the sites are not told of them
         if self.on_commit is not None and (out.stored or out.duplicates):
             self.on_commit(out)
-        self.stored += len(out.stored)
-        _log.info("relayed copies taken", office=office, offered=len(bodies), stored=len(out.stored),
+        self.stored += len(relayed)
+        _log.info("relayed copies taken", office=office, offered=len(bodies), stored=len(relayed),
+                  waiting_stored=len(out.stored) - len(relayed),
                   duplicates=out.duplicates, refused=len(refused))
-        return RelayReply(stored=len(out.stored), duplicates=out.duplicates, refused=refused,
+        return RelayReply(stored=len(relayed), duplicates=out.duplicates, refused=refused,
                           key_id=self.sealer.key_id)
 
     def _check(self, office: str, township: str, body: bytes, seal: str) -> tuple[str, Accepted | None]:

@@ -146,9 +146,9 @@ async def test_the_retry_reads_only_the_rows_of_the_children_it_registered(pool:
     assert (await send(pool, *flood)).quarantined == 300
     async with pool.acquire() as conn:
         await conn.execute("ANALYZE quarantine")
-        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + WAITING_ROWS, [CHILD]))
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + WAITING_ROWS, [CHILD], []))
         assert "quarantine_waits_for" in plan, plan
-        waiting = [r["id"] for r in await conn.fetch(WAITING_ROWS, ["c-" + f"{7:032x}", CHILD])]
+        waiting = [r["id"] for r in await conn.fetch(WAITING_ROWS, ["c-" + f"{7:032x}", CHILD], [])]
     seventh = await pool.fetchval("SELECT id FROM quarantine WHERE event_id = $1::uuid", flood[7].event.event_id)
     assert waiting == [seventh]
     # Nor is the flood sent down a station's line in the answer to each receipt request: past
@@ -190,3 +190,49 @@ async def test_a_receipt_request_is_answered_with_every_refusal_the_center_holds
     assert [(x.site_seq, x.event_id) for x in r.refused] == [(2, held.event.event_id), (3, dismissed.event.event_id)]
     assert all(x.digest == hashlib.sha256(encode_event(d.event)).hexdigest()
                for x, d in zip(r.refused, (held, dismissed), strict=True))
+
+
+async def test_a_replayed_transfer_stores_the_work_that_waited_for_it(pool: asyncpg.Pool) -> None:
+    """Not only ingest: an admin's replay (as a relayed copy and a write of the API) that stores a
+    transfer decides again the refusals waiting for it, in its transaction. The replayed row
+    itself is not decided twice."""
+    from service import quarantine
+    from service.sites import disable_site
+
+    await register_site(pool, VILLAGE, "village", VILLAGE)
+    for site in (SCHOOL, SCHOOL2):
+        await register_site(pool, site, "school", site)
+    logs = {s: SampleSite(s) for s in (VILLAGE, SCHOOL, SCHOOL2)}
+    assert len((await send(pool, logs[VILLAGE].write(
+        sample_registration(random.Random(10), CHILD, school_site=SCHOOL)))).stored) == 1
+    await disable_site(pool, SCHOOL2)
+    handover = logs[SCHOOL].write(c.ChildTransferred(child_id=CHILD, to_school_site=SCHOOL2, reason="升学"))
+    assert (await send(pool, handover)).quarantined == 1
+    assert "is not an active school site" in (await row_of(pool, handover))["reason"]
+    await pool.execute("UPDATE sites SET active = true, disabled_at = NULL WHERE site_id = $1", SCHOOL2)
+    visit = logs[SCHOOL2].write(c.HomeVisitMade(child_id=CHILD, visitor="测试老师"))
+    assert (await send(pool, visit)).quarantined == 1
+    assert "not in this site's scope" in (await row_of(pool, visit))["reason"]
+
+    row = await pool.fetchval("SELECT id FROM quarantine WHERE event_id = $1::uuid", handover.event.event_id)
+    result = await quarantine.replay(pool, row)
+    assert result.outcome == "stored", result
+    assert await stored(pool, handover) and await stored(pool, visit)
+    replayed = await row_of(pool, handover)
+    assert (replayed["status"], replayed["attempts"], replayed["resolution"]) == ("replayed", 2, "stored")
+    waited = await row_of(pool, visit)
+    assert (waited["status"], waited["attempts"], waited["resolution"]) == (
+        "replayed", 2, "stored once its sender's scope over the child was")
+    # A row that itself waits for its child's scope, replayed once that scope came without a
+    # retry (its row was locked by another transaction then): stored once, decided once.
+    other = "c-" + "9" * 32
+    late = logs[SCHOOL].write(c.ChildTransferred(child_id=other, to_school_site=SCHOOL2, reason="转学"))
+    assert (await send(pool, late)).quarantined == 1
+    registration = logs[VILLAGE].write(sample_registration(random.Random(11), other, school_site=SCHOOL))
+    async with pool.acquire() as conn, conn.transaction():
+        item = triage(Inbound(subject=up_subject(VILLAGE), data=encode_event(registration.event)))
+        assert len((await commit_in(conn, [item], retry_waiting=False)).stored) == 1
+    row = await pool.fetchval("SELECT id FROM quarantine WHERE event_id = $1::uuid", late.event.event_id)
+    assert (await quarantine.replay(pool, row)).outcome == "stored"
+    replayed = await row_of(pool, late)
+    assert (replayed["status"], replayed["attempts"], replayed["resolution"]) == ("replayed", 2, "stored")

@@ -257,3 +257,43 @@ async def test_a_sealed_copy_that_does_not_link_into_the_chain_the_center_holds_
     async with pool.acquire() as conn:
         reason = await conn.fetchval("SELECT reason FROM quarantine WHERE event_id = $1", old[1].event_id)
     assert reason.startswith(f"relayed by {work.office}: ")
+
+
+async def test_a_relayed_transfer_stores_the_work_that_waited_for_it(pool: asyncpg.Pool) -> None:
+    """After a restore a school's visit comes back before the village's transfer that gave the
+    school the child, and is refused ("not in this site's scope"); the office relays the transfer
+    (the village's disk died). Storing the relayed transfer decides the visit again, in the same
+    transaction; the reply and `relayed_events` count only the relayed copy."""
+    from events import catalogue as c
+    from events.samples import SampleSite, sample_registration
+    from events.wire import up_subject
+    from service.ingest import Inbound, commit_in, triage
+
+    township = "gx-lp.rw"
+    office, village, school, school2 = (f"{township}.{s}" for s in ("office", "v01", "s01", "s02"))
+    for site, kind in ((office, "township"), (village, "village"), (school, "school"), (school2, "school")):
+        await register_site(pool, site, kind, "测试" + kind)
+    child = "c-" + "a" * 32
+    logs = {s: SampleSite(s) for s in (village, school2)}
+    registration = logs[village].write(sample_registration(random.Random(12), child, school_site=school))
+    transfer = logs[village].write(c.ChildTransferred(child_id=child, to_school_site=school2, reason="转学"))
+    visit = logs[school2].write(c.HomeVisitMade(child_id=child, visitor="测试老师"))
+    for d in (registration, visit):
+        async with pool.acquire() as conn, conn.transaction():
+            await commit_in(conn, [triage(Inbound(subject=up_subject(d.event.site_id), data=encode_event(d.event)))])
+    held = await pool.fetchrow("SELECT status, reason FROM quarantine WHERE event_id = $1::uuid", visit.event.event_id)
+    assert held["status"] == "held" and "not in this site's scope" in held["reason"]
+
+    sealer = KEY.sealer()
+    assert sealer is not None
+    relay = RelayResponder(pool, None, sealer)  # type: ignore[arg-type]
+    body = relay_request_encoder.encode(RelayRequest(events=[msgspec.Raw(encode_event(transfer.event))],
+                                                     seals=[sealer.seal(transfer.hash)]))
+    reply = await relay.answer(office, body)
+    assert (reply.error, reply.stored, reply.refused) == (None, 1, [])
+    stored = {r["event_id"] for r in await pool.fetch("SELECT event_id::text AS event_id FROM events")}
+    assert {transfer.event.event_id, visit.event.event_id} <= stored
+    assert await pool.fetchval("SELECT status FROM quarantine WHERE event_id = $1::uuid",
+                               visit.event.event_id) == "replayed"
+    relayed = [r["event_id"] for r in await pool.fetch("SELECT event_id::text AS event_id FROM relayed_events")]
+    assert relayed == [transfer.event.event_id]
