@@ -41,6 +41,7 @@ from events.wire import (
     receipt_encoder,
     receipt_reply_encoder,
     receipt_request_decoder,
+    up_subject,
 )
 from runtime import log
 from service import metrics
@@ -205,17 +206,19 @@ MAX_LISTED_REFUSALS = 200
 
 
 async def with_all_refusals(conn: Conn, receipt: Receipt) -> Receipt:
-    """`receipt` with every refusal the quarantine holds, held or dismissed, of an event of its
-    site above the watermark that the store has not taken since (``refused_all``); one per event,
-    the newest row's. Read through the index `quarantine_site_refusals` (migration 0042)."""
+    """`receipt` with every refusal the quarantine holds, held or dismissed, of an event its site
+    sent on its own subject (not the copies a township office relayed) above the watermark that
+    the store has not taken since (``refused_all``); one per event, the newest row's. Read
+    through the index `quarantine_site_refusals` (migration 0042)."""
     rows = await conn.fetch(
         """SELECT DISTINCT ON (site_seq, event_id) id, event_id::text AS event_id, site_seq, reason,
                   encode(sha256(raw), 'hex') AS digest
            FROM quarantine
            WHERE site_id = $1 AND status IN ('held', 'dismissed') AND site_seq > $2 AND event_id IS NOT NULL
+             AND subject = $4
            ORDER BY site_seq, event_id, id DESC
            LIMIT $3""",
-        receipt.site_id, receipt.watermark, MAX_LISTED_REFUSALS + 1)
+        receipt.site_id, receipt.watermark, MAX_LISTED_REFUSALS + 1, up_subject(receipt.site_id))
     if len(rows) > MAX_LISTED_REFUSALS:
         return receipt
 

@@ -257,6 +257,13 @@ async def test_a_sealed_copy_that_does_not_link_into_the_chain_the_center_holds_
     async with pool.acquire() as conn:
         reason = await conn.fetchval("SELECT reason FROM quarantine WHERE event_id = $1", old[1].event_id)
     assert reason.startswith(f"relayed by {work.office}: ")
+    # The row names the office, but the school's numbers: it is not one of the office's own
+    # refusals, and the answer to the office's receipt request does not list it as one.
+    from service.receipts import ReceiptResponder
+
+    answer = await ReceiptResponder(pool, None).answer(work.office)  # type: ignore[arg-type]
+    assert answer.receipt is not None and answer.receipt.refused_all
+    assert answer.receipt.refused == []
 
 
 async def test_a_relayed_transfer_stores_the_work_that_waited_for_it(pool: asyncpg.Pool) -> None:
