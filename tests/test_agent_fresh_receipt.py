@@ -216,6 +216,43 @@ async def test_a_receipt_from_care_down_after_the_answer_is_not_synced_until_the
     assert (status["pending"], status["center_watermark"], status["synced"]) == (0, 4, True)
 
 
+async def test_an_answer_that_fails_to_apply_is_asked_for_again(
+        tmp_path: Path, database_url: str, own_nats: EmbeddedNats) -> None:
+    """A defect met while applying the center's answer must not end the asking: the first answer
+    raises here, and the agent asks again and is synced (the cluster chaos run once left a
+    station whose asking task had died unseen publishing nothing)."""
+    site = "gx-lp.xy.v65"
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        await register_site(pool, site, "village", "石桥村")
+    finally:
+        await pool.close()
+    data = make_site(tmp_path, site, own_nats.url)
+    record(data, site, 3, seed=6)
+    async with run_center(database_url, own_nats.url, parts=PARTS):
+        code, _, err = await shouwang("agent", "sync", "--data", str(data), "--once", "--timeout", "120")
+        assert code == 0, err[-2000:]
+        # Without its download loop, no receipt from care.down asks again on the agent's behalf:
+        # only the asking task itself can recover from the failed answer.
+        agent = Agent(data)
+        apply = agent.log.apply_receipt
+        failures = []
+
+        def failing_once(receipt: Receipt, *, fresh_for: str | None = None) -> Any:
+            if fresh_for is not None and not failures:
+                failures.append(receipt)
+                raise RuntimeError("a defect in applying the answer")
+            return apply(receipt, fresh_for=fresh_for)
+
+        agent.log.apply_receipt = failing_once  # type: ignore[method-assign]
+        await agent.start(parts=("upload",))
+        try:
+            status = await wait_for_status(data, lambda st: failures and st["synced"], within=60)
+            assert status["center_watermark"] == 3 and len(failures) == 1
+        finally:
+            await agent.stop()
+
+
 def test_a_receipt_applied_after_the_fresh_answer_takes_synced_away(tmp_path: Path) -> None:
     """The log keeps "fresh on this connection" with the receipt: the same receipt applied again
     from care.down (not asked for) clears it, and a later connection's token does not match it."""
