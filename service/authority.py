@@ -175,11 +175,15 @@ async def already_stored(conn: Conn, batch: Sequence[DecodedEvent]) -> set[str]:
 def authorize(batch: Sequence[DecodedEvent], facts: Facts, stored: AbstractSet[str] = frozenset()) -> dict[int, str]:
     """Index in `batch` -> why the event is refused, for every event its sender may not record
     (events in `stored`, resends of what the store holds, are not decided again). Accepted scope
-    changes update `facts` as they go, so later events of the batch see them."""
+    changes update `facts` as they go, so later events of the batch see them. A copy of an event
+    accepted earlier in the batch (a station's resends arriving together) is that event again,
+    not decided a second time: decided on the scope the first copy moved, a transfer's copy would
+    be refused ("does not hold child") and quarantined although the transfer is stored."""
     refused: dict[int, str] = {}
+    accepted: dict[str, str] = {}  # event_id -> hash of the copy accepted in this batch
     for i, d in enumerate(batch):
         sender = d.event.site_id
-        if d.event.event_id in stored:
+        if d.event.event_id in stored or accepted.get(d.event.event_id) == d.hash:
             facts.recorded_by[d.event.event_id] = sender
             continue
         why = _decide(d, sender, facts)
@@ -189,6 +193,7 @@ def authorize(batch: Sequence[DecodedEvent], facts: Facts, stored: AbstractSet[s
         if d.care is not None:
             _apply(d.care, sender, facts)
         facts.recorded_by[d.event.event_id] = sender
+        accepted[d.event.event_id] = d.hash
     return refused
 
 

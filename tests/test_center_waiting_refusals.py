@@ -14,9 +14,10 @@ import hashlib
 import random
 
 import asyncpg
+import msgspec
 
 from events import catalogue as c
-from events.envelope import DecodedEvent, encode_event
+from events.envelope import DecodedEvent, decode_event, encode_event
 from events.samples import SampleSite, sample_registration
 from events.types import ClosingReason
 from events.wire import up_subject
@@ -236,3 +237,25 @@ async def test_a_replayed_transfer_stores_the_work_that_waited_for_it(pool: asyn
     assert (await quarantine.replay(pool, row)).outcome == "stored"
     replayed = await row_of(pool, late)
     assert (replayed["status"], replayed["attempts"], replayed["resolution"]) == ("replayed", 2, "stored")
+
+
+async def test_copies_of_a_transfer_in_one_batch_are_one_transfer_not_refusals(pool: asyncpg.Pool) -> None:
+    """A station's resends (a hole resent, a rewind, a probe) can reach ingest in one batch. The
+    copies of an accepted transfer are the transfer again: before, each was decided on the scope
+    the first copy had moved ("this site does not hold child") and quarantined, although the
+    transfer was stored (the cluster chaos run, seed 5: 3 rows for one stored event)."""
+    await register_site(pool, VILLAGE, "village", VILLAGE)
+    for site in (SCHOOL, SCHOOL2):
+        await register_site(pool, site, "school", site)
+    logs = {s: SampleSite(s) for s in (VILLAGE, SCHOOL)}
+    registration = logs[VILLAGE].write(sample_registration(random.Random(13), CHILD, school_site=SCHOOL))
+    handover = logs[SCHOOL].write(c.ChildTransferred(child_id=CHILD, to_school_site=SCHOOL2, reason="升学"))
+    out = await send(pool, registration, handover, handover, handover)
+    assert [d.event.event_id for d in out.stored] == [registration.event.event_id, handover.event.event_id]
+    assert (out.quarantined, out.duplicates) == (0, 2)
+    assert await pool.fetchval("SELECT count(*) FROM quarantine") == 0
+    # A copy with other content under the same id is still decided, and refused by the store.
+    payload = {**msgspec.json.decode(handover.event.payload), "reason": "别的"}
+    changed = msgspec.structs.replace(handover.event, payload=msgspec.Raw(msgspec.json.encode(payload)))
+    out = await send(pool, handover, decode_event(encode_event(changed)))
+    assert out.quarantined == 1 and not out.stored
