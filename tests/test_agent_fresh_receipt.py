@@ -70,18 +70,23 @@ async def pg(tool: str, *args: str) -> None:
     assert proc.returncode == 0, err.decode()[-2000:]
 
 
+async def new_village(database_url: str, tmp_path: Path, site: str, name: str, nats_url: str) -> Path:
+    """A village station registered at the center, with its data folder (nothing recorded yet)."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        await register_site(pool, site, "village", name)
+    finally:
+        await pool.close()
+    return make_site(tmp_path, site, nats_url)
+
+
 async def test_sync_once_after_the_center_is_restored_from_an_older_dump_resends_what_it_lost(
         tmp_path: Path, database_url: str, template: servers.TestServers, own_nats: EmbeddedNats) -> None:
     """The runbook's restore (pg_dump, later pg_restore, center started again): `agent sync --once`
     no longer says "in sync" on the receipt it kept from before; it asks the center, sees the
     watermark went back, resends, and every event is in the restored store."""
     site = "gx-lp.xy.v61"
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    try:
-        await register_site(pool, site, "village", "青石村")
-    finally:
-        await pool.close()
-    data = make_site(tmp_path, site, own_nats.url)
+    data = await new_village(database_url, tmp_path, site, "青石村", own_nats.url)
     record(data, site, 30, seed=1)
     dump = tmp_path / "center.dump"
     async with run_center(database_url, own_nats.url, parts=PARTS):
@@ -125,7 +130,7 @@ async def test_a_refusal_a_restored_center_lacks_is_sent_again_though_its_waterm
     `agent sync --once` asks for its receipt, whose answer lists every refusal the center holds;
     the station forgets the one the center lacks and sends the event again, now accepted (the
     cluster chaos run, seed 11: such an event was never sent again, and "in sync" was said)."""
-    site = "gx-lp.xy.v62"
+    site = "gx-lp.xy.v66"
     child = "c-" + "7" * 32
     rng = random.Random(62)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
@@ -162,12 +167,7 @@ async def test_status_is_not_synced_until_the_center_confirms_on_the_latest_conn
     """`agent status` says synced after a confirmed `sync --once`, and no longer once a later
     connection began without the center's answer (its receipt may predate a restore)."""
     site = "gx-lp.xy.v62"
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    try:
-        await register_site(pool, site, "village", "柳湾村")
-    finally:
-        await pool.close()
-    data = make_site(tmp_path, site, own_nats.url)
+    data = await new_village(database_url, tmp_path, site, "柳湾村", own_nats.url)
     record(data, site, 5, seed=3)
     async with run_center(database_url, own_nats.url, parts=PARTS):
         code, _, err = await shouwang("agent", "sync", "--data", str(data), "--once", "--timeout", "120")
@@ -186,12 +186,7 @@ async def test_a_receipt_from_care_down_after_the_answer_is_not_synced_until_the
     answer, claims everything: `agent status` no longer says synced on it; the running agent asks
     the center again, rewinds to what the store holds, resends, and only then is synced."""
     site = "gx-lp.xy.v64"
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    try:
-        await register_site(pool, site, "village", "石门村")
-    finally:
-        await pool.close()
-    data = make_site(tmp_path, site, own_nats.url)
+    data = await new_village(database_url, tmp_path, site, "石门村", own_nats.url)
     record(data, site, 4, seed=5)
     async with run_center(database_url, own_nats.url, parts=PARTS):
         agent = Agent(data)
@@ -222,12 +217,7 @@ async def test_an_answer_that_fails_to_apply_is_asked_for_again(
     raises here, and the agent asks again and is synced (the cluster chaos run once left a
     station whose asking task had died unseen publishing nothing)."""
     site = "gx-lp.xy.v65"
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    try:
-        await register_site(pool, site, "village", "石桥村")
-    finally:
-        await pool.close()
-    data = make_site(tmp_path, site, own_nats.url)
+    data = await new_village(database_url, tmp_path, site, "石桥村", own_nats.url)
     record(data, site, 3, seed=6)
     async with run_center(database_url, own_nats.url, parts=PARTS):
         code, _, err = await shouwang("agent", "sync", "--data", str(data), "--once", "--timeout", "120")
