@@ -342,8 +342,6 @@ async def commit_in(conn: Conn, items: Sequence[Triaged], *, quarantine: bool = 
                    FROM unnest($1::text[], $2::bigint[]) AS v(site_id, n) WHERE s.site_id = v.site_id""",
                 list(unknown), list(unknown.values()),
             )
-    if retry_waiting and out.stored:
-        await _retry_waiting_for_scope(conn, out)
     if rejected and not quarantine:
         out.rejected = rejected
     elif rejected:
@@ -356,6 +354,17 @@ async def commit_in(conn: Conn, items: Sequence[Triaged], *, quarantine: bool = 
             if row.site_id is not None:
                 out.refusals.setdefault(row.site_id, []).append(refusal(row_id, row))
                 out.sites.add(row.site_id)
+    if retry_waiting and out.stored:
+        # After this batch's own refusals are in the quarantine: an event refused early in the
+        # batch may wait for a registration or transfer later in it (a station's resent event and
+        # the registration it recorded since, in one batch).
+        before = len(out.stored)
+        await _retry_waiting_for_scope(conn, out)
+        if len(out.stored) > before and out.refusals:
+            # The sender is not told of a refusal whose event is stored now.
+            now_stored = {d.event.event_id for d in out.stored[before:]}
+            out.refusals = {site: kept for site, refs in out.refusals.items()
+                            if (kept := [r for r in refs if r.event_id not in now_stored])}
     return out
 
 

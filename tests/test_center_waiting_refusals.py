@@ -259,3 +259,20 @@ async def test_copies_of_a_transfer_in_one_batch_are_one_transfer_not_refusals(p
     changed = msgspec.structs.replace(handover.event, payload=msgspec.Raw(msgspec.json.encode(payload)))
     out = await send(pool, handover, decode_event(encode_event(changed)))
     assert out.quarantined == 1 and not out.stored
+
+
+async def test_a_refusal_and_the_registration_it_waits_for_in_one_batch(pool: asyncpg.Pool) -> None:
+    """A station resends an event the restored center had refused, with the registration it
+    recorded since: both in one batch, the event first. It is refused, then decided again once
+    the registration later in the batch is stored, and its sender is not told of a refusal (CI,
+    tests/test_agent_fresh_receipt.py: the retry had run before the batch's own refusals were
+    in the quarantine, so such an event stayed held)."""
+    await register_site(pool, VILLAGE, "village", VILLAGE)
+    village = SampleSite(VILLAGE)
+    close = village.write(c.ArchiveClosed(child_id=CHILD, reason=ClosingReason.OTHER))
+    registration = village.write(sample_registration(random.Random(14), CHILD))
+    out = await send(pool, close, registration)
+    assert [d.event.event_id for d in out.stored] == [registration.event.event_id, close.event.event_id]
+    assert out.refusals == {} and out.quarantined == 1
+    row = await row_of(pool, close)
+    assert (row["status"], row["attempts"]) == ("replayed", 2)
